@@ -1,0 +1,162 @@
+"""Small pieces the built-in backends share: quieting vendor exporters, wrapping their failures,
+reading dtypes off fx nodes, and handing tensors to numpy without copies."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import operator
+import warnings
+from pathlib import Path
+
+from hetcc.errors import InputError, LoweringError
+
+log = logging.getLogger(__name__)
+
+_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "openvino")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence an exporter's console chatter for the duration of one call.
+
+    Exporters print progress lines and log warnings (``torchvision is not installed``) that mean
+    nothing to a hetcc user. stdout is captured and re-logged at DEBUG. ``redirect_stdout`` is
+    process-wide, so lowering from several threads at once may also capture the other threads'
+    prints; hetcc lowers segments one after another."""
+    saved = {}
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        logger.setLevel(logging.ERROR)
+    out = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if out.getvalue().strip():
+            log.debug("exporter output:\n%s", out.getvalue())
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__
+
+
+def lowering_error(segment, backend: str, exc: BaseException, workdir: Path) -> LoweringError:
+    """A LoweringError naming the segment, the backend and the cause, with the segment written to
+    ``workdir`` so the failure can be reproduced alone. Raise it ``from exc``."""
+    saved = _dump_segment(segment, Path(workdir))
+    where = f" The segment is saved at {saved}; it reproduces the failure alone." if saved else ""
+    return LoweringError(
+        f"segment {segment.name!r}: backend {backend!r} could not lower it: "
+        f"{type(exc).__name__}: {first_line(exc)}.{where} Its nodes can be kept off this backend by "
+        f"listing another target first."
+    )
+
+
+def _dump_segment(segment, workdir: Path) -> Path | None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    try:
+        import torch
+
+        path = workdir / "failed_segment.pt2"
+        torch.export.save(segment.export(), str(path))
+        return path
+    except Exception:  # the export itself may be what failed: keep the readable graph instead
+        try:
+            path = workdir / "failed_segment.py"
+            path.write_text(segment.gm.print_readable(print_output=False))
+            return path
+        except Exception:
+            return None
+
+
+def is_structural(node) -> bool:
+    """getitem, Python operators on SymInts and sym_* ops: every backend handles or folds these."""
+    target = node.target
+    if target is operator.getitem or getattr(target, "__module__", None) in ("_operator", "operator", "math"):
+        return True
+    name = getattr(target, "__name__", "") or ""
+    if name.startswith("sym_") or str(target).startswith(("aten.sym_", "torch.sym_")):
+        return True
+    return False
+
+
+def op_name(target) -> str:
+    """``aten.add.Tensor`` for an OpOverload, a readable name otherwise."""
+    import torch
+
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+        return str(target) if isinstance(target, torch._ops.OpOverload) else f"higher_order.{target.name()}"
+    return getattr(target, "__qualname__", None) or str(target)
+
+
+def node_dtypes(node) -> set:
+    """dtypes of the tensors a node reads and writes, from the export's fake values."""
+    import torch
+
+    found = set()
+
+    def visit(v):
+        if isinstance(v, torch.Tensor):
+            found.add(v.dtype)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+
+    visit(node.meta.get("val"))
+    for a in node.all_input_nodes:
+        visit(a.meta.get("val"))
+    return found
+
+
+def dtype_problem(node, banned: dict) -> str | None:
+    """The reason for the first dtype in ``banned`` (dtype -> why) that the node touches."""
+    for dtype in node_dtypes(node):
+        if dtype in banned:
+            return f"{op_name(node.target)} on {str(dtype).replace('torch.', '')} tensors: {banned[dtype]}"
+    return None
+
+
+def check_arity(inputs, expected: int, segment: str) -> None:
+    if len(inputs) != expected:
+        raise InputError(f"segment {segment!r} takes {expected} inputs, got {len(inputs)}")
+
+
+def to_numpy(value):
+    """A numpy view of a CPU tensor (no copy when it is already contiguous)."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        return t.numpy()
+    return np.asarray(value)
+
+
+def from_numpy(array):
+    import numpy as np
+    import torch
+
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)

@@ -1,0 +1,197 @@
+"""onnxruntime:cpu: segments go through torch's dynamo ONNX exporter to an .onnx file that ONNX
+Runtime's CPU execution provider runs.
+
+Capability comes from the exporter's own registry (torchlib translations per ATen overload), so a
+"yes" here means the exporter has a translation; whether ONNX Runtime then agrees numerically is
+what hetcc's verify step checks."""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+from hetcc.backends._common import (
+    check_arity, dtype_problem, from_numpy, is_structural, lowering_error, op_name, quiet, to_numpy,
+)
+from hetcc.backends.base import YES, Artifact, Support
+from hetcc.target import Target
+
+OPSET = 20
+"""ONNX opset the exporter targets and the registry is asked about (ONNX Runtime >= 1.17 runs it)."""
+_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
+_EMBED_LIMIT = 1_800_000_000
+"""Weights above this many bytes go to external data: protobuf caps a single file at 2 GB."""
+
+_BANNED_DTYPES_DOC = {
+    "complex": "complex tensors cannot cross into ONNX Runtime (no complex element type on its CPU "
+               "provider)",
+    "bfloat16": "numpy has no bfloat16, and ONNX Runtime's CPU provider has few bfloat16 kernels",
+    "float8": "ONNX Runtime's CPU provider has no float8 arithmetic",
+}
+
+
+@lru_cache(maxsize=None)
+def _missing() -> tuple[str, ...]:
+    missing = []
+    for pkg in _PACKAGES:
+        try:
+            importlib.import_module(pkg)
+        except Exception:
+            missing.append(pkg)
+    return tuple(missing)
+
+
+@lru_cache(maxsize=None)
+def _registry():
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    with quiet():
+        return ONNXRegistry.from_torchlib(opset_version=OPSET)
+
+
+@lru_cache(maxsize=None)
+def _banned_dtypes() -> dict:
+    import torch
+
+    banned = {torch.complex64: _BANNED_DTYPES_DOC["complex"], torch.complex128: _BANNED_DTYPES_DOC["complex"],
+              torch.bfloat16: _BANNED_DTYPES_DOC["bfloat16"]}
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+        if hasattr(torch, name):
+            banned[getattr(torch, name)] = _BANNED_DTYPES_DOC["float8"]
+    if hasattr(torch, "complex32"):
+        banned[torch.complex32] = _BANNED_DTYPES_DOC["complex"]
+    return banned
+
+
+class OnnxRuntimeBackend:
+    name: ClassVar[str] = "onnxruntime"
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def is_available(self, target: Target) -> bool:
+        return target.device in self.devices and not _missing()
+
+    def why_unavailable(self, target: Target) -> str:
+        if target.device not in self.devices:
+            return f"backend 'onnxruntime' drives {', '.join(self.devices)}, not {target.device!r}"
+        missing = _missing()
+        if missing:
+            return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                    f"not installed; install with: pip install {' '.join(missing)}")
+        return ""
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for pkg in ("torch",) + _PACKAGES:
+            try:
+                out[pkg] = importlib.import_module(pkg).__version__
+            except Exception:
+                pass
+        return out
+
+    def supports(self, node, target: Target) -> Support:
+        if node.op != "call_function" or is_structural(node):
+            return YES
+        if not self.is_available(target):
+            return Support(False, self.why_unavailable(target))
+        problem = dtype_problem(node, _banned_dtypes())
+        if problem:
+            return Support(False, problem)
+        if not _registry().get_decomps(node.target):
+            return Support(False, f"{op_name(node.target)} has no ONNX translation in torch.onnx (opset {OPSET})")
+        return YES
+
+    def lower(self, segment, target: Target, workdir: Path) -> Artifact:
+        import onnx
+        import torch
+
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "model.onnx"
+        try:
+            ep = segment.export()
+            with quiet():
+                program = torch.onnx.export(
+                    ep, (), dynamo=True, optimize=True, verbose=False, opset_version=OPSET,
+                    input_names=list(segment.input_names), output_names=list(segment.output_names),
+                )
+                external = _initializer_bytes(program, segment) > _EMBED_LIMIT
+                program.save(str(path), external_data=external)
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as exc:
+            raise lowering_error(segment, self.name, exc, workdir) from exc
+        onnx_inputs = _match_names([i.name for i in graph.input], segment.input_names, "inputs", segment)
+        onnx_outputs = _match_names([o.name for o in graph.output], segment.output_names, "outputs", segment)
+        files = {"model": str(path)}
+        data = [p for p in workdir.iterdir() if p.name.startswith(path.name) and p != path]
+        if data:
+            files["weights"] = str(data[0])
+        return Artifact(
+            target=str(target),
+            files=files,
+            meta={
+                "segment": segment.name,
+                "opset": OPSET,
+                "external_data": bool(data),
+                "input_names": list(segment.input_names),
+                "output_names": list(segment.output_names),
+                "onnx_input_names": onnx_inputs,
+                "onnx_output_names": onnx_outputs,
+                **self.versions(),
+            },
+        )
+
+    def load(self, artifact: Artifact, target: Target) -> "OrtExecutable":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: no per-session warnings on the console
+        session = ort.InferenceSession(artifact.files["model"], sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        return OrtExecutable(session, artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],
+                             artifact.meta.get("segment", "?"))
+
+
+class OrtExecutable:
+    """One InferenceSession; ONNX Runtime documents ``run`` as safe to call from several threads."""
+
+    def __init__(self, session, input_names: list, output_names: list[str], segment: str):
+        self.session = session
+        self.input_names = input_names
+        """ONNX input name per segment input; None where the exporter dropped an unused input."""
+        self.output_names = output_names
+        self.segment = segment
+
+    def __call__(self, *inputs) -> tuple:
+        check_arity(inputs, len(self.input_names), self.segment)
+        feeds = {name: to_numpy(x) for name, x in zip(self.input_names, inputs) if name is not None}
+        outs = self.session.run(self.output_names, feeds)
+        return tuple(from_numpy(o) for o in outs)
+
+
+def _initializer_bytes(program, segment) -> int:
+    try:
+        return sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                   if v.const_value is not None)
+    except Exception:  # older onnx_ir: fall back to the segment's own weights
+        return sum(b.numel() * b.element_size() for b in segment.gm.buffers())
+
+
+def _match_names(onnx_names: list[str], wanted: list[str], kind: str, segment) -> list:
+    """ONNX names in the segment's order. The exporter takes our names; where it had to rename
+    (an output that is also an input) it keeps the order, so position decides."""
+    if list(onnx_names) == list(wanted):
+        return list(onnx_names)
+    if kind == "inputs":
+        present = set(onnx_names)
+        if present <= set(wanted):  # unused inputs dropped: feed only the ones that remain
+            return [n if n in present else None for n in wanted]
+    if len(onnx_names) == len(wanted):
+        return list(onnx_names)
+    from hetcc.errors import InternalError
+
+    raise InternalError(
+        f"segment {segment.name!r}: the ONNX exporter produced {kind} {onnx_names}, which do not "
+        f"match the segment's {wanted}"
+    )

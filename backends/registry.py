@@ -1,0 +1,78 @@
+"""Find backends through the ``hetcc.backends`` entry-point group; built-ins register the same way.
+
+A source checkout that was not pip-installed has no entry points, so the built-ins are also listed
+here as a fallback (the same names, so the two never disagree)."""
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import lru_cache
+from importlib.metadata import entry_points
+
+from hetcc.errors import TargetError
+from hetcc.target import Target
+
+log = logging.getLogger(__name__)
+
+BUILTIN = {
+    "torch": "hetcc.backends.torch_backend:TorchBackend",
+    "onnxruntime": "hetcc.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "hetcc.backends.openvino_backend:OpenVinoBackend",
+}
+
+
+def _load(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@lru_cache(maxsize=None)
+def installed() -> dict[str, str]:
+    """Backend name -> 'module:Class' for every backend known to this installation."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group="hetcc.backends"):
+        found[ep.name] = ep.value
+    return found
+
+
+@lru_cache(maxsize=None)
+def get_backend(name: str):
+    specs = installed()
+    if name not in specs:
+        raise TargetError(
+            f"unknown backend {name!r}. Installed backends: {', '.join(sorted(specs))}. "
+            f"Usable here: {', '.join(usable_targets()) or 'none'}"
+        )
+    return _load(specs[name])()
+
+
+def usable_targets() -> list[str]:
+    """Targets that work on this machine now, for error messages and `hetcc targets`."""
+    out = []
+    for name in sorted(installed()):
+        try:
+            backend = _load(installed()[name])()
+        except Exception as exc:  # a broken third-party plugin must not hide the others
+            log.warning("backend %s failed to import: %s", name, exc)
+            continue
+        for device in backend.devices:
+            target = Target(name, device)
+            if backend.is_available(target):
+                out.append(str(target))
+    return out
+
+
+def resolve(target: Target):
+    """The backend object for a target; a clear error if it is unknown or unusable here."""
+    backend = get_backend(target.backend)
+    if target.device not in backend.devices:
+        raise TargetError(
+            f"backend {target.backend!r} does not drive device {target.device!r} (it drives "
+            f"{', '.join(backend.devices)}). Usable here: {', '.join(usable_targets())}"
+        )
+    if not backend.is_available(target):
+        raise TargetError(
+            f"target {target} is not available here: {backend.why_unavailable(target)}. "
+            f"Usable here: {', '.join(usable_targets())}"
+        )
+    return backend

@@ -1,0 +1,131 @@
+"""Time the placement solver on a large transformer-like graph (no torch needed).
+
+    python benchmarks/bench_solver.py [--nodes 5000] [--seed 0] [--time-limit 60]
+
+The graph is a chain of decoder layers with the DAG shape of a real one: a LayerNorm fanning out
+to q/k/v, attention, output projection, a residual add that reaches back over the block, a second
+LayerNorm fanning out to up/gate, the MLP, and a second residual add; one host-produced mask read
+by every attention node; logits back to the host. Three targets (a fast GPU, a second accelerator,
+the CPU) with per-node costs 1e-6..1e-3 s, values 1e3..1e7 bytes, and per-node noise so the best
+placement is split. Two variants: capacities that never bind, and a GPU that holds only part of
+the weights. Prints one line per variant; nothing here is a test.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+
+from hetcc.passes.problem import HOST, PlacementProblem, Value
+from hetcc.passes.solve import solve
+
+TARGETS = ("tensorrt:cuda:0", "migraphx:rocm:0", "torch:cpu")
+# Speed of each target relative to the GPU, by kind of op: (gpu, second accelerator, cpu).
+SLOWDOWN = {"matmul": (1.0, 1.6, 12.0), "attn": (1.0, 2.0, 15.0), "norm": (1.0, 1.2, 2.0),
+            "elementwise": (1.0, 1.0, 1.5)}
+BASE = {"matmul": (2e-5, 8e-5), "attn": (3e-5, 6e-5), "norm": (2e-6, 6e-6), "elementwise": (1e-6, 4e-6)}
+
+
+def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = None) -> PlacementProblem:
+    """A decoder-like DAG with about ``n_nodes`` nodes. ``gpu_share``: the GPU holds only that
+    fraction of all resident weight bytes (None: capacities never bind)."""
+    rng = random.Random(seed)
+    names: list[str] = []
+    kinds: list[str] = []
+    resident: list[int] = []
+    values: list[Value] = []
+    consumers: dict[int, list[int]] = {}
+
+    def node(name: str, kind: str, inputs: list[int], weights: int = 0) -> int:
+        i = len(names)
+        names.append(name)
+        kinds.append(kind)
+        resident.append(weights)
+        for j in inputs:
+            consumers.setdefault(j, []).append(i)
+        return i
+
+    hidden = 4096 * 2 * rng.choice([4, 16, 64])  # bytes of one activation row block
+    tokens = node("embed", "elementwise", [], weights=rng.randint(10**7, 10**8))
+    mask_consumers: list[int] = []
+    x = tokens
+    layer = 0
+    while len(names) + 14 <= n_nodes - 2:
+        w = lambda: rng.randint(10**6, 10**7)  # noqa: E731
+        ln1 = node(f"l{layer}.ln1", "norm", [x], weights=rng.randint(10**3, 10**4))
+        q = node(f"l{layer}.q", "matmul", [ln1], w())
+        k = node(f"l{layer}.k", "matmul", [ln1], w())
+        v = node(f"l{layer}.v", "matmul", [ln1], w())
+        rope = node(f"l{layer}.rope", "elementwise", [q, k])
+        attn = node(f"l{layer}.attn", "attn", [rope, v])
+        mask_consumers.append(attn)
+        o = node(f"l{layer}.o", "matmul", [attn], w())
+        add1 = node(f"l{layer}.add1", "elementwise", [x, o])
+        ln2 = node(f"l{layer}.ln2", "norm", [add1], weights=rng.randint(10**3, 10**4))
+        up = node(f"l{layer}.up", "matmul", [ln2], w())
+        gate = node(f"l{layer}.gate", "matmul", [ln2], w())
+        act = node(f"l{layer}.act", "elementwise", [gate])
+        mul = node(f"l{layer}.mul", "elementwise", [up, act])
+        down = node(f"l{layer}.down", "matmul", [mul], w())
+        x = node(f"l{layer}.add2", "elementwise", [add1, down])
+        layer += 1
+    norm = node("final_norm", "norm", [x], weights=10**4)
+    head = node("lm_head", "matmul", [norm], weights=rng.randint(10**7, 5 * 10**7))
+    n = len(names)
+
+    # A value per producer (rope emits q and k as one value here), bytes 1e3..1e7.
+    values.append(Value(HOST, (tokens,), rng.randint(10**3, 10**4)))
+    values.append(Value(HOST, tuple(mask_consumers), rng.randint(10**4, 10**5)))
+    for i in range(n):
+        cons = tuple(sorted(consumers.get(i, [])))
+        nbytes = min(10**7, max(10**3, int(hidden * rng.uniform(0.5, 2.0))))
+        values.append(Value(i, cons, nbytes, to_host=(i == head)))
+
+    cost = []
+    for i, kind in enumerate(kinds):
+        lo, hi = BASE[kind]
+        base = rng.uniform(lo, hi)
+        row = [min(1e-3, max(1e-6, base * s * rng.uniform(0.6, 1.6))) for s in SLOWDOWN[kind]]
+        if kind == "attn" and rng.random() < 0.3:
+            row[1] = math.inf  # the second accelerator lacks this attention variant
+        cost.append(tuple(row))
+
+    total = sum(resident)
+    capacity = (math.inf, math.inf, math.inf) if gpu_share is None else (gpu_share * total, 0.5 * total, math.inf)
+    # Locations: gpu, accel, cpu, host. The CPU shares memory with the host.
+    gbps = 1e9
+    bw = ((math.inf, 8 * gbps, 25 * gbps, 25 * gbps),
+          (8 * gbps, math.inf, 16 * gbps, 16 * gbps),
+          (25 * gbps, 16 * gbps, math.inf, math.inf),
+          (25 * gbps, 16 * gbps, math.inf, math.inf))
+    lat = ((0, 3e-5, 1e-5, 1e-5), (3e-5, 0, 1.5e-5, 1.5e-5), (1e-5, 1.5e-5, 0, 0), (1e-5, 1.5e-5, 0, 0))
+    overhead = (5e-6, 1e-5, 1e-6, 0.0)
+    return PlacementProblem(tuple(names), TARGETS, tuple(cost), tuple(values), tuple(resident), capacity,
+                            lat, bw, overhead, meta={"generator": "bench_solver", "seed": seed})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=60.0)
+    args = ap.parse_args(argv)
+    variants = [("non-binding", None), ("gpu holds 40% of weights", 0.4)]
+    print(f"{'variant':<26}{'nodes':>7}{'values':>8}{'targets':>8}{'seconds':>9}"
+          f"{'cost (s)':>14}{'lower bound':>14}{'gap':>10}  method  split")
+    for label, share in variants:
+        p = transformer_problem(args.nodes, args.seed, share)
+        t0 = time.perf_counter()
+        r = solve(p, time_limit=args.time_limit)
+        wall = time.perf_counter() - t0
+        split = "/".join(str(r.assignment.count(t)) for t in range(p.k))
+        print(f"{label:<26}{p.n:>7}{len(p.values):>8}{p.k:>8}{wall:>9.2f}{r.cost:>14.9g}"
+              f"{r.lower_bound:>14.9g}{r.gap:>10.2e}  {r.method}{'' if r.optimal else ' (NOT proven optimal)'}"
+              f"  {split}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

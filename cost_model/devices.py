@@ -1,0 +1,113 @@
+"""Device specs. This machine's CPU is measured once and cached; other devices come later from a
+registry with sources (see docs/cost_model.md)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    peak_flops: dict[str, float]
+    """dtype ('fp32', 'bf16', ...) -> FLOP/s achievable by a large GEMM."""
+    mem_bandwidth: float
+    """Bytes/s for a large streaming copy (read + write counted)."""
+    mem_capacity: float
+    """Bytes of memory usable for resident weights."""
+    host_link_bandwidth: float = float("inf")
+    """Bytes/s between this device and host memory; inf for the host itself."""
+    host_link_latency: float = 0.0
+    source: str = ""
+    """Where the numbers come from (a datasheet, or 'measured on ...')."""
+    extra: dict = field(default_factory=dict)
+
+    def flops_for(self, dtype: str) -> float:
+        return self.peak_flops.get(dtype) or self.peak_flops["fp32"]
+
+    @property
+    def ridge_point(self) -> float:
+        """FLOPs per byte where this device turns from bandwidth- to compute-bound (fp32)."""
+        return self.peak_flops["fp32"] / self.mem_bandwidth
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HETCC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hetcc")
+    return Path(root)
+
+
+def _cpu_key() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def _mem_total() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16e9
+
+
+def measure_cpu(seconds: float = 0.3) -> DeviceSpec:
+    """Measure this CPU: fp32 GEMM FLOP/s and streaming bandwidth, through torch."""
+    import torch
+
+    n = 512
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        reps += 1
+    flops = 2.0 * n**3 * reps / (time.perf_counter() - start)
+    src = torch.empty(16 * 2**20 // 4)  # 16 MiB: past the caches of a typical core
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        dst.copy_(src)
+        reps += 1
+    bandwidth = 2.0 * src.numel() * 4 * reps / (time.perf_counter() - start)
+    return DeviceSpec(
+        name="cpu", peak_flops={"fp32": flops}, mem_bandwidth=bandwidth,
+        mem_capacity=_mem_total() * 0.8, source=f"measured on {_cpu_key()}",
+    )
+
+
+def this_cpu(refresh: bool = False) -> DeviceSpec:
+    """This machine's CPU spec, measured once and cached under ~/.cache/hetcc (HETCC_CACHE_DIR)."""
+    key = _cpu_key()
+    path = _cache_dir() / "cpu_spec.json"
+    if not refresh and path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                return DeviceSpec(**data["spec"])
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring unreadable CPU spec cache %s: %s", path, exc)
+    spec = measure_cpu()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "spec": asdict(spec)}, indent=1))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not cache the CPU spec at %s: %s", path, exc)
+    return spec

@@ -1,0 +1,28 @@
+"""hetcc: split a PyTorch model across heterogeneous runtimes, verified against PyTorch.
+
+    import hetcc
+    cm = hetcc.compile(model, example_inputs, targets=["openvino:cpu", "onnxruntime:cpu", "torch:cpu"])
+    y = cm(*example_inputs)
+    print(cm.plan.summary())
+
+Importing hetcc imports no vendor SDK; backends load theirs when first used.
+"""
+from hetcc.errors import HetccError
+from hetcc.target import Target
+
+__version__ = "0.1.0"
+__all__ = ["compile", "analyze", "Target", "HetccError", "__version__"]
+
+
+def compile(model, example_inputs, targets=("torch:cpu",), **options):
+    """See :func:`hetcc.compiler.compile`."""
+    from hetcc.compiler import compile as _compile
+
+    return _compile(model, example_inputs, targets, **options)
+
+
+def analyze(model, example_inputs, dynamic_shapes=None):
+    """See :func:`hetcc.analysis.analyze`."""
+    from hetcc.analysis import analyze as _analyze
+
+    return _analyze(model, example_inputs, dynamic_shapes)

@@ -1,0 +1,219 @@
+"""compile(): capture -> facts -> capability -> cost -> solve -> segment -> lower + verify -> run.
+
+A segment that fails to lower or verify is logged, its nodes are marked unsupported on that target,
+and the placement is solved again; torch:cpu is always there as the fallback of last resort, so a
+model that eager PyTorch can run always compiles, and never to a wrong result.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from hetcc.backends.registry import resolve
+from hetcc.capture import capture
+from hetcc.cost_model.devices import this_cpu
+from hetcc.cost_model.profiles import profile_for
+from hetcc.errors import HetccError, InternalError, LoweringError, PlacementError, TargetError
+from hetcc.passes.build_problem import TargetInfo, build_problem
+from hetcc.passes.capability import candidates_for
+from hetcc.passes.facts import graph_facts
+from hetcc.passes.segments import form_segments
+from hetcc.passes.solve import solve
+from hetcc.passes.units import placement_units
+from hetcc.plan import Plan, SegmentPlan
+from hetcc.program import build_program
+from hetcc.runtime import Runtime, Step, TensorSpec
+from hetcc.target import Target, parse_targets
+from hetcc.verify import Tolerances, compare
+
+log = logging.getLogger("hetcc")
+
+OBJECTIVES = ("latency",)
+FALLBACK = Target("torch", "cpu")
+MAX_ATTEMPTS = 8
+
+
+class CompiledModel:
+    """A model compiled by hetcc: call it like the original model."""
+
+    def __init__(self, runtime: Runtime, plan: Plan, artifacts: dict, captured=None):
+        self._runtime = runtime
+        self.plan = plan
+        self.artifacts = artifacts
+        """Segment name -> Artifact (files on disk) that the segment was loaded from."""
+        self._captured = captured
+
+    def __call__(self, *args, **kwargs):
+        return self._runtime(*args, **kwargs)
+
+    @property
+    def signature(self) -> str:
+        return self._runtime.signature()
+
+    def __repr__(self) -> str:
+        used = ", ".join(self.plan.targets_used())
+        return f"<hetcc.CompiledModel {len(self.plan.segments)} segment(s) on {used}; {self.signature}>"
+
+
+def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "latency",
+            dynamic_shapes=None, pins: dict | None = None, exclude: dict | None = None,
+            rtol: float | None = None, atol: float | None = None, workdir=None,
+            profiles: dict | None = None, devices: dict | None = None,
+            memory_limits: dict | None = None) -> CompiledModel:
+    """Compile ``model`` for a list of targets and return a callable with the same outputs.
+
+    targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
+    dynamic_shapes: as for torch.export.export; dims marked there may vary at call time.
+    pins: {submodule path or node name: target} forces those nodes onto a target.
+    exclude: {submodule path or node name: [targets]} keeps those nodes off some targets.
+    rtol/atol: verification tolerance for floating outputs (defaults per dtype in hetcc.verify).
+    memory_limits: {target: bytes} caps the resident weights a target may hold.
+    """
+    if objective not in OBJECTIVES:
+        raise HetccError(f"objective {objective!r} is not supported yet; choose one of {OBJECTIVES}")
+    wanted = parse_targets(targets)
+    backends = {t: resolve(t) for t in wanted}
+    fallback_only = FALLBACK not in wanted
+    if fallback_only:
+        backends[FALLBACK] = resolve(FALLBACK)
+    order = list(backends)
+    started = time.perf_counter()
+    captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    facts = graph_facts(captured.graph, captured.values, captured.weights)
+    units, unit_of = placement_units(captured.graph, facts)
+    candidates = candidates_for(captured, units, order, backends, pins, exclude,
+                                fallback=FALLBACK if fallback_only else None)
+    infos = _target_infos(order, profiles, devices, memory_limits)
+    tolerances = Tolerances.make(rtol, atol)
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
+    log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
+             time.perf_counter() - started)
+
+    lowered: dict[tuple, tuple] = {}  # (target, nodes) -> (artifact, executable, error, seconds)
+    notes: list[str] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        _check_placeable(units, candidates)
+        problem = build_problem(captured, facts, units, unit_of, infos, candidates, objective)
+        placement = solve(problem)
+        specs = form_segments(problem, placement.assignment)
+        segments, failed = [], False
+        for index, spec in enumerate(specs):
+            target = order[spec.target]
+            nodes = tuple(m for u in spec.units for m in units[u].members)
+            key = (target, nodes)
+            program = build_program(f"seg{index}", captured.graph, nodes, captured.weights,
+                                    captured.values, captured.dynamic_dims, captured.dim_ranges,
+                                    keep_outputs=set(o for o in captured.outputs if o))
+            if key not in lowered:
+                lowered[key] = _lower_and_verify(program, target, backends[target],
+                                                 workdir / f"{target.backend}-{len(lowered)}", tolerances)
+            artifact, executable, error, seconds = lowered[key]
+            if executable is None:
+                if target == FALLBACK:
+                    raise InternalError(f"torch:cpu could not run segment {program.name}: {error}")
+                log.warning("segment %s on %s failed (%s); falling back for its %d node(s)",
+                            program.name, target, error, len(nodes))
+                notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}")
+                for u in spec.units:
+                    candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
+                failed = True
+                break
+            segments.append((program, target, spec, artifact, executable, seconds))
+        if not failed:
+            break
+    else:
+        raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
+    plan = _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
+                      attempt, notes)
+    runtime = _make_runtime(captured, segments)
+    log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, plan.summary())
+    artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
+    return CompiledModel(runtime, plan, artifacts, captured)
+
+
+def _check_placeable(units, candidates) -> None:
+    for u, unit in enumerate(units):
+        if not any(candidates.allowed[u]):
+            why = "; ".join(f"{t}: {r}" for t, r in candidates.reasons[u].items())
+            raise PlacementError(f"node {unit.name} ({', '.join(unit.members[:3])}) may run on no "
+                                 f"target: {why}. Remove the pin or exclusion, or add a target "
+                                 f"that supports it (torch:cpu supports every op).")
+
+
+def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
+    limits = {str(Target.parse(k)): v for k, v in (memory_limits or {}).items()}
+    unknown = set(limits) - {str(t) for t in order}
+    if unknown:
+        raise TargetError(f"memory_limits names {sorted(unknown)}, which are not among the targets "
+                          f"{[str(t) for t in order]}")
+    infos = []
+    for t in order:
+        device = (devices or {}).get(str(t)) or this_cpu()
+        capacity = limits.get(str(t), device.mem_capacity)
+        infos.append(TargetInfo(str(t), device, profile_for(t.backend, profiles), capacity,
+                                device.host_link_bandwidth, device.host_link_latency))
+    return infos
+
+
+def _lower_and_verify(program, target, backend, workdir: Path, tolerances):
+    started = time.perf_counter()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        artifact = backend.lower(program, target, workdir)
+        executable = backend.load(artifact, target)
+        got = executable(*program.example_inputs)
+        artifact.meta["max_error"] = compare(program, got, tolerances)
+    except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return None, None, reason, time.perf_counter() - started
+    return artifact, executable, None, time.perf_counter() - started
+
+
+def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
+               attempts, notes) -> Plan:
+    out = []
+    for program, target, spec, artifact, executable, seconds in segments:
+        nodes = [m for u in spec.units for m in units[u].members]
+        fell_back = {}
+        for u in spec.units:
+            for earlier in order[:spec.target]:
+                why = candidates.reasons[u].get(str(earlier))
+                if why:
+                    fell_back[units[u].name] = f"{earlier}: {why}"
+                    break
+        out.append(SegmentPlan(
+            name=program.name, target=str(target), nodes=tuple(nodes),
+            inputs=tuple(program.input_names), outputs=tuple(program.output_names),
+            flops=sum(facts[m].flops for m in nodes),
+            bytes_moved=sum(facts[m].bytes_moved for m in nodes),
+            resident_bytes=sum(facts[m].resident_bytes for m in nodes),
+            predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
+            ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
+            fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
+        ))
+    return Plan(
+        targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
+        predicted_seconds=placement.cost, lower_bound=placement.lower_bound,
+        optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
+        attempts=attempts, notes=tuple(notes))
+
+
+def _make_runtime(captured, segments) -> Runtime:
+    steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names))
+             for prog, target, _, _, executable, _ in segments]
+    specs = []
+    for name in captured.user_inputs:
+        value = captured.values[name]
+        dyn = captured.dynamic_dims.get(name, {})
+        shape = tuple(dyn.get(i, s) for i, s in enumerate(value.shape))
+        ranges = tuple((sym, *captured.dim_ranges.get(sym, (0, 2**63))) for sym in dyn.values())
+        specs.append(TensorSpec(name, shape, value.dtype, ranges))
+    constants = {o: captured.weights[o] for o in captured.outputs if o in captured.weights}
+    return Runtime(steps, specs, list(captured.outputs), captured.const_outputs, captured.in_spec,
+                   captured.out_spec, constants)

@@ -1,0 +1,33 @@
+"""One error hierarchy. User errors say what is wrong, where, and what to do; internal errors say
+they are bugs. Nothing here imports torch, so the solver can raise these too."""
+
+
+class HetccError(Exception):
+    """Base class of every error hetcc raises on purpose."""
+
+
+class TargetError(HetccError):
+    """A target string is malformed, unknown, or not usable on this machine."""
+
+
+class ExportError(HetccError):
+    """torch.export could not capture the model."""
+
+
+class InputError(HetccError):
+    """Inputs given at call time do not match the compiled signature."""
+
+
+class PlacementError(HetccError):
+    """No placement satisfies the constraints (capacity, pins, support)."""
+
+
+class LoweringError(HetccError):
+    """A backend failed to lower or verify a segment."""
+
+
+class InternalError(HetccError):
+    """A bug in hetcc. Please report it with the message and the model that triggered it."""
+
+    def __init__(self, message: str):
+        super().__init__(f"internal error (this is a bug in hetcc, please report it): {message}")

@@ -1,0 +1,93 @@
+"""The Plan: which segment runs where, its numbers, and why nodes fell back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    name: str
+    target: str
+    nodes: tuple[str, ...]
+    """Graph nodes in this segment (core ATen node names)."""
+    inputs: tuple[str, ...]
+    """Values the segment reads, in call order."""
+    outputs: tuple[str, ...]
+    flops: float
+    bytes_moved: int
+    resident_bytes: int
+    """Capacity footprint: weights this segment keeps resident on its target."""
+    predicted_seconds: float
+    """Cost-model time of the segment's nodes (not counting hand-overs)."""
+    ops: dict[str, int] = field(default_factory=dict)
+    """ATen op -> count, for reading the plan."""
+    fell_back: dict[str, str] = field(default_factory=dict)
+    """Node -> why it is not on a target listed before this one."""
+    max_error: float | None = None
+    """Largest absolute difference from the torch reference seen in verification."""
+    lower_seconds: float | None = None
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes_moved if self.bytes_moved else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets: tuple[str, ...]
+    segments: tuple[SegmentPlan, ...]
+    objective: str
+    predicted_seconds: float
+    """Cost-model objective of the whole placement, hand-overs included."""
+    lower_bound: float
+    optimal: bool
+    solver: str
+    solve_seconds: float
+    attempts: int = 1
+    """How many placements were tried (a lowering or verification failure causes a re-solve)."""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.segments)
+
+    def targets_used(self) -> list[str]:
+        return sorted({s.target for s in self.segments}, key=self.targets.index)
+
+    def summary(self) -> str:
+        """A plain-text table of the plan, one row per segment, with fall-back reasons under it."""
+        head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "max err"]
+        rows = []
+        for s in self.segments:
+            rows.append([
+                s.name, s.target, str(len(s.nodes)), f"{s.flops / 1e6:.2f}",
+                f"{s.bytes_moved / 1e6:.2f}", f"{s.intensity:.1f}", f"{s.resident_bytes / 1e6:.2f}",
+                f"{s.predicted_seconds * 1e3:.3f}",
+                "-" if s.max_error is None else f"{s.max_error:.1e}",
+            ])
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        status = "optimal" if self.optimal else f"within {self._gap():.1%} of optimal"
+        lines.append(
+            f"predicted {self.predicted_seconds * 1e3:.3f} ms ({self.objective}, {status}, "
+            f"solver {self.solver} in {self.solve_seconds * 1e3:.0f} ms, {self.attempts} attempt(s))")
+        for s in self.segments:
+            reasons: dict[str, list[str]] = {}
+            for node, why in s.fell_back.items():
+                reasons.setdefault(why, []).append(node)
+            for why, nodes in reasons.items():
+                shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+                lines.append(f"  {s.name}: {shown} on {s.target} because {why}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def _gap(self) -> float:
+        if self.predicted_seconds <= 0:
+            return 0.0
+        return max(0.0, (self.predicted_seconds - self.lower_bound) / self.predicted_seconds)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)

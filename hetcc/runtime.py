@@ -1,0 +1,117 @@
+"""The stitched program: runs segments in order, hands tensors between runtimes, frees
+intermediates as soon as no later segment needs them, and rebuilds the model's output structure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+
+from hetcc.errors import InputError
+
+_DTYPE_NAMES = {v: k for k, v in vars(torch).items() if isinstance(v, torch.dtype)}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple
+    """Sizes, with a symbol name (str) for each dimension that may vary at run time."""
+    dtype: torch.dtype
+    ranges: tuple = ()
+    """(symbol, min, max) for the dynamic dimensions."""
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.name}: {_DTYPE_NAMES.get(self.dtype, self.dtype)}[{dims}]"
+
+
+@dataclass
+class Step:
+    name: str
+    target: str
+    run: object
+    """Callable(*tensors) -> tuple of tensors."""
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    frees: tuple[str, ...] = ()
+    """Values no later step or output needs once this step has run."""
+
+
+class Runtime:
+    def __init__(self, steps: list[Step], input_specs: list[TensorSpec], outputs: list,
+                 const_outputs: dict, in_spec, out_spec, constants: dict[str, torch.Tensor]):
+        self.steps = steps
+        self.input_specs = input_specs
+        self.outputs = outputs
+        self.const_outputs = const_outputs
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.constants = constants
+        """Weights returned directly as outputs (a model may return a parameter)."""
+        keep = {o for o in outputs if o is not None}
+        last_use: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            for name in step.inputs:
+                last_use[name] = i
+        for i, step in enumerate(steps):
+            step.frees = tuple(n for n, last in last_use.items() if last == i and n not in keep)
+
+    def signature(self) -> str:
+        return "(" + ", ".join(s.describe() for s in self.input_specs) + ")"
+
+    def flatten_inputs(self, args, kwargs) -> list[torch.Tensor]:
+        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        if spec != self.in_spec:
+            n_given = len([x for x in flat if isinstance(x, torch.Tensor)])
+            raise InputError(
+                f"inputs do not match the compiled signature {self.signature()}: got {n_given} "
+                f"tensor(s) in a different structure. Call the model the way it was compiled.")
+        tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+        for value, spec in zip(tensors, self.input_specs):
+            check_input(value, spec, self.signature())
+        return tensors
+
+    def __call__(self, *args, **kwargs):
+        flat = self.flatten_inputs(args, kwargs)
+        env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
+        for step in self.steps:
+            outs = step.run(*(env[n] for n in step.inputs))
+            env.update(zip(step.outputs, outs))
+            for name in step.frees:
+                env.pop(name, None)
+        flat_out = []
+        for i, name in enumerate(self.outputs):
+            if name is None:
+                flat_out.append(self.const_outputs[i])
+            elif name in env:
+                flat_out.append(env[name])
+            else:
+                flat_out.append(self.constants[name])
+        return pytree.tree_unflatten(flat_out, self.out_spec)
+
+
+def check_input(value, spec: TensorSpec, signature: str) -> None:
+    where = f"input {spec.name!r}"
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{where} must be a torch.Tensor, got {type(value).__name__}; expected {signature}")
+    if value.device.type != "cpu":
+        raise InputError(f"{where} is on {value.device}, but this program takes CPU tensors; "
+                         f"move it with .cpu(). Expected {signature}")
+    if value.dtype != spec.dtype:
+        raise InputError(f"{where} has dtype {_DTYPE_NAMES.get(value.dtype, value.dtype)}, expected "
+                         f"{_DTYPE_NAMES.get(spec.dtype, spec.dtype)}; signature {signature}")
+    if value.dim() != len(spec.shape):
+        raise InputError(f"{where} has {value.dim()} dimensions {tuple(value.shape)}, expected "
+                         f"{len(spec.shape)}; signature {signature}")
+    ranges = {sym: (lo, hi) for sym, lo, hi in spec.ranges}
+    for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+        if isinstance(want, str):
+            lo, hi = ranges.get(want, (0, 2**63))
+            if not lo <= got <= hi:
+                raise InputError(f"{where} dimension {axis} is {got}, outside the compiled range "
+                                 f"{want} in [{lo}, {hi}]; signature {signature}")
+        elif got != want:
+            raise InputError(f"{where} dimension {axis} is {got}, expected {want} (compiled as a "
+                             f"fixed size; pass dynamic_shapes to compile to vary it); "
+                             f"signature {signature}")

@@ -1,0 +1,64 @@
+"""Check a lowered segment's outputs against the torch reference, with tolerances per dtype."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hetcc.errors import LoweringError
+
+# (rtol, atol) per dtype: fp32 leaves room for a different summation order in a reduction of a few
+# thousand terms; half types for their 8- and 11-bit mantissas.
+DEFAULT_TOLERANCES = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    per_dtype: dict = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+
+    @classmethod
+    def make(cls, rtol: float | None = None, atol: float | None = None) -> "Tolerances":
+        table = dict(DEFAULT_TOLERANCES)
+        if rtol is not None or atol is not None:
+            for dtype, (r, a) in table.items():
+                table[dtype] = (r if rtol is None else rtol, a if atol is None else atol)
+        return cls(table)
+
+    def for_dtype(self, dtype) -> tuple[float, float]:
+        return self.per_dtype.get(dtype, (0.0, 0.0))  # integers and bools must match exactly
+
+
+def compare(program, got, tolerances: Tolerances) -> float:
+    """Raise LoweringError if ``got`` differs from the reference; return the max abs error."""
+    want = [program.reference_value(name) for name in program.output_names]
+    got = list(got)
+    if len(got) != len(want):
+        raise LoweringError(f"{program.name} returned {len(got)} outputs, expected {len(want)}")
+    worst = 0.0
+    for name, g, w in zip(program.output_names, got, want):
+        if tuple(g.shape) != tuple(w.shape):
+            raise LoweringError(f"output {name} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
+        if g.dtype != w.dtype:
+            raise LoweringError(f"output {name} has dtype {g.dtype}, expected {w.dtype}")
+        if w.numel() == 0:
+            continue
+        rtol, atol = tolerances.for_dtype(w.dtype)
+        if w.is_floating_point():
+            diff = (g.double() - w.double()).abs()
+            bad = ~(diff <= atol + rtol * w.double().abs())
+            bad &= ~(torch.isnan(g) & torch.isnan(w))
+            err = float(diff.nan_to_num(0.0).max())
+        else:
+            bad = g != w
+            err = float(bad.sum())
+        worst = max(worst, err)
+        if bool(bad.any()):
+            raise LoweringError(
+                f"output {name} differs from the torch reference: max abs error {err:.3g} "
+                f"(rtol {rtol}, atol {atol}, {int(bad.sum())} of {w.numel()} elements off)")
+    return worst

@@ -1,0 +1,98 @@
+"""Build the PlacementProblem: units x targets cost table, values with bytes, capacities, links."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hetcc.cost_model.roofline import node_seconds
+from hetcc.passes.problem import HOST, PlacementProblem, Value
+from hetcc.passes.units import tensor_inputs
+
+HANDOFF_LATENCY = 2e-6
+"""Seconds to wrap a CPU tensor for another runtime (numpy view, OrtValue, ov.Tensor)."""
+
+
+@dataclass
+class TargetInfo:
+    """What the problem needs to know about one target."""
+
+    name: str
+    device: object  # DeviceSpec
+    profile: object  # BackendProfile
+    capacity: float
+    host_bandwidth: float = math.inf
+    host_latency: float = 0.0
+
+
+def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
+    return [[sum(node_seconds(facts[m], t.device, t.profile) for m in u.members) for t in targets]
+            for u in units]
+
+
+def unit_resident(units, facts) -> list[int]:
+    return [sum(facts[m].resident_bytes for m in u.members) for u in units]
+
+
+def build_values(captured, units, unit_of) -> list[Value]:
+    """One value per tensor that some other unit (or the host) reads."""
+    readers: dict[str, set[int]] = {}
+    for u_index, unit in enumerate(units):
+        for m in unit.members:
+            node = captured.node(m)
+            for a in tensor_inputs(node):
+                if a.name in captured.weights:
+                    continue
+                if unit_of.get(a.name) == u_index:
+                    continue
+                readers.setdefault(a.name, set()).add(u_index)
+    outputs = {o for o in captured.outputs if o is not None}
+    values = []
+    for name in list(captured.user_inputs) + [m for u in units for m in u.members]:
+        consumers = readers.get(name, set())
+        to_host = name in outputs
+        if not consumers and not to_host:
+            continue
+        producer = HOST if name in captured.user_inputs else unit_of[name]
+        val = captured.values.get(name)
+        nbytes = val.numel() * val.element_size() if isinstance(val, torch.Tensor) else 0
+        values.append(Value(producer, tuple(sorted(consumers)), nbytes, to_host))
+    return values
+
+
+def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
+                  candidates: Candidates, objective: str = "latency") -> PlacementProblem:
+    costs = unit_costs(units, facts, targets)
+    cost = tuple(
+        tuple(c if candidates.allowed[i][t] else math.inf for t, c in enumerate(row))
+        for i, row in enumerate(costs))
+    k = len(targets)
+    latency = [[0.0] * (k + 1) for _ in range(k + 1)]
+    bandwidth = [[math.inf] * (k + 1) for _ in range(k + 1)]
+    for s in range(k + 1):
+        for t in range(k + 1):
+            if s == t:
+                continue
+            src = targets[s] if s < k else None
+            dst = targets[t] if t < k else None
+            lat, bw = HANDOFF_LATENCY, math.inf
+            for side in (src, dst):
+                if side is not None:
+                    lat += side.host_latency
+                    bw = min(bw, side.host_bandwidth, side.profile.handoff_bandwidth)
+            latency[s][t] = lat
+            bandwidth[s][t] = bw
+    overhead = tuple(t.profile.call_overhead for t in targets) + (0.0,)
+    return PlacementProblem(
+        nodes=tuple(u.name for u in units),
+        targets=tuple(t.name for t in targets),
+        cost=cost,
+        values=tuple(build_values(captured, units, unit_of)),
+        resident=tuple(unit_resident(units, facts)),
+        capacity=tuple(t.capacity for t in targets),
+        link_latency=tuple(map(tuple, latency)),
+        link_bandwidth=tuple(map(tuple, bandwidth)),
+        call_overhead=overhead,
+        meta={"objective": objective},
+    )

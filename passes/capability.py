@@ -1,0 +1,88 @@
+"""Capability: per unit and target, may it run there, and if not, why (shown in the plan).
+
+Sources of a 'no', in order: a pin to another target, an exclusion, the backend's own answer for
+one of the unit's nodes, a failure seen while lowering or verifying (added later with ``ban``).
+"""
+from __future__ import annotations
+
+from hetcc.errors import TargetError
+from hetcc.target import Target
+
+
+class Candidates:
+    def __init__(self, n_units: int, targets: list[Target]):
+        self.targets = [str(t) for t in targets]
+        self.allowed = [[True] * len(targets) for _ in range(n_units)]
+        self.reasons: list[dict[str, str]] = [{} for _ in range(n_units)]
+
+    def forbid(self, unit: int, target: int, reason: str) -> None:
+        if self.allowed[unit][target]:
+            self.allowed[unit][target] = False
+            self.reasons[unit][self.targets[target]] = reason
+
+    def ban(self, unit: int, target: int, reason: str) -> None:
+        self.forbid(unit, target, reason)
+
+
+def _scopes(node) -> list[str]:
+    """Submodule paths a node belongs to ('' is the root), from torch.export's metadata."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [path for path, _ in stack.values() if isinstance(path, str)]
+
+
+def _matches(node, key: str) -> bool:
+    if node.name == key:
+        return True
+    return any(p == key or p.startswith(key + ".") for p in _scopes(node))
+
+
+def _check_keys(captured, keys, what: str) -> None:
+    nodes = [n for n in captured.graph.nodes if n.op == "call_function"]
+    for key in keys:
+        if not any(_matches(n, key) for n in nodes):
+            known = sorted({p for n in nodes for p in _scopes(n) if p})
+            raise TargetError(
+                f"{what} names {key!r}, which is neither a submodule nor a node of this model. "
+                f"Submodules: {', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}")
+
+
+def candidates_for(captured, units, order: list[Target], backends: dict, pins: dict | None,
+                   exclude: dict | None, fallback: Target | None = None) -> Candidates:
+    """Who may run what. ``fallback`` (torch:cpu when the user did not list it) only takes units
+    that no listed target can run."""
+    cand = Candidates(len(units), order)
+    index = {t: i for i, t in enumerate(order)}
+    pins = {k: Target.parse(v) for k, v in (pins or {}).items()}
+    exclude = {k: [Target.parse(t) for t in ([v] if isinstance(v, str) else v)]
+               for k, v in (exclude or {}).items()}
+    for what, table in (("pins", pins), ("exclude", exclude)):
+        _check_keys(captured, table, what)
+        for targets in table.values():
+            for t in targets if isinstance(targets, list) else [targets]:
+                if t not in index:
+                    raise TargetError(f"{what} uses target {t}, which is not among the targets "
+                                      f"{[str(x) for x in order]}; add it to targets")
+    for u, unit in enumerate(units):
+        nodes = [captured.node(m) for m in unit.members]
+        for key, pinned in pins.items():
+            if any(_matches(n, key) for n in nodes):
+                for t in order:
+                    if t != pinned:
+                        cand.forbid(u, index[t], f"pinned to {pinned} by pins[{key!r}]")
+        for key, banned in exclude.items():
+            if any(_matches(n, key) for n in nodes):
+                for t in banned:
+                    cand.forbid(u, index[t], f"excluded by exclude[{key!r}]")
+        for t in order:
+            if not cand.allowed[u][index[t]]:
+                continue
+            for n in nodes:
+                support = backends[t].supports(n, t)
+                if not support.ok:
+                    cand.forbid(u, index[t], support.reason or f"{t} does not support {n.name}")
+                    break
+        if fallback is not None:
+            others = [i for t, i in index.items() if t != fallback]
+            if any(cand.allowed[u][i] for i in others):
+                cand.forbid(u, index[fallback], "torch:cpu is only the fall-back here (not listed in targets)")
+    return cand

@@ -1,0 +1,98 @@
+"""The placement problem as plain data. Nothing here imports torch: solvers work on this alone, so
+they can be checked against brute force on small random problems and timed on large ones.
+
+Cost under the model (the function :func:`evaluate` defines it, solvers minimise it)::
+
+    total = sum_i cost[i][a_i]
+          + sum over values v, over each location t that needs v and differs from v's source s:
+                link_latency[s][t] + v.nbytes / link_bandwidth[s][t] + call_overhead[t]
+
+Locations are the k targets plus ``HOST`` (index k): model inputs come from the host, model
+outputs go to it. ``call_overhead[t]`` is charged once per value handed into ``t``: it stands for
+the work of entering a new segment on ``t``. It over-counts a segment that receives several values,
+which errs towards fewer cuts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+HOST = -1
+"""Producer id of a model input, and the sink id for model outputs."""
+
+
+@dataclass(frozen=True)
+class Value:
+    producer: int
+    """Node index that produces the value, or HOST for a model input."""
+    consumers: tuple[int, ...]
+    """Node indices that read the value (each at most once)."""
+    nbytes: int
+    """Bytes handed over when the value crosses between locations."""
+    to_host: bool = False
+    """True when the value is a model output, so it must reach the host."""
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    nodes: tuple[str, ...]
+    """Node names, in a topological order."""
+    targets: tuple[str, ...]
+    """Target names, in preference order (earlier wins a tie)."""
+    cost: tuple[tuple[float, ...], ...]
+    """cost[i][t]: seconds node i takes on target t; math.inf where it may not run there."""
+    values: tuple[Value, ...]
+    resident: tuple[int, ...]
+    """Bytes node i keeps resident (weights) on whatever target runs it."""
+    capacity: tuple[float, ...]
+    """Bytes each target can hold resident; math.inf for no limit."""
+    link_latency: tuple[tuple[float, ...], ...]
+    """(k+1)x(k+1) seconds per hand-over from location s to t; last row/column is the host."""
+    link_bandwidth: tuple[tuple[float, ...], ...]
+    """(k+1)x(k+1) bytes/s from location s to t; math.inf where handing over is free."""
+    call_overhead: tuple[float, ...]
+    """k+1 seconds charged per value entering a location (host: usually 0)."""
+    meta: dict = field(default_factory=dict, compare=False)
+    """Free-form notes (objective, where the numbers came from); solvers ignore it."""
+
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def k(self) -> int:
+        return len(self.targets)
+
+    def link(self, s: int, t: int, nbytes: int) -> float:
+        """Seconds to hand ``nbytes`` from location s to t (HOST may be given as -1 or k)."""
+        s = self.k if s == HOST else s
+        t = self.k if t == HOST else t
+        if s == t:
+            return 0.0
+        bw = self.link_bandwidth[s][t]
+        return self.link_latency[s][t] + (0.0 if math.isinf(bw) else nbytes / bw) + self.call_overhead[t]
+
+
+def evaluate(problem: PlacementProblem, assignment) -> float:
+    """Cost of an assignment (node -> target index) under the model; math.inf if infeasible."""
+    k = problem.k
+    if len(assignment) != problem.n:
+        raise ValueError(f"assignment has {len(assignment)} entries for {problem.n} nodes")
+    total = 0.0
+    used = [0.0] * k
+    for i, t in enumerate(assignment):
+        c = problem.cost[i][t]
+        if math.isinf(c):
+            return math.inf
+        total += c
+        used[t] += problem.resident[i]
+    if any(u > cap for u, cap in zip(used, problem.capacity)):
+        return math.inf
+    for v in problem.values:
+        src = k if v.producer == HOST else assignment[v.producer]
+        dests = {assignment[c] for c in v.consumers}
+        if v.to_host:
+            dests.add(k)
+        for t in dests:
+            total += problem.link(src, t, v.nbytes)
+    return total

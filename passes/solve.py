@@ -1,0 +1,556 @@
+"""Optimal placement: node -> target, minimising :func:`hetcc.passes.problem.evaluate`.
+
+The problem is a multiway cut with hyper-edges (a value with several consumers is paid once per
+location that needs it), NP-hard for three or more targets, so :func:`solve` states it as a mixed
+integer program and hands it to HiGHS through ``scipy.optimize.milp``. The answer is exact when
+HiGHS proves it (``Placement.optimal``); when it stops at the time limit, the reported
+``lower_bound`` is HiGHS's dual bound and ``gap`` says how far the answer may be from the optimum.
+docs/placement.md explains the formulation.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_array
+
+from hetcc.errors import PlacementError
+from hetcc.passes.problem import HOST, PlacementProblem, evaluate
+
+log = logging.getLogger(__name__)
+
+REL_TOL = 1e-9
+"""Relative distance between cost and lower bound under which a placement counts as optimal."""
+
+BRUTE_FORCE_MAX_NODES = 12
+
+
+@dataclass(frozen=True)
+class Placement:
+    assignment: tuple[int, ...]
+    """Target index of each node, in the problem's node order."""
+    cost: float
+    """``evaluate(problem, assignment)``."""
+    lower_bound: float
+    """A proven lower bound on the optimal cost."""
+    optimal: bool
+    """True when cost and lower bound agree to REL_TOL, so the placement is proven optimal."""
+    method: str
+    """How the placement was found (``milp``, ``single-target``, ``trivial``, ``heuristic``...)."""
+    seconds: float
+    """Wall time spent in :func:`solve`."""
+
+    @property
+    def gap(self) -> float:
+        """Relative distance ``(cost - lower_bound) / cost``; 0 when proven optimal."""
+        if self.optimal or self.cost <= self.lower_bound:
+            return 0.0
+        if self.cost == 0 or math.isinf(self.cost):
+            return math.inf
+        return (self.cost - self.lower_bound) / abs(self.cost)
+
+
+def _is_optimal(cost: float, lower_bound: float) -> bool:
+    return math.isfinite(cost) and cost - lower_bound <= REL_TOL * max(abs(cost), 1e-300)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference and feasibility
+
+
+def brute_force(problem: PlacementProblem) -> tuple[tuple[int, ...], float]:
+    """Best assignment by enumerating all k**n of them; ``((), inf)`` when none is feasible.
+
+    Among equal costs the first in ``itertools.product`` order wins, so earlier targets win ties
+    on earlier nodes. Refuses more than BRUTE_FORCE_MAX_NODES nodes: this is the tests' reference.
+    """
+    if problem.n > BRUTE_FORCE_MAX_NODES:
+        raise ValueError(f"brute force refuses {problem.n} nodes (at most {BRUTE_FORCE_MAX_NODES})")
+    best, best_cost = (), math.inf
+    for a in itertools.product(range(problem.k), repeat=problem.n):
+        c = evaluate(problem, a)
+        if c < best_cost:
+            best, best_cost = a, c
+    return best, best_cost
+
+
+def _allowed(problem: PlacementProblem) -> list[list[int]]:
+    """Targets each node may use: finite cost and its resident bytes fit the target alone."""
+    return [[t for t in range(problem.k)
+             if not math.isinf(problem.cost[i][t]) and problem.resident[i] <= problem.capacity[t]]
+            for i in range(problem.n)]
+
+
+def _fmt_bytes(b: float) -> str:
+    if math.isinf(b):
+        return "unlimited"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= size:
+            return f"{b / size:.2f} {unit} ({int(b)} bytes)"
+    return f"{int(b)} bytes"
+
+
+def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None:
+    """Raise PlacementError for the infeasibilities that have a short explanation."""
+    for i, ts in enumerate(allowed):
+        if ts:
+            continue
+        why = []
+        for t, target in enumerate(problem.targets):
+            if math.isinf(problem.cost[i][t]):
+                why.append(f"{target}: not supported (cost is inf)")
+            else:
+                why.append(f"{target}: needs {_fmt_bytes(problem.resident[i])} resident, "
+                           f"capacity is {_fmt_bytes(problem.capacity[t])}")
+        raise PlacementError(
+            f"node {i} ({problem.nodes[i]!r}) has no allowed target: " + "; ".join(why or ["no targets"])
+            + ". Add a target that supports it with enough memory, raise that target's capacity, "
+              "or remove the pin that excludes the others.")
+    # Hall's condition: the nodes that can only go to a set T of targets must fit into T.
+    k = problem.k
+    subsets = (itertools.chain.from_iterable(itertools.combinations(range(k), r) for r in range(1, k + 1))
+               if k <= 10 else [(t,) for t in range(k)] + [tuple(range(k))])
+    for ts in subsets:
+        cap = sum(problem.capacity[t] for t in ts)
+        if math.isinf(cap):
+            continue
+        members = set(ts)
+        need = sum(problem.resident[i] for i in range(problem.n) if set(allowed[i]) <= members)
+        if need > cap:
+            names = ", ".join(problem.targets[t] for t in ts)
+            scope = "in total" if len(ts) == k else f"that can only run on {{{names}}}"
+            raise PlacementError(
+                f"capacity exceeded on {{{names}}}: the nodes {scope} keep {_fmt_bytes(need)} resident, "
+                f"but those targets hold {_fmt_bytes(cap)} (short by {_fmt_bytes(need - cap)} at best). "
+                "Add a target with more memory, raise the capacity, or remove a pin.")
+
+
+def _capacity_error(problem: PlacementProblem) -> PlacementError:
+    need = sum(problem.resident)
+    caps = ", ".join(f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity))
+    return PlacementError(
+        f"no placement fits the capacities: nodes keep {_fmt_bytes(need)} resident in total and no "
+        f"split of them over the targets fits ({caps}); the nodes cannot be packed. Add a target "
+        "with more memory, raise a capacity, or remove a pin.")
+
+
+# --------------------------------------------------------------------------------------------
+# Local bounds and moves
+
+
+def _trivial_lower_bound(problem: PlacementProblem, allowed: list[list[int]]) -> float:
+    """Each node at its cheapest target, plus the hand-overs to and from the host that no
+    placement avoids. Valid for every assignment, ignoring capacities."""
+    k = problem.k
+    lb = sum(min(problem.cost[i][t] for t in allowed[i]) for i in range(problem.n))
+    for v in problem.values:
+        if v.producer == HOST:
+            # Every consumer sits on a target, never on the host, so v leaves the host at least once.
+            if v.consumers:
+                lb += max(min(problem.link(k, t, v.nbytes) for t in allowed[c]) for c in v.consumers)
+        elif v.to_host:
+            lb += min(problem.link(s, k, v.nbytes) for s in allowed[v.producer])
+    return lb
+
+
+class _Mover:
+    """Incremental cost changes when moving a set of nodes to another target."""
+
+    def __init__(self, problem: PlacementProblem, assignment):
+        self.p = problem
+        self.a = list(assignment)
+        self.used = [0.0] * problem.k
+        for i, t in enumerate(self.a):
+            self.used[t] += problem.resident[i]
+        self.incident: list[list[int]] = [[] for _ in range(problem.n)]
+        for j, v in enumerate(problem.values):
+            if v.producer != HOST:
+                self.incident[v.producer].append(j)
+            for c in v.consumers:
+                self.incident[c].append(j)
+        self.neighbours: list[set[int]] = [set() for _ in range(problem.n)]
+        for v in problem.values:
+            if v.producer != HOST:
+                for c in v.consumers:
+                    self.neighbours[v.producer].add(c)
+                    self.neighbours[c].add(v.producer)
+
+    def _value_cost(self, j: int) -> float:
+        v, k = self.p.values[j], self.p.k
+        src = k if v.producer == HOST else self.a[v.producer]
+        dests = {self.a[c] for c in v.consumers}
+        if v.to_host:
+            dests.add(k)
+        return sum(self.p.link(src, t, v.nbytes) for t in dests)
+
+    def delta(self, nodes, target: int) -> float:
+        """Cost change of moving ``nodes`` (all on one target) to ``target``; inf if it breaks a
+        capacity or a node may not run there."""
+        p = self.p
+        src = self.a[nodes[0]]
+        if p.capacity[target] < self.used[target] + sum(p.resident[i] for i in nodes):
+            return math.inf
+        d = 0.0
+        for i in nodes:
+            if math.isinf(p.cost[i][target]):
+                return math.inf
+            d += p.cost[i][target] - p.cost[i][src]
+        vals = {j for i in nodes for j in self.incident[i]}
+        before = sum(self._value_cost(j) for j in vals)
+        for i in nodes:
+            self.a[i] = target
+        after = sum(self._value_cost(j) for j in vals)
+        for i in nodes:
+            self.a[i] = src
+        return d + after - before
+
+    def move(self, nodes, target: int) -> None:
+        for i in nodes:
+            self.used[self.a[i]] -= self.p.resident[i]
+            self.used[target] += self.p.resident[i]
+            self.a[i] = target
+
+    def components(self) -> list[list[int]]:
+        """Connected groups of nodes on the same target (linked by a value)."""
+        seen = [False] * self.p.n
+        out = []
+        for root in range(self.p.n):
+            if seen[root]:
+                continue
+            seen[root], stack, comp = True, [root], []
+            while stack:
+                i = stack.pop()
+                comp.append(i)
+                for j in self.neighbours[i]:
+                    if not seen[j] and self.a[j] == self.a[root]:
+                        seen[j] = True
+                        stack.append(j)
+            out.append(sorted(comp))
+        return out
+
+
+def _prefer_earlier(problem: PlacementProblem, assignment, cost: float) -> tuple[tuple[int, ...], float]:
+    """Among equal costs prefer earlier targets: move whole same-target groups, then single nodes,
+    to an earlier target whenever that does not raise the cost."""
+    if problem.k < 2 or problem.n == 0:
+        return tuple(assignment), cost
+    m = _Mover(problem, assignment)
+    tol = 1e-13 * max(abs(cost), 1e-300)
+    changed = True
+    while changed:
+        changed = False
+        groups = m.components() + [[i] for i in range(problem.n)]
+        for g in groups:
+            for t in range(m.a[g[0]]):
+                if all(m.a[i] == m.a[g[0]] for i in g) and m.delta(g, t) <= tol:
+                    m.move(g, t)
+                    changed = True
+                    break
+    new = tuple(m.a)
+    new_cost = evaluate(problem, new)
+    if new_cost <= cost + problem.n * tol:
+        return new, new_cost
+    return tuple(assignment), cost
+
+
+def _improve(problem: PlacementProblem, assignment, deadline: float) -> tuple[int, ...]:
+    """Strict local search: move single nodes or same-target groups while the cost drops."""
+    m = _Mover(problem, assignment)
+    improved = True
+    while improved and time.perf_counter() < deadline:
+        improved = False
+        for g in m.components() + [[i] for i in range(problem.n)]:
+            if time.perf_counter() >= deadline:
+                break
+            if not all(m.a[i] == m.a[g[0]] for i in g):
+                continue
+            best_t, best_d = None, -1e-12
+            for t in range(problem.k):
+                if t != m.a[g[0]]:
+                    d = m.delta(g, t)
+                    if d < best_d:
+                        best_t, best_d = t, d
+            if best_t is not None:
+                m.move(g, best_t)
+                improved = True
+    return tuple(m.a)
+
+
+def _heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: float):
+    """A feasible assignment without proof: best of one-target-for-all and greedy cheapest target
+    repaired for capacity, then local search. None when nothing feasible was found."""
+    p, cands = problem, []
+    for t in range(p.k):
+        cands.append(tuple([t] * p.n))
+    greedy = [min(ts, key=lambda t: p.cost[i][t]) for i, ts in enumerate(allowed)]
+    used = [0.0] * p.k
+    for i, t in enumerate(greedy):
+        used[t] += p.resident[i]
+    for t in range(p.k):
+        if used[t] <= p.capacity[t]:
+            continue
+        # Move off the nodes whose next-best target costs least extra per byte freed.
+        order = sorted((i for i in range(p.n) if greedy[i] == t and p.resident[i] > 0),
+                       key=lambda i: min((p.cost[i][s] - p.cost[i][t] for s in allowed[i] if s != t),
+                                         default=math.inf) / p.resident[i])
+        for i in order:
+            if used[t] <= p.capacity[t]:
+                break
+            for s in sorted((s for s in allowed[i] if s != t), key=lambda s: p.cost[i][s]):
+                if used[s] + p.resident[i] <= p.capacity[s]:
+                    used[s] += p.resident[i]
+                    used[t] -= p.resident[i]
+                    greedy[i] = s
+                    break
+    cands.append(tuple(greedy))
+    feasible = [a for a in cands if not math.isinf(evaluate(p, a))]
+    if not feasible:
+        return None
+    best = min(feasible, key=lambda a: evaluate(p, a))
+    return _improve(p, best, deadline)
+
+
+# --------------------------------------------------------------------------------------------
+# The mixed-integer program
+
+
+class _Model:
+    """Sparse MILP builder. A linear term is ``(const, var)``: ``var`` None means the constant."""
+
+    def __init__(self):
+        self.c: list[float] = []
+        self.ub: list[float] = []
+        self.integer: list[int] = []
+        self.rows, self.cols, self.vals = [], [], []
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        self.offset = 0.0
+
+    def var(self, cost: float = 0.0, integer: bool = False) -> int:
+        self.c.append(cost)
+        self.ub.append(1.0)
+        self.integer.append(1 if integer else 0)
+        return len(self.c) - 1
+
+    def row(self, terms, lo: float, hi: float) -> None:
+        r = len(self.lo)
+        for j, a in terms:
+            self.rows.append(r)
+            self.cols.append(j)
+            self.vals.append(a)
+        self.lo.append(lo)
+        self.hi.append(hi)
+
+
+def _link(p: PlacementProblem, s: int, t: int, v) -> float:
+    w = p.link(s, t, v.nbytes)
+    if w < 0 or math.isnan(w):
+        raise ValueError(f"link cost from location {s} to {t} is {w}; it must be >= 0")
+    return w
+
+
+def _add_fixed_source(m: _Model, p: PlacementProblem, v, s: int, x) -> None:
+    """Value from a known location s (the host, or a node with one allowed target): it reaches
+    location t exactly when u[v,t] = OR of x[c,t] over its consumers is 1."""
+    by_t: dict[int, list[int]] = {p.k: [-1]} if v.to_host else {}
+    for c in v.consumers:
+        for t, j in x[c].items():
+            by_t.setdefault(t, []).append(j)
+    for t, js in by_t.items():
+        if t == s:
+            continue
+        w = _link(p, s, t, v)
+        if w == 0:
+            continue
+        if -1 in js:
+            if math.isinf(w):
+                where = "a model input" if v.producer == HOST else f"node {v.producer}'s output"
+                raise PlacementError(
+                    f"{where} must cross from location {s} to {t} over a link with infinite cost. "
+                    "Make that link finite or remove the pin that forces it.")
+            m.offset += w
+            continue
+        if math.isinf(w):
+            for j in js:
+                m.ub[j] = 0.0
+        elif len(js) == 1:
+            m.c[js[0]] += w
+        else:
+            u = m.var(w)
+            for j in js:
+                m.row([(u, 1.0), (j, -1.0)], 0.0, math.inf)
+
+
+def _add_free_source(m: _Model, p: PlacementProblem, v, x) -> None:
+    """Value from a node that may sit on several targets. Per consumer c a transport plan
+    y[c,s,t] >= 0 with marginals x[producer,s] and x[c,t] says where v goes from where; the value
+    enters t from s when some consumer's plan uses (s, t): z[v,s,t] >= y[c,s,t]. This is the
+    local-polytope relaxation: much tighter than z >= x + x - 1, which a half/half split defeats."""
+    src = x[v.producer]
+    fixed_dst = {p.k} if v.to_host else set()
+    free = []
+    for c in v.consumers:
+        if len(x[c]) == 1:
+            fixed_dst.add(next(iter(x[c])))
+        else:
+            free.append(c)
+    for t in fixed_dst:
+        for s, js in src.items():
+            if s != t:
+                w = _link(p, s, t, v)
+                if math.isinf(w):
+                    m.ub[js] = 0.0
+                else:
+                    m.c[js] += w
+    cells: dict[tuple[int, int], list[int]] = {}
+    for c in free:
+        y = {}
+        for s in src:
+            for t in x[c]:
+                w = 0.0 if s == t or t in fixed_dst else _link(p, s, t, v)
+                if not math.isinf(w):
+                    y[s, t] = m.var()
+                    if w > 0:
+                        cells.setdefault((s, t), []).append(y[s, t])
+        for s, js in src.items():
+            m.row([(j, 1.0) for (a, _), j in y.items() if a == s] + [(js, -1.0)], 0.0, 0.0)
+        for t, jt in x[c].items():
+            m.row([(j, 1.0) for (_, b), j in y.items() if b == t] + [(jt, -1.0)], 0.0, 0.0)
+    for (s, t), ys in cells.items():
+        w = _link(p, s, t, v)
+        if len(ys) == 1:
+            m.c[ys[0]] += w
+        else:
+            z = m.var(w)
+            for j in ys:
+                m.row([(z, 1.0), (j, -1.0)], 0.0, math.inf)
+
+
+def _build(problem: PlacementProblem, allowed: list[list[int]]):
+    """x[i,t] binary (a constant where node i has one allowed target), value hand-overs as in
+    _add_fixed_source / _add_free_source, one capacity row per target that can overflow."""
+    p, k, m = problem, problem.k, _Model()
+    # x[i][t]: variable index, or -1 for the constant 1; absent when not allowed.
+    x: list[dict[int, int]] = []
+    for i, ts in enumerate(allowed):
+        if len(ts) == 1:
+            x.append({ts[0]: -1})
+            m.offset += p.cost[i][ts[0]]
+        else:
+            x.append({t: m.var(p.cost[i][t], integer=True) for t in ts})
+            m.row([(j, 1.0) for j in x[i].values()], 1.0, 1.0)
+
+    for v in p.values:
+        if v.producer == HOST:
+            _add_fixed_source(m, p, v, k, x)
+        elif len(x[v.producer]) == 1:
+            _add_fixed_source(m, p, v, next(iter(x[v.producer])), x)
+        else:
+            _add_free_source(m, p, v, x)
+
+    for t in range(k):
+        cap = p.capacity[t]
+        if math.isinf(cap):
+            continue
+        fixed = sum(p.resident[i] for i in range(p.n) if x[i].get(t) == -1)
+        free = [(x[i][t], float(p.resident[i])) for i in range(p.n)
+                if x[i].get(t, -1) != -1 and p.resident[i] > 0]
+        if fixed + sum(r for _, r in free) > cap:
+            m.row(free, -math.inf, cap - fixed)
+    return m, x
+
+
+def _solve_milp(problem, allowed, time_limit):
+    m, x = _build(problem, allowed)
+    nvar = len(m.c)
+    if nvar == 0:
+        return tuple(next(iter(xi)) for xi in x), None, "fixed", m
+    c = np.asarray(m.c)
+    # Scale to O(1) coefficients so HiGHS's absolute tolerances mean something at microseconds.
+    nz = np.abs(c[c != 0])
+    scale = float(np.median(nz)) if nz.size else 1.0
+    constraints = ()
+    if m.lo:
+        a = csr_array((np.asarray(m.vals), (np.asarray(m.rows), np.asarray(m.cols))),
+                      shape=(len(m.lo), nvar))
+        constraints = (LinearConstraint(a, np.asarray(m.lo), np.asarray(m.hi)),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # options scipy passes to HiGHS verbatim
+        res = milp(c / scale, integrality=np.asarray(m.integer), bounds=Bounds(0.0, np.asarray(m.ub)),
+                   constraints=constraints,
+                   options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": REL_TOL / 10,
+                            "mip_abs_gap": 0.0, "presolve": True})
+    log.debug("milp: %d vars, %d rows, status %s: %s", nvar, len(m.lo), res.status, res.message)
+    if res.status == 2:
+        return None, res, "infeasible", m
+    if res.x is None:
+        return None, res, "no-solution", m
+    xs = res.x
+    assignment = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
+    bound = res.mip_dual_bound
+    lb = None if bound is None or not math.isfinite(bound) else bound * scale + m.offset
+    return assignment, lb, "milp" if res.status == 0 else "milp-time-limit", m
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
+          exact_node_limit: int | None = None) -> Placement:
+    """Placement minimising ``evaluate(problem, assignment)`` under capacities and inf costs.
+
+    Optimal when ``Placement.optimal``; HiGHS stops after ``time_limit`` seconds and then the
+    placement carries its dual bound and gap. Problems with more than ``exact_node_limit`` nodes
+    skip the MILP: a local-search heuristic answers, with the simple bound of
+    :func:`_trivial_lower_bound`. Raises PlacementError when no placement is feasible.
+    """
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit
+    p = problem
+    if p.k == 0:
+        raise PlacementError("no targets to place on. Add a target (torch:cpu is always available).")
+    allowed = _allowed(p)
+    _check_feasible(p, allowed)
+    lb0 = _trivial_lower_bound(p, allowed)
+
+    def done(a, lb, method):
+        cost = evaluate(p, a)
+        if math.isinf(cost):
+            raise AssertionError(f"solver returned an infeasible assignment ({method})")
+        a, cost = _prefer_earlier(p, a, cost)
+        lb = min(max(lb, lb0), cost)
+        return Placement(tuple(a), cost, lb, _is_optimal(cost, lb), method, time.perf_counter() - t0)
+
+    if p.k == 1:
+        return done((0,) * p.n, evaluate(p, (0,) * p.n), "single-target")
+    cheapest = tuple(min(ts, key=lambda t: p.cost[i][t]) for i, ts in enumerate(allowed))
+    cheap_cost = evaluate(p, cheapest)
+    if _is_optimal(cheap_cost, lb0):
+        return done(cheapest, lb0, "trivial")
+
+    if exact_node_limit is not None and p.n > exact_node_limit:
+        a = _heuristic(p, allowed, deadline)
+        if a is None:
+            raise PlacementError(f"heuristic found no placement that fits ({p.n} nodes > "
+                                 f"exact_node_limit={exact_node_limit}); raise the limit to solve exactly.")
+        return done(a, lb0, "heuristic")
+
+    a, lb, method, _ = _solve_milp(p, allowed, deadline - time.perf_counter())
+    if method == "fixed":
+        return done(a, math.inf, "fixed")
+    if method == "infeasible":
+        raise _capacity_error(p)
+    if a is None:
+        a = _heuristic(p, allowed, deadline + 1.0)
+        if a is None:
+            raise PlacementError(f"no placement found within time_limit={time_limit}s; raise the limit.")
+        return done(a, lb if lb is not None else lb0, "heuristic-time-limit")
+    if method != "milp":
+        a = _improve(p, a, time.perf_counter() + 1.0)
+    return done(a, lb if lb is not None else lb0, method)

@@ -1,0 +1,37 @@
+"""hetcc: a graph compiler for heterogeneous AI inference.
+
+The repository's top-level folders map into the ``hetcc`` package, so nothing installs a generic
+top-level ``backends`` or ``passes`` module.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "hetcc": "hetcc",
+    "hetcc.passes": "passes",
+    "hetcc.backends": "backends",
+    "hetcc.cost_model": "cost_model",
+}
+
+setup(
+    name="hetcc",
+    version="0.1.0",
+    description="Graph compiler that splits PyTorch models across heterogeneous runtimes",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    # torch is deliberately not pinned here: the CPU wheel is pinned by requirements/constraints.txt,
+    # GPU machines bring their own (2.11 and newer work).
+    install_requires=["torch>=2.11", "numpy", "networkx", "scipy", "rich"],
+    extras_require={
+        "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
+        "openvino": ["openvino"],
+        "test": ["pytest", "pytest-xdist"],
+    },
+    entry_points={
+        "hetcc.backends": [
+            "torch = hetcc.backends.torch_backend:TorchBackend",
+            "onnxruntime = hetcc.backends.onnxruntime_backend:OnnxRuntimeBackend",
+            "openvino = hetcc.backends.openvino_backend:OpenVinoBackend",
+        ],
+    },
+)
