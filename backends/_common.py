@@ -82,14 +82,17 @@ def _dump_segment(segment, workdir: Path) -> Path | None:
 
 
 def is_structural(node) -> bool:
-    """getitem, Python operators on SymInts and sym_* ops: every backend handles or folds these."""
+    """getitem, Python operators on SymInts, sym_* ops and export's assertion nodes: every backend
+    handles, folds or drops these."""
     target = node.target
     if target is operator.getitem or getattr(target, "__module__", None) in ("_operator", "operator", "math"):
         return True
     name = getattr(target, "__name__", "") or ""
-    if name.startswith("sym_") or str(target).startswith(("aten.sym_", "torch.sym_")):
+    text = str(target)
+    if name.startswith("sym_") or text.startswith(("aten.sym_", "torch.sym_")):
         return True
-    return False
+    # Runtime assertions from export (shape/metadata checks): exporters drop them.
+    return text.startswith(("aten._assert_", "aten.sym_constrain_range"))
 
 
 def op_name(target) -> str:

@@ -21,17 +21,30 @@ BUILTIN = {
 }
 
 
-def _load(spec: str):
+_REGISTERED: dict[str, object] = {}
+
+
+def _load(spec):
+    if not isinstance(spec, str):
+        return spec  # a class registered in-process
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
+def register_backend(name: str, backend_class) -> None:
+    """Register a backend class in this process (plugins normally use the entry-point group)."""
+    _REGISTERED[name] = backend_class
+    installed.cache_clear()
+    get_backend.cache_clear()
+
+
 @lru_cache(maxsize=None)
-def installed() -> dict[str, str]:
+def installed() -> dict:
     """Backend name -> 'module:Class' for every backend known to this installation."""
     found = dict(BUILTIN)
     for ep in entry_points(group="hetcc.backends"):
         found[ep.name] = ep.value
+    found.update(_REGISTERED)
     return found
 
 

@@ -23,8 +23,8 @@ from hetcc.passes.solve import solve
 
 TARGETS = ("tensorrt:cuda:0", "migraphx:rocm:0", "torch:cpu")
 # Speed of each target relative to the GPU, by kind of op: (gpu, second accelerator, cpu).
-SLOWDOWN = {"matmul": (1.0, 1.6, 12.0), "attn": (1.0, 2.0, 15.0), "norm": (1.0, 1.2, 2.0),
-            "elementwise": (1.0, 1.0, 1.5)}
+SLOWDOWN = {"matmul": (1.0, 1.3, 12.0), "attn": (1.0, 1.1, 15.0), "norm": (1.0, 0.8, 2.0),
+            "elementwise": (1.0, 0.7, 1.2)}
 BASE = {"matmul": (2e-5, 8e-5), "attn": (3e-5, 6e-5), "norm": (2e-6, 6e-6), "elementwise": (1e-6, 4e-6)}
 
 
@@ -33,6 +33,7 @@ def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = N
     fraction of all resident weight bytes (None: capacities never bind)."""
     rng = random.Random(seed)
     names: list[str] = []
+    layer_of: list[int] = []
     kinds: list[str] = []
     resident: list[int] = []
     values: list[Value] = []
@@ -41,6 +42,7 @@ def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = N
     def node(name: str, kind: str, inputs: list[int], weights: int = 0) -> int:
         i = len(names)
         names.append(name)
+        layer_of.append(layer)
         kinds.append(kind)
         resident.append(weights)
         for j in inputs:
@@ -48,10 +50,10 @@ def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = N
         return i
 
     hidden = 4096 * 2 * rng.choice([4, 16, 64])  # bytes of one activation row block
+    layer = 0
     tokens = node("embed", "elementwise", [], weights=rng.randint(10**7, 10**8))
     mask_consumers: list[int] = []
     x = tokens
-    layer = 0
     while len(names) + 14 <= n_nodes - 2:
         w = lambda: rng.randint(10**6, 10**7)  # noqa: E731
         ln1 = node(f"l{layer}.ln1", "norm", [x], weights=rng.randint(10**3, 10**4))
@@ -83,11 +85,15 @@ def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = N
         nbytes = min(10**7, max(10**3, int(hidden * rng.uniform(0.5, 2.0))))
         values.append(Value(i, cons, nbytes, to_host=(i == head)))
 
+    # Kernel quality varies by layer shape: per layer and target a factor, per node some noise.
+    layer_factor = [(1.0, rng.uniform(0.5, 1.6), rng.uniform(0.8, 1.2)) for _ in range(layer + 1)]
     cost = []
     for i, kind in enumerate(kinds):
         lo, hi = BASE[kind]
         base = rng.uniform(lo, hi)
-        row = [min(1e-3, max(1e-6, base * s * rng.uniform(0.6, 1.6))) for s in SLOWDOWN[kind]]
+        f = layer_factor[layer_of[i]]
+        row = [min(1e-3, max(1e-6, base * s * f[t] * rng.uniform(0.8, 1.25)))
+               for t, s in enumerate(SLOWDOWN[kind])]
         if kind == "attn" and rng.random() < 0.3:
             row[1] = math.inf  # the second accelerator lacks this attention variant
         cost.append(tuple(row))

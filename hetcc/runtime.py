@@ -9,7 +9,8 @@ import torch.utils._pytree as pytree
 
 from hetcc.errors import InputError
 
-_DTYPE_NAMES = {v: k for k, v in vars(torch).items() if isinstance(v, torch.dtype)}
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class TensorSpec:
 
     def describe(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
-        return f"{self.name}: {_DTYPE_NAMES.get(self.dtype, self.dtype)}[{dims}]"
+        return f"{self.name}: {dtype_name(self.dtype)}[{dims}]"
 
 
 @dataclass
@@ -99,8 +100,8 @@ def check_input(value, spec: TensorSpec, signature: str) -> None:
         raise InputError(f"{where} is on {value.device}, but this program takes CPU tensors; "
                          f"move it with .cpu(). Expected {signature}")
     if value.dtype != spec.dtype:
-        raise InputError(f"{where} has dtype {_DTYPE_NAMES.get(value.dtype, value.dtype)}, expected "
-                         f"{_DTYPE_NAMES.get(spec.dtype, spec.dtype)}; signature {signature}")
+        raise InputError(f"{where} has dtype {dtype_name(value.dtype)}, expected "
+                         f"{dtype_name(spec.dtype)}; signature {signature}")
     if value.dim() != len(spec.shape):
         raise InputError(f"{where} has {value.dim()} dimensions {tuple(value.shape)}, expected "
                          f"{len(spec.shape)}; signature {signature}")

@@ -10,8 +10,10 @@ from hetcc.target import Target
 
 
 class Candidates:
-    def __init__(self, n_units: int, targets: list[Target]):
+    def __init__(self, n_units: int, targets: list[Target], fallback: int | None = None):
         self.targets = [str(t) for t in targets]
+        self.fallback = fallback
+        """Index of a target that takes only what no other target can run."""
         self.allowed = [[True] * len(targets) for _ in range(n_units)]
         self.reasons: list[dict[str, str]] = [{} for _ in range(n_units)]
 
@@ -21,7 +23,12 @@ class Candidates:
             self.reasons[unit][self.targets[target]] = reason
 
     def ban(self, unit: int, target: int, reason: str) -> None:
+        """Forbid after a failure; a unit that loses its last listed target goes to the fall-back."""
         self.forbid(unit, target, reason)
+        fb = self.fallback
+        if fb is not None and not any(ok for i, ok in enumerate(self.allowed[unit]) if i != fb):
+            self.allowed[unit][fb] = True
+            self.reasons[unit].pop(self.targets[fb], None)
 
 
 def _scopes(node) -> list[str]:
@@ -50,8 +57,8 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
                    exclude: dict | None, fallback: Target | None = None) -> Candidates:
     """Who may run what. ``fallback`` (torch:cpu when the user did not list it) only takes units
     that no listed target can run."""
-    cand = Candidates(len(units), order)
     index = {t: i for i, t in enumerate(order)}
+    cand = Candidates(len(units), order, index[fallback] if fallback is not None else None)
     pins = {k: Target.parse(v) for k, v in (pins or {}).items()}
     exclude = {k: [Target.parse(t) for t in ([v] if isinstance(v, str) else v)]
                for k, v in (exclude or {}).items()}

@@ -1,0 +1,355 @@
+"""The CPU backends on their real runtimes: lower a segment, load it, compare with torch.
+
+Never skipped: torch, ONNX Runtime and OpenVINO are test dependencies on every CPU machine."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import pytest
+import torch
+import torch.fx as fx
+
+from hetcc.backends.base import Artifact
+from hetcc.backends.registry import resolve
+from hetcc.errors import LoweringError, TargetError
+from hetcc.program import build_program
+from hetcc.target import Target
+
+BACKENDS = ["torch", "onnxruntime", "openvino"]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers: a segment out of a real export
+
+
+def make_segment(model, args, dynamic_shapes=None, select=None, name="seg"):
+    """Export ``model``, decompose to core ATen, and build a SegmentProgram from the call_function
+    nodes that ``select`` keeps (all by default). Returns (exported program, segment)."""
+    ep = torch.export.export(model.eval(), args, dynamic_shapes=dynamic_shapes).run_decompositions()
+    sig = ep.graph_signature
+    weights = {}
+    for spec in sig.input_specs:
+        if spec.target is not None:
+            tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
+            weights[spec.arg.name] = tensor
+    user_args = iter(args)
+    flat = [weights[s.arg.name] if s.target is not None else next(user_args) for s in sig.input_specs]
+
+    values: dict[str, object] = {}
+
+    class Record(fx.Interpreter):
+        def run_node(self, n):
+            values[n.name] = out = super().run_node(n)
+            return out
+
+    with torch.no_grad():
+        Record(ep.graph_module).run(*flat)
+
+    graph = ep.graph
+    nodes = [n.name for n in graph.nodes if n.op == "call_function"]
+    if select is not None:
+        nodes = select(nodes)
+    dynamic = {}
+    for n in graph.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            dims = {i: str(s) for i, s in enumerate(val.shape) if isinstance(s, torch.SymInt)}
+            if dims:
+                dynamic[n.name] = dims
+    ranges = {str(sym): (int(vr.lower), int(vr.upper) if vr.upper.is_finite else 2**31 - 2)
+              for sym, vr in ep.range_constraints.items()}
+    keep = [n.name for n in graph.output_node().all_input_nodes]
+    return ep, build_program(name, graph, nodes, weights, values, dynamic, ranges, keep_outputs=keep)
+
+
+def lower_and_load(name, segment, tmp_path):
+    target = Target(name, "cpu")
+    backend = resolve(target)
+    artifact = backend.lower(segment, target, tmp_path / name)
+    # Load from what a bundle would store: the artifact must survive JSON.
+    artifact = Artifact(**json.loads(json.dumps(dataclasses.asdict(artifact))))
+    for path in artifact.files.values():
+        assert (tmp_path / name).joinpath(path).exists(), path
+    return artifact, backend.load(artifact, target)
+
+
+def assert_matches(got, want, atol=1e-4, rtol=1e-4):
+    assert isinstance(got, tuple) and len(got) == len(want)
+    for g, w in zip(got, want):
+        assert isinstance(g, torch.Tensor)
+        assert g.dtype == w.dtype, (g.dtype, w.dtype)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        if w.dtype.is_floating_point:
+            torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
+        else:
+            assert torch.equal(g, w)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+class LinearReluNorm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 32)
+        self.norm = torch.nn.LayerNorm(32)
+        self.out = torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(self.norm(torch.relu(self.fc(x))))
+
+
+class ConvBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Lookup(torch.nn.Module):
+    """int64 indices and a bool mask in; a 0-d sum, a bool, an int64 and a float tensor out."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+
+    def forward(self, ids, mask):
+        h = self.emb(ids) * mask.unsqueeze(-1).to(torch.float32)
+        return h.sum(), h > 0, h.argmax(-1), ids * 2 + 1, h
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(12, 24)
+        self.a = torch.nn.Linear(24, 4)
+        self.b = torch.nn.Linear(24, 6)
+
+    def forward(self, x):
+        h = torch.tanh(self.trunk(x))
+        return self.a(h), torch.softmax(self.b(h), -1), h.mean()
+
+
+class Eigh(torch.nn.Module):
+    def forward(self, x):
+        w, v = torch.linalg.eigh(x @ x.transpose(-1, -2))
+        return w + 1.0, v
+
+
+class Misc(torch.nn.Module):
+    def forward(self, x, y):
+        return torch.lgamma(x.abs() + 1.0), torch.fft.rfft(x).abs(), y * 2.0
+
+
+def node(ep, target):
+    return next(n for n in ep.graph.nodes if n.op == "call_function" and n.target == target)
+
+
+# --------------------------------------------------------------------------------------------
+# lowering and running
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    return request.param
+
+
+def test_linear_relu_layernorm_from_mid_graph(backend_name, tmp_path):
+    torch.manual_seed(0)
+    # Skip the first node (the weight transpose) and the first matmul: the segment then starts at a
+    # value produced elsewhere, like most segments of a real plan.
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(5, 16),), select=lambda names: names[2:])
+    assert seg.input_names == ["addmm"]
+    _, run = lower_and_load(backend_name, seg, tmp_path)
+    x = torch.randn(5, 32)
+    assert_matches(run(x), seg.reference(x))
+
+
+def test_conv_batchnorm_eval(backend_name, tmp_path):
+    torch.manual_seed(1)
+    _, seg = make_segment(ConvBN(), (torch.randn(2, 3, 10, 10),))
+    _, run = lower_and_load(backend_name, seg, tmp_path)
+    x = torch.randn(2, 3, 10, 10)
+    assert_matches(run(x), seg.reference(x))
+
+
+def test_dynamic_batch(backend_name, tmp_path):
+    torch.manual_seed(2)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(4, 16),), dynamic_shapes=({0: batch},))
+    assert seg.dynamic_dims[0], "batch should stay symbolic"
+    _, run = lower_and_load(backend_name, seg, tmp_path)
+    for n in (7, 1, 4):
+        x = torch.randn(n, 16)
+        assert_matches(run(x), seg.reference(x))
+
+
+def test_int64_bool_and_scalar_outputs(backend_name, tmp_path):
+    torch.manual_seed(3)
+    ids = torch.randint(0, 50, (3, 5))
+    mask = torch.rand(3, 5) > 0.3
+    _, seg = make_segment(Lookup(), (ids, mask))
+    artifact, run = lower_and_load(backend_name, seg, tmp_path)
+    assert artifact.meta["output_names"] == seg.output_names
+    ids2, mask2 = torch.randint(0, 50, (3, 5)), torch.rand(3, 5) > 0.5
+    got = run(ids2, mask2)
+    assert_matches(got, seg.reference(ids2, mask2))
+    kinds = {(t.dtype, t.dim()) for t in got}  # outputs come in graph order, not return order
+    assert {(torch.float32, 0), (torch.bool, 3), (torch.int64, 2)} <= kinds
+
+
+def test_multiple_outputs_and_no_buffer_reuse(backend_name, tmp_path):
+    torch.manual_seed(4)
+    # Trunk, head a and the mean, without head b: the trunk's tanh is read by head b outside the
+    # segment, so it becomes an output next to the two model outputs computed here.
+    _, seg = make_segment(TwoHeads(), (torch.randn(3, 12),), select=lambda names: names[:5] + names[-1:])
+    assert seg.output_names == ["tanh", "addmm_1", "mean"]
+    _, run = lower_and_load(backend_name, seg, tmp_path)
+    a, b = torch.randn(3, 12), torch.randn(3, 12)
+    first = run(a)
+    kept = tuple(t.clone() for t in first)
+    second = run(b)
+    assert_matches(first, seg.reference(a))
+    assert_matches(second, seg.reference(b))
+    for f, k in zip(first, kept):  # results of one call survive the next call
+        assert torch.equal(f, k)
+
+
+def test_thread_safety(backend_name, tmp_path):
+    torch.manual_seed(5)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(4, 16),), dynamic_shapes=({0: batch},))
+    _, run = lower_and_load(backend_name, seg, tmp_path)
+    n_threads, n_calls = 8, 20
+    # Each thread has its own inputs, with its own batch size, and its own expected results.
+    inputs = [[torch.randn(1 + (t + i) % 5, 16) for i in range(n_calls)] for t in range(n_threads)]
+    expected = [[seg.reference(x) for x in xs] for xs in inputs]
+    errors: list[str] = []
+    barrier = threading.Barrier(n_threads)
+
+    def work(t):
+        barrier.wait()
+        for i, x in enumerate(inputs[t]):
+            try:
+                assert_matches(run(x), expected[t][i])
+            except Exception as exc:  # collected, so one failure does not hide the rest
+                errors.append(f"thread {t} call {i}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+
+
+# --------------------------------------------------------------------------------------------
+# capability
+
+
+def test_supports_answers(backend_name):
+    target = Target(backend_name, "cpu")
+    backend = resolve(target)
+    ep, _ = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    aten = torch.ops.aten
+    for op in (aten.addmm.default, aten.relu.default, aten.native_layer_norm.default):
+        assert backend.supports(node(ep, op), target), op
+    for n in ep.graph.nodes:  # structural nodes never block a placement
+        if n.op != "call_function" or "getitem" in str(n.target):
+            assert backend.supports(n, target)
+
+    eigh_ep, _ = make_segment(Eigh(), (torch.randn(4, 4),))
+    misc_ep, _ = make_segment(Misc(), (torch.randn(8), torch.randn(3, dtype=torch.float64)))
+    eigh = node(eigh_ep, aten._linalg_eigh.default)
+    lgamma = node(misc_ep, aten.lgamma.default)
+    rfft = node(misc_ep, aten._fft_r2c.default)
+    double = next(n for n in misc_ep.graph.nodes if n.target == aten.mul.Tensor)
+    answers = {n: backend.supports(n, target) for n in (eigh, lgamma, rfft, double)}
+    if backend_name == "torch":
+        assert all(answers.values())
+        return
+    for n in (eigh, lgamma, rfft):
+        assert not answers[n], n
+        assert answers[n].reason
+    assert "aten._linalg_eigh.default" in answers[eigh].reason
+    assert "aten.lgamma.default" in answers[lgamma].reason
+    assert "complex" in answers[rfft].reason
+    if backend_name == "onnxruntime":
+        assert "no ONNX translation" in answers[eigh].reason
+        assert "prims.lgamma" in answers[lgamma].reason  # the exporter's decomposition stops there
+        assert answers[double]
+    else:
+        assert "OpenVINO" in answers[eigh].reason
+        assert not answers[double] and "float64" in answers[double].reason
+
+
+def test_onnx_supports_ops_it_decomposes():
+    target = Target("onnxruntime", "cpu")
+    backend = resolve(target)
+
+    class VarMean(torch.nn.Module):
+        def forward(self, x):
+            v, m = torch.var_mean(x, dim=1)
+            return v + m
+
+    ep, seg = make_segment(VarMean(), (torch.randn(3, 5),))
+    op = torch.ops.aten.var_mean.correction
+    assert backend.supports(node(ep, op), target)
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_lowering_failure_is_a_lowering_error(name, tmp_path):
+    _, seg = make_segment(Eigh(), (torch.randn(4, 4),), name="seg_eigh")
+    target = Target(name, "cpu")
+    with pytest.raises(LoweringError) as info:
+        resolve(target).lower(seg, target, tmp_path)
+    message = str(info.value)
+    assert "seg_eigh" in message and name in message
+    assert info.value.__cause__ is not None
+    assert (tmp_path / "failed_segment.pt2").exists()
+    assert str(tmp_path / "failed_segment.pt2") in message
+    assert len(message.splitlines()) == 1
+
+
+def test_unknown_and_unusable_targets():
+    with pytest.raises(TargetError) as info:
+        resolve(Target("nosuch", "cpu"))
+    for name in BACKENDS:
+        assert name in str(info.value)
+    with pytest.raises(TargetError) as info:
+        resolve(Target("onnxruntime", "cuda"))
+    assert "cpu" in str(info.value) and "torch:cpu" in str(info.value)
+
+
+def test_backends_are_available_here():
+    for name in BACKENDS:
+        target = Target(name, "cpu")
+        backend = resolve(target)
+        assert backend.is_available(target), backend.why_unavailable(target)
+        assert backend.versions()
+
+
+def test_onnx_external_data_when_large(tmp_path, monkeypatch):
+    from hetcc.backends import onnxruntime_backend
+
+    monkeypatch.setattr(onnxruntime_backend, "_EMBED_LIMIT", 0)  # as if the weights were > 2 GB
+    torch.manual_seed(6)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    artifact, run = lower_and_load("onnxruntime", seg, tmp_path)
+    assert artifact.meta["external_data"] and "weights" in artifact.files
+    x = torch.randn(2, 16)
+    assert_matches(run(x), seg.reference(x))

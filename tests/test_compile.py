@@ -1,0 +1,98 @@
+"""End to end: every example on every CPU target alone and on all three together."""
+import threading
+
+import pytest
+import torch
+
+import cnn
+import encoder
+import gpt
+import hetcc
+import mlp
+from conftest import CPU_TARGETS
+
+EXAMPLES = {"mlp": mlp, "cnn": cnn, "encoder": encoder, "gpt": gpt}
+CONFIGS = [[t] for t in CPU_TARGETS] + [CPU_TARGETS]
+
+
+@pytest.mark.parametrize("targets", CONFIGS, ids=lambda ts: "+".join(t.split(":")[0] for t in ts))
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_matches_eager(name, targets):
+    model, inputs = EXAMPLES[name].build()
+    compiled = hetcc.compile(model, inputs, targets=targets)
+    with torch.no_grad():
+        want = model(*inputs)
+    got = compiled(*inputs)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    used = set(compiled.plan.targets_used())
+    assert used <= set(targets) | {"torch:cpu"}
+    for seg in compiled.plan.segments:
+        assert seg.max_error is not None and seg.max_error <= 1e-4
+    # a second call with other values gives their answer, not a cached one
+    other = tuple(torch.randint_like(x, 0, 2048) if not x.is_floating_point() else torch.randn_like(x)
+                  for x in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*other), model(*other), rtol=1e-4, atol=1e-4)
+
+
+class Structured(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, extra):
+        h = self.lin(x)
+        return {"h": h, "pair": (h.relu(), [extra * 2, h.sum()])}
+
+
+@pytest.mark.parametrize("targets", [["torch:cpu"], CPU_TARGETS])
+def test_outputs_keep_the_model_structure(targets):
+    model = Structured().eval()
+    x, extra = torch.randn(3, 8), torch.randn(5)
+    compiled = hetcc.compile(model, (x, extra), targets=targets)
+    got = compiled(x, extra)
+    want = model(x, extra)
+    assert set(got) == {"h", "pair"} and isinstance(got["pair"], tuple) and isinstance(got["pair"][1], list)
+    torch.testing.assert_close(got, want)
+
+
+def test_dynamic_batch_runs_other_batch_sizes():
+    model, (x,) = mlp.build(batch=8)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    compiled = hetcc.compile(model, (x,), targets=CPU_TARGETS, dynamic_shapes=({0: batch},))
+    for n in (1, 3, 8, 100):
+        xn = torch.randn(n, x.shape[1])
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(xn), model(xn), rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_batch_on_a_transformer_with_reshapes():
+    model, (x,) = encoder.build(batch=2, seq=16)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    compiled = hetcc.compile(model, (x,), targets=CPU_TARGETS, dynamic_shapes=({0: batch},))
+    xn = torch.randn(5, 16, x.shape[2])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(xn), model(xn), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("targets", [["openvino:cpu"], ["onnxruntime:cpu"], CPU_TARGETS])
+def test_concurrent_calls_from_threads_are_correct(targets):
+    model, (x,) = cnn.build(batch=2)
+    compiled = hetcc.compile(model, (x,), targets=targets)
+    inputs = [torch.randn_like(x) for _ in range(8)]
+    with torch.no_grad():
+        want = [model(i) for i in inputs]
+    errors = []
+
+    def worker(j):
+        for _ in range(10):
+            got = compiled(inputs[j])
+            if not torch.allclose(got, want[j], rtol=1e-4, atol=1e-4):
+                errors.append(j)
+
+    threads = [threading.Thread(target=worker, args=(j,)) for j in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -1,0 +1,103 @@
+"""Bad input gets a clear HetccError: what is wrong, where, and what to do."""
+import pytest
+import torch
+from torch import nn
+
+import hetcc
+import mlp
+from hetcc.errors import ExportError, HetccError, InputError, TargetError
+
+
+@pytest.fixture(scope="module")
+def compiled_mlp():
+    model, (x,) = mlp.build(batch=4)
+    return hetcc.compile(model, (x,), targets=["onnxruntime:cpu", "torch:cpu"]), x
+
+
+def test_wrong_input_count(compiled_mlp):
+    cm, x = compiled_mlp
+    with pytest.raises(InputError, match=r"signature \(x: float32\[4, 256\]\)"):
+        cm(x, x)
+    with pytest.raises(InputError, match="signature"):
+        cm()
+
+
+def test_wrong_shape_names_the_input_and_dimension(compiled_mlp):
+    cm, x = compiled_mlp
+    with pytest.raises(InputError, match=r"input 'x' dimension 1 is 255, expected 256"):
+        cm(torch.randn(4, 255))
+    with pytest.raises(InputError, match=r"input 'x' dimension 0 is 5.*dynamic_shapes"):
+        cm(torch.randn(5, 256))
+    with pytest.raises(InputError, match=r"input 'x' has 3 dimensions"):
+        cm(torch.randn(1, 4, 256))
+
+
+def test_wrong_dtype(compiled_mlp):
+    cm, x = compiled_mlp
+    with pytest.raises(InputError, match=r"input 'x' has dtype float64, expected float32"):
+        cm(x.double())
+
+
+def test_wrong_device(compiled_mlp):
+    cm, x = compiled_mlp
+    with pytest.raises(InputError, match=r"input 'x' is on meta.*\.cpu\(\)"):
+        cm(torch.empty(4, 256, device="meta"))
+
+
+def test_not_a_tensor(compiled_mlp):
+    cm, _ = compiled_mlp
+    with pytest.raises(InputError, match="signature"):
+        cm([[1.0] * 256] * 4)
+
+
+def test_dynamic_dim_out_of_range():
+    model, (x,) = mlp.build(batch=4)
+    batch = torch.export.Dim("batch", min=2, max=16)
+    cm = hetcc.compile(model, (x,), targets=["torch:cpu"], dynamic_shapes=({0: batch},))
+    cm(torch.randn(16, 256))
+    with pytest.raises(InputError, match=r"dimension 0 is 17, outside the compiled range .* \[2, 16\]"):
+        cm(torch.randn(17, 256))
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_unexportable_model_gets_one_paragraph():
+    with pytest.raises(ExportError) as info:
+        hetcc.compile(DataDependent(), (torch.randn(3),), targets=["torch:cpu"])
+    msg = str(info.value)
+    assert "data-dependent control flow" in msg and "torch.cond" in msg
+    assert "test_errors.py" in msg  # points at the user's line
+    assert len(msg.splitlines()) == 1
+
+
+def test_not_a_module():
+    with pytest.raises(ExportError, match="expects a torch.nn.Module"):
+        hetcc.compile(lambda x: x, (torch.randn(3),))
+
+
+@pytest.mark.parametrize("target,pattern", [
+    ("nosuch:cpu", r"unknown backend 'nosuch'. Installed backends: .*onnxruntime.*Usable here: .*torch:cpu"),
+    ("onnxruntime:cuda:0", r"does not drive device 'cuda'.*Usable here"),
+    ("torch", r"expected 'backend:device\[:index\]'"),
+])
+def test_bad_targets_list_what_is_available(target, pattern):
+    with pytest.raises(TargetError, match=pattern):
+        hetcc.compile(nn.Linear(2, 2), (torch.randn(1, 2),), targets=[target])
+
+
+def test_unknown_objective():
+    with pytest.raises(HetccError, match="objective 'cheapest' is not supported"):
+        hetcc.compile(nn.Linear(2, 2), (torch.randn(1, 2),), objective="cheapest")
+
+
+def test_pin_to_unlisted_target_and_unknown_scope():
+    model, inputs = mlp.build(batch=2)
+    with pytest.raises(TargetError, match="not among the targets"):
+        hetcc.compile(model, inputs, targets=["torch:cpu"], pins={"net.0": "openvino:cpu"})
+    with pytest.raises(TargetError, match="neither a submodule nor a node.*net.0"):
+        hetcc.compile(model, inputs, targets=["torch:cpu"], pins={"decoder": "torch:cpu"})

@@ -1,0 +1,108 @@
+"""Placement behaviour on real models: pins, exclusions, capacity, fall-back after failures, and a
+model that the cost model splits across runtimes."""
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import hetcc
+import mlp
+from conftest import CPU_TARGETS
+from hetcc.backends.registry import register_backend
+from hetcc.backends.torch_backend import TorchBackend
+from hetcc.cost_model.profiles import DEFAULT_PROFILES, BackendProfile
+
+
+def _check(compiled, model, inputs):
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), model(*inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_pins_and_exclusions_are_honoured():
+    model, inputs = mlp.build(batch=4)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS,
+                       pins={"net.2": "onnxruntime:cpu"}, exclude={"net.6": ["openvino:cpu"]})
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    pinned = [n for n in where if n.startswith(("addmm_1", "permute_1"))]
+    assert pinned and all(where[n] == "onnxruntime:cpu" for n in pinned)
+    assert where["addmm_3"] != "openvino:cpu"
+    assert "pinned to onnxruntime:cpu" in cm.plan.summary()
+    _check(cm, model, inputs)
+
+
+def test_capacity_limit_moves_weights_to_another_target():
+    model, inputs = mlp.build(batch=4)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    limit = int(weights * 0.6)
+    targets = ["openvino:cpu", "onnxruntime:cpu"]
+    cm = hetcc.compile(model, inputs, targets=targets,
+                       memory_limits={t: limit for t in targets})
+    for t in targets:
+        assert sum(s.resident_bytes for s in cm.plan.segments if s.target == t) <= limit
+    assert len(cm.plan.targets_used()) >= 2
+    _check(cm, model, inputs)
+
+
+class WrongNumbers(TorchBackend):
+    """A backend that lowers fine but computes slightly wrong results: verification must catch it."""
+
+    name = "wrong"
+
+    def load(self, artifact, target):
+        run = super().load(artifact, target)
+        return lambda *xs: tuple(y + 1e-2 if y.is_floating_point() else y for y in run(*xs))
+
+
+class CannotLower(TorchBackend):
+    name = "broken"
+
+    def lower(self, segment, target, workdir):
+        raise RuntimeError("vendor compiler crashed")
+
+
+@pytest.mark.parametrize("backend", [WrongNumbers, CannotLower])
+def test_failed_segment_falls_back_and_result_stays_right(backend, caplog):
+    register_backend(backend.name, backend)
+    DEFAULT_PROFILES.setdefault(backend.name, BackendProfile(backend.name, {"default": 100.0},
+                                                             per_node=0.0, call_overhead=0.0))
+    model, inputs = mlp.build(batch=4)
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        cm = hetcc.compile(model, inputs, targets=[f"{backend.name}:cpu", "torch:cpu"])
+    assert cm.plan.targets_used() == ["torch:cpu"]
+    assert cm.plan.attempts >= 2
+    assert any(backend.name in r.message and "seg0" in r.message for r in caplog.records)
+    assert backend.name in " ".join(cm.plan.notes)
+    _check(cm, model, inputs)
+
+
+class MixedRegimes(nn.Module):
+    """A big GEMM block and a long elementwise chain: profiles below make each prefer a runtime."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(512, 512)
+        self.b = nn.Linear(512, 512)
+
+    def forward(self, x):
+        h = self.b(self.a(x).relu())
+        for _ in range(12):
+            h = torch.tanh(h) * 0.5 + h.sigmoid()
+        return h
+
+
+def test_cost_model_splits_a_model_across_runtimes():
+    # Profiles that say OpenVINO is twice as fast on GEMMs and ONNX Runtime twice as fast on
+    # elementwise chains: the plan must use both, and the result must still be right.
+    profiles = {
+        "openvino": BackendProfile("openvino", {"matmul": 1.0, "default": 0.2}, 1e-6, 20e-6),
+        "onnxruntime": BackendProfile("onnxruntime", {"matmul": 0.3, "default": 1.0}, 1e-6, 20e-6),
+    }
+    model = MixedRegimes().eval()
+    inputs = (torch.randn(256, 512),)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles)
+    used = cm.plan.targets_used()
+    assert "openvino:cpu" in used and "onnxruntime:cpu" in used
+    matmul_targets = {s.target for s in cm.plan.segments if any(op.startswith("aten.addmm") for op in s.ops)}
+    assert matmul_targets == {"openvino:cpu"}
+    _check(cm, model, inputs)
