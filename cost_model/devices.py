@@ -77,7 +77,7 @@ def measure_cpu(seconds: float = 0.3) -> DeviceSpec:
         torch.mm(a, b)
         reps += 1
     flops = 2.0 * n**3 * reps / (time.perf_counter() - start)
-    src = torch.empty(16 * 2**20 // 4)  # 16 MiB: past the caches of a typical core
+    src = torch.ones(64 * 2**20 // 4)  # 64 MiB: past the last-level cache of a server CPU
     dst = torch.empty_like(src)
     dst.copy_(src)
     reps, start = 0, time.perf_counter()

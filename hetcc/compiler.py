@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -65,7 +67,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             dynamic_shapes=None, pins: dict | None = None, exclude: dict | None = None,
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
-            memory_limits: dict | None = None) -> CompiledModel:
+            memory_limits: dict | None = None, measure: bool = True) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -73,7 +75,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     pins: {submodule path or node name: target} forces those nodes onto a target.
     exclude: {submodule path or node name: [targets]} keeps those nodes off some targets.
     rtol/atol: verification tolerance for floating outputs (defaults per dtype in hetcc.verify).
+    profiles: {backend name: BackendProfile} overrides the cost model's backend profiles.
     memory_limits: {target: bytes} caps the resident weights a target may hold.
+    measure: when the plan mixes targets, also build the best single-target plan, time both on the
+        example inputs, and keep the faster (the cost model can misjudge close calls).
     """
     if objective not in OBJECTIVES:
         raise HetccError(f"objective {objective!r} is not supported yet; choose one of {OBJECTIVES}")
@@ -82,38 +87,77 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     fallback_only = FALLBACK not in wanted
     if fallback_only:
         backends[FALLBACK] = resolve(FALLBACK)
-    order = list(backends)
     started = time.perf_counter()
     captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
+    order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
-    infos = _target_infos(order, profiles, devices, memory_limits)
-    tolerances = Tolerances.make(rtol, atol)
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
+    session = _Session(captured, facts, units, unit_of, order, backends,
+                       _target_infos(order, profiles, devices, memory_limits),
+                       Tolerances.make(rtol, atol),
+                       Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-")), objective)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
+    chosen = session.place(candidates)
+    if measure and len(chosen.plan.targets_used()) > 1:
+        chosen = session.measure_against_single(chosen, candidates)
+    log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, chosen.plan.summary())
+    return chosen
 
-    lowered: dict[tuple, tuple] = {}  # (target, nodes) -> (artifact, executable, error, seconds)
-    notes: list[str] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        _check_placeable(units, candidates)
-        problem = build_problem(captured, facts, units, unit_of, infos, candidates, objective)
-        placement = solve(problem)
-        specs = form_segments(problem, placement.assignment)
-        segments, failed = [], False
-        for index, spec in enumerate(specs):
-            target = order[spec.target]
-            nodes = tuple(m for u in spec.units for m in units[u].members)
-            key = (target, nodes)
-            program = build_program(f"seg{index}", captured.graph, nodes, captured.weights,
-                                    captured.values, captured.dynamic_dims, captured.dim_ranges,
-                                    keep_outputs=set(o for o in captured.outputs if o))
-            if key not in lowered:
-                lowered[key] = _lower_and_verify(program, target, backends[target],
-                                                 workdir / f"{target.backend}-{len(lowered)}", tolerances)
-            artifact, executable, error, seconds = lowered[key]
+
+@dataclass
+class _Session:
+    """Everything one compile() call shares between its placement attempts."""
+
+    captured: object
+    facts: dict
+    units: list
+    unit_of: dict
+    order: list
+    backends: dict
+    infos: list
+    tolerances: Tolerances
+    workdir: Path
+    objective: str
+    lowered: dict = field(default_factory=dict)
+    """(target, nodes) -> (artifact, executable, error, seconds): a segment is lowered once."""
+
+    def place(self, candidates, notes=None) -> CompiledModel:
+        """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
+        notes = list(notes or [])
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            _check_placeable(self.units, candidates)
+            problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
+                                    candidates, self.objective)
+            placement = solve(problem)
+            segments = self._lower_all(problem, placement, candidates, notes)
+            if segments is not None:
+                break
+        else:
+            raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
+        plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
+                          self.objective, attempt, notes)
+        artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
+        return CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
+
+    def _lower_all(self, problem, placement, candidates, notes):
+        """Lower every segment; None (after banning the failed one) if any segment failed."""
+        segments = []
+        outputs = {o for o in self.captured.outputs if o}
+        for index, spec in enumerate(form_segments(problem, placement.assignment)):
+            target = self.order[spec.target]
+            nodes = tuple(m for u in spec.units for m in self.units[u].members)
+            program = build_program(f"seg{index}", self.captured.graph, nodes, self.captured.weights,
+                                    self.captured.values, self.captured.dynamic_dims,
+                                    self.captured.dim_ranges, keep_outputs=outputs)
+            key = (target, nodes, tuple(program.output_names))
+            if key not in self.lowered:
+                where = self.workdir / f"{target.backend}-{len(self.lowered)}"
+                self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
+                                                      self.tolerances)
+            artifact, executable, error, seconds = self.lowered[key]
             if executable is None:
                 if target == FALLBACK:
                     raise InternalError(f"torch:cpu could not run segment {program.name}: {error}")
@@ -122,19 +166,52 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                 notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}")
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
-                failed = True
-                break
+                return None
             segments.append((program, target, spec, artifact, executable, seconds))
-        if not failed:
-            break
-    else:
-        raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
-    plan = _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
-                      attempt, notes)
-    runtime = _make_runtime(captured, segments)
-    log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, plan.summary())
-    artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
-    return CompiledModel(runtime, plan, artifacts, captured)
+        return segments
+
+    def measure_against_single(self, mixed: CompiledModel, candidates) -> CompiledModel:
+        """Time the mixed plan against the best plan that keeps to one listed target (plus the
+        fall-back for what that target cannot run); keep the faster."""
+        started = time.perf_counter()
+        best, best_cost = None, math.inf
+        for t in range(len(self.order)):
+            if candidates.fallback == t:
+                continue
+            alone = candidates.restricted_to(t)
+            problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
+                                    alone, self.objective)
+            try:
+                cost = solve(problem).cost
+            except HetccError:
+                continue
+            if cost < best_cost:
+                best, best_cost = alone, cost
+        if best is None:
+            return mixed
+        single = self.place(best)
+        inputs = [self.captured.values[n] for n in self.captured.user_inputs]
+        t_mixed, t_single = time_pair(mixed._runtime, single._runtime, inputs)
+        keep = mixed if t_mixed <= t_single else single
+        note = (f"measured on the example inputs: mixed plan {t_mixed * 1e3:.3f} ms, "
+                f"{'+'.join(single.plan.targets_used())} alone {t_single * 1e3:.3f} ms; kept the "
+                f"{'mixed plan' if keep is mixed else 'single-target plan'} "
+                f"(measuring added {time.perf_counter() - started:.1f}s to compile)")
+        keep.plan = replace(keep.plan, notes=keep.plan.notes + (note,))
+        return keep
+
+
+def time_pair(first, second, inputs, rounds: int = 15) -> tuple[float, float]:
+    """Median seconds per call of two runtimes on the same inputs, measured interleaved."""
+    samples: tuple[list, list] = ([], [])
+    for fn in (first, second):
+        fn(*inputs)  # warm-up
+    for _ in range(rounds):
+        for fn, out in zip((first, second), samples):
+            t0 = time.perf_counter()
+            fn(*inputs)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def _check_placeable(units, candidates) -> None:

@@ -31,6 +31,19 @@ class Candidates:
             self.reasons[unit].pop(self.targets[fb], None)
 
 
+    def restricted_to(self, target: int) -> "Candidates":
+        """A copy where every unit that may run on ``target`` runs only there."""
+        out = Candidates(len(self.allowed), self.targets, self.fallback)
+        out.allowed = [list(row) for row in self.allowed]
+        out.reasons = [dict(r) for r in self.reasons]
+        for u, row in enumerate(out.allowed):
+            if row[target]:
+                for t in range(len(row)):
+                    if t != target:
+                        out.forbid(u, t, f"comparing against {self.targets[target]} alone")
+        return out
+
+
 def _scopes(node) -> list[str]:
     """Submodule paths a node belongs to ('' is the root), from torch.export's metadata."""
     stack = node.meta.get("nn_module_stack") or {}

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from hetcc.errors import PlacementError
+from hetcc.errors import InternalError, PlacementError
 from hetcc.passes.problem import HOST, PlacementProblem, evaluate
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,22 @@ def _improve(problem: PlacementProblem, assignment, deadline: float) -> tuple[in
     return tuple(m.a)
 
 
+def _repair(problem: PlacementProblem, assignment, deadline: float):
+    """Move nodes off overfull targets, cheapest move first; None if that does not work out."""
+    m = _Mover(problem, assignment)
+    while time.perf_counter() < deadline:
+        over = [t for t in range(problem.k) if m.used[t] > problem.capacity[t]]
+        if not over:
+            return tuple(m.a)
+        moves = ((m.delta([i], s), i, s) for i in range(problem.n) if m.a[i] in over
+                 and problem.resident[i] > 0 for s in range(problem.k) if s != m.a[i])
+        d, i, s = min(moves, default=(math.inf, -1, -1))
+        if math.isinf(d):
+            return None
+        m.move([i], s)
+    return None
+
+
 def _heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: float):
     """A feasible assignment without proof: best of one-target-for-all and greedy cheapest target
     repaired for capacity, then local search. None when nothing feasible was found."""
@@ -522,7 +538,8 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     def done(a, lb, method):
         cost = evaluate(p, a)
         if math.isinf(cost):
-            raise AssertionError(f"solver returned an infeasible assignment ({method})")
+            raise PlacementError("the only possible placement needs a hand-over over a link with "
+                                 "infinite cost. Make that link finite or remove a pin.")
         a, cost = _prefer_earlier(p, a, cost)
         lb = min(max(lb, lb0), cost)
         return Placement(tuple(a), cost, lb, _is_optimal(cost, lb), method, time.perf_counter() - t0)
@@ -551,6 +568,12 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         if a is None:
             raise PlacementError(f"no placement found within time_limit={time_limit}s; raise the limit.")
         return done(a, lb if lb is not None else lb0, "heuristic-time-limit")
+    if math.isinf(evaluate(p, a)):
+        # HiGHS's tolerances let a capacity row overflow by a hair once x is rounded.
+        a = _repair(p, a, time.perf_counter() + 1.0)
+        if a is None:
+            raise InternalError("the MILP's assignment breaks a capacity and could not be repaired")
+        method += "+repair"
     if method != "milp":
         a = _improve(p, a, time.perf_counter() + 1.0)
     return done(a, lb if lb is not None else lb0, method)

@@ -302,7 +302,7 @@ def test_onnx_supports_ops_it_decomposes():
             v, m = torch.var_mean(x, dim=1)
             return v + m
 
-    ep, seg = make_segment(VarMean(), (torch.randn(3, 5),))
+    ep, _ = make_segment(VarMean(), (torch.randn(3, 5),))
     op = torch.ops.aten.var_mean.correction
     assert backend.supports(node(ep, op), target)
 

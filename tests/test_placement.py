@@ -100,9 +100,32 @@ def test_cost_model_splits_a_model_across_runtimes():
     }
     model = MixedRegimes().eval()
     inputs = (torch.randn(256, 512),)
-    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles, measure=False)
     used = cm.plan.targets_used()
     assert "openvino:cpu" in used and "onnxruntime:cpu" in used
     matmul_targets = {s.target for s in cm.plan.segments if any(op.startswith("aten.addmm") for op in s.ops)}
     assert matmul_targets == {"openvino:cpu"}
     _check(cm, model, inputs)
+
+
+def test_measuring_compares_a_mixed_plan_with_the_best_single_target():
+    # Profiles that favour a split; measuring must time it against one runtime alone and say so.
+    profiles = {
+        "openvino": BackendProfile("openvino", {"matmul": 1.0, "default": 0.2}, 1e-6, 20e-6),
+        "onnxruntime": BackendProfile("onnxruntime", {"matmul": 0.3, "default": 1.0}, 1e-6, 20e-6),
+    }
+    model = MixedRegimes().eval()
+    inputs = (torch.randn(256, 512),)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles, measure=True)
+    (note,) = [n for n in cm.plan.notes if n.startswith("measured")]
+    assert "mixed plan" in note and "alone" in note and "added" in note
+    kept_mixed = note.rstrip(")").split("kept the ")[1].startswith("mixed")
+    assert (len(cm.plan.targets_used()) > 1) == kept_mixed
+    _check(cm, model, inputs)
+
+
+def test_nothing_fits_is_a_clear_error():
+    model, inputs = mlp.build(batch=2)
+    with pytest.raises(hetcc.HetccError, match="capacit"):
+        hetcc.compile(model, inputs, targets=["openvino:cpu", "torch:cpu"],
+                      memory_limits={"openvino:cpu": 1000, "torch:cpu": 1000})
