@@ -215,6 +215,10 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: no per-session warnings on the console
+        # Idle ORT threads busy-wait by default; beside other runtimes' thread pools on the same
+        # cores that spinning slowed a following torch GEMM by 1.5x (measured, docs/backends.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session = ort.InferenceSession(artifact.files["model"], sess_options=options,
                                        providers=["CPUExecutionProvider"])
         return OrtExecutable(session, artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],

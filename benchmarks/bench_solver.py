@@ -99,7 +99,10 @@ def transformer_problem(n_nodes: int, seed: int = 0, gpu_share: float | None = N
         cost.append(tuple(row))
 
     total = sum(resident)
-    capacity = (math.inf, math.inf, math.inf) if gpu_share is None else (gpu_share * total, 0.5 * total, math.inf)
+    if gpu_share is None:
+        capacity = (math.inf, math.inf, math.inf)
+    else:
+        capacity = (gpu_share * total, 0.5 * total, math.inf)
     # Locations: gpu, accel, cpu, host. The CPU shares memory with the host.
     gbps = 1e9
     bw = ((math.inf, 8 * gbps, 25 * gbps, 25 * gbps),
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
                     help="seconds for the binding variant (repeatable; default: 10 and 30)")
     args = ap.parse_args(argv)
     variants = [("non-binding", None, 30.0)]
-    variants += [(f"gpu holds 40% of weights, limit {tl:g}s", 0.4, tl) for tl in args.time_limit or (10.0, 30.0)]
+    variants += [(f"gpu holds 40% of weights, limit {tl:g}s", 0.4, tl)
+                 for tl in args.time_limit or (10.0, 30.0)]
     print(f"{'variant':<38}{'nodes':>6}{'values':>7}{'targets':>8}{'seconds':>9}"
           f"{'cost (s)':>13}{'lower bound':>13}{'gap':>10}  split  method")
     for label, share, limit in variants:

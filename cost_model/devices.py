@@ -69,7 +69,7 @@ def measure_cpu(seconds: float = 0.3) -> DeviceSpec:
     """Measure this CPU: fp32 GEMM FLOP/s and streaming bandwidth, through torch."""
     import torch
 
-    n = 512
+    n = 1024  # large enough that the GEMM, not the call, dominates
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     reps, start = 0, time.perf_counter()

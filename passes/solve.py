@@ -114,8 +114,10 @@ def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None
               "or remove the pin that excludes the others.")
     # Hall's condition: the nodes that can only go to a set T of targets must fit into T.
     k = problem.k
-    subsets = (itertools.chain.from_iterable(itertools.combinations(range(k), r) for r in range(1, k + 1))
-               if k <= 10 else [(t,) for t in range(k)] + [tuple(range(k))])
+    if k <= 10:
+        subsets = [ts for r in range(1, k + 1) for ts in itertools.combinations(range(k), r)]
+    else:
+        subsets = [(t,) for t in range(k)] + [tuple(range(k))]
     for ts in subsets:
         cap = sum(problem.capacity[t] for t in ts)
         if math.isinf(cap):
@@ -131,13 +133,18 @@ def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None
                 "Add a target with more memory, raise the capacity, or remove a pin.")
 
 
-def _capacity_error(problem: PlacementProblem) -> PlacementError:
+def _infeasible_error(problem: PlacementProblem) -> PlacementError:
+    """The MILP found no placement although every node has a target and Hall's condition holds."""
+    if all(math.isinf(c) for c in problem.capacity):
+        return PlacementError(
+            "no placement avoids the links with infinite cost: some value would have to cross one. "
+            "Make those links finite, or allow the nodes on both sides on a common target.")
     need = sum(problem.resident)
     caps = ", ".join(f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity))
     return PlacementError(
         f"no placement fits the capacities: nodes keep {_fmt_bytes(need)} resident in total and no "
-        f"split of them over the targets fits ({caps}); the nodes cannot be packed. Add a target "
-        "with more memory, raise a capacity, or remove a pin.")
+        f"split of them over the targets fits ({caps}; links with infinite cost may also rule "
+        "splits out). Add a target with more memory, raise a capacity, or remove a pin.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +493,7 @@ def _solve_milp(problem, allowed, time_limit):
     m, x = _build(problem, allowed)
     nvar = len(m.c)
     if nvar == 0:
-        return tuple(next(iter(xi)) for xi in x), None, "fixed", m
+        return tuple(next(iter(xi)) for xi in x), None, "fixed"
     c = np.asarray(m.c)
     # Scale to O(1) coefficients so HiGHS's absolute tolerances mean something at microseconds.
     nz = np.abs(c[c != 0])
@@ -504,14 +511,14 @@ def _solve_milp(problem, allowed, time_limit):
                             "mip_abs_gap": 0.0, "presolve": True})
     log.debug("milp: %d vars, %d rows, status %s: %s", nvar, len(m.lo), res.status, res.message)
     if res.status == 2:
-        return None, res, "infeasible", m
-    if res.x is None:
-        return None, res, "no-solution", m
-    xs = res.x
-    assignment = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
+        return None, None, "infeasible"
     bound = res.mip_dual_bound
     lb = None if bound is None or not math.isfinite(bound) else bound * scale + m.offset
-    return assignment, lb, "milp" if res.status == 0 else "milp-time-limit", m
+    if res.x is None:
+        return None, lb, "no-solution"
+    xs = res.x
+    assignment = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
+    return assignment, lb, "milp" if res.status == 0 else "milp-time-limit"
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,10 +528,11 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
           exact_node_limit: int | None = None) -> Placement:
     """Placement minimising ``evaluate(problem, assignment)`` under capacities and inf costs.
 
-    Optimal when ``Placement.optimal``; HiGHS stops after ``time_limit`` seconds and then the
-    placement carries its dual bound and gap. Problems with more than ``exact_node_limit`` nodes
-    skip the MILP: a local-search heuristic answers, with the simple bound of
-    :func:`_trivial_lower_bound`. Raises PlacementError when no placement is feasible.
+    Optimal when ``Placement.optimal``. HiGHS stops after ``time_limit`` seconds; the placement
+    then carries its dual bound and gap (building the model and polishing an early answer can
+    add a second or two). Problems with more than ``exact_node_limit`` nodes skip the MILP: a
+    local-search heuristic answers, with the simple bound of :func:`_trivial_lower_bound`.
+    Raises PlacementError when no placement is feasible, ValueError on a negative link cost.
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit
@@ -554,15 +562,16 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     if exact_node_limit is not None and p.n > exact_node_limit:
         a = _heuristic(p, allowed, deadline)
         if a is None:
-            raise PlacementError(f"heuristic found no placement that fits ({p.n} nodes > "
-                                 f"exact_node_limit={exact_node_limit}); raise the limit to solve exactly.")
+            raise PlacementError(
+                f"heuristic found no placement that fits ({p.n} nodes > exact_node_limit="
+                f"{exact_node_limit}); raise the limit to solve exactly.")
         return done(a, lb0, "heuristic")
 
-    a, lb, method, _ = _solve_milp(p, allowed, deadline - time.perf_counter())
+    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter())
     if method == "fixed":
         return done(a, math.inf, "fixed")
     if method == "infeasible":
-        raise _capacity_error(p)
+        raise _infeasible_error(p)
     if a is None:
         a = _heuristic(p, allowed, deadline + 1.0)
         if a is None:
@@ -575,5 +584,9 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
             raise InternalError("the MILP's assignment breaks a capacity and could not be repaired")
         method += "+repair"
     if method != "milp":
+        # Stopped early: polish HiGHS's incumbent and keep the heuristic's answer if it is better.
         a = _improve(p, a, time.perf_counter() + 1.0)
+        h = _heuristic(p, allowed, time.perf_counter() + 1.0)
+        if h is not None and evaluate(p, h) < evaluate(p, a):
+            a, method = h, "heuristic-time-limit"
     return done(a, lb if lb is not None else lb0, method)

@@ -41,7 +41,8 @@ def make(cost, values, *, resident=None, capacity=None, latency=1e-5, bandwidth=
         capacity=tuple(capacity or [INF] * k),
         link_latency=matrix(latency),
         link_bandwidth=matrix(bw),
-        call_overhead=tuple([overhead] * k + [0.0]) if isinstance(overhead, (int, float)) else tuple(overhead),
+        call_overhead=(tuple([overhead] * k + [0.0]) if isinstance(overhead, (int, float))
+                       else tuple(overhead)),
     )
 
 
@@ -67,8 +68,10 @@ def random_problem(rng: random.Random) -> PlacementProblem:
     total = sum(resident)
     capacity = [INF if rng.random() < 0.5 else float(rng.randint(0, total + 1)) for _ in range(k)]
     L = k + 1
-    lat = [[0.0 if s == t else rng.choice([0.0, rng.uniform(1e-6, 5e-5)]) for t in range(L)] for s in range(L)]
-    bw = [[INF if s == t or rng.random() < 0.2 else rng.uniform(1e9, 1e11) for t in range(L)] for s in range(L)]
+    lat = [[0.0 if s == t else rng.choice([0.0, rng.uniform(1e-6, 5e-5)]) for t in range(L)]
+           for s in range(L)]
+    bw = [[INF if s == t or rng.random() < 0.2 else rng.uniform(1e9, 1e11) for t in range(L)]
+          for s in range(L)]
     overhead = [rng.choice([0.0, rng.uniform(1e-6, 2e-5)]) for _ in range(k)] + [rng.choice([0.0, 1e-6])]
     return make(cost, values, resident=resident, capacity=capacity, latency=lat, bandwidth=bw,
                 overhead=overhead)
@@ -261,3 +264,15 @@ def test_repair_moves_nodes_off_an_overfull_target():
     p = make([(1e-5, 2e-5)] * 4, chain(4), resident=[10, 10, 10, 10], capacity=[20, INF])
     fixed = _repair(p, (0, 0, 0, 0), deadline=math.inf)
     assert fixed is not None and fixed.count(0) == 2 and not math.isinf(evaluate(p, fixed))
+
+
+def test_forbidden_links_that_leave_no_placement_are_explained():
+    inf_link = [[0.0, INF, 0.0], [INF, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    p = make([(1e-6, INF), (1e-6, 1e-6), (INF, 1e-6)], chain(3), latency=inf_link)
+    assert math.isinf(brute_force(p)[1])
+    with pytest.raises(PlacementError, match="infinite cost"):
+        solve(p)
+    # Both ends pinned on either side of the forbidden link: caught before the MILP.
+    p = make([(1e-6, INF), (INF, 1e-6)], chain(2), latency=inf_link)
+    with pytest.raises(PlacementError, match="infinite cost"):
+        solve(p)
