@@ -121,6 +121,8 @@ def calibrate_backend(target: str, seconds: float = 0.3) -> tuple[BackendProfile
                 continue
             facts = analyze(model, inputs).nodes
             roofline = sum(node_seconds(f, device, ideal) for f in facts if f.op_class == op_class)
+            if roofline <= 0:
+                continue  # the decomposition left no node of this class (e.g. attention)
             spent = max(timings[op_class] - timings["overhead"], 1e-7)
             efficiency[op_class] = round(roofline / spent, 4)
     efficiency["default"] = efficiency.get("elementwise", 0.5)

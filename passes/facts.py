@@ -51,6 +51,7 @@ _REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "var", "var_mean", "prod
 _DATA = {"embedding", "index", "gather", "index_select", "cat", "stack", "clone", "copy",
          "_to_copy", "constant_pad_nd", "scatter", "index_put", "where", "full", "zeros", "ones",
          "arange", "empty", "scalar_tensor", "new_zeros", "new_ones", "full_like", "zeros_like"}
+_GATHERS = {"embedding", "index_select", "index", "gather"}
 # Elementwise ops cost more than one FLOP per element; rough counts from their usual expansions.
 _ELEMENTWISE_FLOPS = {"gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 6, "exp": 4, "erf": 6, "log": 4,
                       "pow": 2, "rsqrt": 2, "sqrt": 2, "div": 1, "softplus": 6}
@@ -141,6 +142,9 @@ def node_facts(node, values: dict, weights: set[str]) -> NodeFacts:
     if cls == "view":
         return NodeFacts(node.name, op_name(node), cls, 0.0, 0, 0, resident)
     read = sum(_nbytes(t) for t in in_tensors)
+    if base in _GATHERS and resident:
+        # a lookup reads the rows it returns, not the whole table it keeps resident
+        read = read - resident + sum(_nbytes(t) for t in out_tensors)
     written = sum(_nbytes(t) for t in out_tensors)
     out_numel = sum(t.numel() for t in out_tensors)
     tensor_args = [x for x in ins if isinstance(x, torch.Tensor)]

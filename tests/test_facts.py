@@ -69,3 +69,13 @@ def test_views_move_no_bytes():
     for n in a.nodes:
         if n.op_class == "view":
             assert n.bytes_moved == 0 and n.flops == 0
+
+
+def test_embedding_reads_the_rows_it_returns_and_keeps_the_table_resident():
+    table = nn.Embedding(1000, 16)
+    ids = torch.randint(0, 1000, (4, 8))
+    a = hetcc.analyze(table, (ids,))
+    (node,) = [n for n in a.nodes if n.op == "aten.embedding.default"]
+    assert node.resident_bytes == 1000 * 16 * 4
+    assert node.bytes_read == 4 * 8 * 8 + 4 * 8 * 16 * 4  # int64 ids + the rows gathered
+    assert node.bytes_written == 4 * 8 * 16 * 4
