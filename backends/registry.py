@@ -75,9 +75,15 @@ def usable_targets() -> list[str]:
     return out
 
 
-def resolve(target: Target):
-    """The backend object for a target; a clear error if it is unknown or unusable here."""
-    backend = get_backend(target.backend)
+def resolve(target: Target, options: dict | None = None):
+    """The backend object for a target; a clear error if it is unknown or unusable here.
+    ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision)."""
+    backend = get_backend(target.backend)  # raises the "unknown backend" error
+    if options:
+        try:
+            backend = type(backend)(**options)
+        except TypeError as exc:
+            raise TargetError(f"bad options for backend {target.backend!r}: {exc}") from exc
     if target.device not in backend.devices:
         raise TargetError(
             f"backend {target.backend!r} does not drive device {target.device!r} (it drives "

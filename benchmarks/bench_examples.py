@@ -1,7 +1,8 @@
 """Side-by-side latency of each example: hetcc's plan against each single runtime, in one run.
 
-Variants are measured interleaved (round-robin, several calls per turn) so that machine drift hits
-every variant alike; we report per-call medians, the spread (p10-p90 of turns), and the ratio of
+Variants are measured interleaved (several calls per turn, in a new random order each round, with
+a short pause between turns so one runtime's spinning thread pool does not tax the next) so that
+machine drift hits every variant alike; we report per-call medians, the spread (p10-p90 of turns), and the ratio of
 hetcc to the best single runtime. Not a test: run it by hand.
 
     python benchmarks/bench_examples.py [--rounds 30] [--examples mlp,cnn] [--markdown out.md]
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import random
 import statistics
 import sys
 import time
@@ -25,6 +27,8 @@ from hetcc.backends.registry import usable_targets  # noqa: E402
 
 EXAMPLES = ["mlp", "cnn", "encoder", "gpt", "mixed"]
 HETCC_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
+PAUSE = 0.01
+"""Seconds between turns: longer than the OpenMP/ORT spin-wait, so each turn starts from idle."""
 
 
 def variants_for(model, inputs, with_inductor: bool, compile_options: dict):
@@ -49,14 +53,19 @@ def variants_for(model, inputs, with_inductor: bool, compile_options: dict):
     return out
 
 
-def measure(variants: dict, inputs, rounds: int, calls: int) -> dict[str, list[float]]:
+def measure(variants: dict, inputs, rounds: int, calls: int, seed: int = 0) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    rng = random.Random(seed)
     with torch.no_grad():
         for fn, _ in variants.values():
             for _ in range(3):
                 fn(*inputs)  # warm-up
         for _ in range(rounds):
-            for name, (fn, _) in variants.items():
+            rng.shuffle(order)
+            for name in order:
+                fn = variants[name][0]
+                time.sleep(PAUSE)
                 start = time.perf_counter()
                 for _ in range(calls):
                     fn(*inputs)

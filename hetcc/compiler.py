@@ -67,7 +67,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             dynamic_shapes=None, pins: dict | None = None, exclude: dict | None = None,
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
-            memory_limits: dict | None = None, measure: bool = True) -> CompiledModel:
+            memory_limits: dict | None = None, measure: bool = True,
+            backend_options: dict | None = None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -77,13 +78,16 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     rtol/atol: verification tolerance for floating outputs (defaults per dtype in hetcc.verify).
     profiles: {backend name: BackendProfile} overrides the cost model's backend profiles.
     memory_limits: {target: bytes} caps the resident weights a target may hold.
+    backend_options: {backend name: {option: value}}, e.g. {"openvino": {"precision": "bf16"}}
+        (OpenVINO runs in fp32 unless asked otherwise).
     measure: when the plan mixes targets, also build the best single-target plan, time both on the
         example inputs, and keep the faster (the cost model can misjudge close calls).
     """
     if objective not in OBJECTIVES:
         raise HetccError(f"objective {objective!r} is not supported yet; choose one of {OBJECTIVES}")
     wanted = parse_targets(targets)
-    backends = {t: resolve(t) for t in wanted}
+    options = backend_options or {}
+    backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     fallback_only = FALLBACK not in wanted
     if fallback_only:
         backends[FALLBACK] = resolve(FALLBACK)

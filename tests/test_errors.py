@@ -101,3 +101,14 @@ def test_pin_to_unlisted_target_and_unknown_scope():
         hetcc.compile(model, inputs, targets=["torch:cpu"], pins={"net.0": "openvino:cpu"})
     with pytest.raises(TargetError, match="neither a submodule nor a node.*net.0"):
         hetcc.compile(model, inputs, targets=["torch:cpu"], pins={"decoder": "torch:cpu"})
+
+
+def test_backend_options_reach_the_backend_and_bad_ones_are_named():
+    model, inputs = mlp.build(batch=2)
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu"],
+                       backend_options={"openvino": {"precision": "f32"}})
+    assert all(a.meta.get("precision") == "f32" for a in cm.artifacts.values() if a.target == "openvino:cpu")
+    with pytest.raises(TargetError, match="bad options for backend 'openvino'"):
+        hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"colour": 1}})
+    with pytest.raises(TargetError, match="precision must be one of"):
+        hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"precision": "f8"}})
