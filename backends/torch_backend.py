@@ -11,6 +11,7 @@ import torch
 
 from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.program import dim_order, with_dim_order
 from hetcc.target import Target
 
 
@@ -48,13 +49,17 @@ class TorchBackend:
                 "torch": torch.__version__,
                 "input_names": list(segment.input_names),
                 "output_names": list(segment.output_names),
+                "input_dim_orders": [list(dim_order(x)) if isinstance(x, torch.Tensor) else None
+                                     for x in segment.example_inputs],
             },
         )
 
     def load(self, artifact: Artifact, target: Target) -> "TorchExecutable":
         ep = torch.export.load(artifact.files["program"])
+        orders = [tuple(o) if o is not None else None
+                  for o in artifact.meta.get("input_dim_orders") or [None] * len(artifact.meta["input_names"])]
         return TorchExecutable(_direct_call(ep) or ep.module(), len(artifact.meta["input_names"]),
-                               artifact.meta.get("segment", "?"))
+                               artifact.meta.get("segment", "?"), orders)
 
 
 def _direct_call(ep):
@@ -80,15 +85,21 @@ def _direct_call(ep):
 
 
 class TorchExecutable:
-    """Calls the unlifted module; it keeps no state between calls, so threads may share it."""
+    """Calls the exported graph; it keeps no state between calls, so threads may share it."""
 
-    def __init__(self, module, n_inputs: int, segment: str):
+    def __init__(self, module, n_inputs: int, segment: str, dim_orders=None):
         self.module = module
         self.n_inputs = n_inputs
         self.segment = segment
+        self.dim_orders = [o if o is not None and o != tuple(range(len(o))) else None
+                           for o in (dim_orders or [None] * n_inputs)]
+        """Per input: the memory layout it was traced with, where that is not plain row-major."""
 
     def __call__(self, *inputs) -> tuple:
         check_arity(inputs, self.n_inputs, self.segment)
+        if any(self.dim_orders):
+            inputs = tuple(x if order is None else with_dim_order(x, order)
+                           for x, order in zip(inputs, self.dim_orders))
         with torch.no_grad():
             out = self.module(*inputs)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)

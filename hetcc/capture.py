@@ -54,10 +54,23 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
     try:
         ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs,
                                  dynamic_shapes=dynamic_shapes)
-        ep = ep.run_decompositions()
+        ep = ep.run_decompositions(decomposition_table())
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
         raise ExportError(explain_export_failure(exc)) from exc
     return _from_exported(ep, tuple(example_inputs), example_kwargs or {})
+
+
+PRESERVED = ("scaled_dot_product_attention",)
+"""Ops kept whole instead of decomposed: every runtime we target has a fused kernel for attention,
+and the cost model needs to see attention as attention (its cost differs most between runtimes)."""
+
+
+def decomposition_table() -> dict:
+    table = torch.export.default_decompositions()
+    for op in list(table):
+        if any(name in str(op) for name in PRESERVED):
+            del table[op]
+    return table
 
 
 def _from_exported(ep, args, kwargs) -> Captured:

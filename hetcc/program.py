@@ -58,6 +58,43 @@ class SegmentProgram:
         return tuple(out)
 
 
+def dim_order(t: torch.Tensor) -> tuple[int, ...]:
+    """Dimensions from outermost to innermost in memory (ties broken by position)."""
+    return tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
+
+
+def with_dim_order(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """``t`` as a dense tensor laid out in ``order``; no copy if it already is.
+
+    A segment is traced with its inputs in one layout, and some ops in it (``view``, and the
+    layout ``scaled_dot_product_attention`` picks for its output) hold only for that layout, while
+    another runtime hands the tensor over contiguous. So torch segments get their traced layout back.
+    """
+    if t.is_contiguous() and order == tuple(range(t.dim())):
+        return t
+    if dim_order(t) == order and _is_dense(t):
+        return t
+    inverse = [0] * len(order)
+    for i, d in enumerate(order):
+        inverse[d] = i
+    return t.permute(order).contiguous().permute(inverse)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    expected = 1
+    for d in reversed(dim_order(t)):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def _dense(value):
+    if isinstance(value, torch.Tensor) and value.dim():
+        return with_dim_order(value, dim_order(value))
+    return value
+
+
 def _ident(sym: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in sym) or "d"
 
@@ -107,7 +144,8 @@ def build_program(name, graph: fx.Graph, node_names, weights: dict[str, torch.Te
     gm = fx.GraphModule(root, g)
     return SegmentProgram(
         name=name, gm=gm, input_names=inputs, output_names=outputs,
-        example_inputs=tuple(example_values[i] for i in inputs),
+        # dense copies in the reference's layout: what a runtime hands over is dense
+        example_inputs=tuple(_dense(example_values[i]) for i in inputs),
         dynamic_dims=tuple(dynamic_dims.get(i, {}) for i in inputs),
         dim_ranges=dict(dim_ranges),
         expected={o: example_values[o] for o in outputs},

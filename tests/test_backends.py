@@ -353,3 +353,28 @@ def test_onnx_external_data_when_large(tmp_path, monkeypatch):
     assert artifact.meta["external_data"] and "weights" in artifact.files
     x = torch.randn(2, 16)
     assert_matches(run(x), seg.reference(x))
+
+
+class _LogicalAnd(torch.nn.Module):
+    def forward(self, x):
+        return torch.logical_and(x > 0, x < 1).float() * x
+
+
+class _Sdpa(torch.nn.Module):
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("model,inputs", [
+    (_LogicalAnd(), (torch.randn(4, 8),)),
+    (_Sdpa(), tuple(torch.randn(2, 4, 16, 8) for _ in range(3))),
+], ids=["logical_and", "sdpa"])
+def test_openvino_converts_the_ops_listed_beyond_its_table(model, inputs):
+    import hetcc
+    from hetcc.backends.openvino_backend import CONVERTED_BEYOND_TABLE
+
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu"])
+    assert cm.plan.targets_used() == ["openvino:cpu"] and cm.plan.attempts == 1
+    ops = {f"torch.ops.{op}" for s in cm.plan.segments for op in s.ops}
+    assert ops & CONVERTED_BEYOND_TABLE
+    torch.testing.assert_close(cm(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)

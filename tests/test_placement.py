@@ -129,3 +129,16 @@ def test_nothing_fits_is_a_clear_error():
     with pytest.raises(hetcc.HetccError, match="capacit"):
         hetcc.compile(model, inputs, targets=["openvino:cpu", "torch:cpu"],
                       memory_limits={"openvino:cpu": 1000, "torch:cpu": 1000})
+
+
+@pytest.mark.parametrize("producer", ["onnxruntime:cpu", "openvino:cpu"])
+def test_torch_segment_gets_the_layout_it_was_traced_with(producer):
+    # q/k/v are transposed views in the reference run, but arrive dense from another runtime;
+    # SDPA's output layout (and the view after it) depend on that, so torch must restore it.
+    import gpt
+
+    model, inputs = gpt.build(batch=2, seq=16)
+    cm = hetcc.compile(model, inputs, targets=[producer, "torch:cpu"], measure=False,
+                       pins={"scaled_dot_product_attention": "torch:cpu", "blocks.0.attn": producer})
+    assert cm.plan.targets_used() == [producer, "torch:cpu"]
+    _check(cm, model, inputs)
