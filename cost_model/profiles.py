@@ -31,17 +31,17 @@ class BackendProfile:
 
 DEFAULT_PROFILES = {
     "torch": BackendProfile(
-        "torch", {"matmul": 0.91, "conv": 0.91, "attention": 0.91, "elementwise": 0.58, "norm": 0.84,
-                  "data": 1.6, "default": 0.58},
-        per_node=4e-6, call_overhead=15e-6),
+        "torch", {"matmul": 0.80, "conv": 0.95, "attention": 0.78, "elementwise": 0.59, "norm": 0.82,
+                  "data": 2.2, "default": 0.59},
+        per_node=4e-6, call_overhead=13e-6),
     "onnxruntime": BackendProfile(
-        "onnxruntime", {"matmul": 1.04, "conv": 1.02, "attention": 1.04, "elementwise": 2.25,
-                        "norm": 1.1, "data": 1.8, "default": 1.0},
-        per_node=1.5e-6, call_overhead=25e-6),
+        "onnxruntime", {"matmul": 1.04, "conv": 1.01, "attention": 0.85, "elementwise": 2.2,
+                        "norm": 1.08, "data": 2.5, "default": 1.0},
+        per_node=1.5e-6, call_overhead=24e-6),
     "openvino": BackendProfile(
-        "openvino", {"matmul": 0.93, "conv": 0.65, "attention": 0.93, "elementwise": 0.54,
-                     "norm": 0.63, "data": 0.48, "default": 0.54},
-        per_node=1e-6, call_overhead=190e-6),
+        "openvino", {"matmul": 1.04, "conv": 0.76, "attention": 0.68, "elementwise": 0.63,
+                     "norm": 0.67, "data": 0.73, "default": 0.63},
+        per_node=1e-6, call_overhead=185e-6),
 }
 
 GENERIC = BackendProfile("generic", {"default": 0.5}, per_node=5e-6, call_overhead=50e-6)
