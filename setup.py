@@ -21,7 +21,7 @@ setup(
     package_dir=PACKAGES,
     # torch is deliberately not pinned here: the CPU wheel is pinned by requirements/constraints.txt,
     # GPU machines bring their own (2.11 and newer work).
-    install_requires=["torch>=2.11", "numpy", "networkx", "scipy", "rich"],
+    install_requires=["torch>=2.11", "numpy", "networkx", "scipy", "rich", "safetensors"],
     extras_require={
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],

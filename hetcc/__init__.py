@@ -11,7 +11,7 @@ from hetcc.errors import HetccError
 from hetcc.target import Target
 
 __version__ = "0.1.0"
-__all__ = ["compile", "analyze", "Target", "HetccError", "__version__"]
+__all__ = ["compile", "load", "analyze", "Target", "HetccError", "__version__"]
 
 
 def compile(model, example_inputs, targets=("torch:cpu",), **options):
@@ -26,3 +26,10 @@ def analyze(model, example_inputs, dynamic_shapes=None):
     from hetcc.analysis import analyze as _analyze
 
     return _analyze(model, example_inputs, dynamic_shapes)
+
+
+def load(path):
+    """Load a bundle directory written by ``CompiledModel.save``; see :func:`hetcc.bundle.load`."""
+    from hetcc.bundle import load as _load
+
+    return _load(path)

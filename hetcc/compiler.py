@@ -54,6 +54,12 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         return self._runtime(*args, **kwargs)
 
+    def save(self, path, overwrite: bool = False):
+        """Write a deployable bundle directory (see docs/bundle.md); returns its path."""
+        from hetcc.bundle import save
+
+        return save(self, path, overwrite=overwrite)
+
     @property
     def signature(self) -> str:
         return self._runtime.signature()

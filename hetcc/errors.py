@@ -31,3 +31,7 @@ class InternalError(HetccError):
 
     def __init__(self, message: str):
         super().__init__(f"internal error (this is a bug in hetcc, please report it): {message}")
+
+
+class BundleError(HetccError):
+    """A bundle cannot be written or read: corrupt, incomplete, newer format, missing runtime."""
