@@ -55,6 +55,7 @@ class TorchBackend:
         )
 
     def load(self, artifact: Artifact, target: Target) -> "TorchExecutable":
+        check_archive_is_safe(artifact.files["program"])
         ep = torch.export.load(artifact.files["program"])
         orders = [tuple(o) if o is not None else None
                   for o in artifact.meta.get("input_dim_orders") or [None] * len(artifact.meta["input_names"])]
@@ -103,3 +104,38 @@ class TorchExecutable:
         with torch.no_grad():
             out = self.module(*inputs)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def check_archive_is_safe(path) -> None:
+    """Refuse a .pt2 archive that would make ``torch.export.load`` unpickle anything.
+
+    torch.export.load unpickles weights or constants flagged ``use_pickle``, custom and opaque
+    objects, and retries sample inputs with ``weights_only=False`` when the safe loader fails.
+    Bundles may come from someone else, so we check for each of those before torch sees the file.
+    """
+    import io
+    import json
+    import zipfile
+
+    from hetcc.errors import BundleError
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            configs = [n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))]
+            if not configs or not any(n.endswith("archive_format") for n in names):
+                raise BundleError(f"{path} is not a torch.export PT2 archive")
+            for name in configs:
+                for fqn, meta in json.loads(archive.read(name)).get("config", {}).items():
+                    stored = str(meta.get("path_name", ""))
+                    if meta.get("use_pickle") or not stored.startswith(("weight_", "tensor_")):
+                        raise BundleError(f"{path}: {fqn} is stored as a pickled object, which hetcc "
+                                          "refuses to load; recompile the bundle from the model")
+            for name in names:
+                if "/data/sample_inputs/" in name:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+    except BundleError:
+        raise
+    except Exception as exc:  # a bad zip, bad JSON, or sample inputs the safe unpickler rejects
+        raise BundleError(f"{path} is not a safe torch.export archive ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); recompile the bundle") from exc

@@ -74,7 +74,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
             memory_limits: dict | None = None, measure: bool = True,
-            backend_options: dict | None = None) -> CompiledModel:
+            backend_options: dict | None = None, progress=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -88,7 +88,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         (OpenVINO runs in fp32 unless asked otherwise).
     measure: when the plan mixes targets, also build the best single-target plan, time both on the
         example inputs, and keep the faster (the cost model can misjudge close calls).
+    progress: optional callable(stage: str, detail: str), told as each stage starts ("capture",
+        "solve", "lower", "measure"); the CLI draws its progress display from it.
     """
+    report = progress or (lambda stage, detail="": None)
     if objective not in OBJECTIVES:
         raise HetccError(f"objective {objective!r} is not supported yet; choose one of {OBJECTIVES}")
     wanted = parse_targets(targets)
@@ -98,6 +101,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if fallback_only:
         backends[FALLBACK] = resolve(FALLBACK)
     started = time.perf_counter()
+    report("capture", "torch.export and decomposition to core ATen")
     captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
@@ -107,11 +111,13 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     session = _Session(captured, facts, units, unit_of, order, backends,
                        _target_infos(order, profiles, devices, memory_limits),
                        Tolerances.make(rtol, atol),
-                       Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-")), objective)
+                       Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-")), objective,
+                       report)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
     chosen = session.place(candidates)
     if measure and len(chosen.plan.targets_used()) > 1:
+        report("measure", "timing the mixed plan against the best single target")
         chosen = session.measure_against_single(chosen, candidates)
     log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, chosen.plan.summary())
     return chosen
@@ -131,6 +137,7 @@ class _Session:
     tolerances: Tolerances
     workdir: Path
     objective: str
+    report: object
     lowered: dict = field(default_factory=dict)
     """(target, nodes) -> (artifact, executable, error, seconds): a segment is lowered once."""
 
@@ -141,6 +148,7 @@ class _Session:
             _check_placeable(self.units, candidates)
             problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
                                     candidates, self.objective)
+            self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt})")
             placement = solve(problem)
             segments = self._lower_all(problem, placement, candidates, notes)
             if segments is not None:
@@ -164,6 +172,7 @@ class _Session:
                                     self.captured.dim_ranges, keep_outputs=outputs)
             key = (target, nodes, tuple(program.output_names))
             if key not in self.lowered:
+                self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify")
                 where = self.workdir / f"{target.backend}-{len(self.lowered)}"
                 self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
                                                       self.tolerances)
