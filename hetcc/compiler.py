@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import statistics
 import tempfile
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import torch
 
 from hetcc.backends.registry import resolve
 from hetcc.capture import capture
@@ -106,21 +106,39 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
+    scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
     session = _Session(captured, facts, units, unit_of, order, backends,
                        _target_infos(order, profiles, devices, memory_limits),
                        Tolerances.make(rtol, atol),
-                       Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hetcc-")), objective,
-                       report)
+                       Path(workdir) if workdir else scratch, objective, report)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
-    chosen = session.place(candidates)
-    if measure and len(chosen.plan.targets_used()) > 1:
-        report("measure", "timing the mixed plan against the best single target")
-        chosen = session.measure_against_single(chosen, candidates)
+    try:
+        chosen = session.place(candidates)
+        if measure and len(chosen.plan.targets_used()) > 1:
+            report("measure", "timing the mixed plan against the best single target")
+            chosen = session.measure_against_single(chosen, candidates)
+    except BaseException:
+        _drop_scratch(scratch, session)
+        raise
     log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, chosen.plan.summary())
+    if scratch is not None and not _drop_scratch(scratch, session, owner=chosen):
+        log.warning("kept %s: it holds the segments that failed to lower or verify", scratch)
     return chosen
+
+
+def _drop_scratch(scratch, session, owner=None) -> bool:
+    """Remove hetcc's scratch directory (now, or when ``owner`` is collected: save() copies the
+    artifacts from it). Kept when a segment failed, so the failing segment can be reproduced."""
+    if scratch is None or session.failures:
+        return False
+    if owner is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        weakref.finalize(owner, shutil.rmtree, scratch, True)
+    return True
 
 
 @dataclass
@@ -138,6 +156,7 @@ class _Session:
     workdir: Path
     objective: str
     report: object
+    failures: int = 0
     lowered: dict = field(default_factory=dict)
     """(target, nodes) -> (artifact, executable, error, seconds): a segment is lowered once."""
 
@@ -180,6 +199,7 @@ class _Session:
             if executable is None:
                 if target == FALLBACK:
                     raise InternalError(f"torch:cpu could not run segment {program.name}: {error}")
+                self.failures += 1
                 log.warning("segment %s on %s failed (%s); falling back for its %d node(s)",
                             program.name, target, error, len(nodes))
                 notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}")
@@ -274,7 +294,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances):
 def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
                attempts, notes) -> Plan:
     out = []
-    for program, target, spec, artifact, executable, seconds in segments:
+    for program, target, spec, artifact, _, seconds in segments:
         nodes = [m for u in spec.units for m in units[u].members]
         fell_back = {}
         for u in spec.units:

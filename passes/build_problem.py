@@ -62,7 +62,7 @@ def build_values(captured, units, unit_of) -> list[Value]:
 
 
 def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
-                  candidates: Candidates, objective: str = "latency") -> PlacementProblem:
+                  candidates, objective: str = "latency") -> PlacementProblem:
     costs = unit_costs(units, facts, targets)
     cost = tuple(
         tuple(c if candidates.allowed[i][t] else math.inf for t, c in enumerate(row))

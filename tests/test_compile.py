@@ -96,3 +96,22 @@ def test_concurrent_calls_from_threads_are_correct(targets):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_scratch_directory_lives_as_long_as_the_compiled_model(tmp_path):
+    import gc
+    from pathlib import Path
+
+    model, inputs = mlp.build(batch=2)
+    compiled = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"])
+    (artifact,) = compiled.artifacts.values()
+    scratch = Path(artifact.files["model"]).parents[1]
+    assert scratch.name.startswith("hetcc-") and scratch.exists()
+    del compiled
+    gc.collect()
+    assert not scratch.exists()
+    # a workdir the user names is theirs: hetcc leaves it in place
+    kept = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], workdir=tmp_path / "work")
+    del kept
+    gc.collect()
+    assert any((tmp_path / "work").rglob("model.onnx"))

@@ -44,7 +44,14 @@ def test_intermediates_are_freed_after_their_last_reader():
 
 def test_model_inputs_can_be_outputs_and_steps_run_in_order():
     order = []
-    steps = [Step(f"s{i}", "t", (lambda i: lambda x: (order.append(i) or x + i,))(i), (src,), (dst,))
+
+    def adder(i):
+        def run(x):
+            order.append(i)
+            return (x + i,)
+        return run
+
+    steps = [Step(f"s{i}", "t", adder(i), (src,), (dst,))
              for i, (src, dst) in enumerate([("x", "a"), ("a", "b")])]
     rt = _runtime(steps, ["b", "x"])
     b, x = rt(torch.ones(4))
