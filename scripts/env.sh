@@ -11,7 +11,7 @@ fi
 stamp="$venv/.hetcc-installed"
 want="$(cat "$root/requirements/constraints.txt" "$root/requirements/cpu.txt" "$root/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q --upgrade pip "setuptools>=70" wheel >&2
   "$venv/bin/python" -m pip install -q -c "$root/requirements/constraints.txt" -r "$root/requirements/cpu.txt" >&2
   "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >&2
   echo "$want" > "$stamp"

@@ -1,0 +1,253 @@
+"""What the CLI reads from the user: MODEL specs (file.py:function or a .pt2 archive), .npz inputs,
+and option values (SCOPE=TARGET, byte sizes, batch ranges). Kept apart from cli.py so that the
+command code reads as commands; torch and numpy are imported inside functions, so `hetcc --help`
+stays fast."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import inspect
+import itertools
+import re
+import sys
+from pathlib import Path
+
+from hetcc.errors import HetccError
+
+
+class CliError(HetccError):
+    """A user error found by the CLI itself: a bad MODEL path, a missing function, a bad .npz."""
+
+
+# ---- option values (argparse `type=` functions: a ValueError here is a usage error, exit 2) ----
+
+def scope_target(text: str) -> tuple[str, str]:
+    scope, sep, target = text.partition("=")
+    if not sep or not scope.strip() or not target.strip():
+        raise argparse.ArgumentTypeError(f"expected SCOPE=TARGET (e.g. head=torch:cpu), got {text!r}")
+    return scope.strip(), target.strip()
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_count(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size like 2000000000, 2GB or 1.5GiB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def target_bytes(text: str) -> tuple[str, int]:
+    target, sep, size = text.partition("=")
+    if not sep or not target.strip():
+        raise argparse.ArgumentTypeError(f"expected TARGET=BYTES (e.g. openvino:cpu=2GiB), got {text!r}")
+    return target.strip(), byte_count(size)
+
+
+def batch_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX with 1 <= MIN <= MAX (e.g. 1:64), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+# ---- MODEL ----
+
+_counter = itertools.count()
+
+
+def load_model(spec: str, inputs_npz: str | None = None):
+    """MODEL -> (model, example inputs as a tuple of tensors, extra compile options)."""
+    if spec.endswith(".pt2"):
+        model, inputs, names = _load_exported(Path(spec))
+    else:
+        path, _, func = spec.rpartition(":") if ":" in spec else (spec, "", "build")
+        model, inputs, options = _load_python(Path(path), func or "build")
+        names = None
+    if inputs_npz:  # the user's own inputs replace the model's examples
+        inputs = tuple(read_npz(inputs_npz, names or [f"arr_{i}" for i in range(len(inputs or ()))],
+                                describe=None))
+    if inputs is None:
+        raise CliError(f"{spec} holds no example inputs; pass them with --inputs file.npz "
+                       f"(keys {', '.join(names)}, or arr_0, arr_1, ... as numpy.savez writes them)")
+    return model, inputs, ({} if spec.endswith(".pt2") else options)
+
+
+def _load_python(path: Path, func: str):
+    if path.suffix != ".py":
+        raise CliError(f"MODEL must be path/to/file.py:function or a .pt2 file, got {str(path)!r}")
+    if not path.is_file():
+        raise CliError(f"model file {path} not found")
+    module = _import_file(path)
+    build = getattr(module, func, None)
+    if not callable(build):
+        found = sorted(n for n, v in vars(module).items()
+                       if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
+        raise CliError(f"{path} has no function {func!r}; functions defined there: {', '.join(found) or 'none'}")
+    with _user_code(path):
+        try:
+            result = build()
+        except Exception as exc:
+            raise CliError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
+    return _check_build_result(result, f"{path}:{func}()")
+
+
+def _import_file(path: Path):
+    # A unique name per load: two model files called model.py must not share a module.
+    name = f"_hetcc_model_{next(_counter)}_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up here
+    with _user_code(path):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise CliError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+@contextlib.contextmanager
+def _user_code(path: Path):
+    """Run the user's file as `python file.py` would see it (its folder importable), and keep its
+    prints off stdout, which belongs to the CLI's output (and to --json)."""
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+
+
+def _check_build_result(result, where: str):
+    import torch
+
+    shape = "(model, example_inputs) or (model, example_inputs, options)"
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise CliError(f"{where} must return {shape}; it returned {_kind(result)}")
+    model, inputs, options = (*result, {}) if len(result) == 2 else result
+    if not isinstance(model, torch.nn.Module):
+        raise CliError(f"{where} returned {_kind(model)} as the model; it must be a torch.nn.Module")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise CliError(f"{where} returned {_kind(inputs)} as example_inputs; it must be a tensor or a "
+                       "tuple/list of tensors")
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise CliError(f"{where} returned {_kind(options)} as options; it must be a dict of compile "
+                       "keyword arguments")
+    return model, tuple(inputs), dict(options)
+
+
+def _kind(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _load_exported(path: Path):
+    import torch
+
+    if not path.is_file():
+        raise CliError(f"exported program {path} not found")
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise CliError(f"{path} is not a torch.export archive torch can load: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    inputs = None
+    if ep.example_inputs is not None:
+        args, kwargs = ep.example_inputs
+        if kwargs:
+            raise CliError(f"{path} takes keyword inputs ({', '.join(kwargs)}); the CLI compiles "
+                           "positional tensor inputs only")
+        inputs = tuple(args)
+    # check_guards=False: the archive's guards pin the shapes it was exported with, which would
+    # forbid --dynamic-batch; hetcc exports the module again and torch re-checks every shape then.
+    model = ep.module(check_guards=False)
+    # The unlifted module refuses train()/eval(), but its graph is already traced in the mode it
+    # was exported in, so the ordinary nn.Module methods (which only set flags) are harmless.
+    del model.train, model.eval
+    return model, inputs, names
+
+
+def batch_dynamic_shapes(inputs, low: int, high: int):
+    """dynamic_shapes making dim 0 of every input one shared `batch` dim."""
+    import torch
+
+    sizes = {tuple(t.shape[:1]) for t in inputs}
+    if any(t.dim() == 0 for t in inputs) or len(sizes) != 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise CliError(f"--dynamic-batch needs every input to share dimension 0, but the example "
+                       f"inputs have shapes {shapes}")
+    (batch,), = sizes
+    if batch < 2:
+        raise CliError("--dynamic-batch needs an example batch of 2 or more: torch.export fixes a "
+                       "dimension whose example size is 1; return example inputs with batch >= 2")
+    if not low <= batch <= high:
+        raise CliError(f"the example batch {batch} is outside --dynamic-batch {low}:{high}")
+    dim = torch.export.Dim("batch", min=low, max=high)
+    return tuple({0: dim} for _ in inputs)
+
+
+# ---- .npz in and out ----
+
+def read_npz(path: str, names: list[str], describe: str | None):
+    """Tensors for inputs `names`, from keys named so or arr_0, arr_1, ... (numpy.savez's names)."""
+    arrays = _npz_arrays(path)
+    positional = [f"arr_{i}" for i in range(len(names))]
+    named = bool(set(arrays) & set(names)) or not any(k.startswith("arr_") for k in arrays)
+    keys = names if named else positional
+    missing = [k for k in keys if k not in arrays]
+    extra = sorted(set(arrays) - set(keys))
+    if missing or extra:
+        problems = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
+        raise CliError(f"{path} does not match the inputs {describe or ', '.join(names)}: "
+                       f"{'; '.join(p for p in problems if p)}; the keys must be {names}, or "
+                       f"{positional} in order as numpy.savez names them")
+    return [to_tensor(arrays[k], name) for k, name in zip(keys, names)]
+
+
+def _npz_arrays(path: str) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a single .npy array
+            return {"arr_0": loaded}
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CliError(f"cannot read arrays from {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def to_tensor(array, name: str):
+    import numpy as np
+    import torch
+
+    if array.dtype.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    except TypeError as exc:
+        raise CliError(f"input {name!r} has numpy dtype {array.dtype}, which has no torch "
+                       "equivalent") from exc
+
+
+def to_array(value):
+    """An output as numpy: bfloat16, which numpy lacks, becomes float32."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)
