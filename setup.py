@@ -28,6 +28,7 @@ setup(
         "test": ["pytest", "pytest-xdist"],
     },
     entry_points={
+        "console_scripts": ["hetcc = hetcc.cli:main"],
         "hetcc.backends": [
             "torch = hetcc.backends.torch_backend:TorchBackend",
             "onnxruntime = hetcc.backends.onnxruntime_backend:OnnxRuntimeBackend",

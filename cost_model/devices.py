@@ -28,6 +28,18 @@ class DeviceSpec:
     source: str = ""
     """Where the numbers come from (a datasheet, or 'measured on ...')."""
     extra: dict = field(default_factory=dict)
+    host_link: str | None = None
+    """Name of the link to the host, e.g. 'PCIe 5.0 x16'; None for the host itself."""
+    peer_link: str | None = None
+    """Name of the device-to-device link (NVLink, Infinity Fabric, ...); None where there is none."""
+    peer_link_bandwidth: float | None = None
+    """Bytes/s per direction from this device to its peers over ``peer_link`` (aggregate over
+    all its links); None without a peer link."""
+    price_per_hour: float | None = None
+    """USD per device-hour (a public on-demand list price); None where no public price exists."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Per-number provenance: 'peak_flops.<dtype>', 'mem_bandwidth', 'mem_capacity',
+    'host_link_bandwidth', 'peer_link_bandwidth', 'price_per_hour' -> where it comes from."""
 
     def flops_for(self, dtype: str) -> float:
         return self.peak_flops.get(dtype) or self.peak_flops["fp32"]

@@ -3,11 +3,13 @@
     bundle/
       manifest.json        format version, versions, signature, segments with files and sha256
       report.json          the plan, as `hetcc explain` shows it
+      constants.safetensors  weights the model returns directly (only when there are any)
       segments/<name>/     each segment's native artifact (ONNX, OpenVINO IR, .pt2)
 
-Loading trusts nothing in the directory: paths must stay inside it, every file's sha256 must match
-the manifest, and nothing is unpickled (tensor specs and output structure are JSON; torch segments
-are torch.export archives). The format is documented in docs/bundle.md.
+Loading trusts nothing in the directory: paths must stay inside it, every file under segments/
+must be listed in the manifest with its size and sha256, and nothing is unpickled (tensor specs
+and output structure are JSON, constants are safetensors, torch segments are torch.export archives
+that the torch backend checks before torch reads them). The format is documented in docs/bundle.md.
 """
 from __future__ import annotations
 
@@ -15,15 +17,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.utils._pytree as pytree
 
 from hetcc.backends.base import Artifact
-from hetcc.backends.registry import installed, resolve
+from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
@@ -35,6 +39,9 @@ FORMAT = "hetcc-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.json"
+CONSTANTS = "constants.safetensors"
+SEGMENTS = "segments"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _sha256(path: Path) -> str:
@@ -52,117 +59,206 @@ def _json_constant(value, where: str):
                       "store; return tensors or plain numbers from the model")
 
 
-def _dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
+def _dtype(name) -> torch.dtype:
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
     if not isinstance(dtype, torch.dtype):
-        raise BundleError(f"unknown dtype {name!r} in the manifest")
+        raise BundleError(f"unknown dtype {name!r} in the manifest; the bundle is corrupt or needs a "
+                          "newer torch")
     return dtype
 
 
-def save(compiled, path, overwrite: bool = False) -> Path:
-    """Write ``compiled`` to the directory ``path``; refuse a non-empty one unless ``overwrite``."""
-    from hetcc import __version__
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def save(compiled, path, overwrite: bool = False) -> Path:
+    """Write ``compiled`` to the directory ``path``; refuse a non-empty one unless ``overwrite``.
+
+    The bundle is written to a hidden sibling directory and renamed into place, so a failed save
+    leaves neither a partial bundle nor a damaged old one. ``overwrite`` replaces only a directory
+    that holds a hetcc bundle and nothing else."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
-                              "pass overwrite=True (--force on the command line) to replace it")
-        if not (path / MANIFEST).exists():
-            raise BundleError(f"{path} is not a hetcc bundle (no {MANIFEST}); refusing to overwrite it "
-                              "even with overwrite=True: remove it yourself if you mean to")
-    runtime = compiled._runtime
+    _check_destination(path, overwrite)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
-        segments, versions = [], {}
-        for step, seg_plan in zip(runtime.steps, compiled.plan.segments):
-            artifact = compiled.artifacts[step.name]
-            folder = staging / "segments" / step.name
-            folder.mkdir(parents=True)
-            files = {}
-            for role, src in artifact.files.items():
-                dst = folder / Path(src).name
-                shutil.copy2(src, dst)
-                rel = dst.relative_to(staging).as_posix()
-                files[role] = {"path": rel, "sha256": _sha256(dst), "bytes": dst.stat().st_size}
-            backend = resolve(Target.parse(step.target))
-            versions.update(backend.versions())
-            segments.append({
-                "name": step.name, "target": step.target,
-                "inputs": list(step.inputs), "outputs": list(step.outputs),
-                "files": files, "meta": artifact.meta,
-                "plan": {k: getattr(seg_plan, k) for k in (
-                    "predicted_seconds", "flops", "bytes_moved", "resident_bytes", "max_error")}
-                        | {"intensity": seg_plan.intensity},
-            })
-        constants = {}
-        if runtime.constants:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in runtime.constants.items()}, staging / "constants.safetensors")
-            constants = {"path": "constants.safetensors", "sha256": _sha256(staging / "constants.safetensors"),
-                         "names": sorted(runtime.constants)}
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "hetcc_version": __version__,
-            "runtimes": versions,
-            "inputs": [{"name": s.name, "dtype": dtype_name(s.dtype),
-                        "shape": list(s.shape), "ranges": {sym: [lo, hi] for sym, lo, hi in s.ranges}}
-                       for s in runtime.input_specs],
-            "input_structure": pytree.treespec_dumps(runtime.in_spec),
-            "outputs": list(runtime.outputs),
-            "output_structure": pytree.treespec_dumps(runtime.out_spec),
-            "constant_outputs": {str(i): _json_constant(v, f"output {i}")
-                                 for i, v in runtime.const_outputs.items()},
-            "constants": constants,
-            "segments": segments,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        (staging / REPORT).write_text(json.dumps(compiled.plan.to_dict(), indent=1, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
+        _write(compiled, staging)
+        _move_into_place(staging, path)
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first; only the empty folders we made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError):
+            raise BundleError(f"could not write the bundle {path}: {exc}; nothing was written") from exc
         raise
     return path
 
 
-def _inside(root: Path, rel: str, segment: str) -> Path:
-    candidate = (root / rel).resolve()
-    if rel.startswith(("/", "\\")) or not candidate.is_relative_to(root.resolve()):
-        raise BundleError(f"segment {segment}: file path {rel!r} in the manifest points outside the "
-                          f"bundle {root}; the bundle is corrupt or was tampered with")
-    return candidate
+def _check_destination(path: Path, overwrite: bool) -> None:
+    if path.is_symlink():
+        raise BundleError(f"{path} is a symbolic link; refusing to write a bundle through it: give the "
+                          "real directory")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise BundleError(f"{path} exists and is not a directory; refusing to replace it, even with "
+                          "overwrite=True: remove it yourself or choose another path")
+    if not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
+                          "pass overwrite=True (--force on the command line) to replace it")
+    try:
+        manifest = _read_json(path)
+    except BundleError as exc:
+        raise BundleError(f"{path} is not a hetcc bundle ({exc}); refusing to overwrite it even with "
+                          "overwrite=True: remove it yourself if you mean to") from exc
+    ours = {MANIFEST, REPORT, CONSTANTS, SEGMENTS} | _listed_top_names(manifest)
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
+    if foreign:
+        raise BundleError(f"{path} holds a hetcc bundle but also {', '.join(foreign[:5])}, which are "
+                          "not part of it; refusing to overwrite it even with overwrite=True: move "
+                          "those out or choose another directory")
 
 
-def _checked_file(root: Path, entry: dict, segment: str) -> Path:
-    path = _inside(root, entry["path"], segment)
-    if not path.is_file():
-        raise BundleError(f"segment {segment}: file {entry['path']} is missing from {root}; copy the "
-                          "whole bundle directory, or compile it again")
-    if _sha256(path) != entry["sha256"]:
-        raise BundleError(f"segment {segment}: file {entry['path']} does not match its sha256 in the "
-                          "manifest (corrupt, truncated or modified); copy the bundle again or recompile")
-    return path
+def _listed_top_names(manifest: dict) -> set:
+    names = set()
+    entries = [manifest.get("constants")]
+    for seg in manifest.get("segments") or []:
+        if isinstance(seg, dict) and isinstance(seg.get("files"), dict):
+            entries += seg["files"].values()
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"]:
+            names.add(PurePosixPath(entry["path"]).parts[0])
+    return names
 
 
-def read_manifest(path) -> dict:
-    root = Path(path)
+def _move_into_place(staging: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    backup = path.parent / f".{path.name}-old-{uuid.uuid4().hex[:8]}"
+    os.replace(path, backup)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(backup, path)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _write(compiled, staging: Path) -> None:
+    from hetcc import __version__
+
+    runtime = compiled._runtime
+    segments, versions = [], {}
+    for step, seg_plan in zip(runtime.steps, compiled.plan.segments, strict=True):
+        artifact = compiled.artifacts[step.name]
+        folder = staging / SEGMENTS / step.name
+        folder.mkdir(parents=True)
+        files = {}
+        for role, src in artifact.files.items():
+            dst = folder / Path(src).name
+            if dst.exists():
+                raise BundleError(f"segment {step.name}: two of its files are both named {dst.name}; "
+                                  "this is a bug in its backend, please report it")
+            try:
+                shutil.copy2(src, dst)
+            except OSError as exc:
+                raise BundleError(f"segment {step.name}: cannot copy its {role} file {src} ({exc}); "
+                                  "compile the model again and save it while it is alive") from exc
+            files[role] = _file_entry(staging, dst)
+        try:
+            versions.update(get_backend(Target.parse(step.target).backend).versions())
+        except Exception as exc:  # versions are informative; a missing SDK must not stop a save
+            log.warning("no versions for %s: %s", step.target, exc)
+        segments.append({
+            "name": step.name, "target": step.target,
+            "inputs": list(step.inputs), "outputs": list(step.outputs),
+            "files": files, "meta": artifact.meta,
+            "plan": {k: getattr(seg_plan, k) for k in (
+                "predicted_seconds", "flops", "bytes_moved", "resident_bytes", "max_error")}
+                    | {"intensity": seg_plan.intensity},
+        })
+    constants = {}
+    if runtime.constants:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in runtime.constants.items()}, staging / CONSTANTS)
+        constants = _file_entry(staging, staging / CONSTANTS) | {"names": sorted(runtime.constants)}
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "hetcc_version": __version__,
+        "runtimes": versions,
+        "inputs": [{"name": s.name, "dtype": dtype_name(s.dtype),
+                    "shape": list(s.shape), "ranges": {sym: [lo, hi] for sym, lo, hi in s.ranges}}
+                   for s in runtime.input_specs],
+        "input_structure": pytree.treespec_dumps(runtime.in_spec),
+        "outputs": list(runtime.outputs),
+        "output_structure": pytree.treespec_dumps(runtime.out_spec),
+        "constant_outputs": {str(i): _json_constant(v, f"output {i}")
+                             for i, v in runtime.const_outputs.items()},
+        "constants": constants,
+        "segments": segments,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    (staging / REPORT).write_text(json.dumps(compiled.plan.to_dict(), indent=1, default=str),
+                                  encoding="utf-8")
+
+
+def _file_entry(root: Path, file: Path) -> dict:
+    return {"path": file.relative_to(root).as_posix(), "sha256": _sha256(file), "bytes": file.stat().st_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def _read_json(root: Path) -> dict:
+    """The manifest as a dict with the right ``format``; its version is not checked here."""
     file = root / MANIFEST
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is a file, not a bundle directory"
+        raise BundleError(f"{root} {what}; give the directory that holds {MANIFEST}")
     if not file.is_file():
         raise BundleError(f"{root} is not a hetcc bundle: no {MANIFEST} in it")
     try:
-        manifest = json.loads(file.read_text())
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{file} is not valid JSON ({exc}); the bundle is corrupt") from exc
+        raise BundleError(f"{file} is not valid JSON ({_first_line(exc)}); the bundle is corrupt: "
+                          "copy it again or recompile") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{file} is not a hetcc bundle manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(f"{root} has bundle format {version}, newer than this hetcc reads "
-                          f"({FORMAT_VERSION}); upgrade hetcc (pip install -U hetcc)")
+        raise BundleError(f"{file} is not a hetcc bundle manifest (no \"format\": \"{FORMAT}\" in it)")
     return manifest
+
+
+def read_manifest(path) -> dict:
+    """The manifest of the bundle at ``path``, checked to be a hetcc manifest this hetcc can read."""
+    root = Path(path)
+    manifest = _read_json(root)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{root / MANIFEST} has an invalid format_version {version!r}; the bundle is "
+                          "corrupt: copy it again or recompile")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{root} has bundle format version {version}, newer than this hetcc "
+                          f"{_hetcc_version()} reads (up to {FORMAT_VERSION}; written by hetcc "
+                          f"{manifest.get('hetcc_version', '?')}); upgrade hetcc (pip install -U hetcc)")
+    return manifest
+
+
+def _hetcc_version() -> str:
+    from hetcc import __version__
+
+    return __version__
 
 
 def load(path):
@@ -175,61 +271,247 @@ def load(path):
         return _load(root, manifest, CompiledModel)
     except HetccError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{root / MANIFEST} is missing or has a malformed field ({exc!r}); the "
-                          "bundle is corrupt") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BundleError(f"{root / MANIFEST} is missing a field or has a malformed one ({exc!r}); the "
+                          "bundle is corrupt: copy it again or recompile") from exc
 
 
 def _load(root: Path, manifest: dict, CompiledModel):
+    segs = _segments(manifest)
+    specs = [TensorSpec(_str(i["name"], "input name"), tuple(_dim(d) for d in i["shape"]), _dtype(i["dtype"]),
+                        tuple((str(sym), int(lo), int(hi)) for sym, (lo, hi) in (i.get("ranges") or {}).items()))
+             for i in manifest["inputs"]]
+    in_spec = _treespec(manifest["input_structure"], "input_structure")
+    out_spec = _treespec(manifest["output_structure"], "output_structure")
+    outputs = list(manifest["outputs"])
+    const_outputs = {int(k): v for k, v in (manifest.get("constant_outputs") or {}).items()}
+    constant_entry = manifest.get("constants") or {}
+    _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_entry.get("names"))
+    backends = _backends(segs, manifest)
+    _check_unlisted(root, segs)  # every byte a backend reads is checked below
+    checked = [{role: str(_checked_file(root, entry, f"segment {seg['name']}", under=SEGMENTS))
+                for role, entry in seg["files"].items()} for seg in segs]
+    constants = {}
+    if constant_entry:
+        from safetensors.torch import load_file
+
+        constants = load_file(str(_checked_file(root, constant_entry, "constants")))
     steps, artifacts, seg_plans = [], {}, []
-    for seg in manifest["segments"]:
+    for seg, backend, files in zip(segs, backends, checked):
         name, target = seg["name"], Target.parse(seg["target"])
-        if target.backend not in installed():
-            raise BundleError(f"segment {name} needs the {target.backend!r} runtime, which is not "
-                              f"installed here; install it (e.g. pip install {target.backend}) and load again")
-        try:
-            backend = resolve(target)
-        except TargetError as exc:
-            raise BundleError(f"segment {name} needs {target}, which cannot run here: {exc}") from exc
-        files = {role: str(_checked_file(root, entry, name)) for role, entry in seg["files"].items()}
         artifact = Artifact(str(target), files, dict(seg["meta"]))
         try:
             run = backend.load(artifact, target)
         except Exception as exc:
-            raise BundleError(f"segment {name}: {target} could not load {sorted(files.values())[0]}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise BundleError(
+                f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))}: "
+                f"{type(exc).__name__}: {_first_line(exc)}.{_version_hint(manifest, backend)} "
+                f"Recompile the bundle with this machine's runtimes, or install the versions it was "
+                f"written with") from exc
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
         artifacts[name] = artifact
-        p = seg.get("plan", {})
-        seg_plans.append(SegmentPlan(name=name, target=str(target), nodes=(), inputs=tuple(seg["inputs"]),
-                                     outputs=tuple(seg["outputs"]), flops=p.get("flops", 0.0),
-                                     bytes_moved=p.get("bytes_moved", 0), resident_bytes=p.get("resident_bytes", 0),
-                                     predicted_seconds=p.get("predicted_seconds", 0.0),
-                                     max_error=p.get("max_error")))
-    specs = [TensorSpec(i["name"], tuple(i["shape"]), _dtype(i["dtype"]),
-                        tuple((sym, lo, hi) for sym, (lo, hi) in i.get("ranges", {}).items()))
-             for i in manifest["inputs"]]
-    constants = {}
-    if manifest.get("constants"):
-        from safetensors.torch import load_file
-
-        entry = manifest["constants"]
-        constants = load_file(str(_checked_file(root, entry, "constants")))
-    runtime = Runtime(steps, specs, list(manifest["outputs"]),
-                      {int(k): v for k, v in manifest.get("constant_outputs", {}).items()},
-                      pytree.treespec_loads(manifest["input_structure"]),
-                      pytree.treespec_loads(manifest["output_structure"]), constants)
-    report = _read_report(root)
-    plan = _plan_from_report(report, seg_plans)
-    return CompiledModel(runtime, plan, artifacts)
+        seg_plans.append(_segment_plan(seg, str(target)))
+    runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants)
+    return CompiledModel(runtime, _plan(root, seg_plans), artifacts)
 
 
-def _read_report(root: Path) -> dict:
+def _seg_paths(seg: dict) -> list[str]:
+    return [entry["path"] for entry in seg["files"].values()]
+
+
+def _str(value, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"manifest {what} {value!r} is not a non-empty string; the bundle is corrupt")
+    return value
+
+
+def _dim(d):
+    if isinstance(d, bool) or not isinstance(d, (int, str)):
+        raise BundleError(f"manifest input dimension {d!r} is neither a size nor a symbol; the bundle is corrupt")
+    return d
+
+
+def _treespec(text, field: str):
     try:
-        return json.loads((root / REPORT).read_text())
-    except (OSError, ValueError):
-        log.warning("%s is missing or unreadable; the loaded plan has the manifest's numbers only", root / REPORT)
-        return {}
+        return pytree.treespec_loads(text)
+    except Exception as exc:
+        raise BundleError(f"manifest field {field} is not a treespec this torch reads "
+                          f"({type(exc).__name__}: {_first_line(exc)}); the bundle is corrupt or "
+                          "needs a newer torch") from exc
+
+
+def _segments(manifest: dict) -> list[dict]:
+    segs = manifest["segments"]
+    if not isinstance(segs, list) or not segs:
+        raise BundleError("manifest field segments is not a non-empty list; the bundle is corrupt")
+    seen = set()
+    for i, seg in enumerate(segs):
+        if not isinstance(seg, dict):
+            raise BundleError(f"manifest segment {i} is not an object; the bundle is corrupt")
+        name = _str(seg.get("name"), f"segment {i} name")
+        where = f"segment {name}"
+        if name in seen:
+            raise BundleError(f"{where} appears twice in the manifest; the bundle is corrupt")
+        seen.add(name)
+        try:
+            Target.parse(_str(seg.get("target"), f"{where} target"))
+        except TargetError as exc:
+            raise BundleError(f"{where}: {exc}; the bundle is corrupt or was written by a newer hetcc") from exc
+        for key in ("inputs", "outputs"):
+            if not isinstance(seg.get(key), list) or not all(isinstance(v, str) for v in seg[key]):
+                raise BundleError(f"{where}: manifest field {key} is not a list of value names; the "
+                                  "bundle is corrupt")
+        if not isinstance(seg.get("files"), dict) or not isinstance(seg.get("meta", {}), dict):
+            raise BundleError(f"{where}: manifest fields files/meta are not objects; the bundle is corrupt")
+    return segs
+
+
+def _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_names) -> None:
+    """Every value a segment or output reads is an input or made earlier, so a bad manifest fails
+    here and not at the first call."""
+    known = {s.name for s in specs}
+    for seg in segs:
+        missing = [n for n in seg["inputs"] if n not in known]
+        if missing:
+            raise BundleError(f"segment {seg['name']} reads {', '.join(missing)}, which no input or earlier "
+                              "segment provides; the bundle is corrupt: recompile it")
+        known.update(seg["outputs"])
+    known.update(constant_names or [])
+    for i, name in enumerate(outputs):
+        if name is None and i not in const_outputs:
+            raise BundleError(f"output {i} is neither a value nor a constant; the bundle is corrupt")
+        if name is not None and name not in known:
+            raise BundleError(f"output {i} is {name!r}, which no input, segment or constant provides; "
+                              "the bundle is corrupt: recompile it")
+    if out_spec.num_leaves != len(outputs):
+        raise BundleError(f"output_structure has {out_spec.num_leaves} leaves but outputs lists "
+                          f"{len(outputs)}; the bundle is corrupt")
+
+
+def _backends(segs, manifest) -> list:
+    """The backend for each segment; one error naming every segment that cannot run here."""
+    out, problems = [], []
+    for seg in segs:
+        target = Target.parse(seg["target"])
+        made_with = ", ".join(f"{k} {v}" for k, v in (manifest.get("runtimes") or {}).items()
+                              if k == target.backend)
+        if target.backend not in installed():
+            problems.append(f"segment {seg['name']} needs the {target.backend!r} hetcc backend, which is "
+                            f"not installed here (install the package that provides it)")
+            out.append(None)
+            continue
+        backend = get_backend(target.backend)
+        if target.device not in backend.devices:
+            why = f"backend {target.backend!r} drives {', '.join(backend.devices)}, not {target.device!r}"
+        elif not backend.is_available(target):
+            why = backend.why_unavailable(target) or "the backend says it is unavailable"
+        else:
+            out.append(backend)
+            continue
+        problems.append(f"segment {seg['name']} needs {target}, which cannot run here: {why}"
+                        + (f" (the bundle was written with {made_with})" if made_with else ""))
+        out.append(None)
+    if problems:
+        raise BundleError("; ".join(problems) + ". Install the missing runtime and load the bundle "
+                          "again, or recompile the model for targets this machine has")
+    return out
+
+
+def _version_hint(manifest, backend) -> str:
+    try:
+        here = backend.versions()
+    except Exception:
+        return ""
+    then = manifest.get("runtimes") or {}
+    diff = [f"{k} {then[k]} (here {here[k]})" for k in here if k in then and then[k] != here[k]]
+    return f" The bundle was written with {', '.join(diff)}." if diff else ""
+
+
+def _relative(rel, where: str, root: Path, under: str | None = None) -> Path:
+    """A manifest path, refused unless it is relative, POSIX, without '..', and inside ``under``."""
+    bad = None
+    if not isinstance(rel, str) or not rel:
+        bad = "is not a non-empty string"
+    else:
+        parts = PurePosixPath(rel).parts
+        if rel.startswith("/") or "\\" in rel or re.match(r"^[A-Za-z]:", rel) or ".." in parts:
+            bad = "points outside the bundle"
+        elif under and parts[0] != under:
+            bad = f"is not under {under}/"
+    if bad:
+        raise BundleError(f"{where}: file path {rel!r} in the manifest {bad} ({root}); the bundle is "
+                          "corrupt or was tampered with: do not use it, recompile")
+    candidate = (root / rel).resolve()
+    if not candidate.is_relative_to(root.resolve()):  # a symbolic link out of the bundle
+        raise BundleError(f"{where}: file {rel} resolves to {candidate}, outside the bundle {root}; the "
+                          "bundle was tampered with: do not use it, recompile")
+    return candidate
+
+
+def _checked_file(root: Path, entry, where: str, under: str | None = None) -> Path:
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where}: a file entry in the manifest is not an object; the bundle is corrupt")
+    rel = entry.get("path")
+    path = _relative(rel, where, root, under)
+    if not path.is_file():
+        raise BundleError(f"{where}: file {rel} is missing from {root}; copy the whole bundle directory "
+                          "again, or recompile")
+    expected, size = entry.get("sha256"), entry.get("bytes")
+    if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+        raise BundleError(f"{where}: file {rel} has no valid sha256 in the manifest; the bundle is corrupt")
+    actual = path.stat().st_size
+    if isinstance(size, int) and actual != size:
+        raise BundleError(f"{where}: file {rel} is {actual} bytes, the manifest says {size} (truncated or "
+                          "modified); copy the bundle again or recompile")
+    if _sha256(path) != expected:
+        raise BundleError(f"{where}: file {rel} does not match its sha256 in the manifest (corrupt or "
+                          "modified); copy the bundle again or recompile")
+    return path
+
+
+def _check_unlisted(root: Path, segs) -> None:
+    """Backends may read files next to the listed ones (OpenVINO finds model.bin beside model.xml,
+    ONNX names its external data inside the .onnx), so nothing under segments/ may go unchecked."""
+    listed = {PurePosixPath(e["path"]) for seg in segs for e in seg["files"].values()
+              if isinstance(e, dict) and isinstance(e.get("path"), str)}
+    base = root / SEGMENTS
+    if base.is_symlink():
+        raise BundleError(f"{base} is a symbolic link; the bundle was tampered with: do not use it, recompile")
+    for folder, dirs, files in os.walk(base):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if path.is_symlink():
+                raise BundleError(f"{rel} in {root} is a symbolic link; bundles hold plain files only: "
+                                  "the bundle was tampered with, do not use it, recompile")
+            if name in files and rel not in listed:
+                raise BundleError(f"{rel} in {root} is not listed in the manifest, so it cannot be checked; "
+                                  "remove it, or copy the bundle again")
+
+
+def _segment_plan(seg: dict, target: str) -> SegmentPlan:
+    p = seg.get("plan") if isinstance(seg.get("plan"), dict) else {}
+
+    def num(key, default):
+        value = p.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    return SegmentPlan(name=seg["name"], target=target, nodes=(), inputs=tuple(seg["inputs"]),
+                       outputs=tuple(seg["outputs"]), flops=num("flops", 0.0),
+                       bytes_moved=num("bytes_moved", 0), resident_bytes=num("resident_bytes", 0),
+                       predicted_seconds=num("predicted_seconds", 0.0), max_error=num("max_error", None))
+
+
+def _plan(root: Path, seg_plans) -> Plan:
+    """The plan from report.json where it is readable, else from the manifest's numbers alone; the
+    report is informative, so a bad one is a warning, not a failure."""
+    try:
+        report = json.loads((root / REPORT).read_bytes().decode("utf-8"))
+        return _plan_from_report(report, seg_plans)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        log.warning("%s is missing or unreadable (%s); the loaded plan has the manifest's numbers only",
+                    root / REPORT, _first_line(exc))
+        return _plan_from_report({}, seg_plans)
 
 
 def _plan_from_report(report: dict, seg_plans) -> Plan:
@@ -243,7 +525,10 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             resident_bytes=sp.resident_bytes, predicted_seconds=sp.predicted_seconds,
             ops=dict(r.get("ops", {})), fell_back=dict(r.get("fell_back", {})),
             max_error=sp.max_error, lower_seconds=r.get("lower_seconds")))
-    return Plan(targets=tuple(report.get("targets", [s.target for s in segments])), segments=tuple(segments),
+    targets = tuple(report.get("targets", ()))
+    if not all(s.target in targets for s in segments):  # targets_used() indexes into this
+        targets = tuple(dict.fromkeys(list(targets) + [s.target for s in segments]))
+    return Plan(targets=targets, segments=tuple(segments),
                 objective=report.get("objective", "latency"),
                 predicted_seconds=report.get("predicted_seconds", sum(s.predicted_seconds for s in segments)),
                 lower_bound=report.get("lower_bound", 0.0), optimal=report.get("optimal", False),

@@ -1,0 +1,391 @@
+"""The `hetcc` command: compile, run, explain, targets.
+
+Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
+stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
+--debug), 2 on bad usage, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
+that `hetcc --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from hetcc import __version__
+from hetcc.cli_inputs import (CliError, batch_dynamic_shapes, batch_range, load_model, read_npz,
+                              scope_target, target_bytes, to_array)
+from hetcc.errors import HetccError
+
+CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
+EPILOGS = {
+    None: "example:\n  hetcc compile examples/mlp.py:build -o mlp.bundle --targets " + CPU_TARGETS
+          + "\n  hetcc run mlp.bundle --inputs inputs.npz -o outputs.npz\n\n"
+          "run `hetcc COMMAND --help` for each command's options",
+    "compile": "examples:\n  hetcc compile examples/mlp.py:build -o mlp.bundle --targets " + CPU_TARGETS
+               + "\n  hetcc compile model.pt2 -o out --targets onnxruntime:cpu,torch:cpu "
+                 "--dynamic-batch=2:64 --pin head=torch:cpu\n\n"
+               "MODEL is path/to/file.py:function, where the function returns (model, example_inputs)\n"
+               "or (model, example_inputs, options) with options extra hetcc.compile keyword arguments;\n"
+               "the function defaults to `build`. A .pt2 file is a torch.export.save archive.",
+    "run": "example:\n  python -c \"import numpy as np; np.savez('in.npz', x=np.random.randn(32, 256)"
+           ".astype('float32'))\"\n  hetcc run mlp.bundle --inputs in.npz -o out.npz\n\n"
+           "Input keys are the bundle's input names (see `hetcc explain`), or arr_0, arr_1, ...\n"
+           "Outputs are written as out0, out1, ... in flattened output order.",
+    "explain": "example:\n  hetcc explain mlp.bundle\n  hetcc explain mlp.bundle --json | jq '.segments[].target'",
+    "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
+}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version exit 0, bad usage exits 2
+        return exc.code if isinstance(exc.code, int) else 2
+    with _logging_to_stderr(args.debug), warnings.catch_warnings():
+        if not args.debug:  # third-party deprecation chatter is not the user's business
+            warnings.simplefilter("ignore")
+        try:
+            return args.handler(args) or 0
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # `hetcc explain --json | head`: the reader left; not an error
+            _silence_stdout()
+            return 141
+        except (HetccError, OSError) as exc:
+            return _fail(exc, args.debug)
+        except Exception as exc:
+            return _fail(exc, args.debug, internal=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command; SUPPRESS keeps the subcommand's default from
+    # overwriting a --debug given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and hetcc's debug log")
+    parser = argparse.ArgumentParser(
+        prog="hetcc", description="Split a PyTorch model across runtimes and write a deployable bundle.",
+        epilog=EPILOGS[None], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hetcc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and hetcc's debug log")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help):
+        p = sub.add_parser(name, parents=[common], help=help, description=help, epilog=EPILOGS[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("compile", cmd_compile, "compile a model and save it as a bundle directory")
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function, or a .pt2 exported program")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="bundle directory to write")
+    p.add_argument("--targets", required=True, help=f"ordered, comma-separated, e.g. {CPU_TARGETS}")
+    p.add_argument("--objective", help="what to minimise (default: latency)")
+    p.add_argument("--rtol", type=float, help="verification tolerance (default: per dtype)")
+    p.add_argument("--atol", type=float, help="verification tolerance (default: per dtype)")
+    p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
+                   help="force a submodule or node onto a target (repeatable)")
+    p.add_argument("--exclude", action="append", type=scope_target, default=[],
+                   metavar="SCOPE=TARGET[,TARGET]", help="keep a submodule or node off targets (repeatable)")
+    p.add_argument("--dynamic-batch", nargs="?", const=(1, 4096), type=batch_range, metavar="MIN:MAX",
+                   help="let dim 0 of every input vary at run time (default range 1:4096; the example "
+                        "batch must be >= 2). Write --dynamic-batch=MIN:MAX or put it after MODEL")
+    p.add_argument("--memory-limit", action="append", type=target_bytes, default=[],
+                   metavar="TARGET=BYTES", help="cap the weights a target may hold, e.g. openvino:cpu=2GiB")
+    p.add_argument("--no-measure", action="store_true",
+                   help="trust the cost model; do not time a mixed plan against one target")
+    p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle in DIR")
+
+    p = command("run", cmd_run, "run a bundle on inputs from an .npz file")
+    p.add_argument("bundle", metavar="DIR")
+    p.add_argument("--inputs", required=True, metavar="NPZ", help="input arrays (.npz)")
+    p.add_argument("-o", "--output", metavar="NPZ", help="write the outputs here (.npz)")
+
+    p = command("explain", cmd_explain, "show a bundle's plan: what runs where, and why")
+    p.add_argument("bundle", metavar="DIR")
+
+    command("targets", cmd_targets, "list backends, devices and the targets usable here")
+    return parser
+
+
+# ---- compile ----
+
+def cmd_compile(args) -> int:
+    import hetcc
+    from hetcc.backends.registry import resolve
+    from hetcc.target import parse_targets
+
+    started = time.perf_counter()
+    targets = parse_targets(args.targets)
+    for target in targets:  # unknown or unusable targets fail before the slow part
+        resolve(target)
+    _check_output_dir(Path(args.output), args.force)
+    model, inputs, options = load_model(args.model, args.inputs)
+    options = _compile_options(args, inputs, options)
+    # Anything a runtime or exporter prints goes to stderr: stdout is for our result (and --json).
+    with _Stages(live=not args.json) as stages, contextlib.redirect_stdout(sys.stderr):
+        compiled = hetcc.compile(model, inputs, [str(t) for t in targets], progress=stages, **options)
+        stages("save", f"bundle to {args.output}")
+        path = compiled.save(args.output, overwrite=args.force)
+    if args.json:
+        _print_json({"bundle": str(path), "signature": compiled.signature, "plan": compiled.plan.to_dict(),
+                     "seconds": time.perf_counter() - started})
+    else:
+        print(compiled.plan.summary())
+        print(f"inputs {compiled.signature}")
+        print(f"bundle written to {path} in {time.perf_counter() - started:.1f}s; run it with: "
+              f"hetcc run {path} --inputs inputs.npz -o outputs.npz")
+    return 0
+
+
+def _check_output_dir(path: Path, force: bool) -> None:
+    """Refuse up front what bundle.save would refuse after a compile that may take minutes."""
+    from hetcc.bundle import MANIFEST
+    from hetcc.errors import BundleError
+
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not force:
+        raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
+                          "pass --force to replace the bundle in it")
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"{path} is not a hetcc bundle (no {MANIFEST}); --force only replaces a "
+                          "bundle, so remove it yourself if you mean to")
+
+
+def _compile_options(args, inputs, options: dict) -> dict:
+    """The model file's options, overridden (dicts: merged) by what was given on the command line."""
+    from hetcc.compiler import compile as compile_fn
+
+    allowed = {n for n, p in inspect.signature(compile_fn).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and n != "progress"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CliError(f"the model's options name {unknown}, which hetcc.compile does not take; "
+                       f"it takes {sorted(allowed)}")
+    given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol,
+             "measure": False if args.no_measure else None}
+    options.update({k: v for k, v in given.items() if v is not None})
+    excluded: dict[str, list] = {}
+    for scope, targets in args.exclude:
+        excluded.setdefault(scope, []).extend(t for t in targets.split(",") if t)
+    for key, value in (("pins", dict(args.pin)), ("exclude", excluded),
+                       ("memory_limits", dict(args.memory_limit))):
+        if value:
+            options[key] = {**(options.get(key) or {}), **value}
+    if args.dynamic_batch:
+        options["dynamic_shapes"] = batch_dynamic_shapes(inputs, *args.dynamic_batch)
+    return options
+
+
+class _Stages:
+    """Draws compile()'s progress callback on stderr: a spinner on a terminal, with a line per
+    finished stage and its time; plain lines otherwise (CI logs, pipes, --json)."""
+
+    def __init__(self, live: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.live = live and self.console.is_terminal
+        self.current = None
+        self.status = None
+
+    def __enter__(self):
+        if self.live:
+            self.status = self.console.status("starting")
+            self.status.start()
+        return self
+
+    def __call__(self, stage: str, detail: str = "") -> None:
+        from rich.markup import escape
+
+        self._finish()
+        self.current = (stage, detail, time.perf_counter())
+        if self.live:
+            self.status.update(f"[bold]{escape(stage)}[/] {escape(detail)}")
+        else:
+            print(f"hetcc: {stage}: {detail}", file=sys.stderr, flush=True)
+
+    def _finish(self) -> None:
+        from rich.markup import escape
+
+        if self.live and self.current:
+            stage, detail, t0 = self.current
+            self.console.print(f"[green]✓[/] [bold]{escape(stage)}[/] {escape(detail)} "
+                               f"[dim]{time.perf_counter() - t0:.1f}s[/]")
+        self.current = None
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            self._finish()
+        if self.status:
+            self.status.stop()
+
+
+# ---- run ----
+
+def cmd_run(args) -> int:
+    import numpy as np
+    import torch
+    import torch.utils._pytree as pytree
+
+    import hetcc
+    from hetcc.bundle import read_manifest
+
+    manifest = read_manifest(args.bundle)
+    specs = manifest.get("inputs", [])
+    tensors = read_npz(args.inputs, [s["name"] for s in specs], _signature(specs))
+    for i, spec in enumerate(specs):  # numpy has no bfloat16: accept floats for a bfloat16 input
+        if spec.get("dtype") == "bfloat16" and tensors[i].is_floating_point():
+            tensors[i] = tensors[i].to(torch.bfloat16)
+    compiled = hetcc.load(args.bundle)
+    with torch.no_grad():
+        result = compiled(*tensors)
+    arrays = {f"out{i}": to_array(v) for i, v in enumerate(pytree.tree_leaves(result))}
+    written = None
+    if args.output:
+        written = args.output if args.output.endswith(".npz") else args.output + ".npz"
+        np.savez(written, **arrays)
+    names = [n for n in manifest.get("outputs", [])]
+    rows = [{"key": k, "name": names[i] if len(names) == len(arrays) else None,
+             "dtype": str(a.dtype), "shape": list(a.shape)} for i, (k, a) in enumerate(arrays.items())]
+    if args.json:
+        _print_json({"outputs": rows, "written": written})
+        return 0
+    for row in rows:
+        print(f"{row['key']}: {row['dtype']}[{', '.join(map(str, row['shape']))}]"
+              + (f"  ({row['name']})" if row["name"] else ""))
+    print(f"outputs written to {written}" if written else "outputs not saved (pass -o outputs.npz)")
+    return 0
+
+
+def _signature(specs: list) -> str:
+    return "(" + ", ".join(f"{s.get('name')}: {s.get('dtype')}[{', '.join(map(str, s.get('shape', [])))}]"
+                           for s in specs) + ")"
+
+
+# ---- explain ----
+
+def cmd_explain(args) -> int:
+    from hetcc.bundle import read_manifest
+
+    manifest = read_manifest(args.bundle)  # reads JSON only: no runtime is imported or needed
+    report = _read_report(Path(args.bundle), manifest)
+    if args.json:
+        _print_json(report)
+        return 0
+    from hetcc.cli_render import plan_table, plan_footer
+
+    console = _stdout_console()
+    console.print(plan_table(report))
+    for line in plan_footer(report, _signature(manifest.get("inputs", [])), manifest.get("runtimes", {})):
+        console.print(line, markup=False)
+    return 0
+
+
+def _read_report(root: Path, manifest: dict) -> dict:
+    """report.json; if it is missing, the per-segment numbers the manifest keeps."""
+    from hetcc.bundle import REPORT
+
+    try:
+        report = json.loads((root / REPORT).read_text())
+        if isinstance(report, dict):
+            return report
+    except (OSError, ValueError):
+        pass
+    logging.getLogger("hetcc").warning("%s is missing or unreadable; showing the manifest's numbers",
+                                       root / REPORT)
+    segments = [{"name": s.get("name"), "target": s.get("target"), **s.get("plan", {})}
+                for s in manifest.get("segments", [])]
+    return {"segments": segments, "notes": [f"{REPORT} missing: node lists and reasons unknown"]}
+
+
+# ---- targets ----
+
+def cmd_targets(args) -> int:
+    from hetcc.cli_render import targets_info, targets_tables
+
+    info = targets_info()
+    if args.json:
+        _print_json(info)
+        return 0
+    console = _stdout_console()
+    for heading, table in targets_tables(info):
+        console.print(heading, style="bold")
+        console.print(table)
+    return 0
+
+
+# ---- plumbing ----
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    # Off a terminal rich assumes 80 columns; a wide plan table would wrap into mush in a log.
+    return console if console.is_terminal else Console(highlight=False, width=160)
+
+
+def _silence_stdout() -> None:
+    # Python would complain again when it flushes stdout at exit; point it at /dev/null instead.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _fail(exc: BaseException, debug: bool, internal: bool = False) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    if internal:
+        text = (f"internal error (a bug in hetcc: run again with --debug for the traceback and "
+                f"report it): {type(exc).__name__}: {text}")
+    print(f"hetcc: error: {text}", file=sys.stderr)
+    return 1
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time: rich's live display swaps it to keep log lines
+    above the spinner, and pytest swaps it to capture."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(debug: bool):
+    """Log to stderr for one command, and put logging back as it was (tests call main in-process)."""
+    root, ours = logging.getLogger(), logging.getLogger("hetcc")
+    saved = root.level, ours.level
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # other libraries stay at warnings even with --debug
+    ours.setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

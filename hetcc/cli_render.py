@@ -1,0 +1,123 @@
+"""Tables for `hetcc explain` and `hetcc targets`, and the facts `hetcc targets` gathers.
+
+explain works from report.json alone (plain dicts, as Plan.to_dict wrote them), so it needs no
+runtime installed; targets asks every installed backend about this machine."""
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+
+def plan_table(report: dict) -> Table:
+    table = Table()
+    for head in ("segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "max err"):
+        table.add_column(head, justify="left" if head in ("segment", "target") else "right", no_wrap=True)
+    table.add_column("fell back here because", overflow="fold")
+    for s in report.get("segments", []):
+        flops, moved = s.get("flops") or 0.0, s.get("bytes_moved") or 0
+        error = s.get("max_error")
+        table.add_row(
+            Text(str(s.get("name"))), Text(str(s.get("target"))),
+            str(len(s["nodes"])) if s.get("nodes") else "-",
+            f"{flops / 1e6:.2f}", f"{moved / 1e6:.2f}", f"{flops / moved if moved else 0.0:.1f}",
+            f"{(s.get('resident_bytes') or 0) / 1e6:.2f}", f"{(s.get('predicted_seconds') or 0) * 1e3:.3f}",
+            "-" if error is None else f"{error:.1e}", Text("\n".join(_fell_back(s.get("fell_back") or {}))),
+        )
+    return table
+
+
+def _fell_back(fell_back: dict) -> list[str]:
+    """Nodes grouped by reason: one line per reason, naming a few of its nodes."""
+    by_reason: dict[str, list[str]] = {}
+    for node, why in fell_back.items():
+        by_reason.setdefault(why, []).append(node)
+    lines = []
+    for why, nodes in by_reason.items():
+        shown = ", ".join(nodes[:3]) + (f" +{len(nodes) - 3} more" if len(nodes) > 3 else "")
+        lines.append(f"{shown}: {why}")
+    return lines
+
+
+def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
+    lines = []
+    if "predicted_seconds" in report:
+        status = "optimal" if report.get("optimal") else "not proven optimal"
+        lines.append(f"predicted {report['predicted_seconds'] * 1e3:.3f} ms ({report.get('objective')}, "
+                     f"{status}, solver {report.get('solver')}, {report.get('attempts', 1)} attempt(s)); "
+                     f"targets asked for: {', '.join(report.get('targets', []))}")
+    lines.append(f"inputs {signature}")
+    if runtimes:
+        lines.append("built with " + ", ".join(f"{k} {v}" for k, v in runtimes.items()))
+    lines.extend(f"note: {n}" for n in report.get("notes", []))
+    return lines
+
+
+def targets_info() -> dict:
+    from hetcc import __version__
+    from hetcc.backends.registry import get_backend, installed
+    from hetcc.target import Target
+
+    backends, targets = [], []
+    for name, spec in sorted(installed().items()):
+        entry = {"name": name, "entry_point": spec if isinstance(spec, str) else repr(spec),
+                 "versions": {}, "devices": [], "error": None}
+        backends.append(entry)
+        try:  # a broken plugin is reported, and must not hide the others
+            backend = get_backend(name)
+            entry["devices"] = list(backend.devices)
+            entry["versions"] = backend.versions()
+            for device in backend.devices:
+                target = Target(name, device)
+                usable = bool(backend.is_available(target))
+                targets.append({"target": str(target), "usable": usable,
+                                "why": "" if usable else backend.why_unavailable(target)})
+        except Exception as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+    return {"hetcc": __version__, "backends": backends, "devices": _devices(), "targets": targets,
+            "usable": [t["target"] for t in targets if t["usable"]]}
+
+
+def _devices() -> list[dict]:
+    import torch
+
+    from hetcc.cost_model.devices import this_cpu
+
+    cpu = this_cpu()  # measured once per machine and cached; the numbers the cost model uses
+    out = [{"device": "cpu", "description": cpu.source, "peak_gflops_fp32": cpu.peak_flops["fp32"] / 1e9,
+            "mem_bandwidth_gbs": cpu.mem_bandwidth / 1e9, "mem_capacity_gb": cpu.mem_capacity / 1e9}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            out.append({"device": f"cuda:{i}", "description": props.name,
+                        "mem_capacity_gb": props.total_memory / 1e9})
+    return out
+
+
+def targets_tables(info: dict) -> list[tuple[str, Table]]:
+    """(heading, table) for backends, devices and targets."""
+    backends = Table()
+    for head in ("backend", "devices", "versions"):
+        backends.add_column(head, overflow="fold")
+    for b in info["backends"]:
+        versions = b["error"] or ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+        backends.add_row(b["name"], ", ".join(b["devices"]), Text(versions, style="red" if b["error"] else ""))
+
+    devices = Table()
+    for head in ("device", "fp32 GFLOP/s", "GB/s", "memory GB", "description"):
+        devices.add_column(head, justify="left" if head in ("device", "description") else "right",
+                           overflow="fold")
+    for d in info["devices"]:
+        devices.add_row(d["device"], _num(d.get("peak_gflops_fp32")), _num(d.get("mem_bandwidth_gbs")),
+                        _num(d.get("mem_capacity_gb")), Text(str(d.get("description", ""))))
+
+    targets = Table()
+    for head in ("target", "usable", "why not"):
+        targets.add_column(head, overflow="fold")
+    for t in info["targets"]:
+        targets.add_row(t["target"], Text("yes", style="green") if t["usable"] else Text("no", style="red"),
+                        Text(t["why"]))
+    return [("backends installed", backends), ("devices on this machine", devices), ("targets", targets)]
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
