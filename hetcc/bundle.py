@@ -83,7 +83,7 @@ def save(compiled, path, overwrite: bool = False) -> Path:
     leaves neither a partial bundle nor a damaged old one. ``overwrite`` replaces only a directory
     that holds a hetcc bundle and nothing else."""
     path = Path(path)
-    _check_destination(path, overwrite)
+    check_destination(path, overwrite)
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
@@ -103,7 +103,10 @@ def save(compiled, path, overwrite: bool = False) -> Path:
     return path
 
 
-def _check_destination(path: Path, overwrite: bool) -> None:
+def check_destination(path, overwrite: bool = False) -> None:
+    """Raise BundleError unless ``save(..., path, overwrite)`` may write there: the CLI calls this
+    before a compile that may take minutes."""
+    path = Path(path)
     if path.is_symlink():
         raise BundleError(f"{path} is a symbolic link; refusing to write a bundle through it: give the "
                           "real directory")
@@ -201,9 +204,9 @@ def _write(compiled, staging: Path) -> None:
         "inputs": [{"name": s.name, "dtype": dtype_name(s.dtype),
                     "shape": list(s.shape), "ranges": {sym: [lo, hi] for sym, lo, hi in s.ranges}}
                    for s in runtime.input_specs],
-        "input_structure": pytree.treespec_dumps(runtime.in_spec),
+        "input_structure": _treespec_text(runtime.in_spec, "input_structure"),
         "outputs": list(runtime.outputs),
-        "output_structure": pytree.treespec_dumps(runtime.out_spec),
+        "output_structure": _treespec_text(runtime.out_spec, "output_structure"),
         "constant_outputs": {str(i): _json_constant(v, f"output {i}")
                              for i, v in runtime.const_outputs.items()},
         "constants": constants,
@@ -232,7 +235,7 @@ def _read_json(root: Path) -> dict:
         raise BundleError(f"{root} is not a hetcc bundle: no {MANIFEST} in it")
     try:
         manifest = json.loads(file.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise BundleError(f"{file} is not valid JSON ({_first_line(exc)}); the bundle is corrupt: "
                           "copy it again or recompile") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -288,7 +291,11 @@ def _load(root: Path, manifest: dict, CompiledModel):
     constant_entry = manifest.get("constants") or {}
     _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_entry.get("names"))
     backends = _backends(segs, manifest)
-    _check_unlisted(root, segs)  # every byte a backend reads is checked below
+    for seg in segs:  # every path first, before anything is read
+        for entry in seg["files"].values():
+            _relative(entry.get("path") if isinstance(entry, dict) else None, f"segment {seg['name']}",
+                      root, under=SEGMENTS)
+    _check_unlisted(root, segs)  # so every byte a backend reads is checked here:
     checked = [{role: str(_checked_file(root, entry, f"segment {seg['name']}", under=SEGMENTS))
                 for role, entry in seg["files"].items()} for seg in segs]
     constants = {}
@@ -302,12 +309,16 @@ def _load(root: Path, manifest: dict, CompiledModel):
         artifact = Artifact(str(target), files, dict(seg["meta"]))
         try:
             run = backend.load(artifact, target)
+        except BundleError as exc:  # the backend's own safety checks: already says what to do
+            raise BundleError(f"segment {name} ({target}): {exc}") from exc
         except Exception as exc:
+            differ = _versions_that_differ(manifest, backend)
+            advice = (f"the bundle was written with {differ}: install those versions, or recompile the "
+                      "bundle on this machine" if differ else
+                      "the file may be damaged or not supported by this runtime: recompile the bundle")
             raise BundleError(
-                f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))}: "
-                f"{type(exc).__name__}: {_first_line(exc)}.{_version_hint(manifest, backend)} "
-                f"Recompile the bundle with this machine's runtimes, or install the versions it was "
-                f"written with") from exc
+                f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))} "
+                f"({type(exc).__name__}: {_first_line(exc)}); {advice}") from exc
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
@@ -331,13 +342,71 @@ def _dim(d):
     return d
 
 
+_STRUCTURE_TYPES = {"builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
+_KEYED = {"builtins.dict", "collections.OrderedDict"}
+
+
+def _check_structure(node, field: str) -> None:
+    """Refuse anything but tuples, lists, dicts and leaves in a serialized treespec. torch's own
+    ``treespec_loads`` imports any module an enum key or a defaultdict names, so a manifest must
+    not reach it unchecked."""
+    def bad(why: str):
+        return BundleError(f"manifest field {field} {why}; a bundle stores only tuples, lists and "
+                           "dicts with plain keys: the bundle is corrupt, was tampered with, or needs "
+                           "a newer hetcc")
+
+    if not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}:
+        raise bad("has a node that is not {type, context, children_spec}")
+    kind, context, children = node["type"], node["context"], node["children_spec"]
+    if not isinstance(children, list):
+        raise bad("has children_spec that is not a list")
+    if kind is None:
+        if context is not None or children:
+            raise bad("has a leaf with a context or children")
+        return
+    if kind not in _STRUCTURE_TYPES:
+        raise bad(f"has a container of type {kind!r}")
+    if not isinstance(context, str):
+        raise bad("has a context that is not a string")
+    try:
+        keys = json.loads(context)
+    except (ValueError, RecursionError):
+        raise bad("has a context that is not JSON") from None
+    if kind in _KEYED:
+        if not isinstance(keys, list) or len(keys) != len(children) or any(
+                isinstance(k, (dict, list)) for k in keys):
+            raise bad(f"has a {kind} whose keys are not a list of {len(children)} plain values")
+    elif keys is not None:
+        raise bad(f"has a {kind} with a context")
+    for child in children:
+        _check_structure(child, field)
+
+
+def _treespec_text(spec, field: str) -> str:
+    try:
+        text = pytree.treespec_dumps(spec)
+    except (NotImplementedError, TypeError) as exc:
+        raise BundleError(f"the model's {field.split('_')[0]}s are in a structure a bundle cannot store "
+                          f"({_first_line(exc)}); use tuples, lists and dicts with str or int keys") from exc
+    _check_structure(json.loads(text)[1], field)
+    return text
+
+
 def _treespec(text, field: str):
+    try:
+        protocol, tree = json.loads(text) if isinstance(text, str) else (None, None)
+    except (ValueError, TypeError, RecursionError):
+        raise BundleError(f"manifest field {field} is not a serialized treespec [1, {{...}}]; the "
+                          "bundle is corrupt") from None
+    if protocol != 1:
+        raise BundleError(f"manifest field {field} uses treespec protocol {protocol!r}, which this "
+                          "hetcc does not read (it reads 1); the bundle is corrupt or needs a newer hetcc")
+    _check_structure(tree, field)
     try:
         return pytree.treespec_loads(text)
     except Exception as exc:
         raise BundleError(f"manifest field {field} is not a treespec this torch reads "
-                          f"({type(exc).__name__}: {_first_line(exc)}); the bundle is corrupt or "
-                          "needs a newer torch") from exc
+                          f"({type(exc).__name__}: {_first_line(exc)}); the bundle is corrupt") from exc
 
 
 def _segments(manifest: dict) -> list[dict]:
@@ -400,7 +469,13 @@ def _backends(segs, manifest) -> list:
                             f"not installed here (install the package that provides it)")
             out.append(None)
             continue
-        backend = get_backend(target.backend)
+        try:
+            backend = get_backend(target.backend)
+        except Exception as exc:  # a broken plugin: say which segment needed it
+            problems.append(f"segment {seg['name']} needs the {target.backend!r} backend, which failed "
+                            f"to start: {type(exc).__name__}: {_first_line(exc)}")
+            out.append(None)
+            continue
         if target.device not in backend.devices:
             why = f"backend {target.backend!r} drives {', '.join(backend.devices)}, not {target.device!r}"
         elif not backend.is_available(target):
@@ -417,14 +492,13 @@ def _backends(segs, manifest) -> list:
     return out
 
 
-def _version_hint(manifest, backend) -> str:
+def _versions_that_differ(manifest, backend) -> str:
     try:
         here = backend.versions()
     except Exception:
         return ""
     then = manifest.get("runtimes") or {}
-    diff = [f"{k} {then[k]} (here {here[k]})" for k in here if k in then and then[k] != here[k]]
-    return f" The bundle was written with {', '.join(diff)}." if diff else ""
+    return ", ".join(f"{k} {then[k]} (here {here[k]})" for k in here if k in then and then[k] != here[k])
 
 
 def _relative(rel, where: str, root: Path, under: str | None = None) -> Path:

@@ -46,18 +46,34 @@ class Captured:
 
 
 def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> Captured:
-    if not isinstance(model, torch.nn.Module):
-        raise ExportError(f"hetcc.compile expects a torch.nn.Module, got {type(model).__name__}")
+    """Export ``model`` (a module, or an ExportedProgram that is already exported) and decompose it.
+
+    For an ExportedProgram, ``example_inputs`` may be None when the program carries its own."""
+    exported = isinstance(model, torch.export.ExportedProgram)
+    if not exported and not isinstance(model, torch.nn.Module):
+        raise ExportError(f"hetcc.compile expects a torch.nn.Module or a torch.export.ExportedProgram, "
+                          f"got {type(model).__name__}")
+    if exported and example_inputs is None:
+        if model.example_inputs is None:
+            raise ExportError("this ExportedProgram carries no example inputs; pass example_inputs")
+        example_inputs, example_kwargs = model.example_inputs
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
-    model = model.eval()
     try:
-        ep = torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs,
-                                 dynamic_shapes=dynamic_shapes)
+        if exported:
+            if dynamic_shapes is not None:
+                raise ExportError("dynamic_shapes cannot be changed on an ExportedProgram: export the "
+                                  "model again with the dynamic shapes you want")
+            ep = model
+        else:
+            ep = torch.export.export(model.eval(), tuple(example_inputs), kwargs=example_kwargs,
+                                     dynamic_shapes=dynamic_shapes)
         ep = ep.run_decompositions(decomposition_table())
+    except ExportError:
+        raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
         raise ExportError(explain_export_failure(exc)) from exc
-    return _from_exported(ep, tuple(example_inputs), example_kwargs or {})
+    return _from_exported(ep, tuple(example_inputs), example_kwargs or {}, dynamic_shapes)
 
 
 PRESERVED = ("scaled_dot_product_attention",)
@@ -73,7 +89,7 @@ def decomposition_table() -> dict:
     return table
 
 
-def _from_exported(ep, args, kwargs) -> Captured:
+def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:
     sig = ep.graph_signature
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
@@ -99,7 +115,7 @@ def _from_exported(ep, args, kwargs) -> Captured:
                    ep.call_spec.out_spec, ep.call_spec.in_spec)
     flat = _flatten_inputs(cap, args, kwargs)
     cap.values = reference_run(cap, flat)
-    cap.dynamic_dims, cap.dim_ranges = _dynamic_dims(ep)
+    cap.dynamic_dims, cap.dim_ranges = _dynamic_dims(ep, _dim_names(ep, user_inputs, dynamic_shapes))
     return cap
 
 
@@ -124,19 +140,47 @@ def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
     return env
 
 
-def _dynamic_dims(ep):
-    """Which axes of which values are symbolic, named by their symbol expression."""
+def _dim_names(ep, user_inputs, dynamic_shapes) -> dict:
+    """Export's symbols (s31) -> the names the user gave their Dims (batch), where we can tell."""
+    if not isinstance(dynamic_shapes, (tuple, list)):
+        return {}
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    specs = list(dynamic_shapes)
+    names = {}
+    for name, spec in zip(user_inputs, specs):
+        val = placeholders[name].meta.get("val")
+        if not isinstance(spec, dict) or not isinstance(val, torch.Tensor):
+            continue
+        for axis, dim in spec.items():
+            size = val.shape[axis]
+            label = getattr(dim, "__name__", None)
+            if isinstance(size, torch.SymInt) and label and size.node.expr.is_symbol:
+                names[size.node.expr] = label
+    if len(set(names.values())) != len(names):
+        return {}  # two symbols share a name: keep export's own names rather than confuse them
+    return names
+
+
+def _dynamic_dims(ep, names: dict | None = None):
+    """Which axes of which values are symbolic, named by the user's Dim names where known."""
+    import sympy
+
+    swap = {sym: sympy.Symbol(label) for sym, label in (names or {}).items()}
+
+    def label(expr) -> str:
+        return str(expr.xreplace(swap)) if swap else str(expr)
+
     ranges = {}
     for sym, vr in ep.range_constraints.items():
         lo = int(vr.lower) if vr.lower.is_finite else 1
         hi = int(vr.upper) if vr.upper.is_finite else 2**31 - 2
-        ranges[str(sym)] = (lo, hi)
+        ranges[label(sym)] = (lo, hi)
     dims: dict[str, dict[int, str]] = {}
     for n in ep.graph.nodes:
         val = n.meta.get("val")
         if isinstance(val, torch.Tensor):
-            axes = {i: str(s) for i, s in enumerate(val.shape) if isinstance(s, torch.SymInt)
-                    and not _is_constant(s)}
+            axes = {i: label(s.node.expr) for i, s in enumerate(val.shape)
+                    if isinstance(s, torch.SymInt) and not _is_constant(s)}
             if axes:
                 dims[n.name] = axes
     return dims, ranges

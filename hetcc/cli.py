@@ -20,8 +20,16 @@ import warnings
 from pathlib import Path
 
 from hetcc import __version__
-from hetcc.cli_inputs import (CliError, batch_dynamic_shapes, batch_range, load_model, read_npz,
-                              scope_target, target_bytes, to_array)
+from hetcc.cli_inputs import (
+    CliError,
+    batch_dynamic_shapes,
+    batch_range,
+    load_model,
+    read_npz,
+    scope_target,
+    target_bytes,
+    to_array,
+)
 from hetcc.errors import HetccError
 
 CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
             return 141
         except (HetccError, OSError) as exc:
             return _fail(exc, args.debug)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug still gets one line, and the traceback on --debug
             return _fail(exc, args.debug, internal=True)
 
 
@@ -124,13 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_compile(args) -> int:
     import hetcc
     from hetcc.backends.registry import resolve
+    from hetcc.bundle import check_destination
     from hetcc.target import parse_targets
 
     started = time.perf_counter()
     targets = parse_targets(args.targets)
     for target in targets:  # unknown or unusable targets fail before the slow part
         resolve(target)
-    _check_output_dir(Path(args.output), args.force)
+    check_destination(args.output, args.force)  # refuse now, not after a compile of minutes
     model, inputs, options = load_model(args.model, args.inputs)
     options = _compile_options(args, inputs, options)
     # Anything a runtime or exporter prints goes to stderr: stdout is for our result (and --json).
@@ -147,21 +156,6 @@ def cmd_compile(args) -> int:
         print(f"bundle written to {path} in {time.perf_counter() - started:.1f}s; run it with: "
               f"hetcc run {path} --inputs inputs.npz -o outputs.npz")
     return 0
-
-
-def _check_output_dir(path: Path, force: bool) -> None:
-    """Refuse up front what bundle.save would refuse after a compile that may take minutes."""
-    from hetcc.bundle import MANIFEST
-    from hetcc.errors import BundleError
-
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return
-    if not force:
-        raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
-                          "pass --force to replace the bundle in it")
-    if not (path / MANIFEST).is_file():
-        raise BundleError(f"{path} is not a hetcc bundle (no {MANIFEST}); --force only replaces a "
-                          "bundle, so remove it yourself if you mean to")
 
 
 def _compile_options(args, inputs, options: dict) -> dict:
@@ -244,20 +238,20 @@ def cmd_run(args) -> int:
     from hetcc.bundle import read_manifest
 
     manifest = read_manifest(args.bundle)
-    specs = manifest.get("inputs", [])
+    compiled = hetcc.load(args.bundle)  # checks the whole manifest, so its fields can be trusted below
+    specs = manifest["inputs"]
     tensors = read_npz(args.inputs, [s["name"] for s in specs], _signature(specs))
     for i, spec in enumerate(specs):  # numpy has no bfloat16: accept floats for a bfloat16 input
-        if spec.get("dtype") == "bfloat16" and tensors[i].is_floating_point():
+        if spec["dtype"] == "bfloat16" and tensors[i].is_floating_point():
             tensors[i] = tensors[i].to(torch.bfloat16)
-    compiled = hetcc.load(args.bundle)
     with torch.no_grad():
-        result = compiled(*tensors)
+        result = _call_flat(compiled, tensors)
     arrays = {f"out{i}": to_array(v) for i, v in enumerate(pytree.tree_leaves(result))}
     written = None
     if args.output:
         written = args.output if args.output.endswith(".npz") else args.output + ".npz"
         np.savez(written, **arrays)
-    names = [n for n in manifest.get("outputs", [])]
+    names = manifest["outputs"]
     rows = [{"key": k, "name": names[i] if len(names) == len(arrays) else None,
              "dtype": str(a.dtype), "shape": list(a.shape)} for i, (k, a) in enumerate(arrays.items())]
     if args.json:
@@ -268,6 +262,18 @@ def cmd_run(args) -> int:
               + (f"  ({row['name']})" if row["name"] else ""))
     print(f"outputs written to {written}" if written else "outputs not saved (pass -o outputs.npz)")
     return 0
+
+
+def _call_flat(compiled, tensors):
+    """Call with the inputs in flat order, rebuilt into the structure the model was compiled with
+    (a model may take a dict or nested tuples; the .npz holds flat arrays)."""
+    import torch.utils._pytree as pytree
+
+    structure = compiled._runtime.in_spec
+    if structure.num_leaves != len(tensors):  # non-tensor inputs: let the runtime say what is wrong
+        return compiled(*tensors)
+    args, kwargs = pytree.tree_unflatten(tensors, structure)
+    return compiled(*args, **kwargs)
 
 
 def _signature(specs: list) -> str:
@@ -285,7 +291,7 @@ def cmd_explain(args) -> int:
     if args.json:
         _print_json(report)
         return 0
-    from hetcc.cli_render import plan_table, plan_footer
+    from hetcc.cli_render import plan_footer, plan_table
 
     console = _stdout_console()
     console.print(plan_table(report))
@@ -299,8 +305,9 @@ def _read_report(root: Path, manifest: dict) -> dict:
     from hetcc.bundle import REPORT
 
     try:
-        report = json.loads((root / REPORT).read_text())
-        if isinstance(report, dict):
+        report = json.loads((root / REPORT).read_text(encoding="utf-8"))
+        if isinstance(report, dict) and isinstance(report.get("segments"), list):
+            report["segments"] = [s for s in report["segments"] if isinstance(s, dict)]
             return report
     except (OSError, ValueError):
         pass
@@ -365,7 +372,7 @@ class _StderrHandler(logging.Handler):
     def emit(self, record):
         try:
             sys.stderr.write(self.format(record) + "\n")
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)
 
 

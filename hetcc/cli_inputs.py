@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import inspect
 import itertools
+import logging
 import re
 import sys
 from pathlib import Path
@@ -61,19 +62,23 @@ _counter = itertools.count()
 
 def load_model(spec: str, inputs_npz: str | None = None):
     """MODEL -> (model, example inputs as a tuple of tensors, extra compile options)."""
-    if spec.endswith(".pt2"):
-        model, inputs, names = _load_exported(Path(spec))
+    # The last colon splits off the function, unless the spec already ends like a file name.
+    path, _, func = ("", "", "") if spec.endswith((".py", ".pt2")) else spec.rpartition(":")
+    path, func = (path, func) if path else (spec, "")
+    options, names = {}, None
+    if path.endswith(".pt2"):
+        if func:
+            raise CliError(f"a .pt2 MODEL names no function; give just {path}")
+        model, inputs, names = _load_exported(Path(path))
     else:
-        path, _, func = spec.rpartition(":") if ":" in spec else (spec, "", "build")
         model, inputs, options = _load_python(Path(path), func or "build")
-        names = None
     if inputs_npz:  # the user's own inputs replace the model's examples
         inputs = tuple(read_npz(inputs_npz, names or [f"arr_{i}" for i in range(len(inputs or ()))],
                                 describe=None))
     if inputs is None:
         raise CliError(f"{spec} holds no example inputs; pass them with --inputs file.npz "
                        f"(keys {', '.join(names)}, or arr_0, arr_1, ... as numpy.savez writes them)")
-    return model, inputs, ({} if spec.endswith(".pt2") else options)
+    return model, inputs, options
 
 
 def _load_python(path: Path, func: str):
@@ -90,7 +95,7 @@ def _load_python(path: Path, func: str):
     with _user_code(path):
         try:
             result = build()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a stray sys.exit() in user code is their error too
             raise CliError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
     return _check_build_result(result, f"{path}:{func}()")
 
@@ -104,7 +109,7 @@ def _import_file(path: Path):
     with _user_code(path):
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             sys.modules.pop(name, None)
             raise CliError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module
@@ -147,7 +152,8 @@ def _check_build_result(result, where: str):
 def _kind(value) -> str:
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
-    return "None" if value is None else f"a {type(value).__name__}"
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _load_exported(path: Path):
@@ -156,7 +162,8 @@ def _load_exported(path: Path):
     if not path.is_file():
         raise CliError(f"exported program {path} not found")
     try:
-        ep = torch.export.load(str(path))
+        with _quiet("torch.export"):  # torch logs its own traceback before raising
+            ep = torch.export.load(str(path))
     except Exception as exc:
         raise CliError(f"{path} is not a torch.export archive torch can load: {type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -175,6 +182,17 @@ def _load_exported(path: Path):
     # was exported in, so the ordinary nn.Module methods (which only set flags) are harmless.
     del model.train, model.eval
     return model, inputs, names
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def batch_dynamic_shapes(inputs, low: int, high: int):
@@ -220,6 +238,10 @@ def _npz_arrays(path: str) -> dict:
     import numpy as np
 
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):  # numpy would guess "pickle" here
+            raise CliError(f"{path} is not an .npz or .npy file (write one with numpy.savez)")
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a single .npy array
             return {"arr_0": loaded}

@@ -14,23 +14,33 @@ def plan_table(report: dict) -> Table:
         table.add_column(head, justify="left" if head in ("segment", "target") else "right", no_wrap=True)
     table.add_column("fell back here because", overflow="fold")
     for s in report.get("segments", []):
-        flops, moved = s.get("flops") or 0.0, s.get("bytes_moved") or 0
-        error = s.get("max_error")
+        flops, moved = _float(s.get("flops")), _float(s.get("bytes_moved"))
         table.add_row(
             Text(str(s.get("name"))), Text(str(s.get("target"))),
-            str(len(s["nodes"])) if s.get("nodes") else "-",
-            f"{flops / 1e6:.2f}", f"{moved / 1e6:.2f}", f"{flops / moved if moved else 0.0:.1f}",
-            f"{(s.get('resident_bytes') or 0) / 1e6:.2f}", f"{(s.get('predicted_seconds') or 0) * 1e3:.3f}",
-            "-" if error is None else f"{error:.1e}", Text("\n".join(_fell_back(s.get("fell_back") or {}))),
+            str(len(s["nodes"])) if isinstance(s.get("nodes"), list) and s["nodes"] else "-",
+            _fmt(flops, 1e-6, ".2f"), _fmt(moved, 1e-6, ".2f"),
+            _fmt(flops / moved if flops is not None and moved else None, 1, ".1f"),
+            _fmt(_float(s.get("resident_bytes")), 1e-6, ".2f"),
+            _fmt(_float(s.get("predicted_seconds")), 1e3, ".3f"), _fmt(_float(s.get("max_error")), 1, ".1e"),
+            Text("\n".join(_fell_back(s.get("fell_back")))),
         )
     return table
 
 
-def _fell_back(fell_back: dict) -> list[str]:
+def _float(value) -> float | None:
+    """A number from the report, or None: a hand-edited report must not crash the table."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _fmt(value, scale, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def _fell_back(fell_back) -> list[str]:
     """Nodes grouped by reason: one line per reason, naming a few of its nodes."""
     by_reason: dict[str, list[str]] = {}
-    for node, why in fell_back.items():
-        by_reason.setdefault(why, []).append(node)
+    for node, why in (fell_back.items() if isinstance(fell_back, dict) else ()):
+        by_reason.setdefault(str(why), []).append(str(node))
     lines = []
     for why, nodes in by_reason.items():
         shown = ", ".join(nodes[:3]) + (f" +{len(nodes) - 3} more" if len(nodes) > 3 else "")
@@ -40,15 +50,16 @@ def _fell_back(fell_back: dict) -> list[str]:
 
 def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
     lines = []
-    if "predicted_seconds" in report:
+    predicted = _float(report.get("predicted_seconds"))
+    if predicted is not None:
         status = "optimal" if report.get("optimal") else "not proven optimal"
-        lines.append(f"predicted {report['predicted_seconds'] * 1e3:.3f} ms ({report.get('objective')}, "
-                     f"{status}, solver {report.get('solver')}, {report.get('attempts', 1)} attempt(s)); "
-                     f"targets asked for: {', '.join(report.get('targets', []))}")
+        lines.append(f"predicted {predicted * 1e3:.3f} ms ({report.get('objective')}, {status}, solver "
+                     f"{report.get('solver')}, {report.get('attempts', 1)} attempt(s)); targets asked "
+                     f"for: {', '.join(map(str, report.get('targets') or []))}")
     lines.append(f"inputs {signature}")
-    if runtimes:
+    if isinstance(runtimes, dict) and runtimes:
         lines.append("built with " + ", ".join(f"{k} {v}" for k, v in runtimes.items()))
-    lines.extend(f"note: {n}" for n in report.get("notes", []))
+    lines.extend(f"note: {n}" for n in report.get("notes") or [])
     return lines
 
 
@@ -71,7 +82,7 @@ def targets_info() -> dict:
                 usable = bool(backend.is_available(target))
                 targets.append({"target": str(target), "usable": usable,
                                 "why": "" if usable else backend.why_unavailable(target)})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {exc}"
     return {"hetcc": __version__, "backends": backends, "devices": _devices(), "targets": targets,
             "usable": [t["target"] for t in targets if t["usable"]]}

@@ -93,7 +93,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     """
     report = progress or (lambda stage, detail="": None)
     if objective not in OBJECTIVES:
-        raise HetccError(f"objective {objective!r} is not supported yet; choose one of {OBJECTIVES}")
+        raise HetccError(f"objective {objective!r} is not supported yet; choose one of: {', '.join(OBJECTIVES)}")
     wanted = parse_targets(targets)
     options = backend_options or {}
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
@@ -157,17 +157,20 @@ class _Session:
     objective: str
     report: object
     failures: int = 0
+    why: str = ""
+    """Said after each progress message (which plan is being built)."""
     lowered: dict = field(default_factory=dict)
     """(target, nodes) -> (artifact, executable, error, seconds): a segment is lowered once."""
 
-    def place(self, candidates, notes=None) -> CompiledModel:
+    def place(self, candidates, notes=None, why: str = "") -> CompiledModel:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
         notes = list(notes or [])
+        self.why = why
         for attempt in range(1, MAX_ATTEMPTS + 1):
             _check_placeable(self.units, candidates)
             problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
                                     candidates, self.objective)
-            self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt})")
+            self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
             placement = solve(problem)
             segments = self._lower_all(problem, placement, candidates, notes)
             if segments is not None:
@@ -191,7 +194,7 @@ class _Session:
                                     self.captured.dim_ranges, keep_outputs=outputs)
             key = (target, nodes, tuple(program.output_names))
             if key not in self.lowered:
-                self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify")
+                self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
                 where = self.workdir / f"{target.backend}-{len(self.lowered)}"
                 self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
                                                       self.tolerances)
@@ -228,7 +231,7 @@ class _Session:
                 best, best_cost = alone, cost
         if best is None:
             return mixed
-        single = self.place(best)
+        single = self.place(best, why=" [single-target plan, for measuring]")
         inputs = [self.captured.values[n] for n in self.captured.user_inputs]
         t_mixed, t_single = time_pair(mixed._runtime, single._runtime, inputs)
         keep = mixed if t_mixed <= t_single else single

@@ -115,3 +115,18 @@ def test_scratch_directory_lives_as_long_as_the_compiled_model(tmp_path):
     del kept
     gc.collect()
     assert any((tmp_path / "work").rglob("model.onnx"))
+
+
+def test_signature_uses_the_users_dim_names():
+    model, (x,) = encoder.build(batch=2, seq=16)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    compiled = hetcc.compile(model, (x,), targets=["torch:cpu"], dynamic_shapes=({0: batch},))
+    assert compiled.signature == "(x: float32[batch, 16, 128])"
+
+
+def test_an_exported_program_compiles_with_its_own_example_inputs():
+    model, inputs = mlp.build(batch=4)
+    ep = torch.export.export(model, inputs)
+    compiled = hetcc.compile(ep, None, targets=["onnxruntime:cpu"])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), model(*inputs), rtol=1e-4, atol=1e-4)
