@@ -25,6 +25,7 @@ setup(
     extras_require={
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
+        "yaml": ["pyyaml"],
         "test": ["pytest", "pytest-xdist"],
     },
     entry_points={
