@@ -82,7 +82,7 @@ class OpenVinoBackend:
 
             raise TargetError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
-        self.config = dict(config or {})
+        self.config = _checked_config(dict(config or {}))
 
     def is_available(self, target: Target) -> bool:
         return target.device in self.devices and _core_or_error()[0] is not None
@@ -159,9 +159,32 @@ class OpenVinoBackend:
 
             raise TargetError(f"cannot load segment {artifact.meta.get('segment')!r} on {target}: {why}")
         config = {"INFERENCE_PRECISION_HINT": artifact.meta.get("precision", "f32"),
-                  **artifact.meta.get("config", {})}
-        compiled = core.compile_model(artifact.files["model"], "CPU", config)
+                  **_checked_config(artifact.meta.get("config", {}))}
+        # read the weights the artifact lists, not whatever sits beside the .xml
+        model = core.read_model(artifact.files["model"], artifact.files.get("weights"))
+        compiled = core.compile_model(model, "CPU", config)
         return OvExecutable(compiled, len(artifact.meta["input_names"]), artifact.meta.get("segment", "?"))
+
+
+SAFE_CONFIG_KEYS = frozenset({
+    "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "PERFORMANCE_HINT_NUM_REQUESTS",
+    "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE", "EXECUTION_MODE_HINT",
+    "INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+})
+"""Compile properties a backend option (and so a bundle) may set. Others, such as CACHE_DIR, make
+OpenVINO write files, which a bundle from someone else must not be able to direct."""
+
+
+def _checked_config(config) -> dict:
+    from hetcc.errors import TargetError
+
+    if not isinstance(config, dict):
+        raise TargetError(f"openvino config must be a mapping of property names to values, got {type(config).__name__}")
+    unknown = sorted(k for k in config if k not in SAFE_CONFIG_KEYS)
+    if unknown:
+        raise TargetError(f"openvino config keys {unknown} are not allowed; hetcc passes only "
+                          f"{', '.join(sorted(SAFE_CONFIG_KEYS))}")
+    return {k: str(v) for k, v in config.items()}
 
 
 class OvExecutable:

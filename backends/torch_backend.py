@@ -4,6 +4,7 @@ It runs every core-ATen node, so a plan always exists. The artifact needs only t
 the model's Python source."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -106,12 +107,23 @@ class TorchExecutable:
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+_ALLOWED_ENTRY = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|data/weights/weight_\d+|data/weights/[\w.-]+_weights_config\.json"
+    r"|data/constants/tensor_\d+|data/constants/[\w.-]+_constants_config\.json"
+    r"|data/sample_inputs/[\w.-]+\.pt|extra/[\w./-]+)")
+"""Entries a PT2 archive written by torch.export.save holds. Anything else (a legacy weights
+pickle, an older archive layout) would make torch.export.load fall back to a reader that unpickles."""
+
+
 def check_archive_is_safe(path) -> None:
     """Refuse a .pt2 archive that would make ``torch.export.load`` unpickle anything.
 
     torch.export.load unpickles weights or constants flagged ``use_pickle``, custom and opaque
-    objects, and retries sample inputs with ``weights_only=False`` when the safe loader fails.
-    Bundles may come from someone else, so we check for each of those before torch sees the file.
+    objects, legacy ``.pt`` members and whole older archive layouts, and retries sample inputs with
+    ``weights_only=False`` when the safe loader fails. Bundles may come from someone else, so every
+    entry must be one torch.export.save writes, and each of those paths is checked before torch
+    sees the file.
     """
     import io
     import json
@@ -119,18 +131,29 @@ def check_archive_is_safe(path) -> None:
 
     from hetcc.errors import BundleError
 
+    def refuse(why: str):
+        return BundleError(f"{path}: {why}; hetcc refuses to load it (it could run code); recompile "
+                           "the bundle from the model")
+
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            prefixes = {n.split("/", 1)[0] for n in names}
+            if len(prefixes) != 1 or any("/" not in n for n in names):
+                raise refuse("it is not a single-folder PT2 archive")
+            for name in names:
+                if not _ALLOWED_ENTRY.fullmatch(name.split("/", 1)[1]):
+                    raise refuse(f"it holds {name!r}, which torch.export.save does not write")
             configs = [n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))]
-            if not configs or not any(n.endswith("archive_format") for n in names):
-                raise BundleError(f"{path} is not a torch.export PT2 archive")
+            if not configs or not any(n.endswith("/archive_format") for n in names):
+                raise refuse("it is not a torch.export PT2 archive")
+            if not any("/data/sample_inputs/" in n for n in names):
+                raise refuse("it has no sample inputs (torch would fall back to an older reader)")
             for name in configs:
                 for fqn, meta in json.loads(archive.read(name)).get("config", {}).items():
                     stored = str(meta.get("path_name", ""))
                     if meta.get("use_pickle") or not stored.startswith(("weight_", "tensor_")):
-                        raise BundleError(f"{path}: {fqn} is stored as a pickled object, which hetcc "
-                                          "refuses to load; recompile the bundle from the model")
+                        raise refuse(f"{fqn} is stored as a pickled object")
             for name in names:
                 if "/data/sample_inputs/" in name:
                     torch.load(io.BytesIO(archive.read(name)), weights_only=True)

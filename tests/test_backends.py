@@ -378,3 +378,17 @@ def test_openvino_converts_the_ops_listed_beyond_its_table(model, inputs):
     ops = {f"torch.ops.{op}" for s in cm.plan.segments for op in s.ops}
     assert ops & CONVERTED_BEYOND_TABLE
     torch.testing.assert_close(cm(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_openvino_config_is_allow_listed_so_a_bundle_cannot_direct_file_writes(tmp_path):
+    from hetcc.backends.openvino_backend import OpenVinoBackend
+
+    with pytest.raises(TargetError, match="CACHE_DIR"):
+        OpenVinoBackend(config={"CACHE_DIR": str(tmp_path)})
+    ok = OpenVinoBackend(config={"NUM_STREAMS": 1})
+    assert ok.config == {"NUM_STREAMS": "1"}
+    forged = Artifact("openvino:cpu", {"model": str(tmp_path / "m.xml")},
+                      {"input_names": ["x"], "config": {"CACHE_DIR": str(tmp_path / "cache")}})
+    with pytest.raises(TargetError, match="not allowed"):
+        ok.load(forged, Target("openvino", "cpu"))
+    assert not (tmp_path / "cache").exists()

@@ -595,9 +595,6 @@ def _pre_2_8_archive(marker):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.xfail(strict=True, reason="backends/torch_backend.py check_archive_is_safe lets these "
-                   "through and torch.export.load unpickles them: it needs an allow-list of archive "
-                   "entries (see docs/bundle.md, Safety)")
 @pytest.mark.parametrize("attack", [_legacy_weights, _pre_2_8_archive], ids=["legacy-weights", "pre-2.8-format"])
 def test_other_pickles_in_a_torch_segment(copy_of, tmp_path, monkeypatch, attack):
     marker = tmp_path / "unpickled"
