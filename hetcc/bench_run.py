@@ -1,0 +1,248 @@
+"""What `hetcc bench` measures: the variants of a model (hetcc's plan, each target alone, torch
+eager) or of a bundle (its plan, against the torch yardstick), at one or more batch sizes, measured
+interleaved by :func:`hetcc.bench.measure`. Returns the results document (plain JSON data) that the
+CLI renders and the regression gate (:mod:`hetcc.bench_gate`) compares."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hetcc import bench
+from hetcc.errors import HetccError, InputError
+
+log = logging.getLogger("hetcc")
+
+RESULTS_FORMAT = "hetcc-bench-results"
+RESULTS_VERSION = 1
+PLAN, EAGER, YARDSTICK = "plan", "eager", "yardstick"
+"""Variant names of hetcc's plan and the two references; a single target is named by itself."""
+DYNAMIC_MAX = 4096
+SYNTHETIC_DIM = 8
+"""Size a bundle's symbolic dimension takes in synthetic inputs (clamped to its compiled range)."""
+
+
+@dataclass
+class Variant:
+    name: str
+    label: str
+    fn: object
+    timed: object = None
+    """fn's Runtime.timed_call, to time each segment."""
+    targets: tuple = ()
+    plan: str = ""
+    segments: tuple = ()
+    """(segment name, target) of the plan, in run order."""
+    compile_s: float | None = None
+    reference: bool = False
+
+
+def bench_model(model, inputs, targets, *, name: str, compile_options: dict | None = None,
+                batch_sizes=None, warmup: int = 5, runs: int | None = None, budget: float | None = None,
+                calls: int | None = None, reference: str = EAGER, progress=None) -> dict:
+    """Compile ``model`` over ``targets`` and over each target alone, and measure them beside torch
+    eager (``reference="eager"``, or ``"none"``). ``batch_sizes``: compile with a dynamic batch
+    dimension (dim 0 of every input) and measure at each size; sizes that cannot run are skipped
+    with a note. Returns the results document."""
+    import hetcc
+
+    say = progress or (lambda text: None)
+    targets = [str(t) for t in targets]
+    options, notes = dict(compile_options or {}), []
+    example = _batch_of(inputs)
+    sizes = sorted(set(batch_sizes or ()))
+    dynamic = sizes and _dynamic_batch(inputs, example, options, sizes, notes)
+    variants = []
+    say(f"compiling the plan over {', '.join(targets)}")
+    try:
+        variants.append(_compiled(PLAN, f"hetcc plan ({', '.join(targets)})", hetcc.compile, model, inputs,
+                                  targets, options))
+    except HetccError as exc:
+        if not dynamic:
+            raise
+        notes.append(f"batch sizes skipped: compiling with a dynamic batch dimension failed, so the "
+                     f"model's batch is fixed at {example} ({_first_line(exc)})")
+        options.pop("dynamic_shapes")
+        variants.append(_compiled(PLAN, f"hetcc plan ({', '.join(targets)})", hetcc.compile, model, inputs,
+                                  targets, options))
+    for target in targets if len(targets) > 1 else ():
+        say(f"compiling for {target} alone")
+        try:
+            variants.append(_compiled(target, f"{target} alone", hetcc.compile, model, inputs, [target],
+                                      options))
+        except HetccError as exc:
+            notes.append(f"{target} alone: not measured, compiling failed: {_first_line(exc)}")
+    if reference == EAGER:
+        variants.append(Variant(EAGER, "torch eager (reference)", model, reference=True))
+    batches = _batches(inputs, example, sizes, variants[0].fn, notes)
+    return _run(name, "model", variants, batches, notes, reference, targets, say,
+                warmup=warmup, runs=runs, budget=budget, calls=calls, batch_sizes=sizes)
+
+
+def bench_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=None, warmup: int = 5,
+                 runs: int | None = None, budget: float | None = None, calls: int | None = None,
+                 reference: str = YARDSTICK, progress=None) -> dict:
+    """Load the bundle at ``path`` and measure its plan beside the torch yardstick
+    (``reference="yardstick"``, or ``"none"``): a bundle has no model source to run eagerly.
+    ``inputs``: tensors to run on; synthetic ones from the bundle's signature if None."""
+    import hetcc
+
+    say = progress or (lambda text: None)
+    say(f"loading {path}")
+    started = time.perf_counter()
+    compiled = hetcc.load(path)
+    loaded_s = time.perf_counter() - started
+    notes = []
+    if inputs is None:
+        inputs = synthetic_inputs(compiled._runtime.input_specs)
+        notes.append(f"inputs: synthetic (floats N(0,1), integers 0, symbolic dims {SYNTHETIC_DIM} "
+                     f"within their range); pass --inputs NPZ to measure real ones")
+    variant = _variant(PLAN, "hetcc plan (bundle)", compiled, loaded_s)
+    variants = [variant]
+    if reference == YARDSTICK:
+        model, args = bench.yardstick()
+        variants.append(Variant(YARDSTICK, "torch yardstick (reference)", lambda *_: model(*args),
+                                reference=True))
+        notes.append("reference: " + bench.YARDSTICK)
+    sizes = sorted(set(batch_sizes or ()))
+    batches = _batches(tuple(inputs), _batch_of(inputs), sizes, compiled, notes)
+    return _run(name or Path(path).resolve().name, "bundle", variants, batches, notes, reference,
+                list(compiled.plan.targets_used()), say, warmup=warmup, runs=runs, budget=budget,
+                calls=calls, batch_sizes=sizes)
+
+
+def synthetic_inputs(specs) -> tuple:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for spec in specs:
+        ranges = {sym: (lo, hi) for sym, lo, hi in spec.ranges}
+        shape = [d if isinstance(d, int) else min(max(SYNTHETIC_DIM, ranges.get(d, (1, 2**31))[0]),
+                                                  ranges.get(d, (1, 2**31))[1]) for d in spec.shape]
+        if spec.dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=generator).to(spec.dtype))
+        else:
+            out.append(torch.zeros(shape, dtype=spec.dtype))
+    return tuple(out)
+
+
+# ---- variants and batches ----
+
+def _compiled(name, label, compile_fn, model, inputs, targets, options) -> Variant:
+    started = time.perf_counter()
+    compiled = compile_fn(model, inputs, targets, **options)
+    variant = _variant(name, label, compiled, time.perf_counter() - started)
+    variant.targets = tuple(targets)
+    return variant
+
+
+def _variant(name, label, compiled, seconds) -> Variant:
+    segments = compiled.plan.segments
+    shown = " + ".join(f"{s.target}({len(s.nodes)})" if s.nodes else s.target for s in segments)
+    return Variant(name, label, compiled, timed=compiled._runtime.timed_call,
+                   targets=tuple(compiled.plan.targets), plan=shown,
+                   segments=tuple((s.name, s.target) for s in segments), compile_s=seconds)
+
+
+def _batch_of(inputs) -> int | None:
+    """The size of dim 0, where every input has one and they agree."""
+    sizes = {t.shape[0] if t.dim() else None for t in inputs}
+    return sizes.pop() if len(sizes) == 1 and None not in sizes else None
+
+
+def _dynamic_batch(inputs, example, options, sizes, notes) -> bool:
+    """Set a dynamic batch dim in ``options``; False (and a note) where that cannot be."""
+    import torch
+
+    if example is None:
+        notes.append("batch sizes skipped: the inputs share no batch dimension (dim 0)")
+        return False
+    if "dynamic_shapes" in options:
+        return True  # the model file chose its own dynamic dims
+    if example < 2:
+        notes.append("batch sizes skipped: the example batch is 1, and torch.export fixes a dimension "
+                     "whose example size is 1; give example inputs with batch >= 2")
+        return False
+    dim = torch.export.Dim("batch", min=1, max=max(DYNAMIC_MAX, *sizes))
+    options["dynamic_shapes"] = tuple({0: dim} for _ in inputs)
+    return True
+
+
+def _batches(inputs, example, sizes, probe, notes) -> list[tuple]:
+    """(batch, inputs) to measure: each size the compiled program accepts, else the example."""
+    import torch
+
+    out = []
+    for size in sizes if example is not None else ():
+        resized = tuple(t.repeat(-(-size // example), *([1] * (t.dim() - 1)))[:size] for t in inputs)
+        try:
+            with torch.no_grad():
+                probe(*resized)
+        except InputError as exc:
+            notes.append(f"batch {size} skipped: the compiled program does not take it ({_first_line(exc)})")
+            continue
+        out.append((size, resized))
+    if not out:
+        if sizes:
+            notes.append("measured the example inputs" + (f" (batch {example})" if example else "")
+                         + " instead")
+        out.append((example, tuple(inputs)))
+    return out
+
+
+# ---- measuring and the results document ----
+
+def _run(name, source, variants, batches, notes, reference, targets, say, *, warmup, runs, budget, calls,
+         batch_sizes) -> dict:
+    fns = {v.name: v.fn for v in variants}
+    timed = {v.name: v.timed for v in variants if v.timed}
+    rows = []
+    for batch, inputs in batches:
+        say(f"measuring batch {batch}: {len(fns)} variants, "
+            + (f"{budget / len(batches):.1f}s" if budget else f"{runs or bench.DEFAULT_RUNS} rounds"))
+        samples = bench.measure(fns, inputs, warmup=warmup, runs=runs, calls=calls, timed=timed,
+                                budget=budget / len(batches) if budget else None)
+        ref = next((samples[v.name] for v in variants if v.reference), None)
+        ref_median = bench.stats(ref.calls)["median_s"] if ref else None
+        for v in variants:
+            rows.append(_row(v, batch, samples[v.name], ref, ref_median))
+    backends = {t.split(":")[0] for v in variants for t in v.targets}
+    return {
+        "format": RESULTS_FORMAT, "version": RESULTS_VERSION, "model": name, "source": source,
+        "reference": next((v.name for v in variants if v.reference), None),
+        "machine": bench.machine_info(), "versions": bench.versions(backends),
+        "settings": {"targets": list(targets), "warmup": warmup, "runs": runs, "budget_s": budget,
+                     "calls_per_turn": calls or "auto", "pause_s": bench.PAUSE,
+                     "batch_sizes": list(batch_sizes), "reference": reference, "spread": bench.SPREAD,
+                     "ratio": "variant median / reference median, measured in the same rounds",
+                     "ratio_spread": "p10-p90 over rounds of (variant turn / reference turn)"},
+        "results": rows, "notes": notes,
+    }
+
+
+def _row(v: Variant, batch, samples, ref, ref_median) -> dict:
+    lat = bench.stats(samples.calls)
+    row = {"variant": v.name, "label": v.label, "batch": batch, "reference": v.reference,
+           "targets": list(v.targets), "plan": v.plan, "compile_s": v.compile_s,
+           "calls_per_turn": samples.calls_per_turn, "latency": lat,
+           "throughput_per_s": batch / lat["median_s"] if batch else None,
+           "ratio": None, "ratio_p10": None, "ratio_p90": None, "segments": [], "overhead_s": None}
+    if ref_median:
+        paired = bench.paired_ratios(samples, ref)
+        row.update(ratio=lat["median_s"] / ref_median, ratio_p10=bench.quantile(paired, 0.1),
+                   ratio_p90=bench.quantile(paired, 0.9))
+    if samples.steps:
+        steps = [{"name": n, "target": t, "median_s": bench.stats(samples.steps[n])["median_s"]}
+                 for n, t in v.segments if n in samples.steps]
+        for s in steps:
+            s["share"] = s["median_s"] / lat["median_s"]
+        row["segments"] = steps
+        row["overhead_s"] = lat["median_s"] - sum(s["median_s"] for s in steps)
+    return row
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
