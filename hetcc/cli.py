@@ -1,8 +1,8 @@
-"""The `hetcc` command: compile, run, explain, targets.
+"""The `hetcc` command: compile, run, explain, bench, targets.
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
---debug), 2 on bad usage, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
+--debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
 that `hetcc --help` answers at once.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from hetcc import __version__
+from hetcc import cli_bench
 from hetcc.cli_inputs import (
     CliError,
     batch_dynamic_shapes,
@@ -48,6 +49,7 @@ EPILOGS = {
            "Input keys are the bundle's input names (see `hetcc explain`), or arr_0, arr_1, ...\n"
            "Outputs are written as out0, out1, ... in flattened output order.",
     "explain": "example:\n  hetcc explain mlp.bundle\n  hetcc explain mlp.bundle --json | jq '.segments[].target'",
+    "bench": cli_bench.EPILOG,
     "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
 }
 
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("explain", cmd_explain, "show a bundle's plan: what runs where, and why")
     p.add_argument("bundle", metavar="DIR")
+
+    p = command("bench", cmd_bench, "measure a model or bundle: hetcc's plan, each target alone, and a "
+                "reference, interleaved; optionally gate against a baseline")
+    cli_bench.add_arguments(p)
 
     command("targets", cmd_targets, "list backends, devices and the targets usable here")
     return parser
@@ -316,6 +322,12 @@ def _read_report(root: Path, manifest: dict) -> dict:
     segments = [{"name": s.get("name"), "target": s.get("target"), **s.get("plan", {})}
                 for s in manifest.get("segments", [])]
     return {"segments": segments, "notes": [f"{REPORT} missing: node lists and reasons unknown"]}
+
+
+# ---- bench (hetcc/cli_bench.py) ----
+
+def cmd_bench(args) -> int:
+    return cli_bench.cmd_bench(args)
 
 
 # ---- targets ----
