@@ -189,7 +189,8 @@ def _write(compiled, staging: Path) -> None:
             "inputs": list(step.inputs), "outputs": list(step.outputs),
             "files": files, "meta": artifact.meta,
             "plan": {k: getattr(seg_plan, k) for k in (
-                "predicted_seconds", "flops", "bytes_moved", "resident_bytes", "max_error")}
+                "predicted_seconds", "measured_seconds", "flops", "bytes_moved", "resident_bytes",
+                "max_error")}
                     | {"intensity": seg_plan.intensity},
         })
     constants = {}
@@ -201,11 +202,10 @@ def _write(compiled, staging: Path) -> None:
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "hetcc_version": __version__,
         "runtimes": versions,
-        "inputs": [{"name": s.name, "dtype": dtype_name(s.dtype),
-                    "shape": list(s.shape), "ranges": {sym: [lo, hi] for sym, lo, hi in s.ranges}}
-                   for s in runtime.input_specs],
+        "inputs": [_spec_json(s) for s in runtime.input_specs],
         "input_structure": _treespec_text(runtime.in_spec, "input_structure"),
         "outputs": list(runtime.outputs),
+        "output_signature": [None if s is None else _spec_json(s) for s in runtime.output_specs],
         "output_structure": _treespec_text(runtime.out_spec, "output_structure"),
         "constant_outputs": {str(i): _json_constant(v, f"output {i}")
                              for i, v in runtime.const_outputs.items()},
@@ -281,9 +281,7 @@ def load(path):
 
 def _load(root: Path, manifest: dict, CompiledModel):
     segs = _segments(manifest)
-    specs = [TensorSpec(_str(i["name"], "input name"), tuple(_dim(d) for d in i["shape"]), _dtype(i["dtype"]),
-                        tuple((str(sym), int(lo), int(hi)) for sym, (lo, hi) in (i.get("ranges") or {}).items()))
-             for i in manifest["inputs"]]
+    specs = [_spec_from_json(i, "input") for i in manifest["inputs"]]
     in_spec = _treespec(manifest["input_structure"], "input_structure")
     out_spec = _treespec(manifest["output_structure"], "output_structure")
     outputs = list(manifest["outputs"])
@@ -323,7 +321,21 @@ def _load(root: Path, manifest: dict, CompiledModel):
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
     runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants)
+    signature = manifest.get("output_signature")
+    if isinstance(signature, list) and len(signature) == len(outputs):
+        runtime.output_specs = [None if o is None else _spec_from_json(o, "output") for o in signature]
     return CompiledModel(runtime, _plan(root, seg_plans), artifacts)
+
+
+def _spec_json(spec: TensorSpec) -> dict:
+    return {"name": spec.name, "dtype": dtype_name(spec.dtype), "shape": list(spec.shape),
+            "ranges": {sym: [lo, hi] for sym, lo, hi in spec.ranges}}
+
+
+def _spec_from_json(entry: dict, what: str) -> TensorSpec:
+    return TensorSpec(_str(entry["name"], f"{what} name"), tuple(_dim(d) for d in entry["shape"]),
+                      _dtype(entry["dtype"]),
+                      tuple((str(sym), int(lo), int(hi)) for sym, (lo, hi) in (entry.get("ranges") or {}).items()))
 
 
 def _seg_paths(seg: dict) -> list[str]:
@@ -573,7 +585,8 @@ def _segment_plan(seg: dict, target: str) -> SegmentPlan:
     return SegmentPlan(name=seg["name"], target=target, nodes=(), inputs=tuple(seg["inputs"]),
                        outputs=tuple(seg["outputs"]), flops=num("flops", 0.0),
                        bytes_moved=num("bytes_moved", 0), resident_bytes=num("resident_bytes", 0),
-                       predicted_seconds=num("predicted_seconds", 0.0), max_error=num("max_error", None))
+                       predicted_seconds=num("predicted_seconds", 0.0), max_error=num("max_error", None),
+                       measured_seconds=num("measured_seconds", None))
 
 
 def _plan(root: Path, seg_plans) -> Plan:
@@ -598,7 +611,8 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             outputs=sp.outputs, flops=sp.flops, bytes_moved=sp.bytes_moved,
             resident_bytes=sp.resident_bytes, predicted_seconds=sp.predicted_seconds,
             ops=dict(r.get("ops", {})), fell_back=dict(r.get("fell_back", {})),
-            max_error=sp.max_error, lower_seconds=r.get("lower_seconds")))
+            max_error=sp.max_error, lower_seconds=r.get("lower_seconds"),
+            measured_seconds=sp.measured_seconds))
     targets = tuple(report.get("targets", ()))
     if not all(s.target in targets for s in segments):  # targets_used() indexes into this
         targets = tuple(dict.fromkeys(list(targets) + [s.target for s in segments]))

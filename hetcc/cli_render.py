@@ -10,7 +10,8 @@ from rich.text import Text
 
 def plan_table(report: dict) -> Table:
     table = Table()
-    for head in ("segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "max err"):
+    for head in ("segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
+                 "max err"):
         table.add_column(head, justify="left" if head in ("segment", "target") else "right", no_wrap=True)
     table.add_column("fell back here because", overflow="fold")
     for s in report.get("segments", []):
@@ -21,7 +22,8 @@ def plan_table(report: dict) -> Table:
             _fmt(flops, 1e-6, ".2f"), _fmt(moved, 1e-6, ".2f"),
             _fmt(flops / moved if flops is not None and moved else None, 1, ".1f"),
             _fmt(_float(s.get("resident_bytes")), 1e-6, ".2f"),
-            _fmt(_float(s.get("predicted_seconds")), 1e3, ".3f"), _fmt(_float(s.get("max_error")), 1, ".1e"),
+            _fmt(_float(s.get("predicted_seconds")), 1e3, ".3f"),
+            _fmt(_float(s.get("measured_seconds")), 1e3, ".3f"), _fmt(_float(s.get("max_error")), 1, ".1e"),
             Text("\n".join(_fell_back(s.get("fell_back")))),
         )
     return table

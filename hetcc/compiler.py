@@ -288,10 +288,21 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances):
         executable = backend.load(artifact, target)
         got = executable(*program.example_inputs)
         artifact.meta["max_error"] = compare(program, got, tolerances)
+        artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
+
+
+def _median_call(fn, inputs, calls: int = 5) -> float:
+    """Median seconds of a few calls on the example inputs (the first call above was the warm-up)."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn(*inputs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
@@ -315,6 +326,7 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
+            measured_seconds=artifact.meta.get("measured_seconds"),
         ))
     return Plan(
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
@@ -326,13 +338,17 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
 def _make_runtime(captured, segments) -> Runtime:
     steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names))
              for prog, target, _, _, executable, _ in segments]
-    specs = []
-    for name in captured.user_inputs:
-        value = captured.values[name]
-        dyn = captured.dynamic_dims.get(name, {})
-        shape = tuple(dyn.get(i, s) for i, s in enumerate(value.shape))
-        ranges = tuple((sym, *captured.dim_ranges.get(sym, (0, 2**63))) for sym in dyn.values())
-        specs.append(TensorSpec(name, shape, value.dtype, ranges))
+    specs = [_spec_of(captured, name) for name in captured.user_inputs]
     constants = {o: captured.weights[o] for o in captured.outputs if o in captured.weights}
-    return Runtime(steps, specs, list(captured.outputs), captured.const_outputs, captured.in_spec,
-                   captured.out_spec, constants)
+    runtime = Runtime(steps, specs, list(captured.outputs), captured.const_outputs, captured.in_spec,
+                      captured.out_spec, constants)
+    runtime.output_specs = [_spec_of(captured, o) if o is not None else None for o in captured.outputs]
+    return runtime
+
+
+def _spec_of(captured, name) -> TensorSpec:
+    value = captured.values[name]
+    dyn = captured.dynamic_dims.get(name, {})
+    shape = tuple(dyn.get(i, s) for i, s in enumerate(value.shape))
+    ranges = tuple((sym, *captured.dim_ranges[sym]) for sym in dyn.values() if sym in captured.dim_ranges)
+    return TensorSpec(name, shape, value.dtype, ranges)

@@ -26,6 +26,8 @@ class SegmentPlan:
     max_error: float | None = None
     """Largest absolute difference from the torch reference seen in verification."""
     lower_seconds: float | None = None
+    measured_seconds: float | None = None
+    """Median time of the lowered segment on the example inputs, measured at compile time."""
 
     @property
     def intensity(self) -> float:
@@ -56,13 +58,15 @@ class Plan:
 
     def summary(self) -> str:
         """A plain-text table of the plan, one row per segment, with fall-back reasons under it."""
-        head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "max err"]
+        head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
+                "max err"]
         rows = []
         for s in self.segments:
             rows.append([
                 s.name, s.target, str(len(s.nodes)), f"{s.flops / 1e6:.2f}",
                 f"{s.bytes_moved / 1e6:.2f}", f"{s.intensity:.1f}", f"{s.resident_bytes / 1e6:.2f}",
                 f"{s.predicted_seconds * 1e3:.3f}",
+                "-" if s.measured_seconds is None else f"{s.measured_seconds * 1e3:.3f}",
                 "-" if s.max_error is None else f"{s.max_error:.1e}",
             ])
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]

@@ -51,6 +51,8 @@ class Runtime:
         self.out_spec = out_spec
         self.constants = constants
         """Weights returned directly as outputs (a model may return a parameter)."""
+        self.output_specs: list = [None] * len(outputs)
+        """Per flattened output: its TensorSpec where known (None for constants)."""
         keep = {o for o in outputs if o is not None}
         last_use: dict[str, int] = {}
         for i, step in enumerate(steps):

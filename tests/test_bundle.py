@@ -704,3 +704,20 @@ def test_check_destination_matches_save(shared, tmp_path):
     with pytest.raises(BundleError, match="overwrite=True"):
         bundle.check_destination(shared / _dirname("mlp"))
     bundle.check_destination(shared / _dirname("mlp"), overwrite=True)
+
+
+def test_manifest_carries_the_output_signature_and_measured_times(tmp_path):
+    import mlp
+
+    model, (x,) = mlp.build(batch=4)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    compiled = hetcc.compile(model, (x,), targets=["onnxruntime:cpu"], dynamic_shapes=({0: batch},))
+    compiled.save(tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    (out,) = manifest["output_signature"]
+    assert out["dtype"] == "float32" and out["shape"] == ["batch", 64] and out["ranges"] == {"batch": [1, 64]}
+    (seg,) = manifest["segments"]
+    assert seg["plan"]["measured_seconds"] > 0
+    loaded = hetcc.load(tmp_path / "b")
+    assert loaded._runtime.output_specs[0].shape == ("batch", 64)
+    assert loaded.plan.segments[0].measured_seconds == seg["plan"]["measured_seconds"]
