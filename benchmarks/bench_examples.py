@@ -3,7 +3,8 @@
 Variants are measured interleaved (several calls per turn, in a new random order each round, with
 a short pause between turns so one runtime's spinning thread pool does not tax the next) so that
 machine drift hits every variant alike; we report per-call medians, the spread (p10-p90 of turns), and the ratio of
-hetcc to the best single runtime. Not a test: run it by hand.
+hetcc to the best single runtime. The measuring core is hetcc.bench.measure, which `hetcc bench`
+uses too. Not a test: run it by hand.
 
     python benchmarks/bench_examples.py [--rounds 30] [--examples mlp,cnn] [--markdown out.md]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import random
 import statistics
 import sys
 import time
@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import hetcc  # noqa: E402
 from hetcc.backends.registry import usable_targets  # noqa: E402
+from hetcc.bench import measure as measure_interleaved  # noqa: E402
+from hetcc.bench import quantile  # noqa: E402
 
 EXAMPLES = ["mlp", "cnn", "encoder", "gpt", "mixed"]
 HETCC_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
-PAUSE = 0.01
-"""Seconds between turns: longer than the OpenMP/ORT spin-wait, so each turn starts from idle."""
 
 
 def variants_for(model, inputs, with_inductor: bool, compile_options: dict):
@@ -54,28 +54,10 @@ def variants_for(model, inputs, with_inductor: bool, compile_options: dict):
 
 
 def measure(variants: dict, inputs, rounds: int, calls: int, seed: int = 0) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
-    rng = random.Random(seed)
-    with torch.no_grad():
-        for fn, _ in variants.values():
-            for _ in range(3):
-                fn(*inputs)  # warm-up
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                fn = variants[name][0]
-                time.sleep(PAUSE)
-                start = time.perf_counter()
-                for _ in range(calls):
-                    fn(*inputs)
-                samples[name].append((time.perf_counter() - start) / calls)
-    return samples
-
-
-def quantile(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+    """name -> seconds per call of each turn (one per round), measured interleaved."""
+    samples = measure_interleaved({name: fn for name, (fn, _) in variants.items()}, inputs, warmup=3,
+                                  runs=rounds, calls=calls, seed=seed)
+    return {name: s.turns for name, s in samples.items()}
 
 
 def main(argv=None) -> int:

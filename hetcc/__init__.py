@@ -11,7 +11,7 @@ from hetcc.errors import HetccError
 from hetcc.target import Target
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load", "analyze", "Target", "HetccError", "__version__"]
+__all__ = ["compile", "load", "analyze", "analyze_phases", "Target", "HetccError", "__version__"]
 
 
 def compile(model, example_inputs, targets=("torch:cpu",), **options):
@@ -26,6 +26,13 @@ def analyze(model, example_inputs, dynamic_shapes=None):
     from hetcc.analysis import analyze as _analyze
 
     return _analyze(model, example_inputs, dynamic_shapes)
+
+
+def analyze_phases(model_or_config, batch, context, **options):
+    """See :func:`hetcc.phases.analyze_phases`: prefill and decode of a decoder, counted apart."""
+    from hetcc.phases import analyze_phases as _analyze_phases
+
+    return _analyze_phases(model_or_config, batch, context, **options)
 
 
 def load(path):

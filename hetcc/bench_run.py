@@ -38,13 +38,35 @@ class Variant:
     reference: bool = False
 
 
+class Bench:
+    """Variants ready to measure (compiled or loaded once), and the inputs per batch size;
+    ``run`` measures them and returns the results document. Run it again to measure again."""
+
+    def __init__(self, name, source, variants, batches, notes, reference, targets, batch_sizes):
+        self.name, self.source, self.variants, self.batches = name, source, variants, batches
+        self.notes, self.reference, self.targets, self.batch_sizes = notes, reference, targets, batch_sizes
+
+    def run(self, *, warmup: int = 5, runs: int | None = None, budget: float | None = None,
+            calls: int | None = None, seed: int = 0, progress=None) -> dict:
+        return _run(self, progress or (lambda text: None), warmup=warmup, runs=runs, budget=budget,
+                    calls=calls, seed=seed)
+
+
 def bench_model(model, inputs, targets, *, name: str, compile_options: dict | None = None,
-                batch_sizes=None, warmup: int = 5, runs: int | None = None, budget: float | None = None,
-                calls: int | None = None, reference: str = EAGER, progress=None) -> dict:
-    """Compile ``model`` over ``targets`` and over each target alone, and measure them beside torch
-    eager (``reference="eager"``, or ``"none"``). ``batch_sizes``: compile with a dynamic batch
+                batch_sizes=None, reference: str = EAGER, progress=None, **run) -> dict:
+    """Compile and measure; see :func:`prepare_model` and :meth:`Bench.run` (``run``: warmup,
+    runs, budget, calls, seed). Returns the results document."""
+    bench_ = prepare_model(model, inputs, targets, name=name, compile_options=compile_options,
+                           batch_sizes=batch_sizes, reference=reference, progress=progress)
+    return bench_.run(progress=progress, **run)
+
+
+def prepare_model(model, inputs, targets, *, name: str, compile_options: dict | None = None,
+                  batch_sizes=None, reference: str = EAGER, progress=None) -> Bench:
+    """Compile ``model`` over ``targets`` and over each target alone, beside torch eager
+    (``reference="eager"``, or ``"none"``). ``batch_sizes``: compile with a dynamic batch
     dimension (dim 0 of every input) and measure at each size; sizes that cannot run are skipped
-    with a note. Returns the results document."""
+    with a note."""
     import hetcc
 
     say = progress or (lambda text: None)
@@ -56,7 +78,7 @@ def bench_model(model, inputs, targets, *, name: str, compile_options: dict | No
     variants = []
     say(f"compiling the plan over {', '.join(targets)}")
     try:
-        variants.append(_compiled(PLAN, f"hetcc plan ({', '.join(targets)})", hetcc.compile, model, inputs,
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs,
                                   targets, options))
     except HetccError as exc:
         if not dynamic:
@@ -64,7 +86,7 @@ def bench_model(model, inputs, targets, *, name: str, compile_options: dict | No
         notes.append(f"batch sizes skipped: compiling with a dynamic batch dimension failed, so the "
                      f"model's batch is fixed at {example} ({_first_line(exc)})")
         options.pop("dynamic_shapes")
-        variants.append(_compiled(PLAN, f"hetcc plan ({', '.join(targets)})", hetcc.compile, model, inputs,
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs,
                                   targets, options))
     for target in targets if len(targets) > 1 else ():
         say(f"compiling for {target} alone")
@@ -76,13 +98,19 @@ def bench_model(model, inputs, targets, *, name: str, compile_options: dict | No
     if reference == EAGER:
         variants.append(Variant(EAGER, "torch eager (reference)", model, reference=True))
     batches = _batches(inputs, example, sizes, variants[0].fn, notes)
-    return _run(name, "model", variants, batches, notes, reference, targets, say,
-                warmup=warmup, runs=runs, budget=budget, calls=calls, batch_sizes=sizes)
+    return Bench(name, "model", variants, batches, notes, reference, targets, sizes)
 
 
-def bench_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=None, warmup: int = 5,
-                 runs: int | None = None, budget: float | None = None, calls: int | None = None,
-                 reference: str = YARDSTICK, progress=None) -> dict:
+def bench_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=None,
+                 reference: str = YARDSTICK, progress=None, **run) -> dict:
+    """Load and measure; see :func:`prepare_bundle` and :meth:`Bench.run`."""
+    bench_ = prepare_bundle(path, name=name, inputs=inputs, batch_sizes=batch_sizes, reference=reference,
+                            progress=progress)
+    return bench_.run(progress=progress, **run)
+
+
+def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=None,
+                   reference: str = YARDSTICK, progress=None) -> Bench:
     """Load the bundle at ``path`` and measure its plan beside the torch yardstick
     (``reference="yardstick"``, or ``"none"``): a bundle has no model source to run eagerly.
     ``inputs``: tensors to run on; synthetic ones from the bundle's signature if None."""
@@ -107,9 +135,8 @@ def bench_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=None
         notes.append("reference: " + bench.YARDSTICK)
     sizes = sorted(set(batch_sizes or ()))
     batches = _batches(tuple(inputs), _batch_of(inputs), sizes, compiled, notes)
-    return _run(name or Path(path).resolve().name, "bundle", variants, batches, notes, reference,
-                list(compiled.plan.targets_used()), say, warmup=warmup, runs=runs, budget=budget,
-                calls=calls, batch_sizes=sizes)
+    return Bench(name or Path(path).resolve().name, "bundle", variants, batches, notes, reference,
+                 list(compiled.plan.targets_used()), sizes)
 
 
 def synthetic_inputs(specs) -> tuple:
@@ -194,45 +221,47 @@ def _batches(inputs, example, sizes, probe, notes) -> list[tuple]:
 
 # ---- measuring and the results document ----
 
-def _run(name, source, variants, batches, notes, reference, targets, say, *, warmup, runs, budget, calls,
-         batch_sizes) -> dict:
-    fns = {v.name: v.fn for v in variants}
-    timed = {v.name: v.timed for v in variants if v.timed}
+def _run(b: Bench, say, *, warmup, runs, budget, calls, seed) -> dict:
+    fns = {v.name: v.fn for v in b.variants}
+    timed = {v.name: v.timed for v in b.variants if v.timed}
     rows = []
-    for batch, inputs in batches:
+    for batch, inputs in b.batches:
         say(f"measuring batch {batch}: {len(fns)} variants, "
-            + (f"{budget / len(batches):.1f}s" if budget else f"{runs or bench.DEFAULT_RUNS} rounds"))
-        samples = bench.measure(fns, inputs, warmup=warmup, runs=runs, calls=calls, timed=timed,
-                                budget=budget / len(batches) if budget else None)
-        ref = next((samples[v.name] for v in variants if v.reference), None)
-        ref_median = bench.stats(ref.calls)["median_s"] if ref else None
-        for v in variants:
-            rows.append(_row(v, batch, samples[v.name], ref, ref_median))
-    backends = {t.split(":")[0] for v in variants for t in v.targets}
+            + (f"{budget / len(b.batches):.1f}s" if budget else f"{runs or bench.DEFAULT_RUNS} rounds"))
+        samples = bench.measure(fns, inputs, warmup=warmup, runs=runs, calls=calls, timed=timed, seed=seed,
+                                budget=budget / len(b.batches) if budget else None)
+        ref = next((samples[v.name] for v in b.variants if v.reference), None)
+        for v in b.variants:
+            rows.append(_row(v, batch, samples[v.name], ref))
+    backends = {t.split(":")[0] for v in b.variants for t in v.targets}
     return {
-        "format": RESULTS_FORMAT, "version": RESULTS_VERSION, "model": name, "source": source,
-        "reference": next((v.name for v in variants if v.reference), None),
+        "format": RESULTS_FORMAT, "version": RESULTS_VERSION, "model": b.name, "source": b.source,
+        "reference": next((v.name for v in b.variants if v.reference), None),
         "machine": bench.machine_info(), "versions": bench.versions(backends),
-        "settings": {"targets": list(targets), "warmup": warmup, "runs": runs, "budget_s": budget,
-                     "calls_per_turn": calls or "auto", "pause_s": bench.PAUSE,
-                     "batch_sizes": list(batch_sizes), "reference": reference, "spread": bench.SPREAD,
+        "settings": {"targets": list(b.targets), "warmup": warmup, "runs": runs, "budget_s": budget,
+                     "calls_per_turn": calls or "auto", "pause_s": bench.PAUSE, "seed": seed,
+                     "batch_sizes": list(b.batch_sizes), "reference": b.reference, "spread": bench.SPREAD,
                      "ratio": "variant median / reference median, measured in the same rounds",
+                     "ratio_fast": "variant p10 / reference p10 (what the regression gate compares)",
                      "ratio_spread": "p10-p90 over rounds of (variant turn / reference turn)"},
-        "results": rows, "notes": notes,
+        "results": rows, "notes": list(b.notes),
     }
 
 
-def _row(v: Variant, batch, samples, ref, ref_median) -> dict:
+def _row(v: Variant, batch, samples, ref) -> dict:
     lat = bench.stats(samples.calls)
     row = {"variant": v.name, "label": v.label, "batch": batch, "reference": v.reference,
            "targets": list(v.targets), "plan": v.plan, "compile_s": v.compile_s,
            "calls_per_turn": samples.calls_per_turn, "latency": lat,
            "throughput_per_s": batch / lat["median_s"] if batch else None,
-           "ratio": None, "ratio_p10": None, "ratio_p90": None, "segments": [], "overhead_s": None}
-    if ref_median:
+           "ratio": None, "ratio_fast": None, "ratio_spread": None, "reference_median_s": None,
+           "segments": [], "overhead_s": None}
+    if ref is not None:
+        ref_lat = bench.stats(ref.calls)
         paired = bench.paired_ratios(samples, ref)
-        row.update(ratio=lat["median_s"] / ref_median, ratio_p10=bench.quantile(paired, 0.1),
-                   ratio_p90=bench.quantile(paired, 0.9))
+        row.update(ratio=lat["median_s"] / ref_lat["median_s"], ratio_fast=lat["p10_s"] / ref_lat["p10_s"],
+                   ratio_spread=[bench.quantile(paired, 0.1), bench.quantile(paired, 0.9)],
+                   reference_median_s=ref_lat["median_s"])
     if samples.steps:
         steps = [{"name": n, "target": t, "median_s": bench.stats(samples.steps[n])["median_s"]}
                  for n, t in v.segments if n in samples.steps]

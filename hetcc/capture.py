@@ -170,11 +170,8 @@ def _dynamic_dims(ep, names: dict | None = None):
     def label(expr) -> str:
         return str(expr.xreplace(swap)) if swap else str(expr)
 
-    ranges = {}
-    for sym, vr in ep.range_constraints.items():
-        lo = int(vr.lower) if vr.lower.is_finite else 1
-        hi = int(vr.upper) if vr.upper.is_finite else 2**31 - 2
-        ranges[label(sym)] = (lo, hi)
+    ranges = {sym_label: (_bound(vr.lower, 1), _bound(vr.upper, 2**31 - 2))
+              for sym_label, vr in ((label(sym), vr) for sym, vr in ep.range_constraints.items())}
     dims: dict[str, dict[int, str]] = {}
     for n in ep.graph.nodes:
         val = n.meta.get("val")
@@ -184,6 +181,14 @@ def _dynamic_dims(ep, names: dict | None = None):
             if axes:
                 dims[n.name] = axes
     return dims, ranges
+
+
+def _bound(value, default: int) -> int:
+    """A range bound as an int; torch's and sympy's infinities (and anything odd) give ``default``."""
+    try:
+        return int(value) if bool(value.is_finite) else default
+    except (AttributeError, TypeError, ValueError):
+        return default
 
 
 def _is_constant(s) -> bool:

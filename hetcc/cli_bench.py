@@ -67,13 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with this baseline file")
     p.add_argument("--max-regression", type=float, default=1.25, metavar="FACTOR",
                    help="fail when a variant's ratio to the reference grew more than this (default 1.25)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="with --compare: measure again up to N times when the gate fails or the machine "
+                        "looks busy, and judge on the quietest attempt (default 2)")
     p.add_argument("--update-baseline", action="store_true",
                    help="write this run's ratios into the --compare file (merging; never done otherwise)")
 
 
 def cmd_bench(args) -> int:
     from hetcc import bench_gate
-    from hetcc.bench_run import EAGER, YARDSTICK, bench_bundle, bench_model
+    from hetcc.bench_run import EAGER, YARDSTICK, prepare_bundle, prepare_model
 
     if args.update_baseline and not args.compare:
         raise CliError("--update-baseline writes the file named by --compare BASELINE; give both")
@@ -83,28 +86,37 @@ def cmd_bench(args) -> int:
     if args.compare:  # a bad baseline fails now, not after minutes of measuring
         exists = Path(args.compare).exists()
         baseline = bench_gate.load(args.compare) if exists or not args.update_baseline else bench_gate.empty()
-    common = {"batch_sizes": args.batch_sizes, "warmup": args.warmup, "runs": args.runs,
-              "budget": args.budget, "progress": lambda text: print(f"hetcc: {text}", file=sys.stderr, flush=True)}
+
+    def say(text):
+        print(f"hetcc: {text}", file=sys.stderr, flush=True)
+
     with contextlib.redirect_stdout(sys.stderr):  # runtimes' chatter must not mix into --json
         if Path(args.model).is_dir():
             if args.targets:
                 raise CliError("a bundle's targets are fixed when it is compiled; --targets is for a MODEL")
-            results = bench_bundle(args.model, name=args.name, inputs=_bundle_inputs(args),
-                                   reference=YARDSTICK if args.reference == "eager" else "none", **common)
+            prepared = prepare_bundle(args.model, name=args.name, inputs=_bundle_inputs(args),
+                                      batch_sizes=args.batch_sizes, progress=say,
+                                      reference=YARDSTICK if args.reference == "eager" else "none")
         else:
             from hetcc.cli_inputs import load_model
 
             model, inputs, options = load_model(args.model, args.inputs)
-            results = bench_model(model, inputs, _targets(args.targets), name=args.name or _name(args.model),
-                                  compile_options=options,
-                                  reference=EAGER if args.reference == "eager" else "none", **common)
-    failed = False
-    if baseline is not None:
-        results["gate"] = gate = bench_gate.compare(results, baseline, args.max_regression)
-        failed = gate["failed"] and not args.update_baseline
-        if args.update_baseline:
-            bench_gate.save(args.compare, bench_gate.merge(baseline, results))
-            results["baseline_updated"] = args.compare
+            prepared = prepare_model(model, inputs, _targets(args.targets), name=args.name or _name(args.model),
+                                     compile_options=options, batch_sizes=args.batch_sizes, progress=say,
+                                     reference=EAGER if args.reference == "eager" else "none")
+
+        def measure(seed=0):
+            return prepared.run(warmup=args.warmup, runs=args.runs, budget=args.budget, seed=seed, progress=say)
+
+        if baseline is None:
+            results = measure()
+        else:
+            results = bench_gate.run_gate(measure, baseline, args.max_regression, retries=args.retries,
+                                          record=args.update_baseline, say=say)
+    failed = bool(results.get("gate", {}).get("failed")) and not args.update_baseline
+    if args.update_baseline:
+        bench_gate.save(args.compare, bench_gate.merge(baseline, results))
+        results["baseline_updated"] = args.compare
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     if args.json:
@@ -152,7 +164,8 @@ def _gate_lines(results: dict) -> list[str]:
     gate = results.get("gate")
     if not gate:
         return []
-    lines = [r["message"] for r in gate["rows"] if r["status"] != bench_gate.OK]
+    quiet = {bench_gate.OK} | ({bench_gate.MISSING} if results.get("baseline_updated") else set())
+    lines = [r["message"] for r in gate["rows"] if r["status"] not in quiet]
     lines += gate["notes"] + [bench_gate.verdict(gate)]
     if results.get("baseline_updated"):
         lines.append(f"baseline {results['baseline_updated']} updated with this run's ratios")
@@ -170,10 +183,11 @@ def _render(results: dict) -> None:
     console.print(f"{results['model']} ({results['source']}) on {m['machine_class']} ({m['cpu']}, "
                   f"{m['cores']} cores, {m['torch_threads']} torch threads); "
                   + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), markup=False)
-    table = Table(caption=f"latency per call; spread = {results['settings']['spread']}; "
-                          f"x ref = median / {ref or 'no reference'} median in the same rounds")
+    table = Table(caption=f"latency per call; spread = {results['settings']['spread']}; x ref = median / "
+                          f"{ref or 'no reference'} median in the same rounds (its p10-p90 over rounds); "
+                          "x ref fast = p10 / reference p10, what the gate compares")
     for head in ("variant", "batch", "median ms", "p10-p90 ms", "p95 ms", "items/s", "x ref",
-                 "x ref p10-p90", "plan"):
+                 "x ref p10-p90", "x ref fast", "plan"):
         table.add_column(head, justify="left" if head in ("variant", "plan") else "right", overflow="fold")
     for r in results["results"]:
         lat = r["latency"]
@@ -181,8 +195,8 @@ def _render(results: dict) -> None:
                       f"{lat['p10_s'] * 1e3:.3f}-{lat['p90_s'] * 1e3:.3f}", f"{lat['p95_s'] * 1e3:.3f}",
                       f"{r['throughput_per_s']:.0f}" if r["throughput_per_s"] else "-",
                       f"{r['ratio']:.3f}" if r["ratio"] is not None else "-",
-                      f"{r['ratio_p10']:.2f}-{r['ratio_p90']:.2f}" if r["ratio_p10"] is not None else "-",
-                      r["plan"] or "")
+                      "{:.2f}-{:.2f}".format(*r["ratio_spread"]) if r["ratio_spread"] else "-",
+                      f"{r['ratio_fast']:.3f}" if r["ratio_fast"] is not None else "-", r["plan"] or "")
     console.print(table)
     segments = Table(title="the plan, per segment (a segment's time includes the hand-over into it)")
     for head in ("batch", "segment", "target", "median ms", "share"):

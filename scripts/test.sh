@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv (first run only) and runs the whole suite on 2 workers.
+# The test command: sets up .venv (first run only), runs the whole suite on 2 workers, then the
+# latency regression gate on two examples against benchmarks/baseline.json (docs/benchmarks.md,
+# "Regression gate"; about a minute). Exit 3 from the gate means a variant got slower relative to
+# torch eager than the baseline allows. Pytest arguments (a partial run, e.g. -k placement) skip
+# the gate, and so does HETCC_SKIP_BENCH_GATE=1. Results go to build/bench/ (HETCC_BENCH_OUT).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="$(bash "$root/scripts/env.sh")"
 cd "$root"
-exec "$python" -m pytest -n 2 -q -rs "$@" tests
+"$python" -m pytest -n 2 -q -rs "$@" tests
+if [ "$#" -gt 0 ] || [ "${HETCC_SKIP_BENCH_GATE:-0}" = 1 ]; then
+  exit 0
+fi
+out="${HETCC_BENCH_OUT:-build/bench}"
+mkdir -p "$out"
+status=0
+for example in mlp cnn; do
+  # 1.3: on this shared 2-core machine, quiet runs put each ratio within a few percent of the
+  # baseline (docs/benchmarks.md has the measured spread); the gate measures again when a run is
+  # disturbed, so 1.3 catches a 30% slowdown without failing on neighbours.
+  "$python" -m hetcc bench "examples/$example.py:build" --budget 3 \
+    --compare benchmarks/baseline.json --max-regression 1.3 -o "$out/$example.json" || status=$?
+done
+exit "$status"
