@@ -26,6 +26,7 @@ setup(
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
         "yaml": ["pyyaml"],
+        "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],
     },
     entry_points={

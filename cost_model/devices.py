@@ -2,6 +2,7 @@
 registry with sources (see docs/cost_model.md)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -106,7 +107,9 @@ def measure_cpu(seconds: float = 0.3) -> DeviceSpec:
 def this_cpu(refresh: bool = False) -> DeviceSpec:
     """This machine's CPU spec, measured once and cached under ~/.cache/hetcc (HETCC_CACHE_DIR)."""
     key = _cpu_key()
-    path = _cache_dir() / "cpu_spec.json"
+    # one file per key, so two environments on one machine (say torch 2.11 and 2.13) do not keep
+    # re-measuring over each other's cache
+    path = _cache_dir() / f"cpu_spec-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if not refresh and path.exists():
         try:
             data = json.loads(path.read_text())

@@ -4,15 +4,12 @@ interleaved by :func:`hetcc.bench.measure`. Returns the results document (plain 
 CLI renders and the regression gate (:mod:`hetcc.bench_gate`) compares."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hetcc import bench
 from hetcc.errors import HetccError, InputError
-
-log = logging.getLogger("hetcc")
 
 RESULTS_FORMAT = "hetcc-bench-results"
 RESULTS_VERSION = 1
@@ -36,6 +33,8 @@ class Variant:
     """(segment name, target) of the plan, in run order."""
     compile_s: float | None = None
     reference: bool = False
+    own_inputs: bool = False
+    """Runs a fixed workload of its own (the yardstick): no throughput at the measured batch."""
 
 
 class Bench:
@@ -78,16 +77,14 @@ def prepare_model(model, inputs, targets, *, name: str, compile_options: dict | 
     variants = []
     say(f"compiling the plan over {', '.join(targets)}")
     try:
-        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs,
-                                  targets, options))
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options))
     except HetccError as exc:
         if not dynamic:
             raise
         notes.append(f"batch sizes skipped: compiling with a dynamic batch dimension failed, so the "
                      f"model's batch is fixed at {example} ({_first_line(exc)})")
         options.pop("dynamic_shapes")
-        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs,
-                                  targets, options))
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options))
     for target in targets if len(targets) > 1 else ():
         say(f"compiling for {target} alone")
         try:
@@ -131,7 +128,7 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
     if reference == YARDSTICK:
         model, args = bench.yardstick()
         variants.append(Variant(YARDSTICK, "torch yardstick (reference)", lambda *_: model(*args),
-                                reference=True))
+                                reference=True, own_inputs=True))
         notes.append("reference: " + bench.YARDSTICK)
     sizes = sorted(set(batch_sizes or ()))
     batches = _batches(tuple(inputs), _batch_of(inputs), sizes, compiled, notes)
@@ -253,7 +250,7 @@ def _row(v: Variant, batch, samples, ref) -> dict:
     row = {"variant": v.name, "label": v.label, "batch": batch, "reference": v.reference,
            "targets": list(v.targets), "plan": v.plan, "compile_s": v.compile_s,
            "calls_per_turn": samples.calls_per_turn, "latency": lat,
-           "throughput_per_s": batch / lat["median_s"] if batch else None,
+           "throughput_per_s": batch / lat["median_s"] if batch and not v.own_inputs else None,
            "ratio": None, "ratio_fast": None, "ratio_spread": None, "reference_median_s": None,
            "segments": [], "overhead_s": None}
     if ref is not None:

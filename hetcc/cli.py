@@ -2,7 +2,8 @@
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
---debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
+--debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 130 on Ctrl-C. Heavy
+imports (torch, runtimes) happen inside commands so
 that `hetcc --help` answers at once.
 """
 from __future__ import annotations
@@ -19,8 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from hetcc import __version__
-from hetcc import cli_bench
+from hetcc import __version__, cli_bench
 from hetcc.cli_inputs import (
     CliError,
     batch_dynamic_shapes,

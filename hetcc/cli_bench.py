@@ -50,7 +50,8 @@ def positive(kind):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="DIR|MODEL", help="a bundle directory, or path/to/file.py:function or .pt2")
-    p.add_argument("--targets", help="for a MODEL: ordered, comma-separated (default: the CPU targets usable here)")
+    p.add_argument("--targets",
+                   help="for a MODEL: ordered, comma-separated (default: the CPU targets usable here)")
     p.add_argument("--warmup", type=positive(int), default=5, metavar="N", help="warm-up calls per variant (5)")
     how_long = p.add_mutually_exclusive_group()
     how_long.add_argument("--runs", type=positive(int), metavar="N", help="rounds to measure (default 30)")
@@ -206,8 +207,9 @@ def _render(results: dict) -> None:
             for s in r["segments"]:
                 segments.add_row(str(r["batch"] or "-"), s["name"], s["target"], f"{s['median_s'] * 1e3:.3f}",
                                  f"{s['share']:.0%}")
+            share = r["overhead_s"] / r["latency"]["median_s"]
             segments.add_row(str(r["batch"] or "-"), "hetcc runtime", "(input checks, hand-offs)",
-                             f"{r['overhead_s'] * 1e3:.3f}", f"{r['overhead_s'] / r['latency']['median_s']:.0%}")
+                             f"{r['overhead_s'] * 1e3:.3f}", f"{share:.0%}")
     if segments.row_count:
         console.print(segments)
     for note in results["notes"]:

@@ -100,7 +100,8 @@ def test_merge_replaces_same_key_keeps_others_and_file_round_trips(tmp_path):
     assert bench_gate.load(path) == base
     for bad, match in (({"format": "x"}, "not a hetcc bench baseline"),
                        ({"format": bench_gate.FORMAT, "version": 99, "entries": []}, "version 99"),
-                       ({"format": bench_gate.FORMAT, "version": 1, "entries": [{"model": "m"}]}, "ratio_fast")):
+                       ({"format": bench_gate.FORMAT, "version": 1, "entries": [{"model": "m"}]},
+                        "ratio_fast")):
         path.write_text(json.dumps(bad))
         with pytest.raises(bench_gate.BaselineError, match=match):
             bench_gate.load(path)
@@ -125,6 +126,20 @@ def test_stats_and_machine_class():
     s = bench.stats([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s["median_s"] == 3.0 and s["p25_s"] == 2.0 and s["iqr_s"] == 2.0 and s["p10_s"] == pytest.approx(1.4)
     assert bench.machine_class().endswith(f"-{bench.cores()}cpu")
+
+
+def test_timed_call_returns_the_same_outputs_and_a_time_per_segment():
+    import hetcc
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(4, 8)
+    cm = hetcc.compile(model, (x,), ["onnxruntime:cpu", "torch:cpu"], measure=False,
+                       pins={"0": "onnxruntime:cpu", "2": "torch:cpu"})
+    assert len(cm.plan.segments) == 2
+    out, seconds = cm._runtime.timed_call(x)
+    torch.testing.assert_close(out, cm(x))
+    assert list(seconds) == [s.name for s in cm.plan.segments] and all(t > 0 for t in seconds.values())
 
 
 # ---- a real slowdown, caught ----
@@ -179,7 +194,7 @@ def test_gate_catches_a_backend_that_got_slower(one_torch_thread):
     baseline = bench_gate.merge(bench_gate.empty(), unchanged.run(warmup=3, budget=1.5))
     ok = gate(unchanged, baseline)["gate"]
     assert not ok["failed"], bench_gate.verdict(ok)
-    assert {r["variant"]: r["status"] for r in ok["rows"]} == dict.fromkeys(["plan", "slowort:cpu", "torch:cpu"], "ok")
+    assert statuses(ok) == dict.fromkeys(["plan", "slowort:cpu", "torch:cpu"], "ok")
 
     REPEAT["n"] = 4  # a new release of the backend does the work four times
     try:
@@ -243,8 +258,9 @@ def test_cli_bench_json_at_batch_sizes(tiny, tmp_path, capsys):
     assert data["settings"]["batch_sizes"] == [2, 16] and data["settings"]["runs"] == 5
     rows = {(r["variant"], r["batch"]): r for r in data["results"]}
     assert set(rows) == {("plan", 2), ("eager", 2), ("plan", 16), ("eager", 16)}
-    for (variant, batch), r in rows.items():
-        assert r["latency"]["n"] >= 5 and r["latency"]["p10_s"] <= r["latency"]["median_s"] <= r["latency"]["p95_s"]
+    for (_, batch), r in rows.items():
+        lat = r["latency"]
+        assert lat["n"] >= 5 and lat["p10_s"] <= lat["median_s"] <= lat["p95_s"]
         assert r["throughput_per_s"] == pytest.approx(batch / r["latency"]["median_s"])
     assert rows[("eager", 2)]["ratio"] == 1.0 and rows[("plan", 16)]["ratio"] > 0
     assert [s["target"] for s in rows[("plan", 2)]["segments"]] == ["onnxruntime:cpu"]
@@ -281,9 +297,8 @@ def test_cli_gate_update_then_regression_exits_3(tiny, tmp_path, capsys):
 
 
 def test_cli_bench_bundle_uses_the_yardstick(tiny, tmp_path, capsys):
-    from hetcc.cli_inputs import load_model
-
     import hetcc
+    from hetcc.cli_inputs import load_model
 
     model, inputs, _ = load_model(f"{tiny}:build")
     hetcc.compile(model, inputs, ["onnxruntime:cpu"], measure=False).save(tmp_path / "b")

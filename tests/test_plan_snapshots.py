@@ -26,7 +26,8 @@ CPU = DeviceSpec(name="cpu", peak_flops={"fp32": 100e9}, mem_bandwidth=20e9, mem
                  source="fixed for plan snapshots (a 2-core server CPU's order of magnitude)")
 DEVICES = {t: CPU for t in CPU_TARGETS}
 TORCH = BackendProfile("torch", {"matmul": 0.80, "conv": 0.95, "attention": 0.78, "elementwise": 0.59,
-                                 "norm": 0.82, "data": 2.2, "default": 0.59}, per_node=4e-6, call_overhead=13e-6)
+                                 "norm": 0.82, "data": 2.2, "default": 0.59},
+                       per_node=4e-6, call_overhead=13e-6)
 PROFILES = {
     # hetcc's calibrated defaults as of this file: every example stays on one runtime.
     "calibrated": {
