@@ -48,7 +48,8 @@ EPILOGS = {
            ".astype('float32'))\"\n  hetcc run mlp.bundle --inputs in.npz -o out.npz\n\n"
            "Input keys are the bundle's input names (see `hetcc explain`), or arr_0, arr_1, ...\n"
            "Outputs are written as out0, out1, ... in flattened output order.",
-    "explain": "example:\n  hetcc explain mlp.bundle\n  hetcc explain mlp.bundle --json | jq '.segments[].target'",
+    "explain": "example:\n  hetcc explain mlp.bundle\n  hetcc explain mlp.bundle --json | jq '.segments[].target'\n"
+               "  hetcc explain mlp.bundle --png plan.png --html plan.html",
     "bench": cli_bench.EPILOG,
     "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
 }
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("explain", cmd_explain, "show a bundle's plan: what runs where, and why")
     p.add_argument("bundle", metavar="DIR")
+    p.add_argument("--png", metavar="FILE", help="also draw the rooflines and capacities (needs matplotlib)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
 
     p = command("bench", cmd_bench, "measure a model or bundle: hetcc's plan, each target alone, and a "
                 "reference, interleaved; optionally gate against a baseline")
@@ -294,6 +297,15 @@ def cmd_explain(args) -> int:
 
     manifest = read_manifest(args.bundle)  # reads JSON only: no runtime is imported or needed
     report = _read_report(Path(args.bundle), manifest)
+    title = Path(args.bundle).resolve().name
+    if args.png:
+        from hetcc.explain_plot import write_png
+
+        logging.getLogger("hetcc").info("wrote %s", write_png(report, args.png, title=title))
+    if args.html:
+        from hetcc.explain_html import write_html
+
+        logging.getLogger("hetcc").info("wrote %s", write_html(report, args.html, title=title))
     if args.json:
         _print_json(report)
         return 0

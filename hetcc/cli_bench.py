@@ -119,6 +119,7 @@ def cmd_bench(args) -> int:
         bench_gate.save(args.compare, bench_gate.merge(baseline, results))
         results["baseline_updated"] = args.compare
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(results, indent=1, default=str))
@@ -165,7 +166,7 @@ def _gate_lines(results: dict) -> list[str]:
     gate = results.get("gate")
     if not gate:
         return []
-    quiet = {bench_gate.OK} | ({bench_gate.MISSING} if results.get("baseline_updated") else set())
+    quiet = {bench_gate.MISSING} if results.get("baseline_updated") else set()
     lines = [r["message"] for r in gate["rows"] if r["status"] not in quiet]
     lines += gate["notes"] + [bench_gate.verdict(gate)]
     if results.get("baseline_updated"):
