@@ -91,16 +91,18 @@ class MixedRegimes(nn.Module):
         return h
 
 
+# Profiles that say OpenVINO is much faster on GEMMs and ONNX Runtime on elementwise chains.
+SPLIT_PROFILES = {
+    "openvino": BackendProfile("openvino", {"matmul": 1.0, "default": 0.2}, 1e-6, 20e-6),
+    "onnxruntime": BackendProfile("onnxruntime", {"matmul": 0.3, "default": 1.0}, 1e-6, 20e-6),
+}
+
+
 def test_cost_model_splits_a_model_across_runtimes():
-    # Profiles that say OpenVINO is twice as fast on GEMMs and ONNX Runtime twice as fast on
-    # elementwise chains: the plan must use both, and the result must still be right.
-    profiles = {
-        "openvino": BackendProfile("openvino", {"matmul": 1.0, "default": 0.2}, 1e-6, 20e-6),
-        "onnxruntime": BackendProfile("onnxruntime", {"matmul": 0.3, "default": 1.0}, 1e-6, 20e-6),
-    }
+    # the plan must use both runtimes, and the result must still be right
     model = MixedRegimes().eval()
     inputs = (torch.randn(256, 512),)
-    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles, measure=False)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=SPLIT_PROFILES, measure=False)
     used = cm.plan.targets_used()
     assert "openvino:cpu" in used and "onnxruntime:cpu" in used
     matmul_targets = {s.target for s in cm.plan.segments if any(op.startswith("aten.addmm") for op in s.ops)}
@@ -109,14 +111,10 @@ def test_cost_model_splits_a_model_across_runtimes():
 
 
 def test_measuring_compares_a_mixed_plan_with_the_best_single_target():
-    # Profiles that favour a split; measuring must time it against one runtime alone and say so.
-    profiles = {
-        "openvino": BackendProfile("openvino", {"matmul": 1.0, "default": 0.2}, 1e-6, 20e-6),
-        "onnxruntime": BackendProfile("onnxruntime", {"matmul": 0.3, "default": 1.0}, 1e-6, 20e-6),
-    }
+    # measuring must time the split against one runtime alone, and say so
     model = MixedRegimes().eval()
     inputs = (torch.randn(256, 512),)
-    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=profiles, measure=True)
+    cm = hetcc.compile(model, inputs, targets=CPU_TARGETS, profiles=SPLIT_PROFILES, measure=True)
     (note,) = [n for n in cm.plan.notes if n.startswith("measured")]
     assert "mixed plan" in note and "alone" in note and "added" in note
     kept_mixed = note.rstrip(")").split("kept the ")[1].startswith("mixed")
