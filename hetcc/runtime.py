@@ -86,10 +86,25 @@ class Runtime:
         return tensors
 
     def __call__(self, *args, **kwargs):
-        flat = self.flatten_inputs(args, kwargs)
+        return self._run(self.flatten_inputs(args, kwargs), None)
+
+    def timed_call(self, *args, **kwargs):
+        """Like ``__call__``, and also how long each step took: ``(outputs, {step name: seconds})``.
+        For benchmarks (``hetcc bench``). A step's time is the wall time of its call, so it includes
+        handing the tensors over to that step's runtime; the end-to-end time minus the steps' sum
+        is hetcc's own input checking and bookkeeping."""
+        seconds: dict[str, float] = {}
+        return self._run(self.flatten_inputs(args, kwargs), seconds), seconds
+
+    def _run(self, flat, seconds: dict | None):
         env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
         for step in self.steps:
-            outs = step.run(*(env[n] for n in step.inputs))
+            if seconds is None:
+                outs = step.run(*(env[n] for n in step.inputs))
+            else:
+                start = time.perf_counter()
+                outs = step.run(*(env[n] for n in step.inputs))
+                seconds[step.name] = time.perf_counter() - start
             env.update(zip(step.outputs, outs))
             for name in step.frees:
                 env.pop(name, None)
@@ -105,28 +120,6 @@ class Runtime:
             return flat_out[0]
         return pytree.tree_unflatten(flat_out, self.out_spec)
 
-
-    def timed_call(self, *args, **kwargs):
-        """Like ``__call__``, and also how long each step took: ``(outputs, {step name: seconds})``.
-        For benchmarks (``hetcc bench``). A step's time is the wall time of its call, so it includes
-        handing the tensors over to that step's runtime; the end-to-end time minus the steps' sum
-        is hetcc's own input checking and bookkeeping. ``__call__`` stays free of this timing."""
-        clock = time.perf_counter
-        flat = self.flatten_inputs(args, kwargs)
-        env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
-        seconds: dict[str, float] = {}
-        for step in self.steps:
-            start = clock()
-            outs = step.run(*(env[n] for n in step.inputs))
-            seconds[step.name] = clock() - start
-            env.update(zip(step.outputs, outs))
-            for name in step.frees:
-                env.pop(name, None)
-        flat_out = [self.const_outputs[i] if name is None else env[name] if name in env
-                    else self.constants[name] for i, name in enumerate(self.outputs)]
-        if self._single_output:
-            return flat_out[0], seconds
-        return pytree.tree_unflatten(flat_out, self.out_spec), seconds
 
 def check_input(value, spec: TensorSpec, signature: str) -> None:
     where = f"input {spec.name!r}"
