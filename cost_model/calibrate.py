@@ -14,10 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.profiles import BackendProfile, profile_for
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,11 @@ log = logging.getLogger(__name__)
 class _Tiny(nn.Module):
     def forward(self, x):
         return x + 1
+
+
+class _Tiny2(nn.Module):
+    def forward(self, x, y):
+        return x + y
 
 
 class _Matmul(nn.Module):
@@ -76,11 +80,13 @@ class _Attention(nn.Module):
 
 
 def cases() -> dict[str, tuple[nn.Module, tuple]]:
-    """op class -> (model, inputs); 'overhead' is the per-call case."""
+    """op class -> (model, inputs); 'overhead' is the per-call case, 'handoff' the same with one more
+    input (the difference is the cost of wrapping one more value for the runtime)."""
     g = torch.Generator().manual_seed(0)
     qkv = tuple(torch.randn(4, 8, 256, 64, generator=g) for _ in range(3))
     return {
         "overhead": (_Tiny(), (torch.randn(4, generator=g),)),
+        "handoff": (_Tiny2(), (torch.randn(4, generator=g), torch.randn(4, generator=g))),
         "matmul": (_Matmul(), (torch.randn(256, 1024, generator=g),)),
         "conv": (_Conv(), (torch.randn(4, 64, 32, 32, generator=g),)),
         "elementwise": (_Elementwise(), (torch.randn(256, 1024, generator=g),)),
@@ -102,22 +108,28 @@ def time_call(fn, inputs, seconds: float = 0.3, min_runs: int = 5) -> float:
     return statistics.median(runs)
 
 
-def calibrate_backend(target: str, seconds: float = 0.3) -> tuple[BackendProfile, dict]:
-    """Measure one CPU target; returns its profile and the raw timings (seconds per case)."""
-    import hetcc
-    from hetcc.analysis import analyze
+def calibrate_backend(target: str, seconds: float = 0.3, device=None) -> tuple[BackendProfile, dict]:
+    """Measure one CPU target; returns its profile and the raw timings (seconds per case).
+
+    ``call_overhead`` is the whole call of a compiled one-op model, so it includes hetcc's own
+    input checks (~15-40 us), not only the backend's. ``timings['handoff_per_value']`` is the extra
+    cost of one more input value (wrapping it for the runtime); the tensor itself is not copied."""
     from hetcc.cost_model.roofline import node_seconds
 
-    device = this_cpu()
+    import hetcc
+    from hetcc.analysis import analyze
+
+    device = device or this_cpu()
     backend = target.split(":")[0]
-    base = profile_for(backend)
+    base = profile_for(backend)  # the defaults: a profile being measured must not steer its own run
     ideal = replace(base, efficiency={"default": 1.0}, per_node=0.0, fused_classes=())
     timings, efficiency = {}, {}
     with tempfile.TemporaryDirectory(prefix="hetcc-calibrate-") as tmp:
         for op_class, (model, inputs) in cases().items():
-            compiled = hetcc.compile(model.eval(), inputs, targets=[target], workdir=Path(tmp) / op_class)
+            compiled = hetcc.compile(model.eval(), inputs, targets=[target], workdir=Path(tmp) / op_class,
+                                     profiles={backend: base}, devices={target: device})
             timings[op_class] = time_call(compiled, inputs, seconds)
-            if op_class == "overhead":
+            if op_class in ("overhead", "handoff"):
                 continue
             facts = analyze(model, inputs).nodes
             roofline = sum(node_seconds(f, device, ideal) for f in facts if f.op_class == op_class)
@@ -125,7 +137,39 @@ def calibrate_backend(target: str, seconds: float = 0.3) -> tuple[BackendProfile
                 continue  # the decomposition left no node of this class (e.g. attention)
             spent = max(timings[op_class] - timings["overhead"], 1e-7)
             efficiency[op_class] = round(roofline / spent, 4)
+    timings["handoff_per_value"] = max(timings.pop("handoff") - timings["overhead"], 0.0)
     efficiency["default"] = efficiency.get("elementwise", 0.5)
     profile = replace(base, efficiency=efficiency, call_overhead=timings["overhead"],
                       per_node=base.per_node, fused_classes=())
     return profile, timings
+
+
+def measure_device(seconds: float = 0.3, samples: int = 3):
+    """This CPU's spec, the best of ``samples`` measurements of FLOP/s and of bandwidth: a busy
+    neighbour only lowers them (a spec cached on a busy machine was seen 3x too low)."""
+    from hetcc.cost_model.devices import measure_cpu
+
+    runs = [measure_cpu(seconds) for _ in range(max(1, samples))]
+    best = max(runs, key=lambda s: s.peak_flops["fp32"])
+    return replace(best, mem_bandwidth=max(s.mem_bandwidth for s in runs),
+                   extra={**best.extra, "samples": samples,
+                          "fp32_flops_samples": [s.peak_flops["fp32"] for s in runs],
+                          "mem_bandwidth_samples": [s.mem_bandwidth for s in runs]})
+
+
+def calibrate(targets: list[str], seconds: float = 0.3, progress=None) -> dict:
+    """Measure this CPU and every target; returns the profile as JSON data (profiles.read_profile)."""
+    from hetcc.cost_model.devices import _cpu_key
+    from hetcc.cost_model.profiles import profile_to_json
+
+    if progress:
+        progress("device", "peak FLOP/s and bandwidth, best of 3")
+    device = measure_device(max(seconds, 0.05))
+    backends, timings = {}, {}
+    for target in targets:
+        if progress:
+            progress("measure", target)
+        profile, timings[target] = calibrate_backend(target, seconds, device=device)
+        backends[profile.backend] = profile
+    return profile_to_json(_cpu_key(), device, backends, timings,
+                           extra={"seconds_per_case": seconds, "targets": list(targets)})

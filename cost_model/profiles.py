@@ -8,6 +8,7 @@ hetcc's own ~40 us of input checking taken out of the call overheads.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -47,7 +48,167 @@ DEFAULT_PROFILES = {
 GENERIC = BackendProfile("generic", {"default": 0.5}, per_node=5e-6, call_overhead=50e-6)
 
 
-def profile_for(backend: str, overrides: dict | None = None) -> BackendProfile:
+def profile_for(backend: str, overrides: dict | None = None,
+                calibration: CalibratedProfile | None = None) -> BackendProfile:
+    """``overrides`` (compile(profiles=...)) first, then a calibrated profile (see ``calibrated()``),
+    then the defaults above."""
     if overrides and backend in overrides:
         return overrides[backend]
+    if calibration is not None and backend in calibration.backends:
+        return calibration.backends[backend]
     return DEFAULT_PROFILES.get(backend, GENERIC)
+
+
+# ---- calibrated profiles (written by `hetcc calibrate`, docs/cost_model.md "Calibration") ----
+
+PROFILE_FORMAT, PROFILE_VERSION = "hetcc-profile", 1
+_FIELDS = ("efficiency", "per_node", "call_overhead", "handoff_bandwidth", "fused_classes")
+_loaded: dict = {}  # (path, mtime_ns, size) -> CalibratedProfile
+
+
+@dataclass(frozen=True)
+class CalibratedProfile:
+    path: str
+    key: str
+    device: object
+    """The DeviceSpec measured with the profile; replaces this_cpu() for CPU targets."""
+    backends: dict[str, BackendProfile]
+
+
+def profile_path(key: str | None = None):
+    """Where `hetcc calibrate` writes this machine's profile by default."""
+    import hashlib
+
+    from hetcc.cost_model.devices import _cache_dir, _cpu_key
+
+    key = key or _cpu_key()
+    return _cache_dir() / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def profile_to_json(key: str, device, backends: dict[str, BackendProfile], timings: dict,
+                    extra: dict | None = None) -> dict:
+    import datetime
+    from dataclasses import asdict
+
+    def finite(value):  # JSON has no inf: write null ("unlimited", "zero-copy")
+        return None if isinstance(value, float) and value == float("inf") else value
+
+    spec = {k: finite(v) for k, v in asdict(device).items()}
+    return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "key": key,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": spec,
+            "backends": {name: {f: finite(getattr(p, f)) if f != "fused_classes" else list(p.fused_classes)
+                                for f in _FIELDS} for name, p in backends.items()},
+            "timings": timings, **(extra or {})}
+
+
+def read_profile(path) -> CalibratedProfile:
+    """Read and check a profile file; every problem is a HetccError naming the file and field."""
+    import json
+    from pathlib import Path
+
+    from hetcc.cost_model.devices import DeviceSpec
+
+    from hetcc.errors import HetccError
+
+    path = Path(path)
+
+    def bad(what: str) -> HetccError:
+        return HetccError(f"calibration profile {path}: {what}; re-run `hetcc calibrate` "
+                          f"(or delete the file to use the default profiles)")
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HetccError(f"cannot read calibration profile {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise bad(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+        raise bad(f"field 'format' must be {PROFILE_FORMAT!r}")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad("field 'version' must be a positive integer")
+    if version > PROFILE_VERSION:
+        raise bad(f"version {version} is newer than this hetcc reads ({PROFILE_VERSION}); upgrade hetcc")
+    if not isinstance(data.get("key"), str):
+        raise bad("field 'key' must be a string")
+
+    def number(value, where, positive=False, none_is=None):
+        if value is None and none_is is not None:
+            return none_is
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                or (positive and value == 0) or math.isnan(value):
+            raise bad(f"field '{where}' must be a {'positive' if positive else 'non-negative'} number, "
+                      f"got {value!r}")
+        return float(value)
+
+    spec = data.get("device")
+    if not isinstance(spec, dict):
+        raise bad("field 'device' must be an object")
+    flops = spec.get("peak_flops")
+    if not isinstance(flops, dict) or "fp32" not in flops:
+        raise bad("field 'device.peak_flops' must be an object with 'fp32'")
+    spec = dict(spec, peak_flops={k: number(v, f"device.peak_flops.{k}", True) for k, v in flops.items()},
+                mem_bandwidth=number(spec.get("mem_bandwidth"), "device.mem_bandwidth", True),
+                mem_capacity=number(spec.get("mem_capacity"), "device.mem_capacity", True),
+                host_link_bandwidth=number(spec.get("host_link_bandwidth"), "device.host_link_bandwidth",
+                                           True, none_is=float("inf")))
+    try:
+        device = DeviceSpec(**spec)
+    except TypeError as exc:
+        raise bad(f"field 'device': {exc}") from None
+    backends = data.get("backends")
+    if not isinstance(backends, dict) or not backends:
+        raise bad("field 'backends' must be a non-empty object")
+    out = {}
+    for name, b in backends.items():
+        where = f"backends.{name}"
+        if not isinstance(b, dict) or not isinstance(b.get("efficiency"), dict):
+            raise bad(f"field '{where}.efficiency' must be an object")
+        eff = {k: number(v, f"{where}.efficiency.{k}", True) for k, v in b["efficiency"].items()}
+        fused = b.get("fused_classes") or []
+        if not isinstance(fused, list) or not all(isinstance(c, str) for c in fused):
+            raise bad(f"field '{where}.fused_classes' must be a list of op class names")
+        out[name] = BackendProfile(
+            name, eff, per_node=number(b.get("per_node"), f"{where}.per_node"),
+            call_overhead=number(b.get("call_overhead"), f"{where}.call_overhead"),
+            handoff_bandwidth=number(b.get("handoff_bandwidth"), f"{where}.handoff_bandwidth", True,
+                                     none_is=float("inf")),
+            fused_classes=tuple(fused))
+    return CalibratedProfile(str(path), data["key"], device, out)
+
+
+def calibrated() -> CalibratedProfile | None:
+    """The profile to use instead of the defaults: $HETCC_PROFILE if set, else this machine's
+    `hetcc calibrate` output in the cache dir if it exists, else None (the defaults apply)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from hetcc.errors import HetccError
+
+    explicit = os.environ.get("HETCC_PROFILE")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise HetccError(f"HETCC_PROFILE={explicit}: no such file; unset it or run "
+                             f"`hetcc calibrate -o {explicit}`")
+    else:
+        path = profile_path()
+        if not path.is_file():
+            return None
+    stat = path.stat()
+    cache_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if cache_key not in _loaded:
+        _loaded.clear()
+        _loaded[cache_key] = read_profile(path)
+    profile = _loaded[cache_key]
+    log = logging.getLogger("hetcc")
+    log.info("cost model: using the calibrated profile %s", path)
+    if explicit:
+        from hetcc.cost_model.devices import _cpu_key
+
+        if profile.key != _cpu_key():
+            log.warning("HETCC_PROFILE %s was measured on %s, not on this machine (%s)",
+                        path, profile.key, _cpu_key())
+    return profile

@@ -1,4 +1,4 @@
-"""The `hetcc` command: compile, run, explain, bench, targets.
+"""The `hetcc` command: compile, run, explain, bench, targets, calibrate.
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
@@ -20,7 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from hetcc import __version__, cli_bench
+from hetcc import __version__, cli_bench, cli_calibrate
 from hetcc.cli_inputs import (
     CliError,
     batch_dynamic_shapes,
@@ -52,6 +52,7 @@ EPILOGS = {
                "  hetcc explain mlp.bundle --png plan.png --html plan.html",
     "bench": cli_bench.EPILOG,
     "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
+    "calibrate": cli_calibrate.EPILOG,
 }
 
 
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.add_arguments(p)
 
     command("targets", cmd_targets, "list backends, devices and the targets usable here")
+    cli_calibrate.add_arguments(command("calibrate", cli_calibrate.cmd_calibrate, "measure this CPU and "
+                                        "each CPU runtime; write the profile compile then uses"))
     return parser
 
 

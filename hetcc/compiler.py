@@ -20,8 +20,14 @@ from pathlib import Path
 from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
-from hetcc.cost_model.profiles import profile_for
-from hetcc.errors import HetccError, InternalError, LoweringError, PlacementError, TargetError
+from hetcc.cost_model.profiles import calibrated, profile_for
+from hetcc.errors import (
+    HetccError,
+    InternalError,
+    LoweringError,
+    PlacementError,
+    TargetError,
+)
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
 from hetcc.passes.facts import graph_facts
@@ -278,11 +284,15 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
     if unknown:
         raise TargetError(f"memory_limits names {sorted(unknown)}, which are not among the targets "
                           f"{[str(t) for t in order]}")
+    # a calibrated profile (`hetcc calibrate`, $HETCC_PROFILE) fills what profiles=/devices= leave out
+    need = any(t.backend not in (profiles or {}) or str(t) not in (devices or {}) for t in order)
+    calibration = calibrated() if need else None
     infos = []
     for t in order:
-        device = (devices or {}).get(str(t)) or this_cpu()
+        device = (devices or {}).get(str(t)) or (
+            calibration.device if calibration and t.device == "cpu" else this_cpu())
         capacity = limits.get(str(t), device.mem_capacity)
-        infos.append(TargetInfo(str(t), device, profile_for(t.backend, profiles), capacity,
+        infos.append(TargetInfo(str(t), device, profile_for(t.backend, profiles, calibration), capacity,
                                 device.host_link_bandwidth, device.host_link_latency))
     return infos
 

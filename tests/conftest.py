@@ -1,5 +1,7 @@
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 CPU_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
+
+# Hermetic: a profile from `hetcc calibrate`, or a CPU spec cached by another environment, must not
+# change what the tests see. Each run measures this CPU into its own cache (about a second).
+os.environ.pop("HETCC_PROFILE", None)
+os.environ["HETCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hetcc-test-cache-")
 
 
 @pytest.fixture(autouse=True)
