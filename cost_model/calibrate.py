@@ -144,27 +144,14 @@ def calibrate_backend(target: str, seconds: float = 0.3, device=None) -> tuple[B
     return profile, timings
 
 
-def measure_device(seconds: float = 0.3, samples: int = 3):
-    """This CPU's spec, the best of ``samples`` measurements of FLOP/s and of bandwidth: a busy
-    neighbour only lowers them (a spec cached on a busy machine was seen 3x too low)."""
-    from hetcc.cost_model.devices import measure_cpu
-
-    runs = [measure_cpu(seconds) for _ in range(max(1, samples))]
-    best = max(runs, key=lambda s: s.peak_flops["fp32"])
-    return replace(best, mem_bandwidth=max(s.mem_bandwidth for s in runs),
-                   extra={**best.extra, "samples": samples,
-                          "fp32_flops_samples": [s.peak_flops["fp32"] for s in runs],
-                          "mem_bandwidth_samples": [s.mem_bandwidth for s in runs]})
-
-
 def calibrate(targets: list[str], seconds: float = 0.3, progress=None) -> dict:
     """Measure this CPU and every target; returns the profile as JSON data (profiles.read_profile)."""
-    from hetcc.cost_model.devices import _cpu_key
+    from hetcc.cost_model.devices import _cpu_key, measure_best
     from hetcc.cost_model.profiles import profile_to_json
 
     if progress:
         progress("device", "peak FLOP/s and bandwidth, best of 3")
-    device = measure_device(max(seconds, 0.05))
+    device = measure_best(max(seconds, 0.05))
     backends, timings = {}, {}
     for target in targets:
         if progress:
