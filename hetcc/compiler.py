@@ -250,23 +250,14 @@ class _Session:
 
 
 def time_pair(first, second, inputs, rounds: int = 15) -> tuple[float, float]:
-    """Seconds per call of two runtimes on the same inputs, measured interleaved: the fast end
-    (p10) of each, because on a shared machine a neighbour only ever adds time, and it hits the
-    runtimes unevenly (torch's OpenMP pool far harder than ONNX Runtime's; docs/benchmarks.md)."""
-    samples: tuple[list, list] = ([], [])
-    for fn in (first, second):
-        fn(*inputs)  # warm-up
-    for _ in range(rounds):
-        for fn, out in zip((first, second), samples):
-            t0 = time.perf_counter()
-            fn(*inputs)
-            out.append(time.perf_counter() - t0)
-    return _p10(samples[0]), _p10(samples[1])
+    """Seconds per call of two runtimes on the same inputs, measured interleaved (hetcc.bench's
+    method, one call per turn, no pause): the fast end (p10) of each, because on a shared machine a
+    neighbour only ever adds time, and it hits the runtimes unevenly (torch's OpenMP pool far harder
+    than ONNX Runtime's; docs/benchmarks.md)."""
+    from hetcc.bench import measure, quantile
 
-
-def _p10(times: list[float]) -> float:
-    ordered = sorted(times)
-    return ordered[int(0.1 * (len(ordered) - 1))]
+    samples = measure({"first": first, "second": second}, inputs, warmup=1, runs=rounds, calls=1, pause=0.0)
+    return quantile(samples["first"].calls, 0.1), quantile(samples["second"].calls, 0.1)
 
 
 def _check_placeable(units, candidates) -> None:
