@@ -57,7 +57,7 @@ def build_values(captured, units, unit_of) -> list[Value]:
         producer = HOST if name in captured.user_inputs else unit_of[name]
         val = captured.values.get(name)
         nbytes = val.numel() * val.element_size() if isinstance(val, torch.Tensor) else 0
-        values.append(Value(producer, tuple(sorted(consumers)), nbytes, to_host))
+        values.append(Value(producer, tuple(sorted(consumers)), nbytes, to_host, name))
     return values
 
 

@@ -31,6 +31,8 @@ class Value:
     """Bytes handed over when the value crosses between locations."""
     to_host: bool = False
     """True when the value is a model output, so it must reach the host."""
+    name: str = field(default="", compare=False)
+    """The graph value's name, for reports (solvers ignore it)."""
 
 
 @dataclass(frozen=True)
@@ -96,3 +98,24 @@ def evaluate(problem: PlacementProblem, assignment) -> float:
         for t in dests:
             total += problem.link(src, t, v.nbytes)
     return total
+
+
+def stage_seconds(problem: PlacementProblem, assignment) -> list[float]:
+    """Busy seconds per target for one request: its nodes plus the hand-overs it receives (a
+    hand-over to the host counts for the sender). When requests are pipelined across targets, the
+    largest entry bounds the throughput. All inf if the assignment is infeasible."""
+    k = problem.k
+    if math.isinf(evaluate(problem, assignment)):
+        return [math.inf] * k
+    busy = [0.0] * k
+    for i, t in enumerate(assignment):
+        busy[t] += problem.cost[i][t]
+    for v in problem.values:
+        src = k if v.producer == HOST else assignment[v.producer]
+        dests = {assignment[c] for c in v.consumers}
+        if v.to_host:
+            dests.add(k)
+        for t in dests:
+            if t != src:
+                busy[t if t < k else src] += problem.link(src, t, v.nbytes)
+    return busy

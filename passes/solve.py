@@ -346,7 +346,10 @@ def _heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: fl
 class _Model:
     """Sparse MILP builder. A linear term is ``(const, var)``: ``var`` None means the constant."""
 
-    def __init__(self):
+    def __init__(self, stages: int = 0):
+        self.stage: list[dict[int, float]] = [{} for _ in range(stages)]
+        """Per target, var -> seconds of that target's busy time (the pipeline objective's rows)."""
+        self.stage_const = [0.0] * stages
         self.c: list[float] = []
         self.ub: list[float] = []
         self.integer: list[int] = []
@@ -355,11 +358,26 @@ class _Model:
         self.hi: list[float] = []
         self.offset = 0.0
 
-    def var(self, cost: float = 0.0, integer: bool = False) -> int:
-        self.c.append(cost)
+    def var(self, cost: float = 0.0, integer: bool = False, stage: int | None = None) -> int:
+        self.c.append(0.0)
         self.ub.append(1.0)
         self.integer.append(1 if integer else 0)
-        return len(self.c) - 1
+        j = len(self.c) - 1
+        self.charge(j, cost, stage)
+        return j
+
+    def charge(self, j: int | None, seconds: float, stage: int | None) -> None:
+        """Add ``seconds`` to the objective when var ``j`` is 1 (always, for j None), and count it
+        as busy time of target ``stage`` (a hand-over is charged to the target receiving it)."""
+        if j is None:
+            self.offset += seconds
+        else:
+            self.c[j] += seconds
+        if stage is not None and stage < len(self.stage) and seconds:
+            if j is None:
+                self.stage_const[stage] += seconds
+            else:
+                self.stage[stage][j] = self.stage[stage].get(j, 0.0) + seconds
 
     def row(self, terms, lo: float, hi: float) -> None:
         r = len(self.lo)
@@ -376,6 +394,12 @@ def _link(p: PlacementProblem, s: int, t: int, v) -> float:
     if w < 0 or math.isnan(w):
         raise ValueError(f"link cost from location {s} to {t} is {w}; it must be >= 0")
     return w
+
+
+def _payer(p: PlacementProblem, s: int, t: int) -> int:
+    """Whose busy time a hand-over from s to t counts as: the receiver's, or the sender's when it
+    goes to the host (the host is not a pipeline stage)."""
+    return s if t >= p.k else t
 
 
 def _add_fixed_source(m: _Model, p: PlacementProblem, v, s: int, x) -> None:
@@ -397,15 +421,15 @@ def _add_fixed_source(m: _Model, p: PlacementProblem, v, s: int, x) -> None:
                 raise PlacementError(
                     f"{where} must cross from location {s} to {t} over a link with infinite cost. "
                     "Make that link finite or remove the pin that forces it.")
-            m.offset += w
+            m.charge(None, w, _payer(p, s, t))
             continue
         if math.isinf(w):
             for j in js:
                 m.ub[j] = 0.0
         elif len(js) == 1:
-            m.c[js[0]] += w
+            m.charge(js[0], w, t)
         else:
-            u = m.var(w)
+            u = m.var(w, stage=t)
             for j in js:
                 m.row([(u, 1.0), (j, -1.0)], 0.0, math.inf)
 
@@ -430,7 +454,7 @@ def _add_free_source(m: _Model, p: PlacementProblem, v, x) -> None:
                 if math.isinf(w):
                     m.ub[js] = 0.0
                 else:
-                    m.c[js] += w
+                    m.charge(js, w, _payer(p, s, t))
     cells: dict[tuple[int, int], list[int]] = {}
     for c in free:
         y = {}
@@ -448,9 +472,9 @@ def _add_free_source(m: _Model, p: PlacementProblem, v, x) -> None:
     for (s, t), ys in cells.items():
         w = _link(p, s, t, v)
         if len(ys) == 1:
-            m.c[ys[0]] += w
+            m.charge(ys[0], w, t)
         else:
-            z = m.var(w)
+            z = m.var(w, stage=t)
             for j in ys:
                 m.row([(z, 1.0), (j, -1.0)], 0.0, math.inf)
 
@@ -458,15 +482,15 @@ def _add_free_source(m: _Model, p: PlacementProblem, v, x) -> None:
 def _build(problem: PlacementProblem, allowed: list[list[int]]):
     """x[i,t] binary (a constant where node i has one allowed target), value hand-overs as in
     _add_fixed_source / _add_free_source, one capacity row per target that can overflow."""
-    p, k, m = problem, problem.k, _Model()
+    p, k, m = problem, problem.k, _Model(problem.k)
     # x[i][t]: variable index, or -1 for the constant 1; absent when not allowed.
     x: list[dict[int, int]] = []
     for i, ts in enumerate(allowed):
         if len(ts) == 1:
             x.append({ts[0]: -1})
-            m.offset += p.cost[i][ts[0]]
+            m.charge(None, p.cost[i][ts[0]], ts[0])
         else:
-            x.append({t: m.var(p.cost[i][t], integer=True) for t in ts})
+            x.append({t: m.var(p.cost[i][t], integer=True, stage=t) for t in ts})
             m.row([(j, 1.0) for j in x[i].values()], 1.0, 1.0)
 
     for v in p.values:

@@ -1,0 +1,382 @@
+"""Plan for hardware that is not here: place a model across registry devices and predict latency,
+pipelined throughput and cost per million requests. Nothing is lowered or run (``hetcc plan``).
+
+The same cost model and solvers as compile() are used; what differs is where the numbers come from:
+device specs from the registry (cost_model/registry.py, docs/devices.md) and, because no runtime can
+be measured on a device that is absent, the assumed vendor-runtime profiles of
+cost_model/planning.py. docs/cost_model.md ("Planning for hardware that is not here") states the
+model and its limits.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from hetcc.errors import HetccError, InputError, PlacementError
+
+OBJECTIVES = ("latency", "throughput", "cost")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PEER_LATENCY = 5e-6
+"""Seconds per device-to-device hand-over over a peer link (NVLink/Infinity Fabric), DMA set-up."""
+MAX_COST_DEVICES = 8
+"""The cost objective tries every subset of the devices (2**n - 1 placements)."""
+
+
+@dataclass(frozen=True)
+class PredictedSegment:
+    name: str
+    device: str
+    nodes: tuple[str, ...]
+    flops: float
+    bytes_moved: int
+    resident_bytes: int
+    seconds: float
+    """Predicted time of the segment's nodes (hand-overs are listed as cuts)."""
+    bound: str
+    """What limits it: compute, bandwidth, call overhead or capacity."""
+
+
+@dataclass(frozen=True)
+class Cut:
+    value: str
+    source: str
+    """Device (or 'host') the tensor leaves."""
+    destination: str
+    nbytes: int
+    seconds: float
+    """Predicted hand-over time, link latency and the receiver's call overhead included."""
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    device: str
+    spec: str
+    busy_seconds: float
+    """Time per request this device works (its nodes plus the hand-overs it receives)."""
+    resident_bytes: int
+    capacity: float
+    price_per_hour: float | None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A placement across devices with predicted figures. Nothing was lowered or run."""
+
+    devices: tuple[str, ...]
+    objective: str
+    dtype: str
+    segments: tuple[PredictedSegment, ...]
+    cuts: tuple[Cut, ...]
+    loads: tuple[DeviceLoad, ...]
+    latency_seconds: float
+    """One request alone, segments one after another, hand-overs included."""
+    throughput: float
+    """Requests per second when requests are pipelined across the devices used."""
+    cost_per_million: float | None
+    """USD per million requests at that throughput, paying for every device used; None when a
+    used device has no price."""
+    optimal: bool
+    solver: str
+    solve_seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def devices_used(self) -> list[str]:
+        return [d.device for d in self.loads if d.busy_seconds > 0 or d.resident_bytes > 0]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["prediction"] = True
+        out["devices_used"] = self.devices_used
+        return out
+
+    def summary(self) -> str:
+        lines = [f"PREDICTION from the cost model: nothing was lowered or run. Objective: {self.objective}, "
+                 f"{self.dtype}, devices: {', '.join(self.devices)}"]
+        for s in self.segments:
+            lines.append(f"  {s.name:<6} {s.device:<14} {len(s.nodes):>4} nodes  "
+                         f"{s.flops / 1e9:10.3f} GFLOP  {s.resident_bytes / 1e9:8.3f} GB resident  "
+                         f"{s.seconds * 1e3:9.4f} ms  {s.bound}")
+        for c in self.cuts:
+            lines.append(f"  cut {c.value}: {c.source} -> {c.destination}, {c.nbytes / 1e6:.3f} MB, "
+                         f"{c.seconds * 1e3:.4f} ms")
+        for d in self.loads:
+            cap = "unlimited" if math.isinf(d.capacity) else f"{d.capacity / 1e9:.1f} GB"
+            lines.append(f"  {d.device}: busy {d.busy_seconds * 1e3:.4f} ms per request, "
+                         f"{d.resident_bytes / 1e9:.3f} GB of {cap} resident")
+        cost = "n/a (a device used has no price)" if self.cost_per_million is None \
+            else f"${self.cost_per_million:,.2f}"
+        lines.append(f"predicted latency {self.latency_seconds * 1e3:.4f} ms, throughput "
+                     f"{self.throughput:,.1f} requests/s (pipelined), cost per million requests {cost}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def predict(model, example_inputs, devices, *, objective: str = "latency", dtype: str = "fp32",
+            dynamic_shapes=None, device_files=(), memory_fraction: float = 0.9,
+            resident_inputs=(), pins: dict | None = None, profiles: dict | None = None) -> Prediction:
+    """Place ``model`` across ``devices`` (registry names, e.g. ["h100", "mi300x", "epyc"]) and
+    predict its latency, pipelined throughput and cost per million requests.
+
+    objective: "latency" (one request, end to end), "throughput" (the busiest device bounds the
+        rate of pipelined requests) or "cost" (USD per request: the devices' prices times the time
+        each request occupies them; tries every subset of the devices).
+    dtype: "fp32", "bf16" or "fp16": the model and its float inputs are cast (on a copy) before
+        tracing, and each device's peak for that dtype is used.
+    device_files: YAML/JSON files adding or overriding devices (docs/devices.md).
+    memory_fraction: share of each device's memory that resident tensors may take (the rest is left
+        for activations and the runtime).
+    resident_inputs: names (or name prefixes) of model inputs that stay on the device that reads
+        them instead of moving per request, e.g. a decoder's KV cache; they count against capacity.
+    pins: {submodule path or node name: device} forces those nodes onto one device.
+    profiles: {device: BackendProfile} replaces the assumed runtime profile of a device.
+    """
+    from hetcc.capture import capture
+    from hetcc.cost_model.planning import planning_profile
+    from hetcc.cost_model.registry import registry
+    from hetcc.passes.build_problem import TargetInfo, build_problem
+    from hetcc.passes.facts import graph_facts
+    from hetcc.passes.units import placement_units
+
+    if objective not in OBJECTIVES:
+        raise HetccError(f"objective {objective!r} is not known; choose one of: {', '.join(OBJECTIVES)}")
+    if dtype not in DTYPES:
+        raise HetccError(f"dtype {dtype!r} is not known; choose one of: {', '.join(DTYPES)}")
+    if not 0 < memory_fraction <= 1:
+        raise HetccError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+    items = [devices] if isinstance(devices, str) else list(devices or [])
+    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    if not names:
+        raise HetccError("no devices given: pass at least one, e.g. devices=['h100', 'epyc'] "
+                         "(`hetcc targets` lists the registry)")
+    reg = registry(device_files)
+    labels, canon, specs = _labels(names, reg)
+    if objective == "cost":
+        unpriced = [lab for lab, s in zip(labels, specs) if s.price_per_hour is None]
+        if unpriced:
+            raise HetccError(f"the cost objective needs a price per hour for every device; "
+                             f"{', '.join(unpriced)} has none. Give price_per_hour in a devices file "
+                             "(docs/devices.md) or drop the device.")
+        if len(labels) > MAX_COST_DEVICES:
+            raise HetccError(f"the cost objective tries every subset of the devices; at most "
+                             f"{MAX_COST_DEVICES} devices, got {len(labels)}")
+
+    started = time.perf_counter()
+    model, example_inputs = _cast(model, example_inputs, dtype)
+    captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    facts = graph_facts(captured.graph, captured.values, captured.weights)
+    units, unit_of = placement_units(captured.graph, facts)
+    infos = []
+    for label, name, spec in zip(labels, canon, specs):
+        profile = (profiles or {}).get(label) or planning_profile(name, spec)
+        # node_seconds reads the fp32 peak: put the chosen dtype's peak there.
+        priced = replace(spec, peak_flops={**spec.peak_flops, "fp32": spec.flops_for(dtype)})
+        infos.append(TargetInfo(label, priced, profile, spec.mem_capacity * memory_fraction,
+                                spec.host_link_bandwidth, spec.host_link_latency))
+    allowed = _Allowed(len(units), len(labels))
+    _apply_pins(captured, units, labels, pins, allowed)
+    problem = build_problem(captured, facts, units, unit_of, infos, allowed, objective)
+    problem = _with_peer_links(problem, specs)
+    problem = _with_resident_inputs(problem, captured, resident_inputs)
+    placement, notes = _solve(problem, objective, labels, specs)
+    return _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective,
+                       dtype, time.perf_counter() - started, notes)
+
+
+class _Allowed:
+    """What build_problem reads from Candidates: every device may run every node unless pinned."""
+
+    def __init__(self, n: int, k: int):
+        self.allowed = [[True] * k for _ in range(n)]
+
+
+def _labels(names, reg):
+    """Registry specs for the names; a device named twice becomes two devices ('h100#0', 'h100#1')."""
+    canon = [reg.canonical(n) for n in names]
+    counts = {c: canon.count(c) for c in canon}
+    seen: dict[str, int] = {}
+    labels = []
+    for c in canon:
+        if counts[c] > 1:
+            labels.append(f"{c}#{seen.get(c, 0)}")
+            seen[c] = seen.get(c, 0) + 1
+        else:
+            labels.append(c)
+    return labels, canon, [reg[c] for c in canon]
+
+
+def _cast(model, example_inputs, dtype: str):
+    import torch
+
+    if dtype == "fp32":
+        return model, example_inputs
+    target = getattr(torch, DTYPES[dtype])
+    model = copy.deepcopy(model).to(target)  # never change the user's model
+
+    def cast(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.to(target)
+        if isinstance(x, (list, tuple)):
+            return type(x)(cast(v) for v in x)
+        if isinstance(x, dict):
+            return {k: cast(v) for k, v in x.items()}
+        return x
+
+    return model, cast(tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs)
+
+
+def _apply_pins(captured, units, labels, pins, allowed) -> None:
+    from hetcc.passes.capability import _check_keys, _matches
+
+    if not pins:
+        return
+    index = {lab: i for i, lab in enumerate(labels)}
+    _check_keys(captured, pins, "pins")
+    for key, device in pins.items():
+        if device not in index:
+            raise HetccError(f"pins[{key!r}] names device {device!r}, which is not among the devices "
+                             f"{labels}")
+        for u, unit in enumerate(units):
+            if any(_matches(captured.node(m), key) for m in unit.members):
+                allowed.allowed[u] = [i == index[device] for i in range(len(labels))]
+
+
+def _with_peer_links(problem, specs):
+    """Devices that share a peer link (same link name, e.g. two H100s on NVLink) hand over on it
+    instead of going through the host."""
+    k = problem.k
+    lat = [list(r) for r in problem.link_latency]
+    bw = [list(r) for r in problem.link_bandwidth]
+    for s, t in itertools.permutations(range(k), 2):
+        a, b = specs[s], specs[t]
+        if a.peer_link and a.peer_link == b.peer_link and a.peer_link_bandwidth and b.peer_link_bandwidth:
+            lat[s][t] = PEER_LATENCY
+            bw[s][t] = min(a.peer_link_bandwidth, b.peer_link_bandwidth)
+    return replace(problem, link_latency=tuple(map(tuple, lat)), link_bandwidth=tuple(map(tuple, bw)))
+
+
+def _with_resident_inputs(problem, captured, wanted):
+    """Inputs that stay where they are read: they move no bytes per request and count against the
+    capacity of the device holding each unit that reads them."""
+    if not wanted:
+        return problem
+    from hetcc.passes.problem import HOST
+
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    inputs = list(captured.user_inputs)
+    chosen = {n for n in inputs if any(n == w or n.startswith(w) for w in wanted)}
+    unknown = [w for w in wanted if not any(n == w or n.startswith(w) for n in inputs)]
+    if unknown:
+        raise InputError(f"resident_inputs names {unknown}, which match no model input; the inputs "
+                         f"are: {', '.join(inputs)}")
+    resident = list(problem.resident)
+    values = []
+    for v in problem.values:
+        if v.producer == HOST and v.name in chosen:
+            for c in v.consumers:
+                resident[c] += v.nbytes
+            v = replace(v, nbytes=0)
+        elif v.to_host and v.producer != HOST and _updates(captured.node(v.name), chosen):
+            # The updated cache (e.g. cat(past, new)) stays where it was made, like the cache.
+            v = replace(v, to_host=False)
+        values.append(v)
+    return replace(problem, values=tuple(values), resident=tuple(resident))
+
+
+CACHE_UPDATES = ("cat", "index_put", "slice_scatter", "copy", "index_copy")
+
+
+def _updates(node, chosen) -> bool:
+    """Whether ``node`` writes a resident input's new contents (a cache append or update)."""
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    if name not in CACHE_UPDATES:
+        return False
+    args = [a for x in node.args for a in (x if isinstance(x, (list, tuple)) else [x])]
+    return any(getattr(a, "name", None) in chosen for a in args)
+
+
+def _solve(problem, objective: str, labels, specs):
+    from hetcc.passes.pipeline import bottleneck, solve_pipeline
+    from hetcc.passes.solve import solve
+
+    if objective == "latency":
+        return solve(problem), []
+    if objective == "throughput":
+        return solve_pipeline(problem), []
+    best, best_cost, tried, notes = None, math.inf, 0, []
+    for r in range(1, problem.k + 1):
+        for subset in itertools.combinations(range(problem.k), r):
+            cost = tuple(tuple(c if t in subset else math.inf for t, c in enumerate(row))
+                         for row in problem.cost)
+            try:
+                placement = solve_pipeline(replace(problem, cost=cost))
+            except PlacementError:
+                continue  # this subset cannot hold the model
+            tried += 1
+            used = {placement.assignment[i] for i in range(problem.n)}
+            price = sum(specs[t].price_per_hour for t in used)
+            dollars = price * bottleneck(problem, placement.assignment)
+            if dollars < best_cost * (1 - 1e-9):
+                best, best_cost = placement, dollars
+    if best is None:
+        solve_pipeline(problem)  # raises the capacity error that explains why nothing fits
+        raise PlacementError("no subset of the devices can hold the model")
+    notes.append(f"cost objective: compared the cheapest pipelined placement on each of {tried} "
+                 "device subsets that fit")
+    return best, notes
+
+
+def _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective, dtype,
+                seconds, notes) -> Prediction:
+    from hetcc.passes.pipeline import bottleneck
+    from hetcc.passes.problem import HOST, evaluate, stage_seconds
+    from hetcc.passes.segments import form_segments
+
+    a = placement.assignment
+    segments = []
+    for index, spec in enumerate(form_segments(problem, a)):
+        nodes = tuple(m for u in spec.units for m in units[u].members)
+        flops = sum(facts[m].flops for m in nodes)
+        moved = sum(facts[m].bytes_moved for m in nodes)
+        resident = sum(problem.resident[u] for u in spec.units)
+        secs = sum(problem.cost[u][spec.target] for u in spec.units)
+        segments.append(PredictedSegment(f"seg{index}", labels[spec.target], nodes, flops, moved,
+                                         resident, secs, _bound(flops, moved, resident, secs,
+                                                                infos[spec.target])))
+    k = problem.k
+    cuts = []
+    for v in problem.values:
+        src = k if v.producer == HOST else a[v.producer]
+        dests = {a[c] for c in v.consumers} | ({k} if v.to_host else set())
+        for t in sorted(dests - {src}):
+            if v.nbytes or not (src == k or t == k):
+                cuts.append(Cut(v.name, "host" if src == k else labels[src], "host" if t == k else labels[t],
+                                v.nbytes, problem.link(src, t, v.nbytes)))
+    busy = stage_seconds(problem, a)
+    used_resident = [0] * k
+    for i, t in enumerate(a):
+        used_resident[t] += problem.resident[i]
+    loads = tuple(DeviceLoad(labels[t], specs[t].name, busy[t], used_resident[t], infos[t].capacity,
+                             specs[t].price_per_hour) for t in range(k))
+    neck = bottleneck(problem, a)
+    throughput = 1.0 / neck if neck > 0 else math.inf
+    used = [t for t in range(k) if t in set(a)]
+    prices = [specs[t].price_per_hour for t in used]
+    cost = None if any(p is None for p in prices) else sum(prices) / 3600.0 * neck * 1e6
+    return Prediction(tuple(labels), objective, dtype, tuple(segments), tuple(cuts), loads,
+                      evaluate(problem, a), throughput, cost, placement.optimal, placement.method,
+                      seconds, tuple(notes))
+
+
+def _bound(flops, moved, resident, seconds, info) -> str:
+    if resident >= 0.9 * info.capacity:
+        return "capacity"
+    if info.profile.call_overhead > 0.5 * seconds:
+        return "call overhead"
+    ridge = info.device.flops_for("fp32") / info.device.mem_bandwidth
+    if not moved or flops / moved >= ridge:
+        return "compute"
+    return "bandwidth"
