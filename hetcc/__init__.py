@@ -11,7 +11,7 @@ from hetcc.errors import HetccError
 from hetcc.target import Target
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load", "analyze", "analyze_phases", "Target", "HetccError", "__version__"]
+__all__ = ["compile", "load", "analyze", "analyze_phases", "predict", "Target", "HetccError", "__version__"]
 
 
 def compile(model, example_inputs, targets=("torch:cpu",), **options):
@@ -33,6 +33,14 @@ def analyze_phases(model_or_config, batch, context, **options):
     from hetcc.phases import analyze_phases as _analyze_phases
 
     return _analyze_phases(model_or_config, batch, context, **options)
+
+
+def predict(model, example_inputs, devices, **options):
+    """See :func:`hetcc.device_plan.predict`: place a model across devices that need not be
+    present and predict latency, throughput and cost; nothing is lowered."""
+    from hetcc.device_plan import predict as _predict
+
+    return _predict(model, example_inputs, devices, **options)
 
 
 def load(path):

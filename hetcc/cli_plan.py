@@ -58,7 +58,7 @@ def split_devices(text: str) -> tuple[list[str], list[str]]:
 
 def cmd_plan(args) -> int:
     from hetcc.cost_model.registry import registry
-    from hetcc.predict import predict
+    from hetcc.device_plan import predict
 
     names, files = split_devices(args.devices)
     files = list(args.device_file) + files

@@ -14,7 +14,7 @@ from hetcc.cli import main
 from hetcc.errors import HetccError, InputError, PlacementError
 from hetcc.passes.pipeline import bottleneck, brute_force_pipeline, solve_pipeline
 from hetcc.passes.problem import HOST, PlacementProblem, Value, evaluate, stage_seconds
-from hetcc.predict import predict
+from hetcc import predict
 
 MLP_BYTES = 4 * (256 * 1024 + 1024 + 2 * (1024 * 1024 + 1024) + 1024 * 64 + 64)
 
