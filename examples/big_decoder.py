@@ -31,6 +31,17 @@ def build(batch: int = 1, tokens: int = 2048, config: DecoderConfig = CONFIG_8B)
     return model.prefill, (ids,)
 
 
+class FlatDecode(torch.nn.Module):
+    """decode(ids, *cache): the cache as separate tensors, as a command-line MODEL must give them."""
+
+    def __init__(self, core: Decoder):
+        super().__init__()
+        self.core = core
+
+    def forward(self, ids, *cache):
+        return self.core.decode(ids, cache)
+
+
 def build_70b_decode(batch: int = 8, context: int = 8192, config: DecoderConfig = CONFIG_70B):
     """One decode step with a ``context``-token KV cache per sequence: bandwidth- and capacity-bound.
     The cache is the input named cache*; plan with --resident-input cache so it stays on device."""
@@ -38,4 +49,4 @@ def build_70b_decode(batch: int = 8, context: int = 8192, config: DecoderConfig 
     ids = torch.zeros(batch, 1, dtype=torch.long, device="meta")
     shape = (batch, config.kv_heads, context, config.head_dim)
     cache = tuple(torch.zeros(shape, device="meta") for _ in range(2 * config.layers))
-    return model.decode, (ids, cache)
+    return FlatDecode(model), (ids, *cache)
