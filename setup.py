@@ -25,6 +25,7 @@ setup(
     extras_require={
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
+        "tensorrt": ["tensorrt", "onnx", "onnxscript"],
         "yaml": ["pyyaml"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],
@@ -35,6 +36,8 @@ setup(
             "torch = hetcc.backends.torch_backend:TorchBackend",
             "onnxruntime = hetcc.backends.onnxruntime_backend:OnnxRuntimeBackend",
             "openvino = hetcc.backends.openvino_backend:OpenVinoBackend",
+            "tensorrt = hetcc.backends.tensorrt_backend:TensorRTBackend",
+            "migraphx = hetcc.backends.migraphx_backend:MIGraphXBackend",
         ],
     },
 )

@@ -1,5 +1,6 @@
 """Small pieces the built-in backends share: quieting vendor exporters, wrapping their failures,
-reading dtypes off fx nodes, and handing tensors to numpy without copies."""
+reading dtypes off fx nodes, handing tensors to numpy without copies, and the ONNX export that
+every ONNX-consuming backend (ONNX Runtime, TensorRT, MIGraphX) starts from."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import io
 import logging
 import operator
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from hetcc.errors import InputError, LoweringError
@@ -131,6 +133,21 @@ def dtype_problem(node, banned: dict) -> str | None:
     return None
 
 
+def data_dependent_shape(node) -> bool:
+    """True when a node's output size depends on tensor values (nonzero, masked_select, unique):
+    export gives those sizes unbacked symbols. Engines that size their outputs before running
+    (TensorRT without an output allocator, MIGraphX) cannot take such nodes."""
+    import torch
+
+    try:
+        from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    except ImportError:  # a torch without it: no claim
+        return False
+    val = node.meta.get("val")
+    values = val if isinstance(val, (list, tuple)) else [val]
+    return any(isinstance(v, torch.Tensor) and free_unbacked_symbols(v) for v in values)
+
+
 def check_arity(inputs, expected: int, segment: str) -> None:
     if len(inputs) != expected:
         raise InputError(f"segment {segment!r} takes {expected} inputs, got {len(inputs)}")
@@ -163,3 +180,85 @@ def from_numpy(array):
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(array)
+
+
+# ---- ONNX export, shared by every backend that consumes ONNX ----
+
+ONNX_OPSET = 20
+"""ONNX opset the exporter targets (ONNX Runtime >= 1.17, TensorRT 10 and MIGraphX parse it)."""
+ONNX_EMBED_LIMIT = 1_800_000_000
+"""Weights above this many bytes go to external data: protobuf caps a single file at 2 GB."""
+
+
+@dataclass(frozen=True)
+class OnnxFile:
+    """A segment exported to ONNX in a work directory."""
+
+    files: dict
+    """Role -> path: "model" (the .onnx), and "weights" when they went to external data."""
+    input_names: list
+    """ONNX input name per segment input, in segment order; None where the exporter dropped an
+    input that nothing reads (it must then not be fed)."""
+    output_names: list
+    """ONNX output name per segment output, in segment order."""
+    external_data: bool
+
+
+def export_onnx(segment, workdir: Path, backend: str, opset: int = ONNX_OPSET,
+                embed_limit: int = ONNX_EMBED_LIMIT, filename: str = "model.onnx") -> OnnxFile:
+    """``segment.export()`` through torch's dynamo ONNX exporter to ``workdir/filename``.
+
+    The ONNX inputs and outputs carry the segment's names. A failure is a LoweringError naming
+    ``backend`` (the segment is saved beside it so it reproduces alone)."""
+    import onnx
+    import torch
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / filename
+    try:
+        ep = segment.export()
+        with quiet():
+            program = torch.onnx.export(
+                ep, (), dynamo=True, optimize=True, verbose=False, opset_version=opset,
+                input_names=list(segment.input_names), output_names=list(segment.output_names),
+            )
+            external = _initializer_bytes(program, segment) > embed_limit
+            program.save(str(path), external_data=external)
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise lowering_error(segment, backend, exc, workdir) from exc
+    onnx_inputs = _match_names([i.name for i in graph.input], segment.input_names, "inputs", segment)
+    onnx_outputs = _match_names([o.name for o in graph.output], segment.output_names, "outputs", segment)
+    files = {"model": str(path)}
+    data = [p for p in workdir.iterdir() if p.name.startswith(path.name) and p != path]
+    if data:
+        files["weights"] = str(data[0])
+    return OnnxFile(files, onnx_inputs, onnx_outputs, bool(data))
+
+
+def _initializer_bytes(program, segment) -> int:
+    try:
+        return sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                   if v.const_value is not None)
+    except Exception:  # older onnx_ir: fall back to the segment's own weights
+        return sum(b.numel() * b.element_size() for b in segment.gm.buffers())
+
+
+def _match_names(onnx_names: list[str], wanted: list[str], kind: str, segment) -> list:
+    """ONNX names in the segment's order. The exporter takes our names; where it had to rename
+    (an output that is also an input) it keeps the order, so position decides."""
+    if list(onnx_names) == list(wanted):
+        return list(onnx_names)
+    if kind == "inputs":
+        present = set(onnx_names)
+        if present <= set(wanted):  # unused inputs dropped: feed only the ones that remain
+            return [n if n in present else None for n in wanted]
+    if len(onnx_names) == len(wanted):
+        return list(onnx_names)
+    from hetcc.errors import InternalError
+
+    raise InternalError(
+        f"segment {segment.name!r}: the ONNX exporter produced {kind} {onnx_names}, which do not "
+        f"match the segment's {wanted}"
+    )

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, first_line, from_numpy, is_structural, lowering_error, node_dtypes, op_name,
-    quiet, to_numpy,
+    ONNX_EMBED_LIMIT, ONNX_OPSET, check_arity, dtype_problem, export_onnx, first_line, from_numpy,
+    is_structural, node_dtypes, op_name, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.target import Target
 
-OPSET = 20
+OPSET = ONNX_OPSET
 """ONNX opset the exporter targets and the registry is asked about (ONNX Runtime >= 1.17 runs it)."""
 _PACKAGES = ("onnxruntime", "onnx", "onnxscript")
-_EMBED_LIMIT = 1_800_000_000
+_EMBED_LIMIT = ONNX_EMBED_LIMIT
 """Weights above this many bytes go to external data: protobuf caps a single file at 2 GB."""
 
 _BANNED_DTYPES_DOC = {
@@ -128,6 +128,18 @@ def _decomposition_gap(node):
     return gap
 
 
+def exporter_support(node) -> Support:
+    """Whether torch's ONNX exporter translates the node (directly, or through its own
+    decompositions). Every backend that starts from ``export_onnx`` asks this first."""
+    if _registry().get_decomps(node.target):
+        return YES
+    gap = _decomposition_gap(node)
+    if gap == "":
+        return YES
+    reason = f"{op_name(node.target)} has no ONNX translation in torch.onnx (opset {OPSET})"
+    return Support(False, f"{reason}, {gap}" if gap else reason)
+
+
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
@@ -161,50 +173,21 @@ class OnnxRuntimeBackend:
         problem = dtype_problem(node, _banned_dtypes())
         if problem:
             return Support(False, problem)
-        if _registry().get_decomps(node.target):
-            return YES
-        gap = _decomposition_gap(node)
-        if gap == "":
-            return YES
-        reason = f"{op_name(node.target)} has no ONNX translation in torch.onnx (opset {OPSET})"
-        return Support(False, f"{reason}, {gap}" if gap else reason)
+        return exporter_support(node)
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
-        import onnx
-        import torch
-
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "model.onnx"
-        try:
-            ep = segment.export()
-            with quiet():
-                program = torch.onnx.export(
-                    ep, (), dynamo=True, optimize=True, verbose=False, opset_version=OPSET,
-                    input_names=list(segment.input_names), output_names=list(segment.output_names),
-                )
-                external = _initializer_bytes(program, segment) > _EMBED_LIMIT
-                program.save(str(path), external_data=external)
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception as exc:
-            raise lowering_error(segment, self.name, exc, workdir) from exc
-        onnx_inputs = _match_names([i.name for i in graph.input], segment.input_names, "inputs", segment)
-        onnx_outputs = _match_names([o.name for o in graph.output], segment.output_names, "outputs", segment)
-        files = {"model": str(path)}
-        data = [p for p in workdir.iterdir() if p.name.startswith(path.name) and p != path]
-        if data:
-            files["weights"] = str(data[0])
+        exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
         return Artifact(
             target=str(target),
-            files=files,
+            files=dict(exported.files),
             meta={
                 "segment": segment.name,
                 "opset": OPSET,
-                "external_data": bool(data),
+                "external_data": exported.external_data,
                 "input_names": list(segment.input_names),
                 "output_names": list(segment.output_names),
-                "onnx_input_names": onnx_inputs,
-                "onnx_output_names": onnx_outputs,
+                "onnx_input_names": exported.input_names,
+                "onnx_output_names": exported.output_names,
                 **self.versions(),
             },
         )
@@ -241,29 +224,3 @@ class OrtExecutable:
         outs = self.session.run(self.output_names, feeds)
         return tuple(from_numpy(o) for o in outs)
 
-
-def _initializer_bytes(program, segment) -> int:
-    try:
-        return sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
-                   if v.const_value is not None)
-    except Exception:  # older onnx_ir: fall back to the segment's own weights
-        return sum(b.numel() * b.element_size() for b in segment.gm.buffers())
-
-
-def _match_names(onnx_names: list[str], wanted: list[str], kind: str, segment) -> list:
-    """ONNX names in the segment's order. The exporter takes our names; where it had to rename
-    (an output that is also an input) it keeps the order, so position decides."""
-    if list(onnx_names) == list(wanted):
-        return list(onnx_names)
-    if kind == "inputs":
-        present = set(onnx_names)
-        if present <= set(wanted):  # unused inputs dropped: feed only the ones that remain
-            return [n if n in present else None for n in wanted]
-    if len(onnx_names) == len(wanted):
-        return list(onnx_names)
-    from hetcc.errors import InternalError
-
-    raise InternalError(
-        f"segment {segment.name!r}: the ONNX exporter produced {kind} {onnx_names}, which do not "
-        f"match the segment's {wanted}"
-    )

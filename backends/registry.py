@@ -18,6 +18,8 @@ BUILTIN = {
     "torch": "hetcc.backends.torch_backend:TorchBackend",
     "onnxruntime": "hetcc.backends.onnxruntime_backend:OnnxRuntimeBackend",
     "openvino": "hetcc.backends.openvino_backend:OpenVinoBackend",
+    "tensorrt": "hetcc.backends.tensorrt_backend:TensorRTBackend",
+    "migraphx": "hetcc.backends.migraphx_backend:MIGraphXBackend",
 }
 
 

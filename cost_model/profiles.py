@@ -43,6 +43,27 @@ DEFAULT_PROFILES = {
         "openvino", {"matmul": 1.04, "conv": 0.76, "attention": 0.68, "elementwise": 0.63,
                      "norm": 0.67, "data": 0.73, "default": 0.63},
         per_node=1e-6, call_overhead=185e-6),
+    # GPU profiles: NOT measured (no GPU has run hetcc yet; docs/gpu_backends.md). Efficiencies are
+    # fractions of the registry's datasheet peaks, and node_seconds reads the fp32 peak (non-tensor
+    # on NVIDIA, matrix on AMD): a large fp32 GEMM with TF32 off reaches roughly 70-80% of it under
+    # cuBLAS and TensorRT; MIGraphX is given less until measured. TensorRT and MIGraphX fuse
+    # elementwise chains into their producers (hence fused_classes) and launch one kernel per fused
+    # layer; eager torch launches one kernel per node (~5-10 us of launch and dispatch). Call
+    # overheads cover binding I/O, the launch and the stream sync; host<->GPU copies are charged
+    # separately through the device's host link. Key "torch:cuda" is torch on a GPU; see
+    # cost_model/target_devices.profile_name.
+    "tensorrt": BackendProfile(
+        "tensorrt", {"matmul": 0.75, "conv": 0.70, "attention": 0.60, "elementwise": 0.80,
+                     "norm": 0.70, "data": 0.80, "default": 0.60},
+        per_node=1e-6, call_overhead=40e-6, fused_classes=("elementwise",)),
+    "migraphx": BackendProfile(
+        "migraphx", {"matmul": 0.50, "conv": 0.50, "attention": 0.45, "elementwise": 0.70,
+                     "norm": 0.60, "data": 0.70, "default": 0.50},
+        per_node=2e-6, call_overhead=60e-6, fused_classes=("elementwise",)),
+    "torch:cuda": BackendProfile(
+        "torch:cuda", {"matmul": 0.75, "conv": 0.70, "attention": 0.60, "elementwise": 0.70,
+                       "norm": 0.60, "data": 0.70, "default": 0.55},
+        per_node=8e-6, call_overhead=20e-6),
 }
 
 GENERIC = BackendProfile("generic", {"default": 0.5}, per_node=5e-6, call_overhead=50e-6)
