@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
                    help="run a submodule or node on one device (repeatable)")
     p.add_argument("--meta", action="store_true",
                    help="build the model on the meta device: no weights are allocated")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                   help="seconds per placement solve; past it the best placement found is kept (default 60)")
     p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
 
 
@@ -75,7 +77,8 @@ def cmd_plan(args) -> int:
         prediction = predict(model, inputs, names, objective=args.objective, dtype=args.dtype,
                              dynamic_shapes=options.get("dynamic_shapes"), device_files=files,
                              memory_fraction=args.memory_fraction,
-                             resident_inputs=args.resident_input, pins=dict(args.pin) or None)
+                             resident_inputs=args.resident_input, pins=dict(args.pin) or None,
+                             time_limit=args.time_limit)
     if args.json:
         print(json.dumps(prediction.to_dict(), indent=1, default=_json_default))
     else:

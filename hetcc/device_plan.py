@@ -117,7 +117,8 @@ class Prediction:
 
 def predict(model, example_inputs, devices, *, objective: str = "latency", dtype: str = "fp32",
             dynamic_shapes=None, device_files=(), memory_fraction: float = 0.9,
-            resident_inputs=(), pins: dict | None = None, profiles: dict | None = None) -> Prediction:
+            resident_inputs=(), pins: dict | None = None, profiles: dict | None = None,
+            time_limit: float = 60.0) -> Prediction:
     """Place ``model`` across ``devices`` (registry names, e.g. ["h100", "mi300x", "epyc"]) and
     predict its latency, pipelined throughput and cost per million requests.
 
@@ -133,6 +134,8 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
         them instead of moving per request, e.g. a decoder's KV cache; they count against capacity.
     pins: {submodule path or node name: device} forces those nodes onto one device.
     profiles: {device: BackendProfile} replaces the assumed runtime profile of a device.
+    time_limit: seconds for each MILP; past it the best placement found is kept, marked not
+        proven optimal.
     """
     from hetcc.capture import capture
     from hetcc.cost_model.planning import planning_profile
@@ -181,7 +184,7 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
     problem = build_problem(captured, facts, units, unit_of, infos, allowed, objective)
     problem = _with_peer_links(problem, specs)
     problem = _with_resident_inputs(problem, captured, resident_inputs)
-    placement, notes = _solve(problem, objective, labels, specs)
+    placement, notes = _solve(problem, objective, specs, time_limit)
     return _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective,
                        dtype, time.perf_counter() - started, notes)
 
@@ -298,14 +301,14 @@ def _updates(node, chosen) -> bool:
     return any(getattr(a, "name", None) in chosen for a in args)
 
 
-def _solve(problem, objective: str, labels, specs):
+def _solve(problem, objective: str, specs, time_limit: float):
     from hetcc.passes.pipeline import bottleneck, solve_pipeline
     from hetcc.passes.solve import solve
 
     if objective == "latency":
-        return solve(problem), []
+        return solve(problem, time_limit=time_limit), []
     if objective == "throughput":
-        return solve_pipeline(problem), []
+        return solve_pipeline(problem, time_limit=time_limit), []
     best, best_cost, tried, skipped, notes = None, math.inf, 0, 0, []
     subsets = [s for r in range(1, problem.k + 1) for s in itertools.combinations(range(problem.k), r)]
     for subset in sorted(subsets, key=lambda s: sum(specs[t].price_per_hour for t in s)):
@@ -319,7 +322,7 @@ def _solve(problem, objective: str, labels, specs):
         cost = tuple(tuple(c if t in subset else math.inf for t, c in enumerate(row))
                      for row in problem.cost)
         try:
-            placement = solve_pipeline(replace(problem, cost=cost))
+            placement = solve_pipeline(replace(problem, cost=cost), time_limit=time_limit)
         except PlacementError:
             continue  # this subset cannot hold the model
         tried += 1

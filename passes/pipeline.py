@@ -21,6 +21,7 @@ from hetcc.passes.solve import (
     _allowed,
     _build,
     _check_feasible,
+    _heuristic,
     _infeasible_error,
     _repair,
 )
@@ -50,7 +51,9 @@ def brute_force_pipeline(problem: PlacementProblem) -> tuple[tuple[int, ...], fl
 
 def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Placement:
     """Placement minimising the bottleneck; ``Placement.cost`` is the bottleneck in seconds and
-    ``lower_bound`` HiGHS's proven bound on it. Raises PlacementError when nothing fits."""
+    ``lower_bound`` HiGHS's proven bound on it. Raises PlacementError when nothing fits. When the
+    time limit comes first, the best placement found (or a latency heuristic's, repaired for
+    capacity) is returned with ``optimal`` False."""
     t0 = time.perf_counter()
     p = problem
     if p.k == 0:
@@ -62,12 +65,17 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
         b = bottleneck(p, a)
         return Placement(a, b, b, True, "single-target", time.perf_counter() - t0)
     first = _milp(p, allowed, t0 + time_limit, cap=None)
-    if first is None:
+    if first == "infeasible":
         raise _infeasible_error(p)
+    if first is None:  # the time limit came before HiGHS found any placement
+        a = _heuristic(p, allowed, time.perf_counter() + max(5.0, time_limit / 4))
+        if a is None:
+            raise PlacementError(f"no placement found within time_limit={time_limit}s; raise the limit")
+        first = (a, 0.0, False)
     a, lower, proven = first
     best = bottleneck(p, a)
-    second = _milp(p, allowed, t0 + time_limit, cap=best * (1 + SLACK))
-    if second is not None and bottleneck(p, second[0]) <= best * (1 + SLACK):
+    second = _milp(p, allowed, max(t0 + time_limit, time.perf_counter() + 1.0), cap=best * (1 + SLACK))
+    if isinstance(second, tuple) and bottleneck(p, second[0]) <= best * (1 + SLACK):
         a = second[0]
     b = bottleneck(p, a)
     lower = min(lower, b)
@@ -78,7 +86,8 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
 
 def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
     """cap None: minimise the bottleneck T. Otherwise minimise latency with every stage <= cap.
-    Returns (assignment, lower bound on the objective, proven) or None when infeasible."""
+    Returns (assignment, lower bound on the objective, proven); "infeasible" when HiGHS proved
+    that nothing fits; None when it stopped at the time limit without a placement."""
     m, x = _build(p, allowed)
     n_base = len(m.c)
     latency_c = np.asarray(m.c + [0.0])
@@ -110,7 +119,9 @@ def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
                    constraints=(LinearConstraint(a_mat, np.asarray(lo), np.asarray(hi)),),
                    options={"time_limit": max(deadline - time.perf_counter(), 0.05),
                             "mip_rel_gap": 1e-9, "presolve": True})
-    if res.status == 2 or res.x is None:
+    if res.status == 2:
+        return "infeasible"
+    if res.x is None:
         return None
     xs = res.x
     a = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
