@@ -21,6 +21,7 @@ from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.profiles import calibrated, profile_for
+from hetcc.cost_model.target_devices import PROFILE_OF_DEVICE, device_for_target
 from hetcc.errors import (
     HetccError,
     InternalError,
@@ -280,10 +281,13 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
     calibration = calibrated() if need else None
     infos = []
     for t in order:
-        device = (devices or {}).get(str(t)) or (
+        # a GPU target runs on its GPU's registry spec (copies cross its host link); CPU targets on
+        # this machine's calibrated or measured spec
+        device = (devices or {}).get(str(t)) or device_for_target(t) or (
             calibration.device if calibration and t.device == "cpu" else this_cpu())
         capacity = limits.get(str(t), device.mem_capacity)
-        infos.append(TargetInfo(str(t), device, profile_for(t.backend, profiles, calibration), capacity,
+        key = PROFILE_OF_DEVICE.get(t.device, t.backend) if t.backend == "torch" else t.backend
+        infos.append(TargetInfo(str(t), device, profile_for(key, profiles, calibration), capacity,
                                 device.host_link_bandwidth, device.host_link_latency))
     return infos
 
