@@ -6,7 +6,7 @@ torch, which calls its devices "cuda"), optionally through torch.compile. The ar
 torch to load, not the model's Python source.
 
 The CUDA helpers here (``gpu_index``, ``cuda_problem``, ``cuda_description``) are shared with the
-TensorRT backend and the cost model: torch.cuda is how hetcc looks at an NVIDIA GPU."""
+TensorRT and MIGraphX backends: torch.cuda is how hetcc looks at an NVIDIA GPU."""
 from __future__ import annotations
 
 import logging
