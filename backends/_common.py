@@ -262,3 +262,44 @@ def _match_names(onnx_names: list[str], wanted: list[str], kind: str, segment) -
         f"segment {segment.name!r}: the ONNX exporter produced {kind} {onnx_names}, which do not "
         f"match the segment's {wanted}"
     )
+
+
+# ---- compiled native code in artifacts (TensorRT engines, MIGraphX programs) ----
+
+TRUST_ENV = "HETCC_TRUST_ENGINES"
+"""Set to 1 to load compiled engines that another process built (see docs/gpu_backends.md)."""
+_built_here: set[str] = set()
+
+
+def _digest(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remember_built(path) -> None:
+    """Note that this process built the engine at ``path``, so loading it needs no trust."""
+    _built_here.add(_digest(path))
+
+
+def check_native_code_trusted(path, what: str, segment: str) -> None:
+    """Refuse to hand ``path`` to a vendor runtime unless this process built it or the user said
+    they trust the bundle (``HETCC_TRUST_ENGINES=1``). A TensorRT engine or a MIGraphX program is
+    compiled native code that the runtime executes; NVIDIA documents deserializing an untrusted
+    engine as running untrusted native code (embedded plugins run host code). hetcc reads bundles
+    as untrusted data otherwise (no pickles), so this is opt-in."""
+    import os
+
+    if os.environ.get(TRUST_ENV) == "1" or _digest(path) in _built_here:
+        return
+    from hetcc.errors import BundleError
+
+    raise BundleError(
+        f"segment {segment!r}: {path} is {what}, compiled native code that its runtime executes when "
+        f"loading it, and this process did not build it. Load it only if you built the bundle or got it "
+        f"over a channel you trust: set {TRUST_ENV}=1, or recompile the model on this machine")
+

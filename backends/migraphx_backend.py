@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    ONNX_OPSET, check_arity, data_dependent_shape, dtype_problem, export_onnx, first_line, from_numpy,
-    is_structural, lowering_error, to_numpy,
+    ONNX_OPSET, check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, export_onnx,
+    first_line, from_numpy, is_structural, lowering_error, remember_built, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.errors import BundleError, InputError, TargetError
@@ -251,6 +251,7 @@ class MIGraphXBackend:
                                           self.fast_math)
                 mxr = workdir / "model.mxr"
                 _migraphx_or_error()[0].save(program, str(mxr))
+                remember_built(mxr)
             except Exception as exc:
                 raise lowering_error(segment, self.name, exc, workdir) from exc
             onnx = {f"onnx_{role}": path for role, path in files.items()}
@@ -274,6 +275,7 @@ class MIGraphXBackend:
             raise BundleError(f"segment {segment!r}: {error}")
         if meta["built_for"]["route"] == "onnxruntime":
             return _provider_executable(artifact, gpu_index(target))
+        check_native_code_trusted(artifact.files["model"], "a compiled MIGraphX program (.mxr)", segment)
         mx = _migraphx_or_error()[0]
         program = mx.load(artifact.files["model"])
         return MxrExecutable(mx, program, meta, artifact.files.get("onnx_model"))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    ONNX_OPSET, check_arity, data_dependent_shape, dtype_problem, export_onnx, first_line,
-    is_structural, lowering_error, op_name,
+    ONNX_OPSET, check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, export_onnx,
+    first_line, is_structural, lowering_error, op_name, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.errors import BundleError, InputError, TargetError
@@ -202,6 +202,7 @@ class TensorRTBackend:
             raise lowering_error(segment, self.name, exc, workdir) from exc
         path = workdir / "model.plan"
         path.write_bytes(plan)
+        remember_built(path)
         meta = engine_meta(segment, exported, profile, self.precision, self.workspace,
                            describe_here(target), self.versions())
         return Artifact(target=str(target), files={"engine": str(path)}, meta=meta)
@@ -209,6 +210,8 @@ class TensorRTBackend:
     def load(self, artifact: Artifact, target: Target) -> "TrtExecutable":
         meta = artifact.meta
         segment = meta.get("segment", "?")
+        # an engine is native code TensorRT runs while deserializing it: trust first, then the rest
+        check_native_code_trusted(artifact.files["engine"], "a TensorRT engine", segment)
         error, warning = check_engine(meta.get("engine") or {}, describe_here(target), str(target))
         if error:
             raise BundleError(f"segment {segment!r}: {error}")

@@ -266,7 +266,8 @@ def test_engine_on_another_gpu_of_the_same_capability_only_warns():
     assert error is None and "same compute capability" in warning
 
 
-def test_loading_an_engine_without_tensorrt_is_a_clear_error(tmp_path, no_tensorrt):
+def test_loading_an_engine_without_tensorrt_is_a_clear_error(tmp_path, no_tensorrt, monkeypatch):
+    monkeypatch.setenv("HETCC_TRUST_ENGINES", "1")
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"not read: the check comes first")
     artifact = Artifact("tensorrt:cuda:0", {"engine": str(plan)}, {"segment": "seg0", "engine": H100})
@@ -274,6 +275,27 @@ def test_loading_an_engine_without_tensorrt_is_a_clear_error(tmp_path, no_tensor
         trtb.TensorRTBackend().load(artifact, TRT)
     text = str(err.value)
     assert "seg0" in text and "TensorRT 10.3.0" in text and "H100" in text and "hetcc compile" in text
+
+
+def test_an_engine_this_process_did_not_build_needs_trust(tmp_path, no_tensorrt, monkeypatch):
+    from hetcc.backends import _common
+
+    monkeypatch.delenv("HETCC_TRUST_ENGINES", raising=False)
+    monkeypatch.setattr(_common, "_built_here", set())
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"an engine from somewhere else")
+    artifact = Artifact("tensorrt:cuda:0", {"engine": str(plan)}, {"segment": "seg0", "engine": H100})
+    with pytest.raises(BundleError, match="compiled native code.*HETCC_TRUST_ENGINES=1"):
+        trtb.TensorRTBackend().load(artifact, TRT)
+    _common.remember_built(plan)  # as lower() does: built here, so trusted; the next check speaks
+    with pytest.raises(BundleError, match="TensorRT 10.3.0"):
+        trtb.TensorRTBackend().load(artifact, TRT)
+    plan.write_bytes(b"changed after it was built")
+    with pytest.raises(BundleError, match="did not build it"):
+        trtb.TensorRTBackend().load(artifact, TRT)
+    monkeypatch.setenv("HETCC_TRUST_ENGINES", "1")
+    with pytest.raises(BundleError, match="TensorRT 10.3.0"):
+        trtb.TensorRTBackend().load(artifact, TRT)
 
 
 def test_shapes_outside_the_engine_profile_are_input_errors():
