@@ -94,8 +94,10 @@ def _devices() -> list[dict]:
     import torch
 
     from hetcc.cost_model.devices import this_cpu
+    from hetcc.cost_model.profiles import calibrated
 
-    cpu = this_cpu()  # measured once per machine and cached; the numbers the cost model uses
+    calibration = calibrated()  # `hetcc calibrate`'s spec when there is one: what compile uses
+    cpu = calibration.device if calibration else this_cpu()
     out = [{"device": "cpu", "description": cpu.source, "peak_gflops_fp32": cpu.peak_flops["fp32"] / 1e9,
             "mem_bandwidth_gbs": cpu.mem_bandwidth / 1e9, "mem_capacity_gb": cpu.mem_capacity / 1e9}]
     if torch.cuda.is_available():

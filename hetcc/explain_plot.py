@@ -50,9 +50,9 @@ def device_for(target, devices: dict | None = None) -> tuple[DeviceSpec | None, 
     """(spec, '') for the device a target runs on, or (None, why not).
 
     ``devices`` maps a target string ('onnxruntime:cpu') or a device name ('cpu', 'cuda:0') to a
-    DeviceSpec, as ``compile(devices=...)`` does. Otherwise a 'cpu' target is this machine
-    (``this_cpu()``, measured once and cached), and another device is looked up by name in the
-    device registry."""
+    DeviceSpec, as ``compile(devices=...)`` does. Otherwise a 'cpu' target is this machine (the
+    calibrated profile's spec, else ``this_cpu()``), a cuda/rocm target the GPU compile costs it on
+    (``device_for_target``), and another device is looked up by name in the device registry."""
     devices = {str(k).lower(): v for k, v in (devices or {}).items()}
     try:
         t = Target.parse(str(target))
@@ -63,11 +63,22 @@ def device_for(target, devices: dict | None = None) -> tuple[DeviceSpec | None, 
         spec = devices.get(key)
         if isinstance(spec, DeviceSpec):
             return spec, ""
-    if t.device == "cpu":
+    if t.device == "cpu":  # the spec compile used: the calibrated profile's, else measured
         from hetcc.cost_model.devices import this_cpu
+        from hetcc.cost_model.profiles import calibrated
 
-        return this_cpu(), ""
+        calibration = calibrated()
+        return (calibration.device if calibration else this_cpu()), ""
     from hetcc.cost_model.registry import get_device
+    from hetcc.cost_model.target_devices import device_for_target
+
+    if t.index is None or t.index.isdigit() or t.index.startswith("gfx"):
+        try:
+            spec = device_for_target(t)  # the GPU behind tensorrt:cuda:0 and the like
+        except (HetccError, KeyError, ValueError):
+            spec = None
+        if spec is not None:
+            return spec, ""
 
     for name in (t.index, t.device):  # 'iree:rocm:mi300x' names its device by its index part
         if name is None:

@@ -114,18 +114,29 @@ def test_cpu_targets_use_this_cpu_when_no_device_is_given(monkeypatch):
 
 
 def test_unknown_device_and_malformed_segments_do_not_crash():
-    rep = report(seg("gpu", target="tensorrt:cuda:0"), seg("gemm"))
+    rep = report(seg("gpu", target="vendor:npu:0"), seg("gemm"))
     rep["segments"] += [{"name": "junk", "target": "not a target", "flops": "many", "bytes_moved": None},
                         "not even a dict", {"name": "empty", "target": "torch:cpu", "flops": 0,
                                             "bytes_moved": 0, "resident_bytes": 0, "predicted_seconds": 0}]
     got = by_name(segment_bounds(rep, DEVICES))
     assert set(got) == {"gpu", "gemm", "junk", "empty"}
     assert got["gpu"]["device"] is None and got["gpu"]["bound"] == "unknown"
-    assert "cuda" in got["gpu"]["device_note"] and "devices=" in got["gpu"]["device_note"]
+    assert "npu" in got["gpu"]["device_note"] and "devices=" in got["gpu"]["device_note"]
     assert got["junk"]["bound"] == "call overhead"  # no work at all
     assert got["empty"]["bound"] == "call overhead"
-    h100 = by_name(segment_bounds(rep, {**DEVICES, "tensorrt:cuda:0": get_device("h100")}))["gpu"]
+    h100 = by_name(segment_bounds(rep, {**DEVICES, "vendor:npu:0": get_device("h100")}))["gpu"]
     assert h100["device"] == "h100-sxm" and h100["bound"] in BOUNDS
+
+
+def test_gpu_targets_use_the_spec_compile_costs_them_on():
+    # the GPU here, or without one the registry's default (H100 SXM); rocm by its gfx arch
+    from hetcc.cost_model.target_devices import device_for_target
+
+    rep = report(seg("trt", target="tensorrt:cuda:0"), seg("amd", target="iree:rocm:gfx90a"))
+    got = by_name(segment_bounds(rep, DEVICES))
+    assert got["trt"]["device"] == device_for_target("tensorrt:cuda:0").name
+    assert got["trt"]["bound"] in BOUNDS
+    assert got["amd"]["device"] == "mi250x"
 
 
 # ---- PNG -----------------------------------------------------------------------------------------
