@@ -43,8 +43,8 @@ def predict(model, example_inputs, devices, **options):
     return _predict(model, example_inputs, devices, **options)
 
 
-def load(path):
+def load(path, trust_engines: bool = False):
     """Load a bundle directory written by ``CompiledModel.save``; see :func:`hetcc.bundle.load`."""
     from hetcc.bundle import load as _load
 
-    return _load(path)
+    return _load(path, trust_engines=trust_engines)

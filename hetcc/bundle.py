@@ -264,14 +264,19 @@ def _hetcc_version() -> str:
     return __version__
 
 
-def load(path):
-    """Load a bundle written by ``CompiledModel.save``; returns a CompiledModel."""
+def load(path, trust_engines: bool = False):
+    """Load a bundle written by ``CompiledModel.save``; returns a CompiledModel.
+
+    trust_engines: also load compiled native engines (TensorRT ``.plan``, MIGraphX ``.mxr``) that
+    another process built. Their runtimes execute them as native code, so this is for bundles you
+    built or received over a channel you trust (docs/gpu_backends.md); the same as
+    ``HETCC_TRUST_ENGINES=1`` for this one bundle."""
     from hetcc.compiler import CompiledModel
 
     root = Path(path)
     manifest = read_manifest(root)
     try:
-        return _load(root, manifest, CompiledModel)
+        return _load(root, manifest, CompiledModel, trust_engines)
     except HetccError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -279,7 +284,7 @@ def load(path):
                           "bundle is corrupt: copy it again or recompile") from exc
 
 
-def _load(root: Path, manifest: dict, CompiledModel):
+def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False):
     segs = _segments(manifest)
     specs = [_spec_from_json(i, "input") for i in manifest["inputs"]]
     in_spec = _treespec(manifest["input_structure"], "input_structure")
@@ -296,6 +301,12 @@ def _load(root: Path, manifest: dict, CompiledModel):
     _check_unlisted(root, segs)  # so every byte a backend reads is checked here:
     checked = [{role: str(_checked_file(root, entry, f"segment {seg['name']}", under=SEGMENTS))
                 for role, entry in seg["files"].items()} for seg in segs]
+    if trust_engines:  # only files whose checksums matched the manifest just above
+        from hetcc.backends._common import remember_built
+
+        for files in checked:
+            for file in files.values():
+                remember_built(file)
     constants = {}
     if constant_entry:
         from safetensors.torch import load_file

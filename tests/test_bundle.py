@@ -723,3 +723,22 @@ def test_manifest_carries_the_output_signature_and_measured_times(tmp_path):
     loaded = hetcc.load(tmp_path / "b")
     assert loaded._runtime.output_specs[0].shape == ("batch", 64)
     assert loaded.plan.segments[0].measured_seconds == seg["plan"]["measured_seconds"]
+
+
+def test_trust_engines_trusts_only_the_files_the_manifest_vouches_for(copy_of):
+    from hetcc.backends import _common
+
+    root = copy_of("mlp")
+    files = sorted(p for p in (root / "segments").rglob("*") if p.is_file())
+    digests = {_common._digest(p) for p in files}
+    before = set(_common._built_here)
+    hetcc.load(root)
+    assert set(_common._built_here) == before  # loading alone trusts nothing
+    tampered = files[0]
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    with pytest.raises(hetcc.errors.BundleError, match="modified"):
+        hetcc.load(root, trust_engines=True)
+    assert _common._digest(tampered) not in _common._built_here
+    tampered.write_bytes(tampered.read_bytes()[:-1])
+    hetcc.load(root, trust_engines=True)
+    assert digests <= _common._built_here
