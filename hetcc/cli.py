@@ -2,8 +2,8 @@
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
---debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 130 on Ctrl-C. Heavy
-imports (torch, runtimes) happen inside commands so
+--debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 4 when `conformance`
+finds a failure, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
 that `hetcc --help` answers at once.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from hetcc import __version__, cli_bench, cli_calibrate
+from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance
 from hetcc.cli_inputs import (
     CliError,
     batch_dynamic_shapes,
@@ -53,6 +53,7 @@ EPILOGS = {
     "bench": cli_bench.EPILOG,
     "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
     "calibrate": cli_calibrate.EPILOG,
+    "conformance": cli_conformance.EPILOG,
 }
 
 
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("targets", cmd_targets, "list backends, devices and the targets usable here")
     cli_calibrate.add_arguments(command("calibrate", cli_calibrate.cmd_calibrate, "measure this CPU and "
                                         "each CPU runtime; write the profile compile then uses"))
+    cli_conformance.add_arguments(command("conformance", cli_conformance.cmd_conformance,
+                                          "run the same op and model cases on each target here and "
+                                          "report native coverage and errors"))
     return parser
 
 
