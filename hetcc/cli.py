@@ -1,4 +1,4 @@
-"""The `hetcc` command: compile, run, explain, bench, targets, calibrate.
+"""The `hetcc` command: compile, run, explain, bench, targets, calibrate, plan.
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
@@ -20,9 +20,10 @@ import traceback
 import warnings
 from pathlib import Path
 
-from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance
+from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance, cli_plan
 from hetcc.cli_inputs import (
     CliError,
+    backend_option,
     batch_dynamic_shapes,
     batch_range,
     load_model,
@@ -53,6 +54,7 @@ EPILOGS = {
     "bench": cli_bench.EPILOG,
     "targets": "example:\n  hetcc targets\n  hetcc targets --json | jq '.usable'",
     "calibrate": cli_calibrate.EPILOG,
+    "plan": cli_plan.EPILOG,
     "conformance": cli_conformance.EPILOG,
 }
 
@@ -115,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch must be >= 2). Write --dynamic-batch=MIN:MAX or put it after MODEL")
     p.add_argument("--memory-limit", action="append", type=target_bytes, default=[],
                    metavar="TARGET=BYTES", help="cap the weights a target may hold, e.g. openvino:cpu=2GiB")
+    p.add_argument("--option", action="append", type=backend_option, default=[], metavar="BACKEND.KEY=VALUE",
+                   help="a backend option, e.g. tensorrt.precision=fp16, openvino.precision=bf16, "
+                        "torch.compile=true (repeatable)")
     p.add_argument("--no-measure", action="store_true",
                    help="trust the cost model; do not time a mixed plan against one target")
     p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
@@ -124,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="DIR")
     p.add_argument("--inputs", required=True, metavar="NPZ", help="input arrays (.npz)")
     p.add_argument("-o", "--output", metavar="NPZ", help="write the outputs here (.npz)")
+    p.add_argument("--trust-engines", action="store_true",
+                   help="load TensorRT/MIGraphX engines another process built (native code: only "
+                        "for bundles you built or got over a channel you trust)")
 
     p = command("explain", cmd_explain, "show a bundle's plan: what runs where, and why")
     p.add_argument("bundle", metavar="DIR")
@@ -137,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("targets", cmd_targets, "list backends, devices and the targets usable here")
     cli_calibrate.add_arguments(command("calibrate", cli_calibrate.cmd_calibrate, "measure this CPU and "
                                         "each CPU runtime; write the profile compile then uses"))
+    cli_plan.add_arguments(command("plan", cli_plan.cmd_plan, "place a model across devices that need "
+                                   "not be present and predict latency, throughput and cost (no lowering)"))
     cli_conformance.add_arguments(command("conformance", cli_conformance.cmd_conformance,
                                           "run the same op and model cases on each target here and "
                                           "report native coverage and errors"))
@@ -194,6 +204,9 @@ def _compile_options(args, inputs, options: dict) -> dict:
                        ("memory_limits", dict(args.memory_limit))):
         if value:
             options[key] = {**(options.get(key) or {}), **value}
+    for backend, key, value in args.option:
+        per_backend = options.setdefault("backend_options", {})
+        per_backend[backend] = {**(per_backend.get(backend) or {}), key: value}
     if args.dynamic_batch:
         options["dynamic_shapes"] = batch_dynamic_shapes(inputs, *args.dynamic_batch)
     return options
@@ -254,7 +267,7 @@ def cmd_run(args) -> int:
     from hetcc.bundle import read_manifest
 
     manifest = read_manifest(args.bundle)
-    compiled = hetcc.load(args.bundle)  # checks the whole manifest, so its fields can be trusted below
+    compiled = hetcc.load(args.bundle, trust_engines=args.trust_engines)  # checks the whole manifest, so its fields can be trusted below
     specs = manifest["inputs"]
     tensors = read_npz(args.inputs, [s["name"] for s in specs], _signature(specs))
     for i, spec in enumerate(specs):  # numpy has no bfloat16: accept floats for a bfloat16 input

@@ -30,6 +30,23 @@ def scope_target(text: str) -> tuple[str, str]:
     return scope.strip(), target.strip()
 
 
+def backend_option(text: str) -> tuple[str, str, object]:
+    """BACKEND.KEY=VALUE -> (backend, key, value); VALUE is read as JSON when it parses (numbers,
+    true/false), else kept as a string: tensorrt.precision=fp16, torch.compile=true."""
+    import json
+
+    name, sep, raw = text.partition("=")
+    backend, dot, key = name.strip().partition(".")
+    if not sep or not dot or not backend or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected BACKEND.KEY=VALUE (e.g. openvino.precision=bf16 or torch.compile=true), got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw.strip()
+    return backend, key.strip(), value
+
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 

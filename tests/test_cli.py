@@ -401,3 +401,19 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
     monkeypatch.setattr("hetcc.cli_render.targets_info", interrupted)
     code, out, err = cli(capsys, "targets")
     assert (code, out, err) == (130, "", "")
+
+
+def test_backend_options_from_the_command_line(tmp_path, capsys):
+    from hetcc.cli_inputs import backend_option
+
+    assert backend_option("tensorrt.precision=fp16") == ("tensorrt", "precision", "fp16")
+    assert backend_option("torch.compile=true") == ("torch", "compile", True)
+    assert backend_option("tensorrt.workspace=1024") == ("tensorrt", "workspace", 1024)
+    assert main(["compile", MLP, "-o", str(tmp_path / "b"), "--targets", "openvino:cpu",
+                 "--option", "openvino.speed=max"]) == 1
+    err = capsys.readouterr().err
+    assert "bad options for backend 'openvino'" in err and "speed" in err
+    assert not (tmp_path / "b").exists()
+    assert main(["compile", MLP, "-o", str(tmp_path / "b"), "--targets", "openvino:cpu",
+                 "--option", "precision=fp16"]) == 2
+    assert "BACKEND.KEY=VALUE" in capsys.readouterr().err
