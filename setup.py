@@ -26,6 +26,7 @@ setup(
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
         "tensorrt": ["tensorrt", "onnx", "onnxscript"],
+        "iree": ["iree-base-compiler", "iree-base-runtime"],
         "yaml": ["pyyaml"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],
@@ -38,6 +39,7 @@ setup(
             "openvino = hetcc.backends.openvino_backend:OpenVinoBackend",
             "tensorrt = hetcc.backends.tensorrt_backend:TensorRTBackend",
             "migraphx = hetcc.backends.migraphx_backend:MIGraphXBackend",
+            "iree = hetcc.backends.iree_backend:IreeBackend",
         ],
     },
 )

@@ -20,6 +20,7 @@ BUILTIN = {
     "openvino": "hetcc.backends.openvino_backend:OpenVinoBackend",
     "tensorrt": "hetcc.backends.tensorrt_backend:TensorRTBackend",
     "migraphx": "hetcc.backends.migraphx_backend:MIGraphXBackend",
+    "iree": "hetcc.backends.iree_backend:IreeBackend",
 }
 
 
