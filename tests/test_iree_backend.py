@@ -300,6 +300,21 @@ def test_gpu_artifact_runs(gpu_artifacts, small_segment, text):
     _close(run(x)[0], small_segment.reference(x)[0], atol=1e-3, rtol=1e-3)
 
 
+def test_compile_for_a_gpu_that_is_not_here_falls_back_with_the_reason():
+    """compile verifies by running, so on a machine without the GPU every segment lowers, fails to
+    load, and goes to torch:cpu saying why (compile-only use goes through backend.lower)."""
+    if irt.device("hip")[0] is not None:
+        pytest.skip("this machine has a HIP device: the segments would run on it")
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    compiled = hetcc.compile(model, (x,), targets=["iree:rocm:gfx942"], measure=False)
+    assert list(compiled.plan.targets_used()) == ["torch:cpu"]
+    reasons = " ".join(str(r) for s in compiled.plan.segments for r in s.fell_back.values())
+    assert "gfx942" in reasons and "cannot run on this machine" in reasons, compiled.plan.summary()
+    with torch.no_grad():
+        _close(compiled(x), model(x))
+
+
 def test_cuda_sm_90_is_an_iree_3_13_gap_with_a_clear_error(small_segment, tmp_path):
     """IREE 3.13 has no target details for sm_90/sm_100 (iree-org/iree#22147); docs/iree.md says to
     compile for sm_80 instead. When IREE learns sm_90 this fails, and the docs should change."""
