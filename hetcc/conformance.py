@@ -29,15 +29,17 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 """Version of the report format (docs/conformance.md); bumped when a field changes meaning."""
 
-PINNED_TARGETS = ("torch:cpu", "onnxruntime:cpu", "openvino:cpu")
+PINNED_TARGETS = ("torch:cpu", "onnxruntime:cpu", "openvino:cpu", "iree:cpu")
 """CPU targets whose coverage is pinned: every case runs natively there except KNOWN_FALLBACKS."""
 
-# Measured on 2026-11-24 with torch 2.13.0, onnxruntime 1.32.0 and openvino 2026.4.1 (the versions
+# Measured on 2026-11-24 with torch 2.13.0, onnxruntime 1.32.0, openvino 2026.4.1 and IREE 3.13.0 (the versions
 # in requirements/constraints.txt). A case missing here is expected to run natively; one that
 # stops doing so is a regression. Remove an entry when a backend learns the case.
 KNOWN_FALLBACKS: dict[str, dict[str, str]] = {
     "onnxruntime:cpu": {"bfloat16": "the backend refuses bfloat16 (no numpy hand-over, no CPU kernels)"},
     "openvino:cpu": {"bfloat16": "the backend refuses bfloat16 (no numpy hand-over)"},
+    # iree-base-compiler/runtime 3.13.0
+    "iree:cpu": {"bfloat16": "IREE 3.13 fails to compile bfloat16 weights (docs/iree.md)"},
 }
 
 GPU_DEVICES = ("cuda", "rocm")

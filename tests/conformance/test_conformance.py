@@ -70,7 +70,7 @@ def test_case(target, case, reports_dir, tmp_path):
 
 
 def test_every_pinned_cpu_target_is_covered_here():
-    # ONNX Runtime and OpenVINO are test dependencies; a broken install must not silently shrink
+    # ONNX Runtime, OpenVINO and IREE are test dependencies; a broken install must not silently shrink
     # the suite to torch:cpu.
     assert set(PINNED_TARGETS) <= set(TARGETS), f"usable here: {TARGETS}"
     assert {c.kind for c in CASES} == {"op", "model"}
