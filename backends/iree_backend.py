@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from hetcc.backends import iree_compile as ic
 from hetcc.backends import iree_runtime as irt
-from hetcc.backends._common import dtype_problem, is_structural, lowering_error, op_name, quiet
+from hetcc.backends._common import dtype_problem, before_support, lowering_error, op_name, quiet
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.iree_rewrite import REWRITES, rewritten
 from hetcc.errors import LoweringError, TargetError
@@ -100,10 +100,9 @@ class IreeBackend:
     # ---- capability ----
 
     def supports(self, node, target: Target) -> Support:
-        if node.op != "call_function" or is_structural(node):
-            return YES
-        if not self.is_available(target):
-            return Support(False, self.why_unavailable(target))
+        early = before_support(self, node, target)
+        if early is not None:
+            return early
         if ic.compiler_problem():
             return Support(False, ic.compiler_problem())
         problem = dtype_problem(node, _banned_dtypes())

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from hetcc.backends._common import (
     ONNX_EMBED_LIMIT, ONNX_OPSET, check_arity, dtype_problem, export_onnx, first_line, from_numpy,
-    is_structural, node_dtypes, op_name, quiet, to_numpy,
+    before_support, is_structural, node_dtypes, op_name, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.target import Target
@@ -166,10 +166,9 @@ class OnnxRuntimeBackend:
         return out
 
     def supports(self, node, target: Target) -> Support:
-        if node.op != "call_function" or is_structural(node):
-            return YES
-        if not self.is_available(target):
-            return Support(False, self.why_unavailable(target))
+        early = before_support(self, node, target)
+        if early is not None:
+            return early
         problem = dtype_problem(node, _banned_dtypes())
         if problem:
             return Support(False, problem)

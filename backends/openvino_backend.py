@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar, Mapping
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, from_numpy, is_structural, lowering_error, op_name, quiet, to_numpy,
+    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.target import Target
@@ -106,10 +106,9 @@ class OpenVinoBackend:
         return out
 
     def supports(self, node, target: Target) -> Support:
-        if node.op != "call_function" or is_structural(node):
-            return YES
-        if not self.is_available(target):
-            return Support(False, self.why_unavailable(target))
+        early = before_support(self, node, target)
+        if early is not None:
+            return early
         problem = dtype_problem(node, _banned_dtypes())
         if problem:
             return Support(False, problem)

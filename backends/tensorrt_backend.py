@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from hetcc.backends._common import (
     ONNX_OPSET, check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, export_onnx,
-    first_line, is_structural, lowering_error, op_name, remember_built,
+    first_line, before_support, lowering_error, op_name, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.errors import BundleError, InputError, TargetError
@@ -179,10 +179,9 @@ class TensorRTBackend:
         return out
 
     def supports(self, node, target: Target) -> Support:
-        if node.op != "call_function" or is_structural(node):
-            return YES
-        if not self.is_available(target):
-            return Support(False, self.why_unavailable(target))
+        early = before_support(self, node, target)
+        if early is not None:
+            return early
         problem = node_problem(node)
         return Support(False, problem) if problem else YES
 
