@@ -1,5 +1,6 @@
 """The main demo: compile every bundled example for the CPU runtimes available here, print each
-plan, run it, and check the outputs against eager PyTorch. Run: bash scripts/demo.sh"""
+plan, run it, and check the outputs against eager PyTorch; then a capacity-forced split saved as a
+bundle, and a prediction for GPUs that are not here. Run: bash scripts/demo.sh"""
 import logging
 import sys
 import time
@@ -18,7 +19,7 @@ import mlp  # noqa: E402
 import hetcc  # noqa: E402
 from hetcc.backends.registry import usable_targets  # noqa: E402
 
-PREFERRED = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
+PREFERRED = ["openvino:cpu", "onnxruntime:cpu", "iree:cpu", "torch:cpu"]
 
 
 def main() -> int:
@@ -44,6 +45,7 @@ def main() -> int:
         print(compiled.plan.summary())
         print(f"max abs difference from eager PyTorch: {err:.2e} -> {'OK' if ok else 'MISMATCH'}\n")
     failures += capacity_split(targets)
+    predict_elsewhere()
     print("all outputs match eager PyTorch" if not failures else f"{failures} example(s) MISMATCH")
     return 1 if failures else 0
 
@@ -72,6 +74,16 @@ def capacity_split(targets) -> int:
     print(f"saved as a bundle, loaded back: max abs difference {(got - want).abs().max().item():.2e} "
           f"-> {'OK' if ok else 'MISMATCH'}\n")
     return 0 if ok else 1
+
+
+def predict_elsewhere() -> None:
+    """The GPT example planned across an H100, an MI300X and an EPYC server CPU, none of which is
+    here: a prediction from the cost model, nothing lowered (hetcc plan; docs/planning.md)."""
+    model, inputs = gpt.build(batch=64)
+    for objective in ("latency", "throughput"):
+        forecast = hetcc.predict(model, inputs, ["h100", "mi300x", "epyc"], objective=objective)
+        print(f"== gpt (batch 64) planned for {objective} on hardware that is not here")
+        print(forecast.summary(), end="\n\n")
 
 
 if __name__ == "__main__":

@@ -136,8 +136,32 @@ def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
                 continue
             args = fx.node.map_arg(n.args, lambda a: env[a.name])
             kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a.name])
-            env[n.name] = n.target(*args, **kwargs)
+            try:
+                env[n.name] = n.target(*args, **kwargs)
+            except Exception as exc:  # the model itself fails on these inputs: say where
+                raise InputError(
+                    f"the model fails on the example inputs at node {n.name} ({n.target}, from "
+                    f"{_source(n)}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                    "Check the example inputs (e.g. token ids beyond the embedding table, a sequence "
+                    "longer than the position table) by running the model eagerly on them") from exc
     return env
+
+
+def _source(node) -> str:
+    """Where a node came from: its submodule and the user's line, as torch.export recorded them."""
+    import os
+
+    stack = node.meta.get("stack_trace") or ""
+    lines = [line.strip() for line in stack.splitlines() if line.strip().startswith("File ")]
+    torch_dir = os.path.dirname(torch.__file__)
+    mine = [line for line in lines if torch_dir not in line]
+    where = (mine or lines or ["an unknown line"])[-1]
+    modules = node.meta.get("nn_module_stack") or {}
+    path, kind = list(modules.values())[-1] if modules else ("", None)
+    if path:
+        name = getattr(kind, "__name__", None) or str(kind).rsplit(".", 1)[-1].strip("'>")
+        return f"submodule {path} ({name}), {where}"
+    return where
 
 
 def _dim_names(ep, user_inputs, dynamic_shapes) -> dict:

@@ -112,3 +112,20 @@ def test_backend_options_reach_the_backend_and_bad_ones_are_named():
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"colour": 1}})
     with pytest.raises(TargetError, match="precision must be one of"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"precision": "f8"}})
+
+
+def test_model_that_fails_on_its_example_inputs_names_the_node_and_line():
+    class Lookup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            return self.table(ids) * 2
+
+    # export traces fine (it does not check indices); the reference run finds the bad id
+    with pytest.raises(hetcc.errors.InputError) as err:
+        hetcc.compile(Lookup(), (torch.tensor([[3, 12]]),), ["torch:cpu"])
+    text = str(err.value)
+    assert "submodule table (Embedding)" in text and "test_errors.py" in text
+    assert "IndexError" in text and "example inputs" in text
