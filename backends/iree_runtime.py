@@ -10,10 +10,10 @@ import threading
 from functools import lru_cache
 
 from hetcc.backends._common import check_arity, first_line, to_numpy
-from hetcc.errors import BundleError, HetccError, InputError, TargetError
+from hetcc.errors import BundleError, DeviceNotHere, HetccError, InputError
 
 
-class NotRunnableHere(TargetError, BundleError):
+class NotRunnableHere(DeviceNotHere):
     """An artifact for hardware this machine does not have (or a CPU lacking features it was
     compiled with). It is a TargetError for a caller of ``load``, and a BundleError so that
     ``hetcc.load`` passes its message through as it is instead of calling the file damaged."""

@@ -328,6 +328,8 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
             raise BundleError(
                 f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))} "
                 f"({type(exc).__name__}: {_first_line(exc)}); {advice}") from exc
+        if artifact.meta.get("verified") is False:  # cross-compiled: first run on its device
+            _verify_on_load(name, str(target), run, artifact)
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
@@ -336,6 +338,36 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     if isinstance(signature, list) and len(signature) == len(outputs):
         runtime.output_specs = [None if o is None else _spec_from_json(o, "output") for o in signature]
     return CompiledModel(runtime, _plan(root, seg_plans), artifacts)
+
+
+def _verify_on_load(name: str, target: str, run, artifact) -> None:
+    """A segment compiled for a device that was not there (compile(cross_compile=True)) is checked
+    against the PyTorch reference the first time it can run: here, at load."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hetcc.verify import Tolerances, check_outputs
+
+    check = artifact.meta.get("check")
+    path = artifact.files.get("check")
+    if not isinstance(check, dict) or not path:
+        raise BundleError(f"segment {name} ({target}) was never verified and its check data is missing; "
+                          "the bundle is incomplete: compile it again")
+    try:
+        data = load_file(path)
+        inputs = [data[f"in{i}"] for i in range(int(check["inputs"]))]
+        want = [data[f"out{j}"] for j in range(len(check["outputs"]))]
+        table = {getattr(torch, k): tuple(v) for k, v in check["tolerances"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        raise BundleError(f"segment {name} ({target}): its check data is malformed ({exc!r}); the "
+                          "bundle is corrupt: copy it again or recompile") from exc
+    try:
+        error = check_outputs(name, check["outputs"], run(*inputs), want, Tolerances(table))
+    except Exception as exc:  # a wrong result, or the runtime failing on its first real call
+        raise BundleError(f"segment {name} was compiled for {target} on another machine and gives "
+                          f"wrong results on this one: {exc}. Do not use this bundle here; compile the "
+                          "model on this machine") from exc
+    artifact.meta.update(verified=True, max_error=error)
 
 
 def _spec_json(spec: TensorSpec) -> dict:

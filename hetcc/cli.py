@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", type=backend_option, default=[], metavar="BACKEND.KEY=VALUE",
                    help="a backend option, e.g. tensorrt.precision=fp16, openvino.precision=bf16, "
                         "torch.compile=true (repeatable)")
+    p.add_argument("--cross-compile", action="store_true",
+                   help="keep segments for devices this machine lacks (e.g. iree:rocm:gfx942); they are "
+                        "verified when the bundle is loaded where the device is")
     p.add_argument("--no-measure", action="store_true",
                    help="trust the cost model; do not time a mixed plan against one target")
     p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
@@ -195,7 +198,8 @@ def _compile_options(args, inputs, options: dict) -> dict:
         raise CliError(f"the model's options name {unknown}, which hetcc.compile does not take; "
                        f"it takes {sorted(allowed)}")
     given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol,
-             "measure": False if args.no_measure else None}
+             "measure": False if args.no_measure else None,
+             "cross_compile": True if args.cross_compile else None}
     options.update({k: v for k, v in given.items() if v is not None})
     excluded: dict[str, list] = {}
     for scope, targets in args.exclude:

@@ -20,9 +20,11 @@ from pathlib import Path
 from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
+from hetcc.cost_model.planning import ACCELERATOR
 from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import PROFILE_OF_DEVICE, device_for_target
 from hetcc.errors import (
+    DeviceNotHere,
     HetccError,
     InternalError,
     LoweringError,
@@ -44,6 +46,9 @@ from hetcc.verify import Tolerances, compare
 log = logging.getLogger("hetcc")
 
 OBJECTIVES = ("latency",)
+CPU_PROFILES = ("torch", "onnxruntime", "openvino", "iree")
+"""Backends whose default profiles were measured on a CPU: on a GPU they get the assumed
+vendor-runtime profile of cost_model/planning.py instead."""
 FALLBACK = Target("torch", "cpu")
 MAX_ATTEMPTS = 8
 
@@ -67,6 +72,10 @@ class CompiledModel:
 
         return save(self, path, overwrite=overwrite)
 
+    def not_here(self) -> list[str]:
+        """Segments compiled for a device this machine does not have (compile(cross_compile=True))."""
+        return [step.name for step in self._runtime.steps if isinstance(step.run, NotHere)]
+
     @property
     def signature(self) -> str:
         return self._runtime.signature()
@@ -81,7 +90,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
             memory_limits: dict | None = None, measure: bool = True,
-            backend_options: dict | None = None, progress=None) -> CompiledModel:
+            backend_options: dict | None = None, cross_compile: bool = False,
+            progress=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -95,6 +105,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         (OpenVINO runs in fp32 unless asked otherwise).
     measure: when the plan mixes targets, also build the best single-target plan, time both on the
         example inputs, and keep the faster (the cost model can misjudge close calls).
+    cross_compile: keep segments lowered for a device this machine does not have (e.g.
+        iree:rocm:gfx942 here) instead of falling back: they cannot run here, so they are verified
+        when the saved bundle is loaded where the device is (docs/bundle.md). The compiled model
+        can then only be saved; calling it here raises a TargetError.
     progress: optional callable(stage: str, detail: str), told as each stage starts ("capture",
         "solve", "lower", "measure"); the CLI draws its progress display from it.
     """
@@ -118,13 +132,18 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                                 fallback=FALLBACK if fallback_only else None)
     session = _Session(captured, facts, units, unit_of, order, backends,
                        _target_infos(order, profiles, devices, memory_limits),
-                       Tolerances.make(rtol, atol),
+                       Tolerances.make(rtol, atol), cross_compile,
                        Path(workdir) if workdir else scratch, objective, report)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
     try:
         chosen = session.place(candidates)
-        if measure and len(chosen.plan.targets_used()) > 1:
+        elsewhere = chosen.not_here()
+        if elsewhere:
+            chosen.plan = replace(chosen.plan, notes=chosen.plan.notes + (
+                f"segments {', '.join(elsewhere)} were compiled for a device this machine does not have; "
+                "they are verified against the PyTorch reference when the bundle is loaded there",))
+        elif measure and len(chosen.plan.targets_used()) > 1:
             report("measure", "timing the mixed plan against the best single target")
             chosen = session.measure_against_single(chosen, candidates)
     except BaseException:
@@ -160,6 +179,7 @@ class _Session:
     backends: dict
     infos: list
     tolerances: Tolerances
+    cross_compile: bool
     workdir: Path
     objective: str
     report: object
@@ -204,7 +224,7 @@ class _Session:
                 self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
                 where = self.workdir / f"{target.backend}-{len(self.lowered)}"
                 self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
-                                                      self.tolerances)
+                                                      self.tolerances, self.cross_compile)
             artifact, executable, error, seconds = self.lowered[key]
             if executable is None:
                 if target == FALLBACK:
@@ -287,17 +307,26 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
             calibration.device if calibration and t.device == "cpu" else this_cpu())
         capacity = limits.get(str(t), device.mem_capacity)
         key = PROFILE_OF_DEVICE.get(t.device, t.backend) if t.backend == "torch" else t.backend
-        infos.append(TargetInfo(str(t), device, profile_for(key, profiles, calibration), capacity,
+        profile = profile_for(key, profiles, calibration)
+        if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
+            profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
+        infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency))
     return infos
 
 
-def _lower_and_verify(program, target, backend, workdir: Path, tolerances):
+def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False):
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         artifact = backend.lower(program, target, workdir)
-        executable = backend.load(artifact, target)
+        try:
+            executable = backend.load(artifact, target)
+        except DeviceNotHere as exc:
+            if not cross_compile:
+                raise
+            _keep_check(program, artifact, workdir, tolerances)
+            return artifact, NotHere(program.name, str(target), str(exc)), None, time.perf_counter() - started
         got = executable(*program.example_inputs)
         artifact.meta["max_error"] = compare(program, got, tolerances)
         artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
@@ -305,6 +334,44 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances):
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
+
+
+class NotHere:
+    """Stands in for a segment compiled for a device that is not on this machine."""
+
+    def __init__(self, segment: str, target: str, why: str):
+        self.segment, self.target, self.why = segment, target, why
+
+    def __call__(self, *inputs):
+        raise TargetError(f"segment {self.segment} was compiled for {self.target}, which this machine "
+                          f"does not have ({self.why}). Save the model (cm.save(dir)) and load the bundle "
+                          "where that device is; it is verified there on load")
+
+
+CHECK_FILE = "check.safetensors"
+
+
+def _keep_check(program, artifact, workdir: Path, tolerances) -> None:
+    """Write what the load-time check needs beside the artifact: the segment's example inputs and
+    reference outputs (safetensors: no pickles) and the tolerances per output dtype."""
+    from safetensors.torch import save_file
+
+    import torch
+
+    tensors = {f"in{i}": x.detach().contiguous().clone() for i, x in enumerate(program.example_inputs)
+               if isinstance(x, torch.Tensor)}
+    if len(tensors) != len(program.example_inputs):
+        raise LoweringError(f"{program.name}: a non-tensor input cannot be kept for the load-time check")
+    for j, name in enumerate(program.output_names):
+        tensors[f"out{j}"] = program.reference_value(name).detach().contiguous().clone()
+    path = workdir / CHECK_FILE
+    save_file(tensors, str(path))
+    artifact.files["check"] = str(path)
+    artifact.meta["verified"] = False
+    artifact.meta["check"] = {
+        "inputs": len(program.example_inputs), "outputs": list(program.output_names),
+        "tolerances": {str(t.dtype).removeprefix("torch."): list(tolerances.for_dtype(t.dtype))
+                       for t in (program.reference_value(n) for n in program.output_names)}}
 
 
 def _median_call(fn, inputs, calls: int = 5) -> float:

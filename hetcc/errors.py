@@ -35,3 +35,10 @@ class InternalError(HetccError):
 
 class BundleError(HetccError):
     """A bundle cannot be written or read: corrupt, incomplete, newer format, missing runtime."""
+
+
+class DeviceNotHere(TargetError, BundleError):
+    """An artifact was built for a device this machine does not have, so it cannot run here.
+    compile(cross_compile=True) keeps such segments (verified when the bundle is loaded where the
+    device is); everywhere else it is a TargetError for a caller of ``load``, and a BundleError so
+    that ``hetcc.load`` passes its message through as it is."""
