@@ -15,7 +15,9 @@ from typing import ClassVar
 
 from hetcc.backends import iree_compile as ic
 from hetcc.backends import iree_runtime as irt
-from hetcc.backends._common import dtype_problem, before_support, lowering_error, op_name, quiet
+from hetcc.backends._common import (
+    before_support, check_native_code_trusted, dtype_problem, lowering_error, op_name, quiet, remember_built,
+)
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.iree_rewrite import REWRITES, rewritten
 from hetcc.errors import LoweringError, TargetError
@@ -157,6 +159,7 @@ class IreeBackend:
         if spec.device == "cpu":
             features = ic.cpu_features()
             meta["cpu_features"] = sorted(features) if features is not None else None
+        remember_built(vmfb)  # native code this process made: loading it here needs no trust
         return Artifact(target=str(target), files={"module": str(vmfb)}, meta=meta)
 
     # ---- load ----
@@ -175,6 +178,9 @@ class IreeBackend:
 
             raise BundleError(f"segment {segment!r}: artifact meta output_dtypes {dtypes!r} is not a list "
                               f"of {', '.join(sorted(irt.DTYPES))}; the artifact is corrupt")
+        # A vmfb carries machine code (an embedded shared object on the CPU, a device binary on a
+        # GPU) that IREE maps and runs: like a TensorRT engine, only from a trusted bundle.
+        check_native_code_trusted(artifact.files["module"], "an IREE module (compiled machine code)", segment)
         run = irt.load_module(artifact.files["module"], spec.driver, f"{spec.describe()} ({target})", segment)
         return run.configure(len(meta["input_names"]), dtypes)
 

@@ -70,7 +70,11 @@ def _attention_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
             else scores + attn_mask
-    out = scores.softmax(-1) @ v
+    weights = scores.softmax(-1)
+    if is_causal or attn_mask is not None:
+        # a fully masked row: torch's kernels give zeros there, a plain softmax gives NaN
+        weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
+    out = weights @ v
     if out.dim() == 4:
         # torch's CPU kernel returns (B, H, L, E) laid out as (B, L, H, E), and the captured graph
         # may view its output as such (the usual transpose(1, 2).reshape); keep that layout.

@@ -267,8 +267,8 @@ def _hetcc_version() -> str:
 def load(path, trust_engines: bool = False):
     """Load a bundle written by ``CompiledModel.save``; returns a CompiledModel.
 
-    trust_engines: also load compiled native engines (TensorRT ``.plan``, MIGraphX ``.mxr``) that
-    another process built. Their runtimes execute them as native code, so this is for bundles you
+    trust_engines: also load compiled native code (IREE ``.vmfb``, TensorRT ``.plan``, MIGraphX
+    ``.mxr``) that another process built. Their runtimes execute them as native code, so this is for bundles you
     built or received over a channel you trust (docs/gpu_backends.md); the same as
     ``HETCC_TRUST_ENGINES=1`` for this one bundle."""
     from hetcc.compiler import CompiledModel

@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, metavar="NPZ", help="input arrays (.npz)")
     p.add_argument("-o", "--output", metavar="NPZ", help="write the outputs here (.npz)")
     p.add_argument("--trust-engines", action="store_true",
-                   help="load TensorRT/MIGraphX engines another process built (native code: only "
-                        "for bundles you built or got over a channel you trust)")
+                   help="load IREE modules and TensorRT/MIGraphX engines another process built (native "
+                        "code: only for bundles you built or got over a channel you trust)")
 
     p = command("explain", cmd_explain, "show a bundle's plan: what runs where, and why")
     p.add_argument("bundle", metavar="DIR")

@@ -406,10 +406,15 @@ LOAD_AND_RUN = r"""
 import json, sys
 import numpy as np, torch, hetcc
 data = np.load("inputs.npz")
-model = hetcc.load("gpt.bundle")
+try:  # a vmfb is machine code: another process's bundle needs the user's trust
+    hetcc.load("gpt.bundle")
+    refused = ""
+except hetcc.errors.BundleError as exc:
+    refused = str(exc)
+model = hetcc.load("gpt.bundle", trust_engines=True)
 out = model(*[torch.from_numpy(data[k]) for k in sorted(data.files)])
 np.save("loaded.npy", out.numpy())
-print(json.dumps({"targets": sorted({s.target for s in model.plan.segments}),
+print(json.dumps({"targets": sorted({s.target for s in model.plan.segments}), "refused": refused,
                   "examples_importable": any(p.endswith("examples") for p in sys.path)}))
 """
 
@@ -428,6 +433,7 @@ def test_bundle_with_iree_segments_round_trips_in_a_fresh_process(mixed_gpt, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(report["targets"]) == set(MIXED) and not report["examples_importable"]
+    assert "IREE module" in report["refused"] and "HETCC_TRUST_ENGINES" in report["refused"]
     with torch.no_grad():
         _close(torch.from_numpy(np.load(tmp_path / "loaded.npy")), model(*inputs))
 
@@ -453,3 +459,20 @@ def test_bundle_holding_a_rocm_vmfb_is_refused_here_with_where_it_runs(compiled_
     message = str(err.value)
     assert "gfx942" in message and "ROCm" in message and "cannot run on this machine" in message
     assert "damaged" not in message
+
+
+def test_attention_with_a_fully_masked_row_gives_zeros_like_torch():
+    # the CPU rewrite of SDPA must not turn a row with nothing to attend to into NaN
+    class Masked(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 4, generator=g) for _ in range(3))
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    mask[..., 1, :] = False
+    cm = hetcc.compile(Masked(), (q, k, v, mask), ["iree:cpu"], measure=False)
+    assert cm.plan.targets_used() == ["iree:cpu"]
+    got = cm(q, k, v, mask)
+    assert not got.isnan().any()
+    assert torch.allclose(got, Masked()(q, k, v, mask), atol=1e-5)
