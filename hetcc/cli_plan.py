@@ -13,7 +13,7 @@ from hetcc.cli_inputs import CliError, load_model, scope_target
 EPILOG = ("examples:\n  hetcc plan examples/gpt.py:build --devices h100,mi300x,epyc\n"
           "  hetcc plan examples/big_decoder.py:build --devices h100,h100 --objective throughput --dtype bf16\n"
           "  hetcc plan examples/gpt.py:build --devices my_devices.yaml --objective cost --json\n\n"
-          "--devices takes registry names (see `hetcc targets`) and/or YAML/JSON devices files; a file\n"
+          "--devices takes registry names (docs/devices.md lists them) and/or YAML/JSON devices files; a file\n"
           "given there adds all the devices it defines (docs/devices.md). --device-file only makes a\n"
           "file's devices known. A device named twice counts as two devices. --meta builds the model on\n"
           "PyTorch's meta device, so a model far larger than this machine's memory can be planned.")
@@ -38,7 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--meta", action="store_true",
                    help="build the model on the meta device: no weights are allocated")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
-                   help="seconds per placement solve; past it the best placement found is kept (default 60)")
+                   help="seconds per placement solve (the cost objective solves once per device subset); "
+                        "past it the best placement found is kept, marked not proven optimal (default 60)")
     p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
 
 
@@ -80,7 +81,7 @@ def cmd_plan(args) -> int:
                              resident_inputs=args.resident_input, pins=dict(args.pin) or None,
                              time_limit=args.time_limit)
     if args.json:
-        print(json.dumps(prediction.to_dict(), indent=1, default=_json_default))
+        print(json.dumps(_finite(prediction.to_dict()), indent=1, default=str, allow_nan=False))
     else:
         _render(prediction)
     return 0
@@ -95,10 +96,15 @@ def _load(args):
         return load_model(args.model, args.inputs)
 
 
-def _json_default(value):
-    if isinstance(value, float) and math.isinf(value):
+def _finite(value):
+    """JSON has no infinity: an unlimited capacity or an idle device's rate becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _render(p) -> None:

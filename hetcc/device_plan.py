@@ -4,8 +4,7 @@ pipelined throughput and cost per million requests. Nothing is lowered or run (`
 The same cost model and solvers as compile() are used; what differs is where the numbers come from:
 device specs from the registry (cost_model/registry.py, docs/devices.md) and, because no runtime can
 be measured on a device that is absent, the assumed vendor-runtime profiles of
-cost_model/planning.py. docs/cost_model.md ("Planning for hardware that is not here") states the
-model and its limits.
+cost_model/planning.py. docs/planning.md states the model and its limits.
 """
 from __future__ import annotations
 
@@ -148,6 +147,8 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
         raise HetccError(f"objective {objective!r} is not known; choose one of: {', '.join(OBJECTIVES)}")
     if dtype not in DTYPES:
         raise HetccError(f"dtype {dtype!r} is not known; choose one of: {', '.join(DTYPES)}")
+    if not time_limit > 0:
+        raise HetccError(f"time_limit must be positive seconds, got {time_limit}")
     if not 0 < memory_fraction <= 1:
         raise HetccError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
     items = [devices] if isinstance(devices, str) else list(devices or [])
@@ -157,6 +158,9 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
                          "(`hetcc targets` lists the registry)")
     reg = registry(device_files)
     labels, canon, specs = _labels(names, reg)
+    profiles = _by_label(profiles, labels, reg, "profiles")
+    pins = {key: _by_label({device: None}, labels, reg, f"pins[{key!r}]").popitem()[0]
+            for key, device in (pins or {}).items()} or None
     if objective == "cost":
         unpriced = [lab for lab, s in zip(labels, specs) if s.price_per_hour is None]
         if unpriced:
@@ -211,11 +215,34 @@ def _labels(names, reg):
     return labels, canon, [reg[c] for c in canon]
 
 
+def _by_label(table, labels, reg, what: str) -> dict:
+    """{device name or alias: x} -> {label: x}; a name that is not among the devices is an error."""
+    out = {}
+    for key, value in (table or {}).items():
+        if key in labels:
+            out[key] = value
+            continue
+        try:
+            name = reg.canonical(key)
+        except HetccError:
+            name = None
+        matches = [lab for lab in labels if lab == name or lab.startswith(f"{name}#")]
+        if not matches:
+            raise HetccError(f"{what} names device {key!r}, which is not among the devices {labels}")
+        if len(matches) > 1:
+            raise HetccError(f"{what} names device {key!r}, which is given more than once; use one "
+                             f"of {matches}")
+        out[matches[0]] = value
+    return out
+
+
 def _cast(model, example_inputs, dtype: str):
     import torch
 
     if dtype == "fp32":
         return model, example_inputs
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()  # an exported program cannot be cast; its module can
     target = getattr(torch, DTYPES[dtype])
     model = copy.deepcopy(model).to(target)  # never change the user's model
 
@@ -238,10 +265,7 @@ def _apply_pins(captured, units, labels, pins, allowed) -> None:
         return
     index = {lab: i for i, lab in enumerate(labels)}
     _check_keys(captured, pins, "pins")
-    for key, device in pins.items():
-        if device not in index:
-            raise HetccError(f"pins[{key!r}] names device {device!r}, which is not among the devices "
-                             f"{labels}")
+    for key, device in pins.items():  # devices are labels already (_by_label)
         for u, unit in enumerate(units):
             if any(_matches(captured.node(m), key) for m in unit.members):
                 allowed.allowed[u] = [i == index[device] for i in range(len(labels))]
@@ -279,10 +303,12 @@ def _with_resident_inputs(problem, captured, wanted):
     values = []
     for v in problem.values:
         if v.producer == HOST and v.name in chosen:
+            # It lives on the device: no hand-over per request, only capacity (counted for each
+            # unit reading it, which over-counts when several units on one device read it).
             for c in v.consumers:
                 resident[c] += v.nbytes
-            v = replace(v, nbytes=0)
-        elif v.to_host and v.producer != HOST and _updates(captured.node(v.name), chosen):
+            continue
+        if v.to_host and v.producer != HOST and _updates(captured.node(v.name), chosen):
             # The updated cache (e.g. cat(past, new)) stays where it was made, like the cache.
             v = replace(v, to_host=False)
         values.append(v)
@@ -302,14 +328,14 @@ def _updates(node, chosen) -> bool:
 
 
 def _solve(problem, objective: str, specs, time_limit: float):
-    from hetcc.passes.pipeline import bottleneck, solve_pipeline
+    from hetcc.passes.pipeline import SolveTimeout, bottleneck, solve_pipeline
     from hetcc.passes.solve import solve
 
     if objective == "latency":
         return solve(problem, time_limit=time_limit), []
     if objective == "throughput":
         return solve_pipeline(problem, time_limit=time_limit), []
-    best, best_cost, tried, skipped, notes = None, math.inf, 0, 0, []
+    best, best_cost, tried, skipped, timed_out, proven, notes = None, math.inf, 0, 0, 0, True, []
     subsets = [s for r in range(1, problem.k + 1) for s in itertools.combinations(range(problem.k), r)]
     for subset in sorted(subsets, key=lambda s: sum(specs[t].price_per_hour for t in s)):
         price = sum(specs[t].price_per_hour for t in subset)
@@ -323,18 +349,30 @@ def _solve(problem, objective: str, specs, time_limit: float):
                      for row in problem.cost)
         try:
             placement = solve_pipeline(replace(problem, cost=cost), time_limit=time_limit)
+        except SolveTimeout:
+            timed_out += 1
+            continue
         except PlacementError:
             continue  # this subset cannot hold the model
         tried += 1
+        proven = proven and placement.optimal
         used = set(placement.assignment)
         dollars = sum(specs[t].price_per_hour for t in used) * bottleneck(problem, placement.assignment)
         if dollars < best_cost * (1 - 1e-9):
             best, best_cost = placement, dollars
+    if best is None and timed_out:
+        raise PlacementError(f"no placement found within time_limit={time_limit}s on {timed_out} device "
+                             "subset(s); raise the time limit")
     if best is None:
-        solve_pipeline(problem)  # raises the capacity error that explains why nothing fits
+        solve_pipeline(problem, time_limit=time_limit)  # raises the error that explains why nothing fits
         raise PlacementError("no subset of the devices can hold the model")
     notes.append(f"cost objective: solved the pipelined placement on {tried} device subset(s) that fit; "
                  f"{skipped} more were ruled out by a bound without solving")
+    if timed_out:
+        notes.append(f"{timed_out} device subset(s) found no placement within time_limit={time_limit}s "
+                     "and were not compared: the answer may not be the cheapest")
+    if not proven or timed_out:
+        best = replace(best, optimal=False)
     return best, notes
 
 
@@ -352,8 +390,9 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
         moved = sum(facts[m].bytes_moved for m in nodes)
         resident = sum(problem.resident[u] for u in spec.units)
         secs = sum(problem.cost[u][spec.target] for u in spec.units)
+        kernels = sum(1 for m in nodes if facts[m].op_class != "view")
         segments.append(PredictedSegment(f"seg{index}", labels[spec.target], nodes, flops, moved,
-                                         resident, secs, _bound(flops, moved, resident, secs,
+                                         resident, secs, _bound(flops, moved, resident, secs, kernels,
                                                                 infos[spec.target])))
     k = problem.k
     cuts = []
@@ -380,10 +419,12 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
                       seconds, tuple(notes))
 
 
-def _bound(flops, moved, resident, seconds, info) -> str:
+def _bound(flops, moved, resident, seconds, nodes, info) -> str:
     if resident >= 0.9 * info.capacity:
         return "capacity"
-    if info.profile.call_overhead > 0.5 * seconds:
+    # fixed costs (entering the segment, launching each kernel) against the roofline time
+    launches = info.profile.per_node * nodes
+    if info.profile.call_overhead + launches > seconds - launches:  # fixed costs > roofline time
         return "call overhead"
     ridge = info.device.flops_for("fp32") / info.device.mem_bandwidth
     if not moved or flops / moved >= ridge:

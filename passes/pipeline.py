@@ -26,6 +26,10 @@ from hetcc.passes.solve import (
     _repair,
 )
 
+class SolveTimeout(PlacementError):
+    """The time limit came before any placement was found (not: nothing fits)."""
+
+
 SLACK = 1e-7
 """Relative slack on the bottleneck when the second pass minimises latency under it."""
 
@@ -70,7 +74,7 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
     if first is None:  # the time limit came before HiGHS found any placement
         a = _heuristic(p, allowed, time.perf_counter() + max(5.0, time_limit / 4))
         if a is None:
-            raise PlacementError(f"no placement found within time_limit={time_limit}s; raise the limit")
+            raise SolveTimeout(f"no placement found within time_limit={time_limit}s; raise the limit")
         first = (a, 0.0, False)
     a, lower, proven = first
     best = bottleneck(p, a)

@@ -1,5 +1,6 @@
 """Planning for devices that are not here: the pipelined-throughput solver against brute force, the
 per-device busy times against the latency model, and hetcc.predict / `hetcc plan` end to end."""
+import dataclasses
 import json
 import math
 import random
@@ -184,13 +185,33 @@ def test_decoder_on_meta_with_resident_cache():
     assert any(c.value.startswith("cache") for c in moving.cuts)
     # the updated cache stays too: only the logits go back to the host
     assert sum(c.nbytes for c in staying.cuts if c.destination == "host") == 4 * 1 * 512 * 4
+    # and nothing is charged for the cache per request: latency is the segments plus the cuts
+    for p in (moving, staying):
+        assert p.latency_seconds == pytest.approx(sum(s.seconds for s in p.segments)
+                                                  + sum(c.seconds for c in p.cuts), rel=1e-9)
     with pytest.raises(InputError, match="match no model input"):
         predict(model.decode, (ids, cache), ["h100"], resident_inputs=["kv"])
 
 
+def test_profiles_by_alias_and_exported_programs(mlp_model):
+    from hetcc.cost_model.planning import ACCELERATOR
+
+    model, inputs = mlp_model
+    base = predict(model, inputs, ["h100"])
+    slow = dataclasses.replace(ACCELERATOR, efficiency={"default": 0.01})
+    slower = predict(model, inputs, ["h100"], profiles={"h100": slow})  # an alias of h100-sxm
+    assert slower.latency_seconds > 5 * base.latency_seconds
+    with pytest.raises(HetccError, match="not among the devices"):
+        predict(model, inputs, ["h100"], profiles={"mi300x": slow})
+    ep = torch.export.export(model, inputs)
+    assert predict(ep, inputs, ["h100"], dtype="bf16").segments[0].resident_bytes == MLP_BYTES // 2
+    with pytest.raises(HetccError, match="time_limit"):
+        predict(model, inputs, ["h100"], time_limit=0)
+
+
 def test_pins_and_bad_arguments(mlp_model):
     model, inputs = mlp_model
-    p = predict(model, inputs, ["h100", "epyc"], pins={"net.0": "epyc-9654"})
+    p = predict(model, inputs, ["h100", "epyc"], pins={"net.0": "epyc"})
     first = [s for s in p.segments if any("linear" in n or "addmm" in n for n in s.nodes)][0]
     assert first.device == "epyc-9654"
     with pytest.raises(HetccError, match="not among the devices"):
@@ -208,7 +229,9 @@ def test_cli_plan_json_and_devices_file(tmp_path, capsys):
     devices_file.write_text(SMALL_GPUS.split("tiny-gpu")[0])
     model = f"{mlp.__file__}:build"
     assert main(["plan", model, "--devices", str(devices_file), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    assert "Infinity" not in text and "NaN" not in text  # strict JSON
+    out = json.loads(text)
     assert out["prediction"] is True
     assert set(out["devices"]) == {"small-gpu", "small-gpu-2"}
     assert set(out["devices_used"]) == {"small-gpu", "small-gpu-2"}
