@@ -205,7 +205,8 @@ def _compile_error(segment, target, exc: "ic.CompileFailed", mlir: Path) -> Lowe
         + f"The segment's MLIR (torch dialect, with its weights) is {mlir}"
         + (f"; a readable copy without the weight data is {readable}" if readable else "")
         + f".\nReproduce with:\n  {exc.shell()}\n"
-        f"Its nodes can be kept off this backend by listing another target first.")
+        f"compile falls back for these nodes on its own; to keep them off IREE from the start, use "
+        f"exclude={{SCOPE: [{str(target)!r}]}} (CLI: --exclude SCOPE={target}).")
 
 
 def _check_cpu_features(wanted, segment: str) -> None:

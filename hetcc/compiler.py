@@ -22,7 +22,7 @@ from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.planning import ACCELERATOR
 from hetcc.cost_model.profiles import calibrated, profile_for
-from hetcc.cost_model.target_devices import PROFILE_OF_DEVICE, device_for_target
+from hetcc.cost_model.target_devices import device_for_target, profile_name
 from hetcc.errors import (
     DeviceNotHere,
     HetccError,
@@ -306,7 +306,7 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
         device = (devices or {}).get(str(t)) or device_for_target(t) or (
             calibration.device if calibration and t.device == "cpu" else this_cpu())
         capacity = limits.get(str(t), device.mem_capacity)
-        key = PROFILE_OF_DEVICE.get(t.device, t.backend) if t.backend == "torch" else t.backend
+        key = profile_name(t)
         profile = profile_for(key, profiles, calibration)
         if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
