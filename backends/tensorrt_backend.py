@@ -25,7 +25,7 @@ from hetcc.backends._common import (
     first_line, before_support, lowering_error, op_name, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
-from hetcc.errors import BundleError, InputError, TargetError
+from hetcc.errors import BundleError, InputError, LoweringError, TargetError
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
@@ -537,13 +537,15 @@ class TrtExecutable:
                 for name in self.outputs:
                     shape = tuple(context.get_tensor_shape(name))
                     if any(d < 0 for d in shape):
-                        raise RuntimeError(f"segment {self.segment!r}: output {name} has a data-dependent "
-                                           "shape, which this executable cannot allocate")
+                        raise LoweringError(f"segment {self.segment!r}: output {name} has a data-dependent "
+                                            "shape, which this executable cannot allocate; exclude the "
+                                            "node that makes it from tensorrt and compile again")
                     out = torch.empty(shape, dtype=self.io_dtypes[name], device=self.device)
                     context.set_tensor_address(name, out.data_ptr())
                     outs.append(out)
                 if not context.execute_async_v3(stream.cuda_stream):
-                    raise RuntimeError(f"segment {self.segment!r}: TensorRT failed to run the engine")
+                    raise LoweringError(f"segment {self.segment!r}: TensorRT failed to run the engine "
+                                        "(its log above says why); recompile the bundle on this machine")
                 host = [o.to("cpu") for o in outs]
             stream.synchronize()
         return tuple(h if want is None or h.dtype == want else h.to(want)
