@@ -311,8 +311,18 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
         if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
         infos.append(TargetInfo(str(t), device, profile, capacity,
-                                device.host_link_bandwidth, device.host_link_latency))
+                                device.host_link_bandwidth, device.host_link_latency,
+                                None if str(t) in (devices or {}) else _memory_of(t)))
     return infos
+
+
+def _memory_of(t: Target) -> str:
+    """The physical memory a target's weights live in: the CPU runtimes share host RAM, and backends
+    on one GPU share its memory (an architecture-named target, iree:rocm:gfx942, counts as GPU 0).
+    A target given its own spec in compile(devices=...) keeps its own memory."""
+    if t.device == "cpu":
+        return "cpu"
+    return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
 
 
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False):

@@ -24,6 +24,9 @@ class TargetInfo:
     capacity: float
     host_bandwidth: float = math.inf
     host_latency: float = 0.0
+    memory: str | None = None
+    """Which physical memory the target's resident bytes live in ('cpu', 'cuda:0'): targets with
+    the same one share ``device.mem_capacity``. None: its own memory."""
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
@@ -95,4 +98,15 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
         link_bandwidth=tuple(map(tuple, bandwidth)),
         call_overhead=overhead,
         meta={"objective": objective},
+        shared_capacity=shared_memories(targets),
     )
+
+
+def shared_memories(targets: list[TargetInfo]) -> tuple:
+    """(target indices, bytes) for each physical memory that two or more targets use."""
+    groups: dict[str, list[int]] = {}
+    for t, info in enumerate(targets):
+        if info.memory is not None:
+            groups.setdefault(info.memory, []).append(t)
+    return tuple((tuple(ts), min(targets[t].device.mem_capacity for t in ts))
+                 for ts in groups.values() if len(ts) > 1)

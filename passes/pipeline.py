@@ -21,6 +21,7 @@ from hetcc.passes.solve import (
     _allowed,
     _build,
     _check_feasible,
+    _check_shared,
     _heuristic,
     _infeasible_error,
     _repair,
@@ -64,6 +65,7 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
         raise PlacementError("no targets to place on.")
     allowed = _allowed(p)
     _check_feasible(p, allowed)
+    _check_shared(p, allowed)
     if p.k == 1:
         a = (0,) * p.n
         b = bottleneck(p, a)

@@ -56,6 +56,17 @@ class PlacementProblem:
     """k+1 seconds charged per value entering a location (host: usually 0)."""
     meta: dict = field(default_factory=dict, compare=False)
     """Free-form notes (objective, where the numbers came from); solvers ignore it."""
+    shared_capacity: tuple[tuple[tuple[int, ...], float], ...] = ()
+    """(targets, bytes): targets on one physical memory (the CPU runtimes on host RAM, two
+    backends on one GPU) hold at most that many resident bytes together."""
+
+    def overfull(self, used) -> list[int]:
+        """Targets whose resident bytes ``used`` break their own capacity or a shared one."""
+        over = {t for t in range(self.k) if used[t] > self.capacity[t]}
+        for targets, cap in self.shared_capacity:
+            if sum(used[t] for t in targets) > cap:
+                over.update(targets)
+        return sorted(over)
 
     @property
     def n(self) -> int:
@@ -88,7 +99,7 @@ def evaluate(problem: PlacementProblem, assignment) -> float:
             return math.inf
         total += c
         used[t] += problem.resident[i]
-    if any(u > cap for u, cap in zip(used, problem.capacity)):
+    if problem.overfull(used):
         return math.inf
     for v in problem.values:
         src = k if v.producer == HOST else assignment[v.producer]

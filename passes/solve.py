@@ -133,14 +133,29 @@ def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None
                 "Add a target with more memory, raise the capacity, or remove a pin.")
 
 
+def _check_shared(problem: PlacementProblem, allowed: list[list[int]]) -> None:
+    """Nodes that can only run on targets sharing one memory must fit that memory."""
+    for targets, cap in problem.shared_capacity:
+        members = set(targets)
+        need = sum(problem.resident[i] for i in range(problem.n) if set(allowed[i]) <= members)
+        if need > cap:
+            names = ", ".join(problem.targets[t] for t in targets)
+            raise PlacementError(
+                f"capacity exceeded on {{{names}}}, which share one memory of {_fmt_bytes(cap)}: the "
+                f"nodes that can only run there keep {_fmt_bytes(need)} resident (short by "
+                f"{_fmt_bytes(need - cap)} at best). Add a target on another device, or remove a pin.")
+
+
 def _infeasible_error(problem: PlacementProblem) -> PlacementError:
     """The MILP found no placement although every node has a target and Hall's condition holds."""
-    if all(math.isinf(c) for c in problem.capacity):
+    if all(math.isinf(c) for c in problem.capacity) and not problem.shared_capacity:
         return PlacementError(
             "no placement avoids the links with infinite cost: some value would have to cross one. "
             "Make those links finite, or allow the nodes on both sides on a common target.")
     need = sum(problem.resident)
-    caps = ", ".join(f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity))
+    caps = ", ".join([f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity)]
+                     + [f"{{{', '.join(problem.targets[t] for t in ts)}}} together: {_fmt_bytes(c)}"
+                        for ts, c in problem.shared_capacity])
     return PlacementError(
         f"no placement fits the capacities: nodes keep {_fmt_bytes(need)} resident in total and no "
         f"split of them over the targets fits ({caps}; links with infinite cost may also rule "
@@ -201,8 +216,13 @@ class _Mover:
         capacity or a node may not run there."""
         p = self.p
         src = self.a[nodes[0]]
-        if p.capacity[target] < self.used[target] + sum(p.resident[i] for i in nodes):
+        moved = sum(p.resident[i] for i in nodes)
+        if p.capacity[target] < self.used[target] + moved:
             return math.inf
+        for targets, cap in p.shared_capacity:
+            if target in targets and src not in targets \
+                    and sum(self.used[t] for t in targets) + moved > cap:
+                return math.inf
         d = 0.0
         for i in nodes:
             if math.isinf(p.cost[i][target]):
@@ -293,7 +313,7 @@ def _repair(problem: PlacementProblem, assignment, deadline: float):
     """Move nodes off overfull targets, cheapest move first; None if that does not work out."""
     m = _Mover(problem, assignment)
     while time.perf_counter() < deadline:
-        over = [t for t in range(problem.k) if m.used[t] > problem.capacity[t]]
+        over = problem.overfull(m.used)
         if not over:
             return tuple(m.a)
         moves = ((m.delta([i], s), i, s) for i in range(problem.n) if m.a[i] in over
@@ -510,6 +530,12 @@ def _build(problem: PlacementProblem, allowed: list[list[int]]):
                 if x[i].get(t, -1) != -1 and p.resident[i] > 0]
         if fixed + sum(r for _, r in free) > cap:
             m.row(free, -math.inf, cap - fixed)
+    for targets, cap in p.shared_capacity:
+        fixed = sum(p.resident[i] for i in range(p.n) for t in targets if x[i].get(t) == -1)
+        free = [(x[i][t], float(p.resident[i])) for i in range(p.n) for t in targets
+                if x[i].get(t, -1) != -1 and p.resident[i] > 0]
+        if fixed + sum(r for _, r in free) > cap:
+            m.row(free, -math.inf, cap - fixed)
     return m, x
 
 
@@ -565,6 +591,7 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         raise PlacementError("no targets to place on. Add a target (torch:cpu is always available).")
     allowed = _allowed(p)
     _check_feasible(p, allowed)
+    _check_shared(p, allowed)
     lb0 = _trivial_lower_bound(p, allowed)
 
     def done(a, lb, method):

@@ -140,3 +140,22 @@ def test_torch_segment_gets_the_layout_it_was_traced_with(producer):
                        pins={"scaled_dot_product_attention": "torch:cpu", "blocks.0.attn": producer})
     assert cm.plan.targets_used() == [producer, "torch:cpu"]
     _check(cm, model, inputs)
+
+
+def test_targets_on_one_memory_share_its_capacity():
+    from hetcc.compiler import _target_infos
+    from hetcc.cost_model.registry import get_device
+    from hetcc.passes.build_problem import shared_memories
+    from hetcc.target import parse_targets
+
+    cpu = parse_targets(["onnxruntime:cpu", "openvino:cpu", "torch:cpu"])
+    infos = _target_infos(cpu, None, None, None)
+    ((group, cap),) = shared_memories(infos)
+    assert group == (0, 1, 2) and cap == infos[0].device.mem_capacity
+    # a target given its own spec is its own device
+    own = _target_infos(cpu, None, {"openvino:cpu": get_device("epyc")}, None)
+    assert shared_memories(own)[0][0] == (0, 2)
+    # two backends on GPU 0 share it; GPU 1 is another memory
+    gpus = parse_targets(["tensorrt:cuda:0", "torch:cuda:0", "torch:cuda:1", "iree:rocm:gfx942"])
+    groups = dict(shared_memories(_target_infos(gpus, None, None, None)))
+    assert set(groups) == {(0, 1)}

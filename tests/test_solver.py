@@ -276,3 +276,39 @@ def test_forbidden_links_that_leave_no_placement_are_explained():
     p = make([(1e-6, INF), (INF, 1e-6)], chain(2), latency=inf_link)
     with pytest.raises(PlacementError, match="infinite cost"):
         solve(p)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_shared_capacity_against_brute_force(seed):
+    """Targets on one physical memory (CPU runtimes on host RAM, two backends on one GPU) share it."""
+    import dataclasses
+
+    from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
+
+    rng = random.Random(10_000 + seed)
+    p = random_problem(rng)
+    total = sum(p.resident)
+    group = tuple(sorted(rng.sample(range(p.k), 2)))
+    p = dataclasses.replace(p, shared_capacity=((group, float(rng.randint(0, total + 1))),))
+    check_against_brute_force(p)
+    best, neck = brute_force_pipeline(p)
+    if not best:
+        with pytest.raises(PlacementError):
+            solve_pipeline(p)
+    else:
+        got = solve_pipeline(p)
+        assert close(got.cost, neck) and not math.isinf(evaluate(p, got.assignment))
+
+
+def test_shared_capacity_splits_what_separate_capacities_would_not():
+    # two targets of one 100-byte memory, each alone allowed 100: 150 bytes cannot stay on them
+    p = make([[1.0, 1.0, 5.0]] * 3, [Value(HOST, (0, 1, 2), 8)], resident=[50, 50, 50],
+             capacity=[100, 100, INF])
+    assert set(solve(p).assignment) <= {0, 1}
+    import dataclasses
+
+    shared = dataclasses.replace(p, shared_capacity=(((0, 1), 100.0),))
+    got = solve(shared)
+    assert sum(1 for t in got.assignment if t == 2) == 1
+    with pytest.raises(PlacementError, match="share one memory"):
+        solve(dataclasses.replace(shared, cost=tuple((1.0, 1.0, INF) for _ in range(3))))
