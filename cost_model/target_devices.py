@@ -70,7 +70,23 @@ def device_for_target(target, devices=None) -> DeviceSpec | None:
                  "to use another)", seen, target, name, str(target))
     else:
         log.info("cost model: %s is %s; using the %s spec", target, seen, name)
-    return devices[name]
+    return _with_real_memory(devices[name], target)
+
+
+def _with_real_memory(spec: DeviceSpec, target: Target) -> DeviceSpec:
+    """The registry has one spec per family (an A100 40GB matches the 80 GB A100): where torch sees
+    the GPU, its capacity is what the GPU really has, if that is less."""
+    import dataclasses
+
+    import torch
+
+    index = target.index if target.index is not None else "0"
+    mine = target.device == "cuda" or bool(getattr(torch.version, "hip", None))  # torch's "cuda" is HIP on ROCm
+    if not mine or not index.isdigit() or not torch.cuda.is_available() \
+            or int(index) >= torch.cuda.device_count():
+        return spec
+    real = float(torch.cuda.get_device_properties(int(index)).total_memory)
+    return dataclasses.replace(spec, mem_capacity=real) if real < spec.mem_capacity else spec
 
 
 def _identify(target: Target) -> tuple[str | None, str]:

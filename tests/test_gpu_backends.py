@@ -662,3 +662,21 @@ def test_migraphx_compile_verify_and_bundle(tmp_path):
     _check_compiled(cm, model, dynamic=False)
     _threads(cm, model)
     _check_compiled(hetcc.load(cm.save(tmp_path / "b")), model, dynamic=False)
+
+
+def test_a_smaller_gpu_of_a_known_family_keeps_its_own_memory(monkeypatch):
+    # an A100 40GB matches the registry's (80 GB) A100: the capacity must be the 40 GB it has
+    import types
+
+    import torch
+
+    from hetcc.cost_model.target_devices import device_for_target
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA A100-SXM4-40GB")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i=0: types.SimpleNamespace(total_memory=40 * 2**30, name="NVIDIA A100-SXM4-40GB"))
+    spec = device_for_target("torch:cuda:0")
+    assert spec.name.startswith("a100") and spec.mem_capacity == 40 * 2**30
+    assert device_for_target("torch:cuda:3").mem_capacity > 40 * 2**30  # not that GPU: the default
