@@ -85,7 +85,10 @@ def _with_real_memory(spec: DeviceSpec, target: Target) -> DeviceSpec:
     if not mine or not index.isdigit() or not torch.cuda.is_available() \
             or int(index) >= torch.cuda.device_count():
         return spec
-    real = float(torch.cuda.get_device_properties(int(index)).total_memory)
+    try:
+        real = float(torch.cuda.get_device_properties(int(index)).total_memory)
+    except Exception:  # noqa: BLE001 - no answer from the driver: keep the registry's figure
+        return spec
     return dataclasses.replace(spec, mem_capacity=real) if real < spec.mem_capacity else spec
 
 
