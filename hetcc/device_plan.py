@@ -155,7 +155,7 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
     names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
     if not names:
         raise HetccError("no devices given: pass at least one, e.g. devices=['h100', 'epyc'] "
-                         "(`hetcc targets` lists the registry)")
+                         "(docs/devices.md lists the registry)")
     reg = registry(device_files)
     labels, canon, specs = _labels(names, reg)
     profiles = _by_label(profiles, labels, reg, "profiles")
