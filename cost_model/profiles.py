@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 class BackendProfile:
     backend: str
     efficiency: dict[str, float]
-    """op class -> fraction of the device's peak FLOP/s (and bandwidth) this backend reaches."""
+    """op class -> fraction of the device's peak FLOP/s (and bandwidth) this backend reaches;
+    '<op class>:memory' -> its fraction of the bandwidth where that differs, '<op class>:<op>' ->
+    the compute side of one ATen op where that differs (see ``eff``)."""
     per_node: float
     """Seconds of fixed cost per graph node (dispatch, kernel launch)."""
     call_overhead: float
@@ -25,9 +27,18 @@ class BackendProfile:
     """Bytes/s when a tensor is handed to this backend from another CPU runtime (inf: zero-copy)."""
     fused_classes: tuple[str, ...] = field(default=())
     """Op classes this backend fuses into a neighbour, so they move no extra bytes."""
+    per_view: float = 0.0
+    """Seconds per view node (reshape, permute, slice): 0 where the runtime folds views into
+    their neighbours, the dispatch of a no-op where it runs each as an op (torch eager)."""
 
-    def eff(self, op_class: str) -> float:
-        return self.efficiency.get(op_class, self.efficiency.get("default", 0.5))
+    def eff(self, op_class: str, side: str = "compute", op: str | None = None) -> float:
+        """Efficiency of ``op_class`` on the compute side (FLOP/s) or the ``'memory'`` side
+        (bandwidth): '<op class>:memory' for the memory side, '<op class>:<op>' for the compute
+        side of one ATen op (e.g. 'elementwise:gelu'), else the class's one number, else 'default'."""
+        one = self.efficiency.get(op_class, self.efficiency.get("default", 0.5))
+        if side == "memory":
+            return self.efficiency.get(f"{op_class}:memory", one)
+        return self.efficiency.get(f"{op_class}:{op}", one) if op else one
 
 
 DEFAULT_PROFILES = {
@@ -94,7 +105,7 @@ def profile_for(backend: str, overrides: dict | None = None,
 # ---- calibrated profiles (written by `hetcc calibrate`, docs/cost_model.md "Calibration") ----
 
 PROFILE_FORMAT, PROFILE_VERSION = "hetcc-profile", 1
-_FIELDS = ("efficiency", "per_node", "call_overhead", "handoff_bandwidth", "fused_classes")
+_FIELDS = ("efficiency", "per_node", "call_overhead", "handoff_bandwidth", "fused_classes", "per_view")
 _loaded: dict = {}  # (path, mtime_ns, size) -> CalibratedProfile
 
 
@@ -206,7 +217,8 @@ def read_profile(path) -> CalibratedProfile:
             call_overhead=number(b.get("call_overhead"), f"{where}.call_overhead"),
             handoff_bandwidth=number(b.get("handoff_bandwidth"), f"{where}.handoff_bandwidth", True,
                                      none_is=float("inf")),
-            fused_classes=tuple(fused))
+            fused_classes=tuple(fused),
+            per_view=number(b.get("per_view", 0.0), f"{where}.per_view"))  # absent before per_view existed
     return CalibratedProfile(str(path), data["key"], device, out)
 
 
