@@ -66,18 +66,26 @@ def _print_table(data: dict, path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    classes = sorted({c for b in data["backends"].values() for c in b["efficiency"]} - {"default"})
+    # one row per efficiency key and one column per target: the keys (op class, its memory side,
+    # single transcendental ops) outnumber the targets and would not fit as columns
+    targets = list(data["timings"])
+    profiles = [data["backends"][t.split(":")[0]] for t in targets]
+    keys = sorted({k for b in profiles for k in b["efficiency"]} - {"default"})
     table = Table(title="efficiency (x this CPU's GEMM FLOP/s and copy bandwidth)")
-    for column in ("backend", *classes, "call µs", "+1 input µs"):
-        table.add_column(column, justify="left" if column == "backend" else "right")
-    for target, timings in data["timings"].items():
-        b = data["backends"][target.split(":")[0]]
-        table.add_row(target, *(f"{b['efficiency'][c]:.2f}" if c in b["efficiency"] else "-" for c in classes),
-                      f"{b['call_overhead'] * 1e6:.0f}", f"{timings.get('handoff_per_value', 0) * 1e6:.1f}")
+    table.add_column("")
+    for target in targets:
+        table.add_column(target, justify="right")
+    for key in keys:
+        table.add_row(key, *(f"{b['efficiency'][key]:.2f}" if key in b["efficiency"] else "-" for b in profiles))
+    table.add_row("call µs", *(f"{b['call_overhead'] * 1e6:.0f}" for b in profiles))
+    table.add_row("per node µs", *(f"{b['per_node'] * 1e6:.1f}" for b in profiles))
+    table.add_row("per view µs", *(f"{(b.get('per_view') or 0) * 1e6:.1f}" for b in profiles))
+    table.add_row("+1 input µs", *(f"{data['timings'][t].get('handoff_per_value', 0) * 1e6:.1f}" for t in targets))
     console = Console(highlight=False, width=160 if not sys.stdout.isatty() else None)
     d = data["device"]
     console.print(f"cpu: {d['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s fp32, "
                   f"{d['mem_bandwidth'] / 1e9:.1f} GB/s (best of 3)", markup=False)
     console.print(table)
-    console.print("call µs includes hetcc's own input checks; CPU-to-CPU hand-over is zero-copy.", markup=False)
+    console.print("call µs is the runtime's own (hetcc's input checks are measured apart); CPU-to-CPU "
+                  "hand-over is zero-copy.", markup=False)
     console.print(f"profile written to {path}; hetcc compile uses it from now on", markup=False)
