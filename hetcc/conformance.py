@@ -351,7 +351,7 @@ def compare_outputs(got, want) -> tuple[float, str | None, dict]:
     import torch
     import torch.utils._pytree as pytree
 
-    from hetcc.verify import Tolerances
+    from hetcc.verify import Tolerances, tensor_error
 
     tolerances = Tolerances()
     got_leaves, got_spec = pytree.tree_flatten(got)
@@ -371,17 +371,11 @@ def compare_outputs(got, want) -> tuple[float, str | None, dict]:
         used[str(w.dtype).removeprefix("torch.")] = [rtol, atol]
         if w.numel() == 0:
             continue
-        if w.is_floating_point():  # the same rule as hetcc.verify.compare
-            diff = (g.double() - w.double()).abs()
-            bad = ~((diff <= atol + rtol * w.double().abs()) | (g == w) | (torch.isnan(g) & torch.isnan(w)))
-            error = float(diff.nan_to_num(0.0).max())
-        else:
-            bad = g != w
-            error = float(bad.sum())
+        error, off = tensor_error(g, w, rtol, atol)  # the rule compile verifies by
         worst = max(worst, error)
-        if bool(bad.any()):
+        if off:
             problem = problem or (f"output {i} differs from eager PyTorch: max abs error {error:.3g} "
-                                  f"(rtol {rtol}, atol {atol}; {int(bad.sum())} of {w.numel()} elements off)")
+                                  f"(rtol {rtol}, atol {atol}; {off} of {w.numel()} elements off)")
     return worst, problem, used
 
 

@@ -379,7 +379,7 @@ def _solve(problem, objective: str, specs, time_limit: float):
 def _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective, dtype,
                 seconds, notes) -> Prediction:
     from hetcc.passes.pipeline import bottleneck
-    from hetcc.passes.problem import HOST, evaluate, stage_seconds
+    from hetcc.passes.problem import evaluate, handovers, stage_seconds
     from hetcc.passes.segments import form_segments
 
     a = placement.assignment
@@ -396,13 +396,10 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
                                                                 infos[spec.target])))
     k = problem.k
     cuts = []
-    for v in problem.values:
-        src = k if v.producer == HOST else a[v.producer]
-        dests = {a[c] for c in v.consumers} | ({k} if v.to_host else set())
-        for t in sorted(dests - {src}):
-            if v.nbytes or not (src == k or t == k):
-                cuts.append(Cut(v.name, "host" if src == k else labels[src], "host" if t == k else labels[t],
-                                v.nbytes, problem.link(src, t, v.nbytes)))
+    for v, src, t in handovers(problem, a):
+        if v.nbytes or not (src == k or t == k):
+            cuts.append(Cut(v.name, "host" if src == k else labels[src], "host" if t == k else labels[t],
+                            v.nbytes, problem.link(src, t, v.nbytes)))
     busy = stage_seconds(problem, a)
     used_resident = [0] * k
     for i, t in enumerate(a):

@@ -55,17 +55,23 @@ def check_outputs(segment: str, names, got, want, tolerances: Tolerances) -> flo
         if w.numel() == 0:
             continue
         rtol, atol = tolerances.for_dtype(w.dtype)
-        if w.is_floating_point():
-            diff = (g.double() - w.double()).abs()
-            # equal infinities and NaN against NaN count as agreement
-            bad = ~((diff <= atol + rtol * w.double().abs()) | (g == w) | (torch.isnan(g) & torch.isnan(w)))
-            err = float(diff.nan_to_num(0.0).max())
-        else:
-            bad = g != w
-            err = float(bad.sum())
+        err, off = tensor_error(g, w, rtol, atol)
         worst = max(worst, err)
-        if bool(bad.any()):
+        if off:
             raise LoweringError(
                 f"output {name} differs from the torch reference: max abs error {err:.3g} "
-                f"(rtol {rtol}, atol {atol}, {int(bad.sum())} of {w.numel()} elements off)")
+                f"(rtol {rtol}, atol {atol}, {off} of {w.numel()} elements off)")
     return worst
+
+
+def tensor_error(got, want, rtol: float, atol: float) -> tuple[float, int]:
+    """(max abs error, elements out of tolerance) of one tensor against its reference, same shape
+    and dtype. Floats: |got - want| <= atol + rtol * |want|, and equal infinities and NaN against
+    NaN agree. Integers and bools must match exactly; their error is the count that differ."""
+    if want.is_floating_point():
+        diff = (got.double() - want.double()).abs()
+        bad = ~((diff <= atol + rtol * want.double().abs()) | (got == want)
+                | (torch.isnan(got) & torch.isnan(want)))
+        return float(diff.nan_to_num(0.0).max()), int(bad.sum())
+    off = int((got != want).sum())
+    return float(off), off

@@ -101,14 +101,21 @@ def evaluate(problem: PlacementProblem, assignment) -> float:
         used[t] += problem.resident[i]
     if problem.overfull(used):
         return math.inf
+    return total + sum(problem.link(s, t, v.nbytes) for v, s, t in handovers(problem, assignment))
+
+
+def handovers(problem: PlacementProblem, assignment):
+    """(value, from, to) for each location that needs a value other than where it is made; the
+    host is location k."""
+    k = problem.k
     for v in problem.values:
         src = k if v.producer == HOST else assignment[v.producer]
         dests = {assignment[c] for c in v.consumers}
         if v.to_host:
             dests.add(k)
-        for t in dests:
-            total += problem.link(src, t, v.nbytes)
-    return total
+        for t in sorted(dests):
+            if t != src:
+                yield v, src, t
 
 
 def stage_seconds(problem: PlacementProblem, assignment) -> list[float]:
@@ -121,12 +128,6 @@ def stage_seconds(problem: PlacementProblem, assignment) -> list[float]:
     busy = [0.0] * k
     for i, t in enumerate(assignment):
         busy[t] += problem.cost[i][t]
-    for v in problem.values:
-        src = k if v.producer == HOST else assignment[v.producer]
-        dests = {assignment[c] for c in v.consumers}
-        if v.to_host:
-            dests.add(k)
-        for t in dests:
-            if t != src:
-                busy[t if t < k else src] += problem.link(src, t, v.nbytes)
+    for v, src, t in handovers(problem, assignment):
+        busy[t if t < k else src] += problem.link(src, t, v.nbytes)
     return busy
