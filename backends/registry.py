@@ -82,6 +82,9 @@ def resolve(target: Target, options: dict | None = None):
     """The backend object for a target; a clear error if it is unknown or unusable here.
     ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision)."""
     backend = get_backend(target.backend)  # raises the "unknown backend" error
+    if target.device == "cpu" and target.index is not None:
+        raise TargetError(f"target {target}: a cpu target takes no index (hetcc runs on this machine's "
+                          f"one CPU, every core); write {target.backend}:cpu")
     if options:
         try:
             backend = type(backend)(**options)

@@ -31,6 +31,7 @@ from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
+from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,20 @@ def _first_line(exc: BaseException) -> str:
 def save(compiled, path, overwrite: bool = False) -> Path:
     """Write ``compiled`` to the directory ``path``; refuse a non-empty one unless ``overwrite``.
 
-    The bundle is written to a hidden sibling directory and renamed into place, so a failed save
-    leaves neither a partial bundle nor a damaged old one. ``overwrite`` replaces only a directory
-    that holds a hetcc bundle and nothing else."""
+    The bundle is written to a hidden sibling directory and moved into place in one step, so a
+    failed or killed save leaves the old bundle (or nothing) at the path, never a partial one, and
+    there is no moment without a bundle there. ``overwrite`` replaces only a directory that holds
+    a hetcc bundle and nothing else; what is at the path is checked again after it was moved
+    aside, so something created there during the save is never deleted."""
     path = Path(path)
     check_destination(path, overwrite)
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would keep the bundle from its users
         _write(compiled, staging)
-        _move_into_place(staging, path)
+        _move_into_place(staging, path, overwrite)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first; only the empty folders we made
@@ -145,14 +149,28 @@ def _listed_top_names(manifest: dict) -> set:
     return names
 
 
-def _move_into_place(staging: Path, path: Path) -> None:
-    if not path.exists():
-        os.replace(staging, path)
+def _move_into_place(staging: Path, path: Path, overwrite: bool) -> None:
+    try:
+        rename_noreplace(staging, path)
         return
+    except FileExistsError:
+        pass  # an empty directory, or the old bundle when overwriting: swap, then check what left
+    if exchange(staging, path):
+        old = staging  # the swap put what was at the path here
+        try:
+            check_destination(old, overwrite)
+        except BundleError as exc:
+            exchange(staging, path)  # put it back as it was
+            raise BundleError(f"{path} changed while the bundle was being saved ({exc}); nothing was "
+                              "replaced: save again") from None
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    # no atomic exchange here (docs/bundle.md): move the old bundle aside, then the new one in
+    check_destination(path, overwrite)
     backup = path.parent / f".{path.name}-old-{uuid.uuid4().hex[:8]}"
     os.replace(path, backup)
     try:
-        os.replace(staging, path)
+        rename_noreplace(staging, path)
     except BaseException:
         os.replace(backup, path)
         raise
@@ -166,11 +184,11 @@ def _write(compiled, staging: Path) -> None:
     segments, versions = [], {}
     for step, seg_plan in zip(runtime.steps, compiled.plan.segments, strict=True):
         artifact = compiled.artifacts[step.name]
-        folder = staging / SEGMENTS / step.name
+        folder = staging / SEGMENTS / _path_name(step.name, "segment name")
         folder.mkdir(parents=True)
         files = {}
         for role, src in artifact.files.items():
-            dst = folder / Path(src).name
+            dst = folder / _path_name(Path(src).name, f"segment {step.name} file name")
             if dst.exists():
                 raise BundleError(f"segment {step.name}: two of its files are both named {dst.name}; "
                                   "this is a bug in its backend, please report it")
@@ -217,6 +235,18 @@ def _write(compiled, staging: Path) -> None:
                                   encoding="utf-8")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+"""A segment name or artifact file name that may become one folder or file name in a bundle."""
+
+
+def _path_name(name, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise BundleError(f"{what} {name!r} cannot be a file name in a bundle (letters, digits, _ . + - "
+                          "only, at most 128, not starting with . or -); the bundle is corrupt or was "
+                          "tampered with: do not use it, recompile")
+    return name
+
+
 def _file_entry(root: Path, file: Path) -> dict:
     return {"path": file.relative_to(root).as_posix(), "sha256": _sha256(file), "bytes": file.stat().st_size}
 
@@ -231,13 +261,10 @@ def _read_json(root: Path) -> dict:
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file, not a bundle directory"
         raise BundleError(f"{root} {what}; give the directory that holds {MANIFEST}")
-    if not file.is_file():
-        raise BundleError(f"{root} is not a hetcc bundle: no {MANIFEST} in it")
     try:
-        manifest = json.loads(file.read_bytes().decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise BundleError(f"{file} is not valid JSON ({_first_line(exc)}); the bundle is corrupt: "
-                          "copy it again or recompile") from exc
+        manifest = read_json(file, "the manifest")
+    except FileNotFoundError:
+        raise BundleError(f"{root} is not a hetcc bundle: no {MANIFEST} in it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{file} is not a hetcc bundle manifest (no \"format\": \"{FORMAT}\" in it)")
     return manifest
@@ -472,7 +499,7 @@ def _segments(manifest: dict) -> list[dict]:
     for i, seg in enumerate(segs):
         if not isinstance(seg, dict):
             raise BundleError(f"manifest segment {i} is not an object; the bundle is corrupt")
-        name = _str(seg.get("name"), f"segment {i} name")
+        name = _path_name(_str(seg.get("name"), f"segment {i} name"), f"segment {i} name")
         where = f"segment {name}"
         if name in seen:
             raise BundleError(f"{where} appears twice in the manifest; the bundle is corrupt")
@@ -582,14 +609,20 @@ def _checked_file(root: Path, entry, where: str, under: str | None = None) -> Pa
         raise BundleError(f"{where}: a file entry in the manifest is not an object; the bundle is corrupt")
     rel = entry.get("path")
     path = _relative(rel, where, root, under)
+    if (root / rel).is_symlink():
+        raise BundleError(f"{where}: file {rel} in {root} is a symbolic link; bundles hold plain files "
+                          "only: the bundle was tampered with, do not use it, recompile")
     if not path.is_file():
         raise BundleError(f"{where}: file {rel} is missing from {root}; copy the whole bundle directory "
                           "again, or recompile")
     expected, size = entry.get("sha256"), entry.get("bytes")
     if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
         raise BundleError(f"{where}: file {rel} has no valid sha256 in the manifest; the bundle is corrupt")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BundleError(f"{where}: file {rel} has no valid byte count in the manifest ({size!r}); the "
+                          "bundle is corrupt")
     actual = path.stat().st_size
-    if isinstance(size, int) and actual != size:
+    if actual != size:
         raise BundleError(f"{where}: file {rel} is {actual} bytes, the manifest says {size} (truncated or "
                           "modified); copy the bundle again or recompile")
     if _sha256(path) != expected:
@@ -636,9 +669,11 @@ def _plan(root: Path, seg_plans) -> Plan:
     """The plan from report.json where it is readable, else from the manifest's numbers alone; the
     report is informative, so a bad one is a warning, not a failure."""
     try:
-        report = json.loads((root / REPORT).read_bytes().decode("utf-8"))
+        report = read_json(root / REPORT, "the report")
+        if not isinstance(report, dict):
+            raise TypeError("it is not a JSON object")
         return _plan_from_report(report, seg_plans)
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, BundleError) as exc:
         log.warning("%s is missing or unreadable (%s); the loaded plan has the manifest's numbers only",
                     root / REPORT, _first_line(exc))
         return _plan_from_report({}, seg_plans)

@@ -30,6 +30,7 @@ from hetcc.cli_inputs import (
     read_npz,
     scope_target,
     target_bytes,
+    tolerance,
     to_array,
 )
 from hetcc.errors import HetccError
@@ -106,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="bundle directory to write")
     p.add_argument("--targets", required=True, help=f"ordered, comma-separated, e.g. {CPU_TARGETS}")
     p.add_argument("--objective", help="what to minimise (default: latency)")
-    p.add_argument("--rtol", type=float, help="verification tolerance (default: per dtype)")
-    p.add_argument("--atol", type=float, help="verification tolerance (default: per dtype)")
+    p.add_argument("--rtol", type=tolerance, help="verification tolerance (default: per dtype)")
+    p.add_argument("--atol", type=tolerance, help="verification tolerance (default: per dtype)")
+    p.add_argument("--nan", choices=("report", "require"),
+                   help="a runtime that turns NaN into numbers where torch keeps NaN: report it in the "
+                        "plan (default) or require NaN to propagate (that part falls back)")
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
                    help="force a submodule or node onto a target (repeatable)")
     p.add_argument("--exclude", action="append", type=scope_target, default=[],
@@ -197,7 +201,7 @@ def _compile_options(args, inputs, options: dict) -> dict:
     if unknown:
         raise CliError(f"the model's options name {unknown}, which hetcc.compile does not take; "
                        f"it takes {sorted(allowed)}")
-    given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol,
+    given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol, "nan": args.nan,
              "measure": False if args.no_measure else None,
              "cross_compile": True if args.cross_compile else None}
     options.update({k: v for k, v in given.items() if v is not None})
@@ -319,8 +323,12 @@ def _signature(specs: list) -> str:
 def cmd_explain(args) -> int:
     from hetcc.bundle import read_manifest
 
-    manifest = read_manifest(args.bundle)  # reads JSON only: no runtime is imported or needed
-    report = _read_report(Path(args.bundle), manifest)
+    from hetcc.cli_render import printable
+
+    # reads JSON only: no runtime is imported or needed. A stranger's report may hold terminal
+    # escape codes: they are shown as text, never sent to the terminal
+    manifest = printable(read_manifest(args.bundle))
+    report = printable(_read_report(Path(args.bundle), manifest))
     title = Path(args.bundle).resolve().name
     if args.png:
         from hetcc.explain_plot import write_png
@@ -345,16 +353,20 @@ def cmd_explain(args) -> int:
 def _read_report(root: Path, manifest: dict) -> dict:
     """report.json; if it is missing, the per-segment numbers the manifest keeps."""
     from hetcc.bundle import REPORT
+    from hetcc.safe_files import read_json
 
+    why = "it is not a plan report"
     try:
-        report = json.loads((root / REPORT).read_text(encoding="utf-8"))
+        report = read_json(root / REPORT, "the report")
         if isinstance(report, dict) and isinstance(report.get("segments"), list):
             report["segments"] = [s for s in report["segments"] if isinstance(s, dict)]
             return report
-    except (OSError, ValueError):
-        pass
-    logging.getLogger("hetcc").warning("%s is missing or unreadable; showing the manifest's numbers",
-                                       root / REPORT)
+    except FileNotFoundError:
+        why = "it is missing"
+    except (OSError, HetccError) as exc:
+        why = str(exc)
+    logging.getLogger("hetcc").warning("%s is unreadable (%s); showing the manifest's numbers",
+                                       root / REPORT, why)
     segments = [{"name": s.get("name"), "target": s.get("target"), **s.get("plan", {})}
                 for s in manifest.get("segments", [])]
     return {"segments": segments, "notes": [f"{REPORT} missing: node lists and reasons unknown"]}

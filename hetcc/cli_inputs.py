@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import inspect
 import itertools
+import math
 import logging
 import re
 import sys
@@ -55,7 +56,25 @@ def byte_count(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
     if not match or match.group(2) not in _UNITS:
         raise argparse.ArgumentTypeError(f"expected a size like 2000000000, 2GB or 1.5GiB, got {text!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value > 2**62:  # 1e400 is inf; no machine has 4 EiB
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size a machine can have; give bytes like "
+                                         "2000000000, 2GB or 1.5GiB")
+    return int(value)
+
+
+def tolerance(text: str) -> float:
+    """A verification tolerance: a finite number >= 0 (inf or nan would accept any result)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 such as 1e-4, got {text!r}")
+    return value
 
 
 def target_bytes(text: str) -> tuple[str, int]:

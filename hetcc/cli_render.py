@@ -4,8 +4,26 @@ explain works from report.json alone (plain dicts, as Plan.to_dict wrote them), 
 runtime installed; targets asks every installed backend about this machine."""
 from __future__ import annotations
 
+import re
+
 from rich.table import Table
 from rich.text import Text
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on (escape sequences, bell, carriage return, bidirectional
+overrides) rather than shows."""
+
+
+def printable(value):
+    """``value`` (JSON data) with every control character in its strings shown as an escape
+    (``\\x1b``), so a report from someone else cannot drive the terminal that shows it."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
 
 
 def plan_table(report: dict) -> Table:

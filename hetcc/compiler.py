@@ -41,7 +41,7 @@ from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.target import Target, parse_targets
-from hetcc.verify import Tolerances, compare
+from hetcc.verify import NAN_POLICIES, Tolerances, compare, nan_differences, nan_probe_inputs
 
 log = logging.getLogger("hetcc")
 
@@ -91,7 +91,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             profiles: dict | None = None, devices: dict | None = None,
             memory_limits: dict | None = None, measure: bool = True,
             backend_options: dict | None = None, cross_compile: bool = False,
-            progress=None) -> CompiledModel:
+            nan: str = "report", progress=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -105,6 +105,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         (OpenVINO runs in fp32 unless asked otherwise).
     measure: when the plan mixes targets, also build the best single-target plan, time both on the
         example inputs, and keep the faster (the cost model can misjudge close calls).
+    nan: each segment is also run with NaN in its floating-point inputs. "report" (default) keeps a
+        runtime that turns NaN into numbers where torch propagates it (OpenVINO's ReLU does, as its
+        own whole-model path does) and lists it in the plan's notes; "require" treats that as a
+        wrong result, so the part falls back to a runtime that propagates NaN.
     cross_compile: keep segments lowered for a device this machine does not have (e.g.
         iree:rocm:gfx942 here) instead of falling back: they cannot run here, so they are verified
         when the saved bundle is loaded where the device is (docs/bundle.md). The compiled model
@@ -115,8 +119,15 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     report = progress or (lambda stage, detail="": None)
     if objective not in OBJECTIVES:
         raise HetccError(f"objective {objective!r} is not supported yet; choose one of: {', '.join(OBJECTIVES)}")
+    if nan not in NAN_POLICIES:
+        raise HetccError(f"nan={nan!r} is not a NaN policy; choose one of: {', '.join(NAN_POLICIES)}")
     wanted = parse_targets(targets)
     options = backend_options or {}
+    strays = sorted(set(options) - {t.backend for t in wanted})
+    if strays:
+        raise TargetError(f"backend_options name {', '.join(map(repr, strays))}, which no target uses "
+                          f"(targets: {', '.join(map(str, wanted))}); add the target, or drop the options")
+    tolerances = Tolerances.make(rtol, atol)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     fallback_only = FALLBACK not in wanted
     if fallback_only:
@@ -127,16 +138,16 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
-    scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
-    session = _Session(captured, facts, units, unit_of, order, backends,
-                       _target_infos(order, profiles, devices, memory_limits),
-                       Tolerances.make(rtol, atol), cross_compile,
-                       Path(workdir) if workdir else scratch, objective, report)
+    infos = _target_infos(order, profiles, devices, memory_limits)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
-    try:
+    scratch, session = None, None
+    try:  # from here on, an interrupt must not leave the scratch directory behind
+        scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
+        session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
+                           cross_compile, Path(workdir) if workdir else scratch, objective, report, nan)
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -158,7 +169,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
 def _drop_scratch(scratch, session, owner=None) -> bool:
     """Remove hetcc's scratch directory (now, or when ``owner`` is collected: save() copies the
     artifacts from it). Kept when a segment failed, so the failing segment can be reproduced."""
-    if scratch is None or session.failures:
+    if scratch is None or (session is not None and session.failures):
         return False
     if owner is None:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -183,6 +194,7 @@ class _Session:
     workdir: Path
     objective: str
     report: object
+    nan: str = "report"
     failures: int = 0
     why: str = ""
     """Said after each progress message (which plan is being built)."""
@@ -224,7 +236,7 @@ class _Session:
                 self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
                 where = self.workdir / f"{target.backend}-{len(self.lowered)}"
                 self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
-                                                      self.tolerances, self.cross_compile)
+                                                      self.tolerances, self.cross_compile, self.nan)
             artifact, executable, error, seconds = self.lowered[key]
             if executable is None:
                 if target == FALLBACK:
@@ -292,6 +304,10 @@ def _check_placeable(units, candidates) -> None:
 
 def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
     limits = {str(Target.parse(k)): v for k, v in (memory_limits or {}).items()}
+    for target, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise TargetError(f"memory_limits[{target!r}] must be a positive number of bytes, got {value!r}")
     unknown = set(limits) - {str(t) for t in order}
     if unknown:
         raise TargetError(f"memory_limits names {sorted(unknown)}, which are not among the targets "
@@ -325,7 +341,8 @@ def _memory_of(t: Target) -> str:
     return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
 
 
-def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False):
+def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,
+                      nan: str = "report"):
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -340,10 +357,33 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         got = executable(*program.example_inputs)
         artifact.meta["max_error"] = compare(program, got, tolerances)
         artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
+        dropped = _nan_check(program, executable)
+        if dropped and nan == "require":
+            raise LoweringError(f"{target} does not propagate NaN as torch does ({'; '.join(dropped)}), "
+                                "and nan='require' was asked for")
+        if dropped:
+            artifact.meta["nan_differs"] = dropped
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
+
+
+def _nan_check(program, executable) -> list[str]:
+    """How the segment's answers on NaN inputs differ from torch's (empty if they agree, or if
+    torch itself cannot run on them)."""
+    probe = nan_probe_inputs(program.example_inputs)
+    if probe is None:
+        return []
+    try:
+        want = program.reference(*probe)
+    except Exception:  # noqa: BLE001 - e.g. NaN used as an index: torch defines nothing to match
+        return []
+    try:
+        got = executable(*probe)
+    except Exception as exc:  # noqa: BLE001 - torch ran; the runtime could not
+        return [f"fails on NaN inputs ({type(exc).__name__})"]
+    return nan_differences(program.output_names, got, want)
 
 
 class NotHere:
@@ -417,6 +457,12 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
             measured_seconds=artifact.meta.get("measured_seconds"),
         ))
+    for program, target, _, artifact, _, _ in segments:
+        if artifact.meta.get("nan_differs"):
+            notes = list(notes) + [
+                f"{program.name} on {target} does not propagate NaN as torch does "
+                f"({'; '.join(artifact.meta['nan_differs'])}); results on finite inputs are verified. "
+                "compile(nan='require') (--nan require) moves such parts to a runtime that does"]
     return Plan(
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
         predicted_seconds=placement.cost, lower_bound=placement.lower_bound,

@@ -1,5 +1,6 @@
 """One error hierarchy. User errors say what is wrong, where, and what to do; internal errors say
 they are bugs. Nothing here imports torch, so the solver can raise these too."""
+import re
 
 
 class HetccError(Exception):
@@ -24,6 +25,25 @@ class PlacementError(HetccError):
 
 class LoweringError(HetccError):
     """A backend failed to lower or verify a segment."""
+
+
+class SegmentError(HetccError):
+    """A segment's runtime failed when the compiled model was called."""
+
+    @classmethod
+    def at_call(cls, segment: str, target: str, exc: BaseException) -> "SegmentError":
+        return cls(f"segment {segment} on {target} failed during this call: {type(exc).__name__}: "
+                   f"{readable(exc)}. It ran correctly on the example inputs at compile time, so "
+                   "something in these inputs is what it cannot handle: run the model eagerly on them "
+                   f"to compare, or recompile without {target} for this part (exclude=...)")
+
+
+def readable(exc: BaseException) -> str:
+    """An exception's whole message on one line, without terminal colour codes: vendor runtimes
+    print multi-line messages and colour their own names."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 class InternalError(HetccError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils._pytree as pytree
 
-from hetcc.errors import InputError
+from hetcc.errors import HetccError, InputError, SegmentError
 
 def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -99,12 +99,17 @@ class Runtime:
     def _run(self, flat, seconds: dict | None):
         env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
         for step in self.steps:
-            if seconds is None:
-                outs = step.run(*(env[n] for n in step.inputs))
-            else:
-                start = time.perf_counter()
-                outs = step.run(*(env[n] for n in step.inputs))
-                seconds[step.name] = time.perf_counter() - start
+            try:
+                if seconds is None:
+                    outs = step.run(*(env[n] for n in step.inputs))
+                else:
+                    start = time.perf_counter()
+                    outs = step.run(*(env[n] for n in step.inputs))
+                    seconds[step.name] = time.perf_counter() - start
+            except HetccError:
+                raise
+            except Exception as exc:  # the vendor runtime's own error: say which segment and target
+                raise SegmentError.at_call(step.name, step.target, exc) from exc
             env.update(zip(step.outputs, outs))
             for name in step.frees:
                 env.pop(name, None)

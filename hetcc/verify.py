@@ -1,11 +1,18 @@
 """Check a lowered segment's outputs against the torch reference, with tolerances per dtype."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from hetcc.errors import LoweringError
+from hetcc.errors import HetccError, LoweringError
+
+NAN_POLICIES = ("report", "require")
+"""What compile does with a segment whose runtime turns NaN into numbers where torch propagates
+it (OpenVINO's ReLU and max-pool do): "report" keeps it and says so in the plan's notes, as the
+vendor's own whole-model path would behave; "require" treats it as a wrong result, so that part
+falls back to a runtime that propagates NaN."""
 
 # (rtol, atol) per dtype: fp32 leaves room for a different summation order in a reduction of a few
 # thousand terms; half types for their 8- and 11-bit mantissas.
@@ -23,6 +30,14 @@ class Tolerances:
 
     @classmethod
     def make(cls, rtol: float | None = None, atol: float | None = None) -> "Tolerances":
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise HetccError(f"{name} must be a finite number >= 0 (the verification tolerance, e.g. "
+                                 f"1e-4), got {value!r}; an infinite or NaN tolerance would accept any "
+                                 "result")
         table = dict(DEFAULT_TOLERANCES)
         if rtol is not None or atol is not None:
             for dtype, (r, a) in table.items():
@@ -75,3 +90,40 @@ def tensor_error(got, want, rtol: float, atol: float) -> tuple[float, int]:
         return float(diff.nan_to_num(0.0).max()), int(bad.sum())
     off = int((got != want).sum())
     return float(off), off
+
+
+def nan_probe_inputs(inputs) -> tuple | None:
+    """The example inputs with a NaN in a few places of every floating-point input (None if the
+    segment has none): what a runtime that drops NaN is caught with."""
+    probe, poisoned = [], False
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
+            x = x.clone()
+            flat = x.view(-1) if x.is_contiguous() else None
+            if flat is None:
+                x = x.contiguous()
+                flat = x.view(-1)
+            for i in {0, flat.numel() // 2, flat.numel() - 1}:
+                flat[i] = math.nan
+            poisoned = True
+        probe.append(x)
+    return tuple(probe) if poisoned else None
+
+
+def nan_differences(names, got, want) -> list[str]:
+    """Outputs where a runtime's answer on NaN inputs differs from torch's: NaN turned into a
+    number, or a NaN torch does not make."""
+    out = []
+    for name, g, w in zip(names, got, want):
+        if not (isinstance(w, torch.Tensor) and w.is_floating_point()) or g.shape != w.shape:
+            continue
+        dropped = int((torch.isnan(w) & ~torch.isnan(g)).sum())
+        made = int((torch.isnan(g) & ~torch.isnan(w)).sum())
+        if dropped or made:
+            what = []
+            if dropped:
+                what.append(f"{dropped} NaN turned into numbers")
+            if made:
+                what.append(f"{made} NaN where torch gives a number")
+            out.append(f"{name}: {', '.join(what)}")
+    return out
