@@ -156,14 +156,17 @@ def _move_into_place(staging: Path, path: Path, overwrite: bool) -> None:
     except FileExistsError:
         pass  # an empty directory, or the old bundle when overwriting: swap, then check what left
     if exchange(staging, path):
-        old = staging  # the swap put what was at the path here
+        # the swap put what was at the path here: delete it only if it is what may be replaced,
+        # and on anything else (an interrupt included) swap it back before save() cleans up
         try:
-            check_destination(old, overwrite)
-        except BundleError as exc:
-            exchange(staging, path)  # put it back as it was
-            raise BundleError(f"{path} changed while the bundle was being saved ({exc}); nothing was "
-                              "replaced: save again") from None
-        shutil.rmtree(old, ignore_errors=True)
+            check_destination(staging, overwrite)
+        except BaseException as exc:
+            exchange(staging, path)
+            if isinstance(exc, BundleError):
+                raise BundleError(f"{path} changed while the bundle was being saved ({exc}); nothing "
+                                  "was replaced: save again") from None
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         return
     # no atomic exchange here (docs/bundle.md): move the old bundle aside, then the new one in
     check_destination(path, overwrite)
