@@ -143,6 +143,9 @@ def exporter_support(node) -> Support:
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    tunes_for_neighbours: ClassVar[bool] = True
+    """load() configures the session by ``meta["runs_alone"]``: whether other runtimes share the
+    cores (see hetcc.compiler.configure_for_plan)."""
 
     def is_available(self, target: Target) -> bool:
         return target.device in self.devices and not _missing()
@@ -197,10 +200,13 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: no per-session warnings on the console
-        # Idle ORT threads busy-wait by default; beside other runtimes' thread pools on the same
-        # cores that spinning slowed a following torch GEMM by 1.5x (measured, docs/backends.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # Idle ORT threads busy-wait by default. Beside other runtimes' thread pools on the same
+        # cores that slowed a following torch GEMM by 1.5x, so it is off in a mixed plan; in a plan
+        # that is ONNX Runtime alone it is on, as ORT runs by hand (off cost 1.7-4x at the median;
+        # docs/backends.md). The compiler sets runs_alone once the plan is final.
+        spin = "1" if artifact.meta.get("runs_alone") else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         session = ort.InferenceSession(artifact.files["model"], sess_options=options,
                                        providers=["CPUExecutionProvider"])
         return OrtExecutable(session, artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],

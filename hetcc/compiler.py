@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hetcc.backends.base import Artifact
 from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
@@ -219,7 +220,9 @@ class _Session:
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt, notes)
         artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
-        return CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
+        compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
+        configure_for_plan(compiled, self.backends)
+        return compiled
 
     def _lower_all(self, problem, placement, candidates, notes):
         """Lower every segment; None (after banning the failed one) if any segment failed."""
@@ -280,6 +283,26 @@ class _Session:
                 f"(measuring added {time.perf_counter() - started:.1f}s to compile)")
         keep.plan = replace(keep.plan, notes=keep.plan.notes + (note,))
         return keep
+
+
+def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
+    """Give each segment the runtime configuration that suits the plan around it. A runtime that
+    has the cores to itself (the plan uses one target) may busy-wait between calls, as it does
+    when run by hand; beside other runtimes it must not, or it slows them. Backends that tune for
+    this say so (``tunes_for_neighbours``) and read ``meta["runs_alone"]`` in ``load``; their
+    segments are loaded again here with it set, on a copy of the artifact, since lowered
+    segments are shared between the candidate plans of one compile."""
+    alone = len(compiled.plan.targets_used()) == 1
+    for step in compiled._runtime.steps:
+        target = Target.parse(step.target)
+        backend = backends.get(target)
+        artifact = compiled.artifacts[step.name]
+        if not getattr(backend, "tunes_for_neighbours", False) or isinstance(step.run, NotHere) \
+                or bool(artifact.meta.get("runs_alone")) == alone:
+            continue
+        artifact = Artifact(artifact.target, dict(artifact.files), {**artifact.meta, "runs_alone": alone})
+        step.run = backend.load(artifact, target)
+        compiled.artifacts[step.name] = artifact
 
 
 def time_pair(first, second, inputs, rounds: int = 15) -> tuple[float, float]:
