@@ -5,6 +5,9 @@ check compares with eager PyTorch running the same sequence of calls on an ident
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -15,8 +18,9 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 import hetcc
+from hetcc import bundle
 from hetcc.capture import _split_outputs, capture
-from hetcc.errors import ExportError, HetccError, InternalError
+from hetcc.errors import BundleError, ExportError, HetccError, InternalError
 from hetcc.program import build_program
 
 MIXED = ["onnxruntime:cpu", "openvino:cpu", "torch:cpu"]
@@ -409,3 +413,113 @@ def test_kv_cache_decoder(where, slice_assign, tmp_path):
         x = torch.randn(1, 1, 16)
         close(cm(x, torch.tensor([pos])), eager(x, torch.tensor([pos])))
     torch.testing.assert_close(cm._runtime.state()["b_k_cache"], eager.k_cache)
+
+
+# ---- bundles ----------------------------------------------------------------------------------
+
+LOAD_AND_CONTINUE = """
+import sys, torch, hetcc
+from safetensors.torch import load_file, save_file
+cm = hetcc.load(sys.argv[1])
+data = load_file(sys.argv[2])
+out = {}
+for i in range(int(sys.argv[3])):
+    out[f"out{i}"] = cm(data[f"x{i}"], data[f"pos{i}"])
+cm.reset_state()
+out["again"] = cm(data["x0"], data["pos0"])
+save_file(out, sys.argv[4])
+"""
+
+
+def test_bundle_keeps_state_across_processes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = Decoder()
+    eager = copy.deepcopy(model).requires_grad_(False)  # so it can be copied again after calls
+    cm = compile_mixed(model, (torch.randn(1, 1, 16), torch.tensor([0])), tmp_path, pins=DECODER_PINS)
+    for pos in range(2):
+        x = torch.randn(1, 1, 16)
+        close(cm(x, torch.tensor([pos])), eager(x, torch.tensor([pos])))
+    path = cm.save(tmp_path / "decoder.bundle")
+    cm.save(path, overwrite=True)  # the state file is part of the bundle, not a stranger in it
+
+    manifest = bundle.read_manifest(path)
+    assert manifest["state"]["names"] == ["b_k_cache", "b_v_cache"]
+    assert set(manifest["state"]["updates"]) == {"b_k_cache", "b_v_cache"}
+    assert len(manifest["outputs"]) == len(manifest["output_signature"]) == 1
+    assert "input_updates" not in manifest
+
+    calls = {f"x{i}": torch.randn(1, 1, 16) for i in range(3)}
+    calls |= {f"pos{i}": torch.tensor([i + 2]) for i in range(3)}
+    save_file(calls, str(tmp_path / "calls.safetensors"))
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_CONTINUE, str(path),
+                           str(tmp_path / "calls.safetensors"), "3", str(tmp_path / "out.safetensors")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(str(tmp_path / "out.safetensors"))
+    reset_from = copy.deepcopy(eager)  # the state as saved: what reset_state goes back to after load
+    for i in range(3):
+        close(got[f"out{i}"], eager(calls[f"x{i}"], calls[f"pos{i}"]))
+    close(got["again"], reset_from(calls["x0"], calls["pos0"]))
+
+
+def test_bundle_applies_input_updates(tmp_path):
+    x, y = torch.randn(4, 8), torch.randn(4, 8)
+    cm = hetcc.compile(AddsToInput(), (x, y.clone()))
+    path = cm.save(tmp_path / "b")
+    assert bundle.read_manifest(path)["input_updates"] == {"1": cm._runtime.input_updates[1]}
+    loaded = hetcc.load(path)
+    mine, theirs = y.clone(), y.clone()
+    close(loaded(x, mine), AddsToInput()(x, theirs))
+    torch.testing.assert_close(mine, theirs)
+
+
+def test_stateless_bundle_has_no_state_fields(tmp_path):
+    path = hetcc.compile(nn.Linear(4, 4), (torch.randn(2, 4),)).save(tmp_path / "b")
+    manifest = bundle.read_manifest(path)
+    assert "state" not in manifest and "input_updates" not in manifest
+    assert not (path / bundle.STATE).exists()
+
+
+@pytest.fixture
+def counter_bundle(tmp_path):
+    cm = hetcc.compile(Counter(), (torch.randn(2, 8),))
+    cm(torch.randn(2, 8))
+    return cm.save(tmp_path / "counter")
+
+
+def _edit_manifest(path, change):
+    manifest = json.loads((path / bundle.MANIFEST).read_text())
+    change(manifest)
+    (path / bundle.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_loaded_bundle_starts_from_the_saved_state(counter_bundle):
+    loaded = hetcc.load(counter_bundle)
+    assert loaded._runtime.state()["b_calls"].item() == 1
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda m: m["state"].update(names=["b_other"], updates={"b_other": "add"}), "reads b_calls"),
+    (lambda m: m["state"].update(updates={"b_calls": "nowhere"}), "nowhere"),
+    (lambda m: m["state"].update(updates={}), "state.updates"),
+    (lambda m: m.update(state=[1]), "state is not an object"),
+    (lambda m: m.update(input_updates={"5": "add"}), "input_updates"),
+    (lambda m: m["state"].update(sha256="0" * 64), "sha256"),
+])
+def test_damaged_state_is_refused(counter_bundle, damage, says):
+    _edit_manifest(counter_bundle, damage)
+    with pytest.raises(BundleError, match=says):
+        hetcc.load(counter_bundle)
+
+
+def test_state_file_with_other_names_is_refused(counter_bundle):
+    from safetensors.torch import save_file
+
+    from hetcc.bundle import _file_entry
+
+    save_file({"b_else": torch.zeros(())}, str(counter_bundle / bundle.STATE))
+    entry = _file_entry(counter_bundle, counter_bundle / bundle.STATE)
+    _edit_manifest(counter_bundle, lambda m: m["state"].update(entry))
+    with pytest.raises(BundleError, match="state.names"):
+        hetcc.load(counter_bundle)
