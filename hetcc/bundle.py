@@ -139,7 +139,7 @@ def check_destination(path, overwrite: bool = False) -> None:
 
 def _listed_top_names(manifest: dict) -> set:
     names = set()
-    entries = [manifest.get("constants")]
+    entries = [manifest.get("constants"), manifest.get("state")]
     for seg in manifest.get("segments") or []:
         if isinstance(seg, dict) and isinstance(seg.get("files"), dict):
             entries += seg["files"].values()
@@ -220,6 +220,7 @@ def _write(compiled, staging: Path) -> None:
 
         save_file({k: v.detach().contiguous() for k, v in runtime.constants.items()}, staging / CONSTANTS)
         constants = _file_entry(staging, staging / CONSTANTS) | {"names": sorted(runtime.constants)}
+    stateful = _state_fields(runtime, staging)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "hetcc_version": __version__,
         "runtimes": versions,
@@ -232,7 +233,7 @@ def _write(compiled, staging: Path) -> None:
                              for i, v in runtime.const_outputs.items()},
         "constants": constants,
         "segments": segments,
-    }
+    } | stateful
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     (staging / REPORT).write_text(json.dumps(compiled.plan.to_dict(), indent=1, default=str),
                                   encoding="utf-8")
@@ -322,7 +323,9 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     outputs = list(manifest["outputs"])
     const_outputs = {int(k): v for k, v in (manifest.get("constant_outputs") or {}).items()}
     constant_entry = manifest.get("constants") or {}
-    _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_entry.get("names"))
+    state_entry, input_updates = _state_manifest(manifest, len(specs))
+    _check_wiring(_readable(specs, state_entry), segs, outputs, const_outputs, out_spec,
+                  constant_entry.get("names"))
     backends = _backends(segs, manifest)
     for seg in segs:  # every path first, before anything is read
         for entry in seg["files"].values():
@@ -342,6 +345,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
         from safetensors.torch import load_file
 
         constants = load_file(str(_checked_file(root, constant_entry, "constants")))
+    state = _load_state(root, state_entry, segs, specs, constants, input_updates)
     steps, artifacts, seg_plans = [], {}, []
     for seg, backend, files in zip(segs, backends, checked):
         name, target = seg["name"], Target.parse(seg["target"])
@@ -363,7 +367,8 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
-    runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants)
+    runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants, state=state,
+                      state_updates=state_entry.get("updates"), input_updates=input_updates)
     signature = manifest.get("output_signature")
     if isinstance(signature, list) and len(signature) == len(outputs):
         runtime.output_specs = [None if o is None else _spec_from_json(o, "output") for o in signature]
@@ -703,3 +708,82 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
                 lower_bound=report.get("lower_bound", 0.0), optimal=report.get("optimal", False),
                 solver=report.get("solver", "?"), solve_seconds=report.get("solve_seconds", 0.0),
                 attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())))
+
+
+# ---------------------------------------------------------------------------------------------
+# state: buffers the model updates (docs/bundle.md, "State (buffers the model updates)")
+
+STATE = "state.safetensors"
+
+
+def _state_fields(runtime, staging: Path) -> dict:
+    """The manifest fields of a model with state or updated inputs; none for any other model, so
+    its manifest is what it was before these fields existed. The state saved is the current one,
+    so a loaded bundle continues from where the saved model was."""
+    fields = {}
+    state = runtime.state()
+    if state:
+        from safetensors.torch import save_file
+
+        # copies: safetensors refuses tensors that share memory, and two states may be one tensor
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, staging / STATE)
+        fields["state"] = _file_entry(staging, staging / STATE) | {
+            "names": sorted(state), "updates": dict(sorted(runtime.state_updates.items()))}
+    if runtime.input_updates:
+        fields["input_updates"] = {str(i): v for i, v in sorted(runtime.input_updates.items())}
+    return fields
+
+
+def _state_manifest(manifest: dict, n_inputs: int) -> tuple[dict, dict[int, str]]:
+    """The ``state`` entry ({} without one) and the input updates, with their types checked."""
+    entry = manifest.get("state") or {}
+    if not isinstance(entry, dict):
+        raise BundleError("manifest field state is not an object; the bundle is corrupt")
+    if entry:
+        names, updates = entry.get("names"), entry.get("updates")
+        if (not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            raise BundleError("manifest field state.names is not a list of distinct value names; the "
+                              "bundle is corrupt")
+        if (not isinstance(updates, dict) or set(updates) != set(names)
+                or not all(isinstance(v, str) for v in updates.values())):
+            raise BundleError("manifest field state.updates does not name one new value for each "
+                              "state in state.names; the bundle is corrupt")
+    raw = manifest.get("input_updates") or {}
+    if not isinstance(raw, dict):
+        raise BundleError("manifest field input_updates is not an object; the bundle is corrupt")
+    inputs = {}
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < n_inputs and isinstance(value, str)):
+            raise BundleError(f"manifest field input_updates has {key!r}: {value!r}, which is not an "
+                              f"input index below {n_inputs} and a value name; the bundle is corrupt")
+        inputs[int(key)] = value
+    return entry, inputs
+
+
+def _readable(specs, entry: dict) -> list:
+    """What segments may read before any has run, for ``_check_wiring`` (which reads ``.name``):
+    the inputs and the state."""
+    from types import SimpleNamespace
+
+    return list(specs) + [SimpleNamespace(name=name) for name in entry.get("names", ())]
+
+
+def _load_state(root: Path, entry: dict, segs, specs, constants, input_updates) -> dict:
+    """The saved state, read from its checked file; every new value must be one the model makes."""
+    known = {s.name for s in specs} | set(entry.get("names", ())) | set(constants)
+    known.update(name for seg in segs for name in seg["outputs"])
+    news = list((entry.get("updates") or {}).values()) + list(input_updates.values())
+    missing = sorted({name for name in news if name not in known})
+    if missing:
+        raise BundleError(f"the manifest updates state or inputs with {', '.join(missing)}, which no "
+                          "input, segment or constant provides; the bundle is corrupt: recompile it")
+    if not entry:
+        return {}
+    from safetensors.torch import load_file
+
+    state = load_file(str(_checked_file(root, entry, "state")))
+    if set(state) != set(entry["names"]):
+        raise BundleError(f"{STATE} holds {sorted(state)} but the manifest's state.names are "
+                          f"{sorted(entry['names'])}; the bundle is corrupt: copy it again or recompile")
+    return state

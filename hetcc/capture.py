@@ -2,6 +2,13 @@
 
 The reference run executes the captured graph on the example inputs and keeps every value; the
 facts pass reads concrete shapes from it, and each segment is later verified against it.
+
+State: torch.export turns a model's in-place updates (``self.calls += 1``, ``x.add_(1)``, batch
+norm's running stats, a KV cache written with ``index_copy_``) into a functional graph whose output
+node returns the new values first and the user's outputs after them (graph_signature.output_specs).
+Capture keeps the user's outputs as the outputs, and records the rest: a buffer (or parameter) the
+graph updates becomes *state*, a value the runtime holds and feeds to the segments each call instead
+of a weight baked into them; an updated input is copied back into the caller's tensor.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from hetcc.errors import ExportError, InputError
+from hetcc.errors import ExportError, InputError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +34,9 @@ class Captured:
     user_inputs: list[str]
     """Placeholder names of the model's (flattened) tensor inputs, in call order."""
     outputs: list[str | None]
-    """Graph value names of the flattened outputs (None for a non-tensor constant output)."""
+    """Graph value names of the flattened user outputs (None for a non-tensor constant output)."""
     const_outputs: dict[int, object]
-    """Flattened output index -> constant Python value, for outputs that are not tensors."""
+    """Flattened user-output index -> constant Python value, for outputs that are not tensors."""
     out_spec: pytree.TreeSpec
     in_spec: pytree.TreeSpec
     values: dict[str, object] = field(default_factory=dict)
@@ -37,6 +44,15 @@ class Captured:
     dynamic_dims: dict[str, dict[int, str]] = field(default_factory=dict)
     """Value name -> {axis: symbol} for axes that vary at run time."""
     dim_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Placeholder name -> value at capture, for buffers and parameters the graph updates. Not in
+    ``weights``: segments read them as inputs, since their value changes from call to call."""
+    state_updates: dict[str, str] = field(default_factory=dict)
+    """State placeholder name -> graph value name of its new value after a call."""
+    state_targets: dict[str, str] = field(default_factory=dict)
+    """State placeholder name -> the module's attribute path (fqn), e.g. ``layer.cache``."""
+    input_updates: dict[int, str] = field(default_factory=dict)
+    """Flattened user-input index -> graph value name that the caller's tensor holds after a call."""
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def node(self, name: str) -> fx.Node:
@@ -66,6 +82,13 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
                                   "model again with the dynamic shapes you want")
             ep = model
         else:
+            # hetcc compiles inference, so a module is exported in eval mode (dropout off, batch
+            # norm on its running statistics), what a user who forgot .eval() means; torch.onnx
+            # does the same. Training-mode updates survive in a program the user exports in
+            # training mode: its running statistics become state like any updated buffer.
+            if model.training:
+                log.info("exporting %s in eval mode: hetcc compiles inference (dropout off, batch "
+                         "norm on its running statistics)", type(model).__name__)
             ep = torch.export.export(model.eval(), tuple(example_inputs), kwargs=example_kwargs,
                                      dynamic_shapes=dynamic_shapes)
         ep = ep.run_decompositions(decomposition_table())
@@ -91,21 +114,24 @@ def decomposition_table() -> dict:
 
 def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:
     sig = ep.graph_signature
-    state = dict(ep.state_dict)
-    state.update(getattr(ep, "constants", {}) or {})
+    tensors = dict(ep.state_dict)
+    tensors.update(getattr(ep, "constants", {}) or {})
     weights, user_inputs = {}, []
     for spec in sig.input_specs:
         name = spec.arg.name
         if spec.kind.name == "USER_INPUT":
             user_inputs.append(name)
-        elif spec.target is not None and spec.target in state:
-            weights[name] = state[spec.target].detach()
+        elif spec.kind.name == "TOKEN":
+            raise ExportError(EFFECTS)
+        elif spec.target is not None and spec.target in tensors:
+            weights[name] = tensors[spec.target].detach()
         else:
             raise ExportError(f"input {name!r} of kind {spec.kind.name} is not supported by hetcc yet")
     graph = ep.graph
     out_node = next(n for n in graph.nodes if n.op == "output")
+    mutations, user_outputs = _split_outputs(sig, out_node.args[0])
     outputs, consts = [], {}
-    for i, a in enumerate(out_node.args[0]):
+    for i, a in enumerate(user_outputs):
         if isinstance(a, fx.Node):
             outputs.append(a.name)
         else:
@@ -113,10 +139,64 @@ def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:
             consts[i] = a
     cap = Captured(ep, graph, weights, user_inputs, outputs, consts,
                    ep.call_spec.out_spec, ep.call_spec.in_spec)
+    _record_mutations(cap, sig, mutations)
     flat = _flatten_inputs(cap, args, kwargs)
     cap.values = reference_run(cap, flat)
     cap.dynamic_dims, cap.dim_ranges = _dynamic_dims(ep, _dim_names(ep, user_inputs, dynamic_shapes))
     return cap
+
+
+_STATE_KINDS = ("BUFFER_MUTATION", "PARAMETER_MUTATION")
+EFFECTS = ("the model calls an op with side effects that torch.export orders with effect tokens "
+           "(aten._print, or a custom op registered as effectful); hetcc compiles pure tensor "
+           "programs only: move the side effect out of the model")
+
+
+def _split_outputs(sig, args) -> tuple[list, list]:
+    """(mutation (spec, value) pairs, user output values) from the output node's arguments.
+
+    torch.export lists the mutations first and the user outputs after them, but the specs say which
+    is which, so they are read rather than assumed."""
+    specs = list(sig.output_specs)
+    if len(specs) != len(args):
+        raise InternalError(f"torch.export's signature lists {len(specs)} outputs but the graph "
+                            f"returns {len(args)}")
+    mutations, user = [], []
+    for spec, value in zip(specs, args):
+        kind = spec.kind.name
+        if kind == "USER_OUTPUT":
+            user.append(value)
+        elif kind in _STATE_KINDS or kind == "USER_INPUT_MUTATION":
+            if not isinstance(value, fx.Node):
+                raise ExportError(f"the model sets {spec.target!r} in place to a constant "
+                                  f"({value!r}), which hetcc cannot run yet; assign a tensor instead")
+            mutations.append((spec, value))
+        elif kind == "TOKEN":
+            raise ExportError(EFFECTS)
+        else:  # LOSS_OUTPUT, GRADIENT_TO_*: a joint (training) graph, not an inference program
+            raise ExportError(f"the exported program has a {kind} output ({spec.arg.name}); "
+                              "hetcc compiles inference programs: pass the module, or a program from "
+                              "plain torch.export.export, not a joint forward-backward graph")
+    return mutations, user
+
+
+def _record_mutations(cap: Captured, sig, mutations) -> None:
+    """Mutated buffers and parameters become state (moved out of ``weights``); mutated inputs are
+    remembered by their position among the flattened user inputs."""
+    placeholder_of = {spec.target: spec.arg.name for spec in sig.input_specs
+                      if spec.kind.name in ("BUFFER", "PARAMETER")}
+    for spec, value in mutations:
+        if spec.kind.name == "USER_INPUT_MUTATION":
+            cap.input_updates[cap.user_inputs.index(spec.target)] = value.name
+            continue
+        name = placeholder_of.get(spec.target)
+        if name is None or name not in cap.weights:
+            raise InternalError(f"torch.export updates {spec.target!r}, which is not among the "
+                                "program's buffers and parameters")
+        # a copy: the module's own buffer changes when the module runs eagerly, ours must not
+        cap.state[name] = cap.weights.pop(name).clone()
+        cap.state_updates[name] = value.name
+        cap.state_targets[name] = spec.target
 
 
 def _flatten_inputs(cap: Captured, args, kwargs) -> list:
@@ -129,6 +209,7 @@ def _flatten_inputs(cap: Captured, args, kwargs) -> list:
 
 def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
     env: dict[str, object] = dict(cap.weights)
+    env.update(cap.state)
     env.update(zip(cap.user_inputs, flat_inputs))
     with torch.no_grad():
         for n in cap.graph.nodes:

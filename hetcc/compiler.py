@@ -67,6 +67,11 @@ class CompiledModel:
     def __call__(self, *args, **kwargs):
         return self._runtime(*args, **kwargs)
 
+    def reset_state(self) -> None:
+        """Put the buffers the model updates in place (a counter, a KV cache) back to their values
+        when it was compiled, or when its bundle was saved; nothing to do for other models."""
+        self._runtime.reset_state()
+
     def save(self, path, overwrite: bool = False):
         """Write a deployable bundle directory (see docs/bundle.md); returns its path."""
         from hetcc.bundle import save
@@ -274,8 +279,12 @@ class _Session:
         if best is None:
             return mixed
         single = self.place(best, why=" [single-target plan, for measuring]")
-        inputs = [self.captured.values[n] for n in self.captured.user_inputs]
+        # timing calls the model many times: on copies of the inputs (a model may update them),
+        # and with its state put back afterwards
+        inputs = [self.captured.values[n].clone() for n in self.captured.user_inputs]
         t_mixed, t_single = time_pair(mixed._runtime, single._runtime, inputs)
+        mixed._runtime.reset_state()
+        single._runtime.reset_state()
         keep = mixed if t_mixed <= t_single else single
         note = (f"measured on the example inputs: mixed plan {t_mixed * 1e3:.3f} ms, "
                 f"{'+'.join(single.plan.targets_used())} alone {t_single * 1e3:.3f} ms; kept the "
@@ -497,9 +506,11 @@ def _make_runtime(captured, segments) -> Runtime:
     steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names))
              for prog, target, _, _, executable, _ in segments]
     specs = [_spec_of(captured, name) for name in captured.user_inputs]
-    constants = {o: captured.weights[o] for o in captured.outputs if o in captured.weights}
+    read = [*captured.outputs, *captured.state_updates.values(), *captured.input_updates.values()]
+    constants = {o: captured.weights[o] for o in read if o in captured.weights}
     runtime = Runtime(steps, specs, list(captured.outputs), captured.const_outputs, captured.in_spec,
-                      captured.out_spec, constants)
+                      captured.out_spec, constants, state=captured.state,
+                      state_updates=captured.state_updates, input_updates=captured.input_updates)
     runtime.output_specs = [_spec_of(captured, o) if o is not None else None for o in captured.outputs]
     return runtime
 

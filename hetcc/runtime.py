@@ -1,14 +1,22 @@
 """The stitched program: runs segments in order, hands tensors between runtimes, frees
-intermediates as soon as no later segment needs them, and rebuilds the model's output structure."""
+intermediates as soon as no later segment needs them, and rebuilds the model's output structure.
+
+A model that updates buffers in place has *state*: values the runtime holds between calls, feeds to
+the segments that read them, and replaces by the values the segments compute for them. Calls of a
+stateful model take a lock, so concurrent calls run one after another, each seeing the state the
+previous one left; calls of a stateless model take none.
+"""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.utils._pytree as pytree
 
-from hetcc.errors import HetccError, InputError, SegmentError
+from hetcc.errors import HetccError, InputError, InternalError, SegmentError
+
 
 def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -42,7 +50,10 @@ class Step:
 
 class Runtime:
     def __init__(self, steps: list[Step], input_specs: list[TensorSpec], outputs: list,
-                 const_outputs: dict, in_spec, out_spec, constants: dict[str, torch.Tensor]):
+                 const_outputs: dict, in_spec, out_spec, constants: dict[str, torch.Tensor],
+                 state: dict[str, torch.Tensor] | None = None,
+                 state_updates: dict[str, str] | None = None,
+                 input_updates: dict[int, str] | None = None):
         self.steps = steps
         self.input_specs = input_specs
         self.outputs = outputs
@@ -50,10 +61,26 @@ class Runtime:
         self.in_spec = in_spec
         self.out_spec = out_spec
         self.constants = constants
-        """Weights returned directly as outputs (a model may return a parameter)."""
+        """Weights returned directly as outputs (a model may return a parameter), or that a buffer
+        is set to."""
         self.output_specs: list = [None] * len(outputs)
         """Per flattened output: its TensorSpec where known (None for constants)."""
+        self.state_updates = dict(state_updates or {})
+        """State name -> the value that replaces it after each call."""
+        self.input_updates = dict(input_updates or {})
+        """Flattened input index -> the value copied into the caller's tensor after each call."""
+        missing = set(self.state_updates) ^ set(state or {})
+        if missing:
+            raise InternalError(f"state {sorted(missing)} has no initial value or no update")
+        self._initial = dict(state or {})
+        self._state = dict(self._initial)
+        self._lock = threading.Lock() if self._state else None
+        # a new state value the caller can also reach (an input, a returned output) is copied, so
+        # that changing that tensor later does not change the model's state
+        callers = {s.name for s in input_specs} | {o for o in outputs if o is not None}
+        self._copy_state = {name for name, src in self.state_updates.items() if src in callers}
         keep = {o for o in outputs if o is not None}
+        keep.update(self.state_updates.values(), self.input_updates.values())
         last_use: dict[str, int] = {}
         for i, step in enumerate(steps):
             for name in step.inputs:
@@ -96,8 +123,50 @@ class Runtime:
         seconds: dict[str, float] = {}
         return self._run(self.flatten_inputs(args, kwargs), seconds), seconds
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The current state (name -> tensor), as the next call will read it."""
+        if self._lock is None:
+            return {}
+        with self._lock:
+            return dict(self._state)
+
+    def reset_state(self) -> None:
+        """Return the state to what it was when the model was compiled or loaded."""
+        if self._lock is not None:
+            with self._lock:
+                self._state = dict(self._initial)
+
     def _run(self, flat, seconds: dict | None):
+        if self._lock is None:
+            out, env = self._execute(flat, seconds, None)
+        else:
+            with self._lock:
+                out, env = self._execute(flat, seconds, self._state)
+                self._state = {name: self._new_state(name, env) for name in self._state}
+        if self.input_updates:
+            self._update_inputs(flat, env)
+        return out
+
+    def _value(self, name: str, env: dict):
+        return env[name] if name in env else self.constants[name]
+
+    def _new_state(self, name: str, env: dict) -> torch.Tensor:
+        value = self._value(self.state_updates[name], env)
+        return value.clone() if name in self._copy_state else value
+
+    def _update_inputs(self, flat, env) -> None:
+        """As eager's in-place ops would have: the caller's tensors get their new values. All new
+        values are read before any is written, since one may be another input's old value."""
+        new = [(flat[i], self._value(src, env)) for i, src in self.input_updates.items()]
+        new = [(dst, src.clone() if any(src is x for x in flat) else src) for dst, src in new]
+        with torch.no_grad():
+            for dst, src in new:
+                dst.copy_(src)
+
+    def _execute(self, flat, seconds: dict | None, state: dict | None):
         env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
+        if state:
+            env.update(state)
         for step in self.steps:
             try:
                 if seconds is None:
@@ -122,8 +191,8 @@ class Runtime:
             else:
                 flat_out.append(self.constants[name])
         if self._single_output:
-            return flat_out[0]
-        return pytree.tree_unflatten(flat_out, self.out_spec)
+            return flat_out[0], env
+        return pytree.tree_unflatten(flat_out, self.out_spec), env
 
 
 def check_input(value, spec: TensorSpec, signature: str) -> None:

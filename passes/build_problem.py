@@ -50,14 +50,19 @@ def build_values(captured, units, unit_of) -> list[Value]:
                 if unit_of.get(a.name) == u_index:
                     continue
                 readers.setdefault(a.name, set()).add(u_index)
+    # state (buffers the model updates) comes from the runtime each call and goes back to it
+    state = getattr(captured, "state", {})
     outputs = {o for o in captured.outputs if o is not None}
+    outputs.update(getattr(captured, "state_updates", {}).values())
+    outputs.update(getattr(captured, "input_updates", {}).values())
+    hosted = list(captured.user_inputs) + list(state)
     values = []
-    for name in list(captured.user_inputs) + [m for u in units for m in u.members]:
+    for name in hosted + [m for u in units for m in u.members]:
         consumers = readers.get(name, set())
         to_host = name in outputs
         if not consumers and not to_host:
             continue
-        producer = HOST if name in captured.user_inputs else unit_of[name]
+        producer = HOST if name in captured.user_inputs or name in state else unit_of[name]
         val = captured.values.get(name)
         nbytes = val.numel() * val.element_size() if isinstance(val, torch.Tensor) else 0
         values.append(Value(producer, tuple(sorted(consumers)), nbytes, to_host, name))
