@@ -4,6 +4,7 @@
       manifest.json        format version, versions, signature, segments with files and sha256
       report.json          the plan, as `hetcc explain` shows it
       constants.safetensors  weights the model returns directly (only when there are any)
+      state.safetensors    buffers the model updates in place (only when there are any)
       segments/<name>/     each segment's native artifact (ONNX, OpenVINO IR, .pt2)
 
 Loading trusts nothing in the directory: paths must stay inside it, every file under segments/
@@ -37,7 +38,10 @@ from hetcc.target import Target
 log = logging.getLogger(__name__)
 
 FORMAT = "hetcc-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this hetcc reads and writes. Version 2 adds state and input updates (a new
+execution rule an older reader would get wrong), so only bundles that use them are written as 2;
+every other bundle is still written as 1, which older hetcc reads."""
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 CONSTANTS = "constants.safetensors"
@@ -222,7 +226,7 @@ def _write(compiled, staging: Path) -> None:
         constants = _file_entry(staging, staging / CONSTANTS) | {"names": sorted(runtime.constants)}
     stateful = _state_fields(runtime, staging)
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "hetcc_version": __version__,
+        "format": FORMAT, "format_version": 2 if stateful else 1, "hetcc_version": __version__,
         "runtimes": versions,
         "inputs": [_spec_json(s) for s in runtime.input_specs],
         "input_structure": _treespec_text(runtime.in_spec, "input_structure"),

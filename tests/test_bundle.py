@@ -261,7 +261,7 @@ def test_split_bundle_has_segments_on_every_runtime(shared):
 def test_manifest_describes_every_file(name, shared):
     root = shared / _dirname(name)
     manifest = bundle.read_manifest(root)
-    assert manifest["format"] == "hetcc-bundle" and manifest["format_version"] == bundle.FORMAT_VERSION
+    assert manifest["format"] == "hetcc-bundle" and manifest["format_version"] == 1  # no state: readable by older hetcc
     listed = set()
     for seg in manifest["segments"]:
         assert seg["files"], seg["name"]

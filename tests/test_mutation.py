@@ -448,6 +448,7 @@ def test_bundle_keeps_state_across_processes(tmp_path):
     assert set(manifest["state"]["updates"]) == {"b_k_cache", "b_v_cache"}
     assert len(manifest["outputs"]) == len(manifest["output_signature"]) == 1
     assert "input_updates" not in manifest
+    assert manifest["format_version"] == 2  # an older hetcc must refuse it, not run it statelessly
 
     calls = {f"x{i}": torch.randn(1, 1, 16) for i in range(3)}
     calls |= {f"pos{i}": torch.tensor([i + 2]) for i in range(3)}
@@ -479,6 +480,7 @@ def test_stateless_bundle_has_no_state_fields(tmp_path):
     manifest = bundle.read_manifest(path)
     assert "state" not in manifest and "input_updates" not in manifest
     assert not (path / bundle.STATE).exists()
+    assert manifest["format_version"] == 1  # what hetcc before state fields reads
 
 
 @pytest.fixture
