@@ -26,7 +26,9 @@ import math
 import operator
 import os
 import re
+import struct
 import zipfile
+import zlib
 
 import torch
 
@@ -206,9 +208,11 @@ def canonical_archive(path) -> io.BytesIO:
     """A new .pt2 in memory with exactly the vetted contents of the archive at ``path``: the
     version files, the model JSON and payload configs as re-serialised by the checks here, the
     weight and constant payloads the configs use, and empty sample inputs (hetcc never needs them,
-    and torch would unpickle them). Weights are read once and copied once."""
+    and torch would unpickle them). Each payload is copied once, from the file into the new
+    archive, and not hashed again: the bundle's sha256 has covered the file already."""
     with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
-        entries = _entries(archive.infolist(), os.fstat(file.fileno()).st_size)
+        size = os.fstat(file.fileno()).st_size
+        entries = _entries(archive.infolist(), size)
         small = {rest: archive.read(entries[rest]) for rest in _SMALL if rest in entries}
         _check_versions(small)
         program = json.loads(small["models/model.json"].decode("utf-8"))
@@ -217,25 +221,88 @@ def canonical_archive(path) -> io.BytesIO:
                                           "data/weights/", entries)
         constants, constant_files = _payloads(small["data/constants/model_constants_config.json"],
                                               "constant", "data/constants/", entries)
+        payloads = {**weight_files, **constant_files}
         unused = sorted(rest for rest in entries if rest.startswith(("data/weights/weight_", "data/constants/tensor_"))
-                        and rest not in weight_files and rest not in constant_files)
+                        and rest not in payloads)
         if unused:
             raise _Refused(f"it holds {unused[0]}, which its payload configs do not use")
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as new:
-            for rest in ("archive_format", "archive_version", "byteorder", ".data/version"):
-                if rest in small:
-                    _write(new, rest, small[rest])
-            _write(new, "models/model.json", model_json)
-            _write(new, "data/sample_inputs/model.pt", b"")
-            _write(new, "data/weights/model_weights_config.json", weights)
-            _write(new, "data/constants/model_constants_config.json", constants)
-            for rest, needed in {**weight_files, **constant_files}.items():
-                data = archive.read(entries[rest])
-                if len(data) != entries[rest].file_size or len(data) < needed:
-                    raise _Refused(f"its entry {rest} holds {len(data)} bytes, fewer than the tensors "
-                                   f"its config places in it need ({needed})")
-                _write(new, rest, data)
+        for rest, needed in payloads.items():
+            if entries[rest].file_size < needed:
+                raise _Refused(f"its entry {rest} holds {entries[rest].file_size} bytes, fewer than the "
+                               f"tensors its config places in it need ({needed})")
+        records = [(rest, small[rest]) for rest in ("archive_format", "archive_version", "byteorder",
+                                                    ".data/version") if rest in small]
+        records += [("models/model.json", model_json), ("data/sample_inputs/model.pt", b""),
+                    ("data/weights/model_weights_config.json", weights),
+                    ("data/constants/model_constants_config.json", constants)]
+        records += [(rest, (file, _data_offset(file, entries[rest], size), entries[rest]))
+                    for rest in payloads]
+        return _pack(records)
+
+
+# A stored zip, written here rather than with zipfile.ZipFile: that would compute every payload's
+# CRC-32 again and grow its buffer as it goes. Every entry carries ZIP64 sizes, so archives over
+# 4 GiB take the same path as the small ones the tests load.
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_LOCAL_ZIP64 = struct.Struct("<HHQQ")
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+_CENTRAL_ZIP64 = struct.Struct("<HHQQQ")
+_END_ZIP64 = struct.Struct("<4sQHHIIQQQQ")
+_LOCATOR_ZIP64 = struct.Struct("<4sIQI")
+_END = struct.Struct("<4sHHHHIIH")
+_MAX32, _MAX16, _ZIP64_VERSION, _DOS_DATE = 0xFFFFFFFF, 0xFFFF, 45, 33  # 33: 1980-01-01
+
+
+def _data_offset(file, info, archive_bytes: int) -> int:
+    """Where a stored entry's bytes start: after its local header, which must agree with the
+    central directory zipfile read (as zipfile itself checks when it opens an entry)."""
+    file.seek(info.header_offset)
+    header = file.read(_LOCAL.size)
+    if len(header) != _LOCAL.size:
+        raise _Refused(f"its entry {info.filename} has a truncated header")
+    signature, _, _, method, _, _, _, _, _, name_length, extra_length = _LOCAL.unpack(header)
+    if signature != b"PK\x03\x04" or method != zipfile.ZIP_STORED or file.read(name_length) != info.filename.encode():
+        raise _Refused(f"the local header of {info.filename} disagrees with the zip's directory")
+    start = info.header_offset + _LOCAL.size + name_length + extra_length
+    if start + info.file_size > archive_bytes:
+        raise _Refused(f"its entry {info.filename} runs past the end of the file")
+    return start
+
+
+def _pack(records) -> io.BytesIO:
+    """A stored zip of ``records`` [(path below the top folder, bytes or (file, offset, ZipInfo))]."""
+    names = [f"{_ROOT}/{rest}".encode() for rest, _ in records]
+    sizes = [len(data) if isinstance(data, bytes) else data[2].file_size for _, data in records]
+    directory_size = sum(_CENTRAL.size + len(name) + _CENTRAL_ZIP64.size for name in names)
+    directory_at = sum(_LOCAL.size + len(name) + _LOCAL_ZIP64.size + size for name, size in zip(names, sizes))
+    out = io.BytesIO()
+    out.seek(directory_at + directory_size + _END_ZIP64.size + _LOCATOR_ZIP64.size + _END.size - 1)
+    out.write(b"\0")  # the whole archive's size at once
+    view, at, central = out.getbuffer(), 0, []
+    for name, size, (_, data) in zip(names, sizes, records):
+        crc = zlib.crc32(data) if isinstance(data, bytes) else data[2].CRC
+        header = _LOCAL.pack(b"PK\x03\x04", _ZIP64_VERSION, 0, 0, 0, _DOS_DATE, crc, _MAX32, _MAX32,
+                             len(name), _LOCAL_ZIP64.size)
+        central.append(_CENTRAL.pack(b"PK\x01\x02", _ZIP64_VERSION, _ZIP64_VERSION, 0, 0, 0, _DOS_DATE,
+                                     crc, _MAX32, _MAX32, len(name), _CENTRAL_ZIP64.size, 0, 0, 0, 0, _MAX32)
+                       + name + _CENTRAL_ZIP64.pack(1, 24, size, size, at))
+        start = at + len(header) + len(name) + _LOCAL_ZIP64.size
+        view[at:start] = header + name + _LOCAL_ZIP64.pack(1, 16, size, size)
+        if isinstance(data, bytes):
+            view[start:start + size] = data
+        else:
+            file, offset, info = data
+            file.seek(offset)
+            if file.readinto(view[start:start + size]) != size:
+                raise _Refused(f"its entry {info.filename} is shorter than the zip's directory says")
+        at = start + size
+    tail = b"".join(central) + _END_ZIP64.pack(
+        b"PK\x06\x06", _END_ZIP64.size - 12, _ZIP64_VERSION, _ZIP64_VERSION, 0, 0, len(names),
+        len(names), directory_size, directory_at) + _LOCATOR_ZIP64.pack(
+        b"PK\x06\x07", 0, directory_at + directory_size, 1) + _END.pack(
+        b"PK\x05\x06", 0, 0, min(len(names), _MAX16), min(len(names), _MAX16), _MAX32, _MAX32, 0)
+    view[at:] = tail
+    view.release()
     out.seek(0)
     return out
 
@@ -246,6 +313,8 @@ def _entries(infos, archive_bytes: int) -> dict:
     entries, roots, total = {}, set(), 0
     for info in infos:
         match = _ENTRY.fullmatch(info.filename)
+        if not match and re.search(r"/data/constants/(custom|opaque)_obj_\d+$", info.filename):
+            raise _Refused(f"it holds {info.filename!r}, a custom or opaque object, which torch would unpickle")
         if not match:
             raise _Refused(f"it holds {info.filename!r}, which torch.export.save does not write")
         roots.add(match["root"])
@@ -277,10 +346,6 @@ def _check_versions(small: dict) -> None:
     for rest, pattern in expected.items():
         if rest in small and not re.fullmatch(pattern, small[rest]):
             raise _Refused(f"its {rest} entry holds {small[rest][:40]!r}")
-
-
-def _write(archive: zipfile.ZipFile, rest: str, data: bytes) -> None:
-    archive.writestr(zipfile.ZipInfo(f"{_ROOT}/{rest}", date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def _payloads(raw: bytes, what: str, folder: str, entries: dict) -> tuple[bytes, dict]:
@@ -402,9 +467,8 @@ def _node(node) -> None:
     node["metadata"] = {}
 
 
-_INPUT_SPECS = {"user_input": ({"arg"},), "parameter": ({"arg", "parameter_name"},),
-                "buffer": ({"arg", "buffer_name", "persistent"},),
-                "tensor_constant": ({"arg", "tensor_constant_name"},)}
+_INPUT_SPECS = {"user_input": {"arg"}, "parameter": {"arg", "parameter_name"},
+                "buffer": {"arg", "buffer_name", "persistent"}, "tensor_constant": {"arg", "tensor_constant_name"}}
 """Kinds of program input hetcc calls the graph with: its inputs, and weights from the archive."""
 
 
@@ -415,13 +479,13 @@ def _signature(signature) -> None:
         if kind not in _INPUT_SPECS:
             raise _Refused(f"it has a program input of kind {kind}, which hetcc's direct call does not "
                            "model (hetcc segments take tensors and weights only)")
-        _keys(value, _INPUT_SPECS[kind][0], f"a {kind} input", required={"arg"})
+        _keys(value, _INPUT_SPECS[kind], f"a {kind} input", required={"arg"})
         if kind == "user_input":
             _tensor_only(value["arg"], "a user input")
             continue
         _keys(value["arg"], {"name"}, f"a {kind} input", required={"name"})
         _name(value["arg"]["name"], f"a {kind} input")
-        for key in _INPUT_SPECS[kind][0] - {"arg"}:
+        for key in _INPUT_SPECS[kind] - {"arg"}:
             if key == "persistent":
                 _bool(value.get(key, True), f"a {kind} input's {key}")
             else:
