@@ -14,7 +14,8 @@ So :func:`load_program` reads the archive once with Python's zipfile, vets every
 itself, and hands ``torch.export.load`` a fresh in-memory archive holding only what it vetted
 (re-serialised): every byte torch reads was checked here, whatever zip parser reads it. Then it
 checks the graph torch built a second time (:func:`check_graph`). Node targets must be in the vetted
-op set (:func:`vetted`): pure core-ATen ops plus the few extras listed in ``EXTRA_OPS``.
+op set (:func:`vetted`): pure aten ops that are core ATen or listed in ``NON_CORE_OPS``, plus the
+extras in ``EXTRA_OPS``, less ``DENIED_OPS``.
 """
 from __future__ import annotations
 
@@ -40,17 +41,68 @@ aten = torch.ops.aten
 # the vetted op set
 
 
-def _pure_core(op) -> bool:
-    """The rule: an op of the ``aten`` namespace tagged ``torch.Tag.core`` (core ATen, the opset
-    hetcc's capture decomposes every model to) whose schema writes none of its arguments (not
-    mutable, no alias write) and has no ``out=`` argument. Such an op computes new tensors (or
-    views) from its inputs and touches nothing else."""
-    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten" or torch.Tag.core not in op.tags:
+def _pure(op) -> bool:
+    """An op of the ``aten`` namespace whose schema writes none of its arguments (not mutable, no
+    alias write) and has no ``out=`` argument: it computes new tensors (or views) from its inputs."""
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten":
         return False
     schema = op._schema
     return not schema.is_mutable and not any(
         a.is_out or (a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments)
 
+
+def _listed(op) -> bool:
+    """The rule, less purity: core ATen (``torch.Tag.core``, the opset hetcc's capture decomposes
+    every model to), or an aten op NON_CORE_OPS names."""
+    name = op._opname
+    return torch.Tag.core in op.tags or name in _NON_CORE or name.startswith("special_")
+
+
+NON_CORE_OPS = {
+    "max min median nanmedian mode kthvalue cummax cummin cumprod logcumsumexp _logcumsumexp var_mean "
+    "linalg_vector_norm native_norm dist _aminmax":
+        "reductions and scans that torch.export's default decompositions leave whole (x.max(), "
+        "F.normalize, ...)",
+    "erfc erfinv exp2 lgamma digamma polygamma i0 igamma igammac hypot copysign fmax fmin signbit "
+    "nextafter gcd lcm frexp ldexp angle complex polar round remainder bitwise_and bitwise_or "
+    "bitwise_xor bitwise_left_shift bitwise_right_shift __lshift__ __rshift__ _add_relu":
+        "elementwise math with no core form (some are non-core overloads of core ops); so are the "
+        "special_* functions, allowed by prefix",
+    "view view_as_real view_as_complex unfold _conj _neg_view view_copy permute_copy slice_copy "
+    "select_copy split_copy unbind_copy detach_copy narrow_copy _reshape_copy view_as_real_copy "
+    "view_as_complex_copy _conj_copy _neg_view_copy diagonal_scatter":
+        "views that check their bounds (view.dtype, unfold), and copying forms of core views",
+    "sort bucketize searchsorted unique_consecutive unique_dim unique_dim_consecutive _unique _unique2 "
+    "histc bincount masked_select repeat_interleave nonzero_static tril_indices triu_indices range "
+    "scatter index_reduce":
+        "sorting, searching and indexing ops with bounds-checked indices",
+    "upsample_bilinear2d upsample_bicubic2d upsample_trilinear3d _upsample_bilinear2d_aa "
+    "_upsample_bicubic2d_aa grid_sampler_3d adaptive_max_pool2d adaptive_max_pool3d _convolution "
+    "_conv_depthwise2d conv_depthwise3d slow_conv3d_forward slow_conv_dilated2d slow_conv_dilated3d "
+    "slow_conv_transpose2d slow_conv_transpose3d _slow_conv2d_forward conv_tbc":
+        "resampling, pooling and convolution forms with no core decomposition",
+    "addmv addbmm _addmm_activation addmm mm bmm _int_mm":
+        "matrix products (the dtype= overloads of the core ones are not core)",
+    "cholesky cholesky_inverse cholesky_solve _cholesky_solve_helper triangular_solve linalg_inv_ex "
+    "linalg_cholesky_ex linalg_solve_triangular _linalg_solve_ex linalg_lu linalg_lu_factor_ex "
+    "linalg_lu_solve lu_unpack linalg_qr _linalg_svd _linalg_eigh linalg_eig _linalg_eigvals "
+    "_linalg_det _linalg_slogdet linalg_matrix_exp linalg_pinv linalg_lstsq "
+    "linalg_householder_product geqrf ormqr _linalg_check_errors":
+        "linear algebra, which has no core decomposition",
+    "rand_like randn_like randint randint_like bernoulli normal normal_functional uniform "
+    "multinomial poisson":
+        "random numbers: they draw from torch's generator and touch nothing else",
+    "_masked_softmax _embedding_bag_forward_only _fft_c2c fft_fftfreq fft_rfftfreq bartlett_window "
+    "blackman_window hamming_window kaiser_window _assert_async equal allclose is_same_size":
+        "other pure ops export can leave in a graph",
+}
+"""Non-core aten ops (by name, every overload) that hetcc's captures can contain, grouped, with why:
+torch.export's default decompositions do not reduce every model to core ATen (x.max() stays
+aten.max.default, F.normalize stays linalg_vector_norm). Each overload must still be pure
+(:func:`_pure`). Deliberately absent: from_file, _print, set, resize, _resize_output,
+_copy_from, _index_put_impl (it can skip bounds checks), _reshape_alias_copy, the empty
+family, pinning, and every backward, sparse, nested and quantized-packing op."""
+_NON_CORE = frozenset(name for names in NON_CORE_OPS for name in names.split())
 
 EXTRA_OPS: dict = {
     aten.scaled_dot_product_attention.default:
@@ -62,6 +114,8 @@ EXTRA_OPS: dict = {
     aten._assert_scalar.default: "a shape assertion torch.export inserts for dynamic dimensions",
     aten.sym_constrain_range_for_size.default: "a range assertion on a data-dependent size",
     aten.sym_constrain_range.default: "a range assertion on a data-dependent value",
+    aten._assert_tensor_metadata.default: "a dtype/device assertion torch.export inserts beside "
+                                          "tensor.to(dtype); it checks and returns nothing",
     **{fn: "Python arithmetic or comparison on symbolic sizes (torch's serializer's _SYM_OPS)" for fn in (
         operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
         operator.pow, operator.neg, operator.pos, operator.eq, operator.ne, operator.lt, operator.le,
@@ -84,15 +138,16 @@ DENIED_OPS: dict = {
     aten.empty_strided.default: "its result is uninitialised memory, which could hand another model's "
                                 "data to the graph's outputs; hetcc's captures never contain it",
 }
-"""Ops refused whatever else says, and why. This wins over EXTRA_OPS and the core rule."""
+"""Ops refused whatever else says, and why: this wins over every list and rule above."""
 
 
 def vetted(target) -> bool:
-    """Whether a graph node may call ``target``."""
+    """Whether a graph node may call ``target``: not in DENIED_OPS, and in EXTRA_OPS or a pure
+    aten op that is core or in NON_CORE_OPS."""
     try:
         if target in DENIED_OPS:
             return False
-        return target in EXTRA_OPS or _pure_core(target)
+        return target in EXTRA_OPS or _pure(target) and _listed(target)
     except TypeError:  # an unhashable target
         return False
 
@@ -120,12 +175,12 @@ def _target(text: str, where: str):
         op = op if isinstance(op, torch._ops.OpOverload) else None
     if op is None:
         raise _Refused(f"{where} calls {text!r}, which is not an op in hetcc's vetted set of pure "
-                       "tensor ops (core ATen and a few listed extras)")
+                       "tensor ops (core and listed aten ops, and a few extras)")
     if op in DENIED_OPS:
         raise _Refused(f"{where} calls {text}, which hetcc refuses: {DENIED_OPS[op]}")
     if not vetted(op):
         raise _Refused(f"{where} calls {text}, which is not in hetcc's vetted set of pure tensor ops "
-                       "(an aten op tagged core that writes none of its arguments, or a listed extra)")
+                       "(a core or listed aten op that writes none of its arguments, or a listed extra)")
     return op
 
 
@@ -837,8 +892,14 @@ def _list(value, where: str) -> list:
     return value
 
 
+_NON_FINITE = ("Infinity", "-Infinity", "NaN")
+"""How torch's serializer writes the floats JSON has no numbers for."""
+
+
 def _typed(value, kind, where: str):
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and value in _NON_FINITE:
+        return value
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:  # JSON true is no number
         raise _Refused(f"{where} is {str(value)[:40]!r} of type {type(value).__name__}")
     return value
