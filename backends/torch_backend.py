@@ -10,16 +10,17 @@ TensorRT and MIGraphX backends: torch.cuda is how hetcc looks at an NVIDIA GPU."
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from torch.export.graph_signature import TensorArgument
 
 from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import YES, Artifact, Support
-from hetcc.errors import TargetError
+from hetcc.backends.torch_archive import load_program
+from hetcc.errors import BundleError, TargetError
 from hetcc.program import dim_order, with_dim_order
 from hetcc.target import Target
 
@@ -91,46 +92,69 @@ class TorchBackend:
         return Artifact(target=str(target), files={"program": str(path)}, meta=meta)
 
     def load(self, artifact: Artifact, target: Target) -> "TorchExecutable | CudaExecutable":
-        check_archive_is_safe(artifact.files["program"])
-        ep = torch.export.load(artifact.files["program"])
+        # never torch.export.load on the file itself: torch_archive vets and rebuilds the archive
+        ep = load_program(artifact.files["program"])
         orders = [tuple(o) if o is not None else None
                   for o in artifact.meta.get("input_dim_orders") or [None] * len(artifact.meta["input_names"])]
         n_inputs, segment = len(artifact.meta["input_names"]), artifact.meta.get("segment", "?")
         if target.device == "cpu":
-            return TorchExecutable(_direct_call(ep) or ep.module(), n_inputs, segment, orders)
+            return TorchExecutable(_direct_call(ep, n_inputs), n_inputs, segment, orders)
         problem = cuda_problem(target)
         if problem:
             raise TargetError(f"cannot load segment {segment!r} on {target}: {problem}")
         device = torch.device("cuda", gpu_index(target))
         ep = move_program(ep, device)  # weights go to the GPU once, here
         mode = _compile_mode(artifact.meta.get("compile") or False)
-        if mode:
-            module = torch.compile(ep.module(), mode=mode)
-        else:
-            module = _direct_call(ep) or ep.module()
-        return CudaExecutable(module, n_inputs, segment, device, orders, compiled=bool(mode))
+        call = _direct_call(ep, n_inputs)
+        if mode:  # the same direct call, compiled: ep.module() would run the archive's guards_code
+            call = torch.compile(call, mode=mode)
+        return CudaExecutable(call, n_inputs, segment, device, orders, compiled=bool(mode))
 
 
-def _direct_call(ep):
-    """Call the exported graph with its weights as leading arguments, skipping the unlifted
-    module's pytree handling and input-constraint hook (~90 us a call here; hetcc's runtime has
-    already checked the inputs). None when the program has inputs or outputs we don't model."""
+_STATE_KINDS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
+
+
+def _direct_call(ep, n_inputs: int | None = None):
+    """Call the exported graph itself: weights from the program's state where the signature puts
+    them, the inputs in the user-input places in order (usually last, but torch's verifier accepts
+    any order). This skips the unlifted module's pytree handling and input-constraint hook (~90 us a
+    call here; hetcc's runtime has already checked the inputs), and never builds ep.module(), which
+    would run the archive's guards_code as Python. The graph module's code is torch.fx's, generated
+    from the vetted graph nodes when torch built the program (torch_archive), not text from the
+    archive. A BundleError for a signature this does not model, or ``n_inputs`` that differ."""
     sig = ep.graph_signature
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
-    leading = []
+    template, places = [], []
     for spec in sig.input_specs:
-        if spec.kind.name == "USER_INPUT":
-            continue
-        if spec.kind.name not in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR") or spec.target not in state:
-            return None
-        leading.append(state[spec.target])
-    if any(spec.kind.name != "USER_INPUT" for spec in sig.input_specs[len(leading):]):
-        return None  # weights are not all ahead of the user inputs
-    if any(spec.kind.name != "USER_OUTPUT" for spec in sig.output_specs):
-        return None
+        kind = spec.kind.name
+        if kind == "USER_INPUT" and isinstance(spec.arg, TensorArgument):
+            places.append(len(template))
+            template.append(None)
+        elif kind in _STATE_KINDS and spec.target in state:
+            template.append(state[spec.target])
+        else:
+            raise BundleError(f"the program has an input {spec.arg.name} of kind {kind}"
+                              f"{' with no value in the archive' if kind in _STATE_KINDS else ''}, which "
+                              "hetcc's torch backend does not model; recompile the bundle")
+    unmodelled = [spec.kind.name for spec in sig.output_specs if spec.kind.name != "USER_OUTPUT"]
+    if unmodelled:
+        raise BundleError(f"the program has outputs of kind {unmodelled[0]}, which hetcc's torch backend "
+                          "does not model; recompile the bundle")
+    if n_inputs is not None and len(places) != n_inputs:
+        raise BundleError(f"the program takes {len(places)} inputs but the manifest lists {n_inputs}; "
+                          "the bundle is corrupt: recompile it")
     graph_module = ep.graph_module
-    return lambda *inputs: graph_module(*leading, *inputs)
+    if places == list(range(len(template) - len(places), len(template))):  # weights first: no copy
+        leading = tuple(template[:len(template) - len(places)])
+        return lambda *inputs: graph_module(*leading, *inputs)
+
+    def call(*inputs):
+        args = list(template)
+        for place, value in zip(places, inputs):
+            args[place] = value
+        return graph_module(*args)
+    return call
 
 
 class TorchExecutable:
@@ -260,59 +284,3 @@ def cuda_description(index: int) -> dict:
         out["arch"] = arch.split(":")[0]
     return out
 
-
-_ALLOWED_ENTRY = re.compile(
-    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-    r"|models/[\w.-]+\.json|data/weights/weight_\d+|data/weights/[\w.-]+_weights_config\.json"
-    r"|data/constants/tensor_\d+|data/constants/[\w.-]+_constants_config\.json"
-    r"|data/sample_inputs/[\w.-]+\.pt|extra/[\w./-]+)")
-"""Entries a PT2 archive written by torch.export.save holds. Anything else (a legacy weights
-pickle, an older archive layout) would make torch.export.load fall back to a reader that unpickles."""
-
-
-def check_archive_is_safe(path) -> None:
-    """Refuse a .pt2 archive that would make ``torch.export.load`` unpickle anything.
-
-    torch.export.load unpickles weights or constants flagged ``use_pickle``, custom and opaque
-    objects, legacy ``.pt`` members and whole older archive layouts, and retries sample inputs with
-    ``weights_only=False`` when the safe loader fails. Bundles may come from someone else, so every
-    entry must be one torch.export.save writes, and each of those paths is checked before torch
-    sees the file.
-    """
-    import io
-    import json
-    import zipfile
-
-    from hetcc.errors import BundleError
-
-    def refuse(why: str):
-        return BundleError(f"{path}: {why}; hetcc refuses to load it (it could run code); recompile "
-                           "the bundle from the model")
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
-            prefixes = {n.split("/", 1)[0] for n in names}
-            if len(prefixes) != 1 or any("/" not in n for n in names):
-                raise refuse("it is not a single-folder PT2 archive")
-            for name in names:
-                if not _ALLOWED_ENTRY.fullmatch(name.split("/", 1)[1]):
-                    raise refuse(f"it holds {name!r}, which torch.export.save does not write")
-            configs = [n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))]
-            if not configs or not any(n.endswith("/archive_format") for n in names):
-                raise refuse("it is not a torch.export PT2 archive")
-            if not any("/data/sample_inputs/" in n for n in names):
-                raise refuse("it has no sample inputs (torch would fall back to an older reader)")
-            for name in configs:
-                for fqn, meta in json.loads(archive.read(name)).get("config", {}).items():
-                    stored = str(meta.get("path_name", ""))
-                    if meta.get("use_pickle") or not stored.startswith(("weight_", "tensor_")):
-                        raise refuse(f"{fqn} is stored as a pickled object")
-            for name in names:
-                if "/data/sample_inputs/" in name:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-    except BundleError:
-        raise
-    except Exception as exc:  # a bad zip, bad JSON, or sample inputs the safe unpickler rejects
-        raise BundleError(f"{path} is not a safe torch.export archive ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); recompile the bundle") from exc
