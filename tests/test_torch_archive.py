@@ -351,7 +351,7 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_hostile_archive_is_refused(attack, benign, probe, monkeypatch):
+def test_hostile_archive_is_refused(attack, benign, probe):
     build, says, _ = ATTACKS[attack]
     hostile = probe / "segment.pt2"
     build(benign, hostile, probe)
