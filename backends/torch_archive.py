@@ -92,6 +92,10 @@ NON_CORE_OPS = {
     "rand_like randn_like randint randint_like bernoulli normal normal_functional uniform "
     "multinomial poisson":
         "random numbers: they draw from torch's generator and touch nothing else",
+    "_native_batch_norm_legit_functional _batch_norm_with_update_functional native_batch_norm "
+    "_batch_norm_no_update":
+        "batch norm in training mode, in the functional form torch.export gives it: the new running "
+        "statistics are returned (and kept as the model's state by hetcc), not written",
     "_masked_softmax _embedding_bag_forward_only _fft_c2c fft_fftfreq fft_rfftfreq bartlett_window "
     "blackman_window hamming_window kaiser_window _assert_async equal allclose is_same_size":
         "other pure ops export can leave in a graph",

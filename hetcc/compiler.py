@@ -31,6 +31,7 @@ from hetcc.errors import (
     LoweringError,
     PlacementError,
     TargetError,
+    readable,
 )
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
@@ -247,6 +248,12 @@ class _Session:
                                                       self.tolerances, self.cross_compile, self.nan)
             artifact, executable, error, seconds = self.lowered[key]
             if executable is None:
+                if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
+                    raise LoweringError(
+                        f"segment {program.name} cannot be kept as a torch segment: {error}. hetcc "
+                        "loads torch segments only if every op is one it has vetted as a pure tensor "
+                        "op (docs/bundle.md, trust model); please report the op so it can be vetted, "
+                        "or rewrite that part of the model with other ops")
                 if target == FALLBACK:
                     raise InternalError(f"torch:cpu could not run segment {program.name}: {error}")
                 self.failures += 1
@@ -396,7 +403,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         if dropped:
             artifact.meta["nan_differs"] = dropped
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        reason = readable(exc)  # whole, on one line: a cut reason hides the cause
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
 

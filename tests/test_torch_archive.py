@@ -604,3 +604,19 @@ def test_round_trip_on_torch_cpu(name, tmp_path):
         with zipfile.ZipFile(next((tmp_path / "b").glob("segments/*/segment.pt2"))) as archive:
             doc = json.loads(archive.read(next(n for n in archive.namelist() if n.endswith("model.json"))))
         assert doc["guards_code"], "this case is here for its guards: the segment has none any more"
+
+
+def test_a_model_with_an_op_outside_the_vetted_set_is_a_clear_error(monkeypatch):
+    """torch:cpu verifies through the same loader a bundle uses, so an op hetcc has not vetted
+    stops compile with a user error that names it, not an 'internal error'."""
+    import hetcc
+    from hetcc.backends import torch_archive
+    from hetcc.errors import InternalError, LoweringError
+
+    denied = {**torch_archive.DENIED_OPS, torch.ops.aten.tanh.default: "denied for this test"} \
+        if isinstance(torch_archive.DENIED_OPS, dict) else \
+        set(torch_archive.DENIED_OPS) | {torch.ops.aten.tanh.default}
+    monkeypatch.setattr(torch_archive, "DENIED_OPS", denied)
+    with pytest.raises(LoweringError, match="aten.tanh.*vetted") as info:
+        hetcc.compile(torch.nn.Tanh(), (torch.randn(2, 3),), targets=["torch:cpu"], measure=False)
+    assert not isinstance(info.value, InternalError) and "please report the op" in str(info.value)
