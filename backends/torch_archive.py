@@ -34,6 +34,7 @@ import zlib
 import torch
 
 from hetcc.errors import BundleError
+from hetcc.structures import structure_problem
 
 aten = torch.ops.aten
 
@@ -53,9 +54,20 @@ def _pure(op) -> bool:
 
 def _listed(op) -> bool:
     """The rule, less purity: core ATen (``torch.Tag.core``, the opset hetcc's capture decomposes
-    every model to), or an aten op NON_CORE_OPS names."""
+    every model to), or an aten op NON_CORE_OPS names; never a backward op or an unchecked internal
+    kernel (UNCHECKED_KERNELS), even a core one."""
     name = op._opname
+    if "backward" in name or name in UNCHECKED_KERNELS:
+        return False
     return torch.Tag.core in op.tags or name in _NON_CORE or name.startswith("special_")
+
+
+UNCHECKED_KERNELS = frozenset({
+    "_cholesky_solve_helper", "_embedding_bag", "_embedding_bag_forward_only"})
+"""Internal kernels that trust arguments their public op checked first: with arguments a bundle
+chooses, _cholesky_solve_helper corrupted the heap (found by the hostile-bundle probe). Backward
+ops are refused by name for the same reason (max_pool2d_with_indices_backward writes where its
+indices say, unchecked) and because hetcc compiles inference: no captured model contains one."""
 
 
 NON_CORE_OPS = {
@@ -83,7 +95,7 @@ NON_CORE_OPS = {
         "resampling, pooling and convolution forms with no core decomposition",
     "addmv addbmm _addmm_activation addmm mm bmm _int_mm":
         "matrix products (the dtype= overloads of the core ones are not core)",
-    "cholesky cholesky_inverse cholesky_solve _cholesky_solve_helper triangular_solve linalg_inv_ex "
+    "cholesky cholesky_inverse cholesky_solve triangular_solve linalg_inv_ex "
     "linalg_cholesky_ex linalg_solve_triangular _linalg_solve_ex linalg_lu linalg_lu_factor_ex "
     "linalg_lu_solve lu_unpack linalg_qr _linalg_svd _linalg_eigh linalg_eig _linalg_eigvals "
     "_linalg_det _linalg_slogdet linalg_matrix_exp linalg_pinv linalg_lstsq "
@@ -96,7 +108,7 @@ NON_CORE_OPS = {
     "_batch_norm_no_update":
         "batch norm in training mode, in the functional form torch.export gives it: the new running "
         "statistics are returned (and kept as the model's state by hetcc), not written",
-    "_masked_softmax _embedding_bag_forward_only _fft_c2c fft_fftfreq fft_rfftfreq bartlett_window "
+    "_masked_softmax _fft_c2c fft_fftfreq fft_rfftfreq bartlett_window "
     "blackman_window hamming_window kaiser_window _assert_async equal allclose is_same_size":
         "other pure ops export can leave in a graph",
 }
@@ -720,8 +732,31 @@ _SYMPY_KEYWORDS = frozenset({
     "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "infinite",
     "zero", "nonzero", "rational", "even", "odd", "commutative", "extended_real", "precision"})
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?inf|nan")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d{1,32}\.?\d{0,32}|\.\d{1,32})([eE][-+]?\d{1,3})?|[-+]?inf|nan")
 _LIMIT = 1 << 64
+_MAX_EXPONENT = 64
+"""Sizes are products of symbols and constants, squared at most in practice; a larger power, or a
+power of a power, is how an archive makes sympy compute a number with billions of digits (a hang)."""
+
+
+def _small_power(node, where: str) -> None:
+    """Refuse Pow(base, e) unless e is an integer constant with |e| <= _MAX_EXPONENT and the base
+    holds no Pow of its own."""
+    if len(node.args) != 2 or node.keywords:
+        raise _Refused(f"the shape expression of {where} has a malformed Pow")
+    exponent = node.args[1]
+    if isinstance(exponent, ast.Call) and isinstance(exponent.func, ast.Name) and exponent.func.id == "Integer" \
+            and len(exponent.args) == 1:
+        exponent = exponent.args[0]
+    sign = 1
+    if isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, ast.USub):
+        exponent, sign = exponent.operand, -1
+    if not (isinstance(exponent, ast.Constant) and type(exponent.value) is int
+            and abs(sign * exponent.value) <= _MAX_EXPONENT):
+        raise _Refused(f"the shape expression of {where} raises to a power that is not a small integer")
+    if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "Pow"
+           for n in ast.walk(node.args[0])):
+        raise _Refused(f"the shape expression of {where} has a power of a power")
 
 
 def _sym_expr(text, where: str) -> None:
@@ -733,6 +768,8 @@ def _sym_expr(text, where: str) -> None:
         if depth > 64:
             raise _Refused(f"the shape expression of {where} is nested too deeply")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS:
+            if node.func.id == "Pow":
+                _small_power(node, where)
             for i, arg in enumerate(node.args):
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and i == 0:
                     if not (node.func.id == "Symbol" and _SYMBOL.fullmatch(arg.value)
@@ -742,7 +779,7 @@ def _sym_expr(text, where: str) -> None:
                     walk(arg, depth + 1)
             for kw in node.keywords:
                 if kw.arg not in _SYMPY_KEYWORDS or not isinstance(kw.value, ast.Constant) or not isinstance(
-                        kw.value.value, (bool, int)):
+                        kw.value.value, (bool, int)) or abs(kw.value.value) > _MAX_EXPONENT * 4:
                     raise _Refused(f"the shape expression of {where} passes {kw.arg}=...")
             return
         if isinstance(node, ast.Name) and node.id in _SYMPY_ATOMS:
@@ -814,52 +851,19 @@ def _parse(text, what: str):
         raise _Refused(f"{what} is {text[:80]!r}, which does not parse") from None
 
 
-_STRUCTURE_TYPES = {"builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
-_KEYED = {"builtins.dict", "collections.OrderedDict"}
-
-
 def _treespec(text, where: str) -> str:
-    """A serialized treespec, re-serialised, after the rule hetcc.bundle._check_structure applies
-    to a manifest: tuples, lists, dicts with plain keys and leaves only, since torch's
-    treespec_loads imports any module an enum key, a defaultdict or a namedtuple names. The rule
-    is repeated here rather than imported: that function words its errors for the manifest, and
-    hetcc.bundle imports the backend registry, so a backend should not import it."""
+    """A serialized treespec, re-serialised, if it is a plain structure (hetcc.structures: torch's
+    treespec_loads imports any module an enum key, a defaultdict or a namedtuple names)."""
     try:
         protocol, tree = json.loads(text)
     except (TypeError, ValueError, RecursionError):
         raise _Refused(f"{where} is not a serialized treespec") from None
     if protocol != 1:
         raise _Refused(f"{where} uses treespec protocol {protocol!r}; this hetcc reads 1")
-
-    def check(node, depth):
-        if depth > 64 or not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}:
-            raise _Refused(f"{where} has a node that is not {{type, context, children_spec}}")
-        kind, context, children = node["type"], node["context"], node["children_spec"]
-        if not isinstance(children, list):
-            raise _Refused(f"{where} has children_spec that is not a list")
-        if kind is None:
-            if context is not None or children:
-                raise _Refused(f"{where} has a leaf with a context or children")
-            return
-        if kind not in _STRUCTURE_TYPES:
-            raise _Refused(f"{where} has a container of type {kind!r} (torch would import a module to read "
-                           "it); hetcc segments use tuples, lists and dicts only")
-        if not isinstance(context, str):
-            raise _Refused(f"{where} has a context that is not a string")
-        try:
-            keys = json.loads(context)
-        except (ValueError, RecursionError):
-            raise _Refused(f"{where} has a context that is not JSON") from None
-        if kind in _KEYED:
-            if not isinstance(keys, list) or len(keys) != len(children) or any(
-                    isinstance(k, (dict, list)) for k in keys):
-                raise _Refused(f"{where} has a {kind} whose keys are not a list of {len(children)} plain values")
-        elif keys is not None:
-            raise _Refused(f"{where} has a {kind} with a context")
-        for child in children:
-            check(child, depth + 1)
-
-    check(tree, 0)
+    why = structure_problem(tree)
+    if why:
+        raise _Refused(f"{where} {why} (torch would import a module to read other types); hetcc "
+                       "segments use tuples, lists and dicts only")
     return json.dumps([1, tree])
 
 

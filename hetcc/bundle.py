@@ -29,9 +29,10 @@ import torch.utils._pytree as pytree
 
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
-from hetcc.errors import BundleError, HetccError, TargetError
+from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
+from hetcc.structures import structure_problem
 from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target
 
@@ -73,8 +74,20 @@ def _dtype(name) -> torch.dtype:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """An exception's whole message on one line (a runtime's first line is often only where it
+    was raised, e.g. OpenVINO's "Exception from src/inference/src/cpp/core.cpp:84:")."""
+    return readable(exc)
+
+
+def _tensors(path, what: str) -> dict:
+    """The tensors of a safetensors file from the bundle; a malformed one is a BundleError."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, and others
+        raise BundleError(f"{what} {path} is not a valid safetensors file ({type(exc).__name__}: "
+                          f"{readable(exc)}); the bundle is corrupt: copy it again or recompile") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,9 +359,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
                 remember_built(file)
     constants = {}
     if constant_entry:
-        from safetensors.torch import load_file
-
-        constants = load_file(str(_checked_file(root, constant_entry, "constants")))
+        constants = _tensors(_checked_file(root, constant_entry, "constants"), "constants file")
     state = _load_state(root, state_entry, segs, specs, constants, input_updates)
     steps, artifacts, seg_plans = [], {}, []
     for seg, backend, files in zip(segs, backends, checked):
@@ -382,9 +393,6 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
 def _verify_on_load(name: str, target: str, run, artifact) -> None:
     """A segment compiled for a device that was not there (compile(cross_compile=True)) is checked
     against the PyTorch reference the first time it can run: here, at load."""
-    import torch
-    from safetensors.torch import load_file
-
     from hetcc.verify import Tolerances, check_outputs
 
     check = artifact.meta.get("check")
@@ -392,12 +400,13 @@ def _verify_on_load(name: str, target: str, run, artifact) -> None:
     if not isinstance(check, dict) or not path:
         raise BundleError(f"segment {name} ({target}) was never verified and its check data is missing; "
                           "the bundle is incomplete: compile it again")
+    data = _tensors(path, f"segment {name}'s check data")
     try:
-        data = load_file(path)
         inputs = [data[f"in{i}"] for i in range(int(check["inputs"]))]
         want = [data[f"out{j}"] for j in range(len(check["outputs"]))]
-        table = {getattr(torch, k): tuple(v) for k, v in check["tolerances"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        table = {_dtype(k): Tolerances.make(*v).for_dtype(torch.float32)
+                 for k, v in check["tolerances"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, OSError, HetccError) as exc:
         raise BundleError(f"segment {name} ({target}): its check data is malformed ({exc!r}); the "
                           "bundle is corrupt: copy it again or recompile") from exc
     try:
@@ -436,44 +445,14 @@ def _dim(d):
     return d
 
 
-_STRUCTURE_TYPES = {"builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
-_KEYED = {"builtins.dict", "collections.OrderedDict"}
-
-
 def _check_structure(node, field: str) -> None:
-    """Refuse anything but tuples, lists, dicts and leaves in a serialized treespec. torch's own
-    ``treespec_loads`` imports any module an enum key or a defaultdict names, so a manifest must
-    not reach it unchecked."""
-    def bad(why: str):
-        return BundleError(f"manifest field {field} {why}; a bundle stores only tuples, lists and "
-                           "dicts with plain keys: the bundle is corrupt, was tampered with, or needs "
-                           "a newer hetcc")
-
-    if not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}:
-        raise bad("has a node that is not {type, context, children_spec}")
-    kind, context, children = node["type"], node["context"], node["children_spec"]
-    if not isinstance(children, list):
-        raise bad("has children_spec that is not a list")
-    if kind is None:
-        if context is not None or children:
-            raise bad("has a leaf with a context or children")
-        return
-    if kind not in _STRUCTURE_TYPES:
-        raise bad(f"has a container of type {kind!r}")
-    if not isinstance(context, str):
-        raise bad("has a context that is not a string")
-    try:
-        keys = json.loads(context)
-    except (ValueError, RecursionError):
-        raise bad("has a context that is not JSON") from None
-    if kind in _KEYED:
-        if not isinstance(keys, list) or len(keys) != len(children) or any(
-                isinstance(k, (dict, list)) for k in keys):
-            raise bad(f"has a {kind} whose keys are not a list of {len(children)} plain values")
-    elif keys is not None:
-        raise bad(f"has a {kind} with a context")
-    for child in children:
-        _check_structure(child, field)
+    """Refuse anything but tuples, lists, dicts and leaves in a serialized treespec
+    (hetcc.structures: torch's ``treespec_loads`` imports modules a structure names)."""
+    why = structure_problem(node)
+    if why:
+        raise BundleError(f"manifest field {field} {why}; a bundle stores only tuples, lists and "
+                          "dicts with plain keys: the bundle is corrupt, was tampered with, or needs "
+                          "a newer hetcc")
 
 
 def _treespec_text(spec, field: str) -> str:
@@ -784,9 +763,7 @@ def _load_state(root: Path, entry: dict, segs, specs, constants, input_updates) 
                           "input, segment or constant provides; the bundle is corrupt: recompile it")
     if not entry:
         return {}
-    from safetensors.torch import load_file
-
-    state = load_file(str(_checked_file(root, entry, "state")))
+    state = _tensors(_checked_file(root, entry, "state"), "state file")
     if set(state) != set(entry["names"]):
         raise BundleError(f"{STATE} holds {sorted(state)} but the manifest's state.names are "
                           f"{sorted(entry['names'])}; the bundle is corrupt: copy it again or recompile")

@@ -9,8 +9,9 @@ import contextlib
 import importlib.util
 import inspect
 import itertools
-import math
 import logging
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -278,13 +279,48 @@ def _npz_arrays(path: str) -> dict:
             magic = f.read(6)
         if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):  # numpy would guess "pickle" here
             raise CliError(f"{path} is not an .npz or .npy file (write one with numpy.savez)")
+        _check_declared_sizes(path, magic.startswith(b"PK"))
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a single .npy array
             return {"arr_0": loaded}
         with loaded:
             return {k: loaded[k] for k in loaded.files}
+    except MemoryError as exc:
+        raise CliError(f"{path} holds arrays larger than this machine's memory") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CliError(f"cannot read arrays from {path}: {type(exc).__name__}: {exc}") from exc
+
+
+NPZ_EXPANSION = 16
+"""How much larger than the file its arrays may be (compression); with a 64 MiB floor. A member
+that claims more is refused from its header, before numpy inflates or allocates it."""
+
+
+def _check_declared_sizes(path: str, is_zip: bool) -> None:
+    import zipfile
+
+    import numpy as np
+
+    limit = max(64 * 2**20, NPZ_EXPANSION * os.path.getsize(path))
+
+    def check(f, member: str) -> None:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > limit:
+            raise CliError(f"{path}: array {member} claims {size} bytes ({dtype}{list(shape)}), more than "
+                           f"{NPZ_EXPANSION}x the file; refusing to inflate it (a damaged or hostile file)")
+
+    if not is_zip:
+        with open(path, "rb") as f:
+            check(f, "arr_0")
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".npy"):
+                with archive.open(info) as f:
+                    check(f, info.filename[:-4])
 
 
 def to_tensor(array, name: str):

@@ -142,7 +142,8 @@ class Runtime:
         else:
             with self._lock:
                 out, env = self._execute(flat, seconds, self._state)
-                self._state = {name: self._new_state(name, env) for name in self._state}
+                reachable = _storages(flat, out)
+                self._state = {name: self._new_state(name, env, reachable) for name in self._state}
         if self.input_updates:
             self._update_inputs(flat, env)
         return out
@@ -150,9 +151,13 @@ class Runtime:
     def _value(self, name: str, env: dict):
         return env[name] if name in env else self.constants[name]
 
-    def _new_state(self, name: str, env: dict) -> torch.Tensor:
+    def _new_state(self, name: str, env: dict, reachable: set) -> torch.Tensor:
         value = self._value(self.state_updates[name], env)
-        return value.clone() if name in self._copy_state else value
+        # a view of it may be what the caller got back (a runtime may return a view of the new
+        # state as an output), so memory the caller can reach is copied, not kept
+        if name in self._copy_state or value.untyped_storage().data_ptr() in reachable:
+            return value.clone()
+        return value
 
     def _update_inputs(self, flat, env) -> None:
         """As eager's in-place ops would have: the caller's tensors get their new values. All new
@@ -193,6 +198,11 @@ class Runtime:
         if self._single_output:
             return flat_out[0], env
         return pytree.tree_unflatten(flat_out, self.out_spec), env
+
+
+def _storages(*trees) -> set:
+    """The memory (storage addresses) of every tensor in ``trees``: what the caller holds."""
+    return {x.untyped_storage().data_ptr() for x in pytree.tree_leaves(trees) if isinstance(x, torch.Tensor)}
 
 
 def check_input(value, spec: TensorSpec, signature: str) -> None:

@@ -363,3 +363,42 @@ def test_options_for_a_backend_not_in_the_targets_are_refused():
 def test_cpu_targets_take_no_index(target):
     with pytest.raises(TargetError, match="takes no index"):
         hetcc.compile(nn.Linear(4, 4), (torch.randn(2, 4),), targets=[target])
+
+
+@pytest.mark.parametrize("which", ["state", "constants"])
+def test_a_safetensors_file_that_is_not_one_is_a_bundle_error(tmp_path, which):
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("n", torch.zeros(()))
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            self.n.add_(1)
+            return x + self.n, self.w  # w is returned as is: a bundle constant
+
+    path = hetcc.compile(Counter(), (torch.ones(3),), measure=False).save(tmp_path / "b")
+    file = path / f"{which}.safetensors"
+    file.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}x")
+    manifest = _manifest(path)
+    import hashlib
+    manifest[which].update(sha256=hashlib.sha256(file.read_bytes()).hexdigest(), bytes=file.stat().st_size)
+    _write_manifest(path, manifest)
+    with pytest.raises(BundleError, match="not a valid safetensors file"):
+        hetcc.load(path)
+
+
+def test_cli_run_refuses_an_input_file_that_inflates_past_its_size(saved, tmp_path, capsys):
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:  # 1 GiB of zeros in ~1 MB
+        with archive.open("ids.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False,
+                                                     "shape": (2**27,)})
+            chunk = bytes(1 << 24)
+            for _ in range(64):
+                f.write(chunk)
+    assert main(["run", str(saved), "--inputs", str(bomb)]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to inflate it" in err and "bug in hetcc" not in err

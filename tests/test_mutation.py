@@ -525,3 +525,29 @@ def test_state_file_with_other_names_is_refused(counter_bundle):
     _edit_manifest(counter_bundle, lambda m: m["state"].update(entry))
     with pytest.raises(BundleError, match="state.names"):
         hetcc.load(counter_bundle)
+
+
+class ViewOfNewState(nn.Module):
+    """Returns a view of the buffer's new value: eager gives the caller a tensor whose later change
+    does not reach the next call (found by the hostile-bundle probe: hetcc kept the viewed memory
+    as state, so writing to the output changed the model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("buf", torch.zeros(2, 8))
+
+    def forward(self, x):
+        h = self.buf + x
+        self.buf.copy_(h)
+        return h.view(16)
+
+
+@pytest.mark.parametrize("targets", [["torch:cpu"], MIXED])
+def test_writing_to_an_output_does_not_change_the_state(targets):
+    eager = ViewOfNewState()
+    cm = hetcc.compile(ViewOfNewState(), (torch.ones(2, 8),), targets=targets, measure=False)
+    cm.reset_state()
+    for model in (eager, cm):
+        out = model(torch.ones(2, 8))
+        out.fill_(77.0)
+    torch.testing.assert_close(cm(torch.full((2, 8), 2.0)), eager(torch.full((2, 8), 2.0)))

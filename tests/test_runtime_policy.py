@@ -1,6 +1,5 @@
 """Runtime configuration follows the plan: ONNX Runtime busy-waits between calls only when it has
 the cores to itself (docs/backends.md, "Spinning"), and a bundle keeps that choice."""
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn

@@ -326,6 +326,17 @@ def _buffer_mutation(src, dst, probe):
     _edit_json(src, dst, "models/model.json", edit)
 
 
+def _shape_expression(expr):
+    """A shape expression sympy accepts as a size but would take forever (or all memory) to
+    evaluate: hetcc.load must refuse it at once rather than hang (found by the probe)."""
+    def build(src, dst, probe):
+        def edit(doc):
+            meta = _model(doc)[0]["tensor_values"][_user_input(doc)]
+            meta["sizes"][0] = {"as_expr": {"expr_str": expr, "hint": {"as_int": 2}}}
+        _edit_json(src, dst, "models/model.json", edit)
+    return build
+
+
 ATTACKS = {
     "duplicate-entry": (_duplicate_entry, "two entries named", "load"),
     "guards-code": (_guards_code, "guards_code holds", "call"),
@@ -346,6 +357,17 @@ ATTACKS = {
     "target-outside-aten": (_target("torch.os.system"), "'torch.os.system', which is not an op", None),
     "higher-order-op": (_target("torch.ops.higher_order.cond"), "not an op in hetcc's vetted set", None),
     "nested-graph": (_nested_graph, "nested graph", None),
+    # kernels that trust their arguments: with indices the bundle picks, max-pool's backward writes
+    # out of bounds (SIGSEGV) and the Cholesky helper corrupts the heap (hostile-bundle probe)
+    "backward-op": (_target("torch.ops.aten.max_pool2d_with_indices_backward.default"),
+                    "max_pool2d_with_indices_backward.default, which is not in hetcc's vetted set", None),
+    "unchecked-kernel": (_target("torch.ops.aten._cholesky_solve_helper.default"),
+                         "_cholesky_solve_helper.default, which is not in hetcc's vetted set", None),
+    "huge-power": (_shape_expression("Pow(Integer(10), Integer(100000000))"),
+                   "raises to a power that is not a small integer", None),
+    "power-of-a-power": (_shape_expression("Pow(Pow(Symbol('s0', integer=True), Integer(60)), Integer(60))"),
+                         "has a power of a power", None),
+    "huge-float": (_shape_expression("Float('1e99999999')"), "holds the string '1e99999999'", None),
     "unmodelled-output": (_buffer_mutation, "program output of kind buffer_mutation", None),
 }
 
