@@ -440,7 +440,7 @@ def render(rows: list[dict], paths) -> str:
                  + ", hetcc / eager " + ("-" if g_eager is None else f"{g_eager:.3g}") + ".")
     if notes:
         lines.append("")
-        lines += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+        lines += [f"- [{i}] {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines)
 
 

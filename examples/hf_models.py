@@ -3,7 +3,7 @@ weights (nothing is downloaded), each wrapped to take and return plain tensors.
 
 Every ``build_<name>(size="bench")`` returns ``(model, example_inputs)``, so each works from the CLI:
 
-    hetcc compile examples/hf_models.py:build_bert
+    hetcc compile examples/hf_models.py:build_bert --targets onnxruntime:cpu,openvino:cpu -o bert.bundle
     python examples/hf_models.py [name ...]        # compile each with hetcc, compare with eager
 
 ``size="bench"`` is sized for a 2-core CPU (a forward takes a few to some tens of ms);
