@@ -1,0 +1,114 @@
+"""Hugging Face architectures (examples/hf_models.py, tiny configs, random weights) through hetcc,
+and a smoke test of benchmarks/bench_native.py. Correctness only: where hetcc's plan falls back
+(a segment a runtime rejects), the test checks the outputs, not the placement."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import hetcc  # noqa: E402
+
+import hf_models  # noqa: E402  (tests/conftest.py puts examples/ on the path)
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["onnxruntime:cpu", "openvino:cpu", "torch:cpu"]
+
+
+def _flat(out):
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+@pytest.mark.parametrize("name", list(hf_models.MODELS))
+def test_hf_model_compiles_and_matches_eager(name):
+    model, inputs = hf_models.build(name, "tiny")
+    with torch.no_grad():
+        want = _flat(model(*inputs))
+    compiled = hetcc.compile(model, inputs, targets=TARGETS, measure=False)
+    got = _flat(compiled(*inputs))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert w.abs().max() > 1e-3, "the tiny model's output vanished: nothing would be checked"
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    assert compiled.plan.segments
+
+
+def test_llama_decode_step_matches_the_full_prompt():
+    """The decode wrapper (KV cache in and out as tensors) gives the logits of a full forward."""
+    model, (ids, position, *kv) = hf_models.build_llama_decode("tiny")
+    lm = model.model
+    past = int(position)
+    prompt = torch.randint(0, lm.config.vocab_size, (1, past + 1), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = lm(input_ids=prompt, use_cache=False).logits
+        prefix = lm(input_ids=prompt[:, :past], use_cache=True)
+        cache = [t for layer in prefix.cache.layers for t in (layer.keys, layer.values)]
+        assert [tuple(t.shape) for t in cache] == [tuple(t.shape) for t in kv]
+        logits, *new = model(prompt[:, past:], position, *cache)
+    torch.testing.assert_close(logits[:, -1], full[:, -1], rtol=1e-4, atol=1e-4)
+    assert all(t.shape[2] == past + 1 for t in new)
+
+
+def test_hf_builders_work_from_the_cli_spec():
+    """``hetcc compile examples/hf_models.py:build_bert`` calls build_bert() with no arguments."""
+    from hetcc.cli_inputs import load_model
+
+    model, inputs, options = load_model(f"{ROOT / 'examples' / 'hf_models.py'}:build_resnet")
+    assert isinstance(model, torch.nn.Module) and inputs[0].shape == (1, 3, 224, 224) and options == {}
+
+
+def _bench_native():
+    spec = importlib.util.spec_from_file_location("bench_native", ROOT / "benchmarks" / "bench_native.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_native"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_native_smoke(monkeypatch, tmp_path):
+    """Every path gives a result or a recorded failure; ratios and the table come out."""
+    bench = _bench_native()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+    def broken(model, inputs, workdir):
+        raise RuntimeError("no such runtime here\nsecond line")
+
+    monkeypatch.setitem(bench.BUILDERS, "broken", broken)
+    monkeypatch.setitem(bench.LABELS, "broken", "broken")
+    paths = list(bench.PATHS) + ["broken"]
+    row = bench.run_model("convnext", "tiny", paths, rounds=2, budget=None, warmup=1, progress=lambda m: None)
+
+    assert set(row["paths"]) == set(paths)
+    for path, result in row["paths"].items():
+        assert result["status"] in ("ok", "inexact", "fails"), path
+        if result["status"] == "fails":
+            assert result["reason"] and "\n" not in result["reason"] and result["stats"] is None, path
+        else:
+            assert result["stats"]["n"] == 2 and result["stats"]["median_s"] > 0, path
+    assert row["paths"]["broken"]["reason"] == "RuntimeError: no such runtime here"
+    for path in ("hetcc", "onnxruntime", "eager"):
+        assert row["paths"][path]["status"] == "ok", row["paths"][path]["reason"]
+    assert row["paths"]["hetcc"]["info"]["targets_used"]
+    assert row["best_native"] in bench.NATIVE
+    assert row["ratio_best_native"] > 0 and row["ratio_eager"] > 0
+    assert len(row["ratio_spread"]) == 2
+
+    table = bench.render([row], paths)
+    assert "convnext" in table and "fails [" in table and "no such runtime here" in table
+    assert bench.geomean([row["ratio_best_native"]]) == pytest.approx(row["ratio_best_native"])
+
+
+def test_bench_native_compare_and_reasons():
+    bench = _bench_native()
+    want = torch.ones(2, 3)
+    assert bench.compare([want.numpy() + 1e-6], want)[1] is None
+    err, problem = bench.compare((want + 0.1,), want)
+    assert err == pytest.approx(0.1) and "differs from eager" in problem
+    with pytest.raises(AssertionError, match="shape"):
+        bench.compare([torch.ones(3, 2)], want)
+    ov_like = RuntimeError("Check 'false' failed at x.cpp:1:\nFrontEnd API failed\nSummary:\n"
+                           "-- No conversion rule found for operations: aten::diff\n")
+    assert bench.one_line(ov_like) == "RuntimeError: No conversion rule found for operations: aten::diff"
