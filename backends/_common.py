@@ -231,23 +231,35 @@ def export_onnx(segment, workdir: Path, backend: str, opset: int = ONNX_OPSET,
     path = workdir / filename
     try:
         ep = segment.export()
+        # Graph inputs and outputs get names of their own: the exporter names inner values after
+        # FX nodes too, and an output renamed to a value name another node already defines made an
+        # invalid model ("Duplicate definition of name (add_7)": HF T5 and Llama). Position maps
+        # them back (meta onnx_input_names / onnx_output_names).
+        in_names, out_names = onnx_io_names(segment)
         with quiet():
             program = torch.onnx.export(
                 ep, (), dynamo=True, optimize=True, verbose=False, opset_version=opset,
-                input_names=list(segment.input_names), output_names=list(segment.output_names),
+                input_names=in_names, output_names=out_names,
             )
             external = _initializer_bytes(program, segment) > embed_limit
             program.save(str(path), external_data=external)
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:
         raise lowering_error(segment, backend, exc, workdir) from exc
-    onnx_inputs = _match_names([i.name for i in graph.input], segment.input_names, "inputs", segment)
-    onnx_outputs = _match_names([o.name for o in graph.output], segment.output_names, "outputs", segment)
+    onnx_inputs = _match_names([i.name for i in graph.input], in_names, "inputs", segment)
+    onnx_outputs = _match_names([o.name for o in graph.output], out_names, "outputs", segment)
     files = {"model": str(path)}
     data = [p for p in workdir.iterdir() if p.name.startswith(path.name) and p != path]
     if data:
         files["weights"] = str(data[0])
     return OnnxFile(files, onnx_inputs, onnx_outputs, bool(data))
+
+
+def onnx_io_names(segment) -> tuple[list[str], list[str]]:
+    """The ONNX graph's input and output names for a segment: its value names, under a prefix no
+    name the exporter gives an inner value has."""
+    return ([f"hetcc_in{i}__{n}" for i, n in enumerate(segment.input_names)],
+            [f"hetcc_out{j}__{n}" for j, n in enumerate(segment.output_names)])
 
 
 def _initializer_bytes(program, segment) -> int:

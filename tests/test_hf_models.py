@@ -36,6 +36,20 @@ def test_hf_model_compiles_and_matches_eager(name):
     assert compiled.plan.segments
 
 
+@pytest.mark.parametrize("name", ["llama_prefill", "t5"])
+def test_onnx_runtime_takes_the_whole_model(name):
+    """hetcc's ONNX file for these was invalid ("Duplicate definition of name (add_7)": an output
+    renamed to a name the exporter gave an inner value), so the whole model fell back; the graph's
+    inputs and outputs now have names of their own."""
+    model, inputs = hf_models.build(name, "tiny")
+    compiled = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], measure=False)
+    assert compiled.plan.targets_used() == ["onnxruntime:cpu"], compiled.plan.notes
+    with torch.no_grad():
+        want = _flat(model(*inputs))
+    for g, w in zip(_flat(compiled(*inputs)), want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
 def test_llama_decode_step_matches_the_full_prompt():
     """The decode wrapper (KV cache in and out as tensors) gives the logits of a full forward."""
     model, (ids, position, *kv) = hf_models.build_llama_decode("tiny")
