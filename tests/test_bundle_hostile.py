@@ -183,16 +183,25 @@ def test_saved_bundle_has_ordinary_permissions(compiled, tmp_path):
     assert stat.S_IMODE((path / "manifest.json").stat().st_mode) == 0o666 & ~mask
 
 
-def test_a_folder_created_during_the_save_is_not_replaced(compiled, tmp_path, monkeypatch):
-    dest = tmp_path / "b"
+def _race(monkeypatch, during):
+    """Run ``during()`` after the bundle is written and before it is moved into place."""
     real_write = bundle._write
 
     def racing_write(cm, staging):
         real_write(cm, staging)
+        during()
+
+    monkeypatch.setattr(bundle, "_write", racing_write)
+
+
+def test_a_folder_created_during_the_save_is_not_replaced(compiled, tmp_path, monkeypatch):
+    dest = tmp_path / "b"
+
+    def someone_else():
         dest.mkdir()
         (dest / "someone-elses.txt").write_text("keep me")
 
-    monkeypatch.setattr(bundle, "_write", racing_write)
+    _race(monkeypatch, someone_else)
     with pytest.raises(BundleError, match="changed while the bundle was being saved|not empty"):
         compiled[0].save(dest)
     assert (dest / "someone-elses.txt").read_text() == "keep me"
@@ -201,28 +210,20 @@ def test_a_folder_created_during_the_save_is_not_replaced(compiled, tmp_path, mo
 
 def test_an_empty_folder_created_during_the_save_is_fine(compiled, tmp_path, monkeypatch):
     dest = tmp_path / "b"
-    real_write = bundle._write
-
-    def racing_write(cm, staging):
-        real_write(cm, staging)
-        dest.mkdir()
-
-    monkeypatch.setattr(bundle, "_write", racing_write)
+    _race(monkeypatch, dest.mkdir)
     compiled[0].save(dest)
     assert (dest / "manifest.json").is_file()
 
 
 def test_overwrite_keeps_what_replaced_the_bundle_during_the_save(compiled, tmp_path, monkeypatch):
     dest = compiled[0].save(tmp_path / "b")
-    real_write = bundle._write
 
-    def racing_write(cm, staging):
-        real_write(cm, staging)
+    def replace_it():
         os.rename(dest, tmp_path / "moved")
         dest.mkdir()
         (dest / "thesis.tex").write_text("years of work")
 
-    monkeypatch.setattr(bundle, "_write", racing_write)
+    _race(monkeypatch, replace_it)
     with pytest.raises(BundleError, match="changed while the bundle was being saved"):
         compiled[0].save(dest, overwrite=True)
     assert (dest / "thesis.tex").read_text() == "years of work"
