@@ -58,6 +58,14 @@ class SegmentProgram:
         return tuple(out)
 
 
+def _is_sink(node: fx.Node) -> bool:
+    """A node that reads a value and makes none that anything reads: torch.export's metadata
+    assertions (``aten._assert_tensor_metadata`` beside every ``.to(dtype)``). No segment runs
+    them, so a value they read is no reason to return it from its segment (HF T5 returned 12
+    intermediates nobody used)."""
+    return node.op == "call_function" and not node.users and node.meta.get("val") is None
+
+
 def dim_order(t: torch.Tensor) -> tuple[int, ...]:
     """Dimensions from outermost to innermost in memory (ties broken by position)."""
     return tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
@@ -139,7 +147,7 @@ def build_program(name, graph: fx.Graph, node_names, weights: dict[str, torch.Te
                 bring(a)
         env[n.name] = g.node_copy(n, lambda a: env[a.name])
     outputs = [n.name for n in order
-               if n.name in keep_outputs or any(u.name not in members for u in n.users)]
+               if n.name in keep_outputs or any(u.name not in members and not _is_sink(u) for u in n.users)]
     g.output(tuple(env[o] for o in outputs))
     gm = fx.GraphModule(root, g)
     return SegmentProgram(

@@ -144,3 +144,19 @@ def test_inputs_that_are_views_compile():
     compiled = hetcc.compile(gpt_model, (ids[:, :8],), targets=["torch:cpu"])
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids[:, :8].clone()), gpt_model(ids[:, :8]))
+
+
+def test_a_segment_returns_only_what_is_read_later():
+    """torch.export puts an _assert_tensor_metadata node beside every .to(dtype); no segment runs
+    it, and the value it reads must not become a segment output (HF T5 returned 12 such values)."""
+    class Casts(torch.nn.Module):
+        def forward(self, x):
+            h = (x * 2).to(torch.float64)
+            return (h + 1).to(torch.float32) * 3
+
+    x = torch.randn(4, 8)
+    cm = hetcc.compile(Casts(), (x,), targets=["onnxruntime:cpu"], measure=False)
+    graph = cm._captured.graph
+    assert any("_assert_tensor_metadata" in str(n.target) for n in graph.nodes), "nothing to test"
+    assert [len(s.outputs) for s in cm.plan.segments] == [1]
+    torch.testing.assert_close(cm(x), Casts()(x))
