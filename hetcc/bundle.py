@@ -73,12 +73,6 @@ def _dtype(name) -> torch.dtype:
     return dtype
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's whole message on one line (a runtime's first line is often only where it
-    was raised, e.g. OpenVINO's "Exception from src/inference/src/cpp/core.cpp:84:")."""
-    return readable(exc)
-
-
 def _tensors(path, what: str) -> dict:
     """The tensors of a safetensors file from the bundle; a malformed one is a BundleError."""
     from safetensors.torch import load_file
@@ -341,8 +335,9 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     const_outputs = {int(k): v for k, v in (manifest.get("constant_outputs") or {}).items()}
     constant_entry = manifest.get("constants") or {}
     state_entry, input_updates = _state_manifest(manifest, len(specs))
-    _check_wiring(_readable(specs, state_entry), segs, outputs, const_outputs, out_spec,
-                  constant_entry.get("names"))
+    updates = [*(state_entry.get("updates") or {}).values(), *input_updates.values()]
+    _check_wiring({s.name for s in specs} | set(state_entry.get("names", ())), segs, outputs,
+                  const_outputs, out_spec, constant_entry.get("names"), updates)
     backends = _backends(segs, manifest)
     for seg in segs:  # every path first, before anything is read
         for entry in seg["files"].values():
@@ -360,7 +355,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     constants = {}
     if constant_entry:
         constants = _tensors(_checked_file(root, constant_entry, "constants"), "constants file")
-    state = _load_state(root, state_entry, segs, specs, constants, input_updates)
+    state = _load_state(root, state_entry)
     steps, artifacts, seg_plans = [], {}, []
     for seg, backend, files in zip(segs, backends, checked):
         name, target = seg["name"], Target.parse(seg["target"])
@@ -376,7 +371,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
                       "the file may be damaged or not supported by this runtime: recompile the bundle")
             raise BundleError(
                 f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))} "
-                f"({type(exc).__name__}: {_first_line(exc)}); {advice}") from exc
+                f"({type(exc).__name__}: {readable(exc)}); {advice}") from exc
         if artifact.meta.get("verified") is False:  # cross-compiled: first run on its device
             _verify_on_load(name, str(target), run, artifact)
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
@@ -460,7 +455,7 @@ def _treespec_text(spec, field: str) -> str:
         text = pytree.treespec_dumps(spec)
     except (NotImplementedError, TypeError) as exc:
         raise BundleError(f"the model's {field.split('_')[0]}s are in a structure a bundle cannot store "
-                          f"({_first_line(exc)}); use tuples, lists and dicts with str or int keys") from exc
+                          f"({readable(exc)}); use tuples, lists and dicts with str or int keys") from exc
     _check_structure(json.loads(text)[1], field)
     return text
 
@@ -479,7 +474,7 @@ def _treespec(text, field: str):
         return pytree.treespec_loads(text)
     except Exception as exc:
         raise BundleError(f"manifest field {field} is not a treespec this torch reads "
-                          f"({type(exc).__name__}: {_first_line(exc)}); the bundle is corrupt") from exc
+                          f"({type(exc).__name__}: {readable(exc)}); the bundle is corrupt") from exc
 
 
 def _segments(manifest: dict) -> list[dict]:
@@ -508,10 +503,12 @@ def _segments(manifest: dict) -> list[dict]:
     return segs
 
 
-def _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_names) -> None:
-    """Every value a segment or output reads is an input or made earlier, so a bad manifest fails
-    here and not at the first call."""
-    known = {s.name for s in specs}
+def _check_wiring(start: set, segs, outputs, const_outputs, out_spec, constant_names,
+                  updates=()) -> None:
+    """Every value a segment, an output or a state/input update reads is an input, a state, a
+    constant or made by a segment, so a bad manifest fails here and not at the first call.
+    ``start``: the names readable before any segment runs (the inputs and the state)."""
+    known = set(start)
     for seg in segs:
         missing = [n for n in seg["inputs"] if n not in known]
         if missing:
@@ -525,6 +522,10 @@ def _check_wiring(specs, segs, outputs, const_outputs, out_spec, constant_names)
         if name is not None and name not in known:
             raise BundleError(f"output {i} is {name!r}, which no input, segment or constant provides; "
                               "the bundle is corrupt: recompile it")
+    missing = sorted({name for name in updates if name not in known})
+    if missing:
+        raise BundleError(f"the manifest updates state or inputs with {', '.join(missing)}, which no "
+                          "input, segment or constant provides; the bundle is corrupt: recompile it")
     if out_spec.num_leaves != len(outputs):
         raise BundleError(f"output_structure has {out_spec.num_leaves} leaves but outputs lists "
                           f"{len(outputs)}; the bundle is corrupt")
@@ -546,7 +547,7 @@ def _backends(segs, manifest) -> list:
             backend = get_backend(target.backend)
         except Exception as exc:  # a broken plugin: say which segment needed it
             problems.append(f"segment {seg['name']} needs the {target.backend!r} backend, which failed "
-                            f"to start: {type(exc).__name__}: {_first_line(exc)}")
+                            f"to start: {type(exc).__name__}: {readable(exc)}")
             out.append(None)
             continue
         if target.device not in backend.devices:
@@ -666,7 +667,7 @@ def _plan(root: Path, seg_plans) -> Plan:
         return _plan_from_report(report, seg_plans)
     except (OSError, ValueError, TypeError, AttributeError, KeyError, BundleError) as exc:
         log.warning("%s is missing or unreadable (%s); the loaded plan has the manifest's numbers only",
-                    root / REPORT, _first_line(exc))
+                    root / REPORT, readable(exc))
         return _plan_from_report({}, seg_plans)
 
 
@@ -744,23 +745,8 @@ def _state_manifest(manifest: dict, n_inputs: int) -> tuple[dict, dict[int, str]
     return entry, inputs
 
 
-def _readable(specs, entry: dict) -> list:
-    """What segments may read before any has run, for ``_check_wiring`` (which reads ``.name``):
-    the inputs and the state."""
-    from types import SimpleNamespace
-
-    return list(specs) + [SimpleNamespace(name=name) for name in entry.get("names", ())]
-
-
-def _load_state(root: Path, entry: dict, segs, specs, constants, input_updates) -> dict:
-    """The saved state, read from its checked file; every new value must be one the model makes."""
-    known = {s.name for s in specs} | set(entry.get("names", ())) | set(constants)
-    known.update(name for seg in segs for name in seg["outputs"])
-    news = list((entry.get("updates") or {}).values()) + list(input_updates.values())
-    missing = sorted({name for name in news if name not in known})
-    if missing:
-        raise BundleError(f"the manifest updates state or inputs with {', '.join(missing)}, which no "
-                          "input, segment or constant provides; the bundle is corrupt: recompile it")
+def _load_state(root: Path, entry: dict) -> dict:
+    """The saved state, read from its checked file (its wiring was checked with the rest)."""
     if not entry:
         return {}
     state = _tensors(_checked_file(root, entry, "state"), "state file")

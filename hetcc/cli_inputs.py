@@ -69,11 +69,13 @@ def byte_count(text: str) -> int:
 
 def tolerance(text: str) -> float:
     """A verification tolerance: a finite number >= 0 (inf or nan would accept any result)."""
+    from hetcc.verify import is_tolerance
+
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
+    if not is_tolerance(value):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 such as 1e-4, got {text!r}")
     return value
 

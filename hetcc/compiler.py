@@ -496,7 +496,6 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
             measured_seconds=artifact.meta.get("measured_seconds"),
         ))
-    for program, target, _, artifact, _, _ in segments:
         if artifact.meta.get("nan_differs"):
             notes = list(notes) + [
                 f"{program.name} on {target} does not propagate NaN as torch does "

@@ -75,10 +75,6 @@ class Runtime:
         self._initial = dict(state or {})
         self._state = dict(self._initial)
         self._lock = threading.Lock() if self._state else None
-        # a new state value the caller can also reach (an input, a returned output) is copied, so
-        # that changing that tensor later does not change the model's state
-        callers = {s.name for s in input_specs} | {o for o in outputs if o is not None}
-        self._copy_state = {name for name, src in self.state_updates.items() if src in callers}
         keep = {o for o in outputs if o is not None}
         keep.update(self.state_updates.values(), self.input_updates.values())
         last_use: dict[str, int] = {}
@@ -153,9 +149,10 @@ class Runtime:
 
     def _new_state(self, name: str, env: dict, reachable: set) -> torch.Tensor:
         value = self._value(self.state_updates[name], env)
-        # a view of it may be what the caller got back (a runtime may return a view of the new
-        # state as an output), so memory the caller can reach is copied, not kept
-        if name in self._copy_state or value.untyped_storage().data_ptr() in reachable:
+        # a new state the caller can also reach (an input, an output, or a view of either: a
+        # runtime may return a view of the new state) is copied, so that changing that tensor
+        # later does not change the model's state
+        if value.untyped_storage().data_ptr() in reachable:
             return value.clone()
         return value
 

@@ -31,10 +31,7 @@ class Tolerances:
     @classmethod
     def make(cls, rtol: float | None = None, atol: float | None = None) -> "Tolerances":
         for name, value in (("rtol", rtol), ("atol", atol)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            if value is not None and not is_tolerance(value):
                 raise HetccError(f"{name} must be a finite number >= 0 (the verification tolerance, e.g. "
                                  f"1e-4), got {value!r}; an infinite or NaN tolerance would accept any "
                                  "result")
@@ -46,6 +43,12 @@ class Tolerances:
 
     def for_dtype(self, dtype) -> tuple[float, float]:
         return self.per_dtype.get(dtype, (0.0, 0.0))  # integers and bools must match exactly
+
+
+def is_tolerance(value) -> bool:
+    """A usable verification tolerance: a finite number >= 0 (inf or NaN would accept anything)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0)
 
 
 def compare(program, got, tolerances: Tolerances) -> float:
@@ -98,11 +101,8 @@ def nan_probe_inputs(inputs) -> tuple | None:
     probe, poisoned = [], False
     for x in inputs:
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
-            x = x.clone()
-            flat = x.view(-1) if x.is_contiguous() else None
-            if flat is None:
-                x = x.contiguous()
-                flat = x.view(-1)
+            x = x.clone(memory_format=torch.contiguous_format)
+            flat = x.view(-1)
             for i in {0, flat.numel() // 2, flat.numel() - 1}:
                 flat[i] = math.nan
             poisoned = True
