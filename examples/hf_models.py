@@ -10,9 +10,14 @@ Every ``build_<name>(size="bench")`` returns ``(model, example_inputs)``, so eac
 ``size="tiny"`` is what tests/test_hf_models.py compiles: the same architecture (GQA, cache, encoder
 and decoder), one layer or block per stage where the config allows, tiny widths.
 
-The wrappers return ``last_hidden_state`` / ``logits`` (and, for the decode step, the new cache as
-tensors) because a stock ``ModelOutput`` return is a separate matter (issue 11). Needs
-``pip install transformers`` (the ``hf`` extra).
+The benchmark's models are wrapped to take positional tensors and return ``last_hidden_state`` /
+``logits`` (and, for the decode step, the new cache as tensors), so that every path compared
+(torch.onnx.export, OpenVINO's converter, ...) sees the same graph. ``build_stock_<family>`` returns
+the transformers model as it comes (keyword inputs, a ``ModelOutput``):
+
+    hetcc compile examples/hf_models.py:build_stock_bert --targets onnxruntime:cpu -o bert.bundle
+
+Needs ``pip install transformers`` (the ``hf`` extra).
 """
 from __future__ import annotations
 
@@ -254,6 +259,48 @@ def build_mobilenet_v2(size: str = "bench"):
         backbone.train()(pixel_values=calibration)
     model = _ready(LastHidden(backbone, ("pixel_values",)))
     return model, (torch.randn(1, 3, c["image"], c["image"], generator=torch.Generator().manual_seed(0)),)
+
+
+# ---- stock models, as users have them ----------------------------------------------------------
+# The transformers classes themselves: called by keyword, returning a ModelOutput (last_hidden_state,
+# logits, ...). hetcc compiles, saves and loads them as they are; a loaded bundle returns the same
+# ModelOutput class when transformers is imported, and an equivalent hetcc Record otherwise.
+
+def build_stock_bert(size: str = "bench"):
+    """BertModel (with its pooler) called as ``model(input_ids=..., attention_mask=...)``."""
+    from transformers import BertModel
+
+    wrapped, (ids, mask) = build_bert(size)
+    torch.manual_seed(0)
+    return _ready(BertModel(wrapped.model.config)), {"input_ids": ids, "attention_mask": mask}
+
+
+def build_stock_llama(size: str = "bench"):
+    """LlamaForCausalLM over a whole prompt, called by keyword. Its config turns the cache off
+    (``use_cache=False``): a returned DynamicCache is not a tensor structure torch.export can trace."""
+    wrapped, (ids,) = build_llama_prefill(size)
+    model = wrapped.model
+    model.config.use_cache = False
+    return model, {"input_ids": ids}
+
+
+def build_stock_vit(size: str = "bench"):
+    """ViTModel (with its pooler) called positionally with ``pixel_values``."""
+    from transformers import ViTModel
+
+    wrapped, inputs = build_vit(size)
+    torch.manual_seed(0)
+    return _ready(ViTModel(wrapped.model.config)), inputs
+
+
+def build_stock_t5(size: str = "bench"):
+    """T5Model (encoder-decoder, one decoder token), called by keyword."""
+    wrapped, (ids, decoder_ids) = build_t5(size)
+    return wrapped.model, {"input_ids": ids, "decoder_input_ids": decoder_ids}
+
+
+STOCK = {"bert": build_stock_bert, "llama": build_stock_llama, "vit": build_stock_vit, "t5": build_stock_t5}
+"""family -> build function of an unwrapped transformers model."""
 
 
 MODELS = {

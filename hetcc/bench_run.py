@@ -71,29 +71,36 @@ def prepare_model(model, inputs, targets, *, name: str, compile_options: dict | 
     say = progress or (lambda text: None)
     targets = [str(t) for t in targets]
     options, notes = dict(compile_options or {}), []
+    names = list(inputs) if isinstance(inputs, dict) else None
+    inputs = tuple(inputs.values()) if names else tuple(inputs)
     example = _batch_of(inputs)
     sizes = sorted(set(batch_sizes or ()))
-    dynamic = sizes and _dynamic_batch(inputs, example, options, sizes, notes)
+    dynamic = sizes and _dynamic_batch(inputs, example, options, sizes, notes, names)
     variants = []
     say(f"compiling the plan over {', '.join(targets)}")
     try:
-        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options))
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options,
+                                  names))
     except HetccError as exc:
         if not dynamic:
             raise
         notes.append(f"batch sizes skipped: compiling with a dynamic batch dimension failed, so the "
                      f"model's batch is fixed at {example} ({_first_line(exc)})")
         options.pop("dynamic_shapes")
-        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options))
+        variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options,
+                                  names))
     for target in targets if len(targets) > 1 else ():
         say(f"compiling for {target} alone")
         try:
             variants.append(_compiled(target, f"{target} alone", hetcc.compile, model, inputs, [target],
-                                      options))
+                                      options, names))
         except HetccError as exc:
             notes.append(f"{target} alone: not measured, compiling failed: {_first_line(exc)}")
     if reference == EAGER:
         variants.append(Variant(EAGER, "torch eager (reference)", model, reference=True))
+    if names:  # measured as positional calls, each made by keyword as the model takes them
+        for v in variants:
+            v.fn, v.timed = _by_keyword(v.fn, names), v.timed and _by_keyword(v.timed, names)
     batches = _batches(inputs, example, sizes, variants[0].fn, notes)
     return Bench(name, "model", variants, batches, notes, reference, targets, sizes)
 
@@ -154,9 +161,15 @@ def synthetic_inputs(specs) -> tuple:
 
 # ---- variants and batches ----
 
-def _compiled(name, label, compile_fn, model, inputs, targets, options) -> Variant:
+def _by_keyword(fn, names):
+    def call(*tensors):
+        return fn(**dict(zip(names, tensors)))
+    return call
+
+
+def _compiled(name, label, compile_fn, model, inputs, targets, options, names=None) -> Variant:
     started = time.perf_counter()
-    compiled = compile_fn(model, inputs, targets, **options)
+    compiled = compile_fn(model, dict(zip(names, inputs)) if names else inputs, targets, **options)
     variant = _variant(name, label, compiled, time.perf_counter() - started)
     variant.targets = tuple(targets)
     return variant
@@ -176,7 +189,7 @@ def _batch_of(inputs) -> int | None:
     return sizes.pop() if len(sizes) == 1 and None not in sizes else None
 
 
-def _dynamic_batch(inputs, example, options, sizes, notes) -> bool:
+def _dynamic_batch(inputs, example, options, sizes, notes, names=None) -> bool:
     """Set a dynamic batch dim in ``options``; False (and a note) where that cannot be."""
     import torch
 
@@ -190,7 +203,8 @@ def _dynamic_batch(inputs, example, options, sizes, notes) -> bool:
                      "whose example size is 1; give example inputs with batch >= 2")
         return False
     dim = torch.export.Dim("batch", min=1, max=max(DYNAMIC_MAX, *sizes))
-    options["dynamic_shapes"] = tuple({0: dim} for _ in inputs)
+    options["dynamic_shapes"] = ({n: {0: dim} for n in names} if names
+                                 else tuple({0: dim} for _ in inputs))
     return True
 
 

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import torch
 import torch.utils._pytree as pytree
 
+from hetcc import records
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
@@ -441,20 +442,26 @@ def _dim(d):
 
 
 def _check_structure(node, field: str) -> None:
-    """Refuse anything but tuples, lists, dicts and leaves in a serialized treespec
-    (hetcc.structures: torch's ``treespec_loads`` imports modules a structure names)."""
-    why = structure_problem(node)
+    """Refuse anything but tuples, lists, dicts, leaves and (in the output structure) records in a
+    serialized treespec (hetcc.structures: torch's ``treespec_loads`` imports modules a structure
+    names)."""
+    why = structure_problem(node, records=field == "output_structure")
     if why:
-        raise BundleError(f"manifest field {field} {why}; a bundle stores only tuples, lists and "
-                          "dicts with plain keys: the bundle is corrupt, was tampered with, or needs "
-                          "a newer hetcc")
+        raise BundleError(f"manifest field {field} {why}; a bundle stores only tuples, lists, "
+                          "dicts with plain keys and output records: the bundle is corrupt, was "
+                          "tampered with, or needs a newer hetcc")
 
 
 def _treespec_text(spec, field: str) -> str:
+    what = field.split("_")[0] + "s"
     try:
+        if field == "output_structure":
+            spec = records.storable(spec, what)
         text = pytree.treespec_dumps(spec)
+    except records.StructureError as exc:
+        raise BundleError(str(exc)) from None
     except (NotImplementedError, TypeError) as exc:
-        raise BundleError(f"the model's {field.split('_')[0]}s are in a structure a bundle cannot store "
+        raise BundleError(f"the model's {what} are in a structure a bundle cannot store "
                           f"({readable(exc)}); use tuples, lists and dicts with str or int keys") from exc
     _check_structure(json.loads(text)[1], field)
     return text
@@ -471,7 +478,7 @@ def _treespec(text, field: str):
                           "hetcc does not read (it reads 1); the bundle is corrupt or needs a newer hetcc")
     _check_structure(tree, field)
     try:
-        return pytree.treespec_loads(text)
+        return records.rebuilt(pytree.treespec_loads(text))
     except Exception as exc:
         raise BundleError(f"manifest field {field} is not a treespec this torch reads "
                           f"({type(exc).__name__}: {readable(exc)}); the bundle is corrupt") from exc

@@ -12,8 +12,10 @@ of a weight baked into them; an updated input is copied back into the caller's t
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +55,8 @@ class Captured:
     """State placeholder name -> the module's attribute path (fqn), e.g. ``layer.cache``."""
     input_updates: dict[int, str] = field(default_factory=dict)
     """Flattened user-input index -> graph value name that the caller's tensor holds after a call."""
+    notes: list[str] = field(default_factory=list)
+    """What capture noticed that the plan should say (e.g. outputs a bundle cannot store)."""
     _by_name: dict = field(default_factory=dict, repr=False)
 
     def node(self, name: str) -> fx.Node:
@@ -73,6 +77,13 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
         if model.example_inputs is None:
             raise ExportError("this ExportedProgram carries no example inputs; pass example_inputs")
         example_inputs, example_kwargs = model.example_inputs
+    if isinstance(example_inputs, Mapping) and example_kwargs is None:
+        # a dict of named inputs (a tokenizer's BatchEncoding) is what the model takes by keyword
+        example_inputs, example_kwargs = (), dict(example_inputs)
+    if example_kwargs is not None and not isinstance(example_kwargs, Mapping):
+        raise InputError(f"example_kwargs must be a dict of keyword inputs, got {type(example_kwargs).__name__}")
+    if example_kwargs is not None:
+        example_kwargs = dict(example_kwargs)
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     try:
@@ -140,10 +151,34 @@ def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:
     cap = Captured(ep, graph, weights, user_inputs, outputs, consts,
                    ep.call_spec.out_spec, ep.call_spec.in_spec)
     _record_mutations(cap, sig, mutations)
+    why = unsaveable(cap.in_spec, cap.out_spec)
+    if why:
+        log.warning("%s", why)
+        cap.notes.append(why)
     flat = _flatten_inputs(cap, args, kwargs)
     cap.values = reference_run(cap, flat)
     cap.dynamic_dims, cap.dim_ranges = _dynamic_dims(ep, _dim_names(ep, user_inputs, dynamic_shapes))
     return cap
+
+
+def unsaveable(in_spec, out_spec) -> str | None:
+    """Why a bundle could not store the model's input or output structure, or None. Asked right
+    after capture, so the user hears it before a long compile, not at save."""
+    from hetcc.records import StructureError, storable
+    from hetcc.structures import structure_problem
+
+    try:
+        storable(out_spec, "outputs")
+        inputs = json.loads(pytree.treespec_dumps(in_spec))[1]
+    except StructureError as exc:
+        return str(exc)
+    except (NotImplementedError, TypeError):
+        inputs = None
+    if inputs is None or structure_problem(inputs):
+        return ("the model's inputs are in a structure a bundle cannot store (it stores tuples, "
+                "lists and dicts with str or int keys); the compiled model runs, but cm.save() will "
+                "refuse it: pass tensors, or tuples, lists and dicts of them")
+    return None
 
 
 _STATE_KINDS = ("BUFFER_MUTATION", "PARAMETER_MUTATION")
@@ -200,7 +235,9 @@ def _record_mutations(cap: Captured, sig, mutations) -> None:
 
 
 def _flatten_inputs(cap: Captured, args, kwargs) -> list:
-    leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
+    from hetcc.runtime import ordered_kwargs
+
+    leaves = pytree.tree_leaves((tuple(args), ordered_kwargs(cap.in_spec, dict(kwargs))))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     if len(tensors) != len(cap.user_inputs):
         raise InputError(f"expected {len(cap.user_inputs)} tensor inputs, got {len(tensors)}")
@@ -316,7 +353,13 @@ def explain_export_failure(exc: BaseException) -> str:
         file, line, func = matches[-1]
         where = f" at {file}:{line} (in {func})"
     name = type(exc).__name__
-    if "DataDependent" in name or "data-dependent" in text or "data dependent" in text:
+    cache = _CACHE_OUTPUT.search(text)
+    if cache:
+        cause = f"the model returns a transformers {cache.group(1)}, which torch.export cannot trace"
+        fix = ("turn the cache off for a whole-prompt forward (model.config.use_cache = False, or "
+               "use_cache=False in the call), or return the cache as tensors, as the DecodeStep "
+               "wrapper in examples/hf_models.py does")
+    elif "DataDependent" in name or "data-dependent" in text or "data dependent" in text:
         cause = ("the model branches or sizes a tensor on a tensor's value (data-dependent control "
                  "flow)")
         fix = ("make the branch independent of tensor values, use torch.cond for a real branch, or "
@@ -331,4 +374,15 @@ def explain_export_failure(exc: BaseException) -> str:
     else:
         cause = f"torch.export failed ({name})"
         fix = "run torch.export.export(model, example_inputs) yourself to see the full trace"
-    return f"cannot capture the model: {cause}{where}. torch said: {first[:300]}. To fix: {fix}."
+    return f"cannot capture the model: {cause}{where}. torch said: {_sentence(first)} To fix: {fix}."
+
+
+_CACHE_OUTPUT = re.compile(r"Found <class '[\w.]*\.(\w*Cache)'> in output")
+
+
+def _sentence(text: str, limit: int = 400) -> str:
+    """torch's first line, whole if short, else cut at a word boundary with an ellipsis, ending in
+    one full stop (torch's own messages often end in one already)."""
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text if text.endswith((".", "...")) else text + "."

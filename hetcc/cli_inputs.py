@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from hetcc.errors import HetccError
@@ -100,7 +101,8 @@ _counter = itertools.count()
 
 
 def load_model(spec: str, inputs_npz: str | None = None):
-    """MODEL -> (model, example inputs as a tuple of tensors, extra compile options)."""
+    """MODEL -> (model, example inputs, extra compile options). The inputs are a tuple of tensors,
+    or a dict of them for a model called by keyword."""
     # The last colon splits off the function, unless the spec already ends like a file name.
     path, _, func = ("", "", "") if spec.endswith((".py", ".pt2")) else spec.rpartition(":")
     path, func = (path, func) if path else (spec, "")
@@ -112,8 +114,11 @@ def load_model(spec: str, inputs_npz: str | None = None):
     else:
         model, inputs, options = _load_python(Path(path), func or "build")
     if inputs_npz:  # the user's own inputs replace the model's examples
-        inputs = tuple(read_npz(inputs_npz, names or [f"arr_{i}" for i in range(len(inputs or ()))],
-                                describe=None))
+        if isinstance(inputs, dict):  # keyword inputs: the .npz names them
+            inputs = dict(zip(inputs, read_npz(inputs_npz, list(inputs), describe=None)))
+        else:
+            inputs = tuple(read_npz(inputs_npz, names or [f"arr_{i}" for i in range(len(inputs or ()))],
+                                    describe=None))
     if inputs is None:
         raise CliError(f"{spec} holds no example inputs; pass them with --inputs file.npz "
                        f"(keys {', '.join(names)}, or arr_0, arr_1, ... as numpy.savez writes them)")
@@ -179,13 +184,24 @@ def _check_build_result(result, where: str):
         raise CliError(f"{where} returned {_kind(model)} as the model; it must be a torch.nn.Module")
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    if isinstance(inputs, Mapping):  # keyword inputs (a tokenizer's BatchEncoding is a Mapping)
+        inputs = dict(inputs)
+        if not all(isinstance(k, str) for k in inputs) or not all(isinstance(t, torch.Tensor)
+                                                                   for t in inputs.values()):
+            raise CliError(f"{where} returned a dict as example_inputs that is not str -> tensor; "
+                           "keyword inputs must be tensors named by the model's argument names")
+        return model, inputs, _check_options(options, where)
     if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise CliError(f"{where} returned {_kind(inputs)} as example_inputs; it must be a tensor or a "
-                       "tuple/list of tensors")
+        raise CliError(f"{where} returned {_kind(inputs)} as example_inputs; it must be a tensor, a "
+                       "tuple/list of tensors, or a dict of them for keyword inputs")
+    return model, tuple(inputs), _check_options(options, where)
+
+
+def _check_options(options, where: str) -> dict:
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise CliError(f"{where} returned {_kind(options)} as options; it must be a dict of compile "
                        "keyword arguments")
-    return model, tuple(inputs), dict(options)
+    return dict(options)
 
 
 def _kind(value) -> str:
@@ -210,10 +226,11 @@ def _load_exported(path: Path):
     inputs = None
     if ep.example_inputs is not None:
         args, kwargs = ep.example_inputs
-        if kwargs:
-            raise CliError(f"{path} takes keyword inputs ({', '.join(kwargs)}); the CLI compiles "
-                           "positional tensor inputs only")
-        inputs = tuple(args)
+        if kwargs and args:
+            raise CliError(f"{path} takes positional inputs and keyword inputs ({', '.join(kwargs)}); "
+                           "the CLI compiles one or the other: export it with all inputs by keyword, "
+                           "or all positional")
+        inputs = dict(kwargs) if kwargs else tuple(args)
     # check_guards=False: the archive's guards pin the shapes it was exported with, which would
     # forbid --dynamic-batch; hetcc exports the module again and torch re-checks every shape then.
     model = ep.module(check_guards=False)
@@ -235,9 +252,12 @@ def _quiet(logger_name: str):
 
 
 def batch_dynamic_shapes(inputs, low: int, high: int):
-    """dynamic_shapes making dim 0 of every input one shared `batch` dim."""
+    """dynamic_shapes making dim 0 of every input one shared `batch` dim (keyed by name for
+    keyword inputs)."""
     import torch
 
+    named = inputs if isinstance(inputs, dict) else None
+    inputs = tuple(named.values()) if named is not None else inputs
     sizes = {tuple(t.shape[:1]) for t in inputs}
     if any(t.dim() == 0 for t in inputs) or len(sizes) != 1:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
@@ -250,6 +270,8 @@ def batch_dynamic_shapes(inputs, low: int, high: int):
     if not low <= batch <= high:
         raise CliError(f"the example batch {batch} is outside --dynamic-batch {low}:{high}")
     dim = torch.export.Dim("batch", min=low, max=high)
+    if named is not None:
+        return {name: {0: dim} for name in named}
     return tuple({0: dim} for _ in inputs)
 
 

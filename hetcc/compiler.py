@@ -98,8 +98,12 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             profiles: dict | None = None, devices: dict | None = None,
             memory_limits: dict | None = None, measure: bool = True,
             backend_options: dict | None = None, cross_compile: bool = False,
-            nan: str = "report", progress=None) -> CompiledModel:
+            nan: str = "report", progress=None, example_kwargs: dict | None = None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
+
+    example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
+        tokenizer's output works as is); example_kwargs: keyword inputs beside positional ones.
+        The compiled model is called the same way; keywords may come in any order.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
     dynamic_shapes: as for torch.export.export; dims marked there may vary at call time.
@@ -141,7 +145,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         backends[FALLBACK] = resolve(FALLBACK)
     started = time.perf_counter()
     report("capture", "torch.export and decomposition to core ATen")
-    captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes, example_kwargs=example_kwargs)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
@@ -210,7 +214,7 @@ class _Session:
 
     def place(self, candidates, notes=None, why: str = "") -> CompiledModel:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
-        notes = list(notes or [])
+        notes = [*self.captured.notes, *(notes or [])]
         self.why = why
         for attempt in range(1, MAX_ATTEMPTS + 1):
             _check_placeable(self.units, candidates)

@@ -88,6 +88,10 @@ class Runtime:
         n = len(input_specs)
         self._positional = in_spec == pytree.tree_flatten(((0,) * n, {}))[1]
         self._single_output = out_spec == pytree.tree_flatten(0)[1]
+        names = keyword_names(in_spec)
+        flat_keywords = names and in_spec == pytree.tree_flatten(((), dict.fromkeys(names, 0)))[1]
+        self._keywords = names if flat_keywords and len(names) == n else None
+        """The keyword names, when the model takes exactly one tensor per keyword and nothing else."""
 
     def signature(self) -> str:
         return self._signature
@@ -97,7 +101,16 @@ class Runtime:
             for value, spec in zip(args, self.input_specs):
                 check_input(value, spec, self._signature)
             return list(args)
-        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        if self._keywords and not args and len(kwargs) == len(self._keywords):
+            try:  # the common keyword call (a tokenizer's output) skips pytree too
+                flat = [kwargs[n] for n in self._keywords]
+            except KeyError:
+                flat = None
+            if flat is not None:
+                for value, spec in zip(flat, self.input_specs):
+                    check_input(value, spec, self._signature)
+                return flat
+        flat, spec = pytree.tree_flatten((tuple(args), ordered_kwargs(self.in_spec, kwargs, self._signature)))
         if spec != self.in_spec:
             n_given = len([x for x in flat if isinstance(x, torch.Tensor)])
             raise InputError(
@@ -195,6 +208,32 @@ class Runtime:
         if self._single_output:
             return flat_out[0], env
         return pytree.tree_unflatten(flat_out, self.out_spec), env
+
+
+def keyword_names(in_spec) -> list | None:
+    """The keyword inputs' names in the order the program takes them; None when it takes none."""
+    if in_spec.type is not tuple or in_spec.num_children != 2 or in_spec.child(1).type is not dict:
+        return None
+    return list(in_spec.child(1).context) or None
+
+
+def ordered_kwargs(in_spec, kwargs: dict, signature: str = "") -> dict:
+    """``kwargs`` in the program's order (a caller may name them in any order), or an InputError
+    naming the keywords that are missing or unexpected."""
+    names = keyword_names(in_spec) or []
+    if list(kwargs) == names:
+        return dict(kwargs)
+    missing = [n for n in names if n not in kwargs]
+    extra = [n for n in kwargs if n not in names]
+    if missing or extra:
+        said = "; ".join(part for part in (
+            f"missing {', '.join(missing)}" if missing else "",
+            f"unexpected {', '.join(extra)}" if extra else "") if part)
+        takes = (f"call it as model({', '.join(n + '=...' for n in names)})" if names
+                 else "it takes no keyword inputs")
+        tail = f"; signature {signature}" if signature else ""
+        raise InputError(f"keyword inputs do not match the compiled model ({said}): {takes}{tail}")
+    return {n: kwargs[n] for n in names}
 
 
 def _storages(*trees) -> set:

@@ -1,0 +1,166 @@
+"""Outputs that are records: a transformers ``ModelOutput`` (an ordered mapping whose fields are
+also attributes) or a namedtuple. A compiled model returns the model's own record type; a bundle
+stores a record as its class name and field names only, because loading must never import what a
+bundle names (docs/bundle.md, trust model). On load:
+
+- a ``ModelOutput`` subclass comes back as itself when its module is already imported in the
+  loading process (hetcc looks it up in ``sys.modules``, never imports it), and as a
+  :class:`Record` otherwise: the same fields, by name, attribute and position;
+- a namedtuple comes back as a namedtuple hetcc makes with the same name and fields, which
+  compares, unpacks and reads like the original but is not an instance of its class.
+
+Any other container a model returns (a dataclass, a custom class registered with pytree) cannot be
+stored; compile says so in the plan's notes right after capture, and save refuses it.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+import torch.utils._pytree as pytree
+
+from hetcc.structures import RECORD, record_problem
+
+
+class StructureError(ValueError):
+    """A model's inputs or outputs hold a container a bundle cannot store."""
+
+
+class Record(collections.OrderedDict):
+    """A model output record whose class this process has not imported: fields by name
+    (``out["logits"]``), attribute (``out.logits``) and position (``out[0]``), like a ModelOutput.
+    ``record_type`` names the class the model returned."""
+
+    def __init__(self, record_type: str, items=()):
+        super().__init__(items)
+        self.record_type = record_type
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{self.record_type} output has no field {name!r}; it has "
+                                 f"{', '.join(self)}") from None
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+    def __reduce__(self):
+        return type(self), (self.record_type, list(self.items()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}=<{type(v).__name__}>" for k, v in self.items())
+        return f"Record[{self.record_type}]({fields})"
+
+
+def _flatten(record: Record):
+    return list(record.values()), ("mapping", record.record_type, tuple(record.keys()))
+
+
+def _unflatten(values, context) -> Record:
+    _, name, keys = context
+    return Record(name, zip(keys, values))
+
+
+def _dump_context(context) -> str:
+    kind, name, keys = context
+    return json.dumps({"kind": kind, "class": name, "keys": list(keys)})
+
+
+def _load_context(text: str):
+    data = json.loads(text)
+    why = record_problem(data, None)
+    if why:
+        raise ValueError(f"record context {why}")
+    return data["kind"], data["class"], tuple(data["keys"])
+
+
+pytree.register_pytree_node(Record, _flatten, _unflatten, serialized_type_name=RECORD,
+                            to_dumpable_context=_dump_context, from_dumpable_context=_load_context)
+
+
+def is_model_output(cls) -> bool:
+    """A transformers ModelOutput subclass, recognised by its base class, without importing
+    transformers."""
+    return isinstance(cls, type) and any(
+        base.__name__ == "ModelOutput" and base.__module__.startswith("transformers.")
+        for base in cls.__mro__[1:])
+
+
+def _is_namedtuple(cls) -> bool:
+    return isinstance(cls, type) and issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+
+
+PLAIN = (tuple, list, dict, collections.OrderedDict)
+
+
+def storable(spec: pytree.TreeSpec, what: str = "outputs") -> pytree.TreeSpec:
+    """``spec`` with every record (ModelOutput, namedtuple) as a :class:`Record` node, ready for
+    ``treespec_dumps``. Raises StructureError naming any other container."""
+    if spec.is_leaf():
+        return spec
+    children = [storable(child, what) for child in spec.children()]
+    kind = spec.type
+    if kind in PLAIN:
+        return pytree.TreeSpec(kind, spec.context, children)
+    if kind is collections.namedtuple:  # pytree's node type for every namedtuple; the class is the context
+        kind = spec.context
+    name = f"{kind.__module__}.{kind.__qualname__}" if isinstance(kind, type) else repr(kind)
+    if is_model_output(kind):
+        keys = tuple(spec.context)
+    elif _is_namedtuple(kind):
+        keys = tuple(kind._fields)
+    else:
+        raise StructureError(
+            f"the model's {what} contain a {name}, which a bundle cannot store (it stores tuples, "
+            "lists, dicts, transformers ModelOutputs and namedtuples); the compiled model runs, but "
+            "cm.save() will refuse it: return one of those instead")
+    return pytree.TreeSpec(Record, ("tuple" if _is_namedtuple(kind) else "mapping", name, keys), children)
+
+
+def rebuilt(spec: pytree.TreeSpec) -> pytree.TreeSpec:
+    """A loaded ``spec`` with its records as the types described in the module docstring."""
+    if spec.is_leaf():
+        return spec
+    children = [rebuilt(child) for child in spec.children()]
+    if spec.type is not Record:
+        return pytree.TreeSpec(spec.type, spec.context, children)
+    kind, name, keys = spec.context
+    if kind == "tuple":
+        made = _namedtuple(name.rsplit(".", 1)[-1], keys)
+        return pytree.TreeSpec(collections.namedtuple, made, children)
+    cls = _imported_model_output(name)
+    if cls is not None:
+        return pytree.TreeSpec(cls, list(keys), children)
+    return pytree.TreeSpec(Record, spec.context, children)
+
+
+_NAMEDTUPLES: dict = {}
+
+
+def _namedtuple(name: str, fields: tuple):
+    # one class per (name, fields), so outputs of repeated calls are of one type
+    key = (name, fields)
+    if key not in _NAMEDTUPLES:
+        _NAMEDTUPLES[key] = collections.namedtuple(name, fields)
+    return _NAMEDTUPLES[key]
+
+
+def _imported_model_output(name: str):
+    """The ModelOutput class ``name`` names, if its module is already imported; None otherwise.
+    Never imports: a bundle must not make the loading process run a module of its choice."""
+    module_name, _, qualname = name.rpartition(".")
+    module = sys.modules.get(module_name)
+    obj = module
+    for part in qualname.split(".") if module is not None else ():
+        obj = getattr(obj, part, None)
+    if obj is None or obj is module or not is_model_output(obj):
+        return None
+    # transformers registers each ModelOutput with pytree when the class is defined
+    return obj if obj in pytree.SUPPORTED_NODES else None
