@@ -284,10 +284,13 @@ def _source(node) -> str:
 
 def _dim_names(ep, user_inputs, dynamic_shapes) -> dict:
     """Export's symbols (s31) -> the names the user gave their Dims (batch), where we can tell."""
-    if not isinstance(dynamic_shapes, (tuple, list)):
+    if isinstance(dynamic_shapes, dict):  # keyed by argument name, as for keyword inputs
+        specs = [dynamic_shapes.get(name) for name in user_inputs]
+    elif isinstance(dynamic_shapes, (tuple, list)):
+        specs = list(dynamic_shapes)
+    else:
         return {}
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    specs = list(dynamic_shapes)
     names = {}
     for name, spec in zip(user_inputs, specs):
         val = placeholders[name].meta.get("val")

@@ -22,10 +22,13 @@ from pathlib import Path
 
 from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance, cli_plan
 from hetcc.cli_inputs import (
+    DYNAMIC_MAX,
     CliError,
     backend_option,
     batch_dynamic_shapes,
     batch_range,
+    dynamic_dim,
+    dynamic_shapes_for,
     load_model,
     read_npz,
     scope_target,
@@ -119,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", nargs="?", const=(1, 4096), type=batch_range, metavar="MIN:MAX",
                    help="let dim 0 of every input vary at run time (default range 1:4096; the example "
                         "batch must be >= 2). Write --dynamic-batch=MIN:MAX or put it after MODEL")
+    p.add_argument("--dynamic", action="append", type=dynamic_dim, default=[],
+                   metavar="NAME[:MIN:MAX]=INPUT.AXIS[,...]",
+                   help="let a dimension vary at run time, e.g. seq:1:512=input_ids.1,attention_mask.1 "
+                        "(INPUT: an input's name or position; the axes listed share one size; "
+                        f"default range 1:{DYNAMIC_MAX}; repeatable)")
     p.add_argument("--memory-limit", action="append", type=target_bytes, default=[],
                    metavar="TARGET=BYTES", help="cap the weights a target may hold, e.g. openvino:cpu=2GiB")
     p.add_argument("--option", action="append", type=backend_option, default=[], metavar="BACKEND.KEY=VALUE",
@@ -174,7 +182,10 @@ def cmd_compile(args) -> int:
         resolve(target)
     check_destination(args.output, args.force)  # refuse now, not after a compile of minutes
     model, inputs, options = load_model(args.model, args.inputs)
-    options = _compile_options(args, inputs, options)
+    options = _compile_options(args, model, inputs, options)
+    program = getattr(model, "hetcc_program", None)
+    if program is not None and "dynamic_shapes" not in options and args.inputs is None:
+        model = program  # a .pt2 keeps the dynamic dims it was exported with
     # Anything a runtime or exporter prints goes to stderr: stdout is for our result (and --json).
     with _Stages(live=not args.json) as stages, contextlib.redirect_stdout(sys.stderr):
         compiled = hetcc.compile(model, inputs, [str(t) for t in targets], progress=stages, **options)
@@ -191,7 +202,7 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _compile_options(args, inputs, options: dict) -> dict:
+def _compile_options(args, model, inputs, options: dict) -> dict:
     """The model file's options, overridden (dicts: merged) by what was given on the command line."""
     from hetcc.compiler import compile as compile_fn
 
@@ -215,7 +226,12 @@ def _compile_options(args, inputs, options: dict) -> dict:
     for backend, key, value in args.option:
         per_backend = options.setdefault("backend_options", {})
         per_backend[backend] = {**(per_backend.get(backend) or {}), key: value}
-    if args.dynamic_batch:
+    if args.dynamic:
+        dims = list(args.dynamic)
+        if args.dynamic_batch:
+            dims.append(("batch", *args.dynamic_batch, [(str(i), 0) for i in range(len(inputs))]))
+        options["dynamic_shapes"] = dynamic_shapes_for(model, inputs, dims)
+    elif args.dynamic_batch:
         options["dynamic_shapes"] = batch_dynamic_shapes(inputs, *args.dynamic_batch)
     return options
 

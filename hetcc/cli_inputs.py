@@ -95,6 +95,80 @@ def batch_range(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def dynamic_dim(text: str) -> tuple[str, int, int, list[tuple[str, int]]]:
+    """NAME[:MIN:MAX]=INPUT.AXIS[,INPUT.AXIS...] -> (name, min, max, [(input, axis), ...])."""
+    match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(?::\s*(\d+)\s*:\s*(\d+)\s*)?=(.+)", text)
+    uses = []
+    for part in (match.group(4).split(",") if match else ()):
+        where = re.fullmatch(r"\s*(\w+)\.(\d+)\s*", part)
+        if not where:
+            match = None
+            break
+        uses.append((where.group(1), int(where.group(2))))
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME[:MIN:MAX]=INPUT.AXIS[,INPUT.AXIS...] (e.g. seq:1:512=input_ids.1,"
+            f"attention_mask.1; INPUT is an input's name or position), got {text!r}")
+    low, high = (int(match.group(2)), int(match.group(3))) if match.group(2) else (1, DYNAMIC_MAX)
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: the range needs 1 <= MIN <= MAX")
+    return match.group(1), low, high, uses
+
+
+DYNAMIC_MAX = 4096
+"""The default largest size of a dynamic dimension the CLI marks (torch's own default is
+unbounded, which some runtimes cannot plan memory for)."""
+
+
+def dynamic_shapes_for(model, inputs, dims: list) -> object:
+    """torch.export's dynamic_shapes for ``dims`` (as :func:`dynamic_dim` parses them): a tuple
+    per positional input, or a dict per keyword input. Each named dim is one torch.export.Dim
+    shared by every input axis it lists, so equal sizes stay equal (ids and their mask)."""
+    import torch
+
+    names = list(inputs) if isinstance(inputs, dict) else _positional_names(model, len(inputs))
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    per_input: list[dict] = [{} for _ in tensors]
+    for name, low, high, uses in dims:
+        dim, sizes = torch.export.Dim(name, min=low, max=high), set()
+        for which, axis in uses:
+            i = int(which) if which.isdigit() else (names.index(which) if which in names else None)
+            if i is None or i >= len(tensors):
+                raise CliError(f"--dynamic {name}: the model has no input {which!r}; its inputs are "
+                               f"{', '.join(n for n in names if n) or f'0..{len(tensors) - 1} by position'}")
+            if axis >= tensors[i].dim():
+                raise CliError(f"--dynamic {name}: input {which} has {tensors[i].dim()} dimensions "
+                               f"{tuple(tensors[i].shape)}, so it has no axis {axis}")
+            if axis in per_input[i]:
+                raise CliError(f"--dynamic {name}: axis {axis} of input {which} is already dynamic "
+                               f"as {per_input[i][axis].__name__}")
+            per_input[i][axis] = dim
+            sizes.add(int(tensors[i].shape[axis]))
+        if len(sizes) != 1:
+            raise CliError(f"--dynamic {name} spans axes of different example sizes {sorted(sizes)}: "
+                           "one dim is one size; give each size its own NAME")
+        (size,) = sizes
+        if size < 2:
+            raise CliError(f"--dynamic {name}: the example size is {size}, and torch.export fixes a "
+                           "dimension whose example size is 0 or 1; use example inputs with size >= 2")
+        if not low <= size <= high:
+            raise CliError(f"--dynamic {name}: the example size {size} is outside {low}:{high}")
+    if isinstance(inputs, dict):
+        return {n: shape or None for n, shape in zip(names, per_input)}
+    return tuple(shape or None for shape in per_input)
+
+
+def _positional_names(model, n: int) -> list:
+    """The names of forward's first ``n`` parameters, as torch.export names the inputs; None
+    where forward takes *args."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return [None] * n
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (named + [None] * n)[:n]
+
+
 # ---- MODEL ----
 
 _counter = itertools.count()
@@ -234,6 +308,9 @@ def _load_exported(path: Path):
     # check_guards=False: the archive's guards pin the shapes it was exported with, which would
     # forbid --dynamic-batch; hetcc exports the module again and torch re-checks every shape then.
     model = ep.module(check_guards=False)
+    # compile takes the program itself where nothing asks to export it again, so the dynamic
+    # dims it was exported with are kept (hetcc compile reads this; see cli.cmd_compile)
+    model.hetcc_program = ep
     # The unlifted module refuses train()/eval(), but its graph is already traced in the mode it
     # was exported in, so the ordinary nn.Module methods (which only set flags) are harmless.
     del model.train, model.eval
