@@ -19,6 +19,7 @@ from hetcc.backends._common import (
     before_support, check_native_code_trusted, dtype_problem, lowering_error, op_name, quiet, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import Option
 from hetcc.backends.iree_rewrite import REWRITES, rewritten
 from hetcc.errors import LoweringError, TargetError
 from hetcc.target import Target
@@ -58,6 +59,14 @@ def _banned_dtypes() -> dict:
 class IreeBackend:
     name: ClassVar[str] = "iree"
     devices: ClassVar[tuple[str, ...]] = ic.DEVICES
+    untested: ClassVar[dict[str, str]] = {
+        device: "compiles here; the module has never run on that GPU (docs/iree.md)"
+        for device in ic.DEVICES if device != "cpu"}
+    """Device kind -> why its targets have not run on real hardware (`hetcc targets` shows it)."""
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("flags", "extra iree-compile flags, after hetcc's own, e.g. [\"--iree-opt-level=O3\"] "
+               "(compiling only, never loading)", types=(list, tuple), default=()),
+    )
 
     def __init__(self, flags=()):
         """``flags``: extra iree-compile flags, appended after hetcc's own (recorded in the

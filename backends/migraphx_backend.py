@@ -29,6 +29,7 @@ from hetcc.backends._common import (
     first_line, from_numpy, before_support, lowering_error, remember_built, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
 from hetcc.target import Target
 
@@ -167,6 +168,19 @@ def node_problem(node) -> str | None:
 class MIGraphXBackend:
     name: ClassVar[str] = "migraphx"
     devices: ClassVar[tuple[str, ...]] = ("rocm",)
+    untested: ClassVar[dict[str, str]] = {
+        "rocm": "never run on a GPU: written against MIGraphX's documented API (docs/gpu_backends.md)"}
+    """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
+    options: ClassVar[tuple[Option, ...]] = (
+        precision_option(PRECISIONS, "fp32, or fp16/bf16 through MIGraphX's quantize_fp16/quantize_bf16 "
+                         "(the onnxruntime route has no bf16)"),
+        Option("route", "how segments reach MIGraphX: its Python module, ONNX Runtime's MIGraphX "
+               "provider, or auto (the module first)", choices=ROUTES, default="auto"),
+        Option("fast_math", "MIGraphX's approximate math functions (they change results)",
+               types=(bool,), default=False),
+        Option("max_programs", "compiled input shapes kept per segment (module route)", types=(int,),
+               default=8, minimum=1),
+    )
 
     def __init__(self, precision: str = "fp32", route: str = "auto", fast_math: bool = False,
                  max_programs: int = 8):
@@ -175,13 +189,10 @@ class MIGraphXBackend:
         (module first), migraphx or onnxruntime. ``fast_math``: MIGraphX's approximate math
         functions (off: they change results). ``max_programs``: compiled shapes kept per segment
         on the module route."""
-        if precision not in PRECISIONS:
-            raise TargetError(f"migraphx precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if route not in ROUTES:
-            raise TargetError(f"migraphx route must be one of {', '.join(ROUTES)}, got {route!r}")
-        if not isinstance(max_programs, int) or isinstance(max_programs, bool) or max_programs < 1:
-            raise TargetError(f"migraphx max_programs must be a positive integer, got {max_programs!r}")
-        self.precision, self.route, self.fast_math, self.max_programs = precision, route, bool(fast_math), max_programs
+        given = check_options(self.name, self.options, {"precision": precision, "route": route,
+                                                        "fast_math": bool(fast_math), "max_programs": max_programs})
+        self.precision, self.route = given["precision"], given["route"]
+        self.fast_math, self.max_programs = given["fast_math"], given["max_programs"]
 
     def _route(self, target: Target):
         from hetcc.backends.torch_backend import gpu_index

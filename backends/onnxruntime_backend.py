@@ -17,6 +17,7 @@ from hetcc.backends._common import (
     before_support, is_structural, node_dtypes, op_name, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import Option, check_options, threads_option
 from hetcc.target import Target
 
 OPSET = ONNX_OPSET
@@ -140,12 +141,32 @@ def exporter_support(node) -> Support:
     return Support(False, f"{reason}, {gap}" if gap else reason)
 
 
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+"""hetcc's name -> ONNX Runtime's GraphOptimizationLevel."""
+SPINNING = ("auto", "on", "off")
+
+
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     tunes_for_neighbours: ClassVar[bool] = True
     """load() configures the session by ``meta["runs_alone"]``: whether other runtimes share the
     cores (see hetcc.compiler.configure_for_plan)."""
+    options: ClassVar[tuple[Option, ...]] = (
+        threads_option("intra-op threads per session (SessionOptions.intra_op_num_threads); 0: ONNX "
+                "Runtime's default, one per physical core"),
+        Option("optimization", "graph optimisation level (SessionOptions.graph_optimization_level)",
+               choices=tuple(OPTIMIZATION_LEVELS), default="all"),
+        Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
+               "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
+    )
+
+    def __init__(self, threads: int = 0, optimization: str = "all", spinning: str = "auto"):
+        """Session settings; recorded in each artifact, so a loaded bundle runs as it was verified."""
+        given = check_options(self.name, self.options, {"threads": threads, "optimization": optimization,
+                                                        "spinning": spinning})
+        self.threads, self.optimization, self.spinning = given["threads"], given["optimization"], given["spinning"]
 
     def is_available(self, target: Target) -> bool:
         return target.device in self.devices and not _missing()
@@ -190,6 +211,9 @@ class OnnxRuntimeBackend:
                 "output_names": list(segment.output_names),
                 "onnx_input_names": exported.input_names,
                 "onnx_output_names": exported.output_names,
+                "threads": self.threads,
+                "optimization": self.optimization,
+                "spinning": self.spinning,
                 **self.versions(),
             },
         )
@@ -197,14 +221,20 @@ class OnnxRuntimeBackend:
     def load(self, artifact: Artifact, target: Target) -> "OrtExecutable":
         import onnxruntime as ort
 
+        meta = artifact.meta  # a bundle from before these options runs with their defaults
+        settings = check_options(self.name, self.options, {k: meta[k] for k in ("threads", "optimization",
+                                                                                "spinning") if k in meta})
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[settings.get("optimization", "all")])
+        options.intra_op_num_threads = settings.get("threads", 0)
         options.log_severity_level = 3  # errors only: no per-session warnings on the console
         # Idle ORT threads busy-wait by default. Beside other runtimes' thread pools on the same
-        # cores that slowed a following torch GEMM by 1.5x, so it is off in a mixed plan; in a plan
-        # that is ONNX Runtime alone it is on, as ORT runs by hand (off cost 1.7-4x at the median;
-        # docs/backends.md). The compiler sets runs_alone once the plan is final.
-        spin = "1" if artifact.meta.get("runs_alone") else "0"
+        # cores that slowed a following torch GEMM by 1.5x, so "auto" turns it off in a mixed plan;
+        # in a plan that is ONNX Runtime alone it is on, as ORT runs by hand (off cost 1.7-4x at the
+        # median; docs/backends.md). The compiler sets runs_alone once the plan is final.
+        spinning = settings.get("spinning", "auto")
+        spin = "1" if spinning == "on" or (spinning == "auto" and meta.get("runs_alone")) else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         session = ort.InferenceSession(artifact.files["model"], sess_options=options,

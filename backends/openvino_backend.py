@@ -2,10 +2,13 @@
 segment's ExportedProgram) to OpenVINO IR (.xml + .bin), compiled for the CPU plugin at load.
 
 Capability comes from the frontend's own table of the ATen ops it converts (the one its
-``torch.compile`` backend partitions with). Inference precision is f32 unless asked otherwise:
-the CPU plugin would otherwise pick bf16 on hardware that has it, which changes the numbers."""
+``torch.compile`` backend partitions with). Inference precision is fp32 unless asked otherwise:
+the CPU plugin would otherwise pick bf16 on hardware that has it, which changes the numbers. A
+precision the CPU cannot run is not an error: the plugin runs another, hetcc warns, and the
+artifact records the precision that ran."""
 from __future__ import annotations
 
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -15,9 +18,17 @@ from hetcc.backends._common import (
     check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
+from hetcc.errors import BundleError, TargetError
 from hetcc.target import Target
 
-PRECISIONS = ("f32", "f16", "bf16")
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+"""hetcc's spelling -> OpenVINO's INFERENCE_PRECISION_HINT."""
+_NAMED_PROPERTIES = {"INFERENCE_PRECISION_HINT": "precision", "INFERENCE_NUM_THREADS": "threads"}
+"""Compile properties that have an option of their own: config must not set them behind its back."""
 
 
 @lru_cache(maxsize=None)
@@ -72,17 +83,32 @@ def _banned_dtypes() -> dict:
 class OpenVinoBackend:
     name: ClassVar[str] = "openvino"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    options: ClassVar[tuple[Option, ...]] = (
+        precision_option(PRECISIONS, "the CPU plugin's INFERENCE_PRECISION_HINT; one this CPU lacks runs "
+                         "as the plugin decides (bf16 for fp16, or fp32), with a warning"),
+        threads_option("INFERENCE_NUM_THREADS, threads per compiled segment; 0: OpenVINO's default"),
+        Option("config", "further compile properties, e.g. {\"NUM_STREAMS\": \"2\"} (the keys in "
+               "openvino_backend.SAFE_CONFIG_KEYS)", types=(dict,), default={}),
+    )
 
-    def __init__(self, precision: str = "f32", config: Mapping[str, str] | None = None):
-        """``precision`` is the CPU plugin's INFERENCE_PRECISION_HINT (f32, f16 or bf16); ``config``
-        adds further compile properties (e.g. {"NUM_STREAMS": "2"}). Both are stored in the
+    def __init__(self, precision: str = "fp32", threads: int = 0, config: Mapping[str, str] | None = None):
+        """``precision``: the CPU plugin's INFERENCE_PRECISION_HINT (fp32, fp16 or bf16; OpenVINO's
+        own f32 and f16 are deprecated spellings). ``threads``: INFERENCE_NUM_THREADS. ``config``
+        adds further compile properties (e.g. {"NUM_STREAMS": "2"}). All are stored in the
         artifact, so a loaded bundle runs as it was verified."""
-        if precision not in PRECISIONS:
-            from hetcc.errors import TargetError
-
-            raise TargetError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
-        self.config = _checked_config(dict(config or {}))
+        if config is not None and not isinstance(config, Mapping):
+            raise TargetError(f"openvino config must be a mapping of property names to values, "
+                              f"got {type(config).__name__}")
+        given = check_options(self.name, self.options, {"precision": precision, "threads": threads,
+                                                        "config": dict(config or {})})
+        self.precision, self.threads = given["precision"], given["threads"]
+        self.config = _checked_config(given["config"])
+        named = sorted(k for k in self.config if k in _NAMED_PROPERTIES)
+        if named:
+            raise TargetError(f"openvino config {named[0]} has an option of its own: write "
+                              f"openvino.{_NAMED_PROPERTIES[named[0]]}=... (backend_options={{'openvino': "
+                              f"{{'{_NAMED_PROPERTIES[named[0]]}': ...}}}}) instead")
+        self._warned = False
 
     def is_available(self, target: Target) -> bool:
         return target.device in self.devices and _core_or_error()[0] is not None
@@ -143,7 +169,9 @@ class OpenVinoBackend:
             files={"model": str(xml), "weights": str(xml.with_suffix(".bin"))},
             meta={
                 "segment": segment.name,
-                "precision": self.precision,
+                "precision": self._precision_that_runs(),
+                "requested_precision": self.precision,
+                "threads": self.threads,
                 "config": dict(self.config),
                 "input_names": list(segment.input_names),
                 "output_names": list(segment.output_names),
@@ -151,18 +179,37 @@ class OpenVinoBackend:
             },
         )
 
+    def _precision_that_runs(self) -> str:
+        """The precision OpenVINO's CPU plugin runs when asked for ``self.precision`` here; warns
+        once per backend (one compile) when that is not what was asked for."""
+        ran = _precision_run_for(self.precision)
+        if ran != self.precision and not self._warned:
+            self._warned = True
+            core = _core_or_error()[0]
+            log.warning("openvino:cpu: precision %s was asked for, but this CPU's OpenVINO plugin runs %s "
+                        "(its OPTIMIZATION_CAPABILITIES: %s); segments are verified in %s, and their "
+                        "artifacts record it (meta precision)", self.precision, ran,
+                        ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")), ran)
+        return ran
+
     def load(self, artifact: Artifact, target: Target) -> "OvExecutable":
         core, why = _core_or_error()
+        segment = artifact.meta.get("segment", "?")
         if core is None:
-            from hetcc.errors import TargetError
-
-            raise TargetError(f"cannot load segment {artifact.meta.get('segment')!r} on {target}: {why}")
-        config = {"INFERENCE_PRECISION_HINT": artifact.meta.get("precision", "f32"),
+            raise TargetError(f"cannot load segment {segment!r} on {target}: {why}")
+        precision = _meta_precision(artifact.meta)
+        threads = check_options(self.name, self.options, {"threads": artifact.meta.get("threads", 0)})["threads"]
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
+                  **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {}),
                   **_checked_config(artifact.meta.get("config", {}))}
         # read the weights the artifact lists, not whatever sits beside the .xml
         model = core.read_model(artifact.files["model"], artifact.files.get("weights"))
         compiled = core.compile_model(model, "CPU", config)
-        return OvExecutable(compiled, len(artifact.meta["input_names"]), artifact.meta.get("segment", "?"))
+        ran = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if ran != precision:  # a bundle verified on another CPU
+            log.warning("segment %s was verified in %s, but OpenVINO's CPU plugin runs it in %s here "
+                        "(this CPU lacks %s arithmetic)", segment, precision, ran, precision)
+        return OvExecutable(compiled, len(artifact.meta["input_names"]), segment)
 
 
 SAFE_CONFIG_KEYS = frozenset({
@@ -174,9 +221,41 @@ SAFE_CONFIG_KEYS = frozenset({
 OpenVINO write files, which a bundle from someone else must not be able to direct."""
 
 
-def _checked_config(config) -> dict:
-    from hetcc.errors import TargetError
+@lru_cache(maxsize=None)
+def _precision_run_for(precision: str) -> str:
+    """Ask the CPU plugin, on a one-op model, which precision it runs for a hint: it resolves the
+    hint against the CPU (fp16 becomes bf16 on an x86 CPU with bf16 but no fp16, bf16 fp32 on one
+    with neither), and reports the result as the compiled model's INFERENCE_PRECISION_HINT."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
 
+    core, why = _core_or_error()
+    if core is None:
+        raise TargetError(f"openvino is not usable here: {why}")
+    x = ops.parameter([1], np.float32)
+    compiled = core.compile_model(ov.Model([ops.relu(x)], [x]), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": _HINTS[precision]})
+    return _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def _precision_name(element_type) -> str:
+    """OpenVINO's element type (f32, f16, bf16) in hetcc's spelling."""
+    name = element_type.get_type_name()
+    return {hint: ours for ours, hint in _HINTS.items()}.get(name, name)
+
+
+def _meta_precision(meta: dict) -> str:
+    """The precision an artifact was verified in; bundles from before the one spelling say f32/f16."""
+    value = meta.get("precision", "fp32")
+    value = dict(PRECISION_ALIASES).get(value, value)
+    if value not in PRECISIONS:
+        raise BundleError(f"segment {meta.get('segment', '?')!r}: openvino precision {value!r} is none of "
+                          f"{', '.join(PRECISIONS)}; the bundle is corrupt: recompile it")
+    return value
+
+
+def _checked_config(config) -> dict:
     if not isinstance(config, dict):
         raise TargetError(f"openvino config must be a mapping of property names to values, got {type(config).__name__}")
     unknown = sorted(k for k in config if k not in SAFE_CONFIG_KEYS)

@@ -9,6 +9,7 @@ import logging
 from functools import lru_cache
 from importlib.metadata import entry_points
 
+from hetcc.backends.options import check_options, for_device
 from hetcc.errors import TargetError
 from hetcc.target import Target
 
@@ -80,11 +81,18 @@ def usable_targets() -> list[str]:
 
 def resolve(target: Target, options: dict | None = None):
     """The backend object for a target; a clear error if it is unknown or unusable here.
-    ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision)."""
+    ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision),
+    checked against what the backend declares (``options``, see hetcc.backends.options); the
+    backend gets those that change the target's device (torch's compile reaches torch:cuda, not
+    torch:cpu). ``check_backend_options`` refuses an option that no target of a compile uses."""
     backend = get_backend(target.backend)  # raises the "unknown backend" error
     if target.device == "cpu" and target.index is not None:
         raise TargetError(f"target {target}: a cpu target takes no index (hetcc runs on this machine's "
                           f"one CPU, every core); write {target.backend}:cpu")
+    declared = getattr(type(backend), "options", None)
+    if options and declared is not None:
+        options = for_device(declared, check_options(target.backend, declared, options), target.device,
+                             target.backend)
     if options:
         try:
             backend = type(backend)(**options)

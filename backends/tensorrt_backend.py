@@ -25,6 +25,7 @@ from hetcc.backends._common import (
     first_line, before_support, lowering_error, op_name, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
 from hetcc.target import Target
 
@@ -135,6 +136,17 @@ def _missing_exporter() -> tuple[str, ...]:
 class TensorRTBackend:
     name: ClassVar[str] = "tensorrt"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    untested: ClassVar[dict[str, str]] = {
+        "cuda": "never run on a GPU: written against TensorRT 10's documented API (docs/gpu_backends.md)"}
+    """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
+    options: ClassVar[tuple[Option, ...]] = (
+        precision_option(PRECISIONS, "fp32 (TF32 off), tf32 (TensorRT's default), or fp16/bf16 kernels "
+                         "where TensorRT 10 picks them (BuilderFlag.FP16/BF16)"),
+        Option("workspace", "bytes of scratch memory TensorRT may use (default: its own, the whole device)",
+               types=(int,), minimum=1),
+        Option("dynamic_max", "cap on a dynamic dimension's size in the optimization profile",
+               types=(int,), default=DEFAULT_DYNAMIC_MAX, minimum=1),
+    )
 
     def __init__(self, precision: str = "fp32", workspace: int | None = None,
                  dynamic_max: int = DEFAULT_DYNAMIC_MAX):
@@ -142,14 +154,10 @@ class TensorRTBackend:
         while building and running (None: TensorRT's default, the whole device). ``dynamic_max``:
         cap on a dynamic dimension's size in the optimization profile (see DEFAULT_DYNAMIC_MAX).
         All are recorded in the artifact."""
-        if precision not in PRECISIONS:
-            raise TargetError(f"tensorrt precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if workspace is not None and (not isinstance(workspace, int) or isinstance(workspace, bool)
-                                      or workspace <= 0):
-            raise TargetError(f"tensorrt workspace must be a positive number of bytes, got {workspace!r}")
-        if not isinstance(dynamic_max, int) or isinstance(dynamic_max, bool) or dynamic_max < 1:
-            raise TargetError(f"tensorrt dynamic_max must be a positive integer, got {dynamic_max!r}")
-        self.precision, self.workspace, self.dynamic_max = precision, workspace, dynamic_max
+        given = check_options(self.name, self.options, {"precision": precision, "workspace": workspace,
+                                                        "dynamic_max": dynamic_max})
+        self.precision, self.workspace = given["precision"], given["workspace"]
+        self.dynamic_max = given["dynamic_max"]
 
     def is_available(self, target: Target) -> bool:
         return not self.why_unavailable(target)

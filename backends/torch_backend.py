@@ -19,6 +19,7 @@ from torch.export.graph_signature import TensorArgument
 
 from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.options import Option
 from hetcc.backends.torch_archive import load_program
 from hetcc.errors import BundleError, TargetError
 from hetcc.program import dim_order, with_dim_order
@@ -35,6 +36,17 @@ its graph trees per thread, while a hetcc executable is shared by every calling 
 class TorchBackend:
     name: ClassVar[str] = "torch"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    untested: ClassVar[dict[str, str]] = {
+        "cuda": "never run on a GPU: torch:cuda calls and torch.compile there (docs/gpu_backends.md)"}
+    """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("compile", "run torch:cuda segments through torch.compile (true: mode default), or "
+               "eagerly (false); CUDA-graph modes are refused: a replay overwrites the previous "
+               "call's outputs, and hetcc shares an executable between threads",
+               types=(bool, str), choices=(False, True) + COMPILE_MODES, default=False, devices=("cuda",),
+               elsewhere="torch:cpu always runs eagerly: it is the fallback of last resort and must "
+                         "not depend on a C++ toolchain"),
+    )
 
     def __init__(self, compile: bool | str = False):
         """``compile``: run torch:cuda segments through torch.compile (True or a mode from

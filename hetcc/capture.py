@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from hetcc.errors import ExportError, InputError, InternalError
+from hetcc.torch_quirks import leafspec_warning_quieted
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
                          "norm on its running statistics)", type(model).__name__)
             ep = torch.export.export(model.eval(), tuple(example_inputs), kwargs=example_kwargs,
                                      dynamic_shapes=dynamic_shapes)
-        ep = ep.run_decompositions(decomposition_table())
+        with leafspec_warning_quieted():  # torch's own LeafSpecs warn when copied (torch_quirks.py)
+            ep = ep.run_decompositions(decomposition_table())
     except ExportError:
         raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph

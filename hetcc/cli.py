@@ -39,6 +39,9 @@ from hetcc.cli_inputs import (
 from hetcc.errors import HetccError
 
 CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
+UNTESTED = "tensorrt:cuda, migraphx:rocm, torch:cuda and iree's GPU targets"
+"""Targets whose vendor calls have never run on real hardware (each backend's ``untested``; the
+help text names them without importing the backends, so `hetcc --help` stays fast)."""
 EPILOGS = {
     None: "example:\n  hetcc compile examples/mlp.py:build -o mlp.bundle --targets " + CPU_TARGETS
           + "\n  hetcc run mlp.bundle --inputs inputs.npz -o outputs.npz\n\n"
@@ -108,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compile", cmd_compile, "compile a model and save it as a bundle directory")
     p.add_argument("model", metavar="MODEL", help="path/to/file.py:function, or a .pt2 exported program")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="bundle directory to write")
-    p.add_argument("--targets", required=True, help=f"ordered, comma-separated, e.g. {CPU_TARGETS}")
+    p.add_argument("--targets", required=True,
+                   help=f"ordered, comma-separated, e.g. {CPU_TARGETS}; `hetcc targets` lists them "
+                        f"({UNTESTED} are untested on hardware)")
     p.add_argument("--objective", help="what to minimise (default: latency)")
     p.add_argument("--rtol", type=tolerance, help="verification tolerance (default: per dtype)")
     p.add_argument("--atol", type=tolerance, help="verification tolerance (default: per dtype)")
@@ -130,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", action="append", type=target_bytes, default=[],
                    metavar="TARGET=BYTES", help="cap the weights a target may hold, e.g. openvino:cpu=2GiB")
     p.add_argument("--option", action="append", type=backend_option, default=[], metavar="BACKEND.KEY=VALUE",
-                   help="a backend option, e.g. tensorrt.precision=fp16, openvino.precision=bf16, "
-                        "torch.compile=true (repeatable)")
+                   help="a backend option, e.g. onnxruntime.threads=4, openvino.precision=bf16, "
+                        "torch.compile=true (torch:cuda only); `hetcc targets` lists each backend's "
+                        "options (repeatable)")
     p.add_argument("--cross-compile", action="store_true",
                    help="keep segments for devices this machine lacks (e.g. iree:rocm:gfx942); they are "
                         "verified when the bundle is loaded where the device is")
@@ -157,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "reference, interleaved; optionally gate against a baseline")
     cli_bench.add_arguments(p)
 
-    command("targets", cmd_targets, "list backends, devices and the targets usable here")
+    command("targets", cmd_targets, "list backends, their options, devices, and the targets usable here "
+            "(and which have never run on hardware)")
     cli_calibrate.add_arguments(command("calibrate", cli_calibrate.cmd_calibrate, "measure this CPU and "
                                         "each CPU runtime; write the profile compile then uses"))
     cli_plan.add_arguments(command("plan", cli_plan.cmd_plan, "place a model across devices that need "

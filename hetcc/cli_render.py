@@ -91,17 +91,20 @@ def targets_info() -> dict:
     backends, targets = [], []
     for name, spec in sorted(installed().items()):
         entry = {"name": name, "entry_point": spec if isinstance(spec, str) else repr(spec),
-                 "versions": {}, "devices": [], "error": None}
+                 "versions": {}, "devices": [], "options": [], "error": None}
         backends.append(entry)
         try:  # a broken plugin is reported, and must not hide the others
             backend = get_backend(name)
             entry["devices"] = list(backend.devices)
             entry["versions"] = backend.versions()
+            entry["options"] = [o.describe() for o in getattr(backend, "options", ())]
+            untested = getattr(backend, "untested", {})
             for device in backend.devices:
                 target = Target(name, device)
                 usable = bool(backend.is_available(target))
                 targets.append({"target": str(target), "usable": usable,
-                                "why": "" if usable else backend.why_unavailable(target)})
+                                "why": "" if usable else backend.why_unavailable(target),
+                                "untested": untested.get(device, "")})
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {exc}"
     return {"hetcc": __version__, "backends": backends, "devices": _devices(), "targets": targets,
@@ -143,13 +146,32 @@ def targets_tables(info: dict) -> list[tuple[str, Table]]:
         devices.add_row(d["device"], _num(d.get("peak_gflops_fp32")), _num(d.get("mem_bandwidth_gbs")),
                         _num(d.get("mem_capacity_gb")), Text(str(d.get("description", ""))))
 
+    options = Table()
+    for head in ("backend", "option", "values", "default", "meaning"):
+        options.add_column(head, overflow="fold")
+    for b in info["backends"]:
+        for o in b.get("options") or []:
+            reaches = f" (only {', '.join(b['name'] + ':' + d for d in o['devices'])})" if o["devices"] else ""
+            options.add_row(b["name"], o["name"], Text(o["values"]), Text(_default(o["default"])),
+                            Text(o["meaning"] + reaches))
+
     targets = Table()
-    for head in ("target", "usable", "why not"):
+    for head in ("target", "usable", "status", "why not"):
         targets.add_column(head, overflow="fold")
     for t in info["targets"]:
+        # a target whose vendor calls have never run on real hardware says so wherever it is offered
+        status = Text("untested on hardware", style="yellow") if t.get("untested") else Text("")
         targets.add_row(t["target"], Text("yes", style="green") if t["usable"] else Text("no", style="red"),
-                        Text(t["why"]))
-    return [("backends installed", backends), ("devices on this machine", devices), ("targets", targets)]
+                        status, Text(t["why"]))
+    return [("backends installed", backends), ("devices on this machine", devices),
+            ("backend options (--option BACKEND.NAME=VALUE; backend_options={...} in Python)", options),
+            ("targets", targets)]
+
+
+def _default(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as it is written on the command line
+    return "-" if value is None or value in ({}, [], ()) else str(value)
 
 
 def _num(value) -> str:

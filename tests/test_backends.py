@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 
 import pytest
@@ -392,3 +393,135 @@ def test_openvino_config_is_allow_listed_so_a_bundle_cannot_direct_file_writes(t
     with pytest.raises(TargetError, match="not allowed"):
         ok.load(forged, Target("openvino", "cpu"))
     assert not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# options: what a user sets reaches the runtime, and a bundle keeps it
+
+
+def _ort_session_settings(run) -> tuple:
+    options = run.session.get_session_options()
+    return (options.intra_op_num_threads, options.graph_optimization_level.name,
+            options.get_session_config_entry("session.intra_op.allow_spinning"),
+            options.get_session_config_entry("session.inter_op.allow_spinning"))
+
+
+def test_onnxruntime_options_reach_the_session_and_the_artifact(tmp_path):
+    torch.manual_seed(7)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    target = Target("onnxruntime", "cpu")
+    backend = resolve(target, {"threads": 1, "optimization": "basic", "spinning": "on"})
+    artifact = backend.lower(seg, target, tmp_path / "a")
+    artifact = Artifact(**json.loads(json.dumps(dataclasses.asdict(artifact))))  # as a bundle stores it
+    assert {k: artifact.meta[k] for k in ("threads", "optimization", "spinning")} == \
+        {"threads": 1, "optimization": "basic", "spinning": "on"}
+    run = backend.load(artifact, target)
+    assert _ort_session_settings(run) == (1, "ORT_ENABLE_BASIC", "1", "1")
+    x = torch.randn(2, 16)
+    assert_matches(run(x), seg.reference(x))
+    # any backend object loads it the same way: the settings travel in the artifact
+    assert _ort_session_settings(resolve(target).load(artifact, target)) == (1, "ORT_ENABLE_BASIC", "1", "1")
+
+    def load(**meta):
+        return _ort_session_settings(resolve(target).load(
+            Artifact(artifact.target, artifact.files, {**artifact.meta, **meta}), target))
+
+    # spinning: on/off are fixed; auto follows the plan (meta runs_alone, set by the compiler)
+    assert load(spinning="off", runs_alone=True)[2:] == ("0", "0")
+    assert load(spinning="auto", runs_alone=True)[2:] == ("1", "1")
+    assert load(spinning="auto", runs_alone=False)[2:] == ("0", "0")
+    # an artifact from before these options runs with their defaults
+    old = {k: v for k, v in artifact.meta.items() if k not in ("threads", "optimization", "spinning")}
+    assert _ort_session_settings(resolve(target).load(Artifact(artifact.target, artifact.files, old), target)) \
+        == (0, "ORT_ENABLE_ALL", "0", "0")
+    with pytest.raises(TargetError, match="threads must be integer from 0 to 1024, got 100000"):
+        load(threads=100000)  # a bundle cannot make ONNX Runtime start a hundred thousand threads
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"thread": 2}, "has no option 'thread'; it takes threads"),
+    ({"threads": -1}, "threads must be integer from 0 to 1024"),
+    ({"threads": True}, "threads must be integer"),
+    ({"optimization": "max"}, "optimization must be one of disable, basic, extended, all"),
+    ({"spinning": "sometimes"}, "spinning must be one of auto, on, off"),
+])
+def test_onnxruntime_bad_options_are_named(options, message):
+    with pytest.raises(TargetError, match=message):
+        resolve(Target("onnxruntime", "cpu"), options)
+
+
+def _ov_precision(run) -> str:
+    from hetcc.backends.openvino_backend import _precision_name
+
+    return _precision_name(run.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def test_openvino_records_the_precision_that_ran(tmp_path, caplog):
+    from hetcc.backends.openvino_backend import _precision_run_for
+
+    torch.manual_seed(8)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    target = Target("openvino", "cpu")
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        backend = resolve(target, {"precision": "f16", "threads": 1})  # OpenVINO's own, older spelling
+    assert backend.precision == "fp16" and "precision='f16' is a deprecated spelling; write 'fp16'" in caplog.text
+    artifact = backend.lower(seg, target, tmp_path / "a")
+    run = backend.load(artifact, target)
+    # whatever this CPU does with fp16 (bf16 on AVX-512 BF16 without FP16, fp32 on older x86),
+    # the artifact says what the plugin runs, not what was asked for
+    assert artifact.meta["requested_precision"] == "fp16"
+    assert artifact.meta["precision"] == _ov_precision(run) == _precision_run_for("fp16")
+    assert run.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    default = resolve(target).lower(seg, target, tmp_path / "b")
+    assert default.meta["precision"] == "fp32" and _ov_precision(resolve(target).load(default, target)) == "fp32"
+    # a bundle written before the one spelling loads as it was verified, without a warning
+    caplog.clear()
+    old = Artifact(default.target, default.files, {**default.meta, "precision": "f32"})
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        assert _ov_precision(resolve(target).load(old, target)) == "fp32"
+    assert not caplog.text
+
+
+def test_openvino_warns_when_the_cpu_lacks_the_precision(tmp_path, caplog, monkeypatch):
+    from hetcc.backends import openvino_backend
+
+    # as on a CPU without bf16: the plugin resolves the bf16 hint to fp32
+    monkeypatch.setattr(openvino_backend, "_precision_run_for", lambda p: "fp32" if p == "bf16" else p)
+    torch.manual_seed(9)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    target = Target("openvino", "cpu")
+    backend = resolve(target, {"precision": "bf16"})
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        first = backend.lower(seg, target, tmp_path / "a")
+        second = backend.lower(seg, target, tmp_path / "b")
+    assert caplog.text.count("precision bf16 was asked for, but this CPU's OpenVINO plugin runs fp32") == 1
+    assert "OPTIMIZATION_CAPABILITIES" in caplog.text
+    for artifact in (first, second):  # verified, and later loaded, in what ran
+        assert (artifact.meta["requested_precision"], artifact.meta["precision"]) == ("bf16", "fp32")
+    assert _ov_precision(backend.load(first, target)) == "fp32"
+
+
+def test_openvino_load_warns_when_this_cpu_runs_another_precision(tmp_path, caplog):
+    from hetcc.backends.openvino_backend import _precision_run_for
+
+    torch.manual_seed(10)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(2, 16),))
+    target = Target("openvino", "cpu")
+    artifact = resolve(target).lower(seg, target, tmp_path / "a")
+    # as if verified in fp16 on a CPU with fp16 arithmetic; this one runs what its plugin picks
+    moved = Artifact(artifact.target, artifact.files, {**artifact.meta, "precision": "fp16"})
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        ran = _ov_precision(resolve(target).load(moved, target))
+    assert ran == _precision_run_for("fp16")
+    warned = f"segment {artifact.meta['segment']} was verified in fp16, but OpenVINO's CPU plugin runs it in {ran}"
+    assert (warned in caplog.text) == (ran != "fp16")
+
+
+def test_openvino_properties_with_an_option_are_set_by_the_option():
+    from hetcc.backends.openvino_backend import OpenVinoBackend
+
+    for key, option in (("INFERENCE_PRECISION_HINT", "precision"), ("INFERENCE_NUM_THREADS", "threads")):
+        with pytest.raises(TargetError, match=f"{key} has an option of its own: write openvino.{option}="):
+            OpenVinoBackend(config={key: "1"})
+    with pytest.raises(TargetError, match="openvino option precision must be one of fp32, fp16, bf16"):
+        OpenVinoBackend(precision="f64")

@@ -293,12 +293,38 @@ def test_targets(fake_backends, capsys):
     assert backends["fake"]["versions"] == {"fakesdk": "1.2"}
     assert "fakesdk is not installed" in backends["broken"]["error"]
     targets = {t["target"]: t for t in info["targets"]}
-    assert targets["fake:npu"] == {"target": "fake:npu", "usable": False, "why": "no NPU on this machine"}
+    assert targets["fake:npu"] == {"target": "fake:npu", "usable": False, "why": "no NPU on this machine",
+                                   "untested": ""}
     assert info["devices"][0]["device"] == "cpu"
+    # every backend's options, from its own declaration; targets never run on hardware say so
+    assert [o["name"] for o in backends["onnxruntime"]["options"]] == ["threads", "optimization", "spinning"]
+    compile_option = backends["torch"]["options"][0]
+    assert compile_option["name"] == "compile" and compile_option["devices"] == ["cuda"]
+    assert backends["fake"]["options"] == []
+    for name in ("tensorrt:cuda", "migraphx:rocm", "torch:cuda", "iree:rocm"):
+        assert "never run" in targets[name]["untested"], name
+    for name in ("torch:cpu", "onnxruntime:cpu", "openvino:cpu", "iree:cpu"):
+        assert targets[name]["untested"] == "", name
     code, out, _ = cli(capsys, "targets")
     assert code == 0
-    for text in ("backends installed", "torch:cpu", "fake:npu", "no NPU on this machine", "fakesdk is not"):
+    for text in ("backends installed", "torch:cpu", "fake:npu", "no NPU on this machine", "fakesdk is not",
+                 "backend options", "optimization", "untested on hardware"):
         assert text in out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ") and ":" in line.split()[1]}
+    assert "untested on hardware" in rows["tensorrt:cuda"] and "untested" not in rows["torch:cpu"]
+
+
+def test_help_names_the_targets_untested_on_hardware(capsys):
+    from hetcc.backends.registry import BUILTIN, get_backend
+    from hetcc.cli import UNTESTED
+
+    for name in BUILTIN:  # the help's fixed text agrees with what the backends declare
+        for device in getattr(get_backend(name), "untested", {}):
+            assert f"{name}:{device}" in UNTESTED or (name == "iree" and "iree's GPU targets" in UNTESTED)
+    code, out, _ = cli(capsys, "compile", "--help")
+    text = " ".join(out.split())  # argparse wraps the help to the terminal's width
+    assert code == 0 and f"({UNTESTED} are untested on hardware)" in text
+    assert "`hetcc targets` lists each backend's options" in text
 
 
 # ---- exit codes and messages ----
@@ -417,3 +443,8 @@ def test_backend_options_from_the_command_line(tmp_path, capsys):
     assert main(["compile", MLP, "-o", str(tmp_path / "b"), "--targets", "openvino:cpu",
                  "--option", "precision=fp16"]) == 2
     assert "BACKEND.KEY=VALUE" in capsys.readouterr().err
+    # an option the targets would ignore is refused, not dropped: torch:cpu always runs eagerly
+    assert_user_error(cli(capsys, "compile", MLP, "-o", tmp_path / "b", "--targets", "torch:cpu",
+                          "--option", "torch.compile=true"),
+                      "torch option compile changes only torch:cuda", "torch:cpu always runs eagerly")
+    assert not (tmp_path / "b").exists()

@@ -160,3 +160,23 @@ def test_a_segment_returns_only_what_is_read_later():
     assert any("_assert_tensor_metadata" in str(n.target) for n in graph.nodes), "nothing to test"
     assert [len(s.outputs) for s in cm.plan.segments] == [1]
     torch.testing.assert_close(cm(x), Casts()(x))
+
+
+def test_compiling_shows_no_torch_leafspec_warning():
+    """torch.export's decomposition copies the LeafSpecs torch made, and torch 2.13 warns that the
+    class is deprecated; hetcc quiets that one message (hetcc/torch_quirks.py) and no other."""
+    import warnings
+
+    from hetcc.torch_quirks import leafspec_warning_quieted
+
+    model, (x,) = mlp.build(batch=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # past pytest.ini's own filter for this message
+        hetcc.compile(model, (x,), targets=["torch:cpu"], measure=False)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with leafspec_warning_quieted():
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]

@@ -106,11 +106,12 @@ def test_pin_to_unlisted_target_and_unknown_scope():
 def test_backend_options_reach_the_backend_and_bad_ones_are_named():
     model, inputs = mlp.build(batch=2)
     cm = hetcc.compile(model, inputs, targets=["openvino:cpu"],
-                       backend_options={"openvino": {"precision": "f32"}})
-    assert all(a.meta.get("precision") == "f32" for a in cm.artifacts.values() if a.target == "openvino:cpu")
-    with pytest.raises(TargetError, match="bad options for backend 'openvino'"):
+                       backend_options={"openvino": {"precision": "fp32"}})
+    assert all(a.meta.get("precision") == "fp32" for a in cm.artifacts.values() if a.target == "openvino:cpu")
+    with pytest.raises(TargetError, match="bad options for backend 'openvino': it has no option 'colour'; "
+                                          "it takes precision"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"colour": 1}})
-    with pytest.raises(TargetError, match="precision must be one of"):
+    with pytest.raises(TargetError, match="precision must be one of fp32, fp16, bf16, got 'f8'"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"precision": "f8"}})
 
 

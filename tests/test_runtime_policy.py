@@ -63,3 +63,16 @@ def test_configuring_again_reloads_nothing(x):
     target = hetcc.Target.parse("onnxruntime:cpu")
     configure_for_plan(cm, {target: hetcc.compiler.resolve(target)})
     assert step.run is run and cm.artifacts[step.name] is artifact
+
+
+def test_a_spinning_option_overrides_the_plan_and_the_bundle_keeps_it(x, tmp_path):
+    model = TwoLayers().eval()
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu"], measure=False,
+                       backend_options={"onnxruntime": {"spinning": "off", "threads": 1}})
+    assert cm.plan.targets_used() == ["onnxruntime:cpu"]
+    assert set(_spinning(cm).values()) == {"0"}  # alone, "auto" would spin
+    loaded = hetcc.load(cm.save(tmp_path / "b"))
+    assert set(_spinning(loaded).values()) == {"0"}
+    threads = {step.run.session.get_session_options().intra_op_num_threads for step in loaded._runtime.steps}
+    assert threads == {1}
+    torch.testing.assert_close(loaded(x), model(x))

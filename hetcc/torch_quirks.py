@@ -1,0 +1,23 @@
+"""Narrow workarounds for torch behaviour hetcc cannot change, kept in one place so each can be
+dropped when torch stops needing it."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+"""torch 2.13's message when anything constructs a ``LeafSpec``, the class it deprecated."""
+
+
+@contextlib.contextmanager
+def leafspec_warning_quieted():
+    """Ignore torch's FutureWarning about ``LeafSpec`` for the duration, and nothing else.
+
+    ``ExportedProgram.run_decompositions`` deep-copies the program's module call graph, whose
+    tree specs hold the ``LeafSpec`` instances torch itself made; ``copy.deepcopy`` rebuilds them
+    through ``LeafSpec.__new__``, which warns. hetcc never names ``LeafSpec``, so there is nothing
+    to change on our side, and a plain ``torch.export.export(m, x).run_decompositions()`` warns the
+    same. Other warnings, FutureWarnings included, still reach the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+        yield
