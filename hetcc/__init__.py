@@ -16,14 +16,8 @@ __all__ = ["compile", "load", "analyze", "analyze_phases", "predict", "Target", 
 
 def compile(model, example_inputs, targets=("torch:cpu",), **options):
     """See :func:`hetcc.compiler.compile`."""
-    from hetcc.backends.options import check_backend_options
     from hetcc.compiler import compile as _compile
-    from hetcc.target import parse_targets
 
-    if options.get("backend_options"):
-        # Before anything slow: an option no target would use is refused, not dropped (torch's
-        # compile with torch:cpu alone); values arrive in their one spelling (fp16, not f16).
-        options["backend_options"] = check_backend_options(parse_targets(targets), options["backend_options"])
     return _compile(model, example_inputs, targets, **options)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hetcc.backends.base import Artifact
+from hetcc.backends.options import check_backend_options
 from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
@@ -42,6 +43,7 @@ from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
 from hetcc.runtime import Runtime, Step, TensorSpec
+from hetcc.scratch import keep_scratch
 from hetcc.target import Target, parse_targets
 from hetcc.verify import NAN_POLICIES, Tolerances, compare, nan_differences, nan_probe_inputs
 
@@ -133,11 +135,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if nan not in NAN_POLICIES:
         raise HetccError(f"nan={nan!r} is not a NaN policy; choose one of: {', '.join(NAN_POLICIES)}")
     wanted = parse_targets(targets)
-    options = backend_options or {}
-    strays = sorted(set(options) - {t.backend for t in wanted})
-    if strays:
-        raise TargetError(f"backend_options name {', '.join(map(repr, strays))}, which no target uses "
-                          f"(targets: {', '.join(map(str, wanted))}); add the target, or drop the options")
+    # an option no target would use is refused, not dropped; values come back in their one spelling
+    options = check_backend_options(wanted, backend_options)
     tolerances = Tolerances.make(rtol, atol)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     fallback_only = FALLBACK not in wanted
@@ -180,7 +179,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
 def _drop_scratch(scratch, session, owner=None) -> bool:
     """Remove hetcc's scratch directory (now, or when ``owner`` is collected: save() copies the
     artifacts from it). Kept when a segment failed, so the failing segment can be reproduced."""
-    if scratch is None or (session is not None and session.failures):
+    if scratch is not None and session is not None and session.failures:
+        keep_scratch(scratch)  # marked as kept; older kept ones beyond a bound are pruned
+        return False
+    if scratch is None:
         return False
     if owner is None:
         shutil.rmtree(scratch, ignore_errors=True)
