@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import ClassVar, Mapping
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, quiet, to_numpy,
+    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, py_str, python_command,
+    quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.target import Target
@@ -137,7 +138,8 @@ class OpenVinoBackend:
                 port.get_tensor().add_names({name})
             ov.save_model(model, str(xml), compress_to_fp16=False)
         except Exception as exc:
-            raise lowering_error(segment, self.name, exc, workdir) from exc
+            raise lowering_error(segment, self.name, exc, workdir,
+                                 step="import openvino; openvino.convert_model(ep)") from exc
         return Artifact(
             target=str(target),
             files={"model": str(xml), "weights": str(xml.with_suffix(".bin"))},
@@ -163,6 +165,13 @@ class OpenVinoBackend:
         model = core.read_model(artifact.files["model"], artifact.files.get("weights"))
         compiled = core.compile_model(model, "CPU", config)
         return OvExecutable(compiled, len(artifact.meta["input_names"]), artifact.meta.get("segment", "?"))
+
+    def load_command(self, artifact: Artifact) -> str:
+        """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
+        precision = artifact.meta.get("precision", "f32")
+        return python_command(
+            f"import openvino; core = openvino.Core(); core.compile_model(core.read_model("
+            f"{py_str(artifact.files['model'])}), \"CPU\", {{\"INFERENCE_PRECISION_HINT\": {py_str(precision)}}})")
 
 
 SAFE_CONFIG_KEYS = frozenset({

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from hetcc.errors import ExportError, InputError, InternalError
+from hetcc.errors import ExportError, InputError, InternalError, plain
 
 log = logging.getLogger(__name__)
 
@@ -331,4 +331,4 @@ def explain_export_failure(exc: BaseException) -> str:
     else:
         cause = f"torch.export failed ({name})"
         fix = "run torch.export.export(model, example_inputs) yourself to see the full trace"
-    return f"cannot capture the model: {cause}{where}. torch said: {first[:300]}. To fix: {fix}."
+    return f"cannot capture the model: {cause}{where}. torch said: {plain(first)}. To fix: {fix}."

@@ -33,7 +33,7 @@ from hetcc.cli_inputs import (
     tolerance,
     to_array,
 )
-from hetcc.errors import HetccError
+from hetcc.errors import HetccError, plain
 
 CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
 EPILOGS = {
@@ -346,7 +346,7 @@ def cmd_explain(args) -> int:
     console = _stdout_console()
     console.print(plan_table(report))
     for line in plan_footer(report, _signature(manifest.get("inputs", [])), manifest.get("runtimes", {})):
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)  # a reason stays one line: its command copies whole
     return 0
 
 
@@ -417,7 +417,8 @@ def _silence_stdout() -> None:
 def _fail(exc: BaseException, debug: bool, internal: bool = False) -> int:
     if debug:
         traceback.print_exception(exc)
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    # one line, and no terminal escape codes from a vendor's message
+    text = "; ".join(line for line in map(plain, str(exc).splitlines()) if line) or type(exc).__name__
     if internal:
         text = (f"internal error (a bug in hetcc: run again with --debug for the traceback and "
                 f"report it): {type(exc).__name__}: {text}")

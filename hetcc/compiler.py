@@ -383,9 +383,11 @@ def _memory_of(t: Target) -> str:
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,
                       nan: str = "report"):
     started = time.perf_counter()
+    stage, artifact = "lower", None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         artifact = backend.lower(program, target, workdir)
+        stage = "load"
         try:
             executable = backend.load(artifact, target)
         except DeviceNotHere as exc:
@@ -393,6 +395,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
                 raise
             _keep_check(program, artifact, workdir, tolerances)
             return artifact, NotHere(program.name, str(target), str(exc)), None, time.perf_counter() - started
+        stage = "verify"
         got = executable(*program.example_inputs)
         artifact.meta["max_error"] = compare(program, got, tolerances)
         artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
@@ -403,9 +406,24 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         if dropped:
             artifact.meta["nan_differs"] = dropped
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
-        reason = readable(exc)  # whole, on one line: a cut reason hides the cause
+        # the whole chain and traceback for --debug; the reason is whole too, on one line, with
+        # what it was raised from: a cut reason hides the cause
+        log.debug("segment %s on %s: %s failed", program.name, target, stage, exc_info=exc)
+        reason = readable(exc, causes=True)
+        if artifact is not None and not isinstance(exc, DeviceNotHere):
+            reason += _where_kept(artifact, workdir, stage, backend)
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
+
+
+def _where_kept(artifact, workdir: Path, stage: str, backend) -> str:
+    """Where the lowered files of a segment that failed to load or verify are (the scratch
+    directory is kept when a segment fails), and the command that loads them alone when the backend
+    has one (``load_command(artifact)``)."""
+    command = getattr(backend, "load_command", None)
+    command = command(artifact) if stage == "load" and command else None
+    return (f". It lowered, then failed to {stage}; the lowered files are kept in {workdir}"
+            + (f"; reproduce the failure alone with: {command}" if command else ""))
 
 
 def _nan_check(program, executable) -> list[str]:

@@ -5,7 +5,7 @@ one of the unit's nodes, a failure seen while lowering or verifying (added later
 """
 from __future__ import annotations
 
-from hetcc.errors import TargetError
+from hetcc.errors import TargetError, plain
 from hetcc.target import Target
 
 
@@ -20,7 +20,8 @@ class Candidates:
     def forbid(self, unit: int, target: int, reason: str) -> None:
         if self.allowed[unit][target]:
             self.allowed[unit][target] = False
-            self.reasons[unit][self.targets[target]] = reason
+            # stored whole and plain: the plan, explain and errors show it as it is here
+            self.reasons[unit][self.targets[target]] = plain(reason)
 
     def ban(self, unit: int, target: int, reason: str) -> None:
         """Forbid after a failure; a unit that loses its last listed target goes to the fall-back."""

@@ -64,6 +64,29 @@ def returns_bad_inputs():
 
 def raises():
     raise RuntimeError("kaboom")
+
+
+def raises_in_colour():
+    raise RuntimeError("\\x1b[1;31mkaboom\\x1b[0m in colour")
+'''
+
+FALLS_BACK = '''
+import torch
+from torch import nn
+
+
+class Histogram(nn.Module):  # torch's ONNX exporter fails on aten.histc, after it was accepted
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.histc(self.proj(x), bins=4) * 2
+
+
+def failed():
+    torch.manual_seed(0)
+    return Histogram().eval(), (torch.randn(4, 6),)
 '''
 
 
@@ -335,6 +358,7 @@ def test_bad_model_specs(tiny, tmp_path, capsys):
     assert_user_error(compile_(f"{tiny}:returns_no_module"), "torch.nn.Module")
     assert_user_error(compile_(f"{tiny}:returns_bad_inputs"), "tuple/list of tensors")
     assert_user_error(compile_(f"{tiny}:raises"), "RuntimeError: kaboom")
+    assert_user_error(compile_(f"{tiny}:raises_in_colour"), "RuntimeError: kaboom in colour")  # no escapes
     assert_user_error(compile_(f"{tiny}:build_bad_option"), "no_such_option")
     assert_user_error(compile_(f"{tiny}:build", "--targets", "nosuch:cpu"), "unknown backend 'nosuch'", "torch")
     assert_user_error(compile_(f"{tiny}:build", "--targets", "torch"), "malformed target")
@@ -392,6 +416,30 @@ def test_debug_shows_the_traceback(tiny, tmp_path, capsys):
         assert code == 1
         assert "Traceback" in err and "RuntimeError: kaboom" in err
         assert err.splitlines()[-1].startswith("hetcc: error:")
+
+
+@pytest.fixture(scope="module")
+def falls_back(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "falls_back.py"
+    path.write_text(FALLS_BACK)
+    return path
+
+
+def test_a_failed_lowering_under_debug(falls_back, tmp_path, capsys):
+    """A real failure (torch's ONNX exporter on aten.histc): --debug logs the whole exception chain,
+    the reason names the cause and a command that reproduces it, and explain shows it on one line."""
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "--debug", "compile", f"{falls_back}:failed", "-o", out,
+                       "--targets", "onnxruntime:cpu", "--no-measure")
+    assert code == 0, err
+    assert "DEBUG hetcc: segment seg0 on onnxruntime:cpu: lower failed" in err
+    assert "The above exception was the direct cause of the following exception" in err
+    assert "NotImplementedError: aten_histc with min == max" in err
+    code, stdout, _ = cli(capsys, "explain", out)
+    assert code == 0
+    (note,) = [line for line in stdout.splitlines() if line.startswith("note: onnxruntime:cpu rejected")]
+    assert "aten_histc with min == max" in note
+    assert "reproduce the failure alone with: " in note and note.endswith("opset_version=20)'")
 
 
 def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
