@@ -38,6 +38,11 @@ class SegmentError(HetccError):
                    f"to compare, or recompile without {target} for this part (exclude=...)")
 
 
+class FallbackError(HetccError):
+    """compile(strict=True) or compile(max_fallback=...) found more of the model on torch:cpu than
+    allowed, because the targets asked for refused it or failed on it (hetcc/fallback.py)."""
+
+
 _ESCAPES = re.compile(
     r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks (ESC ] ... BEL or ESC \\)
     r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"     # CSI: colours, cursor moves (ESC [ or its 8-bit form)

@@ -75,6 +75,12 @@ import torch
 from torch import nn
 
 
+class Eigh(nn.Module):  # ONNX Runtime refuses aten._linalg_eigh
+    def forward(self, x):
+        w, v = torch.linalg.eigh(x @ x.T)
+        return (v * w).relu() + 1
+
+
 class Histogram(nn.Module):  # torch's ONNX exporter fails on aten.histc, after it was accepted
     def __init__(self):
         super().__init__()
@@ -82,6 +88,10 @@ class Histogram(nn.Module):  # torch's ONNX exporter fails on aten.histc, after 
 
     def forward(self, x):
         return torch.histc(self.proj(x), bins=4) * 2
+
+
+def refused():
+    return Eigh().eval(), (torch.randn(4, 4),)
 
 
 def failed():
@@ -341,6 +351,11 @@ def test_version_and_help(capsys):
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--pin", "no-equals-sign"],
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--dynamic-batch=8:2"],
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--memory-limit", "torch:cpu=lots"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--strict", "--max-fallback", "0.1"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "5"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "-0.1"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "some"],
+    ["bench", "m.py", "--max-fallback", "nan"],
     ["run", "somewhere"],                                            # no --inputs
 ])
 def test_bad_usage_exits_2(argv, capsys):
@@ -423,6 +438,31 @@ def falls_back(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("src") / "falls_back.py"
     path.write_text(FALLS_BACK)
     return path
+
+
+def test_strict_and_max_fallback_exit_5_naming_nodes_and_reasons(falls_back, tmp_path, capsys):
+    out = tmp_path / "out"
+    compile_ = ["compile", f"{falls_back}:refused", "-o", out, "--targets", "onnxruntime:cpu", "--no-measure"]
+    for flags in (["--strict"], ["--max-fallback", "0.1"]):
+        code, stdout, err = cli(capsys, *compile_, *flags)
+        assert code == 5 and stdout == "" and "Traceback" not in err
+        (error,) = [line for line in err.splitlines() if line.startswith("hetcc: error:")]
+        assert err.splitlines()[-1] == error
+        assert "3 of 8 nodes (37.5%) fall back to torch:cpu" in error and "_linalg_eigh" in error
+        assert "onnxruntime:cpu refused them: aten._linalg_eigh.default has no ONNX translation" in error
+        assert not out.exists()
+    code, _, err = cli(capsys, *compile_, "--max-fallback", "0.4")
+    assert code == 0 and out.is_dir(), err
+    # a bundle is compiled already; bench bounds the fallback of what it compiles
+    assert_user_error(cli(capsys, "bench", out, "--strict"), "--strict and --max-fallback are for a MODEL")
+    code, _, err = cli(capsys, "bench", f"{falls_back}:refused", "--targets", "onnxruntime:cpu", "--strict",
+                       "--runs", "1")
+    assert code == 5 and "_linalg_eigh" in err.splitlines()[-1]
+    # a target that failed on the nodes (not only refused them) counts too
+    code, _, err = cli(capsys, "compile", f"{falls_back}:failed", "-o", out, "--force",
+                       "--targets", "onnxruntime:cpu", "--no-measure", "--strict")
+    assert code == 5
+    assert "4 of 4 nodes" in err.splitlines()[-1] and "failed_segment.pt2" in err.splitlines()[-1]
 
 
 def test_a_failed_lowering_under_debug(falls_back, tmp_path, capsys):
