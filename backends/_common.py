@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from hetcc.errors import InputError, LoweringError
+from hetcc.errors import InputError, LoweringError, plain, readable
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,53 @@ def quiet():
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
+    """The first line of an exception's message, whole and without terminal escape codes (for short
+    answers such as why a runtime is unusable; a failure's reason uses ``readable``)."""
+    return next((plain(line) for line in str(exc).splitlines() if plain(line)), type(exc).__name__)
 
 
-def lowering_error(segment, backend: str, exc: BaseException, workdir: Path) -> LoweringError:
-    """A LoweringError naming the segment, the backend and the cause, with the segment written to
-    ``workdir`` so the failure can be reproduced alone. Raise it ``from exc``."""
+def lowering_error(segment, backend: str, exc: BaseException, workdir: Path,
+                   step: str | None = None) -> LoweringError:
+    """A LoweringError naming the segment, the backend and the whole cause (with the exceptions it
+    was raised from), with the segment written to ``workdir`` so the failure can be reproduced
+    alone. ``step``: Python statements that redo the failed step on the saved program, which they
+    find as ``ep`` (e.g. "torch.onnx.export(ep, (), dynamo=True)"); the message then gives the
+    command that runs them. Raise it ``from exc``."""
     saved = _dump_segment(segment, Path(workdir))
-    where = f" The segment is saved at {saved}; it reproduces the failure alone." if saved else ""
+    if saved is None:
+        where = " The segment could not be written to disk."
+    elif saved.suffix == ".py":
+        # export itself failed: there is no program to re-run, only its graph to read
+        where = (f" The segment could not be exported, so its graph is saved as text at {saved}; "
+                 "hetcc --debug (or logging at DEBUG) shows the full traceback.")
+    elif step:
+        where = f" The segment is saved at {saved}; reproduce the failure alone with: {repro_command(saved, step)}"
+    else:
+        where = f" The segment is saved at {saved} (torch.export.load reads it)."
     return LoweringError(
         f"segment {segment.name!r}: backend {backend!r} could not lower it: "
-        f"{type(exc).__name__}: {first_line(exc)}.{where} Its nodes can be kept off this backend by "
-        f"listing another target first."
+        f"{type(exc).__name__}: {readable(exc, causes=True)}.{where}"
     )
+
+
+def repro_command(program: Path, step: str) -> str:
+    """A shell command that loads the torch.export archive ``program`` as ``ep`` and runs ``step``."""
+    return python_command(f"import torch; ep = torch.export.load({py_str(program)}); {step}")
+
+
+def python_command(code: str) -> str:
+    """A shell command that runs ``code`` with this Python, so in the environment hetcc ran in."""
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
+def py_str(path) -> str:
+    """``path`` as a Python string literal (double-quoted, so it survives the shell's single quotes)."""
+    import json
+
+    return json.dumps(str(path))
 
 
 def _dump_segment(segment, workdir: Path) -> Path | None:
@@ -245,7 +275,8 @@ def export_onnx(segment, workdir: Path, backend: str, opset: int = ONNX_OPSET,
             program.save(str(path), external_data=external)
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:
-        raise lowering_error(segment, backend, exc, workdir) from exc
+        raise lowering_error(segment, backend, exc, workdir, step=(
+            f"torch.onnx.export(ep, (), dynamo=True, optimize=True, opset_version={opset})")) from exc
     onnx_inputs = _match_names([i.name for i in graph.input], in_names, "inputs", segment)
     onnx_outputs = _match_names([o.name for o in graph.output], out_names, "outputs", segment)
     files = {"model": str(path)}

@@ -142,12 +142,16 @@ class IreeBackend:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         mlir, vmfb = workdir / "segment.mlirbc", workdir / "module.vmfb"
+        program = segment
         try:
-            ep = rewritten(segment, spec.device).export()
+            program = rewritten(segment, spec.device)  # what is imported, so what is kept on failure
+            ep = program.export()
             with quiet():
                 ic.import_program(ep, mlir)
         except Exception as exc:
-            raise lowering_error(segment, self.name, exc, workdir) from exc
+            raise lowering_error(program, self.name, exc, workdir, step=(
+                "from iree.compiler import ir; from iree.compiler.extras.fx_importer import FxImporter; "
+                "FxImporter(context=ir.Context()).import_program(ep, func_name=\"main\")")) from exc
         command = ic.command_line(mlir, vmfb, spec, self.flags)
         try:
             ic.run_compiler(command)

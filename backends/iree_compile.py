@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from hetcc.errors import TargetError
+from hetcc.errors import TargetError, clip
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,10 @@ def run_compiler(command: list[str]) -> None:
     first = errors + [line for line in lines if line not in errors]
     if not first:
         first = [f"iree-compile exited with status {proc.returncode} and no output"]
-    raise CompileFailed(command, [line[:400] for line in first[:6]])
+    log.debug("iree-compile failed (status %s):\n%s", proc.returncode, proc.stderr or proc.stdout)
+    # lines echo MLIR source, where one constant can run to megabytes: long ones are clipped (at a
+    # space, saying so); the command in the error reproduces the whole output
+    raise CompileFailed(command, [clip(line, 400) for line in first[:6]])
 
 
 def runtime_tool(name: str) -> str | None:

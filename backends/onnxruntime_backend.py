@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from hetcc.backends._common import (
     ONNX_EMBED_LIMIT, ONNX_OPSET, check_arity, dtype_problem, export_onnx, first_line, from_numpy,
-    before_support, is_structural, node_dtypes, op_name, quiet, to_numpy,
+    before_support, is_structural, node_dtypes, op_name, py_str, python_command, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import Option, check_options, threads_option
@@ -241,6 +241,11 @@ class OnnxRuntimeBackend:
                                        providers=["CPUExecutionProvider"])
         return OrtExecutable(session, artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],
                              artifact.meta.get("segment", "?"))
+
+    def load_command(self, artifact: Artifact) -> str:
+        """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
+        return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
+                              "providers=[\"CPUExecutionProvider\"])")
 
 
 class OrtExecutable:

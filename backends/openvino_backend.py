@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import ClassVar, Mapping
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, quiet, to_numpy,
+    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, py_str, python_command,
+    quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
@@ -163,7 +164,8 @@ class OpenVinoBackend:
                 port.get_tensor().add_names({name})
             ov.save_model(model, str(xml), compress_to_fp16=False)
         except Exception as exc:
-            raise lowering_error(segment, self.name, exc, workdir) from exc
+            raise lowering_error(segment, self.name, exc, workdir,
+                                 step="import openvino; openvino.convert_model(ep)") from exc
         return Artifact(
             target=str(target),
             files={"model": str(xml), "weights": str(xml.with_suffix(".bin"))},
@@ -210,6 +212,13 @@ class OpenVinoBackend:
             log.warning("segment %s was verified in %s, but OpenVINO's CPU plugin runs it in %s here "
                         "(this CPU lacks %s arithmetic)", segment, precision, ran, precision)
         return OvExecutable(compiled, len(artifact.meta["input_names"]), segment)
+
+    def load_command(self, artifact: Artifact) -> str:
+        """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
+        precision = artifact.meta.get("precision", "f32")
+        return python_command(
+            f"import openvino; core = openvino.Core(); core.compile_model(core.read_model("
+            f"{py_str(artifact.files['model'])}), \"CPU\", {{\"INFERENCE_PRECISION_HINT\": {py_str(precision)}}})")
 
 
 SAFE_CONFIG_KEYS = frozenset({

@@ -284,5 +284,8 @@ def _row(v: Variant, batch, samples, ref) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """Why a variant could not be compiled, for the notes: the whole message (a reason cut short
+    hides its cause), on one line."""
+    from hetcc.errors import readable
+
+    return readable(exc)

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from hetcc.errors import ExportError, InputError, InternalError
+from hetcc.errors import ExportError, InputError, InternalError, plain
 from hetcc.torch_quirks import leafspec_warning_quieted
 
 log = logging.getLogger(__name__)
@@ -379,15 +379,7 @@ def explain_export_failure(exc: BaseException) -> str:
     else:
         cause = f"torch.export failed ({name})"
         fix = "run torch.export.export(model, example_inputs) yourself to see the full trace"
-    return f"cannot capture the model: {cause}{where}. torch said: {_sentence(first)} To fix: {fix}."
+    return f"cannot capture the model: {cause}{where}. torch said: {plain(first).rstrip('.')}. To fix: {fix}."
 
 
 _CACHE_OUTPUT = re.compile(r"Found <class '[\w.]*\.(\w*Cache)'> in output")
-
-
-def _sentence(text: str, limit: int = 400) -> str:
-    """torch's first line, whole if short, else cut at a word boundary with an ellipsis, ending in
-    one full stop (torch's own messages often end in one already)."""
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    return text if text.endswith((".", "...")) else text + "."

@@ -3,8 +3,9 @@
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
 --debug), 2 on bad usage, 3 when `bench --compare` finds a regression, 4 when `conformance`
-finds a failure, 130 on Ctrl-C. Heavy imports (torch, runtimes) happen inside commands so
-that `hetcc --help` answers at once.
+finds a failure, 5 when `--strict` or `--max-fallback` finds too much of the model falling back to
+torch:cpu (a user error, but one CI tells apart from a bad command), 130 on Ctrl-C. Heavy imports
+(torch, runtimes) happen inside commands so that `hetcc --help` answers at once.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance, cli_pl
 from hetcc.cli_inputs import (
     DYNAMIC_MAX,
     CliError,
+    add_fallback_flags,
     backend_option,
     batch_dynamic_shapes,
     batch_range,
     dynamic_dim,
     dynamic_shapes_for,
+    fallback_options,
     load_model,
     read_npz,
     scope_target,
@@ -36,8 +39,10 @@ from hetcc.cli_inputs import (
     tolerance,
     to_array,
 )
-from hetcc.errors import HetccError
+from hetcc.errors import FallbackError, HetccError, plain
 
+EXIT_FALLBACK = 5
+"""Exit status when --strict or --max-fallback refuses the compile (1 stays any other user error)."""
 CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
 UNTESTED = "tensorrt:cuda, migraphx:rocm, torch:cuda and iree's GPU targets"
 """Targets whose vendor calls have never run on real hardware (each backend's ``untested``; the
@@ -48,7 +53,8 @@ EPILOGS = {
           "run `hetcc COMMAND --help` for each command's options",
     "compile": "examples:\n  hetcc compile examples/mlp.py:build -o mlp.bundle --targets " + CPU_TARGETS
                + "\n  hetcc compile model.pt2 -o out --targets onnxruntime:cpu,torch:cpu "
-                 "--dynamic-batch=2:64 --pin head=torch:cpu\n\n"
+                 "--dynamic-batch=2:64 --pin head=torch:cpu\n"
+               + "  hetcc compile model.pt2 -o out --targets onnxruntime:cpu --strict    # exit 5 on fallback\n\n"
                "MODEL is path/to/file.py:function, where the function returns (model, example_inputs)\n"
                "or (model, example_inputs, options) with options extra hetcc.compile keyword arguments;\n"
                "the function defaults to `build`. A .pt2 file is a torch.export.save archive.",
@@ -82,6 +88,9 @@ def main(argv=None) -> int:
         except BrokenPipeError:  # `hetcc explain --json | head`: the reader left; not an error
             _silence_stdout()
             return 141
+        except FallbackError as exc:
+            _fail(exc, args.debug)
+            return EXIT_FALLBACK
         except (HetccError, OSError) as exc:
             return _fail(exc, args.debug)
         except Exception as exc:  # noqa: BLE001 - a bug still gets one line, and the traceback on --debug
@@ -120,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nan", choices=("report", "require"),
                    help="a runtime that turns NaN into numbers where torch keeps NaN: report it in the "
                         "plan (default) or require NaN to propagate (that part falls back)")
+    add_fallback_flags(p)
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
                    help="force a submodule or node onto a target (repeatable)")
     p.add_argument("--exclude", action="append", type=scope_target, default=[],
@@ -223,6 +233,7 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
              "measure": False if args.no_measure else None,
              "cross_compile": True if args.cross_compile else None}
     options.update({k: v for k, v in given.items() if v is not None})
+    options.update(fallback_options(args))
     excluded: dict[str, list] = {}
     for scope, targets in args.exclude:
         excluded.setdefault(scope, []).extend(t for t in targets.split(",") if t)
@@ -369,7 +380,7 @@ def cmd_explain(args) -> int:
     console = _stdout_console()
     console.print(plan_table(report))
     for line in plan_footer(report, _signature(manifest.get("inputs", [])), manifest.get("runtimes", {})):
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)  # a reason stays one line: its command copies whole
     return 0
 
 
@@ -440,7 +451,8 @@ def _silence_stdout() -> None:
 def _fail(exc: BaseException, debug: bool, internal: bool = False) -> int:
     if debug:
         traceback.print_exception(exc)
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    # one line, and no terminal escape codes from a vendor's message
+    text = "; ".join(line for line in map(plain, str(exc).splitlines()) if line) or type(exc).__name__
     if internal:
         text = (f"internal error (a bug in hetcc: run again with --debug for the traceback and "
                 f"report it): {type(exc).__name__}: {text}")

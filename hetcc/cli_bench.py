@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from hetcc.cli_inputs import CliError
+from hetcc.cli_inputs import CliError, add_fallback_flags, fallback_options
 
 EXIT_REGRESSED = 3
 """Exit status when the regression gate fails (1 stays a user error, 2 bad usage)."""
@@ -23,7 +23,9 @@ EPILOG = """examples:
 A MODEL is measured as hetcc's plan over --targets, each target alone, and torch eager (the
 reference); a bundle DIR as its plan beside a fixed torch yardstick workload. Each variant is also
 given as a ratio to the reference measured in the same run; --compare checks those ratios against
-a baseline file. Exit status: 0 ok, 1 user error, 2 bad usage, 3 the regression gate failed."""
+a baseline file. --strict / --max-fallback bound the fallback to torch:cpu of every compile: the
+plan's failing exits 5; a target alone that falls back too much is left out, with a note.
+Exit status: 0 ok, 1 user error, 2 bad usage, 3 the regression gate failed, 5 the plan fell back."""
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -57,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     how_long.add_argument("--runs", type=positive(int), metavar="N", help="rounds to measure (default 30)")
     how_long.add_argument("--budget", type=positive(float), metavar="SECONDS",
                           help="measure rounds until this many seconds have passed (at least 5 rounds)")
+    add_fallback_flags(p)
     p.add_argument("--batch-sizes", type=batch_sizes, metavar="B1,B2,...",
                    help="measure at these batch sizes (compiles with a dynamic batch dim 0)")
     p.add_argument("--reference", choices=("eager", "none"), default="eager",
@@ -95,6 +98,9 @@ def cmd_bench(args) -> int:
         if Path(args.model).is_dir():
             if args.targets:
                 raise CliError("a bundle's targets are fixed when it is compiled; --targets is for a MODEL")
+            if fallback_options(args):
+                raise CliError("a bundle is already compiled, so nothing can fall back; --strict and "
+                               "--max-fallback are for a MODEL")
             prepared = prepare_bundle(args.model, name=args.name, inputs=_bundle_inputs(args),
                                       batch_sizes=args.batch_sizes, progress=say,
                                       reference=YARDSTICK if args.reference == "eager" else "none")
@@ -102,6 +108,7 @@ def cmd_bench(args) -> int:
             from hetcc.cli_inputs import load_model
 
             model, inputs, options = load_model(args.model, args.inputs)
+            options.update(fallback_options(args))
             prepared = prepare_model(model, inputs, _targets(args.targets), name=args.name or _name(args.model),
                                      compile_options=options, batch_sizes=args.batch_sizes, progress=say,
                                      reference=EAGER if args.reference == "eager" else "none")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hetcc.cli_inputs import CliError
+from hetcc.errors import plain
 
 EXIT_FAILED = 4
 """Some case gave a wrong result, crashed outside hetcc's errors, or lost pinned native coverage."""
@@ -140,9 +141,8 @@ def _render(reports: list[dict], out: str | None, seconds: float | None) -> None
             console.print(f"{case} on {target}: native now, but listed in KNOWN_FALLBACKS; remove it "
                           "there so a later fall-back is caught", markup=False)
         if r.get("error"):
-            first = (r["error"]["message"].strip().splitlines() or [""])[0]
             console.print(f"{case} on {target}: {r['status']} in {r['error'].get('stage', '?')}: "
-                          f"{r['error']['type']}: {first[:300]}", markup=False)
+                          f"{r['error']['type']}: {plain(r['error']['message'])}", markup=False)
     native = sum(r["status"] == "native" for r in reports)
     where = f"; reports in {out}" if out else ""
     took = f" in {seconds:.0f}s" if seconds is not None else ""

@@ -81,6 +81,41 @@ def tolerance(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """--max-fallback: a share of the model's nodes, 0 to 1."""
+    from hetcc.fallback import is_fraction
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not is_fraction(value):
+        hint = f" (for {text}%, write {value / 100:g})" if math.isfinite(value) and 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"expected a fraction of the nodes from 0 to 1 such as 0.05, "
+                                         f"got {text!r}{hint}")
+    return value
+
+
+def add_fallback_flags(p) -> None:
+    """--strict and --max-fallback, for every command that compiles a model."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--strict", action="store_true",
+                       help="fail (exit 5) when any node falls back to torch:cpu because a target asked "
+                            "for refused it or failed on it; pinned and excluded nodes do not count")
+    group.add_argument("--max-fallback", type=fraction, metavar="FRACTION",
+                       help="as --strict, but only when more than this share of the model's nodes falls "
+                            "back (0 to 1, e.g. 0.05)")
+
+
+def fallback_options(args) -> dict:
+    """compile's strict/max_fallback from the flags; a flag replaces what the model file set."""
+    if args.strict:
+        return {"strict": True, "max_fallback": None}
+    if args.max_fallback is not None:
+        return {"strict": False, "max_fallback": args.max_fallback}
+    return {}
+
+
 def target_bytes(text: str) -> tuple[str, int]:
     target, sep, size = text.partition("=")
     if not sep or not target.strip():

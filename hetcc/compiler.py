@@ -27,6 +27,7 @@ from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import device_for_target, profile_name
 from hetcc.errors import (
     DeviceNotHere,
+    FallbackError,
     HetccError,
     InternalError,
     LoweringError,
@@ -34,6 +35,7 @@ from hetcc.errors import (
     TargetError,
     readable,
 )
+from hetcc.fallback import Limit, fallen_back
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
 from hetcc.passes.facts import graph_facts
@@ -100,7 +102,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             profiles: dict | None = None, devices: dict | None = None,
             memory_limits: dict | None = None, measure: bool = True,
             backend_options: dict | None = None, cross_compile: bool = False,
-            nan: str = "report", progress=None, example_kwargs: dict | None = None) -> CompiledModel:
+            nan: str = "report", strict: bool = False, max_fallback: float | None = None,
+            progress=None, example_kwargs: dict | None = None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -122,6 +125,13 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         runtime that turns NaN into numbers where torch propagates it (OpenVINO's ReLU does, as its
         own whole-model path does) and lists it in the plan's notes; "require" treats that as a
         wrong result, so the part falls back to a runtime that propagates NaN.
+    strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
+        torch:cpu because the targets asked for refused it or failed on it (its message names the
+        nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes
+        the cost model gave to a listed torch:cpu while another target could take them, do not
+        count (hetcc/fallback.py has the exact rule).
+    max_fallback: as strict, but only when the nodes that fall back are more than this share of
+        the model's nodes (0 to 1; 0 is strict, 1 allows all). Give strict or max_fallback, not both.
     cross_compile: keep segments lowered for a device this machine does not have (e.g.
         iree:rocm:gfx942 here) instead of falling back: they cannot run here, so they are verified
         when the saved bundle is loaded where the device is (docs/bundle.md). The compiled model
@@ -134,6 +144,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         raise HetccError(f"objective {objective!r} is not supported yet; choose one of: {', '.join(OBJECTIVES)}")
     if nan not in NAN_POLICIES:
         raise HetccError(f"nan={nan!r} is not a NaN policy; choose one of: {', '.join(NAN_POLICIES)}")
+    limit = Limit.make(strict, max_fallback)
     wanted = parse_targets(targets)
     # an option no target would use is refused, not dropped; values come back in their one spelling
     options = check_backend_options(wanted, backend_options)
@@ -157,7 +168,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     try:  # from here on, an interrupt must not leave the scratch directory behind
         scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
-                           cross_compile, Path(workdir) if workdir else scratch, objective, report, nan)
+                           cross_compile, Path(workdir) if workdir else scratch, objective, report, nan,
+                           limit)
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -208,6 +220,8 @@ class _Session:
     objective: str
     report: object
     nan: str = "report"
+    limit: Limit | None = None
+    """How much fallback to torch:cpu is allowed (strict=, max_fallback=); None: any."""
     failures: int = 0
     why: str = ""
     """Said after each progress message (which plan is being built)."""
@@ -218,8 +232,14 @@ class _Session:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
         notes = [*self.captured.notes, *(notes or [])]
         self.why = why
+        last_resort = self.order.index(FALLBACK)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             _check_placeable(self.units, candidates)
+            # units that only torch:cpu may take go there whatever the solver says: a bound they
+            # already break fails now, not after lowering everything else
+            self._check_fallback(candidates, [u for u, row in enumerate(candidates.allowed)
+                                              if not any(ok for t, ok in enumerate(row) if t != last_resort)],
+                                 at_least=True)
             problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
                                     candidates, self.objective)
             self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
@@ -229,12 +249,23 @@ class _Session:
                 break
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
+        self._check_fallback(candidates, [u for _, target, spec, *_ in segments if target == FALLBACK
+                                          for u in spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt, notes)
         artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
         compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
         configure_for_plan(compiled, self.backends)
         return compiled
+
+    def _check_fallback(self, candidates, on_torch, at_least: bool = False) -> None:
+        """FallbackError if the units ``on_torch`` hold more fallback than ``self.limit`` allows."""
+        if self.limit is None:
+            return
+        fallbacks = fallen_back(self.units, candidates, on_torch, self.order.index(FALLBACK))
+        total = sum(len(unit.members) for unit in self.units)
+        self.limit.check(fallbacks, total, torch_listed=candidates.fallback is None,
+                         at_least=at_least and sum(len(f.nodes) for f in fallbacks) < total)
 
     def _lower_all(self, problem, placement, candidates, notes):
         """Lower every segment; None (after banning the failed one) if any segment failed."""
@@ -276,7 +307,7 @@ class _Session:
         """Time the mixed plan against the best plan that keeps to one listed target (plus the
         fall-back for what that target cannot run); keep the faster."""
         started = time.perf_counter()
-        best, best_cost = None, math.inf
+        best, best_cost, best_target = None, math.inf, None
         for t in range(len(self.order)):
             if candidates.fallback == t:
                 continue
@@ -288,10 +319,16 @@ class _Session:
             except HetccError:
                 continue
             if cost < best_cost:
-                best, best_cost = alone, cost
+                best, best_cost, best_target = alone, cost, self.order[t]
         if best is None:
             return mixed
-        single = self.place(best, why=" [single-target plan, for measuring]")
+        try:
+            single = self.place(best, why=" [single-target plan, for measuring]")
+        except FallbackError:  # the mixed plan is within the bound; a plan that is not cannot replace it
+            mixed.plan = replace(mixed.plan, notes=mixed.plan.notes + (
+                f"{best_target} alone was not measured against the mixed plan: it falls back to torch:cpu "
+                f"more than {self.limit.describe()} allows",))
+            return mixed
         # timing calls the model many times: on copies of the inputs (a model may update them),
         # and with its state put back afterwards
         inputs = [self.captured.values[n].clone() for n in self.captured.user_inputs]
@@ -389,9 +426,11 @@ def _memory_of(t: Target) -> str:
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,
                       nan: str = "report"):
     started = time.perf_counter()
+    stage, artifact = "lower", None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         artifact = backend.lower(program, target, workdir)
+        stage = "load"
         try:
             executable = backend.load(artifact, target)
         except DeviceNotHere as exc:
@@ -399,6 +438,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
                 raise
             _keep_check(program, artifact, workdir, tolerances)
             return artifact, NotHere(program.name, str(target), str(exc)), None, time.perf_counter() - started
+        stage = "verify"
         got = executable(*program.example_inputs)
         artifact.meta["max_error"] = compare(program, got, tolerances)
         artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
@@ -409,9 +449,24 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         if dropped:
             artifact.meta["nan_differs"] = dropped
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
-        reason = readable(exc)  # whole, on one line: a cut reason hides the cause
+        # the whole chain and traceback for --debug; the reason is whole too, on one line, with
+        # what it was raised from: a cut reason hides the cause
+        log.debug("segment %s on %s: %s failed", program.name, target, stage, exc_info=exc)
+        reason = readable(exc, causes=True)
+        if artifact is not None and not isinstance(exc, DeviceNotHere):
+            reason += _where_kept(artifact, workdir, stage, backend)
         return None, None, reason, time.perf_counter() - started
     return artifact, executable, None, time.perf_counter() - started
+
+
+def _where_kept(artifact, workdir: Path, stage: str, backend) -> str:
+    """Where the lowered files of a segment that failed to load or verify are (the scratch
+    directory is kept when a segment fails), and the command that loads them alone when the backend
+    has one (``load_command(artifact)``)."""
+    command = getattr(backend, "load_command", None)
+    command = command(artifact) if stage == "load" and command else None
+    return (f". It lowered, then failed to {stage}; the lowered files are kept in {workdir}"
+            + (f"; reproduce the failure alone with: {command}" if command else ""))
 
 
 def _nan_check(program, executable) -> list[str]:

@@ -38,12 +38,49 @@ class SegmentError(HetccError):
                    f"to compare, or recompile without {target} for this part (exclude=...)")
 
 
-def readable(exc: BaseException) -> str:
-    """An exception's whole message on one line, without terminal colour codes: vendor runtimes
-    print multi-line messages and colour their own names."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text or type(exc).__name__
+class FallbackError(HetccError):
+    """compile(strict=True) or compile(max_fallback=...) found more of the model on torch:cpu than
+    allowed, because the targets asked for refused it or failed on it (hetcc/fallback.py)."""
+
+
+_ESCAPES = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks (ESC ] ... BEL or ESC \\)
+    r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"     # CSI: colours, cursor moves (ESC [ or its 8-bit form)
+    r"|\x1b[ -/]*[0-~]?"                      # any other escape, and a lone ESC
+)
+"""Terminal escape sequences, which vendor tools put in their messages and a reason must not keep."""
+
+
+def plain(text: str) -> str:
+    """``text`` on one line without terminal escape codes, and never shortened: vendor runtimes print
+    multi-line messages and colour their own names, and a reason cut short hides its cause."""
+    text = _ESCAPES.sub("", str(text))
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def readable(exc: BaseException, causes: bool = False) -> str:
+    """An exception's whole message on one line (see ``plain``). ``causes``: also each exception it
+    was raised from (``raise ... from``) whose message it does not already hold, as "(caused by
+    Type: message)": a wrapper's message often leaves out what went wrong underneath."""
+    text = plain(str(exc)) or type(exc).__name__
+    seen, cause = {id(exc)}, exc.__cause__ if causes else None
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        said = plain(str(cause))
+        if said and said not in text:
+            text += f" (caused by {type(cause).__name__}: {said})"
+        cause = cause.__cause__
+    return text
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else cut at a space before the limit and saying
+    how much was left out: for echoed source lines that can run to megabytes, never for a reason."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    cut = cut if cut > 0 else limit
+    return f"{text[:cut].rstrip()} ... ({len(text) - cut} more characters)"
 
 
 class InternalError(HetccError):

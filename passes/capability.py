@@ -5,7 +5,8 @@ one of the unit's nodes, a failure seen while lowering or verifying (added later
 """
 from __future__ import annotations
 
-from hetcc.errors import TargetError
+from hetcc.errors import TargetError, plain
+from hetcc.fallback import CHOICE, FAILED, REFUSED, USER
 from hetcc.target import Target
 
 
@@ -16,31 +17,37 @@ class Candidates:
         """Index of a target that takes only what no other target can run."""
         self.allowed = [[True] * len(targets) for _ in range(n_units)]
         self.reasons: list[dict[str, str]] = [{} for _ in range(n_units)]
+        self.kinds: list[dict[str, str]] = [{} for _ in range(n_units)]
+        """Per unit, target -> why it is ruled out, in kind: hetcc.fallback's REFUSED, FAILED, USER
+        or CHOICE (what tells fallback from the user's or the cost model's choice)."""
 
-    def forbid(self, unit: int, target: int, reason: str) -> None:
+    def forbid(self, unit: int, target: int, reason: str, kind: str = REFUSED) -> None:
         if self.allowed[unit][target]:
             self.allowed[unit][target] = False
-            self.reasons[unit][self.targets[target]] = reason
+            # stored whole and plain: the plan, explain and errors show it as it is here
+            self.reasons[unit][self.targets[target]] = plain(reason)
+            self.kinds[unit][self.targets[target]] = kind
 
     def ban(self, unit: int, target: int, reason: str) -> None:
         """Forbid after a failure; a unit that loses its last listed target goes to the fall-back."""
-        self.forbid(unit, target, reason)
+        self.forbid(unit, target, reason, FAILED)
         fb = self.fallback
         if fb is not None and not any(ok for i, ok in enumerate(self.allowed[unit]) if i != fb):
             self.allowed[unit][fb] = True
             self.reasons[unit].pop(self.targets[fb], None)
-
+            self.kinds[unit].pop(self.targets[fb], None)
 
     def restricted_to(self, target: int) -> "Candidates":
         """A copy where every unit that may run on ``target`` runs only there."""
         out = Candidates(len(self.allowed), self.targets, self.fallback)
         out.allowed = [list(row) for row in self.allowed]
         out.reasons = [dict(r) for r in self.reasons]
+        out.kinds = [dict(k) for k in self.kinds]
         for u, row in enumerate(out.allowed):
             if row[target]:
                 for t in range(len(row)):
                     if t != target:
-                        out.forbid(u, t, f"comparing against {self.targets[target]} alone")
+                        out.forbid(u, t, f"comparing against {self.targets[target]} alone", CHOICE)
         return out
 
 
@@ -88,11 +95,11 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
             if any(_matches(n, key) for n in nodes):
                 for t in order:
                     if t != pinned:
-                        cand.forbid(u, index[t], f"pinned to {pinned} by pins[{key!r}]")
+                        cand.forbid(u, index[t], f"pinned to {pinned} by pins[{key!r}]", USER)
         for key, banned in exclude.items():
             if any(_matches(n, key) for n in nodes):
                 for t in banned:
-                    cand.forbid(u, index[t], f"excluded by exclude[{key!r}]")
+                    cand.forbid(u, index[t], f"excluded by exclude[{key!r}]", USER)
         for t in order:
             if not cand.allowed[u][index[t]]:
                 continue
@@ -104,5 +111,6 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
         if fallback is not None:
             others = [i for t, i in index.items() if t != fallback]
             if any(cand.allowed[u][i] for i in others):
-                cand.forbid(u, index[fallback], "torch:cpu is only the fall-back here (not listed in targets)")
+                cand.forbid(u, index[fallback], "torch:cpu is only the fall-back here (not listed in targets)",
+                            CHOICE)
     return cand

@@ -64,6 +64,39 @@ def returns_bad_inputs():
 
 def raises():
     raise RuntimeError("kaboom")
+
+
+def raises_in_colour():
+    raise RuntimeError("\\x1b[1;31mkaboom\\x1b[0m in colour")
+'''
+
+FALLS_BACK = '''
+import torch
+from torch import nn
+
+
+class Eigh(nn.Module):  # ONNX Runtime refuses aten._linalg_eigh
+    def forward(self, x):
+        w, v = torch.linalg.eigh(x @ x.T)
+        return (v * w).relu() + 1
+
+
+class Histogram(nn.Module):  # torch's ONNX exporter fails on aten.histc, after it was accepted
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.histc(self.proj(x), bins=4) * 2
+
+
+def refused():
+    return Eigh().eval(), (torch.randn(4, 4),)
+
+
+def failed():
+    torch.manual_seed(0)
+    return Histogram().eval(), (torch.randn(4, 6),)
 '''
 
 
@@ -344,6 +377,11 @@ def test_version_and_help(capsys):
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--pin", "no-equals-sign"],
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--dynamic-batch=8:2"],
     ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--memory-limit", "torch:cpu=lots"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--strict", "--max-fallback", "0.1"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "5"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "-0.1"],
+    ["compile", "m.py", "-o", "d", "--targets", "torch:cpu", "--max-fallback", "some"],
+    ["bench", "m.py", "--max-fallback", "nan"],
     ["run", "somewhere"],                                            # no --inputs
 ])
 def test_bad_usage_exits_2(argv, capsys):
@@ -361,6 +399,7 @@ def test_bad_model_specs(tiny, tmp_path, capsys):
     assert_user_error(compile_(f"{tiny}:returns_no_module"), "torch.nn.Module")
     assert_user_error(compile_(f"{tiny}:returns_bad_inputs"), "tuple/list of tensors")
     assert_user_error(compile_(f"{tiny}:raises"), "RuntimeError: kaboom")
+    assert_user_error(compile_(f"{tiny}:raises_in_colour"), "RuntimeError: kaboom in colour")  # no escapes
     assert_user_error(compile_(f"{tiny}:build_bad_option"), "no_such_option")
     assert_user_error(compile_(f"{tiny}:build", "--targets", "nosuch:cpu"), "unknown backend 'nosuch'", "torch")
     assert_user_error(compile_(f"{tiny}:build", "--targets", "torch"), "malformed target")
@@ -418,6 +457,55 @@ def test_debug_shows_the_traceback(tiny, tmp_path, capsys):
         assert code == 1
         assert "Traceback" in err and "RuntimeError: kaboom" in err
         assert err.splitlines()[-1].startswith("hetcc: error:")
+
+
+@pytest.fixture(scope="module")
+def falls_back(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "falls_back.py"
+    path.write_text(FALLS_BACK)
+    return path
+
+
+def test_strict_and_max_fallback_exit_5_naming_nodes_and_reasons(falls_back, tmp_path, capsys):
+    out = tmp_path / "out"
+    compile_ = ["compile", f"{falls_back}:refused", "-o", out, "--targets", "onnxruntime:cpu", "--no-measure"]
+    for flags in (["--strict"], ["--max-fallback", "0.1"]):
+        code, stdout, err = cli(capsys, *compile_, *flags)
+        assert code == 5 and stdout == "" and "Traceback" not in err
+        (error,) = [line for line in err.splitlines() if line.startswith("hetcc: error:")]
+        assert err.splitlines()[-1] == error
+        assert "3 of 8 nodes (37.5%) fall back to torch:cpu" in error and "_linalg_eigh" in error
+        assert "onnxruntime:cpu refused them: aten._linalg_eigh.default has no ONNX translation" in error
+        assert not out.exists()
+    code, _, err = cli(capsys, *compile_, "--max-fallback", "0.4")
+    assert code == 0 and out.is_dir(), err
+    # a bundle is compiled already; bench bounds the fallback of what it compiles
+    assert_user_error(cli(capsys, "bench", out, "--strict"), "--strict and --max-fallback are for a MODEL")
+    code, _, err = cli(capsys, "bench", f"{falls_back}:refused", "--targets", "onnxruntime:cpu", "--strict",
+                       "--runs", "1")
+    assert code == 5 and "_linalg_eigh" in err.splitlines()[-1]
+    # a target that failed on the nodes (not only refused them) counts too
+    code, _, err = cli(capsys, "compile", f"{falls_back}:failed", "-o", out, "--force",
+                       "--targets", "onnxruntime:cpu", "--no-measure", "--strict")
+    assert code == 5
+    assert "4 of 4 nodes" in err.splitlines()[-1] and "failed_segment.pt2" in err.splitlines()[-1]
+
+
+def test_a_failed_lowering_under_debug(falls_back, tmp_path, capsys):
+    """A real failure (torch's ONNX exporter on aten.histc): --debug logs the whole exception chain,
+    the reason names the cause and a command that reproduces it, and explain shows it on one line."""
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "--debug", "compile", f"{falls_back}:failed", "-o", out,
+                       "--targets", "onnxruntime:cpu", "--no-measure")
+    assert code == 0, err
+    assert "DEBUG hetcc: segment seg0 on onnxruntime:cpu: lower failed" in err
+    assert "The above exception was the direct cause of the following exception" in err
+    assert "NotImplementedError: aten_histc with min == max" in err
+    code, stdout, _ = cli(capsys, "explain", out)
+    assert code == 0
+    (note,) = [line for line in stdout.splitlines() if line.startswith("note: onnxruntime:cpu rejected")]
+    assert "aten_histc with min == max" in note
+    assert "reproduce the failure alone with: " in note and note.endswith("opset_version=20)'")
 
 
 def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
