@@ -259,8 +259,8 @@ class OrtExecutable:
         self.segment = segment
 
     def __call__(self, *inputs) -> tuple:
-        check_arity(inputs, len(self.input_names), self.segment)
+        if len(inputs) != len(self.input_names):
+            check_arity(inputs, len(self.input_names), self.segment)
         feeds = {name: to_numpy(x) for name, x in zip(self.input_names, inputs) if name is not None}
-        outs = self.session.run(self.output_names, feeds)
-        return tuple(from_numpy(o) for o in outs)
+        return tuple(map(from_numpy, self.session.run(self.output_names, feeds)))
 

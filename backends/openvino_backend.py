@@ -285,6 +285,9 @@ class OvExecutable:
         self.n_outputs = len(compiled.outputs)
         self.segment = segment
         self._local = threading.local()
+        import openvino as ov
+
+        self._tensor = ov.Tensor
 
     def _request(self):
         request = getattr(self._local, "request", None)
@@ -293,12 +296,18 @@ class OvExecutable:
         return request
 
     def __call__(self, *inputs) -> tuple:
-        check_arity(inputs, self.n_inputs, self.segment)
-        arrays = [to_numpy(x) for x in inputs]
-        # share_inputs: the call is synchronous and the arrays outlive it, so no copy is needed.
-        # share_outputs=False: OpenVINO copies results out of the request's reused buffers.
-        results = self._request().infer(arrays, share_inputs=True, share_outputs=False)
-        return tuple(from_numpy(results[i]) for i in range(self.n_outputs))
+        if len(inputs) != self.n_inputs:
+            check_arity(inputs, self.n_inputs, self.segment)
+        request = self._request()
+        # The request's own calls, not InferRequest.infer(): infer's conversions of inputs and
+        # results cost ~30 us a call on a 2-core CPU (benchmarks/bench_overhead.py), more than a
+        # small segment's work. Inputs are shared, not copied (the call is synchronous and the
+        # arrays outlive it); outputs are copied out of the request's buffers, which the next
+        # inference reuses.
+        for i, x in enumerate(inputs):
+            request.set_input_tensor(i, self._tensor(to_numpy(x), shared_memory=True))
+        request.infer()
+        return tuple(from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self.n_outputs))
 
 
 def _qualified_name(target) -> str:

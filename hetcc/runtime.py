@@ -84,6 +84,14 @@ class Runtime:
         for i, step in enumerate(steps):
             step.frees = tuple(n for n, last in last_use.items() if last == i and n not in keep)
         self._signature = "(" + ", ".join(s.describe() for s in input_specs) + ")"
+        self._fixed = [s.shape if all(isinstance(d, int) for d in s.shape) else None for s in input_specs]
+        self._input_names = tuple(s.name for s in input_specs)
+        made = {*self._input_names, *(state or {}), *(o for step in steps for o in step.outputs)}
+        unknown = [name for name in outputs if name is not None and name not in made and name not in constants]
+        if unknown:
+            raise InternalError(f"outputs {unknown} are made by no step and are no constant")
+        self._output_plan = [(name, const_outputs[i] if name is None else constants.get(name))
+                             for i, name in enumerate(outputs)]
         # The common call, model(t1, t2, ...) -> tensor or tuple, skips pytree (~30 us a call).
         n = len(input_specs)
         self._positional = in_spec == pytree.tree_flatten(((0,) * n, {}))[1]
@@ -98,8 +106,7 @@ class Runtime:
 
     def flatten_inputs(self, args, kwargs) -> list[torch.Tensor]:
         if self._positional and not kwargs and len(args) == len(self.input_specs):
-            for value, spec in zip(args, self.input_specs):
-                check_input(value, spec, self._signature)
+            self._check_all(args)
             return list(args)
         if self._keywords and not args and len(kwargs) == len(self._keywords):
             try:  # the common keyword call (a tokenizer's output) skips pytree too
@@ -107,8 +114,7 @@ class Runtime:
             except KeyError:
                 flat = None
             if flat is not None:
-                for value, spec in zip(flat, self.input_specs):
-                    check_input(value, spec, self._signature)
+                self._check_all(flat)
                 return flat
         flat, spec = pytree.tree_flatten((tuple(args), ordered_kwargs(self.in_spec, kwargs, self._signature)))
         if spec != self.in_spec:
@@ -117,9 +123,16 @@ class Runtime:
                 f"inputs do not match the compiled signature {self.signature()}: got {n_given} "
                 f"tensor(s) in a different structure. Call the model the way it was compiled.")
         tensors = [x for x in flat if isinstance(x, torch.Tensor)]
-        for value, spec in zip(tensors, self.input_specs):
-            check_input(value, spec, self._signature)
+        self._check_all(tensors)
         return tensors
+
+    def _check_all(self, values) -> None:
+        # a CPU tensor of the fixed dtype and shape passes in one comparison each (this is on every
+        # call); anything else, or a spec with dynamic dims, gets check_input's full account
+        for value, spec, fixed in zip(values, self.input_specs, self._fixed):
+            if fixed is None or type(value) is not torch.Tensor or not value.is_cpu \
+                    or value.dtype is not spec.dtype or value.shape != fixed:
+                check_input(value, spec, self._signature)
 
     def __call__(self, *args, **kwargs):
         return self._run(self.flatten_inputs(args, kwargs), None)
@@ -179,16 +192,16 @@ class Runtime:
                 dst.copy_(src)
 
     def _execute(self, flat, seconds: dict | None, state: dict | None):
-        env: dict[str, torch.Tensor] = dict(zip((s.name for s in self.input_specs), flat))
+        env: dict[str, torch.Tensor] = dict(zip(self._input_names, flat))
         if state:
             env.update(state)
         for step in self.steps:
             try:
                 if seconds is None:
-                    outs = step.run(*(env[n] for n in step.inputs))
+                    outs = step.run(*[env[n] for n in step.inputs])
                 else:
                     start = time.perf_counter()
-                    outs = step.run(*(env[n] for n in step.inputs))
+                    outs = step.run(*[env[n] for n in step.inputs])
                     seconds[step.name] = time.perf_counter() - start
             except HetccError:
                 raise
@@ -197,14 +210,8 @@ class Runtime:
             env.update(zip(step.outputs, outs))
             for name in step.frees:
                 env.pop(name, None)
-        flat_out = []
-        for i, name in enumerate(self.outputs):
-            if name is None:
-                flat_out.append(self.const_outputs[i])
-            elif name in env:
-                flat_out.append(env[name])
-            else:
-                flat_out.append(self.constants[name])
+        # outputs: from the environment, else a constant (a weight returned as is, or a non-tensor)
+        flat_out = [env[name] if name in env else fixed for name, fixed in self._output_plan]
         if self._single_output:
             return flat_out[0], env
         return pytree.tree_unflatten(flat_out, self.out_spec), env
