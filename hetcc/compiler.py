@@ -33,6 +33,8 @@ from hetcc.errors import (
     TargetError,
     readable,
 )
+from hetcc.module_paths import node_paths, output_names, roll_up
+from hetcc.passes.alternatives import runner_up
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
 from hetcc.passes.facts import graph_facts
@@ -224,7 +226,7 @@ class _Session:
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
-                          self.objective, attempt, notes)
+                          self.objective, attempt, notes, captured=self.captured)
         artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
         compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
         configure_for_plan(compiled, self.backends)
@@ -474,10 +476,16 @@ def _median_call(fn, inputs, calls: int = 5) -> float:
 
 
 def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
-               attempts, notes) -> Plan:
+               attempts, notes, captured=None) -> Plan:
+    # the model's structure, for reading the plan: module paths per node (views are free and
+    # travel with their producer, so they do not count towards which modules a segment runs)
+    placed = {m for unit in units for m in unit.members}
+    paths = node_paths(captured.graph, placed) if captured is not None else {}
+    counted = {n: p for n, p in paths.items() if facts[n].op_class != "view"}
     out = []
     for program, target, spec, artifact, _, seconds in segments:
         nodes = [m for u in spec.units for m in units[u].members]
+        alt = runner_up(problem, placement.assignment, spec.units, candidates.reasons)
         fell_back = {}
         for u in spec.units:
             for earlier in order[:spec.target]:
@@ -495,6 +503,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
             measured_seconds=artifact.meta.get("measured_seconds"),
+            modules=roll_up(nodes, counted) or roll_up(nodes, paths),
+            runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
+            runner_up_why=alt.why if alt else "",
         ))
         if artifact.meta.get("nan_differs"):
             notes = list(notes) + [
@@ -505,7 +516,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
         predicted_seconds=placement.cost, lower_bound=placement.lower_bound,
         optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
-        attempts=attempts, notes=tuple(notes))
+        attempts=attempts, notes=tuple(notes),
+        output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
+        producers={v: paths[v] for s in out for v in (*s.inputs, *s.outputs) if v in paths})
 
 
 def _make_runtime(captured, segments) -> Runtime:
