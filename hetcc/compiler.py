@@ -33,7 +33,7 @@ from hetcc.errors import (
     TargetError,
     readable,
 )
-from hetcc.module_paths import node_paths, output_names, roll_up
+from hetcc.module_paths import ModulePaths, output_names
 from hetcc.passes.alternatives import runner_up
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
@@ -477,11 +477,7 @@ def _median_call(fn, inputs, calls: int = 5) -> float:
 
 def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
                attempts, notes, captured=None) -> Plan:
-    # the model's structure, for reading the plan: module paths per node (views are free and
-    # travel with their producer, so they do not count towards which modules a segment runs)
-    placed = {m for unit in units for m in unit.members}
-    paths = node_paths(captured.graph, placed) if captured is not None else {}
-    counted = {n: p for n, p in paths.items() if facts[n].op_class != "view"}
+    modules = ModulePaths(captured.graph, units, facts) if captured is not None else None
     out = []
     for program, target, spec, artifact, _, seconds in segments:
         nodes = [m for u in spec.units for m in units[u].members]
@@ -503,7 +499,7 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
             measured_seconds=artifact.meta.get("measured_seconds"),
-            modules=roll_up(nodes, counted) or roll_up(nodes, paths),
+            modules=modules.of(nodes) if modules else (),
             runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
             runner_up_why=alt.why if alt else "",
         ))
@@ -518,7 +514,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
         attempts=attempts, notes=tuple(notes),
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
-        producers={v: paths[v] for s in out for v in (*s.inputs, *s.outputs) if v in paths})
+        producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
+                   if modules and v in modules.paths})
 
 
 def _make_runtime(captured, segments) -> Runtime:

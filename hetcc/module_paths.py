@@ -30,6 +30,21 @@ def node_paths(graph, counted) -> dict[str, str]:
     return {n.name: module_path(n) for n in graph.nodes if n.op == "call_function" and n.name in counted}
 
 
+class ModulePaths:
+    """Module paths of the placed nodes of a graph (``units``' members), to name segments by."""
+
+    def __init__(self, graph, units, facts):
+        self.paths = node_paths(graph, {m for unit in units for m in unit.members})
+        """Node name -> module path."""
+        # views are free and travel with the node whose output they view (passes/units.py), so
+        # they do not count towards which modules a segment runs
+        self._counted = {n: p for n, p in self.paths.items() if facts[n].op_class != "view"}
+
+    def of(self, nodes) -> tuple[str, ...]:
+        """The modules ``nodes`` run, rolled up (roll_up); by their views if they hold nothing else."""
+        return roll_up(nodes, self._counted) or roll_up(nodes, self.paths)
+
+
 def _prefixes(path: str) -> list[str]:
     if not path:
         return [""]

@@ -1,6 +1,7 @@
 """Explanations say why, not only where (issue 11 item 6): the modules each segment runs, the
 runner-up target and why it lost, values named after the module that makes them and the model's
-own output names, and bundles from before these fields still loading."""
+own output names, the same names in hetcc.predict, and bundles from before these fields still
+loading."""
 import json
 import math
 
@@ -178,6 +179,16 @@ def test_explain_shows_why_and_an_old_report_still_loads(split, tmp_path, capsys
     assert loaded.plan.output_names == {} and loaded.plan.producers == {"x": "y"}
     assert "seg0" in loaded.plan.summary()
     assert main(["explain", str(path)]) == 0 and "seg2" in capsys.readouterr().out
+
+
+def test_prediction_names_segments_and_cuts():
+    model, x = Net().eval(), torch.randn(4, 16)
+    p = hetcc.predict(model, (x,), ["h100", "epyc"], pins={"blocks.2": "epyc", "head": "h100"})
+    assert [(s.device, s.modules) for s in p.segments] == [
+        ("epyc-9654", ("whole model except head",)), ("h100-sxm", ("head",))]
+    outputs = {c.output: c for c in p.cuts if c.destination == "host"}
+    assert set(outputs) == {"logits", "hidden"} and outputs["logits"].module == "head"
+    assert "logits = " in p.summary()
 
 
 # ---- a real Hugging Face model ----
