@@ -1,7 +1,6 @@
 """Explanations say why, not only where (issue 11 item 6): the modules each segment runs, the
 runner-up target and why it lost, values named after the module that makes them and the model's
-own output names, the same names in hetcc.predict, and bundles from before these fields still
-loading."""
+own output names, Analysis.summary(), and bundles from before these fields still loading."""
 import json
 import math
 
@@ -205,6 +204,18 @@ def test_hf_bert_plan_names_its_modules():
     assert all(m.startswith(("model", "top level", "whole model")) for m in modules)
     (out,) = [v for s in compiled.plan.segments for v in s.outputs if v in compiled.plan.output_names]
     assert compiled.plan.producers[out] == "model.encoder.layer.0.output.LayerNorm"
+
+
+def test_hf_bert_analysis_summary_is_short_and_rolls_up_modules():
+    pytest.importorskip("transformers")
+    import hf_models
+
+    model, inputs = hf_models.build_bert("tiny")
+    analysis = hetcc.analyze(model, inputs)
+    text = analysis.summary(devices=DEVICES, profiles=PROFILES, targets=TARGETS)
+    assert len(text) < 3000 and len(text.splitlines()) <= 20
+    assert "model.encoder.layer.0.attention" in text and "onnxruntime:cpu" in text
+    assert len(repr(analysis)) < 300 and ".summary()" in repr(analysis)
 
 
 def test_stock_hf_model_output_keeps_its_field_name():
