@@ -3,7 +3,8 @@
 Works on the PlacementProblem alone, like the solvers. For each other target, the segment's units
 are moved there and the whole placement is costed again (problem.evaluate), so "why it lost"
 counts what the solver counted: the units' own time on that target, and the hand-overs the move
-would add or save (each with the receiving runtime's call overhead, as problem.py charges it). A target that refuses a unit cannot take the segment; its reason is given.
+would add or save (each with the receiving runtime's call overhead, as problem.py charges it).
+A target that refuses a unit cannot take the segment; its reason is given.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def runner_up(problem, assignment, units, reasons=None) -> RunnerUp | None:
         feasible.append((evaluate(problem, moved), t, sum(problem.cost[u][t] for u in units)))
     if feasible:
         total, t, seconds = min(feasible)  # ties: the earlier target, as the solver prefers
-        return RunnerUp(problem.targets[t], seconds, _why_lost(problem, chosen, t, mine, seconds, base, total))
+        why = _why_lost(problem, chosen, t, mine, seconds, base, total)
+        return RunnerUp(problem.targets[t], seconds, why)
     _, t, blocked = min(refused)  # the target that refuses fewest units, then the earlier one
     name = problem.targets[t]
     why = (reasons[blocked[0]].get(name) if reasons else None) or "it may not run it"
