@@ -31,6 +31,7 @@ from hetcc import records
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
+from hetcc.explain_text import strings, tables
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
 from hetcc.structures import structure_problem
@@ -689,7 +690,13 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             resident_bytes=sp.resident_bytes, predicted_seconds=sp.predicted_seconds,
             ops=dict(r.get("ops", {})), fell_back=dict(r.get("fell_back", {})),
             max_error=sp.max_error, lower_seconds=r.get("lower_seconds"),
-            measured_seconds=sp.measured_seconds))
+            measured_seconds=sp.measured_seconds,
+            # fields newer than some bundles: absent (or malformed) ones keep their defaults
+            modules=tuple(strings(r.get("modules"))),
+            runner_up=r.get("runner_up") if isinstance(r.get("runner_up"), str) else None,
+            runner_up_seconds=_number(r.get("runner_up_seconds")),
+            runner_up_why=r.get("runner_up_why") if isinstance(r.get("runner_up_why"), str) else ""))
+    names, producers = tables(report)  # newer than some bundles: absent ones stay empty
     targets = tuple(report.get("targets", ()))
     if not all(s.target in targets for s in segments):  # targets_used() indexes into this
         targets = tuple(dict.fromkeys(list(targets) + [s.target for s in segments]))
@@ -698,7 +705,12 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
                 predicted_seconds=report.get("predicted_seconds", sum(s.predicted_seconds for s in segments)),
                 lower_bound=report.get("lower_bound", 0.0), optimal=report.get("optimal", False),
                 solver=report.get("solver", "?"), solve_seconds=report.get("solve_seconds", 0.0),
-                attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())))
+                attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())),
+                output_names=names, producers=producers)
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -376,9 +376,12 @@ def cmd_explain(args) -> int:
         _print_json(report)
         return 0
     from hetcc.cli_render import plan_footer, plan_table
+    from hetcc.explain_text import why_lines
 
     console = _stdout_console()
     console.print(plan_table(report))
+    for line in why_lines(report):
+        console.print(line, markup=False)
     for line in plan_footer(report, _signature(manifest.get("inputs", [])), manifest.get("runtimes", {})):
         console.print(line, markup=False, soft_wrap=True)  # a reason stays one line: its command copies whole
     return 0

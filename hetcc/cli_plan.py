@@ -108,22 +108,28 @@ def _finite(value):
 
 
 def _render(p) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
+    from rich.text import Text
 
     from hetcc.cli import _stdout_console
+    from hetcc.device_plan import cut_label
+    from hetcc.explain_text import listing
 
     console = _stdout_console()
     console.print(f"[bold]PREDICTION[/bold] from the cost model: nothing was lowered or run. "
                   f"Objective {p.objective}, {p.dtype}, devices {', '.join(p.devices)}.")
-    seg = Table("segment", "device", "nodes", "GFLOP", "GB moved", "GB resident", "pred ms", "bound")
+    seg = Table("segment", "device", "nodes", "GFLOP", "GB moved", "GB resident", "pred ms", "bound",
+                Column("runs", overflow="fold"))
     for s in p.segments:
         seg.add_row(s.name, s.device, str(len(s.nodes)), f"{s.flops / 1e9:.3f}", f"{s.bytes_moved / 1e9:.3f}",
-                    f"{s.resident_bytes / 1e9:.3f}", f"{s.seconds * 1e3:.4f}", s.bound)
+                    f"{s.resident_bytes / 1e9:.3f}", f"{s.seconds * 1e3:.4f}", s.bound,
+                    Text(listing(list(s.modules))))
     console.print(seg)
     if p.cuts:
-        cuts = Table("cut (tensor)", "from", "to", "MB", "ms")
+        cuts = Table(Column("cut (tensor, module making it)", overflow="fold"), "from", "to", "MB", "ms")
         for c in p.cuts:
-            cuts.add_row(c.value, c.source, c.destination, f"{c.nbytes / 1e6:.3f}", f"{c.seconds * 1e3:.4f}")
+            cuts.add_row(Text(cut_label(c)), c.source, c.destination, f"{c.nbytes / 1e6:.3f}",
+                         f"{c.seconds * 1e3:.4f}")
         console.print(cuts)
     loads = Table("device", "busy ms/request", "GB resident", "GB usable", "$/hour")
     for d in p.loads:

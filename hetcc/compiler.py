@@ -36,6 +36,8 @@ from hetcc.errors import (
     readable,
 )
 from hetcc.fallback import Limit, fallen_back
+from hetcc.module_paths import ModulePaths, output_names
+from hetcc.passes.alternatives import runner_up
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
 from hetcc.passes.facts import graph_facts
@@ -252,7 +254,7 @@ class _Session:
         self._check_fallback(candidates, [u for _, target, spec, *_ in segments if target == FALLBACK
                                           for u in spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
-                          self.objective, attempt, notes)
+                          self.objective, attempt, notes, captured=self.captured)
         artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
         compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
         configure_for_plan(compiled, self.backends)
@@ -535,10 +537,12 @@ def _median_call(fn, inputs, calls: int = 5) -> float:
 
 
 def _make_plan(order, segments, units, facts, candidates, placement, problem, objective,
-               attempts, notes) -> Plan:
+               attempts, notes, captured=None) -> Plan:
+    modules = ModulePaths(captured.graph, units, facts) if captured is not None else None
     out = []
     for program, target, spec, artifact, _, seconds in segments:
         nodes = [m for u in spec.units for m in units[u].members]
+        alt = runner_up(problem, placement.assignment, spec.units, candidates.reasons)
         fell_back = {}
         for u in spec.units:
             for earlier in order[:spec.target]:
@@ -556,6 +560,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
             measured_seconds=artifact.meta.get("measured_seconds"),
+            modules=modules.of(nodes) if modules else (),
+            runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
+            runner_up_why=alt.why if alt else "",
         ))
         if artifact.meta.get("nan_differs"):
             notes = list(notes) + [
@@ -566,7 +573,10 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
         predicted_seconds=placement.cost, lower_bound=placement.lower_bound,
         optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
-        attempts=attempts, notes=tuple(notes))
+        attempts=attempts, notes=tuple(notes),
+        output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
+        producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
+                   if modules and v in modules.paths})
 
 
 def _make_runtime(captured, segments) -> Runtime:

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from hetcc.errors import HetccError, InputError, PlacementError
+from hetcc.explain_text import listing, value_label
 
 OBJECTIVES = ("latency", "throughput", "cost")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -36,6 +37,8 @@ class PredictedSegment:
     """Predicted time of the segment's nodes (hand-overs are listed as cuts)."""
     bound: str
     """What limits it: compute, bandwidth, call overhead or capacity."""
+    modules: tuple[str, ...] = ()
+    """The model's submodules it runs, rolled up (``model.encoder.layer.0-3``; module_paths.py)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Cut:
     nbytes: int
     seconds: float
     """Predicted hand-over time, link latency and the receiver's call overhead included."""
+    module: str | None = None
+    """Module path of the node that makes the value ('' for the model's own forward; None for a
+    model input)."""
+    output: str = ""
+    """The model's own name for the value when it is a model output (``logits``)."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,11 @@ class Prediction:
             lines.append(f"  {s.name:<6} {s.device:<14} {len(s.nodes):>4} nodes  "
                          f"{s.flops / 1e9:10.3f} GFLOP  {s.resident_bytes / 1e9:8.3f} GB resident  "
                          f"{s.seconds * 1e3:9.4f} ms  {s.bound}")
+        for s in self.segments:
+            if s.modules:
+                lines.append(f"  {s.name} runs {listing(list(s.modules))}")
         for c in self.cuts:
-            lines.append(f"  cut {c.value}: {c.source} -> {c.destination}, {c.nbytes / 1e6:.3f} MB, "
+            lines.append(f"  cut {cut_label(c)}: {c.source} -> {c.destination}, {c.nbytes / 1e6:.3f} MB, "
                          f"{c.seconds * 1e3:.4f} ms")
         for d in self.loads:
             cap = "unlimited" if math.isinf(d.capacity) else f"{d.capacity / 1e9:.1f} GB"
@@ -378,11 +389,14 @@ def _solve(problem, objective: str, specs, time_limit: float):
 
 def _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective, dtype,
                 seconds, notes) -> Prediction:
+    from hetcc.module_paths import ModulePaths, output_names
     from hetcc.passes.pipeline import bottleneck
     from hetcc.passes.problem import evaluate, handovers, stage_seconds
     from hetcc.passes.segments import form_segments
 
     a = placement.assignment
+    modules = ModulePaths(captured.graph, units, facts)
+    names = output_names(captured.out_spec, captured.outputs)
     segments = []
     for index, spec in enumerate(form_segments(problem, a)):
         nodes = tuple(m for u in spec.units for m in units[u].members)
@@ -393,13 +407,15 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
         kernels = sum(1 for m in nodes if facts[m].op_class != "view")
         segments.append(PredictedSegment(f"seg{index}", labels[spec.target], nodes, flops, moved,
                                          resident, secs, _bound(flops, moved, resident, secs, kernels,
-                                                                infos[spec.target])))
+                                                                infos[spec.target]),
+                                         modules.of(nodes)))
     k = problem.k
     cuts = []
     for v, src, t in handovers(problem, a):
         if v.nbytes or not (src == k or t == k):
             cuts.append(Cut(v.name, "host" if src == k else labels[src], "host" if t == k else labels[t],
-                            v.nbytes, problem.link(src, t, v.nbytes)))
+                            v.nbytes, problem.link(src, t, v.nbytes), modules.paths.get(v.name),
+                            names.get(v.name, "") if t == k else ""))
     busy = stage_seconds(problem, a)
     used_resident = [0] * k
     for i, t in enumerate(a):
@@ -414,6 +430,12 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
     return Prediction(tuple(labels), objective, dtype, tuple(segments), tuple(cuts), loads,
                       evaluate(problem, a), throughput, cost, placement.optimal, placement.method,
                       seconds, tuple(notes))
+
+
+def cut_label(cut: Cut) -> str:
+    """``logits = addmm_7 (model.lm_head)``: the model's name, the graph's, the module making it."""
+    return value_label(cut.value, {cut.value: cut.output} if cut.output else {},
+                       {} if cut.module is None else {cut.value: cut.module})
 
 
 def _bound(flops, moved, resident, seconds, nodes, info) -> str:

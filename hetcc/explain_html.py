@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 
 from hetcc.errors import HetccError
+from hetcc.explain_text import hand_overs, strings, why_lines
 from hetcc.explain_plot import (
     BOUND_COLORS,
     CAPACITY_MARGIN,
@@ -86,7 +87,7 @@ def render_html(report: dict, devices: dict | None = None, profiles: dict | None
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{_e(heading)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
         f"<h1>{_e(heading)}</h1>", f'<p class="summary">{_e(title_text(report))}</p>',
-        _facts(report), figure, "<h2>Segments</h2>", _table(segments, bounds),
+        _facts(report), figure, "<h2>Segments</h2>", _table(segments, bounds), *_why(report, segments),
         "<h2>Devices</h2>", _devices(bounds), "<h2>How the bound is decided</h2>", _rules(),
     ]
     notes = [str(n) for n in report.get("notes") or []]
@@ -138,6 +139,25 @@ def _table(segments: list[dict], bounds: list[dict]) -> str:
         rows.append(f"<tr>{tds}</tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _why(report: dict, segments: list[dict]) -> list[str]:
+    """Per segment: the modules it runs, the runner-up and why it lost, what it hands over."""
+    if not why_lines(report):  # a report from before these fields
+        return []
+    head = ("segment", "target", "runs", "runner-up", "its pred ms", "why the runner-up lost", "hands over")
+    rows = ["<h2>Why each segment runs where it does</h2>", "<table>",
+            "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for s in segments:
+        runner = s.get("runner_up")
+        cells = [_e(s.get("name")), _e(s.get("target")), "<br>".join(map(_e, strings(s.get("modules")))),
+                 _e(runner) if isinstance(runner, str) else "-",
+                 _fmt(s.get("runner_up_seconds"), 1e3, ".3f"), _e(s.get("runner_up_why") or ""),
+                 "<br>".join(map(_e, hand_overs(report, s)))]
+        classes = ("", "", "", "", ' class="num"', ' class="why"', ' class="why"')
+        rows.append("<tr>" + "".join(f"<td{c}>{v}</td>" for c, v in zip(classes, cells)) + "</tr>")
+    rows.append("</table>")
+    return rows
 
 
 def _devices(bounds: list[dict]) -> str:

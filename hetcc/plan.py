@@ -28,6 +28,15 @@ class SegmentPlan:
     lower_seconds: float | None = None
     measured_seconds: float | None = None
     """Median time of the lowered segment on the example inputs, measured at compile time."""
+    modules: tuple[str, ...] = ()
+    """The model's submodules this segment runs, rolled up to the fewest paths
+    (``model.encoder.layer.0-3``); one it runs only part of says how much (hetcc/module_paths.py)."""
+    runner_up: str | None = None
+    """The target that would have cost least after this one for the same nodes (None: no other)."""
+    runner_up_seconds: float | None = None
+    """Predicted time of this segment's nodes on the runner-up; None where it refuses some."""
+    runner_up_why: str = ""
+    """Why the runner-up lost: slower, hand-overs, does not fit, or refused and why."""
 
     @property
     def intensity(self) -> float:
@@ -48,6 +57,11 @@ class Plan:
     attempts: int = 1
     """How many placements were tried (a lowering or verification failure causes a re-solve)."""
     notes: tuple[str, ...] = ()
+    output_names: dict[str, str] = field(default_factory=dict)
+    """Graph value -> the model's own name for that output (``last_hidden_state``, ``[0]``)."""
+    producers: dict[str, str] = field(default_factory=dict)
+    """Graph value -> module path of the node that makes it ('' for the model's own forward), for
+    each value a segment hands over or the model returns."""
 
     @property
     def flops(self) -> float:
@@ -57,7 +71,10 @@ class Plan:
         return sorted({s.target for s in self.segments}, key=self.targets.index)
 
     def summary(self) -> str:
-        """A plain-text table of the plan, one row per segment, with fall-back reasons under it."""
+        """A plain-text table of the plan, one row per segment, with fall-back reasons under it,
+        then per segment the modules it runs, its runner-up and what it hands over."""
+        from hetcc.explain_text import why_lines
+
         head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
                 "max err"]
         rows = []
@@ -83,6 +100,7 @@ class Plan:
             for why, nodes in reasons.items():
                 shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
                 lines.append(f"  {s.name}: {shown} on {s.target} because {why}")
+        lines.extend(why_lines(self.to_dict()))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """Golden tests on the compiler's output: for each example and a FIXED cost model (explicit profiles
-and devices, no measuring), the plan -- each segment's target and node names, and the solver's
-objective -- must match the snapshot in tests/snapshots/. A plan changes only on purpose: when a
+and devices, no measuring), the plan -- each segment's target, node names, the modules it runs and
+its runner-up target, and the solver's objective -- must match the snapshot in tests/snapshots/. A plan changes only on purpose: when a
 change to capture, the passes, the cost model or the solver is meant to move it, rerun with
 HETCC_UPDATE_SNAPSHOTS=1 and commit the new snapshots with the change (the diff is the review).
 
@@ -60,7 +60,8 @@ def plan_snapshot(example: str, profile: str) -> dict:
         "example": example, "profile": profile, "targets": list(plan.targets),
         "objective_ms": float(f"{plan.predicted_seconds * 1e3:.4g}"),
         "targets_used": plan.targets_used(),
-        "segments": [{"target": s.target, "nodes": sorted(s.nodes)} for s in plan.segments],
+        "segments": [{"target": s.target, "modules": list(s.modules), "runner_up": s.runner_up,
+                      "nodes": sorted(s.nodes)} for s in plan.segments],
     }
 
 
