@@ -209,7 +209,7 @@ class _Session:
     lowered: dict = field(default_factory=dict)
     """(target, nodes, outputs) -> (artifact, executable, error, seconds): a segment is lowered
     once, and so is each part of a failed segment tried while narrowing it down."""
-    narrow_left: int = NARROW_BUDGET
+    narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
     """Lowerings that narrowing failed segments may still spend in this compile."""
 
     def place(self, candidates, notes=None, why: str = "") -> CompiledModel:
@@ -244,7 +244,6 @@ class _Session:
             target = self.order[spec.target]
             program, (artifact, executable, error, seconds) = self._lower(f"seg{index}", spec.units, target)
             if executable is None:
-                nodes = tuple(m for u in spec.units for m in self.units[u].members)
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
                     raise LoweringError(
                         f"segment {program.name} cannot be kept as a torch segment: {error}. hetcc "
@@ -257,9 +256,12 @@ class _Session:
                 if narrowing and len(spec.units) > 1 and self.narrow_left >= 2:
                     self._ban_narrowed(program.name, spec, target, error, candidates, notes)
                     return None
+                nodes = tuple(m for u in spec.units for m in self.units[u].members)
                 log.warning("segment %s on %s failed (%s); falling back for its %d node(s)",
                             program.name, target, error, len(nodes))
-                notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}")
+                whole = "" if len(spec.units) == 1 else "; not narrowed down: " + (
+                    "the narrowing budget is spent" if narrowing else "late re-solves ban whole segments")
+                notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}{whole}")
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
@@ -298,7 +300,7 @@ class _Session:
         self.narrow_left -= lowerings
         nodes = [m for u in found.banned for m in self.units[u].members]
         total = sum(len(self.units[u].members) for u in spec.units)
-        note = describe(target, total, nodes, found, lowerings)
+        note = describe(target, total, nodes, found, lowerings, NARROW_BUDGET)
         log.warning("%s", note)
         notes.append(note)
         whole = {*found.untested, *(u for part in found.together for u in part)}

@@ -87,17 +87,19 @@ def narrow(units: Sequence[Hashable], fails: Callable[[tuple], str | None], reas
                     tuple(together), tuple(sorted(untested, key=order.__getitem__)))
 
 
-def describe(target, total: int, nodes: Sequence[str], narrowed: Narrowed, lowerings: int) -> str:
+def describe(target, total: int, nodes: Sequence[str], narrowed: Narrowed, lowerings: int,
+             budget: int = NARROW_BUDGET) -> str:
     """The plan note for one narrowed segment: what fell back, why, and what narrowing cost.
-    ``total``: the segment's node count; ``nodes``: the banned units' nodes, in order."""
+    ``total``: the segment's node count; ``nodes``: the banned units' nodes, in order; ``budget``:
+    the lowerings narrowing may spend per compile."""
     shown = ", ".join(nodes[:3]) + (", ..." if len(nodes) > 3 else "")
-    text = (f"{target} rejected {len(nodes)} of {total} node(s) ({shown}): {narrowed.reason}; "
+    text = (f"{target} rejected {len(nodes)} of {total} node(s) ({shown}): {narrowed.reason.rstrip('.')}; "
             f"narrowed in {lowerings} lowering(s)")
     if narrowed.whole_only:
         return text + "; each half passes alone, so the failure needs the whole segment, and all of it falls back"
     if narrowed.together:
         text += f"; {len(narrowed.together)} part(s) fail only as a whole and fall back whole"
     if narrowed.untested:
-        text += (f"; the narrowing budget ({NARROW_BUDGET} lowerings per compile) ran out, so "
+        text += (f"; the narrowing budget ({budget} lowerings per compile) ran out, so "
                  f"{len(narrowed.untested)} unit(s) fall back untested")
     return text

@@ -122,6 +122,19 @@ def test_a_failed_segment_is_narrowed_to_the_op_that_fails(monkeypatch):
     _check(cm, model, inputs)
 
 
+def test_narrowing_stops_at_its_budget_and_bans_the_rest_whole(monkeypatch):
+    # a budget of two lowerings tries the two halves once: the half that passed stays on ONNX
+    # Runtime, the failing half falls back whole, untested
+    monkeypatch.setattr("hetcc.compiler.NARROW_BUDGET", 2)
+    _refuse(monkeypatch, lambda ops: torch.ops.aten.sigmoid.default in ops)
+    model, inputs = OneOddOp().eval(), (torch.randn(8, 32),)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], measure=False)
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    assert where["sigmoid"] == "torch:cpu" and where["addmm"] == "onnxruntime:cpu"
+    assert "the narrowing budget (2 lowerings per compile) ran out" in " ".join(cm.plan.notes)
+    _check(cm, model, inputs)
+
+
 def test_a_failure_that_needs_the_whole_segment_bans_it_whole(monkeypatch):
     # a runtime that fails only on big programs: each half passes, so the whole falls back
     model, inputs = OneOddOp().eval(), (torch.randn(8, 32),)
