@@ -1,7 +1,7 @@
 """compile(): capture -> facts -> capability -> cost -> solve -> segment -> lower + verify -> run.
 
-A segment that fails to lower or verify is logged, its nodes are marked unsupported on that target,
-and the placement is solved again; torch:cpu is always there as the fallback of last resort, so a
+A segment that fails to lower or verify is logged and narrowed down (hetcc/narrow.py), the nodes
+that fail are marked unsupported on that target, and the placement is solved again; torch:cpu is always there as the fallback of last resort, so a
 model that eager PyTorch can run always compiles, and never to a wrong result.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ from hetcc.errors import (
 from hetcc.fallback import Limit, fallen_back
 from hetcc.module_paths import ModulePaths, output_names
 from hetcc.passes.alternatives import runner_up
+from hetcc.narrow import NARROW_BUDGET, describe, narrow
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
 from hetcc.passes.facts import graph_facts
@@ -228,7 +229,10 @@ class _Session:
     why: str = ""
     """Said after each progress message (which plan is being built)."""
     lowered: dict = field(default_factory=dict)
-    """(target, nodes) -> (artifact, executable, error, seconds): a segment is lowered once."""
+    """(target, nodes, outputs) -> (artifact, executable, error, seconds): a segment is lowered
+    once, and so is each part of a failed segment tried while narrowing it down."""
+    narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
+    """Lowerings that narrowing failed segments may still spend in this compile."""
 
     def place(self, candidates, notes=None, why: str = "") -> CompiledModel:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
@@ -246,7 +250,10 @@ class _Session:
                                     candidates, self.objective)
             self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
             placement = solve(problem)
-            segments = self._lower_all(problem, placement, candidates, notes)
+            # the later attempts ban whole segments, as before narrowing existed: each narrowed
+            # ban is smaller, and the attempts must still end in a plan that works
+            segments = self._lower_all(problem, placement, candidates, notes,
+                                       narrowing=attempt <= MAX_ATTEMPTS // 2)
             if segments is not None:
                 break
         else:
@@ -269,23 +276,12 @@ class _Session:
         self.limit.check(fallbacks, total, torch_listed=candidates.fallback is None,
                          at_least=at_least and sum(len(f.nodes) for f in fallbacks) < total)
 
-    def _lower_all(self, problem, placement, candidates, notes):
-        """Lower every segment; None (after banning the failed one) if any segment failed."""
+    def _lower_all(self, problem, placement, candidates, notes, narrowing: bool = True):
+        """Lower every segment; None (after banning what failed) if any segment failed."""
         segments = []
-        outputs = {o for o in self.captured.outputs if o}
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
-            nodes = tuple(m for u in spec.units for m in self.units[u].members)
-            program = build_program(f"seg{index}", self.captured.graph, nodes, self.captured.weights,
-                                    self.captured.values, self.captured.dynamic_dims,
-                                    self.captured.dim_ranges, keep_outputs=outputs)
-            key = (target, nodes, tuple(program.output_names))
-            if key not in self.lowered:
-                self.report("lower", f"{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
-                where = self.workdir / f"{target.backend}-{len(self.lowered)}"
-                self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
-                                                      self.tolerances, self.cross_compile, self.nan)
-            artifact, executable, error, seconds = self.lowered[key]
+            program, (artifact, executable, error, seconds) = self._lower(f"seg{index}", spec.units, target)
             if executable is None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
                     raise LoweringError(
@@ -296,14 +292,60 @@ class _Session:
                 if target == FALLBACK:
                     raise InternalError(f"torch:cpu could not run segment {program.name}: {error}")
                 self.failures += 1
+                if narrowing and len(spec.units) > 1 and self.narrow_left >= 2:
+                    self._ban_narrowed(program.name, spec, target, error, candidates, notes)
+                    return None
+                nodes = tuple(m for u in spec.units for m in self.units[u].members)
                 log.warning("segment %s on %s failed (%s); falling back for its %d node(s)",
                             program.name, target, error, len(nodes))
-                notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}")
+                whole = "" if len(spec.units) == 1 else "; not narrowed down: " + (
+                    "the narrowing budget is spent" if narrowing else "late re-solves ban whole segments")
+                notes.append(f"{target} rejected {len(nodes)} node(s) ({nodes[0]}...): {error}{whole}")
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
             segments.append((program, target, spec, artifact, executable, seconds))
         return segments
+
+    def _lower(self, name: str, units, target, doing: str = ""):
+        """The program of ``units`` and its (artifact, executable, error, seconds), lowered once
+        per (target, nodes, outputs) in this compile."""
+        nodes = tuple(m for u in units for m in self.units[u].members)
+        program = build_program(name, self.captured.graph, nodes, self.captured.weights,
+                                self.captured.values, self.captured.dynamic_dims,
+                                self.captured.dim_ranges, keep_outputs={o for o in self.captured.outputs if o})
+        key = (target, nodes, tuple(program.output_names))
+        if key not in self.lowered:
+            self.report("lower", f"{doing}{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
+            where = self.workdir / f"{target.backend}-{len(self.lowered)}"
+            self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
+                                                  self.tolerances, self.cross_compile, self.nan)
+        return program, self.lowered[key]
+
+    def _ban_narrowed(self, name, spec, target, error, candidates, notes) -> None:
+        """Ban on ``target`` only the units of a failed segment that fail in a part of their own
+        (hetcc/narrow.py), within what is left of this compile's narrowing budget."""
+        log.warning("segment %s on %s failed (%s); narrowing it down to the nodes that fail",
+                    name, target, error)
+        before = len(self.lowered)
+
+        def fails(part):
+            _, (_, executable, why, _) = self._lower(f"{name}_part{len(self.lowered)}", part, target,
+                                                     doing=f"narrowing {name}: ")
+            return why if executable is None else None
+
+        found = narrow(spec.units, fails, error, self.narrow_left)
+        lowerings = len(self.lowered) - before
+        self.narrow_left -= lowerings
+        nodes = [m for u in found.banned for m in self.units[u].members]
+        total = sum(len(self.units[u].members) for u in spec.units)
+        note = describe(target, total, nodes, found, lowerings, NARROW_BUDGET)
+        log.warning("%s", note)
+        notes.append(note)
+        whole = {*found.untested, *(u for part in found.together for u in part)}
+        for u, why in found.banned.items():
+            where = f"a part of {name} with this node" if u in whole else "this node"
+            candidates.ban(u, spec.target, f"{target} failed on {where}: {why}")
 
     def measure_against_single(self, mixed: CompiledModel, candidates) -> CompiledModel:
         """Time the mixed plan against the best plan that keeps to one listed target (plus the

@@ -1,6 +1,8 @@
 """compile(strict=True) and compile(max_fallback=...): nodes that fall back to torch:cpu because a
 target asked for could not take them make the compile fail, naming them and why; the user's pins
 and exclusions and the cost model's own choices do not count."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -137,4 +139,4 @@ def test_the_error_keeps_each_reason_whole_and_plain(monkeypatch):
         hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], strict=True, measure=False)
     text = str(info.value)
     assert "\x1b" not in text and "ExporterFailure: word0 word1" in text and "word399 END-OF-REASON" in text
-    assert "onnxruntime:cpu failed on this segment" in text and "failed_segment.pt2" in text
+    assert re.search(r"onnxruntime:cpu failed on (this segment|this node|a part of seg0)", text) and "failed_segment.pt2" in text

@@ -76,6 +76,76 @@ def test_failed_segment_falls_back_and_result_stays_right(backend, caplog):
     _check(cm, model, inputs)
 
 
+class OneOddOp(nn.Module):
+    """Six layers; one sigmoid in the middle, which the backend below refuses to lower."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(6))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            x = x.sigmoid() if i == 3 else x.relu()
+        return x
+
+
+def _refuse(monkeypatch, when):
+    """ONNX Runtime's lowering, made to raise for programs where ``when(ops)`` holds."""
+    from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    lowered, real = [], OnnxRuntimeBackend.lower
+
+    def lower(self, segment, target, workdir):
+        ops = [n.target for n in segment.gm.graph.nodes if n.op == "call_function"]
+        lowered.append(len(ops))
+        if when(ops):
+            raise RuntimeError("this runtime refuses the program")
+        return real(self, segment, target, workdir)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "lower", lower)
+    return lowered
+
+
+def test_a_failed_segment_is_narrowed_to_the_op_that_fails(monkeypatch):
+    # one refused op must send only itself to torch:cpu, not the whole segment
+    lowered = _refuse(monkeypatch, lambda ops: torch.ops.aten.sigmoid.default in ops)
+    model, inputs = OneOddOp().eval(), (torch.randn(8, 32),)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], measure=False)
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    assert where["sigmoid"] == "torch:cpu"
+    assert [n for n, t in where.items() if t == "torch:cpu"] == ["sigmoid"]
+    (note,) = [n for n in cm.plan.notes if "rejected" in n]
+    assert f"rejected 1 of {len(where)} node(s) (sigmoid)" in note and "refuses the program" in note
+    assert note.endswith(f"narrowed in {len(lowered) - 3} lowering(s)")  # the whole, then two segments
+    assert "onnxruntime:cpu failed on this node" in cm.plan.summary()
+    _check(cm, model, inputs)
+
+
+def test_narrowing_stops_at_its_budget_and_bans_the_rest_whole(monkeypatch):
+    # a budget of two lowerings tries the two halves once: the half that passed stays on ONNX
+    # Runtime, the failing half falls back whole, untested
+    monkeypatch.setattr("hetcc.compiler.NARROW_BUDGET", 2)
+    _refuse(monkeypatch, lambda ops: torch.ops.aten.sigmoid.default in ops)
+    model, inputs = OneOddOp().eval(), (torch.randn(8, 32),)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], measure=False)
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    assert where["sigmoid"] == "torch:cpu" and where["addmm"] == "onnxruntime:cpu"
+    assert "the narrowing budget (2 lowerings per compile) ran out" in " ".join(cm.plan.notes)
+    _check(cm, model, inputs)
+
+
+def test_a_failure_that_needs_the_whole_segment_bans_it_whole(monkeypatch):
+    # a runtime that fails only on big programs: each half passes, so the whole falls back
+    model, inputs = OneOddOp().eval(), (torch.randn(8, 32),)
+    _refuse(monkeypatch, lambda ops: len(ops) > 12)  # the whole has 18
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], measure=False)
+    assert cm.plan.targets_used() == ["torch:cpu"]
+    (note,) = [n for n in cm.plan.notes if "rejected" in n]
+    assert "each half passes alone, so the failure needs the whole segment" in note
+    _check(cm, model, inputs)
+
+
 class MixedRegimes(nn.Module):
     """A big GEMM block and a long elementwise chain: profiles below make each prefer a runtime."""
 
