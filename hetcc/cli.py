@@ -322,8 +322,13 @@ def cmd_run(args) -> int:
     if args.output:
         written = args.output if args.output.endswith(".npz") else args.output + ".npz"
         np.savez(written, **arrays)
-    names = manifest["outputs"]
+    from hetcc.module_paths import leaf_names
+
+    # the model's own names (last_hidden_state, [0]) where the structure gives them
+    names = leaf_names(compiled._runtime.out_spec)
+    values = manifest["outputs"]
     rows = [{"key": k, "name": names[i] if len(names) == len(arrays) else None,
+             "value": values[i] if len(values) == len(arrays) else None,
              "dtype": str(a.dtype), "shape": list(a.shape)} for i, (k, a) in enumerate(arrays.items())]
     if args.json:
         _print_json({"outputs": rows, "written": written})

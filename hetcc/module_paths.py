@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from hetcc.records import Record
+
 ROOT = "top level"
 """How the model's own forward (nodes in no submodule) is named in a roll-up."""
 WHOLE = "whole model"
@@ -150,6 +152,11 @@ def label(path: str) -> str:
     return path or ROOT
 
 
+def leaf_names(spec) -> list[str]:
+    """The model's own name for each flattened output, in order (see output_names)."""
+    return _leaf_names(spec)
+
+
 def output_names(out_spec, outputs) -> dict[str, str]:
     """Graph value -> the model's own name for that output: dict keys and ModelOutput fields
     (``last_hidden_state``), namedtuple fields, positions (``[0]``, ``past_key_values[1]``); a
@@ -181,6 +188,8 @@ def _leaf_names(spec) -> list[str]:
         kids = _children(node)
         context = node.context
         keys = getattr(context, "_fields", None)  # a namedtuple's spec holds its class
+        if node.type is Record:  # a loaded bundle's record: (kind, class name, field names)
+            keys = context[2]
         if keys is None and isinstance(context, (list, tuple)) and len(context) == len(kids):
             keys = context  # dict keys, ModelOutput fields
         parts = []

@@ -93,13 +93,13 @@ def describe(target, total: int, nodes: Sequence[str], narrowed: Narrowed, lower
     ``total``: the segment's node count; ``nodes``: the banned units' nodes, in order; ``budget``:
     the lowerings narrowing may spend per compile."""
     shown = ", ".join(nodes[:3]) + (", ..." if len(nodes) > 3 else "")
-    text = (f"{target} rejected {len(nodes)} of {total} node(s) ({shown}): {narrowed.reason.rstrip('.')}; "
-            f"narrowed in {lowerings} lowering(s)")
+    # the reason last: it ends with the command that reproduces the failure, to copy whole
+    text = f"{target} rejected {len(nodes)} of {total} node(s) ({shown}), narrowed in {lowerings} lowering(s)"
     if narrowed.whole_only:
-        return text + "; each half passes alone, so the failure needs the whole segment, and all of it falls back"
+        text += "; each half passes alone, so the failure needs the whole segment, and all of it falls back"
     if narrowed.together:
         text += f"; {len(narrowed.together)} part(s) fail only as a whole and fall back whole"
     if narrowed.untested:
         text += (f"; the narrowing budget ({budget} lowerings per compile) ran out, so "
                  f"{len(narrowed.untested)} unit(s) fall back untested")
-    return text
+    return f"{text}. Reason: {narrowed.reason}"

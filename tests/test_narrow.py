@@ -99,8 +99,8 @@ def test_describe_says_what_was_narrowed_and_what_it_cost():
     fails, _ = per_unit({7, 30})
     found = narrow(units, fails, "whole failed", budget=100)
     note = describe("onnxruntime:cpu", 215, ["mul_7", "cat_3"], found, 11)
-    assert note.startswith("onnxruntime:cpu rejected 2 of 215 node(s) (mul_7, cat_3): op 7 refused")
-    assert note.endswith("narrowed in 11 lowering(s)")
+    assert note.startswith("onnxruntime:cpu rejected 2 of 215 node(s) (mul_7, cat_3), narrowed in 11 lowering(s)")
+    assert note.endswith(". Reason: op 7 refused")  # last: a reason ends with its reproduce command
     short = narrow(units, fails, "whole failed", budget=4)
     note = describe("onnxruntime:cpu", 215, [str(u) for u in short.banned], short, 4)
     assert f"budget ({NARROW_BUDGET} lowerings per compile) ran out" in note
