@@ -695,7 +695,8 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             modules=tuple(strings(r.get("modules"))),
             runner_up=r.get("runner_up") if isinstance(r.get("runner_up"), str) else None,
             runner_up_seconds=_number(r.get("runner_up_seconds")),
-            runner_up_why=r.get("runner_up_why") if isinstance(r.get("runner_up_why"), str) else ""))
+            runner_up_why=r.get("runner_up_why") if isinstance(r.get("runner_up_why"), str) else "",
+            precision=r.get("precision") if isinstance(r.get("precision"), str) else None))
     names, producers = tables(report)  # newer than some bundles: absent ones stay empty
     targets = tuple(report.get("targets", ()))
     if not all(s.target in targets for s in segments):  # targets_used() indexes into this

@@ -605,7 +605,13 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             modules=modules.of(nodes) if modules else (),
             runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
             runner_up_why=alt.why if alt else "",
+            precision=artifact.meta.get("precision"),
         ))
+        asked, ran = artifact.meta.get("requested_precision"), artifact.meta.get("precision")
+        if asked and ran and asked != ran:
+            notes = list(notes) + [
+                f"{program.name} on {target} ran in {ran}: {asked} was asked for, and this machine's "
+                f"{target.backend} runs {ran} for it; verified in {ran}"]
         if artifact.meta.get("nan_differs"):
             notes = list(notes) + [
                 f"{program.name} on {target} does not propagate NaN as torch does "

@@ -37,6 +37,9 @@ class SegmentPlan:
     """Predicted time of this segment's nodes on the runner-up; None where it refuses some."""
     runner_up_why: str = ""
     """Why the runner-up lost: slower, hand-overs, does not fit, or refused and why."""
+    precision: str | None = None
+    """The precision the segment ran and was verified in, where its backend has a precision
+    option (fp32, fp16, bf16); it may differ from the one asked for (the plan's notes then say so)."""
 
     @property
     def intensity(self) -> float:

@@ -85,3 +85,4 @@ def test_compile_refuses_before_capturing(monkeypatch):
     with pytest.raises(TargetError, match="torch option compile changes only torch:cuda"):
         hetcc.compile(torch.nn.Linear(4, 4), (torch.randn(2, 4),), targets=["torch:cpu"],
                       backend_options={"torch": {"compile": True}})
+

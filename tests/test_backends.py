@@ -525,3 +525,24 @@ def test_openvino_properties_with_an_option_are_set_by_the_option():
             OpenVinoBackend(config={key: "1"})
     with pytest.raises(TargetError, match="openvino option precision must be one of fp32, fp16, bf16"):
         OpenVinoBackend(precision="f64")
+
+
+def test_the_plan_says_which_precision_ran(tmp_path):
+    """OpenVINO runs another precision where the CPU lacks the one asked for: the plan records what
+    ran (and a note says so), also after a bundle round trip."""
+    import hetcc
+    import mlp
+    from backends.openvino_backend import _precision_run_for
+
+    model, inputs = mlp.build(batch=2)
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu"], measure=False, rtol=0.1, atol=0.1,
+                       backend_options={"openvino": {"precision": "fp16"}})
+    ran = _precision_run_for("fp16")  # what this CPU's plugin does for fp16: fp16, bf16 or fp32
+    assert [s.precision for s in cm.plan.segments if s.target == "openvino:cpu"] == [ran]
+    said = [n for n in cm.plan.notes if "fp16 was asked for" in n]
+    assert said == ([] if ran == "fp16" else [f"seg0 on openvino:cpu ran in {ran}: fp16 was asked for, "
+                                               f"and this machine's openvino runs {ran} for it; verified in {ran}"])
+    loaded = hetcc.load(cm.save(tmp_path / "b"))
+    assert [s.precision for s in loaded.plan.segments] == [ran]
+    plain = hetcc.compile(model, inputs, targets=["openvino:cpu"], measure=False)
+    assert [s.precision for s in plain.plan.segments] == ["fp32"] and not plain.plan.notes
