@@ -504,6 +504,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=hf_models.SIZES, default="bench")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny models, 3 rounds, 1 warm-up")
     parser.add_argument("--json", metavar="FILE", help="write every result (per-call seconds too) here")
+    parser.add_argument("--max-ratio", type=float, metavar="R",
+                        help="a gate: exit 3 when, for any model, hetcc's fast end (p10) is more than R "
+                             "times the best native path's, or hetcc or every native path failed")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR,
@@ -556,7 +559,24 @@ def main(argv=None) -> int:
     print(render_plans(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    return 0
+    return gate(rows, args.max_ratio) if args.max_ratio else 0
+
+
+def gate(rows, max_ratio: float) -> int:
+    """3 when a model's hetcc / best native (fast ends: a neighbour on a shared machine only adds
+    time, so p10 is what the code itself costs) exceeds ``max_ratio``, or cannot be measured."""
+    failed = []
+    for r in rows:
+        if r["ratio_fast"] is None:
+            failed.append(f"{r['model']}: not measured (hetcc or every native path failed)")
+        elif r["ratio_fast"] > max_ratio:
+            failed.append(f"{r['model']}: hetcc p10 is {r['ratio_fast']:.2f}x {r['best_native']}'s "
+                          f"(allowed {max_ratio:.2f}x)")
+    for line in failed:
+        print(f"native gate: FAIL {line}", file=sys.stderr)
+    if not failed:
+        print(f"native gate: pass (every model within {max_ratio:.2f}x the best native path)", file=sys.stderr)
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":
