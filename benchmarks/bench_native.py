@@ -507,6 +507,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-ratio", type=float, metavar="R",
                         help="a gate: exit 3 when, for any model, hetcc's fast end (p10) is more than R "
                              "times the best native path's, or hetcc or every native path failed")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="with --max-ratio: measure a failing model again up to this many times")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR,
@@ -559,7 +561,20 @@ def main(argv=None) -> int:
     print(render_plans(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    return gate(rows, args.max_ratio) if args.max_ratio else 0
+    if not args.max_ratio:
+        return 0
+    status = gate(rows, args.max_ratio)
+    for attempt in range(args.retries):
+        # a neighbour can slow one path for seconds: a real loss fails every attempt, noise seldom
+        again = [r["model"] for r in rows if r["ratio_fast"] is None or r["ratio_fast"] > args.max_ratio]
+        if not again:
+            break
+        progress(f"native gate: measuring {', '.join(again)} again (attempt {attempt + 2})")
+        retried = {name: run_model(name, args.size, paths, rounds, args.budget, args.warmup, progress)
+                   for name in again}
+        rows = [retried.get(r["model"], r) for r in rows]
+        status = gate(rows, args.max_ratio)
+    return status
 
 
 def gate(rows, max_ratio: float) -> int:

@@ -126,3 +126,13 @@ def test_bench_native_compare_and_reasons():
     ov_like = RuntimeError("Check 'false' failed at x.cpp:1:\nFrontEnd API failed\nSummary:\n"
                            "-- No conversion rule found for operations: aten::diff\n")
     assert bench.one_line(ov_like) == "RuntimeError: No conversion rule found for operations: aten::diff"
+
+
+def test_the_native_gate_fails_on_a_ratio_over_the_bound_or_a_model_not_measured(capsys):
+    gate = _bench_native().gate
+    rows = [{"model": "bert", "ratio_fast": 1.1, "best_native": "onnxruntime"},
+            {"model": "resnet", "ratio_fast": 0.9, "best_native": "openvino-f32"}]
+    assert gate(rows, 1.25) == 0
+    assert gate(rows, 1.05) == 3
+    assert "bert: hetcc p10 is 1.10x onnxruntime's (allowed 1.05x)" in capsys.readouterr().err
+    assert gate([{"model": "t5", "ratio_fast": None, "best_native": None}], 1.25) == 3
