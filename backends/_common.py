@@ -9,6 +9,7 @@ import logging
 import operator
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from hetcc.errors import InputError, LoweringError, plain, readable
@@ -196,6 +197,13 @@ def check_arity(inputs, expected: int, segment: str) -> None:
         raise InputError(f"segment {segment!r} takes {expected} inputs, got {len(inputs)}")
 
 
+@lru_cache(maxsize=None)
+def _torch_from_numpy():
+    import torch
+
+    return torch.from_numpy
+
+
 def to_numpy(value):
     """A numpy view of a CPU tensor (no copy when it is already contiguous)."""
     try:  # the common case first: this is on every hand-over, so it costs a few hundred ns
@@ -222,11 +230,14 @@ def to_numpy(value):
 
 def from_numpy(array):
     """A tensor sharing ``array``'s memory (copied only when the array is read-only)."""
+    try:  # the common case first, without imports: this is on every hand-over
+        if array.flags.writeable and array.flags.c_contiguous:
+            return _torch_from_numpy()(array)
+    except AttributeError:
+        pass
     import numpy as np
     import torch
 
-    if type(array) is np.ndarray and array.flags.writeable:
-        return torch.from_numpy(array)
     array = np.asarray(array)
     if not array.flags.writeable:
         array = array.copy()

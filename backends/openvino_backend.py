@@ -157,6 +157,7 @@ class OpenVinoBackend:
                 raise RuntimeError(
                     f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                     f"the segment {len(segment.input_names)} / {len(segment.output_names)}")
+            _fix_static_shapes(ov, model, segment)
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
                 port.get_tensor().add_names({name})
@@ -228,6 +229,27 @@ SAFE_CONFIG_KEYS = frozenset({
 })
 """Compile properties a backend option (and so a bundle) may set. Others, such as CACHE_DIR, make
 OpenVINO write files, which a bundle from someone else must not be able to direct."""
+
+
+def _fix_static_shapes(ov, model, segment) -> None:
+    """convert_model of an ExportedProgram leaves every input dimension dynamic ([?,?]), even where
+    the segment's is fixed; the CPU plugin then plans memory and picks kernels per call. Give it the
+    segment's real shapes: fixed sizes as they are, dynamic dims bounded by their ranges."""
+    shapes = {}
+    for port, example, dynamic in zip(model.inputs, segment.example_inputs, segment.dynamic_dims):
+        if not hasattr(example, "shape"):
+            continue
+        dims = []
+        for axis, size in enumerate(example.shape):
+            sym = dynamic.get(axis)
+            if sym is None:
+                dims.append(ov.Dimension(int(size)))
+            else:
+                lo, hi = segment.dim_ranges.get(sym, (0, -1))
+                dims.append(ov.Dimension(int(lo), int(hi)) if 0 <= lo <= hi < 2**31 - 1 else ov.Dimension())
+        shapes[port] = ov.PartialShape(dims)
+    if shapes:
+        model.reshape(shapes)
 
 
 @lru_cache(maxsize=None)
@@ -307,7 +329,7 @@ class OvExecutable:
         for i, x in enumerate(inputs):
             request.set_input_tensor(i, self._tensor(to_numpy(x), shared_memory=True))
         request.infer()
-        return tuple(from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self.n_outputs))
+        return tuple([from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self.n_outputs)])
 
 
 def _qualified_name(target) -> str:
