@@ -123,3 +123,48 @@ def test_a_returned_cache_gets_a_hint_not_a_cut_message():
     text = str(info.value)
     assert "returns a transformers DynamicCache" in text and "use_cache = False" in text
     assert "leave a comment explaining your use case" in text  # torch's sentence is whole, not cut
+
+
+def _more_stock_models():
+    """Architectures beyond examples/hf_models.py, tiny, as users have them (keyword inputs,
+    ModelOutput out)."""
+    import transformers as tf
+
+    g = torch.Generator().manual_seed(0)
+    ids, mask = torch.randint(3, 90, (2, 12), generator=g), torch.ones(2, 12, dtype=torch.long)
+    image = torch.randn(2, 3, 32, 32, generator=g)
+    text = {"input_ids": ids, "attention_mask": mask}
+    return {
+        "distilbert": lambda: (tf.DistilBertModel(tf.DistilBertConfig(
+            vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)), text),
+        "gpt2": lambda: (tf.GPT2LMHeadModel(tf.GPT2Config(
+            vocab_size=100, n_embd=32, n_layer=1, n_head=2, use_cache=False)), {"input_ids": ids}),
+        "qwen2": lambda: (tf.Qwen2ForCausalLM(tf.Qwen2Config(
+            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            num_key_value_heads=2, use_cache=False)), {"input_ids": ids}),
+        "bart": lambda: (tf.BartModel(tf.BartConfig(
+            vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, use_cache=False)),
+            {**text, "decoder_input_ids": ids[:, :4]}),
+        "swin": lambda: (tf.SwinModel(tf.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4)), (image,)),
+        "segformer": lambda: (tf.SegformerModel(tf.SegformerConfig(
+            num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+            num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])), (image,)),
+    }
+
+
+@pytest.mark.parametrize("name", ["distilbert", "gpt2", "qwen2", "bart", "swin", "segformer"])
+def test_more_architectures_run_natively_and_survive_a_bundle(name, tmp_path):
+    """Nothing falls back (max_fallback=0), and the loaded bundle gives eager's outputs."""
+    torch.manual_seed(0)
+    model, inputs = _more_stock_models()[name]()
+    model.eval()
+    want = _eager(model, inputs)
+    compiled = hetcc.compile(model, inputs, targets=["openvino:cpu", "onnxruntime:cpu"], measure=False,
+                             max_fallback=0.0)
+    loaded = hetcc.load(compiled.save(tmp_path / "b"))
+    got = _eager(loaded, inputs)
+    assert list(got.keys()) == list(want.keys())
+    for key in want.keys():
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4)
