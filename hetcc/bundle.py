@@ -691,7 +691,13 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
                 predicted_seconds=report.get("predicted_seconds", sum(s.predicted_seconds for s in segments)),
                 lower_bound=report.get("lower_bound", 0.0), optimal=report.get("optimal", False),
                 solver=report.get("solver", "?"), solve_seconds=report.get("solve_seconds", 0.0),
-                attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())))
+                attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())),
+                candidates=_candidates(report.get("candidates")))
+
+
+def _candidates(value) -> tuple[dict, ...]:
+    """Plan.candidates from the report: optional (bundles from before tuning have none)."""
+    return tuple(c for c in value if isinstance(c, dict)) if isinstance(value, list) else ()
 
 
 # ---------------------------------------------------------------------------------------------

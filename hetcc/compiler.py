@@ -43,6 +43,7 @@ from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.target import Target, parse_targets
+from hetcc.tune import budget_of, corrected_infos, tune_plan
 from hetcc.verify import NAN_POLICIES, Tolerances, compare, nan_differences, nan_probe_inputs
 
 log = logging.getLogger("hetcc")
@@ -96,9 +97,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             dynamic_shapes=None, pins: dict | None = None, exclude: dict | None = None,
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
-            memory_limits: dict | None = None, measure: bool = True,
+            memory_limits: dict | None = None, measure: bool | None = None,
             backend_options: dict | None = None, cross_compile: bool = False,
-            nan: str = "report", progress=None) -> CompiledModel:
+            nan: str = "report", progress=None, tune="auto", learn: bool = False) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     targets: ordered, earlier preferred on a tie, e.g. ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"].
@@ -110,8 +111,18 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     memory_limits: {target: bytes} caps the resident weights a target may hold.
     backend_options: {backend name: {option: value}}, e.g. {"openvino": {"precision": "bf16"}}
         (OpenVINO runs in fp32 unless asked otherwise).
-    measure: when the plan mixes targets, also build the best single-target plan, time both on the
-        example inputs, and keep the faster (the cost model can misjudge close calls).
+    tune: "auto" (default), "off", or a budget in seconds. Besides the cost model's plan, build
+        each listed target's plan alone (torch:cpu takes what that target cannot run), time them
+        all on the example inputs, interleaved, and keep the fastest; the plan's ``candidates``
+        record predicted and measured times. "auto" spends at most ~30 s and skips a candidate
+        predicted over 2x slower than the best; a number builds every candidate while that many
+        seconds last (a build already started finishes, and timing runs at least 3 rounds).
+        "off" trusts the cost model (quickest compile). See docs/cost_model.md, "Tuning".
+    learn: also fold what tuning measured into the cost model's corrections file (per runtime,
+        measured / predicted time; beside the calibration, never in it), which later compiles
+        read: they then choose as this measurement did without measuring. Off by default: it
+        writes to $HETCC_CORRECTIONS, beside $HETCC_PROFILE, or to the cache dir.
+    measure: the older name of ``tune``: True is "auto", False is "off".
     nan: each segment is also run with NaN in its floating-point inputs. "report" (default) keeps a
         runtime that turns NaN into numbers where torch propagates it (OpenVINO's ReLU does, as its
         own whole-model path does) and lists it in the plan's notes; "require" treats that as a
@@ -134,6 +145,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if strays:
         raise TargetError(f"backend_options name {', '.join(map(repr, strays))}, which no target uses "
                           f"(targets: {', '.join(map(str, wanted))}); add the target, or drop the options")
+    budget, auto = budget_of(tune, measure)
+    if learn and budget is None:
+        raise HetccError("learn=True learns from what tuning measures; give tune='auto' or a budget too")
     tolerances = Tolerances.make(rtol, atol)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     fallback_only = FALLBACK not in wanted
@@ -147,7 +161,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
-    infos = _target_infos(order, profiles, devices, memory_limits)
+    infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
     scratch, session = None, None
@@ -155,15 +169,14 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan)
-        chosen = session.place(candidates)
+        chosen = session.place(candidates, notes=[corrected] if corrected else None)
         elsewhere = chosen.not_here()
         if elsewhere:
             chosen.plan = replace(chosen.plan, notes=chosen.plan.notes + (
                 f"segments {', '.join(elsewhere)} were compiled for a device this machine does not have; "
                 "they are verified against the PyTorch reference when the bundle is loaded there",))
-        elif measure and len(chosen.plan.targets_used()) > 1:
-            report("measure", "timing the mixed plan against the best single target")
-            chosen = session.measure_against_single(chosen, candidates)
+        elif budget is not None:
+            chosen = tune_plan(session, chosen, candidates, budget, auto, learn)
     except BaseException:
         _drop_scratch(scratch, session)
         raise
@@ -266,40 +279,6 @@ class _Session:
             segments.append((program, target, spec, artifact, executable, seconds))
         return segments
 
-    def measure_against_single(self, mixed: CompiledModel, candidates) -> CompiledModel:
-        """Time the mixed plan against the best plan that keeps to one listed target (plus the
-        fall-back for what that target cannot run); keep the faster."""
-        started = time.perf_counter()
-        best, best_cost = None, math.inf
-        for t in range(len(self.order)):
-            if candidates.fallback == t:
-                continue
-            alone = candidates.restricted_to(t)
-            problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
-                                    alone, self.objective)
-            try:
-                cost = solve(problem).cost
-            except HetccError:
-                continue
-            if cost < best_cost:
-                best, best_cost = alone, cost
-        if best is None:
-            return mixed
-        single = self.place(best, why=" [single-target plan, for measuring]")
-        # timing calls the model many times: on copies of the inputs (a model may update them),
-        # and with its state put back afterwards
-        inputs = [self.captured.values[n].clone() for n in self.captured.user_inputs]
-        t_mixed, t_single = time_pair(mixed._runtime, single._runtime, inputs)
-        mixed._runtime.reset_state()
-        single._runtime.reset_state()
-        keep = mixed if t_mixed <= t_single else single
-        note = (f"measured on the example inputs: mixed plan {t_mixed * 1e3:.3f} ms, "
-                f"{'+'.join(single.plan.targets_used())} alone {t_single * 1e3:.3f} ms; kept the "
-                f"{'mixed plan' if keep is mixed else 'single-target plan'} "
-                f"(measuring added {time.perf_counter() - started:.1f}s to compile)")
-        keep.plan = replace(keep.plan, notes=keep.plan.notes + (note,))
-        return keep
-
 
 def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
     """Give each segment the runtime configuration that suits the plan around it. A runtime that
@@ -319,17 +298,6 @@ def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
         artifact = Artifact(artifact.target, dict(artifact.files), {**artifact.meta, "runs_alone": alone})
         step.run = backend.load(artifact, target)
         compiled.artifacts[step.name] = artifact
-
-
-def time_pair(first, second, inputs, rounds: int = 15) -> tuple[float, float]:
-    """Seconds per call of two runtimes on the same inputs, measured interleaved (hetcc.bench's
-    method, one call per turn, no pause): the fast end (p10) of each, because on a shared machine a
-    neighbour only ever adds time, and it hits the runtimes unevenly (torch's OpenMP pool far harder
-    than ONNX Runtime's; docs/benchmarks.md)."""
-    from hetcc.bench import measure, quantile
-
-    samples = measure({"first": first, "second": second}, inputs, warmup=1, runs=rounds, calls=1, pause=0.0)
-    return quantile(samples["first"].calls, 0.1), quantile(samples["second"].calls, 0.1)
 
 
 def _check_placeable(units, candidates) -> None:

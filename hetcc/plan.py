@@ -48,6 +48,10 @@ class Plan:
     attempts: int = 1
     """How many placements were tried (a lowering or verification failure causes a re-solve)."""
     notes: tuple[str, ...] = ()
+    candidates: tuple[dict, ...] = ()
+    """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
+    predicted_seconds, measured_seconds (fast end of its calls, or None), chosen, solver (the
+    cost model's own choice), rounds, note}; empty when nothing was tuned."""
 
     @property
     def flops(self) -> float:
@@ -84,6 +88,10 @@ class Plan:
                 shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
                 lines.append(f"  {s.name}: {shown} on {s.target} because {why}")
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.candidates:
+            from hetcc.tune import candidate_lines
+
+            lines.extend(candidate_lines(self.candidates))
         return "\n".join(lines)
 
     def _gap(self) -> float:
