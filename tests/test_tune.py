@@ -192,3 +192,20 @@ def _tiny_call():
     model, x = tiny()
     return model, (x,)
 
+
+def test_cli_tune_options():
+    import argparse
+
+    from hetcc.cli import _compile_options, build_parser
+    from hetcc.cli_inputs import tune_value
+
+    assert tune_value("60") == 60.0 and tune_value("45s") == 45.0 and tune_value("OFF") == "off"
+    for bad in ("0", "-3", "soon", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            tune_value(bad)
+    args = build_parser().parse_args(["compile", "m.py", "-o", "out", "--targets", "torch:cpu",
+                                      "--tune", "12", "--learn"])
+    options = _compile_options(args, (torch.ones(2),), {"measure": True})
+    assert options["tune"] == 12.0 and options["learn"] is True and "measure" not in options
+    args = build_parser().parse_args(["compile", "m.py", "-o", "out", "--targets", "torch:cpu", "--no-measure"])
+    assert _compile_options(args, (torch.ones(2),), {})["tune"] == "off"
