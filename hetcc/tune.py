@@ -274,12 +274,39 @@ def _learn(session, built) -> str:
             entry = sums.setdefault(corrections.key(segment.target), [0.0, 0.0])
             entry[0] += got
             entry[1] += want
-    if not sums:
-        return "learn: nothing was timed, so the cost model's corrections are unchanged"
-    path, factors = corrections.learn({k: (a, b) for k, (a, b) in sums.items()}, calibrated())
+    if len(sums) < 2:
+        return ("learn: fewer than two runtimes were timed, so there was nothing to rank; the cost "
+                "model's corrections are unchanged")
+    busy = _busy()
+    if busy:
+        return f"learn: not learnt: {busy}; timings under load teach the load, not the runtimes"
+    # relative to the run: a machine that is slower today slows every runtime, and the factors
+    # are there to rank the runtimes, not to re-measure the machine
+    ratios = {k: got / want for k, (got, want) in sums.items() if got > 0 and want > 0}
+    mean = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
+    path, factors = corrections.learn({k: (r / mean, 1.0) for k, r in ratios.items()}, calibrated())
     shown = ", ".join(f"{k} x{factors[k]:.2f}" for k in sorted(sums) if k in factors)
     log.info("cost model corrections written to %s: %s", path, shown)
     return f"cost model corrections learnt and written to {path}: {shown}"
+
+
+BUSY = 1.5
+"""Learning is skipped while the 1-minute load average exceeds this many runnable tasks per core
+(tuning's own timing adds about one per core): a busy machine slows runtimes unevenly (torch's
+OpenMP pool far more than ONNX Runtime's), so what it measures would mislead later compiles."""
+
+
+def _busy() -> str | None:
+    import os
+
+    from hetcc.bench import cores
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every OS
+        return None
+    n = cores()
+    return f"the machine was busy (load {load:.1f} on {n} cores)" if load > BUSY * n else None
 
 
 def corrected_infos(infos, explicit: dict | None) -> tuple[list, str | None]:

@@ -123,7 +123,8 @@ def test_candidates_survive_the_bundle_and_explain_shows_them(runtimes, tmp_path
     assert tune.candidate_lines([{"name": "x", "measured_seconds": "fast"}, 3])[1].count("-") >= 1
 
 
-def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runtimes):
+def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runtimes, monkeypatch):
+    monkeypatch.setattr(tune, "BUSY", float("inf"))  # the test's runtimes sleep: load does not matter
     model, x = tiny()
     hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
     assert not runtimes.exists()  # tuning alone writes nothing
@@ -132,6 +133,8 @@ def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runti
     assert any(str(runtimes) in n for n in cm.plan.notes)
     learnt = corrections.read_corrections(runtimes)
     assert learnt.factors["slowpoke"] > 1.5 and learnt.factors["quick"] < 1.0, learnt.factors
+    # relative to the run: their geometric mean is 1, whatever the machine's speed today
+    assert learnt.factors["slowpoke"] * learnt.factors["quick"] == pytest.approx(1.0, rel=1e-3)
 
     # now the cost model alone chooses as the measurement did, and says why
     later = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off")
@@ -141,6 +144,14 @@ def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runti
     given = {n: DEFAULT_PROFILES[n] for n in ("slowpoke", "quick")}
     assert hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off",
                          profiles=given).plan.targets_used() == ["slowpoke:cpu"]
+
+
+def test_nothing_is_learnt_on_a_busy_machine(runtimes, monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (99.0, 99.0, 99.0))
+    model, x = tiny()
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
+    assert any("not learnt: the machine was busy" in n for n in cm.plan.notes)
+    assert not runtimes.exists()
 
 
 def test_corrections_file_rules(monkeypatch, tmp_path, caplog):
