@@ -117,7 +117,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         record predicted and measured times. "auto" spends at most ~30 s and skips a candidate
         predicted over 2x slower than the best; a number builds every candidate while that many
         seconds last (a build already started finishes, and timing runs at least 3 rounds).
-        "off" trusts the cost model (quickest compile). See docs/cost_model.md, "Tuning".
+        "off" trusts the cost model (quickest compile). docs/cost_model.md, "Tuning".
     learn: also fold what tuning measured into the cost model's corrections file (per runtime,
         measured / predicted time; beside the calibration, never in it), which later compiles
         read: they then choose as this measurement did without measuring. Off by default: it
