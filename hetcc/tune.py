@@ -54,7 +54,7 @@ def budget_of(tune, measure=None) -> tuple[float | None, bool]:
         tune = AUTO if measure else OFF
     if tune is True or tune == AUTO:
         return AUTO_BUDGET, True
-    if tune is False or tune is None or tune == OFF:
+    if tune is False or tune == OFF:
         return None, False
     if isinstance(tune, (int, float)) and not isinstance(tune, bool) and math.isfinite(tune) and tune > 0:
         return float(tune), False
@@ -148,7 +148,8 @@ def _build(session, pool, deadline: float, auto: bool) -> None:
                 c.note = f"failed to build: {readable(exc)}"
                 continue
             c.predicted = c.compiled.plan.predicted_seconds
-            same = [o for o in pool if o is not c and o.compiled and _layout(o.compiled) == _layout(c.compiled)]
+            layout = _layout(c.compiled)
+            same = [o for o in pool if o is not c and o.compiled and _layout(o.compiled) == layout]
             if same:  # a failure and re-solve can land on another candidate's plan
                 c.compiled, c.note = None, f"the same plan as {same[0].name}"
             elif c.compiled.not_here():  # cross_compile: a segment for a device that is not here
@@ -215,7 +216,8 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             except Exception as exc:  # noqa: BLE001 - any runtime's failure
                 failed(c, exc)
                 continue
-            c.samples = Samples(calls_per_turn=max(MIN_CALLS, min(MAX_CALLS, round(TURN / max(min(took), 1e-7)))))
+            per_turn = round(TURN / max(min(took), 1e-7))  # a turn of ~10 ms, as hetcc.bench's
+            c.samples = Samples(calls_per_turn=max(MIN_CALLS, min(MAX_CALLS, per_turn)))
             live.append(c)
         while len(live) > 1 and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() < deadline):
             rng.shuffle(live)
@@ -270,16 +272,17 @@ def _learn(session, built) -> str:
             if not calls:
                 continue
             # the step's time covers the runtime's call as well as its nodes: predict both
-            got, want = quantile(calls, FAST_END), segment.predicted_seconds + overhead.get(segment.target, 0.0)
+            got = quantile(calls, FAST_END)
+            want = segment.predicted_seconds + overhead.get(segment.target, 0.0)
             entry = sums.setdefault(corrections.key(segment.target), [0.0, 0.0])
             entry[0] += got
             entry[1] += want
     if len(sums) < 2:
-        return ("learn: fewer than two runtimes were timed, so there was nothing to rank; the cost "
-                "model's corrections are unchanged")
+        return ("learn=True: nothing learnt: fewer than two runtimes were timed, so there was "
+                "nothing to rank them against")
     busy = _busy()
     if busy:
-        return f"learn: not learnt: {busy}; timings under load teach the load, not the runtimes"
+        return f"learn=True: nothing learnt: {busy}; timings under load teach the load, not the runtimes"
     # relative to the run: a machine that is slower today slows every runtime, and the factors
     # are there to rank the runtimes, not to re-measure the machine
     ratios = {k: got / want for k, (got, want) in sums.items() if got > 0 and want > 0}
@@ -349,7 +352,8 @@ def candidate_lines(candidates) -> list[str]:
     lines = [f"candidate plans ({timed} timed on the example inputs; measured = fast end, p10):"]
     for c in rows:
         mark = "kept" if c.get("chosen") is True else "    "
-        extra = [x for x in ("cost model's choice" if c.get("solver") is True else "", str(c.get("note") or "")) if x]
-        lines.append(f"  {mark}  {str(c.get('name')).ljust(width)}  predicted {ms(c.get('predicted_seconds')):>11}  "
-                     f"measured {ms(c.get('measured_seconds')):>11}" + (f"  ({'; '.join(extra)})" if extra else ""))
+        extra = "; ".join(x for x in ("cost model's choice" if c.get("solver") is True else "",
+                                      str(c.get("note") or "")) if x)
+        lines.append(f"  {mark}  {str(c.get('name')).ljust(width)}  predicted {ms(c.get('predicted_seconds')):>11}"
+                     f"  measured {ms(c.get('measured_seconds')):>11}" + (f"  ({extra})" if extra else ""))
     return lines
