@@ -9,8 +9,9 @@ and time them as they will run. The budget covers building and timing; what was 
 (cost_model/corrections.py), so a later compile chooses the same way without measuring.
 
 How candidates are timed: interleaved (hetcc.bench's method: each round visits every candidate in
-a new random order, with a pause before each turn so one runtime's spinning threads do not tax the
-next), compared at the fast end (p10) of their calls, since a busy neighbour only adds time. A
+a new random order, with a pause and one untimed call before each turn so one runtime's spinning
+threads do not tax the next), compared at the fast end (p10) of their calls, since a busy
+neighbour only adds time. A
 candidate is dropped once, after a few rounds, even its fast end is slower than the leader's median
 by a margin: it cannot win, and the budget goes to the close calls.
 """
@@ -39,8 +40,10 @@ MARGIN = 0.05
 """A candidate whose fast end is this much slower than the leader's median is dropped."""
 FAST_END = 0.1
 MIN_CALLS = 2
-"""Calls per turn at least: the first call after the pause wakes the runtime's threads (+0.5 ms on
-OpenVINO), which a model called back to back does not pay."""
+"""Timed calls per turn at least. Each turn starts with one more call that is not timed: it pays
+for waking the runtime's threads (+0.5 ms on OpenVINO) and for the previous candidate's threads
+still spinning (ONNX Runtime alone spins on for 10-30 ms after a call: a torch call 10 ms later
+took 1.7-2x as long, measured here), neither of which a plan running alone pays."""
 
 
 def budget_of(tune, measure=None) -> tuple[float | None, bool]:
@@ -237,6 +240,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
 
 
 def _turn(runtime, inputs, samples, clock) -> None:
+    runtime.timed_call(*inputs)  # settles the cores; see MIN_CALLS
     total = 0.0
     for _ in range(samples.calls_per_turn):
         t0 = clock()
