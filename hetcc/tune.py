@@ -270,7 +270,10 @@ def _learn(session, built) -> str:
 
     overhead = {info.name: info.profile.call_overhead for info in session.infos}
     sums: dict[str, list[float]] = {}
+    unsteady = [c.name for c in built if c.samples and _spread(c) > STEADY]
     for c in built:
+        if c.name in unsteady:
+            continue
         for segment in c.compiled.plan.segments if c.samples else ():
             calls = c.samples.steps.get(segment.name)
             if not calls:
@@ -281,9 +284,10 @@ def _learn(session, built) -> str:
             entry = sums.setdefault(corrections.key(segment.target), [0.0, 0.0])
             entry[0] += got
             entry[1] += want
+    skipped = f" ({', '.join(unsteady)}: timed unsteadily, left out)" if unsteady else ""
     if len(sums) < 2:
-        return ("learn=True: nothing learnt: fewer than two runtimes were timed, so there was "
-                "nothing to rank them against")
+        return ("learn=True: nothing learnt: fewer than two runtimes were timed steadily, so there "
+                f"was nothing to rank them against{skipped}")
     busy = _busy()
     if busy:
         return f"learn=True: nothing learnt: {busy}; timings under load teach the load, not the runtimes"
@@ -294,7 +298,16 @@ def _learn(session, built) -> str:
     path, factors = corrections.learn({k: (r / mean, 1.0) for k, r in ratios.items()}, calibrated())
     shown = ", ".join(f"{k} x{factors[k]:.2f}" for k in sorted(sums) if k in factors)
     log.info("cost model corrections written to %s: %s", path, shown)
-    return f"cost model corrections learnt and written to {path}: {shown}"
+    return f"cost model corrections learnt and written to {path}: {shown}{skipped}"
+
+
+STEADY = 1.25
+"""A candidate whose median call is more than this over its fast end was disturbed while it was
+timed (a neighbour's burst, another runtime's threads): good enough to rank, not to learn from."""
+
+
+def _spread(c) -> float:
+    return statistics.median(c.samples.calls) / c.fast_end()
 
 
 BUSY = 1.5

@@ -124,7 +124,9 @@ def test_candidates_survive_the_bundle_and_explain_shows_them(runtimes, tmp_path
 
 
 def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runtimes, monkeypatch):
-    monkeypatch.setattr(tune, "BUSY", float("inf"))  # the test's runtimes sleep: load does not matter
+    # the test's runtimes sleep: neither load nor an unsteady sleep should stop the learning
+    monkeypatch.setattr(tune, "BUSY", float("inf"))
+    monkeypatch.setattr(tune, "STEADY", float("inf"))
     model, x = tiny()
     hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
     assert not runtimes.exists()  # tuning alone writes nothing
@@ -146,11 +148,16 @@ def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runti
                          profiles=given).plan.targets_used() == ["slowpoke:cpu"]
 
 
-def test_nothing_is_learnt_on_a_busy_machine(runtimes, monkeypatch):
-    monkeypatch.setattr("os.getloadavg", lambda: (99.0, 99.0, 99.0))
+def test_nothing_is_learnt_from_disturbed_timings(runtimes, monkeypatch):
     model, x = tiny()
+    monkeypatch.setattr(tune, "STEADY", float("inf"))
+    monkeypatch.setattr("os.getloadavg", lambda: (99.0, 99.0, 99.0))
     cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
     assert any("nothing learnt: the machine was busy" in n for n in cm.plan.notes)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(tune, "STEADY", 0.5)  # every candidate's median is above half its fast end
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
+    assert any("nothing learnt" in n and "timed unsteadily" in n for n in cm.plan.notes)
     assert not runtimes.exists()
 
 
