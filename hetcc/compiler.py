@@ -169,7 +169,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan)
-        chosen = session.place(candidates, notes=[corrected] if corrected else None)
+        chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
             chosen.plan = replace(chosen.plan, notes=chosen.plan.notes + (
@@ -177,6 +177,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                 "they are verified against the PyTorch reference when the bundle is loaded there",))
         elif budget is not None:
             chosen = tune_plan(session, chosen, candidates, budget, auto, learn)
+        if corrected:  # on whichever plan was kept: every candidate was predicted with them
+            chosen.plan = replace(chosen.plan, notes=(corrected,) + chosen.plan.notes)
     except BaseException:
         _drop_scratch(scratch, session)
         raise

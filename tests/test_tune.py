@@ -85,6 +85,11 @@ def test_the_fastest_candidate_is_kept_when_the_cost_models_favourite_is_slower(
     assert "candidate plans" in cm.plan.summary()
     with torch.no_grad():
         torch.testing.assert_close(cm(x), model(x))
+    # a correction too small to change the cost model's choice: the kept plan still says it applied
+    corrections.learn({"slowpoke": (1.01, 1.0)}, None)
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert cm.plan.targets_used() == ["quick:cpu"] and by_name(cm.plan)["slowpoke:cpu alone"]["solver"]
+    assert any("learnt corrections" in n and "slowpoke x1.01" in n for n in cm.plan.notes)
 
 
 def test_the_budget_bounds_building_and_timing(runtimes):
