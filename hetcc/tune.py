@@ -292,10 +292,14 @@ def _learn(session, built) -> str:
     if busy:
         return f"learn=True: nothing learnt: {busy}; timings under load teach the load, not the runtimes"
     # relative to the run: a machine that is slower today slows every runtime, and the factors
-    # are there to rank the runtimes, not to re-measure the machine
+    # are there to rank the runtimes, not to re-measure the machine. The run's scale is set by the
+    # runtimes that already have a factor (their predictions were corrected: what is left is the
+    # machine's mood), so that runs timing different runtimes agree; by all of them at first.
     ratios = {k: got / want for k, (got, want) in sums.items() if got > 0 and want > 0}
-    mean = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
-    path, factors = corrections.learn({k: (r / mean, 1.0) for k, r in ratios.items()}, calibrated())
+    known = corrections.current(calibrated())
+    anchors = [r for k, r in ratios.items() if known and k in known.factors] or list(ratios.values())
+    scale = math.exp(statistics.fmean(math.log(r) for r in anchors))
+    path, factors = corrections.learn({k: (r / scale, 1.0) for k, r in ratios.items()}, calibrated())
     shown = ", ".join(f"{k} x{factors[k]:.2f}" for k in sorted(sums) if k in factors)
     log.info("cost model corrections written to %s: %s", path, shown)
     return f"cost model corrections learnt and written to {path}: {shown}{skipped}"

@@ -45,8 +45,9 @@ def profile(name: str, call_seconds: float) -> BackendProfile:
 @pytest.fixture
 def runtimes(monkeypatch, tmp_path):
     """'slowpoke' (6 ms a call, predicted 2 ms) and 'quick' (2 ms, predicted 3 ms): the cost model
-    prefers the slower; 'level' and 'even' take 20 ms each. Corrections go to a file of the test's."""
-    for name, delay, predicted in (("slowpoke", 0.006, 2e-3), ("quick", 0.002, 3e-3),
+    prefers the slower; 'steady' takes 4 ms (predicted 2 ms), 'level' and 'even' 20 ms each.
+    Corrections go to a file of the test's."""
+    for name, delay, predicted in (("slowpoke", 0.006, 2e-3), ("quick", 0.002, 3e-3), ("steady", 0.004, 2e-3),
                                    ("level", 0.02, 1e-3), ("even", 0.02, 1e-3)):
         monkeypatch.setitem(registry._REGISTERED, name, sleepy(name, delay))
         monkeypatch.setitem(DEFAULT_PROFILES, name, profile(name, predicted))
@@ -151,6 +152,14 @@ def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runti
     given = {n: DEFAULT_PROFILES[n] for n in ("slowpoke", "quick")}
     assert hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off",
                          profiles=given).plan.targets_used() == ["slowpoke:cpu"]
+
+    # a run that times another pair is put on the same scale by the runtime both runs timed:
+    # quick keeps its factor, and steady's makes its prediction twice quick's, as measured
+    hetcc.compile(model, (x,), ["steady:cpu", "quick:cpu"], tune=20, learn=True)
+    again = corrections.read_corrections(runtimes)
+    assert again.factors["quick"] == pytest.approx(learnt.factors["quick"], rel=0.15)
+    steady, quick = 2e-3 * again.factors["steady"], 3e-3 * again.factors["quick"]
+    assert steady / quick == pytest.approx(2.0, rel=0.25), again.factors
 
 
 def test_nothing_is_learnt_from_disturbed_timings(runtimes, monkeypatch):
