@@ -11,8 +11,9 @@ in this order:
   learnt   tune="off" again, with the corrections learnt so far (this model's included)
 
 Corrections go to a temporary file ($HETCC_CORRECTIONS), never to the user's. Then the four compiled
-models are measured interleaved with hetcc.bench.measure (one call per turn, 10 ms idle before each,
-a new random order each round) and each gets its median and p10-p90 per call.
+models are measured interleaved with hetcc.bench.measure (one call per turn, 50 ms idle before each:
+longer than ONNX Runtime's spinning after a call; a new random order each round) and each gets its
+median and p10-p90 per call.
 
     python benchmarks/bench_tune.py [--models bert,vit] [--rounds 30] [--json out.json]
                                     [--targets onnxruntime:cpu,openvino:cpu,torch:cpu]
@@ -41,6 +42,7 @@ import hf_models  # noqa: E402
 
 TARGETS = "onnxruntime:cpu,openvino:cpu,torch:cpu"
 MODES = ("off", "prior", "auto", "learnt")
+PAUSE = 0.05
 
 
 def compile_one(model, inputs, targets, corrections: Path, **options):
@@ -59,12 +61,16 @@ def run_model(name: str, targets: list[str], rounds: int, scratch: Path) -> dict
         built["prior"] = compile_one(model, inputs, targets, shared, tune="off")
     built["auto"] = compile_one(model, inputs, targets, shared, tune="auto", learn=True)
     built["learnt"] = compile_one(model, inputs, targets, shared, tune="off")
-    samples = measure({m: c for m, (c, _) in built.items()}, inputs, warmup=3, runs=rounds, calls=1)
+    # 50 ms idle before each call: an ONNX Runtime plan alone keeps its threads spinning for
+    # 10-30 ms after a call, which would tax whichever plan is measured next (docs/cost_model.md)
+    samples = measure({m: c for m, (c, _) in built.items()}, inputs, warmup=3, runs=rounds, calls=1,
+                      pause=PAUSE)
     out = {"model": name, "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)], "modes": {}}
     for mode, (compiled, seconds) in built.items():
         calls = samples[mode].calls
         out["modes"][mode] = {
-            "plan": " + ".join(compiled.plan.targets_used()), "compile_s": round(seconds, 1),
+            "plan": " + ".join(f"{s.target}({len(s.nodes)})" for s in compiled.plan.segments),
+            "compile_s": round(seconds, 1),
             "median_ms": round(quantile(calls, 0.5) * 1e3, 2), "p10_ms": round(quantile(calls, 0.1) * 1e3, 2),
             "p90_ms": round(quantile(calls, 0.9) * 1e3, 2),
             "notes": [n for n in compiled.plan.notes if any(w in n for w in ("tuning", "corrections", "learn"))],
@@ -97,9 +103,9 @@ def main(argv=None) -> int:
 def print_model(result: dict) -> None:
     print(f"\n{result['model']} (1-minute load average {result['load_average'][0]} before, "
           f"{result['load_average'][1]} after)")
-    print(f"{'mode':8} {'plan':34} {'compile s':>9} {'median ms':>10} {'p10-p90 ms':>14}")
+    print(f"{'mode':8} {'plan':52} {'compile s':>9} {'median ms':>10} {'p10-p90 ms':>14}")
     for mode, m in result["modes"].items():
-        print(f"{mode:8} {m['plan']:34} {m['compile_s']:9.1f} {m['median_ms']:10.2f} "
+        print(f"{mode:8} {m['plan']:52} {m['compile_s']:9.1f} {m['median_ms']:10.2f} "
               f"{m['p10_ms']:6.2f}-{m['p90_ms']:<7.2f}")
     auto = result["modes"]["auto"]
     for note in auto["notes"]:
