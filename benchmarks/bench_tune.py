@@ -41,7 +41,6 @@ from hetcc.bench import machine_info, measure, quantile  # noqa: E402
 import hf_models  # noqa: E402
 
 TARGETS = "onnxruntime:cpu,openvino:cpu,torch:cpu"
-MODES = ("off", "prior", "auto", "learnt")
 PAUSE = 0.05
 
 

@@ -44,6 +44,14 @@ MIN_CALLS = 2
 for waking the runtime's threads (+0.5 ms on OpenVINO) and for the previous candidate's threads
 still spinning (ONNX Runtime alone spins on for 10-30 ms after a call: a torch call 10 ms later
 took 1.7-2x as long, measured here), neither of which a plan running alone pays."""
+STEADY = 1.25
+"""learn=True leaves out a candidate whose median call is more than this over its fast end: it
+was disturbed while timed (a neighbour's burst, another runtime's threads); good enough to rank,
+not to learn from."""
+BUSY = 1.5
+"""learn=True learns nothing while the 1-minute load average exceeds this many runnable tasks per
+core (tuning's own timing adds about one per core): a busy machine slows runtimes unevenly
+(torch's OpenMP pool far more than ONNX Runtime's), so what it measures would mislead."""
 
 
 def budget_of(tune, measure=None) -> tuple[float | None, bool]:
@@ -197,7 +205,6 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
     import torch
 
     from hetcc.bench import MAX_CALLS, PAUSE, TURN, Samples
-
     from hetcc.errors import readable
 
     clock = time.perf_counter
@@ -231,7 +238,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
                 except Exception as exc:  # noqa: BLE001
                     failed(c, exc)
             rounds += 1
-            if rounds >= MIN_ROUNDS:
+            if rounds >= MIN_ROUNDS and len(live) > 1:
                 leader = min(live, key=lambda c: c.fast_end())
                 bar = statistics.median(leader.samples.calls) * (1 + MARGIN)
                 for c in [c for c in live if c is not leader and c.fast_end() > bar]:
@@ -305,19 +312,8 @@ def _learn(session, built) -> str:
     return f"cost model corrections learnt and written to {path}: {shown}{skipped}"
 
 
-STEADY = 1.25
-"""A candidate whose median call is more than this over its fast end was disturbed while it was
-timed (a neighbour's burst, another runtime's threads): good enough to rank, not to learn from."""
-
-
 def _spread(c) -> float:
     return statistics.median(c.samples.calls) / c.fast_end()
-
-
-BUSY = 1.5
-"""Learning is skipped while the 1-minute load average exceeds this many runnable tasks per core
-(tuning's own timing adds about one per core): a busy machine slows runtimes unevenly (torch's
-OpenMP pool far more than ONNX Runtime's), so what it measures would mislead later compiles."""
 
 
 def _busy() -> str | None:
