@@ -2,7 +2,7 @@
 
 For each model (the examples plus a few defined here so the points span compute-bound,
 bandwidth-bound and overhead-bound work) and each CPU target usable here, the model is compiled
-for that target alone (measure=False), and a few forced split plans are compiled too; every plan
+for that target alone (tune="off"), and a few forced split plans are compiled too; every plan
 is then measured with hetcc.bench's interleaved method (per segment through Runtime.timed_call,
 end to end through the plain call) and compared with its predictions (hetcc.accuracy says what a
 prediction counts). Reported: per point the prediction, the fast end (p10) and median of the
@@ -216,7 +216,7 @@ def plans_for(name: str, model, inputs, targets: list[str], profiles, devices, s
     """label -> CompiledModel: the model on each target alone, then its forced splits. A plan that
     runs nothing on its target (the backend rejected the model and torch:cpu took it all) would
     only repeat torch:cpu's points: it goes to ``skipped`` with the reason instead."""
-    options = {"measure": False, "profiles": profiles, "devices": devices}
+    options = {"tune": "off", "profiles": profiles, "devices": devices}
     out = {}
     for t in targets:
         compiled = hetcc.compile(model, inputs, targets=[t], **options)

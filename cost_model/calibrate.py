@@ -173,7 +173,7 @@ def compile_cases(target: str, device, workdir: Path) -> dict:
     for case, (model, inputs) in cases().items():
         compiled = hetcc.compile(model.eval(), inputs, targets=[target], workdir=workdir / case,
                                  profiles={backend: profile_for(backend)}, devices={target: device},
-                                 measure=False)
+                                 tune="off")
         out[case] = (compiled, inputs, list(analyze(model, inputs).nodes))
     return out
 

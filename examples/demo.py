@@ -60,7 +60,7 @@ def capacity_split(targets) -> int:
         return 0
     model, inputs = mixed.build()
     budget = {t: 64 * 2**20 for t in targets[:-1]}
-    compiled = hetcc.compile(model, inputs, targets=targets, memory_limits=budget, measure=False)
+    compiled = hetcc.compile(model, inputs, targets=targets, memory_limits=budget, tune="off")
     print(f"== mixed, at most 64 MB of weights on {' and '.join(budget)}: runs on "
           f"{', '.join(compiled.plan.targets_used())}")
     print(compiled.plan.summary())

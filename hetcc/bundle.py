@@ -707,11 +707,17 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
                 lower_bound=report.get("lower_bound", 0.0), optimal=report.get("optimal", False),
                 solver=report.get("solver", "?"), solve_seconds=report.get("solve_seconds", 0.0),
                 attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())),
-                output_names=names, producers=producers)
+                output_names=names, producers=producers,
+                candidates=_candidates(report.get("candidates")))
 
 
 def _number(value) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _candidates(value) -> tuple[dict, ...]:
+    """Plan.candidates from the report: optional (bundles from before tuning have none)."""
+    return tuple(c for c in value if isinstance(c, dict)) if isinstance(value, list) else ()
 
 
 # ---------------------------------------------------------------------------------------------

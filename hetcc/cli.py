@@ -38,6 +38,7 @@ from hetcc.cli_inputs import (
     target_bytes,
     tolerance,
     to_array,
+    tune_value,
 )
 from hetcc.errors import FallbackError, HetccError, plain
 
@@ -151,8 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-compile", action="store_true",
                    help="keep segments for devices this machine lacks (e.g. iree:rocm:gfx942); they are "
                         "verified when the bundle is loaded where the device is")
-    p.add_argument("--no-measure", action="store_true",
-                   help="trust the cost model; do not time a mixed plan against one target")
+    p.add_argument("--tune", type=tune_value, metavar="auto|off|SECONDS",
+                   help="time the candidate plans (each target alone, and the cost model's plan) and "
+                        "keep the fastest: auto (default: at most ~30 s, candidates predicted over 2x "
+                        "slower skipped), off (trust the cost model), or a budget in seconds")
+    p.add_argument("--learn", action="store_true",
+                   help="write what tuning measured to the cost model's corrections file, so later "
+                        "compiles choose the same way without timing (docs/cost_model.md)")
+    p.add_argument("--no-measure", action="store_true", help="the older spelling of --tune off")
     p.add_argument("--inputs", metavar="NPZ", help="example inputs (needed for a .pt2 without them)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in DIR")
 
@@ -229,8 +236,13 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
     if unknown:
         raise CliError(f"the model's options name {unknown}, which hetcc.compile does not take; "
                        f"it takes {sorted(allowed)}")
+    if args.no_measure and args.tune not in (None, "off"):
+        raise CliError("--no-measure is --tune off; give one of them")
+    tune = "off" if args.no_measure else args.tune
+    if tune is not None:
+        options.pop("measure", None)  # the model file's older spelling yields to the command line
     given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol, "nan": args.nan,
-             "measure": False if args.no_measure else None,
+             "tune": tune, "learn": True if args.learn else None,
              "cross_compile": True if args.cross_compile else None}
     options.update({k: v for k, v in given.items() if v is not None})
     options.update(fallback_options(args))

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from hetcc.cli_inputs import CliError, add_fallback_flags, fallback_options
+from hetcc.cli_inputs import CliError, add_fallback_flags, fallback_options, tune_value
 
 EXIT_REGRESSED = 3
 """Exit status when the regression gate fails (1 stays a user error, 2 bad usage)."""
@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", choices=("eager", "none"), default="eager",
                    help="torch eager for a MODEL, the torch yardstick for a bundle (default), or none")
     p.add_argument("--inputs", metavar="NPZ", help="inputs to measure on (default: the MODEL's examples)")
+    p.add_argument("--tune", type=tune_value, metavar="auto|off|SECONDS",
+                   help="for a MODEL: how hetcc's plan is chosen (hetcc compile --tune; default auto)")
     p.add_argument("--name", help="the model's name in results and baselines (default: file:function "
                                    "or the bundle directory's name)")
     p.add_argument("-o", "--output", metavar="FILE", help="also write the results JSON here")
@@ -96,8 +98,8 @@ def cmd_bench(args) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):  # runtimes' chatter must not mix into --json
         if Path(args.model).is_dir():
-            if args.targets:
-                raise CliError("a bundle's targets are fixed when it is compiled; --targets is for a MODEL")
+            if args.targets or args.tune is not None:
+                raise CliError("a bundle's plan is fixed when it is compiled; --targets and --tune are for a MODEL")
             if fallback_options(args):
                 raise CliError("a bundle is already compiled, so nothing can fall back; --strict and "
                                "--max-fallback are for a MODEL")
@@ -109,6 +111,8 @@ def cmd_bench(args) -> int:
 
             model, inputs, options = load_model(args.model, args.inputs)
             options.update(fallback_options(args))
+            if args.tune is not None:
+                options = {**{k: v for k, v in options.items() if k != "measure"}, "tune": args.tune}
             prepared = prepare_model(model, inputs, _targets(args.targets), name=args.name or _name(args.model),
                                      compile_options=options, batch_sizes=args.batch_sizes, progress=say,
                                      reference=EAGER if args.reference == "eager" else "none")

@@ -116,6 +116,20 @@ def fallback_options(args) -> dict:
     return {}
 
 
+def tune_value(text: str):
+    """--tune: 'auto', 'off', or a budget in seconds (hetcc.compile's ``tune``)."""
+    text = text.strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected auto, off or a budget in seconds (e.g. 60), got {text!r}")
+    return value
+
+
 def target_bytes(text: str) -> tuple[str, int]:
     target, sep, size = text.partition("=")
     if not sep or not target.strip():

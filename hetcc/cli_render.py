@@ -80,6 +80,10 @@ def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
     if isinstance(runtimes, dict) and runtimes:
         lines.append("built with " + ", ".join(f"{k} {v}" for k, v in runtimes.items()))
     lines.extend(f"note: {n}" for n in report.get("notes") or [])
+    from hetcc.tune import candidate_lines
+
+    candidates = report.get("candidates")
+    lines.extend(candidate_lines(candidates if isinstance(candidates, list) else ()))
     return lines
 
 

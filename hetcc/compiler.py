@@ -50,6 +50,7 @@ from hetcc.program import build_program
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.scratch import keep_scratch
 from hetcc.target import Target, parse_targets
+from hetcc.tune import budget_of, corrected_infos, tune_plan
 from hetcc.verify import NAN_POLICIES, Tolerances, compare, nan_differences, nan_probe_inputs
 
 log = logging.getLogger("hetcc")
@@ -103,10 +104,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             dynamic_shapes=None, pins: dict | None = None, exclude: dict | None = None,
             rtol: float | None = None, atol: float | None = None, workdir=None,
             profiles: dict | None = None, devices: dict | None = None,
-            memory_limits: dict | None = None, measure: bool = True,
+            memory_limits: dict | None = None, measure: bool | None = None,
             backend_options: dict | None = None, cross_compile: bool = False,
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
-            progress=None, example_kwargs: dict | None = None) -> CompiledModel:
+            progress=None, example_kwargs: dict | None = None, tune="auto",
+            learn: bool = False) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -122,8 +124,18 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     memory_limits: {target: bytes} caps the resident weights a target may hold.
     backend_options: {backend name: {option: value}}, e.g. {"openvino": {"precision": "bf16"}}
         (OpenVINO runs in fp32 unless asked otherwise).
-    measure: when the plan mixes targets, also build the best single-target plan, time both on the
-        example inputs, and keep the faster (the cost model can misjudge close calls).
+    tune: "auto" (default), "off", or a budget in seconds. Besides the cost model's plan, build
+        each listed target's plan alone (torch:cpu takes what that target cannot run), time them
+        all on the example inputs, interleaved, and keep the fastest; the plan's ``candidates``
+        record predicted and measured times. "auto" spends at most ~30 s and skips a candidate
+        predicted over 2x slower than the best; a number builds every candidate while that many
+        seconds last (a build already started finishes, and timing runs at least 3 rounds).
+        "off" trusts the cost model (quickest compile). docs/cost_model.md, "Tuning".
+    learn: also fold what tuning measured into the cost model's corrections file (per runtime,
+        measured / predicted time; beside the calibration, never in it), which later compiles
+        read: they then choose as this measurement did without measuring. Off by default: it
+        writes to $HETCC_CORRECTIONS, beside $HETCC_PROFILE, or to the cache dir.
+    measure: the older name of ``tune``: True is "auto", False is "off".
     nan: each segment is also run with NaN in its floating-point inputs. "report" (default) keeps a
         runtime that turns NaN into numbers where torch propagates it (OpenVINO's ReLU does, as its
         own whole-model path does) and lists it in the plan's notes; "require" treats that as a
@@ -151,6 +163,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     wanted = parse_targets(targets)
     # an option no target would use is refused, not dropped; values come back in their one spelling
     options = check_backend_options(wanted, backend_options)
+    budget, auto = budget_of(tune, measure)
+    if learn and budget is None:
+        raise HetccError("learn=True learns from what tuning measures; give tune='auto' or a budget too")
     tolerances = Tolerances.make(rtol, atol)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     fallback_only = FALLBACK not in wanted
@@ -164,7 +179,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
-    infos = _target_infos(order, profiles, devices, memory_limits)
+    infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
     scratch, session = None, None
@@ -179,9 +194,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             chosen.plan = replace(chosen.plan, notes=chosen.plan.notes + (
                 f"segments {', '.join(elsewhere)} were compiled for a device this machine does not have; "
                 "they are verified against the PyTorch reference when the bundle is loaded there",))
-        elif measure and len(chosen.plan.targets_used()) > 1:
-            report("measure", "timing the mixed plan against the best single target")
-            chosen = session.measure_against_single(chosen, candidates)
+        elif budget is not None:
+            chosen = tune_plan(session, chosen, candidates, budget, auto, learn)
+        if corrected:  # on whichever plan was kept: every candidate was predicted with them
+            chosen.plan = replace(chosen.plan, notes=(corrected,) + chosen.plan.notes)
     except BaseException:
         _drop_scratch(scratch, session)
         raise
@@ -347,46 +363,6 @@ class _Session:
             where = f"a part of {name} with this node" if u in whole else "this node"
             candidates.ban(u, spec.target, f"{target} failed on {where}: {why}")
 
-    def measure_against_single(self, mixed: CompiledModel, candidates) -> CompiledModel:
-        """Time the mixed plan against the best plan that keeps to one listed target (plus the
-        fall-back for what that target cannot run); keep the faster."""
-        started = time.perf_counter()
-        best, best_cost, best_target = None, math.inf, None
-        for t in range(len(self.order)):
-            if candidates.fallback == t:
-                continue
-            alone = candidates.restricted_to(t)
-            problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
-                                    alone, self.objective)
-            try:
-                cost = solve(problem).cost
-            except HetccError:
-                continue
-            if cost < best_cost:
-                best, best_cost, best_target = alone, cost, self.order[t]
-        if best is None:
-            return mixed
-        try:
-            single = self.place(best, why=" [single-target plan, for measuring]")
-        except FallbackError:  # the mixed plan is within the bound; a plan that is not cannot replace it
-            mixed.plan = replace(mixed.plan, notes=mixed.plan.notes + (
-                f"{best_target} alone was not measured against the mixed plan: it falls back to torch:cpu "
-                f"more than {self.limit.describe()} allows",))
-            return mixed
-        # timing calls the model many times: on copies of the inputs (a model may update them),
-        # and with its state put back afterwards
-        inputs = [self.captured.values[n].clone() for n in self.captured.user_inputs]
-        t_mixed, t_single = time_pair(mixed._runtime, single._runtime, inputs)
-        mixed._runtime.reset_state()
-        single._runtime.reset_state()
-        keep = mixed if t_mixed <= t_single else single
-        note = (f"measured on the example inputs: mixed plan {t_mixed * 1e3:.3f} ms, "
-                f"{'+'.join(single.plan.targets_used())} alone {t_single * 1e3:.3f} ms; kept the "
-                f"{'mixed plan' if keep is mixed else 'single-target plan'} "
-                f"(measuring added {time.perf_counter() - started:.1f}s to compile)")
-        keep.plan = replace(keep.plan, notes=keep.plan.notes + (note,))
-        return keep
-
 
 def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
     """Give each segment the runtime configuration that suits the plan around it. A runtime that
@@ -406,17 +382,6 @@ def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
         artifact = Artifact(artifact.target, dict(artifact.files), {**artifact.meta, "runs_alone": alone})
         step.run = backend.load(artifact, target)
         compiled.artifacts[step.name] = artifact
-
-
-def time_pair(first, second, inputs, rounds: int = 15) -> tuple[float, float]:
-    """Seconds per call of two runtimes on the same inputs, measured interleaved (hetcc.bench's
-    method, one call per turn, no pause): the fast end (p10) of each, because on a shared machine a
-    neighbour only ever adds time, and it hits the runtimes unevenly (torch's OpenMP pool far harder
-    than ONNX Runtime's; docs/benchmarks.md)."""
-    from hetcc.bench import measure, quantile
-
-    samples = measure({"first": first, "second": second}, inputs, warmup=1, runs=rounds, calls=1, pause=0.0)
-    return quantile(samples["first"].calls, 0.1), quantile(samples["second"].calls, 0.1)
 
 
 def _check_placeable(units, candidates) -> None:

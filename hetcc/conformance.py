@@ -1,7 +1,7 @@
 """Backend conformance: the same small cases on every target, one JSON report per (case, target).
 
 Each case is compiled for one target alone (``hetcc.compile(model, inputs, targets=[target],
-measure=False)``; torch:cpu is then only the fall-back), run, and compared with eager PyTorch under
+tune="off")``; torch:cpu is then only the fall-back), run, and compared with eager PyTorch under
 hetcc.verify's per-dtype tolerances. A report says whether every segment ran on the target
 ("native") or some fell back (and why, from the plan), or whether compiling raised a hetcc error.
 Two outcomes are failures: a result that differs from eager PyTorch ("wrong"), and an exception
@@ -278,7 +278,7 @@ def run_case(case: Case, target: str, workdir=None) -> dict:
         import hetcc
 
         stage, started = "compile", time.perf_counter()
-        compiled = hetcc.compile(built.model, built.inputs, targets=[target], measure=False,
+        compiled = hetcc.compile(built.model, built.inputs, targets=[target], tune="off",
                                  dynamic_shapes=built.dynamic_shapes, workdir=workdir)
         report["compile_seconds"] = time.perf_counter() - started
         stage = "run"

@@ -65,6 +65,10 @@ class Plan:
     producers: dict[str, str] = field(default_factory=dict)
     """Graph value -> module path of the node that makes it ('' for the model's own forward), for
     each value a segment hands over or the model returns."""
+    candidates: tuple[dict, ...] = ()
+    """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
+    predicted_seconds, measured_seconds (fast end of its calls, or None), chosen, solver (the
+    cost model's own choice), rounds, note}; empty when nothing was tuned."""
 
     @property
     def flops(self) -> float:
@@ -105,6 +109,10 @@ class Plan:
                 lines.append(f"  {s.name}: {shown} on {s.target} because {why}")
         lines.extend(why_lines(self.to_dict()))
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.candidates:
+            from hetcc.tune import candidate_lines
+
+            lines.extend(candidate_lines(self.candidates))
         return "\n".join(lines)
 
     def _gap(self) -> float:

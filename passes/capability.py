@@ -37,17 +37,19 @@ class Candidates:
             self.reasons[unit].pop(self.targets[fb], None)
             self.kinds[unit].pop(self.targets[fb], None)
 
-    def restricted_to(self, target: int) -> "Candidates":
-        """A copy where every unit that may run on ``target`` runs only there."""
+    def restricted_to(self, target: int, reason: str | None = None) -> "Candidates":
+        """A copy where every unit that may run on ``target`` runs only there (``reason``: what the
+        plan says kept the unit off the other targets)."""
         out = Candidates(len(self.allowed), self.targets, self.fallback)
         out.allowed = [list(row) for row in self.allowed]
         out.reasons = [dict(r) for r in self.reasons]
         out.kinds = [dict(k) for k in self.kinds]
+        reason = reason or f"comparing against {self.targets[target]} alone"
         for u, row in enumerate(out.allowed):
             if row[target]:
                 for t in range(len(row)):
                     if t != target:
-                        out.forbid(u, t, f"comparing against {self.targets[target]} alone", CHOICE)
+                        out.forbid(u, t, reason, CHOICE)
         return out
 
 

@@ -12,9 +12,11 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 CPU_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
 
-# Hermetic: a profile from `hetcc calibrate`, or a CPU spec cached by another environment, must not
-# change what the tests see. Each run measures this CPU into its own cache (about a second).
+# Hermetic: a profile from `hetcc calibrate`, corrections learnt by tuning, or a CPU spec cached by
+# another environment, must not change what the tests see. Each run measures this CPU into its own
+# cache (about a second).
 os.environ.pop("HETCC_PROFILE", None)
+os.environ.pop("HETCC_CORRECTIONS", None)
 os.environ["HETCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hetcc-test-cache-")
 
 

@@ -1,0 +1,243 @@
+"""Compile-time tuning (hetcc/tune.py): candidate plans are timed and the fastest kept, within the
+budget; the plan records them; what was measured corrects the cost model only when asked.
+
+The runtimes here are torch under other names, each call slowed by a fixed sleep, so which one is
+faster is known whatever the machine's load, and the cost model is told the opposite."""
+import json
+import logging
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import hetcc
+from hetcc import tune
+from hetcc.backends import registry
+from hetcc.backends.torch_backend import TorchBackend
+from hetcc.cost_model import corrections
+from hetcc.cost_model.profiles import DEFAULT_PROFILES, BackendProfile
+from hetcc.errors import HetccError
+
+
+def sleepy(name: str, delay: float):
+    """A backend class that runs torch and sleeps ``delay`` seconds per call."""
+
+    class Sleepy(TorchBackend):
+        def load(self, artifact, target):
+            run = super().load(artifact, target)
+
+            def call(*xs):
+                time.sleep(delay)
+                return run(*xs)
+            return call
+
+    Sleepy.name = name
+    return Sleepy
+
+
+def profile(name: str, call_seconds: float) -> BackendProfile:
+    """A profile whose prediction is nearly all its call overhead (the model is tiny)."""
+    return BackendProfile(name, {"default": 1.0}, per_node=0.0, call_overhead=call_seconds)
+
+
+@pytest.fixture
+def runtimes(monkeypatch, tmp_path):
+    """'slowpoke' (6 ms a call, predicted 2 ms) and 'quick' (2 ms, predicted 3 ms): the cost model
+    prefers the slower; 'steady' takes 4 ms (predicted 2 ms), 'level' and 'even' 20 ms each.
+    Corrections go to a file of the test's."""
+    for name, delay, predicted in (("slowpoke", 0.006, 2e-3), ("quick", 0.002, 3e-3), ("steady", 0.004, 2e-3),
+                                   ("level", 0.02, 1e-3), ("even", 0.02, 1e-3)):
+        monkeypatch.setitem(registry._REGISTERED, name, sleepy(name, delay))
+        monkeypatch.setitem(DEFAULT_PROFILES, name, profile(name, predicted))
+    monkeypatch.setenv("HETCC_CORRECTIONS", str(tmp_path / "corrections.json"))
+    registry.installed.cache_clear()
+    registry.get_backend.cache_clear()
+    yield tmp_path / "corrections.json"
+    registry.installed.cache_clear()
+    registry.get_backend.cache_clear()
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), torch.randn(2, 8)
+
+
+def by_name(plan) -> dict:
+    return {c["name"]: c for c in plan.candidates}
+
+
+def test_the_fastest_candidate_is_kept_when_the_cost_models_favourite_is_slower(runtimes):
+    model, x = tiny()
+    trusting = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off")
+    assert trusting.plan.targets_used() == ["slowpoke:cpu"] and trusting.plan.candidates == ()
+
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert cm.plan.targets_used() == ["quick:cpu"]
+    slow, quick = by_name(cm.plan)["slowpoke:cpu alone"], by_name(cm.plan)["quick:cpu alone"]
+    assert slow["solver"] and not slow["chosen"] and quick["chosen"] and not quick["solver"]
+    assert slow["predicted_seconds"] < quick["predicted_seconds"]
+    assert slow["measured_seconds"] > 0.006 > quick["measured_seconds"] > 0.002
+    assert "dropped after" in slow["note"]  # clearly slower: not timed to the end
+    assert quick["targets"] == ["quick:cpu"]
+    assert any(n.startswith("measured on the example inputs") and "kept the quick:cpu alone" in n
+               for n in cm.plan.notes)
+    assert "candidate plans" in cm.plan.summary()
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x))
+    # a correction too small to change the cost model's choice: the kept plan still says it applied
+    corrections.learn({"slowpoke": (1.01, 1.0)}, None)
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert cm.plan.targets_used() == ["quick:cpu"] and by_name(cm.plan)["slowpoke:cpu alone"]["solver"]
+    assert any("learnt corrections" in n and "slowpoke x1.01" in n for n in cm.plan.notes)
+
+
+def test_the_budget_bounds_building_and_timing(runtimes):
+    model, x = tiny()
+    # equally fast runtimes are never dropped: only the budget ends their timing
+    cm = hetcc.compile(model, (x,), ["level:cpu", "even:cpu"], tune=0.3)
+    rounds = [c["rounds"] for c in cm.plan.candidates]
+    # a round takes >= 2 x (10 ms pause + 2 calls x 20 ms): 0.3 s allows a few, not MAX_ROUNDS
+    assert all(tune.MIN_ROUNDS <= r <= 6 for r in rounds), rounds
+    assert all(c["measured_seconds"] >= 0.02 for c in cm.plan.candidates)
+
+    # a budget spent before the candidates could be built: the cost model's plan stays, untimed
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=1e-6)
+    assert cm.plan.targets_used() == ["slowpoke:cpu"]
+    quick = by_name(cm.plan)["quick:cpu alone"]
+    assert quick["note"] == "not built: the tuning budget was spent" and quick["measured_seconds"] is None
+    assert by_name(cm.plan)["slowpoke:cpu alone"]["chosen"]
+    assert not any(n.startswith("measured") for n in cm.plan.notes)
+
+
+def test_candidates_survive_the_bundle_and_explain_shows_them(runtimes, tmp_path, capsys):
+    from hetcc.bundle import _plan_from_report
+    from hetcc.cli import main
+
+    model, x = tiny()
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert json.loads(json.dumps(cm.plan.to_dict()))["candidates"] == list(cm.plan.candidates)
+    path = cm.save(tmp_path / "b")
+    assert hetcc.load(path).plan.candidates == cm.plan.candidates
+    assert main(["explain", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "candidate plans" in shown and "kept" in shown and "quick:cpu alone" in shown
+    # a report from before tuning, or a hand-edited one, still reads
+    assert _plan_from_report({}, []).candidates == ()
+    assert _plan_from_report({"candidates": "junk"}, []).candidates == ()
+    assert tune.candidate_lines([{"name": "x", "measured_seconds": "fast"}, 3])[1].count("-") >= 1
+
+
+def test_corrections_are_written_only_when_asked_and_change_a_later_choice(runtimes, monkeypatch):
+    # the test's runtimes sleep: neither load nor an unsteady sleep should stop the learning
+    monkeypatch.setattr(tune, "BUSY", float("inf"))
+    monkeypatch.setattr(tune, "STEADY", float("inf"))
+    model, x = tiny()
+    hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert not runtimes.exists()  # tuning alone writes nothing
+
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
+    assert any(str(runtimes) in n for n in cm.plan.notes)
+    learnt = corrections.read_corrections(runtimes)
+    assert learnt.factors["slowpoke"] > 1.5 and learnt.factors["quick"] < 1.0, learnt.factors
+    # relative to the run: their geometric mean is 1, whatever the machine's speed today
+    assert learnt.factors["slowpoke"] * learnt.factors["quick"] == pytest.approx(1.0, rel=1e-3)
+
+    # now the cost model alone chooses as the measurement did, and says why
+    later = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off")
+    assert later.plan.targets_used() == ["quick:cpu"]
+    assert any("learnt corrections" in n for n in later.plan.notes)
+    # profiles given to compile are taken as they are
+    given = {n: DEFAULT_PROFILES[n] for n in ("slowpoke", "quick")}
+    assert hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune="off",
+                         profiles=given).plan.targets_used() == ["slowpoke:cpu"]
+
+    # a run that times another pair is put on the same scale by the runtime both runs timed:
+    # quick keeps its factor, and steady's makes its prediction twice quick's, as measured
+    hetcc.compile(model, (x,), ["steady:cpu", "quick:cpu"], tune=20, learn=True)
+    again = corrections.read_corrections(runtimes)
+    assert again.factors["quick"] == pytest.approx(learnt.factors["quick"], rel=0.15)
+    steady, quick = 2e-3 * again.factors["steady"], 3e-3 * again.factors["quick"]
+    assert steady / quick == pytest.approx(2.0, rel=0.25), again.factors
+
+
+def test_nothing_is_learnt_from_disturbed_timings(runtimes, monkeypatch):
+    model, x = tiny()
+    monkeypatch.setattr(tune, "STEADY", float("inf"))
+    monkeypatch.setattr("os.getloadavg", lambda: (99.0, 99.0, 99.0))
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
+    assert any("nothing learnt: the machine was busy" in n for n in cm.plan.notes)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(tune, "STEADY", 0.5)  # every candidate's median is above half its fast end
+    cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20, learn=True)
+    assert any("nothing learnt" in n and "timed unsteadily" in n for n in cm.plan.notes)
+    assert not runtimes.exists()
+
+
+def test_corrections_file_rules(monkeypatch, tmp_path, caplog):
+    path = tmp_path / "c.json"
+    monkeypatch.setenv("HETCC_CORRECTIONS", str(path))
+    corrections.learn({"torch": (2e-3, 1e-3)}, None)
+    assert corrections.current(None).factors == {"torch": 2.0}
+    # the next run predicted with the factor: its ratio moves it towards what it found (a mean)
+    _, factors = corrections.learn({"torch": (1e-3, 2e-3)}, None)
+    assert factors["torch"] == pytest.approx(2.0 * 0.5 ** 0.5, rel=1e-3)
+    # learnt against the built-in profiles: ignored (with a warning) under a calibrated one
+    other = tmp_path / "profile.json"
+    other.write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="hetcc"):
+        assert corrections.current(SimpleNamespace(path=str(other))) is None
+    assert "learnt against" in caplog.text
+    # a factor scales every time the profile predicts
+    base = DEFAULT_PROFILES["onnxruntime"]
+    doubled = corrections.scaled(base, 2.0)
+    assert doubled.call_overhead == 2 * base.call_overhead and doubled.per_node == 2 * base.per_node
+    assert doubled.eff("matmul") == base.eff("matmul") / 2 and doubled.eff("nothing") == base.eff("nothing") / 2
+    # a file that is not ours is never overwritten
+    path.write_text('{"mine": true}')
+    with pytest.raises(HetccError, match="format"):
+        corrections.learn({"torch": (1.0, 1.0)}, None)
+    assert path.read_text() == '{"mine": true}'
+    # beside $HETCC_PROFILE when that is set
+    monkeypatch.delenv("HETCC_CORRECTIONS")
+    monkeypatch.setenv("HETCC_PROFILE", str(other))
+    assert corrections.corrections_path() == tmp_path / "profile.corrections.json"
+
+
+def test_tune_arguments():
+    assert tune.budget_of("auto") == (tune.AUTO_BUDGET, True)
+    assert tune.budget_of("off") == (None, False)
+    assert tune.budget_of(12) == (12.0, False)
+    assert tune.budget_of("auto", measure=False) == (None, False)  # the older name still works
+    assert tune.budget_of("auto", measure=True) == (tune.AUTO_BUDGET, True)
+    for bad in ("fast", 0, -1, float("nan")):
+        with pytest.raises(HetccError, match="tune="):
+            tune.budget_of(bad)
+    with pytest.raises(HetccError, match="older name"):
+        tune.budget_of(5, measure=True)
+    with pytest.raises(HetccError, match="learn"):
+        hetcc.compile(*_tiny_call(), tune="off", learn=True)
+
+
+def _tiny_call():
+    model, x = tiny()
+    return model, (x,)
+
+
+def test_cli_tune_options():
+    import argparse
+
+    from hetcc.cli import _compile_options, build_parser
+    from hetcc.cli_inputs import tune_value
+
+    assert tune_value("60") == 60.0 and tune_value("45s") == 45.0 and tune_value("OFF") == "off"
+    for bad in ("0", "-3", "soon", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            tune_value(bad)
+    args = build_parser().parse_args(["compile", "m.py", "-o", "out", "--targets", "torch:cpu",
+                                      "--tune", "12", "--learn"])
+    options = _compile_options(args, None, (torch.ones(2),), {"measure": True})
+    assert options["tune"] == 12.0 and options["learn"] is True and "measure" not in options
+    args = build_parser().parse_args(["compile", "m.py", "-o", "out", "--targets", "torch:cpu", "--no-measure"])
+    assert _compile_options(args, None, (torch.ones(2),), {})["tune"] == "off"
