@@ -93,8 +93,13 @@ def is_model_output(cls) -> bool:
         for base in cls.__mro__[1:])
 
 
-def _is_namedtuple(cls) -> bool:
-    return isinstance(cls, type) and issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+def _tuple_fields(cls) -> tuple | None:
+    """The field names of a namedtuple, or of a structseq such as torch.return_types.max
+    (values, indices); None for anything else."""
+    if not isinstance(cls, type) or not issubclass(cls, tuple):
+        return None
+    fields = getattr(cls, "_fields", None) or getattr(cls, "__match_args__", None)
+    return tuple(fields) if isinstance(fields, tuple) and fields else None
 
 
 PLAIN = (tuple, list, dict, collections.OrderedDict)
@@ -107,21 +112,21 @@ def storable(spec: pytree.TreeSpec, what: str = "outputs") -> pytree.TreeSpec:
         return spec
     children = [storable(child, what) for child in spec.children()]
     kind = spec.type
-    if kind in PLAIN:
+    if kind in PLAIN or kind is Record:  # a Record: a loaded bundle's, saved again as it came
         return pytree.TreeSpec(kind, spec.context, children)
     if kind is collections.namedtuple:  # pytree's node type for every namedtuple; the class is the context
         kind = spec.context
-    name = f"{kind.__module__}.{kind.__qualname__}" if isinstance(kind, type) else repr(kind)
+    name = getattr(kind, "_hetcc_record_type", None) or (
+        f"{kind.__module__}.{kind.__qualname__}" if isinstance(kind, type) else repr(kind))
+    fields = _tuple_fields(kind)
     if is_model_output(kind):
-        keys = tuple(spec.context)
-    elif _is_namedtuple(kind):
-        keys = tuple(kind._fields)
-    else:
-        raise StructureError(
-            f"the model's {what} contain a {name}, which a bundle cannot store (it stores tuples, "
-            "lists, dicts, transformers ModelOutputs and namedtuples); the compiled model runs, but "
-            "cm.save() will refuse it: return one of those instead")
-    return pytree.TreeSpec(Record, ("tuple" if _is_namedtuple(kind) else "mapping", name, keys), children)
+        return pytree.TreeSpec(Record, ("mapping", name, tuple(spec.context)), children)
+    if fields is not None and len(fields) == len(children):
+        return pytree.TreeSpec(Record, ("tuple", name, fields), children)
+    raise StructureError(
+        f"the model's {what} contain a {name}, which a bundle cannot store (it stores tuples, "
+        "lists, dicts, transformers ModelOutputs, namedtuples and torch.return_types); the compiled "
+        "model runs, but cm.save() will refuse it: return one of those instead")
 
 
 def rebuilt(spec: pytree.TreeSpec) -> pytree.TreeSpec:
@@ -133,7 +138,7 @@ def rebuilt(spec: pytree.TreeSpec) -> pytree.TreeSpec:
         return pytree.TreeSpec(spec.type, spec.context, children)
     kind, name, keys = spec.context
     if kind == "tuple":
-        made = _namedtuple(name.rsplit(".", 1)[-1], keys)
+        made = _namedtuple(name, keys)
         return pytree.TreeSpec(collections.namedtuple, made, children)
     cls = _imported_model_output(name)
     if cls is not None:
@@ -148,19 +153,23 @@ def _namedtuple(name: str, fields: tuple):
     # one class per (name, fields), so outputs of repeated calls are of one type
     key = (name, fields)
     if key not in _NAMEDTUPLES:
-        _NAMEDTUPLES[key] = collections.namedtuple(name, fields)
+        made = collections.namedtuple(name.rsplit(".", 1)[-1], fields)
+        made._hetcc_record_type = name  # saved again under the model's own class name
+        _NAMEDTUPLES[key] = made
     return _NAMEDTUPLES[key]
 
 
 def _imported_model_output(name: str):
     """The ModelOutput class ``name`` names, if its module is already imported; None otherwise.
-    Never imports: a bundle must not make the loading process run a module of its choice."""
-    module_name, _, qualname = name.rpartition(".")
+    Never imports and runs no code: the module's own namespace is read as it is (``getattr`` would
+    run a module's ``__getattr__``, which lazily importing packages such as torch and transformers
+    use to import submodules), so a bundle cannot make the loading process run a module."""
+    module_name, _, attribute = name.rpartition(".")
     module = sys.modules.get(module_name)
-    obj = module
-    for part in qualname.split(".") if module is not None else ():
-        obj = getattr(obj, part, None)
-    if obj is None or obj is module or not is_model_output(obj):
+    if module is None:
+        return None
+    obj = vars(module).get(attribute)
+    if not is_model_output(obj):
         return None
     # transformers registers each ModelOutput with pytree when the class is defined
     return obj if obj in pytree.SUPPORTED_NODES else None

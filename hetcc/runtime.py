@@ -145,6 +145,16 @@ class Runtime:
         seconds: dict[str, float] = {}
         return self._run(self.flatten_inputs(args, kwargs), seconds), seconds
 
+    def call_flat(self, flat, seconds: dict | None = None):
+        """Call with the inputs already flat (in ``input_specs`` order), whatever structure the model
+        takes them in (keywords, nested): for hetcc's own timing loops. ``seconds``: filled with
+        each step's time, as ``timed_call`` does."""
+        flat = list(flat)
+        if len(flat) != len(self.input_specs):
+            raise InputError(f"expected {len(self.input_specs)} flat inputs {self._signature}, got {len(flat)}")
+        self._check_all(flat)
+        return self._run(flat, seconds)
+
     def state(self) -> dict[str, torch.Tensor]:
         """The current state (name -> tensor), as the next call will read it."""
         if self._lock is None:

@@ -221,7 +221,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             try:
                 for _ in range(2):  # the first call after loading pays one-off costs
                     t0 = clock()
-                    c.compiled._runtime(*inputs)
+                    c.compiled._runtime.call_flat(inputs)  # flat: a model may take keywords
                     took.append(clock() - t0)
             except Exception as exc:  # noqa: BLE001 - any runtime's failure
                 failed(c, exc)
@@ -247,11 +247,12 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
 
 
 def _turn(runtime, inputs, samples, clock) -> None:
-    runtime.timed_call(*inputs)  # settles the cores; see MIN_CALLS
+    runtime.call_flat(inputs, {})  # settles the cores; see MIN_CALLS
     total = 0.0
     for _ in range(samples.calls_per_turn):
         t0 = clock()
-        _, steps = runtime.timed_call(*inputs)
+        steps: dict = {}
+        runtime.call_flat(inputs, steps)
         took = clock() - t0
         samples.calls.append(took)
         total += took

@@ -129,3 +129,42 @@ def test_a_bundle_with_a_tampered_record_is_refused(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="record whose keys number 1 for 2 fields"):
         hetcc.load(path)
+
+
+def test_a_record_name_runs_no_module_code_not_even_a_lazy_getattr(monkeypatch):
+    """A module's __getattr__ (PEP 562: how torch and transformers import submodules lazily) is
+    code; naming an attribute it would make must not run it."""
+    import types
+
+    called = []
+    lazy = types.ModuleType("hetcc_lazy_module")
+    lazy.__getattr__ = lambda name: called.append(name) or records.Record
+    monkeypatch.setitem(sys.modules, "hetcc_lazy_module", lazy)
+    spec = pytree.TreeSpec(records.Record, ("mapping", "hetcc_lazy_module.Anything", ("a",)),
+                           [pytree.tree_flatten(0)[1]])
+    out = pytree.tree_unflatten([torch.ones(1)], records.rebuilt(spec))
+    assert called == [] and isinstance(out, records.Record)
+
+
+class MaxOf(nn.Module):
+    def forward(self, x):
+        return x.max(dim=1)  # a torch.return_types.max: (values, indices)
+
+
+def test_loaded_records_save_again_under_their_own_names_and_return_types_are_records(tmp_path):
+    x = torch.randn(2, 4)
+    first = hetcc.compile(Named().eval(), (x,), targets=["torch:cpu"], measure=False)
+    again = hetcc.load(hetcc.load(first.save(tmp_path / "a")).save(tmp_path / "b"))
+    assert type(again(x)).__name__ == "Pair"
+    tree = json.loads(json.loads((tmp_path / "b" / "manifest.json").read_text())["output_structure"])[1]
+    assert json.loads(tree["context"])["class"] == "test_records.Pair"
+
+    spec = pytree.TreeSpec(records.Record, ("mapping", "hetcc_never_imported_module.Output", ("a",)),
+                           [pytree.tree_flatten(0)[1]])
+    assert records.storable(spec).context == spec.context  # a loaded Record saves as it came
+
+    maxed = hetcc.compile(MaxOf(), (x,), targets=["torch:cpu"], measure=False)
+    assert not maxed.plan.notes
+    values, indices = hetcc.load(maxed.save(tmp_path / "m"))(x)
+    torch.testing.assert_close(values, x.max(dim=1).values)
+    assert torch.equal(indices, x.max(dim=1).indices)

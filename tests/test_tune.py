@@ -93,6 +93,26 @@ def test_the_fastest_candidate_is_kept_when_the_cost_models_favourite_is_slower(
     assert any("learnt corrections" in n and "slowpoke x1.01" in n for n in cm.plan.notes)
 
 
+class ByKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x, scale):
+        return {"out": torch.relu(self.lin(x)) * scale}
+
+
+def test_a_model_called_by_keyword_is_tuned_too(runtimes):
+    """Tuning times candidates on the flat inputs, whatever structure the model takes them in."""
+    torch.manual_seed(0)
+    model, inputs = ByKeyword().eval(), {"x": torch.randn(2, 8), "scale": torch.rand(2, 1)}
+    cm = hetcc.compile(model, inputs, ["slowpoke:cpu", "quick:cpu"], tune=20)
+    assert cm.plan.targets_used() == ["quick:cpu"]
+    assert all(c["measured_seconds"] for c in cm.plan.candidates), cm.plan.candidates
+    with torch.no_grad():
+        torch.testing.assert_close(cm(**inputs)["out"], model(**inputs)["out"])
+
+
 def test_the_budget_bounds_building_and_timing(runtimes):
     model, x = tiny()
     # equally fast runtimes are never dropped: only the budget ends their timing
