@@ -202,9 +202,7 @@ class OpenVinoBackend:
             raise TargetError(f"cannot load segment {segment!r} on {target}: {why}")
         precision = _meta_precision(artifact.meta)
         threads = check_options(self.name, self.options, {"threads": artifact.meta.get("threads", 0)})["threads"]
-        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
-                  **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {}),
-                  **_checked_config(artifact.meta.get("config", {}))}
+        config = _load_config(artifact.meta, precision, threads)
         # read the weights the artifact lists, not whatever sits beside the .xml
         model = core.read_model(artifact.files["model"], artifact.files.get("weights"))
         compiled = core.compile_model(model, "CPU", config)
@@ -216,10 +214,22 @@ class OpenVinoBackend:
 
     def load_command(self, artifact: Artifact) -> str:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
-        precision = artifact.meta.get("precision", "f32")
+        threads = artifact.meta.get("threads", 0)
+        config = _load_config(artifact.meta, _meta_precision(artifact.meta),
+                              threads if isinstance(threads, int) and not isinstance(threads, bool) else 0)
         return python_command(
             f"import openvino; core = openvino.Core(); core.compile_model(core.read_model("
-            f"{py_str(artifact.files['model'])}), \"CPU\", {{\"INFERENCE_PRECISION_HINT\": {py_str(precision)}}})")
+            f"{py_str(artifact.files['model'])}), \"CPU\", {config!r})")
+
+
+def _load_config(meta: dict, precision: str, threads: int) -> dict:
+    """The compile properties for a segment: its config, then the named options, which win (a
+    bundle's config must not undo the thread cap or the precision it was verified in)."""
+    config = {k: v for k, v in _checked_config(meta.get("config", {})).items() if k not in _NAMED_PROPERTIES}
+    config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
 
 
 SAFE_CONFIG_KEYS = frozenset({

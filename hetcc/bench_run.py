@@ -131,6 +131,11 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
         notes.append(f"inputs: synthetic (floats N(0,1), integers 0, symbolic dims {SYNTHETIC_DIM} "
                      f"within their range); pass --inputs NPZ to measure real ones")
     variant = _variant(PLAN, "hetcc plan (bundle)", compiled, loaded_s)
+    # a bundle's inputs come flat (synthetic, or an .npz): called flat, whatever structure the
+    # model takes them in (keywords, nested)
+    runtime = compiled._runtime
+    variant.fn = lambda *flat: runtime.call_flat(flat)
+    variant.timed = lambda *flat: _timed_flat(runtime, flat)
     variants = [variant]
     if reference == YARDSTICK:
         model, args = bench.yardstick()
@@ -138,9 +143,14 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
                                 reference=True, own_inputs=True))
         notes.append("reference: " + bench.YARDSTICK)
     sizes = sorted(set(batch_sizes or ()))
-    batches = _batches(tuple(inputs), _batch_of(inputs), sizes, compiled, notes)
+    batches = _batches(tuple(inputs), _batch_of(inputs), sizes, variant.fn, notes)
     return Bench(name or Path(path).resolve().name, "bundle", variants, batches, notes, reference,
                  list(compiled.plan.targets_used()), sizes)
+
+
+def _timed_flat(runtime, flat):
+    seconds: dict = {}
+    return runtime.call_flat(flat, seconds), seconds
 
 
 def synthetic_inputs(specs) -> tuple:

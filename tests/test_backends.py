@@ -546,3 +546,25 @@ def test_the_plan_says_which_precision_ran(tmp_path):
     assert [s.precision for s in loaded.plan.segments] == [ran]
     plain = hetcc.compile(model, inputs, targets=["openvino:cpu"], measure=False)
     assert [s.precision for s in plain.plan.segments] == ["fp32"] and not plain.plan.notes
+
+
+def test_openvino_named_options_win_over_a_bundles_config_and_the_load_command_runs(tmp_path):
+    """A bundle's config must not undo the thread cap or the precision it was verified in; the
+    command a failed load prints loads the model as load does."""
+    import subprocess
+
+    import hetcc
+    import mlp
+    from backends.openvino_backend import _load_config
+    from hetcc.backends.registry import get_backend
+
+    meta = {"config": {"INFERENCE_NUM_THREADS": "100000", "INFERENCE_PRECISION_HINT": "bf16",
+                       "NUM_STREAMS": "1"}}
+    assert _load_config(meta, "fp32", 0) == {"NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+    assert _load_config(meta, "fp32", 2)["INFERENCE_NUM_THREADS"] == "2"
+
+    model, inputs = mlp.build(batch=2)
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu"], tune="off")
+    command = get_backend("openvino").load_command(cm.artifacts["seg0"])
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -118,3 +118,15 @@ def test_a_pt2_keeps_the_dynamic_dims_it_was_exported_with(tmp_path, capsys):
     got = _run(capsys, tmp_path / "b", tmp_path, input=x)
     with torch.no_grad():
         np.testing.assert_allclose(got["out0"], model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_keyword_bundle_benches_on_synthetic_and_given_inputs(source, tmp_path, capsys):
+    code, _, err = cli(capsys, "compile", f"{source}:build", "-o", tmp_path / "b", "--targets",
+                       "onnxruntime:cpu", "--tune", "off")
+    assert code == 0, err
+    code, out, err = cli(capsys, "bench", tmp_path / "b", "--runs", "2", "--json")
+    assert code == 0, err
+    assert [r["variant"] for r in json.loads(out)["results"]][0] == "plan"
+    np.savez(tmp_path / "in.npz", ids=np.ones((2, 6), dtype=np.int64), mask=np.ones((2, 6), dtype=np.float32))
+    code, _, err = cli(capsys, "bench", tmp_path / "b", "--runs", "2", "--inputs", tmp_path / "in.npz")
+    assert code == 0, err
