@@ -3,8 +3,9 @@ and the bound that compile(strict=..., max_fallback=...) puts on them.
 
 A node has fallen back when it ends on torch:cpu and every other listed target was ruled out for it,
 at least one of them because it refused the node (its capability answer) or failed on it (lowering,
-loading or verification), and none of them only because hetcc was measuring a single-target plan.
-So these are not fallback:
+loading or verification). The others may be ruled out by hetcc's own choice, as in a candidate plan
+that tuning builds on one target alone: if that plan were kept, the node would run on torch:cpu
+because its target could not take it, so it counts. These are not fallback:
 
 - a node the cost model put on torch:cpu while another listed target could take it (torch:cpu is
   listed, and was the better choice);
@@ -50,8 +51,8 @@ def fallen_back(units, candidates, on_torch, torch_index: int) -> list[Fallback]
             continue  # torch:cpu alone, or the cost model chose torch:cpu over a target that could
         names = [candidates.targets[t] for t in others]
         kinds = [candidates.kinds[u].get(name) for name in names]
-        if CHOICE in kinds:
-            continue
+        # hetcc's own choice (a candidate plan that keeps to one target) excuses nothing: if that
+        # plan is kept, the unit runs on torch:cpu because its target refused it or failed on it
         refusals = tuple((name, kind, candidates.reasons[u][name])
                          for name, kind in zip(names, kinds) if kind in (REFUSED, FAILED))
         if refusals:

@@ -105,12 +105,13 @@ def test_which_units_count():
     cand.forbid(2, 1, "pinned", USER)
     cand.forbid(3, 0, "refused", REFUSED)           # 3: refused, and excluded from the other
     cand.forbid(3, 1, "excluded", USER)
-    cand.forbid(4, 0, "refused", REFUSED)           # 4: refused, the other ruled out to measure one target
-    cand.forbid(4, 1, "measuring", CHOICE)
+    cand.forbid(4, 0, "refused", REFUSED)           # 4: refused, the other ruled out to time one target
+    cand.forbid(4, 1, "measuring", CHOICE)          #    alone: if that plan is kept, 4 falls back
     found = {f.nodes[0]: f.refusals for f in fallen_back(units, cand, range(6), torch_index=2)}
     assert found == {"n1": (("onnxruntime:cpu", REFUSED, "refused"), ("openvino:cpu", FAILED, "failed")),
-                     "n3": (("onnxruntime:cpu", REFUSED, "refused"),)}
-    assert fallen_back(units, cand, [0, 2, 4, 5], torch_index=2) == []
+                     "n3": (("onnxruntime:cpu", REFUSED, "refused"),),
+                     "n4": (("onnxruntime:cpu", REFUSED, "refused"),)}
+    assert fallen_back(units, cand, [0, 2, 5], torch_index=2) == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -140,3 +141,27 @@ def test_the_error_keeps_each_reason_whole_and_plain(monkeypatch):
     text = str(info.value)
     assert "\x1b" not in text and "ExporterFailure: word0 word1" in text and "word399 END-OF-REASON" in text
     assert re.search(r"onnxruntime:cpu failed on (this segment|this node|a part of seg0)", text) and "failed_segment.pt2" in text
+
+
+def test_a_tuning_candidate_that_falls_back_is_not_kept_under_strict(monkeypatch):
+    """With strict, a candidate on one target alone that fails on some nodes would run them on
+    torch:cpu (the other targets are ruled out by hetcc's own choice there): it is not built, though
+    it might be the fastest, and the kept plan falls back nowhere."""
+    from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    lower = OnnxRuntimeBackend.lower
+
+    def failing(self, program, target, workdir):
+        if any(n.target is torch.ops.aten.gelu.default for n in program.gm.graph.nodes):
+            raise RuntimeError("gelu fails on this runtime, for this test")
+        return lower(self, program, target, workdir)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "lower", failing)
+    model, inputs = mlp.build(batch=2)
+    # predicted slow: the solver's plan is OpenVINO alone, so ONNX Runtime meets gelu only in tuning
+    slow = BackendProfile("onnxruntime", {"default": 0.001}, per_node=1e-4, call_overhead=1e-3)
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu", "onnxruntime:cpu"], strict=True, tune=60,
+                       profiles={"onnxruntime": slow})
+    assert cm.plan.targets_used() == ["openvino:cpu"]
+    alone = [c for c in cm.plan.candidates if c["name"] == "onnxruntime:cpu alone"]
+    assert alone and alone[0]["measured_seconds"] is None and "fall" in alone[0]["note"], cm.plan.candidates
