@@ -106,7 +106,7 @@ def single_runtime_rows(rounds: int, calls: int) -> list[dict]:
     model, x = Small().eval(), torch.randn(1, 16)
     rows = []
     for target in ("onnxruntime:cpu", "openvino:cpu", "torch:cpu"):
-        cm = hetcc.compile(model, (x,), targets=[target], measure=False)
+        cm = hetcc.compile(model, (x,), targets=[target], tune="off")
         if cm.plan.targets_used() != [target] or len(cm._runtime.steps) != 1:
             rows.append({"target": target, "skipped": f"plan is {cm.plan.targets_used()}"})
             continue
@@ -127,7 +127,7 @@ def single_runtime_rows(rounds: int, calls: int) -> list[dict]:
 def handover_row(rounds: int, calls: int) -> dict:
     torch.manual_seed(0)
     model, x = Small(64).eval(), torch.randn(8, 64)
-    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu", "openvino:cpu"], measure=False,
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu", "openvino:cpu"], tune="off",
                        pins={"first": "onnxruntime:cpu", "second": "openvino:cpu"})
     steps = cm._runtime.steps
     if [s.target for s in steps] != ["onnxruntime:cpu", "openvino:cpu"]:

@@ -260,7 +260,8 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
         dims = list(args.dynamic)
         if args.dynamic_batch:
             dims.append(("batch", *args.dynamic_batch, [(str(i), 0) for i in range(len(inputs))]))
-        options["dynamic_shapes"] = dynamic_shapes_for(model, inputs, dims)
+        options["dynamic_shapes"] = dynamic_shapes_for(model, inputs, dims, {"batch": "--dynamic-batch"}
+                                                       if args.dynamic_batch else None)
     elif args.dynamic_batch:
         options["dynamic_shapes"] = batch_dynamic_shapes(inputs, *args.dynamic_batch)
     return options

@@ -169,7 +169,7 @@ DYNAMIC_MAX = 4096
 unbounded, which some runtimes cannot plan memory for)."""
 
 
-def dynamic_shapes_for(model, inputs, dims: list) -> object:
+def dynamic_shapes_for(model, inputs, dims: list, flags: dict | None = None) -> object:
     """torch.export's dynamic_shapes for ``dims`` (as :func:`dynamic_dim` parses them): a tuple
     per positional input, or a dict per keyword input. Each named dim is one torch.export.Dim
     shared by every input axis it lists, so equal sizes stay equal (ids and their mask)."""
@@ -180,28 +180,29 @@ def dynamic_shapes_for(model, inputs, dims: list) -> object:
     per_input: list[dict] = [{} for _ in tensors]
     for name, low, high, uses in dims:
         dim, sizes = torch.export.Dim(name, min=low, max=high), set()
+        flag = (flags or {}).get(name, f"--dynamic {name}")  # what the user wrote, for the messages
         for which, axis in uses:
             i = int(which) if which.isdigit() else (names.index(which) if which in names else None)
             if i is None or i >= len(tensors):
-                raise CliError(f"--dynamic {name}: the model has no input {which!r}; its inputs are "
+                raise CliError(f"{flag}: the model has no input {which!r}; its inputs are "
                                f"{', '.join(n for n in names if n) or f'0..{len(tensors) - 1} by position'}")
             if axis >= tensors[i].dim():
-                raise CliError(f"--dynamic {name}: input {which} has {tensors[i].dim()} dimensions "
+                raise CliError(f"{flag}: input {which} has {tensors[i].dim()} dimensions "
                                f"{tuple(tensors[i].shape)}, so it has no axis {axis}")
             if axis in per_input[i]:
-                raise CliError(f"--dynamic {name}: axis {axis} of input {which} is already dynamic "
+                raise CliError(f"{flag}: axis {axis} of input {which} is already dynamic "
                                f"as {per_input[i][axis].__name__}")
             per_input[i][axis] = dim
             sizes.add(int(tensors[i].shape[axis]))
         if len(sizes) != 1:
-            raise CliError(f"--dynamic {name} spans axes of different example sizes {sorted(sizes)}: "
+            raise CliError(f"{flag} spans axes of different example sizes {sorted(sizes)}: "
                            "one dim is one size; give each size its own NAME")
         (size,) = sizes
         if size < 2:
-            raise CliError(f"--dynamic {name}: the example size is {size}, and torch.export fixes a "
+            raise CliError(f"{flag}: the example size is {size}, and torch.export fixes a "
                            "dimension whose example size is 0 or 1; use example inputs with size >= 2")
         if not low <= size <= high:
-            raise CliError(f"--dynamic {name}: the example size {size} is outside {low}:{high}")
+            raise CliError(f"{flag}: the example size {size} is outside {low}:{high}")
     if isinstance(inputs, dict):
         return {n: shape or None for n, shape in zip(names, per_input)}
     return tuple(shape or None for shape in per_input)
