@@ -123,6 +123,9 @@ class Runtime:
                 f"inputs do not match the compiled signature {self.signature()}: got {n_given} "
                 f"tensor(s) in a different structure. Call the model the way it was compiled.")
         tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+        if len(tensors) != len(self.input_specs):  # a non-tensor where a tensor belongs
+            raise InputError(f"inputs do not match the compiled signature {self.signature()}: got "
+                             f"{len(tensors)} tensor(s) for {len(self.input_specs)} tensor inputs")
         self._check_all(tensors)
         return tensors
 

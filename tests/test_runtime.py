@@ -2,6 +2,7 @@
 import gc
 import weakref
 
+import pytest
 import torch
 import torch.utils._pytree as pytree
 
@@ -58,3 +59,16 @@ def test_model_inputs_can_be_outputs_and_steps_run_in_order():
     assert order == [0, 1]
     torch.testing.assert_close(b, torch.full((4,), 2.0))
     torch.testing.assert_close(x, torch.ones(4))
+
+
+def test_a_number_where_a_tensor_belongs_in_a_structure_is_refused_not_misaligned():
+    import hetcc
+    from hetcc.errors import InputError
+
+    class Summed(torch.nn.Module):
+        def forward(self, d):
+            return d["a"] + d["b"]
+
+    cm = hetcc.compile(Summed(), ({"a": torch.ones(2), "b": torch.ones(2)},), tune="off")
+    with pytest.raises(InputError, match="got 1 tensor"):
+        cm({"a": torch.ones(2), "b": 3.0})
