@@ -72,7 +72,7 @@ def measure(fns: dict, inputs, *, warmup: int = 3, runs: int | None = None, budg
                 samples = out[name]
                 time.sleep(pause)
                 if name in timed:
-                    _timed_turn(timed[name], inputs, samples, clock)
+                    timed_turn(timed[name], inputs, samples, clock)
                 else:
                     _turn(fns[name], inputs, samples, clock)
             done += 1
@@ -90,7 +90,7 @@ def _turn(fn, inputs, samples: Samples, clock) -> None:
     samples.turns.append(total / samples.calls_per_turn)
 
 
-def _timed_turn(fn, inputs, samples: Samples, clock) -> None:
+def timed_turn(fn, inputs, samples: Samples, clock) -> None:
     total = 0.0
     for _ in range(samples.calls_per_turn):
         start = clock()

@@ -135,7 +135,7 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
     # model takes them in (keywords, nested)
     runtime = compiled._runtime
     variant.fn = lambda *flat: runtime.call_flat(flat)
-    variant.timed = lambda *flat: _timed_flat(runtime, flat)
+    variant.timed = runtime.timed_flat
     variants = [variant]
     if reference == YARDSTICK:
         model, args = bench.yardstick()
@@ -146,11 +146,6 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
     batches = _batches(tuple(inputs), _batch_of(inputs), sizes, variant.fn, notes)
     return Bench(name or Path(path).resolve().name, "bundle", variants, batches, notes, reference,
                  list(compiled.plan.targets_used()), sizes)
-
-
-def _timed_flat(runtime, flat):
-    seconds: dict = {}
-    return runtime.call_flat(flat, seconds), seconds
 
 
 def synthetic_inputs(specs) -> tuple:

@@ -158,6 +158,11 @@ class Runtime:
         self._check_all(flat)
         return self._run(flat, seconds)
 
+    def timed_flat(self, *flat):
+        """``call_flat`` that also returns each step's time, as ``timed_call`` does."""
+        seconds: dict[str, float] = {}
+        return self.call_flat(flat, seconds), seconds
+
     def state(self) -> dict[str, torch.Tensor]:
         """The current state (name -> tensor), as the next call will read it."""
         if self._lock is None:

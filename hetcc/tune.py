@@ -247,18 +247,10 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
 
 
 def _turn(runtime, inputs, samples, clock) -> None:
+    from hetcc.bench import timed_turn
+
     runtime.call_flat(inputs, {})  # settles the cores; see MIN_CALLS
-    total = 0.0
-    for _ in range(samples.calls_per_turn):
-        t0 = clock()
-        steps: dict = {}
-        runtime.call_flat(inputs, steps)
-        took = clock() - t0
-        samples.calls.append(took)
-        total += took
-        for step, seconds in steps.items():
-            samples.steps.setdefault(step, []).append(seconds)
-    samples.turns.append(total / samples.calls_per_turn)
+    timed_turn(runtime.timed_flat, inputs, samples, clock)
 
 
 def _timing_note(built, keep, seconds: float, building: float) -> str:
