@@ -1,13 +1,14 @@
 """Outputs that are records: a transformers ``ModelOutput`` (an ordered mapping whose fields are
-also attributes) or a namedtuple. A compiled model returns the model's own record type; a bundle
+also attributes), a namedtuple, or a ``torch.return_types`` tuple (``x.max(dim=1)``). A compiled model returns the model's own record type; a bundle
 stores a record as its class name and field names only, because loading must never import what a
 bundle names (docs/bundle.md, trust model). On load:
 
 - a ``ModelOutput`` subclass comes back as itself when its module is already imported in the
   loading process (hetcc looks it up in ``sys.modules``, never imports it), and as a
   :class:`Record` otherwise: the same fields, by name, attribute and position;
-- a namedtuple comes back as a namedtuple hetcc makes with the same name and fields, which
-  compares, unpacks and reads like the original but is not an instance of its class.
+- a namedtuple (or return type) comes back as a namedtuple hetcc makes with the same name and
+  fields, which compares, unpacks and reads like the original but is not an instance of its class;
+- a loaded bundle saves again with its records as they came.
 
 Any other container a model returns (a dataclass, a custom class registered with pytree) cannot be
 stored; compile says so in the plan's notes right after capture, and save refuses it.
