@@ -43,12 +43,15 @@ class Samples:
 
 def measure(fns: dict, inputs, *, warmup: int = 3, runs: int | None = None, budget: float | None = None,
             calls: int | None = None, pause: float = PAUSE, seed: int = 0, timed: dict | None = None,
-            min_runs: int = MIN_RUNS) -> dict[str, Samples]:
+            min_runs: int = MIN_RUNS, settle: bool = True) -> dict[str, Samples]:
     """Measure ``{name: callable}`` on ``inputs``, interleaved: ``runs`` rounds, or rounds until
     ``budget`` seconds have passed (at least ``min_runs``); ``DEFAULT_RUNS`` rounds if neither.
     ``calls`` per turn, or None to choose per variant from the warm-up so a turn lasts ~``TURN``.
     ``timed``: {name: callable returning (outputs, {step: seconds})} used instead of the plain
-    callable where given (a Runtime's ``timed_call``), to time each segment too."""
+    callable where given (a Runtime's ``timed_call``), to time each segment too. ``settle``: one
+    untimed call starts each turn, because a runtime that busy-waits after its calls (ONNX Runtime
+    spins its threads 10-30 ms, longer than ``pause``) would otherwise tax whichever variant runs
+    next: torch measured 1.4-2x slower right after an ONNX Runtime turn on 2 cores."""
     import torch
 
     if runs is None and budget is None:
@@ -71,6 +74,8 @@ def measure(fns: dict, inputs, *, warmup: int = 3, runs: int | None = None, budg
             for name in order:
                 samples = out[name]
                 time.sleep(pause)
+                if settle:
+                    fns[name](*inputs)
                 if name in timed:
                     timed_turn(timed[name], inputs, samples, clock)
                 else:
