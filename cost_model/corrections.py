@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hetcc.cost_model.profiles import BackendProfile
+from hetcc.cost_model.profiles import BackendProfile, read_document
 
 log = logging.getLogger("hetcc")
 
@@ -91,14 +91,7 @@ def read_corrections(path) -> Corrections:
         return HetccError(f"corrections file {path}: {what}; delete it (compile learns it again with "
                           "learn=True / --learn)")
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HetccError(f"cannot read corrections file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise bad(f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise bad(f"field 'format' must be {FORMAT!r}")
+    data = read_document(path, "corrections file", FORMAT, bad)
     if data.get("version") != VERSION:
         raise bad(f"field 'version' must be {VERSION} (this hetcc reads only that)")
     if not isinstance(data.get("base"), str):

@@ -145,9 +145,28 @@ def profile_to_json(key: str, device, backends: dict[str, BackendProfile], timin
             "timings": timings, **(extra or {})}
 
 
+def read_document(path, what: str, format_name: str, bad) -> dict:
+    """The JSON object in ``path`` whose field 'format' is ``format_name``: the start of reading a
+    calibration profile or a corrections file. ``bad(problem)`` makes the error for a bad file; one
+    that cannot be read says so with ``what`` and the path."""
+    import json
+    from pathlib import Path
+
+    from hetcc.errors import HetccError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HetccError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise bad(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise bad(f"field 'format' must be {format_name!r}")
+    return data
+
+
 def read_profile(path) -> CalibratedProfile:
     """Read and check a profile file; every problem is a HetccError naming the file and field."""
-    import json
     from pathlib import Path
 
     from hetcc.cost_model.devices import DeviceSpec
@@ -160,14 +179,7 @@ def read_profile(path) -> CalibratedProfile:
         return HetccError(f"calibration profile {path}: {what}; re-run `hetcc calibrate` "
                           f"(or delete the file to use the default profiles)")
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HetccError(f"cannot read calibration profile {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise bad(f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-        raise bad(f"field 'format' must be {PROFILE_FORMAT!r}")
+    data = read_document(path, "calibration profile", PROFILE_FORMAT, bad)
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise bad("field 'version' must be a positive integer")

@@ -329,7 +329,8 @@ def cmd_run(args) -> int:
         if spec["dtype"] == "bfloat16" and tensors[i].is_floating_point():
             tensors[i] = tensors[i].to(torch.bfloat16)
     with torch.no_grad():
-        result = _call_flat(compiled, tensors)
+        # flat, as the .npz holds them, whatever structure the model takes (keywords, a dict, ...)
+        result = compiled._runtime.call_flat(tensors)
     arrays = {f"out{i}": to_array(v) for i, v in enumerate(pytree.tree_leaves(result))}
     written = None
     if args.output:
@@ -351,18 +352,6 @@ def cmd_run(args) -> int:
               + (f"  ({row['name']})" if row["name"] else ""))
     print(f"outputs written to {written}" if written else "outputs not saved (pass -o outputs.npz)")
     return 0
-
-
-def _call_flat(compiled, tensors):
-    """Call with the inputs in flat order, rebuilt into the structure the model was compiled with
-    (a model may take a dict or nested tuples; the .npz holds flat arrays)."""
-    import torch.utils._pytree as pytree
-
-    structure = compiled._runtime.in_spec
-    if structure.num_leaves != len(tensors):  # non-tensor inputs: let the runtime say what is wrong
-        return compiled(*tensors)
-    args, kwargs = pytree.tree_unflatten(tensors, structure)
-    return compiled(*args, **kwargs)
 
 
 def _signature(specs: list) -> str:

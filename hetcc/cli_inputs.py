@@ -68,14 +68,19 @@ def byte_count(text: str) -> int:
     return int(value)
 
 
+def _number(text: str) -> float:
+    """``text`` as a float, NaN where it is not a number (the checks after it then refuse it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def tolerance(text: str) -> float:
     """A verification tolerance: a finite number >= 0 (inf or nan would accept any result)."""
     from hetcc.verify import is_tolerance
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not is_tolerance(value):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 such as 1e-4, got {text!r}")
     return value
@@ -85,10 +90,7 @@ def fraction(text: str) -> float:
     """--max-fallback: a share of the model's nodes, 0 to 1."""
     from hetcc.fallback import is_fraction
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not is_fraction(value):
         hint = f" (for {text}%, write {value / 100:g})" if math.isfinite(value) and 1 < value <= 100 else ""
         raise argparse.ArgumentTypeError(f"expected a fraction of the nodes from 0 to 1 such as 0.05, "
@@ -121,10 +123,7 @@ def tune_value(text: str):
     text = text.strip().lower()
     if text in ("auto", "off"):
         return text
-    try:
-        value = float(text.removesuffix("s"))
-    except ValueError:
-        value = math.nan
+    value = _number(text.removesuffix("s"))
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected auto, off or a budget in seconds (e.g. 60), got {text!r}")
     return value

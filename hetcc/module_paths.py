@@ -152,17 +152,12 @@ def label(path: str) -> str:
     return path or ROOT
 
 
-def leaf_names(spec) -> list[str]:
-    """The model's own name for each flattened output, in order (see output_names)."""
-    return _leaf_names(spec)
-
-
 def output_names(out_spec, outputs) -> dict[str, str]:
     """Graph value -> the model's own name for that output: dict keys and ModelOutput fields
     (``last_hidden_state``), namedtuple fields, positions (``[0]``, ``past_key_values[1]``); a
     model that returns one bare tensor calls it ``output``. ``outputs`` are the flattened outputs'
     value names (None for a constant). A value returned twice gets both names."""
-    names = _leaf_names(out_spec)
+    names = leaf_names(out_spec)
     if len(names) != len(outputs):
         return {}  # not the structure these outputs came from: no names rather than wrong ones
     out: dict[str, str] = {}
@@ -177,7 +172,8 @@ def _children(spec) -> list:
     return list(kids()) if callable(kids) else list(getattr(spec, "children_specs", []))
 
 
-def _leaf_names(spec) -> list[str]:
+def leaf_names(spec) -> list[str]:
+    """The model's own name for each flattened output, in order (see output_names)."""
     names: list[str] = []
     stack = [(spec, "")]
     while stack:

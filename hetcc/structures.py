@@ -39,27 +39,21 @@ def structure_problem(tree, records: bool = False) -> str | None:
             if context is not None or children:
                 return "has a leaf with a context or children"
             continue
-        if records and kind == RECORD:
-            if not isinstance(context, str):
-                return "has a record whose context is not a string"
-            try:
-                data = json.loads(context)
-            except (ValueError, RecursionError):
-                return "has a record whose context is not JSON"
-            why = record_problem(data, len(children))
-            if why:
-                return f"has a record whose {why}"
-            stack.extend((child, depth + 1) for child in children)
-            continue
-        if kind not in CONTAINERS:
+        record = records and kind == RECORD
+        if not record and kind not in CONTAINERS:
             return f"has a container of type {kind!r}"
+        owner = "a record whose context" if record else "a context that"
         if not isinstance(context, str):
-            return "has a context that is not a string"
+            return f"has {owner} is not a string"
         try:
             keys = json.loads(context)
         except (ValueError, RecursionError):
-            return "has a context that is not JSON"
-        if kind in KEYED:
+            return f"has {owner} is not JSON"
+        if record:
+            why = record_problem(keys, len(children))
+            if why:
+                return f"has a record whose {why}"
+        elif kind in KEYED:
             if not isinstance(keys, list) or len(keys) != len(children) or any(
                     isinstance(k, (dict, list)) for k in keys):
                 return f"has a {kind} whose keys are not a list of {len(children)} plain values"
