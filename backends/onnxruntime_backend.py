@@ -1,5 +1,8 @@
-"""onnxruntime:cpu: segments go through torch's dynamo ONNX exporter to an .onnx file that ONNX
-Runtime's CPU execution provider runs.
+"""onnxruntime:cpu and onnxruntime:cuda:<index>: segments go through torch's dynamo ONNX exporter
+to an .onnx file that ONNX Runtime runs, on its CPU execution provider or on its CUDA provider
+(TensorRT's provider first, where asked and present). On a GPU the session is fed through IOBinding:
+inputs are bound at their device addresses and outputs come back as device tensors (DLPack), so a
+neighbouring GPU segment hands values over without a host copy (hetcc/handover.py).
 
 Capability comes from the exporter's own registry (torchlib translations per ATen overload), plus
 the exporter's own decompositions for ops without one (checked by tracing them once per op), so a
@@ -18,6 +21,7 @@ from hetcc.backends._common import (
 )
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import Option, check_options, threads_option
+from hetcc.errors import BundleError, TargetError
 from hetcc.target import Target
 
 OPSET = ONNX_OPSET
@@ -145,11 +149,41 @@ OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"
                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 """hetcc's name -> ONNX Runtime's GraphOptimizationLevel."""
 SPINNING = ("auto", "on", "off")
+PROVIDERS = {"cuda": ("CUDAExecutionProvider",),
+             "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
+"""hetcc's name -> the execution providers an onnxruntime:cuda session asks for, in order (the
+CPU provider last: ONNX Runtime puts there what the GPU providers do not take)."""
+
+
+@lru_cache(maxsize=None)
+def _available_providers() -> tuple[str, ...]:
+    try:
+        import onnxruntime
+
+        return tuple(onnxruntime.get_available_providers())
+    except Exception:
+        return ()
+
+
+def gpu_problem(target: Target, provider: str = "cuda") -> str | None:
+    """Why ONNX Runtime cannot run on the target's GPU here, or None."""
+    from hetcc.backends.torch_backend import cuda_problem
+
+    missing = [p for p in PROVIDERS[provider] if p not in _available_providers()]
+    if missing:
+        return (f"this onnxruntime has no {' or '.join(missing)} (it offers "
+                f"{', '.join(_available_providers()) or 'none'}); install onnxruntime-gpu instead of "
+                "onnxruntime, built for the CUDA of this machine's driver"
+                + (", with TensorRT's libraries on the library path" if provider == "tensorrt" else ""))
+    return cuda_problem(target)  # torch holds the tensors ONNX Runtime binds
 
 
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    untested: ClassVar[dict[str, str]] = {
+        "cuda": "never run on a GPU: its IOBinding path runs here on the CPU provider only "
+                "(docs/gpu_backends.md)"}
     tunes_for_neighbours: ClassVar[bool] = True
     """load() configures the session by ``meta["runs_alone"]``: whether other runtimes share the
     cores (see hetcc.compiler.configure_for_plan)."""
@@ -160,16 +194,22 @@ class OnnxRuntimeBackend:
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
+        Option("provider", "execution providers of onnxruntime:cuda: cuda (CUDAExecutionProvider), or "
+               "tensorrt (TensorrtExecutionProvider first, CUDA for what it does not take)",
+               choices=tuple(PROVIDERS), default="cuda", devices=("cuda",),
+               elsewhere="onnxruntime:cpu always runs on the CPU provider"),
     )
 
-    def __init__(self, threads: int = 0, optimization: str = "all", spinning: str = "auto"):
+    def __init__(self, threads: int = 0, optimization: str = "all", spinning: str = "auto",
+                 provider: str = "cuda"):
         """Session settings; recorded in each artifact, so a loaded bundle runs as it was verified."""
         given = check_options(self.name, self.options, {"threads": threads, "optimization": optimization,
-                                                        "spinning": spinning})
+                                                        "spinning": spinning, "provider": provider})
         self.threads, self.optimization, self.spinning = given["threads"], given["optimization"], given["spinning"]
+        self.provider = given["provider"]
 
     def is_available(self, target: Target) -> bool:
-        return target.device in self.devices and not _missing()
+        return not self.why_unavailable(target)
 
     def why_unavailable(self, target: Target) -> str:
         if target.device not in self.devices:
@@ -178,6 +218,8 @@ class OnnxRuntimeBackend:
         if missing:
             return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                     f"not installed; install with: pip install {' '.join(missing)}")
+        if target.device == "cuda":
+            return gpu_problem(target, self.provider) or ""
         return ""
 
     def versions(self) -> dict[str, str]:
@@ -214,6 +256,7 @@ class OnnxRuntimeBackend:
                 "threads": self.threads,
                 "optimization": self.optimization,
                 "spinning": self.spinning,
+                **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },
         )
@@ -237,10 +280,25 @@ class OnnxRuntimeBackend:
         spin = "1" if spinning == "on" or (spinning == "auto" and meta.get("runs_alone")) else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        session = ort.InferenceSession(artifact.files["model"], sess_options=options,
-                                       providers=["CPUExecutionProvider"])
-        return OrtExecutable(session, artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],
-                             artifact.meta.get("segment", "?"))
+        names = (artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],
+                 artifact.meta.get("segment", "?"))
+        if target.device == "cpu":
+            session = ort.InferenceSession(artifact.files["model"], sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+            return OrtExecutable(session, *names)
+        provider = meta.get("provider", "cuda")
+        if provider not in PROVIDERS:
+            raise BundleError(f"segment {names[2]!r}: onnxruntime provider {provider!r} is not one of "
+                              f"{', '.join(PROVIDERS)}; recompile the bundle")
+        problem = gpu_problem(target, provider)
+        if problem:
+            raise TargetError(f"cannot load segment {names[2]!r} on {target}: {problem}")
+        from hetcc.backends.torch_backend import gpu_index
+
+        index = gpu_index(target)
+        providers = [(p, {"device_id": index}) for p in PROVIDERS[provider]] + ["CPUExecutionProvider"]
+        session = ort.InferenceSession(artifact.files["model"], sess_options=options, providers=providers)
+        return BoundExecutable(session, *names, device_type="cuda", device_id=index)
 
     def load_command(self, artifact: Artifact) -> str:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
@@ -263,4 +321,55 @@ class OrtExecutable:
             check_arity(inputs, len(self.input_names), self.segment)
         feeds = {name: to_numpy(x) for name, x in zip(self.input_names, inputs) if name is not None}
         return tuple(map(from_numpy, self.session.run(self.output_names, feeds)))
+
+
+class BoundExecutable:
+    """One InferenceSession fed through IOBinding on a device (onnxruntime:cuda). Its location is
+    that device (hetcc.handover): inputs there are bound at their addresses, others are copied in
+    first; ONNX Runtime allocates the outputs on the device and they come back as torch tensors over
+    DLPack, without a copy. ``run_with_iobinding`` synchronises the providers before returning, so
+    the outputs are complete. One binding per call: threads may share the executable. On the CPU
+    (device_type "cpu") the same path runs, which is how it is tested without a GPU."""
+
+    def __init__(self, session, input_names: list, output_names: list[str], segment: str,
+                 device_type: str = "cuda", device_id: int = 0):
+        import torch
+
+        self.session = session
+        self.input_names = input_names
+        self.output_names = output_names
+        self.segment = segment
+        self.device_type, self.device_id = device_type, device_id
+        self.location = "cpu" if device_type == "cpu" else f"{device_type}:{device_id}"
+        self.device = torch.device(self.location)
+
+    def __call__(self, *inputs) -> tuple:
+        import torch
+
+        if len(inputs) != len(self.input_names):
+            check_arity(inputs, len(self.input_names), self.segment)
+        binding = self.session.io_binding()
+        held = []  # the bound tensors must outlive the run
+        for name, x in zip(self.input_names, inputs):
+            if name is None:
+                continue
+            x = x.to(self.device).contiguous()
+            if x.numel() == 0:  # an empty tensor may have no address to bind
+                binding.bind_cpu_input(name, to_numpy(x.cpu()))
+            else:
+                binding.bind_input(name, self.device_type, self.device_id, numpy_dtype(x.dtype),
+                                   tuple(x.shape), x.data_ptr())
+            held.append(x)
+        for name in self.output_names:
+            binding.bind_output(name, self.device_type, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return tuple(torch.from_dlpack(v) for v in binding.get_outputs())
+
+
+@lru_cache(maxsize=None)
+def numpy_dtype(dtype):
+    """The numpy element type ONNX Runtime's binding takes for a torch dtype."""
+    import torch
+
+    return torch.empty(0, dtype=dtype).numpy().dtype.type
 

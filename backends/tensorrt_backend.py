@@ -491,9 +491,10 @@ def _dtype_named(name):
 
 class TrtExecutable:
     """One engine; per calling thread its own execution context and CUDA stream (a TensorRT
-    execution context is not thread-safe). Takes CPU tensors, copies them to the GPU, runs, and
-    copies the outputs back into fresh CPU tensors before returning (the stream is synchronised),
-    so results are complete and never change afterwards."""
+    execution context is not thread-safe). Its location is the GPU (hetcc.handover): an input
+    already there is read at its device address (no copy unless its dtype or layout differs),
+    others are copied in; outputs are fresh device tensors, complete when the call returns (the
+    stream is synchronised) and never changed afterwards."""
 
     def __init__(self, engine, meta: dict, target: Target):
         import torch
@@ -502,6 +503,7 @@ class TrtExecutable:
 
         self.engine = engine
         self.device = torch.device("cuda", gpu_index(target))
+        self.location = str(self.device)
         self.segment = meta.get("segment", "?")
         self.names = (list(meta["input_names"]), list(meta["onnx_input_names"]))
         self.outputs = list(meta["onnx_output_names"])
@@ -554,7 +556,7 @@ class TrtExecutable:
                 if not context.execute_async_v3(stream.cuda_stream):
                     raise LoweringError(f"segment {self.segment!r}: TensorRT failed to run the engine "
                                         "(its log above says why); recompile the bundle on this machine")
-                host = [o.to("cpu") for o in outs]
+                outs = [o if want is None or o.dtype == want else o.to(want)
+                        for o, want in zip(outs, self.out_dtypes + [None] * len(outs))]
             stream.synchronize()
-        return tuple(h if want is None or h.dtype == want else h.to(want)
-                     for h, want in zip(host, self.out_dtypes + [None] * len(host)))
+        return tuple(outs)

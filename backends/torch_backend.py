@@ -191,22 +191,23 @@ class TorchExecutable:
 
 
 class CudaExecutable:
-    """The exported graph on one GPU. Takes CPU tensors and returns CPU tensors: the runtime hands
-    tensors between segments on the host, so each call copies its inputs to the device and its
-    outputs back (the cost model charges both through the device's host link).
+    """The exported graph on one GPU. Its location is that GPU (hetcc.handover): inputs already
+    there are used as they are, others are copied in; outputs stay on the GPU, and the runtime
+    copies them to the host only when a host segment or the caller needs them there.
 
     Work is queued on the calling thread's current stream (torch's default stream unless the
-    caller set another) and the outputs are copied to host memory and that stream synchronised
-    before returning, so results are complete and never change afterwards. Eager calls keep no
-    state and may run from several threads at once. A torch.compile'd module is called under a
-    lock: dynamo's compilation (again on each new input shape) is not safe to enter from two
-    threads at once."""
+    caller set another), and that stream is synchronised before returning, so the outputs are
+    complete for any runtime that reads them next (TensorRT and ONNX Runtime use streams of their
+    own) and never change afterwards. Eager calls keep no state and may run from several threads
+    at once. A torch.compile'd module is called under a lock: dynamo's compilation (again on each
+    new input shape) is not safe to enter from two threads at once."""
 
     def __init__(self, module, n_inputs: int, segment: str, device, dim_orders=None, compiled: bool = False):
         self.module = module
         self.n_inputs = n_inputs
         self.segment = segment
         self.device = device
+        self.location = str(device)
         self.dim_orders = [o if o is not None and o != tuple(range(len(o))) else None
                            for o in (dim_orders or [None] * n_inputs)]
         self._lock = threading.Lock() if compiled else None
@@ -221,10 +222,9 @@ class CudaExecutable:
             else:
                 with self._lock:
                     out = self.module(*moved)
-            out = out if isinstance(out, (tuple, list)) else (out,)
-            host = tuple(o.to("cpu") if isinstance(o, torch.Tensor) else o for o in out)
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
             torch.cuda.current_stream(self.device).synchronize()
-        return host
+        return out
 
 
 def move_program(ep, device):

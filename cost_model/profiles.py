@@ -86,6 +86,12 @@ DEFAULT_PROFILES = {
         "torch:cuda", {"matmul": 0.75, "conv": 0.70, "attention": 0.60, "elementwise": 0.70,
                        "norm": 0.60, "data": 0.70, "default": 0.55},
         per_node=8e-6, call_overhead=20e-6),
+    # ONNX Runtime's CUDA provider: cuBLAS/cuDNN kernels as torch's, with ORT's graph fusions
+    # (fewer, larger kernels than eager torch); binding I/O per call costs more than torch's call.
+    "onnxruntime:cuda": BackendProfile(
+        "onnxruntime:cuda", {"matmul": 0.75, "conv": 0.70, "attention": 0.60, "elementwise": 0.75,
+                             "norm": 0.65, "data": 0.70, "default": 0.55},
+        per_node=4e-6, call_overhead=40e-6),
 }
 
 GENERIC = BackendProfile("generic", {"default": 0.5}, per_node=5e-6, call_overhead=50e-6)

@@ -135,8 +135,11 @@ def _gpu_here(index: int, kind: str) -> tuple[str | None, str | None]:
 
 def profile_name(target) -> str:
     """The key of the target's BackendProfile in DEFAULT_PROFILES: the backend name, except torch
-    on a GPU ("torch:cuda"), whose costs are nothing like torch on the CPU."""
+    and ONNX Runtime on a GPU ("torch:cuda", "onnxruntime:cuda"), whose costs are nothing like
+    theirs on the CPU."""
     target = Target.parse(target)
     if target.backend == "torch" and target.device in PROFILE_OF_DEVICE:
         return PROFILE_OF_DEVICE[target.device]
+    if target.backend == "onnxruntime" and target.device == "cuda":
+        return "onnxruntime:cuda"
     return target.backend

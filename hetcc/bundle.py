@@ -32,6 +32,7 @@ from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain_text import strings, tables
+from hetcc.handover import location_of, parse_output_device
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
 from hetcc.structures import structure_problem
@@ -308,19 +309,24 @@ def _hetcc_version() -> str:
     return __version__
 
 
-def load(path, trust_engines: bool = False):
+def load(path, trust_engines: bool = False, output_device: str = "cpu"):
     """Load a bundle written by ``CompiledModel.save``; returns a CompiledModel.
 
     trust_engines: also load compiled native code (IREE ``.vmfb``, TensorRT ``.plan``, MIGraphX
     ``.mxr``) that another process built. Their runtimes execute them as native code, so this is for bundles you
     built or received over a channel you trust (docs/gpu_backends.md); the same as
-    ``HETCC_TRUST_ENGINES=1`` for this one bundle."""
+    ``HETCC_TRUST_ENGINES=1`` for this one bundle.
+
+    output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (as compile)."""
     from hetcc.compiler import CompiledModel
 
     root = Path(path)
+    output_device = parse_output_device(output_device)
     manifest = read_manifest(root)
     try:
-        return _load(root, manifest, CompiledModel, trust_engines)
+        compiled = _load(root, manifest, CompiledModel, trust_engines)
+        compiled.output_device = output_device
+        return compiled
     except HetccError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -376,7 +382,8 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
                 f"({type(exc).__name__}: {readable(exc)}); {advice}") from exc
         if artifact.meta.get("verified") is False:  # cross-compiled: first run on its device
             _verify_on_load(name, str(target), run, artifact)
-        steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
+        steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"]),
+                          location=location_of(run)))
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
     runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants, state=state,

@@ -45,7 +45,7 @@ from hetcc.errors import FallbackError, HetccError, plain
 EXIT_FALLBACK = 5
 """Exit status when --strict or --max-fallback refuses the compile (1 stays any other user error)."""
 CPU_TARGETS = "openvino:cpu,onnxruntime:cpu,torch:cpu"
-UNTESTED = "tensorrt:cuda, migraphx:rocm, torch:cuda and iree's GPU targets"
+UNTESTED = "tensorrt:cuda, migraphx:rocm, onnxruntime:cuda, torch:cuda and iree's GPU targets"
 """Targets whose vendor calls have never run on real hardware (each backend's ``untested``; the
 help text names them without importing the backends, so `hetcc --help` stays fast)."""
 EPILOGS = {

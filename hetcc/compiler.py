@@ -47,6 +47,7 @@ from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
+from hetcc.handover import location_of, parse_output_device
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.scratch import keep_scratch
 from hetcc.target import Target, parse_targets
@@ -95,6 +96,16 @@ class CompiledModel:
     def signature(self) -> str:
         return self._runtime.signature()
 
+    @property
+    def output_device(self) -> str:
+        """Where calls return their outputs: "cpu" (default), "cuda:N", or "keep" (each output
+        stays on the device of the segment that made it: no copy back to the host). Settable."""
+        return self._runtime.output_device
+
+    @output_device.setter
+    def output_device(self, value) -> None:
+        self._runtime.output_device = value
+
     def __repr__(self) -> str:
         used = ", ".join(self.plan.targets_used())
         return f"<hetcc.CompiledModel {len(self.plan.segments)} segment(s) on {used}; {self.signature}>"
@@ -108,7 +119,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             backend_options: dict | None = None, cross_compile: bool = False,
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
             progress=None, example_kwargs: dict | None = None, tune="auto",
-            learn: bool = False) -> CompiledModel:
+            learn: bool = False, output_device: str = "cpu") -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -153,6 +164,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         can then only be saved; calling it here raises a TargetError.
     progress: optional callable(stage: str, detail: str), told as each stage starts ("capture",
         "solve", "lower", "measure"); the CLI draws its progress display from it.
+    output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (where the
+        segment that made each one left it). Inputs may be CPU or CUDA tensors either way; the
+        runtime copies a value only where a segment on another device reads it
+        (docs/gpu_backends.md, "Where values live").
     """
     report = progress or (lambda stage, detail="": None)
     if objective not in OBJECTIVES:
@@ -160,6 +175,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if nan not in NAN_POLICIES:
         raise HetccError(f"nan={nan!r} is not a NaN policy; choose one of: {', '.join(NAN_POLICIES)}")
     limit = Limit.make(strict, max_fallback)
+    output_device = parse_output_device(output_device)
     wanted = parse_targets(targets)
     # an option no target would use is refused, not dropped; values come back in their one spelling
     options = check_backend_options(wanted, backend_options)
@@ -201,6 +217,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     except BaseException:
         _drop_scratch(scratch, session)
         raise
+    chosen.output_device = output_device
     log.info("compiled in %.2fs:\n%s", time.perf_counter() - started, chosen.plan.summary())
     if scratch is not None and not _drop_scratch(scratch, session, owner=chosen):
         log.warning("kept %s: it holds the segments that failed to lower or verify", scratch)
@@ -382,6 +399,7 @@ def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
         artifact = Artifact(artifact.target, dict(artifact.files), {**artifact.meta, "runs_alone": alone})
         step.run = backend.load(artifact, target)
         compiled.artifacts[step.name] = artifact
+    compiled._runtime.lend_buffers()  # the executables loaded again lend what the old ones did
 
 
 def _check_placeable(units, candidates) -> None:
@@ -593,7 +611,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
 
 
 def _make_runtime(captured, segments) -> Runtime:
-    steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names))
+    steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names),
+                  location=location_of(executable))
              for prog, target, _, _, executable, _ in segments]
     specs = [_spec_of(captured, name) for name in captured.user_inputs]
     read = [*captured.outputs, *captured.state_updates.values(), *captured.input_updates.values()]

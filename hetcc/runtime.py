@@ -16,6 +16,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from hetcc.errors import HetccError, InputError, InternalError, SegmentError
+from hetcc.handover import CPU, KEEP, move, parse_output_device, tensor_location
 
 
 def dtype_name(dtype) -> str:
@@ -46,6 +47,8 @@ class Step:
     outputs: tuple[str, ...]
     frees: tuple[str, ...] = ()
     """Values no later step or output needs once this step has run."""
+    location: str = CPU
+    """Where the step takes its inputs and leaves its outputs ("cpu", "cuda:0"; hetcc.handover)."""
 
 
 class Runtime:
@@ -53,7 +56,7 @@ class Runtime:
                  const_outputs: dict, in_spec, out_spec, constants: dict[str, torch.Tensor],
                  state: dict[str, torch.Tensor] | None = None,
                  state_updates: dict[str, str] | None = None,
-                 input_updates: dict[int, str] | None = None):
+                 input_updates: dict[int, str] | None = None, output_device: str = CPU):
         self.steps = steps
         self.input_specs = input_specs
         self.outputs = outputs
@@ -75,6 +78,10 @@ class Runtime:
         self._initial = dict(state or {})
         self._state = dict(self._initial)
         self._lock = threading.Lock() if self._state else None
+        self.output_device = output_device
+        self._on_host = all(step.location == CPU for step in steps)
+        """Every step runs on the host: the loop needs no location bookkeeping (the common case)."""
+        self._move = move
         keep = {o for o in outputs if o is not None}
         keep.update(self.state_updates.values(), self.input_updates.values())
         last_use: dict[str, int] = {}
@@ -83,6 +90,8 @@ class Runtime:
                 last_use[name] = i
         for i, step in enumerate(steps):
             step.frees = tuple(n for n, last in last_use.items() if last == i and n not in keep)
+        self._kept = keep
+        self.lend_buffers()
         self._signature = "(" + ", ".join(s.describe() for s in input_specs) + ")"
         self._fixed = [s.shape if all(isinstance(d, int) for d in s.shape) else None for s in input_specs]
         self._input_names = tuple(s.name for s in input_specs)
@@ -100,6 +109,37 @@ class Runtime:
         flat_keywords = names and in_spec == pytree.tree_flatten(((), dict.fromkeys(names, 0)))[1]
         self._keywords = names if flat_keywords and len(names) == n else None
         """The keyword names, when the model takes exactly one tensor per keyword and nothing else."""
+
+    def watch_copies(self) -> list:
+        """From now on, record each copy the runtime makes between host and GPU as (location,
+        shape, bytes) in the returned list: what a plan's cuts really cost per call (benchmarks,
+        the GPU checks, tests)."""
+        made, real = [], self._move
+
+        def recorded(x, location):
+            made.append((location, tuple(x.shape), x.numel() * x.element_size()))
+            return real(x, location)
+        self._move = recorded
+        return made
+
+    def lend_buffers(self) -> None:
+        """Tell each executable that can lend (``lend``: OpenVINO's) which of its outputs are
+        only read by later steps of the same call, so it may return them without a copy; outputs,
+        new state and input updates outlive the call and are always copied. Called again by
+        whoever replaces a step's executable."""
+        for step in self.steps:
+            lend = getattr(step.run, "lend", None)
+            if lend is not None:
+                lend([i for i, name in enumerate(step.outputs) if name not in self._kept])
+
+    @property
+    def output_device(self) -> str:
+        """Where outputs are returned: "cpu" (default), "cuda:N", or "keep" (where made)."""
+        return self._output_device
+
+    @output_device.setter
+    def output_device(self, value) -> None:
+        self._output_device = parse_output_device(value)
 
     def signature(self) -> str:
         return self._signature
@@ -210,29 +250,82 @@ class Runtime:
                 dst.copy_(src)
 
     def _execute(self, flat, seconds: dict | None, state: dict | None):
+        if self._on_host:
+            return self._execute_on_host(flat, seconds, state)
+        return self._execute_located(flat, seconds, state)
+
+    def _call(self, step, args, seconds):
+        try:
+            if seconds is None:
+                return step.run(*args)
+            start = time.perf_counter()
+            outs = step.run(*args)
+            seconds[step.name] = time.perf_counter() - start
+            return outs
+        except HetccError:
+            raise
+        except Exception as exc:  # the vendor runtime's own error: say which segment and target
+            raise SegmentError.at_call(step.name, step.target, exc) from exc
+
+    def _execute_on_host(self, flat, seconds, state):
         env: dict[str, torch.Tensor] = dict(zip(self._input_names, flat))
+        if not all(x.is_cpu for x in flat):  # a caller's GPU tensors: one copy each, up front
+            env.update((n, self._move(x, CPU)) for n, x in env.items() if not x.is_cpu)
         if state:
             env.update(state)
         for step in self.steps:
-            try:
-                if seconds is None:
-                    outs = step.run(*[env[n] for n in step.inputs])
-                else:
-                    start = time.perf_counter()
-                    outs = step.run(*[env[n] for n in step.inputs])
-                    seconds[step.name] = time.perf_counter() - start
-            except HetccError:
-                raise
-            except Exception as exc:  # the vendor runtime's own error: say which segment and target
-                raise SegmentError.at_call(step.name, step.target, exc) from exc
+            outs = self._call(step, [env[n] for n in step.inputs], seconds)
             env.update(zip(step.outputs, outs))
             for name in step.frees:
                 env.pop(name, None)
         # outputs: from the environment, else a constant (a weight returned as is, or a non-tensor)
         flat_out = [env[name] if name in env else fixed for name, fixed in self._output_plan]
+        if self._output_device not in (CPU, KEEP):
+            flat_out = [self._move(x, self._output_device) if isinstance(x, torch.Tensor) else x
+                        for x in flat_out]
+        return self._structure(flat_out), env
+
+    def _execute_located(self, flat, seconds, state):
+        """The loop for plans with a step off the host: each value is tagged with where it lives,
+        and a step whose location differs gets a copy, made once per (value, location) and
+        dropped with the value."""
+        env: dict[str, torch.Tensor] = dict(zip(self._input_names, flat))
+        where = {n: tensor_location(x) for n, x in env.items()}
+        if state:
+            env.update(state)
+            where.update((n, tensor_location(x)) for n, x in state.items())
+        copies: dict[str, dict[str, torch.Tensor]] = {}
+
+        def at(name, location, value):
+            if where.get(name, CPU) == location:
+                return value
+            held = copies.setdefault(name, {})
+            if location not in held:
+                held[location] = self._move(value, location)
+            return held[location]
+
+        for step in self.steps:
+            loc = step.location
+            outs = self._call(step, [at(n, loc, env[n]) for n in step.inputs], seconds)
+            env.update(zip(step.outputs, outs))
+            where.update(dict.fromkeys(step.outputs, loc))
+            for name in step.frees:
+                env.pop(name, None)
+                copies.pop(name, None)
+        flat_out = []
+        for name, fixed in self._output_plan:
+            value = env[name] if name in env else fixed
+            if isinstance(value, torch.Tensor) and self._output_device != KEEP:
+                if name not in where:  # a constant: it lives where it was loaded
+                    where[name] = tensor_location(value)
+                value = at(name, self._output_device, value)
+            flat_out.append(value)
+        return self._structure(flat_out), env
+
+    def _structure(self, flat_out):
         if self._single_output:
-            return flat_out[0], env
-        return pytree.tree_unflatten(flat_out, self.out_spec), env
+            return flat_out[0]
+        return pytree.tree_unflatten(flat_out, self.out_spec)
 
 
 def keyword_names(in_spec) -> list | None:
@@ -270,8 +363,8 @@ def check_input(value, spec: TensorSpec, signature: str) -> None:
     where = f"input {spec.name!r}"
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{where} must be a torch.Tensor, got {type(value).__name__}; signature {signature}")
-    if value.device.type != "cpu":
-        raise InputError(f"{where} is on {value.device}, but this program takes CPU tensors; "
+    if value.device.type not in ("cpu", "cuda"):
+        raise InputError(f"{where} is on {value.device}, but this program takes CPU or CUDA tensors; "
                          f"move it with .cpu(); signature {signature}")
     if value.dtype != spec.dtype:
         raise InputError(f"{where} has dtype {dtype_name(value.dtype)}, expected "

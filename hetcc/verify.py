@@ -66,6 +66,8 @@ def check_outputs(segment: str, names, got, want, tolerances: Tolerances) -> flo
         raise LoweringError(f"{segment} returned {len(got)} outputs, expected {len(want)}")
     worst = 0.0
     for name, g, w in zip(names, got, want):
+        if isinstance(g, torch.Tensor) and not g.is_cpu:  # a GPU segment leaves its outputs there
+            g = g.cpu()
         if tuple(g.shape) != tuple(w.shape):
             raise LoweringError(f"output {name} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
         if g.dtype != w.dtype:
@@ -115,6 +117,8 @@ def nan_differences(names, got, want) -> list[str]:
     number, or a NaN torch does not make."""
     out = []
     for name, g, w in zip(names, got, want):
+        if isinstance(g, torch.Tensor) and not g.is_cpu:
+            g = g.cpu()
         if not (isinstance(w, torch.Tensor) and w.is_floating_point()) or g.shape != w.shape:
             continue
         dropped = int((torch.isnan(w) & ~torch.isnan(g)).sum())

@@ -84,13 +84,7 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
                 continue
             src = targets[s] if s < k else None
             dst = targets[t] if t < k else None
-            lat, bw = HANDOFF_LATENCY, math.inf
-            for side in (src, dst):
-                if side is not None:
-                    lat += side.host_latency
-                    bw = min(bw, side.host_bandwidth, side.profile.handoff_bandwidth)
-            latency[s][t] = lat
-            bandwidth[s][t] = bw
+            latency[s][t], bandwidth[s][t] = handoff(src, dst)
     overhead = tuple(t.profile.call_overhead for t in targets) + (0.0,)
     return PlacementProblem(
         nodes=tuple(u.name for u in units),
@@ -105,6 +99,21 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
         meta={"objective": objective},
         shared_capacity=shared_memories(targets),
     )
+
+
+def handoff(src, dst) -> tuple[float, float]:
+    """(latency, bandwidth) of handing a value from ``src`` to ``dst`` (TargetInfo, None for the
+    host), as the runtime does it (hetcc/handover.py): between two targets on one GPU it is the same
+    device tensor, so no copy; otherwise one copy, over the slower side's host link, plus each
+    runtime's own conversion (its handoff_bandwidth)."""
+    if src is not None and dst is not None and src.memory == dst.memory and src.memory not in (None, "cpu"):
+        return HANDOFF_LATENCY, math.inf
+    lat, bw = HANDOFF_LATENCY, math.inf
+    for side in (src, dst):
+        if side is not None:
+            lat += side.host_latency
+            bw = min(bw, side.host_bandwidth, side.profile.handoff_bandwidth)
+    return lat, bw
 
 
 def shared_memories(targets: list[TargetInfo]) -> tuple:

@@ -331,11 +331,12 @@ def test_targets(fake_backends, capsys):
                                    "untested": ""}
     assert info["devices"][0]["device"] == "cpu"
     # every backend's options, from its own declaration; targets never run on hardware say so
-    assert [o["name"] for o in backends["onnxruntime"]["options"]] == ["threads", "optimization", "spinning"]
+    assert [o["name"] for o in backends["onnxruntime"]["options"]] == ["threads", "optimization", "spinning",
+                                                                       "provider"]
     compile_option = backends["torch"]["options"][0]
     assert compile_option["name"] == "compile" and compile_option["devices"] == ["cuda"]
     assert backends["fake"]["options"] == []
-    for name in ("tensorrt:cuda", "migraphx:rocm", "torch:cuda", "iree:rocm"):
+    for name in ("tensorrt:cuda", "migraphx:rocm", "torch:cuda", "onnxruntime:cuda", "iree:rocm"):
         assert "never run" in targets[name]["untested"], name
     for name in ("torch:cpu", "onnxruntime:cpu", "openvino:cpu", "iree:cpu"):
         assert targets[name]["untested"] == "", name

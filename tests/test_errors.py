@@ -82,7 +82,7 @@ def test_not_a_module():
 
 @pytest.mark.parametrize("target,pattern", [
     ("nosuch:cpu", r"unknown backend 'nosuch'. Installed backends: .*onnxruntime.*Usable here: .*torch:cpu"),
-    ("onnxruntime:cuda:0", r"does not drive device 'cuda'.*Usable here"),
+    ("openvino:rocm:0", r"does not drive device 'rocm'.*Usable here"),
     ("torch", r"expected 'backend:device\[:index\]'"),
 ])
 def test_bad_targets_list_what_is_available(target, pattern):

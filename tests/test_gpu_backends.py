@@ -572,6 +572,16 @@ needs_trt = pytest.mark.skipif(not (HAVE_CUDA and HAVE_TRT),
                                reason="needs TensorRT (pip install tensorrt-cu12) and an NVIDIA GPU")
 
 
+def _ort_cuda_why() -> str:
+    from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend().why_unavailable(Target.parse("onnxruntime:cuda:0"))[:200]
+
+
+def _ort_cuda_ok() -> bool:
+    return not _ort_cuda_why()
+
+
 def _mlp():
     torch.manual_seed(0)
     return LinearReluNorm().eval(), (torch.randn(4, 16),)
@@ -665,6 +675,59 @@ def test_migraphx_compile_verify_and_bundle(tmp_path):
     _check_compiled(cm, model, dynamic=False)
     _threads(cm, model)
     _check_compiled(hetcc.load(cm.save(tmp_path / "b")), model, dynamic=False)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_inputs_stay_on_the_gpu_and_outputs_where_asked():
+    import hetcc
+
+    model, (x,) = _mlp()
+    cm = hetcc.compile(model, (x,), targets=["torch:cuda:0"], tune="off")
+    copies = cm._runtime.watch_copies()
+    got = cm(x.cuda())
+    assert got.device.type == "cpu" and [c[:2] for c in copies] == [("cpu", tuple(got.shape))]  # out only
+    torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-4)
+    cm.output_device = "keep"
+    copies.clear()
+    got = cm(x.cuda())
+    assert got.is_cuda and copies == []  # nothing crossed the host link
+    torch.testing.assert_close(got.cpu(), model(x), rtol=1e-4, atol=1e-4)
+    copies.clear()
+    got = cm(x)  # a host input: one copy in, none out
+    assert got.is_cuda and [c[:2] for c in copies] == [("cuda:0", tuple(x.shape))]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_cpu_gpu_split_copies_only_at_its_cuts():
+    import hetcc
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    cm = hetcc.compile(model, (x,), targets=["torch:cuda:0", "torch:cpu"], tune="off",
+                       pins={"0": "torch:cpu", "2": "torch:cuda:0"})
+    assert set(cm.plan.targets_used()) == {"torch:cpu", "torch:cuda:0"}, cm.plan.summary()
+    copies = cm._runtime.watch_copies()
+    torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-4)
+    # the cut (host -> GPU) and the output (GPU -> host): two copies, each once
+    assert sorted(c[0] for c in copies) == ["cpu", "cuda:0"], copies
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_CUDA and _ort_cuda_ok()), reason=f"needs onnxruntime-gpu's CUDA provider: {_ort_cuda_why()}")
+def test_onnxruntime_cuda_compile_verify_and_bundle(tmp_path):
+    import hetcc
+
+    model, args = _mlp()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    cm = hetcc.compile(model, args, targets=["onnxruntime:cuda:0", "torch:cpu"], dynamic_shapes=({0: batch},),
+                       tune="off")
+    assert "onnxruntime:cuda:0" in cm.plan.targets_used(), cm.plan.summary()
+    _check_compiled(cm, model, dynamic=True)
+    _threads(cm, model)
+    _check_compiled(hetcc.load(cm.save(tmp_path / "b")), model, dynamic=True)
 
 
 def test_a_smaller_gpu_of_a_known_family_keeps_its_own_memory(monkeypatch):
