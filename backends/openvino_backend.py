@@ -309,28 +309,17 @@ def _checked_config(config) -> dict:
 class OvExecutable:
     """A compiled model plus one infer request per calling thread: OpenVINO's infer requests are
     not thread-safe, and each reuses its output buffers on the next inference, so outputs are
-    copied out before they are returned, except those the runtime says it only reads within
-    the call (``lend``)."""
+    copied out before they are returned."""
 
     def __init__(self, compiled, n_inputs: int, segment: str):
         self.compiled = compiled
         self.n_inputs = n_inputs
         self.n_outputs = len(compiled.outputs)
         self.segment = segment
-        self.lent = frozenset()
-        """Output indices returned as views of the request's buffers, without a copy."""
         self._local = threading.local()
         import openvino as ov
 
         self._tensor = ov.Tensor
-
-    def lend(self, indices) -> None:
-        """Return outputs ``indices`` as views of the request's own buffers instead of copies. For
-        the runtime alone (hetcc.runtime.Runtime.lend_buffers), for values that a later segment of
-        the same call reads and nothing keeps: the view stays valid until this thread's next call
-        of this segment, which comes in the next call of the model. Saves a copy per value and
-        call, 3-14% of an OpenVINO call with a large output (docs/gpu_backends.md)."""
-        self.lent = frozenset(i for i in indices if 0 <= i < self.n_outputs)
 
     def _request(self):
         request = getattr(self._local, "request", None)
@@ -346,14 +335,11 @@ class OvExecutable:
         # results cost ~30 us a call on a 2-core CPU (benchmarks/bench_overhead.py), more than a
         # small segment's work. Inputs are shared, not copied (the call is synchronous and the
         # arrays outlive it); outputs are copied out of the request's buffers, which the next
-        # inference reuses, unless lent.
+        # inference reuses.
         for i, x in enumerate(inputs):
             request.set_input_tensor(i, self._tensor(to_numpy(x), shared_memory=True))
         request.infer()
-        lent = self.lent
-        return tuple([from_numpy(request.get_output_tensor(i).data if i in lent
-                                 else request.get_output_tensor(i).data.copy())
-                      for i in range(self.n_outputs)])
+        return tuple([from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self.n_outputs)])
 
 
 def _qualified_name(target) -> str:

@@ -12,8 +12,7 @@ compiled onto it alone and called three ways, interleaved in the same rounds:
 
 hetcc's own cost is hetcc - native. A second model is cut in two (its first layer pinned to ONNX
 Runtime, the rest to OpenVINO) and compared with the same two native calls chained by hand: the
-difference is the hand-over of one tensor plus hetcc's own cost. A third model (OpenVINO, torch,
-OpenVINO) is called with OpenVINO lending the 4 MiB value between them (the default) and copying it.
+difference is the hand-over of one tensor plus hetcc's own cost.
 
     python benchmarks/bench_overhead.py [--rounds 30] [--calls 2000] [--json overhead.json]
 
@@ -146,32 +145,6 @@ def handover_row(rounds: int, calls: int) -> dict:
             "hetcc_extra_us": extra}
 
 
-def lend_row(rounds: int, calls: int) -> dict:
-    """OpenVINO -> torch -> OpenVINO with a 4 MiB value between them: the same compiled model with
-    OpenVINO lending that value (the default) and copying it out (as every output was before)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 8192), nn.Tanh(), nn.Linear(8192, 64)).eval()
-    x = torch.randn(128, 256)
-    cm = hetcc.compile(model, (x,), targets=["openvino:cpu", "torch:cpu"], tune="off",
-                       pins={"0": "openvino:cpu", "1": "torch:cpu", "2": "openvino:cpu"})
-    first = cm._runtime.steps[0]
-    if first.target != "openvino:cpu" or not first.run.lent:
-        return {"skipped": f"plan is {[s.target for s in cm._runtime.steps]}"}
-    lent = first.run.lent
-
-    def with_lent(flag):
-        def call(v):
-            first.run.lent = lent if flag else frozenset()
-            return cm(v)
-        return call
-
-    got = measure({"lent": _timer(with_lent(True), (x,), calls), "copied": _timer(with_lent(False), (x,), calls)},
-                  rounds)
-    first.run.lent = lent
-    return {"plan": "openvino:cpu -> torch:cpu -> openvino:cpu", "value_bytes": 128 * 8192 * 4, **got,
-            "lent_over_copied": got["lent"]["median_us"] / got["copied"]["median_us"]}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -180,7 +153,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = single_runtime_rows(args.rounds, args.calls)
     handover = handover_row(args.rounds, max(1, args.calls // 4))
-    lend = lend_row(args.rounds, max(1, args.calls // 100))
     print(f"{'target':<17}{'native us':>11}{'segment us':>12}{'hetcc us':>10}{'hetcc own us':>14}")
     for row in rows:
         if "skipped" in row:
@@ -195,16 +167,9 @@ def main(argv=None) -> int:
         print(f"hand-over {handover['plan']}: native chain {handover['native chain']['median_us']:.1f} us, "
               f"hetcc {handover['hetcc']['median_us']:.1f} us, extra {handover['hetcc_extra_us']:.1f} us "
               f"for {handover['tensors_handed_over']} tensor(s) and hetcc's own cost")
-    if "skipped" in lend:
-        print(f"lend: skipped: {lend['skipped']}")
-    else:
-        print(f"lend {lend['plan']}, {lend['value_bytes'] / 2**20:.0f} MiB between: lent "
-              f"{lend['lent']['median_us']:.0f} us, copied {lend['copied']['median_us']:.0f} us, "
-              f"ratio {lend['lent_over_copied']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_info(), "rounds": args.rounds,
-                                               "calls": args.calls, "runtimes": rows, "handover": handover,
-                                               "lend": lend},
+                                               "calls": args.calls, "runtimes": rows, "handover": handover},
                                               indent=1, default=float))
     return 0
 

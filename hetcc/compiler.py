@@ -399,7 +399,6 @@ def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
         artifact = Artifact(artifact.target, dict(artifact.files), {**artifact.meta, "runs_alone": alone})
         step.run = backend.load(artifact, target)
         compiled.artifacts[step.name] = artifact
-    compiled._runtime.lend_buffers()  # the executables loaded again lend what the old ones did
 
 
 def _check_placeable(units, candidates) -> None:

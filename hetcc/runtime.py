@@ -90,8 +90,6 @@ class Runtime:
                 last_use[name] = i
         for i, step in enumerate(steps):
             step.frees = tuple(n for n, last in last_use.items() if last == i and n not in keep)
-        self._kept = keep
-        self.lend_buffers()
         self._signature = "(" + ", ".join(s.describe() for s in input_specs) + ")"
         self._fixed = [s.shape if all(isinstance(d, int) for d in s.shape) else None for s in input_specs]
         self._input_names = tuple(s.name for s in input_specs)
@@ -121,16 +119,6 @@ class Runtime:
             return real(x, location)
         self._move = recorded
         return made
-
-    def lend_buffers(self) -> None:
-        """Tell each executable that can lend (``lend``: OpenVINO's) which of its outputs are
-        only read by later steps of the same call, so it may return them without a copy; outputs,
-        new state and input updates outlive the call and are always copied. Called again by
-        whoever replaces a step's executable."""
-        for step in self.steps:
-            lend = getattr(step.run, "lend", None)
-            if lend is not None:
-                lend([i for i, name in enumerate(step.outputs) if name not in self._kept])
 
     @property
     def output_device(self) -> str:
