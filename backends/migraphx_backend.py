@@ -31,57 +31,14 @@ from hetcc.backends._common import (
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
+from hetcc.gpus import gpu_index, rocm_arch, rocm_gpus
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
 
 ROUTES = ("auto", "migraphx", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16")
-KFD_NODES = "/sys/class/kfd/kfd/topology/nodes"
-"""Where the ROCm kernel driver lists its agents (CPUs and GPUs), each with its gfx version."""
 _EXPORTER = ("onnx", "onnxscript")
-
-
-# ---- which AMD GPUs are here ----
-
-def gfx_name(target_version: int) -> str:
-    """KFD's gfx_target_version to the LLVM target name: 90402 -> gfx942, 90010 -> gfx90a,
-    110000 -> gfx1100 (major, minor, stepping; the stepping is written in hex)."""
-    major, rest = divmod(int(target_version), 10000)
-    minor, stepping = divmod(rest, 100)
-    return f"gfx{major}{minor}{stepping:x}"
-
-
-def rocm_gpus(root: str | Path | None = None) -> list[str]:
-    """gfx names of the GPUs the ROCm driver exposes (under ``root``, default KFD_NODES), in its
-    order; CPU agents, whose gfx_target_version is 0, are skipped. Empty without the driver."""
-    nodes = []
-    root = Path(root if root is not None else KFD_NODES)
-    if not root.is_dir():
-        return []
-    for node in root.iterdir():
-        try:
-            fields = dict(line.split(None, 1) for line in (node / "properties").read_text().splitlines()
-                          if len(line.split(None, 1)) == 2)
-            version = int(fields.get("gfx_target_version", "0"))
-        except (OSError, ValueError):
-            continue
-        if version and node.name.isdigit():
-            nodes.append((int(node.name), gfx_name(version)))
-    return [name for _, name in sorted(nodes)]
-
-
-def rocm_arch(index: int) -> str | None:
-    """gfx name of ROCm GPU ``index``: from a ROCm build of torch when there is one (it honours
-    HIP_VISIBLE_DEVICES), else from the driver's agent list (which does not)."""
-    import torch
-
-    if getattr(torch.version, "hip", None) and torch.cuda.is_available():
-        if index < torch.cuda.device_count():
-            return torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
-        return None
-    gpus = rocm_gpus()
-    return gpus[index] if index < len(gpus) else None
 
 
 # ---- the two routes ----
@@ -195,7 +152,6 @@ class MIGraphXBackend:
         self.fast_math, self.max_programs = given["fast_math"], given["max_programs"]
 
     def _route(self, target: Target):
-        from hetcc.backends.torch_backend import gpu_index
 
         return choose_route(self.route, _migraphx_or_error()[1], _ort_provider_problem(), gpu_index(target))
 
@@ -203,7 +159,6 @@ class MIGraphXBackend:
         return not self.why_unavailable(target)
 
     def why_unavailable(self, target: Target) -> str:
-        from hetcc.backends.torch_backend import gpu_index
 
         if target.device not in self.devices:
             return f"backend 'migraphx' drives {', '.join(self.devices)}, not {target.device!r}"
@@ -246,7 +201,6 @@ class MIGraphXBackend:
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
-        from hetcc.backends.torch_backend import gpu_index
 
         route, why = self._route(target)
         if route is None:
@@ -273,7 +227,6 @@ class MIGraphXBackend:
         return Artifact(target=str(target), files=files, meta=meta)
 
     def load(self, artifact: Artifact, target: Target):
-        from hetcc.backends.torch_backend import gpu_index
 
         meta = artifact.meta
         segment = meta.get("segment", "?")

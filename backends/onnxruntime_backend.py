@@ -22,6 +22,7 @@ from hetcc.backends._common import (
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import Option, check_options, threads_option
 from hetcc.errors import BundleError, TargetError
+from hetcc.gpus import cuda_problem, gpu_index
 from hetcc.target import Target
 
 OPSET = ONNX_OPSET
@@ -167,7 +168,6 @@ def _available_providers() -> tuple[str, ...]:
 
 def gpu_problem(target: Target, provider: str = "cuda") -> str | None:
     """Why ONNX Runtime cannot run on the target's GPU here, or None."""
-    from hetcc.backends.torch_backend import cuda_problem
 
     missing = [p for p in PROVIDERS[provider] if p not in _available_providers()]
     if missing:
@@ -293,7 +293,6 @@ class OnnxRuntimeBackend:
         problem = gpu_problem(target, provider)
         if problem:
             raise TargetError(f"cannot load segment {names[2]!r} on {target}: {problem}")
-        from hetcc.backends.torch_backend import gpu_index
 
         index = gpu_index(target)
         providers = [(p, {"device_id": index}) for p in PROVIDERS[provider]] + ["CPUExecutionProvider"]

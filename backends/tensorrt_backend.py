@@ -27,6 +27,7 @@ from hetcc.backends._common import (
 from hetcc.backends.base import YES, Artifact, Support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
+from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,6 @@ class TensorRTBackend:
         return not self.why_unavailable(target)
 
     def why_unavailable(self, target: Target) -> str:
-        from hetcc.backends.torch_backend import cuda_problem
 
         if target.device not in self.devices:
             return f"backend 'tensorrt' drives {', '.join(self.devices)}, not {target.device!r}"
@@ -194,7 +194,6 @@ class TensorRTBackend:
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
-        from hetcc.backends.torch_backend import gpu_index
 
         trt, why = _tensorrt_or_error()
         if trt is None:
@@ -387,7 +386,6 @@ def _logger(trt) -> _Logger:
 
 def describe_here(target: Target) -> dict:
     """This machine as ``check_engine`` reads it: TensorRT's version and the target's GPU."""
-    from hetcc.backends.torch_backend import cuda_description, cuda_problem, gpu_index
 
     trt, why = _tensorrt_or_error()
     here = {"tensorrt": trt.__version__ if trt else None, "tensorrt_problem": why,
@@ -464,7 +462,6 @@ def _set_precision(trt, config, precision: str) -> None:
 def deserialize(trt, plan: bytes, target: Target):
     import torch
 
-    from hetcc.backends.torch_backend import gpu_index
 
     with torch.cuda.device(gpu_index(target)):
         return trt.Runtime(_logger(trt).impl).deserialize_cuda_engine(plan)
@@ -499,7 +496,6 @@ class TrtExecutable:
     def __init__(self, engine, meta: dict, target: Target):
         import torch
 
-        from hetcc.backends.torch_backend import gpu_index
 
         self.engine = engine
         self.device = torch.device("cuda", gpu_index(target))

@@ -5,8 +5,8 @@ torch:cuda runs the same program eagerly on an NVIDIA GPU (or an AMD one through
 torch, which calls its devices "cuda"), optionally through torch.compile. The artifact needs only
 torch to load, not the model's Python source.
 
-The CUDA helpers here (``gpu_index``, ``cuda_problem``, ``cuda_description``) are shared with the
-TensorRT and MIGraphX backends: torch.cuda is how hetcc looks at an NVIDIA GPU."""
+Which GPUs are here, and why one is not usable, comes from hetcc/gpus.py (shared with the other GPU
+backends and the cost model)."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +23,7 @@ from hetcc.backends.options import Option
 from hetcc.backends.torch_archive import load_program
 from hetcc.errors import BundleError, TargetError
 from hetcc.program import dim_order, with_dim_order
+from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
 
 log = logging.getLogger(__name__)
@@ -251,48 +252,3 @@ def _compile_mode(value) -> str | None:
                       f"got {value!r}" + (" (CUDA-graph modes are refused: a replay overwrites the "
                                           "previous outputs, and hetcc shares an executable between "
                                           "threads)" if value in ("reduce-overhead", "max-autotune") else ""))
-
-
-# ---- CUDA devices, as torch sees them (shared with the TensorRT backend and the cost model) ----
-
-def gpu_index(target: Target) -> int:
-    """The device number of a GPU target; ``torch:cuda`` means device 0. A TargetError if the
-    index is not a number."""
-    index = target.index if target.index is not None else "0"
-    if not index.isdigit():
-        raise TargetError(f"target {target}: the device index must be a number such as 0 "
-                          f"(write {target.backend}:{target.device}:0), got {index!r}")
-    return int(index)
-
-
-def cuda_problem(target: Target) -> str | None:
-    """Why torch cannot use the target's CUDA device here, or None."""
-    try:
-        index = gpu_index(target)
-    except TargetError as exc:
-        return str(exc)
-    if not torch.cuda.is_available():
-        if not torch.version.cuda and not getattr(torch.version, "hip", None):
-            return (f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of "
-                    "torch (https://pytorch.org/get-started/locally/) on a machine with an NVIDIA GPU")
-        return (f"torch {torch.__version__} sees no GPU (torch.cuda.is_available() is False): check "
-                "the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
-    count = torch.cuda.device_count()
-    if index >= count:
-        return (f"there is no GPU {index}: torch sees {count} "
-                f"(valid targets: {', '.join(f'{target.backend}:cuda:{i}' for i in range(count))})")
-    return None
-
-
-def cuda_description(index: int) -> dict:
-    """Name, compute capability and memory of CUDA device ``index`` (an empty dict without one)."""
-    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        return {}
-    props = torch.cuda.get_device_properties(index)
-    out = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-           "memory_bytes": int(props.total_memory)}
-    arch = getattr(props, "gcnArchName", None)  # ROCm builds: gfx942:sramecc+:xnack-
-    if arch:
-        out["arch"] = arch.split(":")[0]
-    return out
-

@@ -102,7 +102,7 @@ def need_gpu() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        from hetcc.backends.torch_backend import cuda_problem
+        from hetcc.gpus import cuda_problem
         from hetcc.target import Target
 
         raise Skip(f"no GPU: {cuda_problem(Target.parse('torch:cuda:0'))}")

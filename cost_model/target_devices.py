@@ -126,7 +126,7 @@ def _gpu_here(index: int, kind: str) -> tuple[str | None, str | None]:
         if hip:
             arch = getattr(torch.cuda.get_device_properties(index), "gcnArchName", "").split(":")[0] or None
     if kind == "rocm" and arch is None:
-        from hetcc.backends.migraphx_backend import rocm_gpus
+        from hetcc.gpus import rocm_gpus
 
         gpus = rocm_gpus()
         arch = gpus[index] if index < len(gpus) else None

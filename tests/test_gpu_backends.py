@@ -18,6 +18,7 @@ import torch
 
 from hetcc.backends import migraphx_backend as mgx
 from hetcc.backends import tensorrt_backend as trtb
+from hetcc import gpus
 from hetcc.backends import torch_backend as tb
 from hetcc.backends._common import export_onnx
 from hetcc.backends.base import Artifact
@@ -397,7 +398,7 @@ def test_supports_combines_availability_and_the_node(monkeypatch, capability_cas
 
 
 def test_gfx_names():
-    assert [mgx.gfx_name(v) for v in (90402, 90010, 110000, 100300, 90008)] == \
+    assert [gpus.gfx_name(v) for v in (90402, 90010, 110000, 100300, 90008)] == \
         ["gfx942", "gfx90a", "gfx1100", "gfx1030", "gfx908"]
 
 
@@ -405,8 +406,8 @@ def test_rocm_gpus_from_the_driver_topology(tmp_path):
     for node, version in (("0", 0), ("1", 90402), ("2", 90402), ("10", 90010)):
         (tmp_path / node).mkdir()
         (tmp_path / node / "properties").write_text(f"cpu_cores_count 0\ngfx_target_version {version}\n")
-    assert mgx.rocm_gpus(tmp_path) == ["gfx942", "gfx942", "gfx90a"]
-    assert mgx.rocm_gpus(tmp_path / "absent") == []
+    assert gpus.rocm_gpus(tmp_path) == ["gfx942", "gfx942", "gfx90a"]
+    assert gpus.rocm_gpus(tmp_path / "absent") == []
 
 
 @pytest.mark.parametrize("wanted, module, ep, index, route, says", [
@@ -552,7 +553,7 @@ def test_rocm_targets_map_gfx(monkeypatch, tmp_path, no_cuda):
     assert td.device_for_target("iree:rocm:gfx1100").name == "mi300x"  # unknown: the default
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "properties").write_text("gfx_target_version 90010\n")
-    monkeypatch.setattr(mgx, "KFD_NODES", str(tmp_path))
+    monkeypatch.setattr(gpus, "KFD_NODES", str(tmp_path))
     assert td.device_for_target("migraphx:rocm:0").name == "mi250x"  # from the driver's agent list
     assert td.device_for_target("migraphx:rocm:1").name == "mi300x"  # not present: the default
 
