@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    ONNX_OPSET, check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, export_onnx,
-    first_line, from_numpy, before_support, lowering_error, remember_built, to_numpy,
+    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, from_numpy,
+    before_support, lowering_error, remember_built, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
 from hetcc.gpus import gpu_index, rocm_arch, rocm_gpus
@@ -114,8 +115,6 @@ def node_problem(node) -> str | None:
 
         return (f"{op_name(node.target)} has an output size that depends on the data; MIGraphX "
                 "compiles for fixed shapes")
-    from hetcc.backends.onnxruntime_backend import exporter_support
-
     answer = exporter_support(node)
     return None if answer.ok else answer.reason
 

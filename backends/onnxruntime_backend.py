@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    ONNX_EMBED_LIMIT, ONNX_OPSET, check_arity, dtype_problem, export_onnx, first_line, from_numpy,
-    before_support, is_structural, node_dtypes, op_name, py_str, python_command, quiet, to_numpy,
+    check_arity, dtype_problem, from_numpy, before_support, py_str, python_command, to_numpy,
 )
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import Artifact, Support
+from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
@@ -51,17 +51,6 @@ def _missing() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def _registry():
-    from torch.onnx._internal.exporter._registration import ONNXRegistry
-
-    with quiet():
-        try:
-            return ONNXRegistry.from_torchlib(opset_version=OPSET)
-        except TypeError:  # torch builds whose registry has one fixed opset
-            return ONNXRegistry.from_torchlib()
-
-
-@lru_cache(maxsize=None)
 def _banned_dtypes() -> dict:
     import torch
 
@@ -73,77 +62,6 @@ def _banned_dtypes() -> dict:
     if hasattr(torch, "complex32"):
         banned[torch.complex32] = _BANNED_DTYPES_DOC["complex"]
     return banned
-
-
-@lru_cache(maxsize=None)
-def _decomposition_table():
-    from torch.onnx._internal.exporter import _decomp
-
-    registry = _registry()
-    return _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
-
-
-_gaps_cache: dict = {}
-
-
-def _decomposition_gap(node):
-    """None if the exporter has no decomposition for the node's op, "" if the decomposition exports,
-    else what stops it. The exporter decomposes untranslated ops itself, so this traces the same
-    table on stand-in tensors, once per op and dtypes."""
-    import torch
-    import torch.fx as fx
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    try:
-        table = _decomposition_table()
-    except Exception:  # a torch without these internals: no claim about decompositions
-        return None
-    if node.target not in table:
-        return None
-    key = (node.target, tuple(sorted(str(d) for d in node_dtypes(node))))
-    if key in _gaps_cache:
-        return _gaps_cache[key]
-
-    def concrete(v):
-        if isinstance(v, fx.Node):
-            v = v.meta.get("val")
-        if isinstance(v, torch.SymInt):
-            return v.node.hint if v.node.hint is not None else 2
-        if isinstance(v, torch.Tensor):
-            shape = [concrete(s) for s in v.shape]
-            if v.dtype == torch.bool:
-                return torch.zeros(shape, dtype=v.dtype)
-            return torch.ones(shape, dtype=v.dtype)
-        return v
-
-    try:
-        args = fx.node.map_aggregate(node.args, concrete)
-        kwargs = fx.node.map_aggregate(node.kwargs, concrete)
-        with quiet():
-            gm = make_fx(lambda *a: node.target(*a, **kwargs), decomposition_table=table,
-                         tracing_mode="fake")(*args)
-        registry = _registry()
-        gaps = sorted({op_name(n.target) for n in gm.graph.nodes
-                       if n.op == "call_function" and not is_structural(n) and not registry.get_decomps(n.target)})
-        shown = ", ".join(gaps[:3]) + (f" and {len(gaps) - 3} more" if len(gaps) > 3 else "")
-        gap = f"and its decomposition needs {shown}, which {'has' if len(gaps) == 1 else 'have'} none either" \
-            if gaps else ""
-    except Exception as exc:  # could not check: say no, the torch fallback is always right
-        gap = f"and tracing its decomposition failed ({first_line(exc)})"
-    _gaps_cache[key] = gap
-    return gap
-
-
-def exporter_support(node) -> Support:
-    """Whether torch's ONNX exporter translates the node (directly, or through its own
-    decompositions). Every backend that starts from ``export_onnx`` asks this first."""
-    if _registry().get_decomps(node.target):
-        return YES
-    gap = _decomposition_gap(node)
-    if gap == "":
-        return YES
-    reason = f"{op_name(node.target)} has no ONNX translation in torch.onnx (opset {OPSET})"
-    return Support(False, f"{reason}, {gap}" if gap else reason)
 
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",

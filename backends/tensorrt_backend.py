@@ -1,4 +1,4 @@
-"""tensorrt:cuda:<index>: segments go through the shared ONNX export (``_common.export_onnx``) to
+"""tensorrt:cuda:<index>: segments go through the shared ONNX export (``onnx_export.export_onnx``) to
 TensorRT's ONNX parser and builder, and are saved as serialized engines (``model.plan``) that
 TensorRT's runtime deserializes at load.
 
@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    ONNX_OPSET, check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, export_onnx,
-    first_line, before_support, lowering_error, op_name, remember_built,
+    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, before_support,
+    lowering_error, op_name, remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
@@ -90,8 +91,6 @@ def node_problem(node) -> str | None:
     if data_dependent_shape(node):
         return (f"{name} has an output size that depends on the data, which hetcc's TensorRT "
                 "executable cannot allocate before running (it would need an output allocator)")
-    from hetcc.backends.onnxruntime_backend import exporter_support
-
     answer = exporter_support(node)
     return None if answer.ok else answer.reason
 

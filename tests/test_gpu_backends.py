@@ -20,7 +20,7 @@ from hetcc.backends import migraphx_backend as mgx
 from hetcc.backends import tensorrt_backend as trtb
 from hetcc import gpus
 from hetcc.backends import torch_backend as tb
-from hetcc.backends._common import export_onnx
+from hetcc.backends.onnx_export import export_onnx
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import BUILTIN, resolve, usable_targets
 from hetcc.cost_model import target_devices as td
@@ -208,7 +208,7 @@ def test_onnx_export_for_tensorrt_runs_and_keeps_the_dynamic_batch(dynamic_segme
 
     model = onnx.load(exported.files["model"])
     onnx.checker.check_model(model)
-    from hetcc.backends._common import onnx_io_names
+    from hetcc.backends.onnx_export import onnx_io_names
 
     # the graph's names carry the segment's, under a prefix no inner value name has
     assert (exported.input_names, exported.output_names) == onnx_io_names(dynamic_segment)

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 import decoders
 import mlp
