@@ -127,19 +127,6 @@ def is_structural(node) -> bool:
     return text.startswith(("aten._assert_", "aten.sym_constrain_range"))
 
 
-def before_support(backend, node, target):
-    """The answers every backend gives before looking at a node's op: yes for graph plumbing
-    (placeholders, outputs, structural nodes), and the reason when the target is not usable here.
-    None: the backend must decide."""
-    from hetcc.backends.base import YES, Support
-
-    if node.op != "call_function" or is_structural(node):
-        return YES
-    if not backend.is_available(target):
-        return Support(False, backend.why_unavailable(target))
-    return None
-
-
 def op_name(target) -> str:
     """``aten.add.Tensor`` for an OpOverload, a readable name otherwise."""
     import torch

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends import iree_compile as ic
 from hetcc.backends import iree_runtime as irt
 from hetcc.backends._common import (
-    before_support, check_native_code_trusted, dtype_problem, lowering_error, op_name, quiet, remember_built,
+    check_native_code_trusted, lowering_error, op_name, quiet, remember_built,
 )
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.options import Option
 from hetcc.backends.iree_rewrite import REWRITES, rewritten
 from hetcc.errors import LoweringError, TargetError
@@ -39,26 +38,19 @@ NOT_LOWERED = {
 """ATen overload -> why IREE cannot lower it, though the importer takes it."""
 
 
-@lru_cache(maxsize=None)
-def _banned_dtypes() -> dict:
-    import torch
-
-    banned = {torch.complex64: "complex tensors do not cross into IREE through numpy here",
-              torch.complex128: "complex tensors do not cross into IREE through numpy here",
-              # bf16 crosses fine (as its bits), and bf16 arithmetic on inputs compiles, but IREE 3.13
-              # fails on bf16 weights ("'arith.constant' op failed to verify"), which is most uses.
-              torch.bfloat16: "IREE 3.13 fails to compile bfloat16 weights (arith.constant type "
-                              "mismatch in iree-compile)"}
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "uint16",
-                 "uint32", "uint64", "complex32"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = f"{name} tensors do not cross into IREE through numpy here"
-    return banned
+_NO_NUMPY = "tensors do not cross into IREE through numpy here"
 
 
-class IreeBackend:
+class IreeBackend(Backend):
     name: ClassVar[str] = "iree"
     devices: ClassVar[tuple[str, ...]] = ic.DEVICES
+    banned_dtypes: ClassVar[dict[str, str]] = {
+        "complex64": f"complex {_NO_NUMPY}", "complex128": f"complex {_NO_NUMPY}",
+        # bf16 crosses fine (as its bits), and bf16 arithmetic on inputs compiles, but IREE 3.13
+        # fails on bf16 weights ("'arith.constant' op failed to verify"), which is most uses.
+        "bfloat16": "IREE 3.13 fails to compile bfloat16 weights (arith.constant type mismatch in iree-compile)",
+        **{name: f"{name} {_NO_NUMPY}" for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                                    "float8_e5m2fnuz", "uint16", "uint32", "uint64", "complex32")}}
     untested: ClassVar[dict[str, str]] = {
         device: "compiles here; the module has never run on that GPU (docs/iree.md)"
         for device in ic.DEVICES if device != "cpu"}
@@ -77,11 +69,8 @@ class IreeBackend:
 
     # ---- availability ----
 
-    def is_available(self, target: Target) -> bool:
-        return not self.why_unavailable(target)
-
-    def why_unavailable(self, target: Target) -> str:
-        """Empty when this machine can compile for ``target`` or run it; a GPU target needs its
+    def target_problem(self, target: Target) -> str | None:
+        """None when this machine can compile for ``target`` or run it; a GPU target needs its
         architecture named (vulkan without one only where a Vulkan device is here)."""
         try:
             spec = ic.target_spec(target)
@@ -110,15 +99,9 @@ class IreeBackend:
 
     # ---- capability ----
 
-    def supports(self, node, target: Target) -> Support:
-        early = before_support(self, node, target)
-        if early is not None:
-            return early
+    def supports_op(self, node, target: Target) -> Support:
         if ic.compiler_problem():
             return Support(False, ic.compiler_problem())
-        problem = dtype_problem(node, _banned_dtypes())
-        if problem:
-            return Support(False, problem)
         import torch
 
         if not isinstance(node.target, torch._ops.OpOverload):

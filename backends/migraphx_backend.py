@@ -16,7 +16,6 @@ name ``migraphx`` is a placeholder; a module without ``parse_onnx`` counts as ab
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import threading
 from collections import OrderedDict
@@ -26,9 +25,9 @@ from typing import ClassVar
 
 from hetcc.backends._common import (
     check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, from_numpy,
-    before_support, lowering_error, remember_built, to_numpy,
+    lowering_error, remember_built, to_numpy,
 )
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 ROUTES = ("auto", "migraphx", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16")
-_EXPORTER = ("onnx", "onnxscript")
 
 
 # ---- the two routes ----
@@ -90,26 +88,21 @@ def choose_route(wanted: str, module_problem: str | None, ep_problem: str | None
 
 # ---- capability ----
 
-@lru_cache(maxsize=None)
-def _banned_dtypes() -> dict:
-    import torch
-
-    banned = {
-        torch.float64: "hetcc keeps float64 off MIGraphX (its GPU kernels are not verified for it here)",
-        torch.complex64: "MIGraphX has no complex type", torch.complex128: "MIGraphX has no complex type",
-        torch.bfloat16: "numpy has no bfloat16 to hand these tensors to MIGraphX",
-    }
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = "float8 tensors cannot be handed to MIGraphX through numpy"
-    return banned
+_FLOAT8 = "float8 tensors cannot be handed to MIGraphX through numpy"
+BANNED_DTYPES = {
+    "float64": "hetcc keeps float64 off MIGraphX (its GPU kernels are not verified for it here)",
+    "complex64": "MIGraphX has no complex type", "complex128": "MIGraphX has no complex type",
+    "bfloat16": "numpy has no bfloat16 to hand these tensors to MIGraphX",
+    **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
 
 
 def node_problem(node) -> str | None:
     """Why MIGraphX (through the ONNX export) cannot take this node, or None; needs no ROCm."""
-    problem = dtype_problem(node, _banned_dtypes())
-    if problem:
-        return problem
+    return dtype_problem(node, MIGraphXBackend.banned()) or op_problem(node)
+
+
+def op_problem(node) -> str | None:
+    """``node_problem`` for a node on dtypes MIGraphX has (what the base class has checked)."""
     if data_dependent_shape(node):
         from hetcc.backends._common import op_name
 
@@ -121,9 +114,13 @@ def node_problem(node) -> str | None:
 
 # ---- the backend ----
 
-class MIGraphXBackend:
+class MIGraphXBackend(Backend):
     name: ClassVar[str] = "migraphx"
     devices: ClassVar[tuple[str, ...]] = ("rocm",)
+    packages: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
+    """The ONNX exporter both routes start from; each route's own runtime is checked in
+    target_problem."""
+    banned_dtypes: ClassVar[dict[str, str]] = BANNED_DTYPES
     untested: ClassVar[dict[str, str]] = {
         "rocm": "never run on a GPU: written against MIGraphX's documented API (docs/gpu_backends.md)"}
     """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
@@ -154,20 +151,11 @@ class MIGraphXBackend:
 
         return choose_route(self.route, _migraphx_or_error()[1], _ort_provider_problem(), gpu_index(target))
 
-    def is_available(self, target: Target) -> bool:
-        return not self.why_unavailable(target)
-
-    def why_unavailable(self, target: Target) -> str:
-
-        if target.device not in self.devices:
-            return f"backend 'migraphx' drives {', '.join(self.devices)}, not {target.device!r}"
+    def target_problem(self, target: Target) -> str | None:
         try:
             index = gpu_index(target)
         except TargetError as exc:
             return str(exc)
-        missing = [p for p in _EXPORTER if importlib.util.find_spec(p) is None]
-        if missing:
-            return f"the ONNX exporter needs {', '.join(missing)}; install with: pip install {' '.join(missing)}"
         route, why = self._route(target)
         if route is None:
             return why
@@ -192,11 +180,8 @@ class MIGraphXBackend:
             pass
         return out
 
-    def supports(self, node, target: Target) -> Support:
-        early = before_support(self, node, target)
-        if early is not None:
-            return early
-        problem = node_problem(node)
+    def supports_op(self, node, target: Target) -> Support:
+        problem = op_problem(node)
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
@@ -326,7 +311,7 @@ def compile_program(mx, onnx_path: str, shapes: dict, precision: str, fast_math:
 def _provider_executable(artifact: Artifact, index: int):
     import onnxruntime as ort
 
-    from hetcc.backends.onnxruntime_backend import OrtExecutable
+    from hetcc.backends.ort_session import OrtExecutable
 
     meta = artifact.meta
     options = ort.SessionOptions()

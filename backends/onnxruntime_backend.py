@@ -10,16 +10,16 @@ the exporter's own decompositions for ops without one (checked by tracing them o
 is what hetcc's verify step checks."""
 from __future__ import annotations
 
-import importlib
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, from_numpy, before_support, py_str, python_command, to_numpy,
+    py_str, python_command,
 )
-from hetcc.backends.base import Artifact, Support
+from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
+from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
 from hetcc.backends.options import Option, check_options, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
@@ -27,41 +27,11 @@ from hetcc.target import Target
 
 OPSET = ONNX_OPSET
 """ONNX opset the exporter targets and the registry is asked about (ONNX Runtime >= 1.17 runs it)."""
-_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
 _EMBED_LIMIT = ONNX_EMBED_LIMIT
 """Weights above this many bytes go to external data: protobuf caps a single file at 2 GB."""
 
-_BANNED_DTYPES_DOC = {
-    "complex": "complex tensors cannot cross into ONNX Runtime (no complex element type on its CPU "
-               "provider)",
-    "bfloat16": "numpy has no bfloat16, and ONNX Runtime's CPU provider has few bfloat16 kernels",
-    "float8": "ONNX Runtime's CPU provider has no float8 arithmetic",
-}
-
-
-@lru_cache(maxsize=None)
-def _missing() -> tuple[str, ...]:
-    missing = []
-    for pkg in _PACKAGES:
-        try:
-            importlib.import_module(pkg)
-        except Exception:
-            missing.append(pkg)
-    return tuple(missing)
-
-
-@lru_cache(maxsize=None)
-def _banned_dtypes() -> dict:
-    import torch
-
-    banned = {torch.complex64: _BANNED_DTYPES_DOC["complex"], torch.complex128: _BANNED_DTYPES_DOC["complex"],
-              torch.bfloat16: _BANNED_DTYPES_DOC["bfloat16"]}
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = _BANNED_DTYPES_DOC["float8"]
-    if hasattr(torch, "complex32"):
-        banned[torch.complex32] = _BANNED_DTYPES_DOC["complex"]
-    return banned
+_COMPLEX = "complex tensors cannot cross into ONNX Runtime (no complex element type on its CPU provider)"
+_FLOAT8 = "ONNX Runtime's CPU provider has no float8 arithmetic"
 
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
@@ -96,9 +66,14 @@ def gpu_problem(target: Target, provider: str = "cuda") -> str | None:
     return cuda_problem(target)  # torch holds the tensors ONNX Runtime binds
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     name: ClassVar[str] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    packages: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnx", "onnxscript")
+    banned_dtypes: ClassVar[dict[str, str]] = {
+        "complex64": _COMPLEX, "complex128": _COMPLEX, "complex32": _COMPLEX,
+        "bfloat16": "numpy has no bfloat16, and ONNX Runtime's CPU provider has few bfloat16 kernels",
+        **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
     untested: ClassVar[dict[str, str]] = {
         "cuda": "never run on a GPU: its IOBinding path runs here on the CPU provider only "
                 "(docs/gpu_backends.md)"}
@@ -126,36 +101,10 @@ class OnnxRuntimeBackend:
         self.threads, self.optimization, self.spinning = given["threads"], given["optimization"], given["spinning"]
         self.provider = given["provider"]
 
-    def is_available(self, target: Target) -> bool:
-        return not self.why_unavailable(target)
+    def target_problem(self, target: Target) -> str | None:
+        return gpu_problem(target, self.provider) if target.device == "cuda" else None
 
-    def why_unavailable(self, target: Target) -> str:
-        if target.device not in self.devices:
-            return f"backend 'onnxruntime' drives {', '.join(self.devices)}, not {target.device!r}"
-        missing = _missing()
-        if missing:
-            return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                    f"not installed; install with: pip install {' '.join(missing)}")
-        if target.device == "cuda":
-            return gpu_problem(target, self.provider) or ""
-        return ""
-
-    def versions(self) -> dict[str, str]:
-        out = {}
-        for pkg in ("torch",) + _PACKAGES:
-            try:
-                out[pkg] = importlib.import_module(pkg).__version__
-            except Exception:
-                pass
-        return out
-
-    def supports(self, node, target: Target) -> Support:
-        early = before_support(self, node, target)
-        if early is not None:
-            return early
-        problem = dtype_problem(node, _banned_dtypes())
-        if problem:
-            return Support(False, problem)
+    def supports_op(self, node, target: Target) -> Support:
         return exporter_support(node)
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
@@ -221,72 +170,3 @@ class OnnxRuntimeBackend:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
         return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
                               "providers=[\"CPUExecutionProvider\"])")
-
-
-class OrtExecutable:
-    """One InferenceSession; ONNX Runtime documents ``run`` as safe to call from several threads."""
-
-    def __init__(self, session, input_names: list, output_names: list[str], segment: str):
-        self.session = session
-        self.input_names = input_names
-        """ONNX input name per segment input; None where the exporter dropped an unused input."""
-        self.output_names = output_names
-        self.segment = segment
-
-    def __call__(self, *inputs) -> tuple:
-        if len(inputs) != len(self.input_names):
-            check_arity(inputs, len(self.input_names), self.segment)
-        feeds = {name: to_numpy(x) for name, x in zip(self.input_names, inputs) if name is not None}
-        return tuple(map(from_numpy, self.session.run(self.output_names, feeds)))
-
-
-class BoundExecutable:
-    """One InferenceSession fed through IOBinding on a device (onnxruntime:cuda). Its location is
-    that device (hetcc.handover): inputs there are bound at their addresses, others are copied in
-    first; ONNX Runtime allocates the outputs on the device and they come back as torch tensors over
-    DLPack, without a copy. ``run_with_iobinding`` synchronises the providers before returning, so
-    the outputs are complete. One binding per call: threads may share the executable. On the CPU
-    (device_type "cpu") the same path runs, which is how it is tested without a GPU."""
-
-    def __init__(self, session, input_names: list, output_names: list[str], segment: str,
-                 device_type: str = "cuda", device_id: int = 0):
-        import torch
-
-        self.session = session
-        self.input_names = input_names
-        self.output_names = output_names
-        self.segment = segment
-        self.device_type, self.device_id = device_type, device_id
-        self.location = "cpu" if device_type == "cpu" else f"{device_type}:{device_id}"
-        self.device = torch.device(self.location)
-
-    def __call__(self, *inputs) -> tuple:
-        import torch
-
-        if len(inputs) != len(self.input_names):
-            check_arity(inputs, len(self.input_names), self.segment)
-        binding = self.session.io_binding()
-        held = []  # the bound tensors must outlive the run
-        for name, x in zip(self.input_names, inputs):
-            if name is None:
-                continue
-            x = x.to(self.device).contiguous()
-            if x.numel() == 0:  # an empty tensor may have no address to bind
-                binding.bind_cpu_input(name, to_numpy(x.cpu()))
-            else:
-                binding.bind_input(name, self.device_type, self.device_id, numpy_dtype(x.dtype),
-                                   tuple(x.shape), x.data_ptr())
-            held.append(x)
-        for name in self.output_names:
-            binding.bind_output(name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(binding)
-        return tuple(torch.from_dlpack(v) for v in binding.get_outputs())
-
-
-@lru_cache(maxsize=None)
-def numpy_dtype(dtype):
-    """The numpy element type ONNX Runtime's binding takes for a torch dtype."""
-    import torch
-
-    return torch.empty(0, dtype=dtype).numpy().dtype.type
-

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import ClassVar, Mapping
 
 from hetcc.backends._common import (
-    check_arity, dtype_problem, from_numpy, before_support, lowering_error, op_name, py_str, python_command,
+    check_arity, from_numpy, lowering_error, op_name, py_str, python_command,
     quiet, to_numpy,
 )
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.target import Target
@@ -65,25 +65,18 @@ def _converted_ops() -> frozenset[str]:
         return frozenset(OperatorSupport({})._support_dict) | CONVERTED_BEYOND_TABLE
 
 
-@lru_cache(maxsize=None)
-def _banned_dtypes() -> dict:
-    import torch
-
-    complex_ = "OpenVINO has no complex element type"
-    banned = {
-        torch.complex64: complex_, torch.complex128: complex_,
-        torch.float64: "OpenVINO's CPU plugin computes float64 in float32, which loses precision",
-        torch.bfloat16: "numpy has no bfloat16 to hand these tensors to OpenVINO",
-    }
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = "float8 tensors cannot be handed to OpenVINO through numpy"
-    return banned
+_COMPLEX = "OpenVINO has no complex element type"
+_FLOAT8 = "float8 tensors cannot be handed to OpenVINO through numpy"
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     name: ClassVar[str] = "openvino"
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    banned_dtypes: ClassVar[dict[str, str]] = {
+        "complex64": _COMPLEX, "complex128": _COMPLEX,
+        "float64": "OpenVINO's CPU plugin computes float64 in float32, which loses precision",
+        "bfloat16": "numpy has no bfloat16 to hand these tensors to OpenVINO",
+        **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
     options: ClassVar[tuple[Option, ...]] = (
         precision_option(PRECISIONS, "the CPU plugin's INFERENCE_PRECISION_HINT; one this CPU lacks runs "
                          "as the plugin decides (bf16 for fp16, or fp32), with a warning"),
@@ -111,13 +104,8 @@ class OpenVinoBackend:
                               f"{{'{_NAMED_PROPERTIES[named[0]]}': ...}}}}) instead")
         self._warned = False
 
-    def is_available(self, target: Target) -> bool:
-        return target.device in self.devices and _core_or_error()[0] is not None
-
-    def why_unavailable(self, target: Target) -> str:
-        if target.device not in self.devices:
-            return f"backend 'openvino' drives {', '.join(self.devices)}, not {target.device!r}"
-        return _core_or_error()[1] or ""
+    def target_problem(self, target: Target) -> str | None:
+        return _core_or_error()[1]  # the package, and a runtime that starts and sees the CPU
 
     def versions(self) -> dict[str, str]:
         out = {}
@@ -132,13 +120,7 @@ class OpenVinoBackend:
             pass
         return out
 
-    def supports(self, node, target: Target) -> Support:
-        early = before_support(self, node, target)
-        if early is not None:
-            return early
-        problem = dtype_problem(node, _banned_dtypes())
-        if problem:
-            return Support(False, problem)
+    def supports_op(self, node, target: Target) -> Support:
         if _qualified_name(node.target) not in _converted_ops():
             return Support(False, f"{op_name(node.target)} is not converted by OpenVINO's PyTorch frontend")
         return YES

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, before_support,
-    lowering_error, op_name, remember_built,
+    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, lowering_error, op_name, remember_built,
 )
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
@@ -40,7 +39,6 @@ fp16 / bf16: TensorRT 10 may pick half-precision kernels per layer (BuilderFlag.
 DEFAULT_DYNAMIC_MAX = 4096
 """Largest size a dynamic dimension gets in the engine's optimization profile when the model's
 own range is wider (an unbounded Dim): TensorRT sizes its memory for the profile's maximum."""
-_EXPORTER = ("onnx", "onnxscript")
 
 _NO_INT64 = frozenset({"aten.mm.default", "aten.bmm.default", "aten.addmm.default",
                        "aten.baddbmm.default", "aten.convolution.default"})
@@ -48,22 +46,12 @@ _NO_INT64 = frozenset({"aten.mm.default", "aten.bmm.default", "aten.addmm.defaul
 _CASTS = frozenset({"aten._to_copy.default", "prims.convert_element_type.default"})
 
 
-@lru_cache(maxsize=None)
-def _banned_dtypes() -> dict:
-    import torch
-
-    banned = {
-        torch.float64: "TensorRT has no float64 type",
-        torch.complex64: "TensorRT has no complex type", torch.complex128: "TensorRT has no complex type",
-        torch.int16: "TensorRT has no int16 type",
-    }
-    for name in ("uint16", "uint32", "uint64"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = f"TensorRT has no {name} type"
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
-        if hasattr(torch, name):
-            banned[getattr(torch, name)] = "TensorRT takes float8 only through explicit quantize/dequantize"
-    return banned
+_FLOAT8 = "TensorRT takes float8 only through explicit quantize/dequantize"
+BANNED_DTYPES = {
+    "float64": "TensorRT has no float64 type", "complex64": "TensorRT has no complex type",
+    "complex128": "TensorRT has no complex type", "int16": "TensorRT has no int16 type",
+    **{name: f"TensorRT has no {name} type" for name in ("uint16", "uint32", "uint64")},
+    **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
 
 
 @lru_cache(maxsize=None)
@@ -78,9 +66,11 @@ def node_problem(node) -> str | None:
     """Why TensorRT (through the ONNX export) cannot take this node, or None. Pure: needs the ONNX
     exporter (onnxscript) but not TensorRT, so it is what ``supports`` answers and what the tests
     check without a GPU."""
-    problem = dtype_problem(node, _banned_dtypes())
-    if problem:
-        return problem
+    return dtype_problem(node, TensorRTBackend.banned()) or op_problem(node)
+
+
+def op_problem(node) -> str | None:
+    """``node_problem`` for a node on dtypes TensorRT has (what the base class has checked)."""
     name = op_name(node.target)
     if name not in _CASTS:
         problem = dtype_problem(node, _cast_only_dtypes())
@@ -122,20 +112,13 @@ def _install_hint() -> str:
     return f"pip install tensorrt-cu{cuda.split('.')[0]}" if cuda else "pip install tensorrt"
 
 
-@lru_cache(maxsize=None)
-def _missing_exporter() -> tuple[str, ...]:
-    missing = []
-    for pkg in _EXPORTER:
-        try:
-            importlib.import_module(pkg)
-        except Exception:
-            missing.append(pkg)
-    return tuple(missing)
-
-
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     name: ClassVar[str] = "tensorrt"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    packages: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
+    """The ONNX exporter TensorRT's input goes through; TensorRT itself is checked in target_problem
+    (its PyPI name depends on the CUDA version)."""
+    banned_dtypes: ClassVar[dict[str, str]] = BANNED_DTYPES
     untested: ClassVar[dict[str, str]] = {
         "cuda": "never run on a GPU: written against TensorRT 10's documented API (docs/gpu_backends.md)"}
     """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
@@ -159,22 +142,8 @@ class TensorRTBackend:
         self.precision, self.workspace = given["precision"], given["workspace"]
         self.dynamic_max = given["dynamic_max"]
 
-    def is_available(self, target: Target) -> bool:
-        return not self.why_unavailable(target)
-
-    def why_unavailable(self, target: Target) -> str:
-
-        if target.device not in self.devices:
-            return f"backend 'tensorrt' drives {', '.join(self.devices)}, not {target.device!r}"
-        why = _tensorrt_or_error()[1]
-        if why:
-            return why
-        missing = _missing_exporter()
-        if missing:
-            return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the ONNX "
-                    f"exporter TensorRT's input goes through) not installed; install with: "
-                    f"pip install {' '.join(missing)}")
-        return cuda_problem(target) or ""
+    def target_problem(self, target: Target) -> str | None:
+        return _tensorrt_or_error()[1] or cuda_problem(target)
 
     def versions(self) -> dict[str, str]:
         import torch
@@ -185,11 +154,8 @@ class TensorRTBackend:
             out["tensorrt"] = trt.__version__
         return out
 
-    def supports(self, node, target: Target) -> Support:
-        early = before_support(self, node, target)
-        if early is not None:
-            return early
-        problem = node_problem(node)
+    def supports_op(self, node, target: Target) -> Support:
+        problem = op_problem(node)
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:

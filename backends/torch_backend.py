@@ -18,7 +18,7 @@ import torch
 from torch.export.graph_signature import TensorArgument
 
 from hetcc.backends._common import check_arity, lowering_error
-from hetcc.backends.base import YES, Artifact, Support
+from hetcc.backends.base import Artifact, Backend
 from hetcc.backends.options import Option
 from hetcc.backends.torch_archive import load_program
 from hetcc.errors import BundleError, TargetError
@@ -34,7 +34,7 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 its graph trees per thread, while a hetcc executable is shared by every calling thread."""
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     untested: ClassVar[dict[str, str]] = {
@@ -55,22 +55,8 @@ class TorchBackend:
         of last resort and must not depend on a C++ toolchain."""
         self.compile_mode = _compile_mode(compile)
 
-    def is_available(self, target: Target) -> bool:
-        if target.device == "cpu":
-            return True
-        return target.device in self.devices and cuda_problem(target) is None
-
-    def why_unavailable(self, target: Target) -> str:
-        if target.device not in self.devices:
-            return f"backend 'torch' drives {', '.join(self.devices)}, not {target.device!r}"
-        if target.device == "cuda":
-            return cuda_problem(target) or ""
-        return ""
-
-    def supports(self, node, target: Target) -> Support:
-        if target.device != "cpu" and not self.is_available(target):
-            return Support(False, self.why_unavailable(target))
-        return YES
+    def target_problem(self, target: Target) -> str | None:
+        return cuda_problem(target) if target.device == "cuda" else None
 
     def versions(self) -> dict[str, str]:
         out = {"torch": torch.__version__}

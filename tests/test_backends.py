@@ -568,3 +568,88 @@ def test_openvino_named_options_win_over_a_bundles_config_and_the_load_command_r
     command = get_backend("openvino").load_command(cm.artifacts["seg0"])
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---- the base class owns the template ----
+
+def _builtin_backend_classes():
+    import importlib
+
+    from hetcc.backends.registry import BUILTIN
+
+    return {name: getattr(importlib.import_module(spec.partition(":")[0]), spec.partition(":")[2])
+            for name, spec in BUILTIN.items()}
+
+
+def test_every_builtin_backend_fills_in_the_template_and_overrides_none_of_it():
+    from hetcc.backends.base import Backend
+
+    owned = ("unavailable", "is_available", "why_unavailable", "supports", "banned")
+    for name, cls in _builtin_backend_classes().items():
+        assert issubclass(cls, Backend), name
+        own = cls.__mro__[:cls.__mro__.index(Backend)]
+        overridden = [m for m in owned if any(m in vars(k) for k in own)]
+        assert not overridden, f"{name} overrides {overridden}, which the base class owns"
+        assert cls.name == name and cls.devices
+
+
+def test_backends_import_no_sibling_backend():
+    """Shared helpers live in modules of their own (onnx_export, _common, hetcc.gpus)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "backends"
+    backend_modules = {p.stem for p in root.glob("*_backend.py")}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hetcc.backends."):
+                imported = node.module.rsplit(".", 1)[1]
+                assert imported not in backend_modules or imported == path.stem, \
+                    f"{path.name} imports {node.module}: move what it needs into a shared module"
+
+
+def _doc_backend_source() -> str:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "backends.md").read_text()
+    section = doc.split("### A whole backend", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_backend_in_the_docs_compiles_a_model(tmp_path):
+    import hetcc
+    from hetcc.backends.registry import register_backend
+
+    namespace: dict = {}
+    exec(compile(_doc_backend_source(), "docs/backends.md", "exec"), namespace)
+    register_backend("numpy", namespace["NumpyBackend"])
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x, y):
+            return torch.tanh(torch.relu(x) * y + y), self.fc(x)
+
+    model, args = Model().eval(), (torch.randn(4, 8), torch.randn(4, 8))
+    # the cost model has no profile for numpy, so the ops are pinned to it by node name
+    cm = hetcc.compile(model, args, ["numpy:cpu", "torch:cpu"], tune="off",
+                       pins=dict.fromkeys(("relu", "mul", "add", "tanh"), "numpy:cpu"))
+    on_numpy = [s for s in cm.plan.segments if s.target == "numpy:cpu"]
+    assert on_numpy and "torch:cpu" in cm.plan.targets_used()  # the Linear is refused, with its reason
+    for got, want in zip(cm(*args), model(*args)):
+        torch.testing.assert_close(got, want)
+    loaded = hetcc.load(cm.save(tmp_path / "b"))
+    torch.testing.assert_close(loaded(*args)[0], model(*args)[0])
+    backend = namespace["NumpyBackend"]()
+    node = next(n for n in torch.export.export(Model(), args).run_decompositions().graph.nodes
+                if n.op == "call_function" and "addmm" in str(n.target))
+    answer = backend.supports(node, hetcc.Target.parse("numpy:cpu"))
+    assert not answer and "aten.addmm.default is not one of the numpy backend's ufuncs" in answer.reason
+    half = backend.supports(next(n for n in torch.export.export(Model().half(), tuple(a.half() for a in args))
+                                 .run_decompositions().graph.nodes if n.op == "call_function"
+                                 and "relu" in str(n.target)), hetcc.Target.parse("numpy:cpu"))
+    assert not half and "float16 tensors: kept to float32 and float64" in half.reason

@@ -387,7 +387,7 @@ def test_capability(case, capability_cases):
 
 def test_supports_combines_availability_and_the_node(monkeypatch, capability_cases):
     backend = trtb.TensorRTBackend()
-    monkeypatch.setattr(trtb.TensorRTBackend, "why_unavailable", lambda self, target: "")
+    monkeypatch.setattr(trtb.TensorRTBackend, "target_problem", lambda self, target: None)  # as with a GPU
     assert backend.supports(capability_cases["linear"][0], TRT)
     answer = backend.supports(capability_cases["float64"][0], TRT)
     assert not answer and "TensorRT has no float64" in answer.reason

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from hetcc.backends.onnxruntime_backend import BoundExecutable, OnnxRuntimeBackend, gpu_problem
+from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_problem
+from hetcc.backends.ort_session import BoundExecutable
 from hetcc.cost_model.profiles import DEFAULT_PROFILES
 from hetcc.errors import InputError, TargetError
 from hetcc.handover import KEEP, parse_output_device
