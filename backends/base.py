@@ -74,6 +74,10 @@ class Backend(ABC):
     packages: ClassVar[tuple[str, ...]] = ()
     """Import names every target needs; a missing one makes the backend unusable, saying what to
     install."""
+    on_device: ClassVar[tuple[str, ...]] = ()
+    """Device kinds whose executables take and return tensors on the device (``location``
+    "cuda:N"), so a neighbour there gets them without a copy; others take host tensors and copy
+    in and out themselves. The cost model charges hand-overs by it."""
     banned_dtypes: ClassVar[dict[str, str]] = {}
     """torch dtype name ("float64") -> why the backend refuses nodes that read or write it; a name
     this torch lacks (an older torch without float8) is ignored."""

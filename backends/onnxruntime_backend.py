@@ -69,6 +69,7 @@ def gpu_problem(target: Target, provider: str = "cuda") -> str | None:
 class OnnxRuntimeBackend(Backend):
     name: ClassVar[str] = "onnxruntime"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    on_device: ClassVar[tuple[str, ...]] = ("cuda",)
     packages: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnx", "onnxscript")
     banned_dtypes: ClassVar[dict[str, str]] = {
         "complex64": _COMPLEX, "complex128": _COMPLEX, "complex32": _COMPLEX,
@@ -164,9 +165,23 @@ class OnnxRuntimeBackend(Backend):
         index = gpu_index(target)
         providers = [(p, {"device_id": index}) for p in PROVIDERS[provider]] + ["CPUExecutionProvider"]
         session = ort.InferenceSession(artifact.files["model"], sess_options=options, providers=providers)
+        started = session.get_providers()
+        if not started or started[0] != PROVIDERS[provider][0]:
+            # the provider is listed but could not start (its CUDA or cuDNN libraries did not load):
+            # ONNX Runtime would run the whole segment on the CPU without a word
+            raise TargetError(f"cannot load segment {names[2]!r} on {target}: ONNX Runtime's "
+                              f"{PROVIDERS[provider][0]} did not start (the session runs on "
+                              f"{', '.join(started) or 'nothing'}); check that onnxruntime-gpu is built for "
+                              f"this machine's CUDA (torch has CUDA {_torch_cuda()}) and that its libraries load")
         return BoundExecutable(session, *names, device_type="cuda", device_id=index)
 
     def load_command(self, artifact: Artifact) -> str:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
         return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
                               "providers=[\"CPUExecutionProvider\"])")
+
+
+def _torch_cuda() -> str:
+    import torch
+
+    return torch.version.cuda or "none"

@@ -62,10 +62,26 @@ class BoundExecutable:
                 binding.bind_input(name, self.device_type, self.device_id, numpy_dtype(x.dtype),
                                    tuple(x.shape), x.data_ptr())
             held.append(x)
+        if self.device_type == "cuda":
+            # ONNX Runtime's CUDA provider runs on a stream of its own that waits for no other: the
+            # inputs (a caller's tensors, or the copies just queued above) must be complete first
+            torch.cuda.current_stream(self.device).synchronize()
         for name in self.output_names:
             binding.bind_output(name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(binding)
-        return tuple(torch.from_dlpack(v) for v in binding.get_outputs())
+        self.session.run_with_iobinding(binding)  # synchronises the providers before returning
+        return tuple(_to_torch(v) for v in binding.get_outputs())
+
+
+def _to_torch(value):
+    """An output OrtValue as a torch tensor sharing its memory. The public OrtValue has __dlpack__
+    only in recent releases; older ones have it on the C binding (``_ortvalue``), and encode bool
+    as uint8 there."""
+    import torch
+
+    tensor = torch.from_dlpack(value if hasattr(value, "__dlpack__") else value._ortvalue)
+    if tensor.dtype == torch.uint8 and value.data_type() == "tensor(bool)":
+        tensor = tensor.bool()
+    return tensor
 
 
 @lru_cache(maxsize=None)

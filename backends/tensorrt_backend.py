@@ -115,6 +115,7 @@ def _install_hint() -> str:
 class TensorRTBackend(Backend):
     name: ClassVar[str] = "tensorrt"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    on_device: ClassVar[tuple[str, ...]] = ("cuda",)
     packages: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
     """The ONNX exporter TensorRT's input goes through; TensorRT itself is checked in target_problem
     (its PyPI name depends on the CUDA version)."""
@@ -492,6 +493,10 @@ class TrtExecutable:
         check_shapes(self.profile, self.names, inputs, self.segment)
         with torch.cuda.device(self.device):
             context, stream = self._state()
+            # the engine's stream waits for the caller's: a CUDA input may still be being written
+            # there, and an output of an earlier call that the caller freed may still be being read
+            # there (torch's allocator would hand its memory to this stream again)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 keep = []  # the device copies must live until the stream is done with them
                 for name, x in zip(self.names[1], inputs):

@@ -37,6 +37,7 @@ its graph trees per thread, while a hetcc executable is shared by every calling 
 class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    on_device: ClassVar[tuple[str, ...]] = ("cuda",)
     untested: ClassVar[dict[str, str]] = {
         "cuda": "never run on a GPU: torch:cuda calls and torch.compile there (docs/gpu_backends.md)"}
     """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""

@@ -195,7 +195,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
-    infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits), profiles)
+    infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
     scratch, session = None, None
@@ -410,7 +410,7 @@ def _check_placeable(units, candidates) -> None:
                                  f"that supports it (torch:cpu supports every op).")
 
 
-def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
+def _target_infos(order, profiles, devices, memory_limits, backends=None) -> list[TargetInfo]:
     limits = {str(Target.parse(k)): v for k, v in (memory_limits or {}).items()}
     for target, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -436,8 +436,17 @@ def _target_infos(order, profiles, devices, memory_limits) -> list[TargetInfo]:
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
-                                None if str(t) in (devices or {}) else _memory_of(t)))
+                                None if str(t) in (devices or {}) else _memory_of(t),
+                                _location_of(t, (backends or {}).get(t))))
     return infos
+
+
+def _location_of(t: Target, backend) -> str:
+    """Where the target's executables hand values over: on its GPU when the backend keeps them
+    there (``on_device``), else on the host."""
+    if t.device in getattr(backend, "on_device", ()):
+        return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
+    return "cpu"
 
 
 def _memory_of(t: Target) -> str:

@@ -8,6 +8,7 @@ previous one left; calls of a stateless model take none.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -108,17 +109,21 @@ class Runtime:
         self._keywords = names if flat_keywords and len(names) == n else None
         """The keyword names, when the model takes exactly one tensor per keyword and nothing else."""
 
-    def watch_copies(self) -> list:
-        """From now on, record each copy the runtime makes between host and GPU as (location,
-        shape, bytes) in the returned list: what a plan's cuts really cost per call (benchmarks,
-        the GPU checks, tests)."""
+    @contextlib.contextmanager
+    def watch_copies(self):
+        """``with runtime.watch_copies() as copies:`` records each copy the runtime makes between
+        host and GPU inside the block as (location, shape, bytes): what a plan's cuts really cost
+        per call (benchmarks, the GPU checks, tests)."""
         made, real = [], self._move
 
         def recorded(x, location):
             made.append((location, tuple(x.shape), x.numel() * x.element_size()))
             return real(x, location)
         self._move = recorded
-        return made
+        try:
+            yield made
+        finally:
+            self._move = real
 
     @property
     def output_device(self) -> str:
@@ -171,8 +176,9 @@ class Runtime:
     def timed_call(self, *args, **kwargs):
         """Like ``__call__``, and also how long each step took: ``(outputs, {step name: seconds})``.
         For benchmarks (``hetcc bench``). A step's time is the wall time of its call, so it includes
-        handing the tensors over to that step's runtime; the end-to-end time minus the steps' sum
-        is hetcc's own input checking and bookkeeping."""
+        handing the tensors over to that step's runtime, and of the copies the runtime makes into
+        it (host <-> GPU); the end-to-end time minus the steps' sum is hetcc's own input checking,
+        bookkeeping and the copies of outputs to ``output_device``."""
         seconds: dict[str, float] = {}
         return self._run(self.flatten_inputs(args, kwargs), seconds), seconds
 
@@ -294,7 +300,10 @@ class Runtime:
 
         for step in self.steps:
             loc = step.location
-            outs = self._call(step, [at(n, loc, env[n]) for n in step.inputs], seconds)
+            start = time.perf_counter()
+            outs = self._call(step, [at(n, loc, env[n]) for n in step.inputs], None)
+            if seconds is not None:  # the copies into the step count as the step's, as its hand-over does
+                seconds[step.name] = time.perf_counter() - start
             env.update(zip(step.outputs, outs))
             where.update(dict.fromkeys(step.outputs, loc))
             for name in step.frees:

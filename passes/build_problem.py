@@ -27,6 +27,10 @@ class TargetInfo:
     memory: str | None = None
     """Which physical memory the target's resident bytes live in ('cpu', 'cuda:0'): targets with
     the same one share ``device.mem_capacity``. None: its own memory."""
+    location: str | None = None
+    """Where its executables take and return values ('cpu', 'cuda:0'; hetcc/handover.py): two
+    targets at one GPU location hand values over without a copy. None: the host, as far as
+    hand-overs go (a GPU target whose runtime copies in and out itself, e.g. MIGraphX)."""
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
@@ -106,7 +110,7 @@ def handoff(src, dst) -> tuple[float, float]:
     host), as the runtime does it (hetcc/handover.py): between two targets on one GPU it is the same
     device tensor, so no copy; otherwise one copy, over the slower side's host link, plus each
     runtime's own conversion (its handoff_bandwidth)."""
-    if src is not None and dst is not None and src.memory == dst.memory and src.memory not in (None, "cpu"):
+    if src is not None and dst is not None and src.location == dst.location and src.location not in (None, "cpu"):
         return HANDOFF_LATENCY, math.inf
     lat, bw = HANDOFF_LATENCY, math.inf
     for side in (src, dst):

@@ -113,3 +113,24 @@ def test_the_capacity_model_cannot_fit_its_gpu_budget_but_its_layers_can():
     assert shape["table_bytes"] == table.numel() * table.element_size() > budget
     assert budget >= 1.5 * shape["layer_bytes"]
     assert ids.max() < shape["vocab"] and model(ids).shape == (*ids.shape, shape["dim"])
+
+
+def test_a_conformance_run_past_its_time_keeps_what_finished_and_is_no_pass(tmp_path, monkeypatch):
+    from hetcc.conformance import SCHEMA
+
+    monkeypatch.setattr(gpu_check, "need_gpu", lambda: None)
+    monkeypatch.setattr(gpu_check, "usable", lambda prefix=None: ["torch:cuda"])
+
+    def slow(command, deadline):  # one case finished and wrote its report, then time ran out
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "linear--torch_cuda.json").write_text(json.dumps(
+            {"schema": SCHEMA, "case": "linear", "target": "torch:cuda", "status": "native"}))
+        raise gpu_check.Skip("out of time after 100 s: conformance")
+
+    monkeypatch.setattr(gpu_check, "_run", slow)
+    args = gpu_check.parse_args(["--out", str(tmp_path / "r.json"), "--parts", "conformance"])
+    args.scratch = str(tmp_path)
+    result = gpu_check.run_conformance(args, 0)
+    assert result["status"] == "skip" and "1 case(s) finished" in result["reason"]
+    assert result["targets"]["torch:cuda"]["statuses"] == {"native": 1}

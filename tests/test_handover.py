@@ -118,9 +118,11 @@ def test_watch_copies_records_what_crosses():
     steps = [Step("s0", "torch:cuda:0", _add(1), ("x0",), ("a",), location="cuda:0")]
     rt = _runtime(steps, ["a"])
     rt._move = lambda x, location: x.clone()  # stands in for the real copy
-    copies = rt.watch_copies()
-    rt(torch.zeros(4))
+    with rt.watch_copies() as copies:
+        rt(torch.zeros(4))
     assert copies == [("cuda:0", (4,), 16), ("cpu", (4,), 16)]
+    rt(torch.zeros(4))  # outside the block: not recorded
+    assert len(copies) == 2
 
 
 def test_output_device_spellings():
@@ -158,12 +160,12 @@ def test_compile_and_load_take_output_device(tmp_path):
 
 # ---- what the cost model charges --------------------------------------------------------------
 
-def _info(name, memory, bandwidth, latency=0.0, handoff_bandwidth=math.inf):
+def _info(name, memory, bandwidth, latency=0.0, handoff_bandwidth=math.inf, location=None):
     profile = DEFAULT_PROFILES["torch"]
     if handoff_bandwidth != math.inf:
         import dataclasses
         profile = dataclasses.replace(profile, handoff_bandwidth=handoff_bandwidth)
-    return TargetInfo(name, None, profile, math.inf, bandwidth, latency, memory)
+    return TargetInfo(name, None, profile, math.inf, bandwidth, latency, memory, location or memory)
 
 
 def test_the_cost_model_charges_the_copies_the_runtime_makes():
@@ -180,6 +182,21 @@ def test_the_cost_model_charges_the_copies_the_runtime_makes():
     assert handoff(gpu_a, gpu_1) == (pytest.approx(HANDOFF_LATENCY + 20e-6), 50e9)
     # CPU runtimes share host memory but still convert (their handoff_bandwidth), as before
     assert handoff(cpu, _info("torch:cpu", "cpu", math.inf)) == (HANDOFF_LATENCY, 20e9)
+    # a GPU runtime that takes host tensors and copies in itself (MIGraphX, IREE) shares the GPU's
+    # memory but not the hand-over: values cross the host link
+    mgx = _info("migraphx:rocm:0", "cuda:0", 50e9, 10e-6, location="cpu")
+    assert handoff(gpu_a, mgx) == (pytest.approx(HANDOFF_LATENCY + 20e-6), 50e9)
+
+
+def test_the_compiler_gives_each_target_its_hand_over_location():
+    from hetcc.backends.registry import get_backend
+    from hetcc.compiler import _location_of
+
+    gpu_targets = {"torch:cuda:1": "cuda:1", "tensorrt:cuda": "cuda:0", "onnxruntime:cuda:0": "cuda:0",
+                   "migraphx:rocm:0": "cpu", "iree:cuda:sm_90": "cpu", "torch:cpu": "cpu", "openvino:cpu": "cpu"}
+    for name, want in gpu_targets.items():
+        t = Target.parse(name)
+        assert _location_of(t, get_backend(t.backend)) == want, name
 
 
 # ---- onnxruntime:cuda -------------------------------------------------------------------------
