@@ -11,7 +11,8 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from hetcc.errors import InputError, LoweringError, plain, readable
+from hetcc.errors import InputError, LoweringError, readable
+from hetcc.names import dtype_name, op_name
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ def quiet():
             logging.getLogger(name).setLevel(level)
         if out.getvalue().strip():
             log.debug("exporter output:\n%s", out.getvalue())
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, whole and without terminal escape codes (for short
-    answers such as why a runtime is unusable; a failure's reason uses ``readable``)."""
-    return next((plain(line) for line in str(exc).splitlines() if plain(line)), type(exc).__name__)
 
 
 def lowering_error(segment, backend: str, exc: BaseException, workdir: Path,
@@ -127,15 +122,6 @@ def is_structural(node) -> bool:
     return text.startswith(("aten._assert_", "aten.sym_constrain_range"))
 
 
-def op_name(target) -> str:
-    """``aten.add.Tensor`` for an OpOverload, a readable name otherwise."""
-    import torch
-
-    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
-        return str(target) if isinstance(target, torch._ops.OpOverload) else f"higher_order.{target.name()}"
-    return getattr(target, "__qualname__", None) or str(target)
-
-
 def node_dtypes(node) -> set:
     """dtypes of the tensors a node reads and writes, from the export's fake values."""
     import torch
@@ -159,7 +145,7 @@ def dtype_problem(node, banned: dict) -> str | None:
     """The reason for the first dtype in ``banned`` (dtype -> why) that the node touches."""
     for dtype in node_dtypes(node):
         if dtype in banned:
-            return f"{op_name(node.target)} on {str(dtype).replace('torch.', '')} tensors: {banned[dtype]}"
+            return f"{op_name(node.target)} on {dtype_name(dtype)} tensors: {banned[dtype]}"
     return None
 
 

@@ -14,14 +14,13 @@ from typing import ClassVar
 
 from hetcc.backends import iree_compile as ic
 from hetcc.backends import iree_runtime as irt
-from hetcc.backends._common import (
-    check_native_code_trusted, lowering_error, op_name, quiet, remember_built,
-)
+from hetcc.backends._common import check_native_code_trusted, lowering_error, quiet, remember_built
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.options import Option
 from hetcc.backends.iree_rewrite import REWRITES, rewritten
 from hetcc.errors import LoweringError, TargetError
 from hetcc.target import Target
+from hetcc.names import dtype_name, op_name
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ def _dtype_name(value) -> str:
 
     if not isinstance(value, torch.Tensor):
         raise LoweringError(f"a segment output is a {type(value).__name__}, not a tensor; IREE returns tensors")
-    name = str(value.dtype).replace("torch.", "")
+    name = dtype_name(value.dtype)
     if name not in irt.DTYPES:
         raise LoweringError(f"a segment output is {name}, which does not cross out of IREE here")
     return name

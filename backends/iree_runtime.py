@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
-from hetcc.backends._common import check_arity, first_line, to_numpy
+from hetcc.backends._common import check_arity, to_numpy
 from hetcc.errors import BundleError, DeviceNotHere, HetccError, InputError
+from hetcc.names import dtype_name, first_line
 
 
 class NotRunnableHere(DeviceNotHere):
@@ -140,7 +141,7 @@ class IreeExecutable:
         allocator = self.device.allocator
         args = rt.VmVariantList(len(inputs))
         for x in inputs:
-            dtype = str(x.dtype).replace("torch.", "") if isinstance(x, torch.Tensor) else None
+            dtype = dtype_name(x.dtype) if isinstance(x, torch.Tensor) else None
             element = _ELEMENT_TYPES.get(dtype)
             if element is None:
                 raise InputError(f"segment {self.segment!r}: IREE takes tensors of "

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, from_numpy,
-    lowering_error, remember_built, to_numpy,
+    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, from_numpy, lowering_error,
+    remember_built, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
@@ -33,6 +33,7 @@ from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
 from hetcc.gpus import gpu_index, rocm_arch, rocm_gpus
 from hetcc.target import Target
+from hetcc.names import dtype_name, first_line
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def program_meta(segment, exported, route: str, precision: str, fast_math: bool,
 
     def dtype(name):
         value = segment.expected.get(name)
-        return str(value.dtype).replace("torch.", "") if isinstance(value, torch.Tensor) else None
+        return dtype_name(value.dtype) if isinstance(value, torch.Tensor) else None
 
     built_for = {"route": route, "gfx": gfx}
     if route == "migraphx":

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from hetcc.backends._common import first_line, is_structural, lowering_error, node_dtypes, op_name, quiet
+from hetcc.backends._common import is_structural, lowering_error, node_dtypes, quiet
 from hetcc.backends.base import YES, Support
+from hetcc.names import first_line, op_name
 
 ONNX_OPSET = 20
 """ONNX opset the exporter targets (ONNX Runtime >= 1.17, TensorRT 10 and MIGraphX parse it)."""

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import ClassVar, Mapping
 
 from hetcc.backends._common import (
-    check_arity, from_numpy, lowering_error, op_name, py_str, python_command,
-    quiet, to_numpy,
+    check_arity, from_numpy, lowering_error, py_str, python_command, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.target import Target
+from hetcc.names import op_name
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, first_line, lowering_error, op_name, remember_built,
+    check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, lowering_error,
+    remember_built,
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
@@ -29,6 +30,7 @@ from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
+from hetcc.names import dtype_name, first_line, op_name
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ def engine_meta(segment, exported, profile: dict, precision: str, workspace, bui
 
     def dtype(name):
         value = segment.expected.get(name)
-        return str(value.dtype).replace("torch.", "") if isinstance(value, torch.Tensor) else None
+        return dtype_name(value.dtype) if isinstance(value, torch.Tensor) else None
 
     return {
         "segment": segment.name,

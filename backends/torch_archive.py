@@ -34,6 +34,7 @@ import zlib
 import torch
 
 from hetcc.errors import BundleError
+from hetcc.names import first_line
 from hetcc.structures import structure_problem
 
 aten = torch.ops.aten
@@ -222,12 +223,12 @@ def load_program(path) -> "torch.export.ExportedProgram":
     except (zipfile.BadZipFile, ValueError, TypeError, KeyError, OSError, RecursionError,
             MemoryError, EOFError) as exc:
         raise BundleError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); recompile the bundle") from exc
+                          f"{first_line(exc)}); recompile the bundle") from exc
     try:
         program = torch.export.load(buffer)
     except Exception as exc:  # torch raises many types; the archive itself passed every check
         raise BundleError(f"{path}: torch {torch.__version__} could not build the program from the vetted "
-                          f"archive ({type(exc).__name__}: {_first_line(exc)}); recompile the bundle "
+                          f"archive ({type(exc).__name__}: {first_line(exc)}); recompile the bundle "
                           "with this torch") from exc
     try:
         check_graph(program)
@@ -251,11 +252,6 @@ def check_graph(program) -> None:
         if node.target is not operator.getitem and not vetted(node.target):
             raise _Refused(f"the loaded graph's node {node.name} calls {node.target}, which is not in "
                            "hetcc's vetted op set")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def profile_from(target: str, measured: dict, device) -> tuple[BackendProfile, d
     case, per node and per view. An efficiency is the case's roofline at full efficiency (its
     side: compute or memory) over the time left when the call, the dispatches and the case's
     other nodes (at full efficiency) are taken out."""
-    from hetcc.cost_model.roofline import node_parts, op_name
+    from hetcc.cost_model.roofline import base_op, node_parts
 
     base = profile_for(target.split(":")[0])
     ideal = replace(base, efficiency={"default": 1.0}, per_node=0.0, per_view=0.0, fused_classes=())
@@ -270,7 +270,7 @@ def profile_from(target: str, measured: dict, device) -> tuple[BackendProfile, d
     efficiency = {}
     for case, (op_class, side) in SIDES.items():
         op = case.split(":")[1] if ":" in case and side == "compute" and op_class == "elementwise" else None
-        mine = [f for f in nodes[case] if f.op_class == op_class and (op is None or op_name(f) == op)]
+        mine = [f for f in nodes[case] if f.op_class == op_class and (op is None or base_op(f) == op)]
         parts = [node_parts(f, device, ideal) for f in mine]
         roofline = sum(c if side == "compute" else m if side == "memory" else max(c, m) for c, m in parts)
         if roofline <= 0:

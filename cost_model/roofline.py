@@ -34,7 +34,7 @@ def bandwidth(device: DeviceSpec, working_set: float) -> float:
     return 1.0 / (hit / fast + (1.0 - hit) / device.mem_bandwidth)
 
 
-def op_name(facts) -> str:
+def base_op(facts) -> str:
     """The ATen op's base name of a node: 'aten.gelu.default' -> 'gelu'."""
     parts = facts.op.split(".")
     return parts[1] if len(parts) > 2 else parts[-1]
@@ -44,7 +44,7 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
     """(compute seconds, memory seconds) of one node (a ``NodeFacts``), before dispatch costs."""
     if facts.op_class == "view":
         return 0.0, 0.0
-    eff = profile.eff(facts.op_class, "compute", op_name(facts))
+    eff = profile.eff(facts.op_class, "compute", base_op(facts))
     compute = facts.flops / (device.flops_for(dtype) * eff) if facts.flops else 0.0
     moved = facts.bytes_moved
     if facts.op_class in profile.fused_classes:

@@ -85,7 +85,7 @@ def prepare_model(model, inputs, targets, *, name: str, compile_options: dict | 
         if not dynamic:
             raise
         notes.append(f"batch sizes skipped: compiling with a dynamic batch dimension failed, so the "
-                     f"model's batch is fixed at {example} ({_first_line(exc)})")
+                     f"model's batch is fixed at {example} ({_reason(exc)})")
         options.pop("dynamic_shapes")
         variants.append(_compiled(PLAN, "hetcc plan", hetcc.compile, model, inputs, targets, options,
                                   names))
@@ -95,7 +95,7 @@ def prepare_model(model, inputs, targets, *, name: str, compile_options: dict | 
             variants.append(_compiled(target, f"{target} alone", hetcc.compile, model, inputs, [target],
                                       options, names))
         except HetccError as exc:
-            notes.append(f"{target} alone: not measured, compiling failed: {_first_line(exc)}")
+            notes.append(f"{target} alone: not measured, compiling failed: {_reason(exc)}")
     if reference == EAGER:
         variants.append(Variant(EAGER, "torch eager (reference)", model, reference=True))
     if names:  # measured as positional calls, each made by keyword as the model takes them
@@ -224,7 +224,7 @@ def _batches(inputs, example, sizes, probe, notes) -> list[tuple]:
             with torch.no_grad():
                 probe(*resized)
         except InputError as exc:
-            notes.append(f"batch {size} skipped: the compiled program does not take it ({_first_line(exc)})")
+            notes.append(f"batch {size} skipped: the compiled program does not take it ({_reason(exc)})")
             continue
         out.append((size, resized))
     if not out:
@@ -288,7 +288,7 @@ def _row(v: Variant, batch, samples, ref) -> dict:
     return row
 
 
-def _first_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
     """Why a variant could not be compiled, for the notes: the whole message (a reason cut short
     hides its cause), on one line."""
     from hetcc.errors import readable

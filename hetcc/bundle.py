@@ -34,7 +34,8 @@ from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain_text import strings, tables
 from hetcc.handover import location_of, parse_output_device
 from hetcc.plan import Plan, SegmentPlan
-from hetcc.runtime import Runtime, Step, TensorSpec, dtype_name
+from hetcc.names import dtype_name
+from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.structures import structure_problem
 from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target

@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from hetcc.errors import ExportError, InputError, InternalError, plain
+from hetcc.names import first_line
 from hetcc.torch_quirks import leafspec_warning_quieted
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
             except Exception as exc:  # the model itself fails on these inputs: say where
                 raise InputError(
                     f"the model fails on the example inputs at node {n.name} ({n.target}, from "
-                    f"{_source(n)}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                    f"{_source(n)}): {type(exc).__name__}: {first_line(exc)}. "
                     "Check the example inputs (e.g. token ids beyond the embedding table, a sequence "
                     "longer than the position table) by running the model eagerly on them") from exc
     return env

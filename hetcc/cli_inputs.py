@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hetcc.errors import HetccError
+from hetcc.names import first_line
 
 
 class CliError(HetccError):
@@ -344,7 +345,7 @@ def _load_exported(path: Path):
             ep = torch.export.load(str(path))
     except Exception as exc:
         raise CliError(f"{path} is not a torch.export archive torch can load: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                       f"{first_line(exc)}") from exc
     names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     inputs = None
     if ep.example_inputs is not None:

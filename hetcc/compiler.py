@@ -27,7 +27,6 @@ from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import device_for_target, profile_name
 from hetcc.errors import (
     DeviceNotHere,
-    FallbackError,
     HetccError,
     InternalError,
     LoweringError,
@@ -48,6 +47,7 @@ from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
 from hetcc.handover import location_of, parse_output_device
+from hetcc.names import dtype_name
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.scratch import keep_scratch
 from hetcc.target import Target, parse_targets
@@ -555,7 +555,7 @@ def _keep_check(program, artifact, workdir: Path, tolerances) -> None:
     artifact.meta["verified"] = False
     artifact.meta["check"] = {
         "inputs": len(program.example_inputs), "outputs": list(program.output_names),
-        "tolerances": {str(t.dtype).removeprefix("torch."): list(tolerances.for_dtype(t.dtype))
+        "tolerances": {dtype_name(t.dtype): list(tolerances.for_dtype(t.dtype))
                        for t in (program.reference_value(n) for n in program.output_names)}}
 
 

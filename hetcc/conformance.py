@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hetcc.errors import HetccError, InternalError
+from hetcc.names import dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ def compare_outputs(got, want) -> tuple[float, str | None, dict]:
             problem = problem or f"output {i} is {_describe(g)}, eager gives {_describe(w)}"
             continue
         rtol, atol = tolerances.for_dtype(w.dtype)
-        used[str(w.dtype).removeprefix("torch.")] = [rtol, atol]
+        used[dtype_name(w.dtype)] = [rtol, atol]
         if w.numel() == 0:
             continue
         error, off = tensor_error(g, w, rtol, atol)  # the rule compile verifies by
@@ -383,7 +384,7 @@ def _describe(value) -> str:
     import torch
 
     if isinstance(value, torch.Tensor):
-        return f"{str(value.dtype).removeprefix('torch.')}[{', '.join(map(str, value.shape))}]"
+        return f"{dtype_name(value.dtype)}[{', '.join(map(str, value.shape))}]"
     return type(value).__name__
 
 

@@ -20,6 +20,7 @@ import torch
 from hetcc.analysis import Analysis
 from hetcc.capture import capture
 from hetcc.errors import HetccError
+from hetcc.names import dtype_name
 from hetcc.passes.facts import graph_facts
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class PhaseReport:
         closed = self.kv_bytes_per_token_closed_form
         check = "" if closed is None else (" (closed form agrees)" if closed == self.kv_bytes_per_token
                                            else f" (closed form says {closed} B)")
-        dtype = str(self.dtype).replace("torch.", "")
+        dtype = dtype_name(self.dtype)
         head = f"{self.name}: batch {self.batch}, context {self.context}, {dtype}"
         kv = (f"  weights {_size(self.weight_bytes)}; KV cache {self.kv_bytes_per_token} B/token"
               f"{check}, {_size(self.kv_bytes())} per request at {self.context} tokens")

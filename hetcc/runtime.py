@@ -17,11 +17,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from hetcc.errors import HetccError, InputError, InternalError, SegmentError
+from hetcc.names import dtype_name
 from hetcc.handover import CPU, KEEP, move, parse_output_device, tensor_location
-
-
-def dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)

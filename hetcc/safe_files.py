@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from hetcc.errors import BundleError
+from hetcc.names import first_line
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def read_json(path: Path, what: str, limit: int = JSON_LIMIT):
     try:
         value = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
-        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
         raise BundleError(f"{what} {path} is not valid JSON ({why}); the bundle is corrupt: copy it "
                           "again or recompile") from None
     if depth(value) > MAX_DEPTH:

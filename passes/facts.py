@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hetcc.names import op_name
+
 aten = torch.ops.aten
 
 
@@ -77,13 +79,6 @@ def _base_name(node) -> str:
     return name.split(".")[0]
 
 
-def op_name(node) -> str:
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return f"aten.{target.__name__}" if target.namespace == "aten" else str(target)
-    return getattr(target, "__name__", str(target))
-
-
 def classify(node) -> str:
     base = _base_name(node)
     if base in ("getitem",) or base in _VIEWS or not isinstance(node.target, torch._ops.OpOverload):
@@ -140,7 +135,7 @@ def node_facts(node, values: dict, weights: set[str]) -> NodeFacts:
     out_tensors = list(_tensors(values.get(node.name)))
     resident = sum(_nbytes(values[a.name]) for a in node.all_input_nodes if a.name in weights)
     if cls == "view":
-        return NodeFacts(node.name, op_name(node), cls, 0.0, 0, 0, resident)
+        return NodeFacts(node.name, op_name(node.target), cls, 0.0, 0, 0, resident)
     read = sum(_nbytes(t) for t in in_tensors)
     if base in _GATHERS and resident:
         # a lookup reads the rows it returns, not the whole table it keeps resident
@@ -162,7 +157,7 @@ def node_facts(node, values: dict, weights: set[str]) -> NodeFacts:
         flops = 0.0
     else:
         flops = float(out_numel) * _ELEMENTWISE_FLOPS.get(base, 1)
-    return NodeFacts(node.name, op_name(node), cls, flops, read, written, resident)
+    return NodeFacts(node.name, op_name(node.target), cls, flops, read, written, resident)
 
 
 def graph_facts(graph, values: dict, weights) -> dict[str, NodeFacts]:
