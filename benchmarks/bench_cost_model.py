@@ -196,7 +196,7 @@ def load_profiles(path: str | None, defaults: bool, targets: list[str]):
 
 def _calibrate_now(targets: list[str], path: Path):
     """What `hetcc calibrate` does: measure the CPU and each target, write the profile, read it back."""
-    from hetcc.cost_model.calibrate import calibrate
+    from hetcc.calibrate import calibrate
     from hetcc.cost_model.profiles import read_profile
 
     err.print(f"no calibrated profile for this machine: measuring one (as `hetcc calibrate`) into {path}")

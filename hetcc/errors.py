@@ -16,7 +16,8 @@ class ExportError(HetccError):
 
 
 class InputError(HetccError):
-    """Inputs given at call time do not match the compiled signature."""
+    """Inputs do not match what they must be: at call time, the compiled signature (dtype, shape,
+    device, structure); at compile time, what hetcc can take (example inputs, output_device)."""
 
 
 class PlacementError(HetccError):
