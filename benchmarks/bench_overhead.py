@@ -106,10 +106,10 @@ def single_runtime_rows(rounds: int, calls: int) -> list[dict]:
     rows = []
     for target in ("onnxruntime:cpu", "openvino:cpu", "torch:cpu"):
         cm = hetcc.compile(model, (x,), targets=[target], tune="off")
-        if cm.plan.targets_used() != [target] or len(cm._runtime.steps) != 1:
+        if cm.plan.targets_used() != [target] or len(cm.runtime.steps) != 1:
             rows.append({"target": target, "skipped": f"plan is {cm.plan.targets_used()}"})
             continue
-        step = cm._runtime.steps[0]
+        step = cm.runtime.steps[0]
         kind, native = _native(step)
         arg = [x.numpy()] if kind == "numpy" else [x]
         variants = {"native": _timer(native, (arg,), calls), "segment": _timer(step.run, (x,), calls),
@@ -128,7 +128,7 @@ def handover_row(rounds: int, calls: int) -> dict:
     model, x = Small(64).eval(), torch.randn(8, 64)
     cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu", "openvino:cpu"], tune="off",
                        pins={"first": "onnxruntime:cpu", "second": "openvino:cpu"})
-    steps = cm._runtime.steps
+    steps = cm.runtime.steps
     if [s.target for s in steps] != ["onnxruntime:cpu", "openvino:cpu"]:
         return {"skipped": f"plan is {[s.target for s in steps]}"}
     (_, first), (_, second) = _native(steps[0]), _native(steps[1])

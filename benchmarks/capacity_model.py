@@ -88,7 +88,7 @@ def capacity_check(scale: float, deadline: float, goal: float) -> dict:
         with torch.no_grad():
             got = fn(ids)
         result["max_abs_error"][name] = float((got - want).abs().max())
-    with split._runtime.watch_copies() as copies:
+    with split.runtime.watch_copies() as copies:
         split(ids)
     result["split_copies_per_call"] = [{"to": loc, "shape": shape, "bytes": n} for loc, shape, n in copies]
     left = deadline - time.monotonic()
@@ -126,7 +126,7 @@ def handover_check(other: str) -> dict:
                        pins={"0": "torch:cuda", "1": "torch:cuda", "3": other, "4": other},
                        output_device="keep")
     used = cm.plan.targets_used()
-    with cm._runtime.watch_copies() as copies:
+    with cm.runtime.watch_copies() as copies:
         got = cm(x.cuda())
     err = float((got.cpu() - model(x).detach()).abs().max())
     ok = set(used) >= {other, "torch:cuda"} and not copies and got.is_cuda and err < 1e-3
@@ -156,7 +156,7 @@ def trt_mix_check() -> dict:
     mixed = hetcc.compile(model, (x,), ["tensorrt:cuda", "torch:cuda", "torch:cpu"], tune="off")
     alone = hetcc.compile(model, (x,), ["torch:cuda", "torch:cpu"], tune="off")
     used = mixed.plan.targets_used()
-    with mixed._runtime.watch_copies() as copies, torch.no_grad():
+    with mixed.runtime.watch_copies() as copies, torch.no_grad():
         err = float((mixed(x) - model(x)).abs().max())
     samples = measure({"tensorrt+torch:cuda": mixed, "torch:cuda alone": alone}, (x,), budget=10, warmup=2)
     ok = set(used) >= {"tensorrt:cuda", "torch:cuda"} and err < 1e-3

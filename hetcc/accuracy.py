@@ -157,7 +157,7 @@ def collect(model: str, plans: dict, inputs, profiles: dict, devices: dict, *, r
     for label, compiled in plans.items():
         fns[label] = compiled
         fns[label + " [steps]"] = compiled
-        timed[label + " [steps]"] = compiled._runtime.timed_call
+        timed[label + " [steps]"] = compiled.runtime.timed_call
     # 3 calls a turn, as calibration times its cases: the first call after the pause wakes the
     # runtime's threads, and the fast end then comes from warm calls
     samples = measure(fns, inputs, runs=runs, seed=seed, timed=timed, calls=CALLS_PER_TURN)

@@ -127,13 +127,13 @@ def prepare_bundle(path, *, name: str | None = None, inputs=None, batch_sizes=No
     loaded_s = time.perf_counter() - started
     notes = []
     if inputs is None:
-        inputs = synthetic_inputs(compiled._runtime.input_specs)
+        inputs = synthetic_inputs(compiled.runtime.input_specs)
         notes.append(f"inputs: synthetic (floats N(0,1), integers 0, symbolic dims {SYNTHETIC_DIM} "
                      f"within their range); pass --inputs NPZ to measure real ones")
     variant = _variant(PLAN, "hetcc plan (bundle)", compiled, loaded_s)
     # a bundle's inputs come flat (synthetic, or an .npz): called flat, whatever structure the
     # model takes them in (keywords, nested)
-    runtime = compiled._runtime
+    runtime = compiled.runtime
     variant.fn = lambda *flat: runtime.call_flat(flat)
     variant.timed = runtime.timed_flat
     variants = [variant]
@@ -183,7 +183,7 @@ def _compiled(name, label, compile_fn, model, inputs, targets, options, names=No
 def _variant(name, label, compiled, seconds) -> Variant:
     segments = compiled.plan.segments
     shown = " + ".join(f"{s.target}({len(s.nodes)})" if s.nodes else s.target for s in segments)
-    return Variant(name, label, compiled, timed=compiled._runtime.timed_call,
+    return Variant(name, label, compiled, timed=compiled.runtime.timed_call,
                    targets=tuple(compiled.plan.targets), plan=shown,
                    segments=tuple((s.name, s.target) for s in segments), compile_s=seconds)
 

@@ -198,7 +198,7 @@ def _move_into_place(staging: Path, path: Path, overwrite: bool) -> None:
 def _write(compiled, staging: Path) -> None:
     from hetcc import __version__
 
-    runtime = compiled._runtime
+    runtime = compiled.runtime
     segments, versions = [], {}
     for step, seg_plan in zip(runtime.steps, compiled.plan.segments, strict=True):
         artifact = compiled.artifacts[step.name]

@@ -190,7 +190,7 @@ def time_cases(compiled: dict, seconds: float = 0.3, raw: dict | None = None) ->
         return lambda: model(*inputs)
 
     def timed(model, inputs):
-        return lambda: model._runtime.timed_call(*inputs)
+        return lambda: model.runtime.timed_call(*inputs)
 
     raw = raw or {}
     keys = list(compiled) + list(raw)

@@ -330,7 +330,7 @@ def cmd_run(args) -> int:
             tensors[i] = tensors[i].to(torch.bfloat16)
     with torch.no_grad():
         # flat, as the .npz holds them, whatever structure the model takes (keywords, a dict, ...)
-        result = compiled._runtime.call_flat(tensors)
+        result = compiled.runtime.call_flat(tensors)
     arrays = {f"out{i}": to_array(v) for i, v in enumerate(pytree.tree_leaves(result))}
     written = None
     if args.output:
@@ -339,7 +339,7 @@ def cmd_run(args) -> int:
     from hetcc.module_paths import leaf_names
 
     # the model's own names (last_hidden_state, [0]) where the structure gives them
-    names = leaf_names(compiled._runtime.out_spec)
+    names = leaf_names(compiled.runtime.out_spec)
     values = manifest["outputs"]
     rows = [{"key": k, "name": names[i] if len(names) == len(arrays) else None,
              "value": values[i] if len(values) == len(arrays) else None,

@@ -97,6 +97,13 @@ class CompiledModel:
         return self._runtime.signature()
 
     @property
+    def runtime(self) -> Runtime:
+        """The stitched program behind the call: its ``steps`` (each segment's name, target,
+        location, inputs and outputs, in order), ``timed_call`` (outputs and each step's seconds),
+        ``call_flat``, ``input_specs``, and ``watch_copies()`` (the host<->GPU copies a call makes)."""
+        return self._runtime
+
+    @property
     def output_device(self) -> str:
         """Where calls return their outputs: "cpu" (default), "cuda:N", or "keep" (each output
         stays on the device of the segment that made it: no copy back to the host). Settable."""
@@ -389,7 +396,7 @@ def configure_for_plan(compiled: CompiledModel, backends: dict) -> None:
     segments are loaded again here with it set, on a copy of the artifact, since lowered
     segments are shared between the candidate plans of one compile."""
     alone = len(compiled.plan.targets_used()) == 1
-    for step in compiled._runtime.steps:
+    for step in compiled.runtime.steps:
         target = Target.parse(step.target)
         backend = backends.get(target)
         artifact = compiled.artifacts[step.name]

@@ -261,7 +261,7 @@ class Runtime:
     def _execute_on_host(self, flat, seconds, state):
         env: dict[str, torch.Tensor] = dict(zip(self._input_names, flat))
         if not all(x.is_cpu for x in flat):  # a caller's GPU tensors: one copy each, up front
-            env.update((n, self._move(x, CPU)) for n, x in env.items() if not x.is_cpu)
+            env.update([(n, self._move(x, CPU)) for n, x in env.items() if not x.is_cpu])
         if state:
             env.update(state)
         for step in self.steps:

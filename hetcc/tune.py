@@ -221,7 +221,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             try:
                 for _ in range(2):  # the first call after loading pays one-off costs
                     t0 = clock()
-                    c.compiled._runtime.call_flat(inputs)  # flat: a model may take keywords
+                    c.compiled.runtime.call_flat(inputs)  # flat: a model may take keywords
                     took.append(clock() - t0)
             except Exception as exc:  # noqa: BLE001 - any runtime's failure
                 failed(c, exc)
@@ -234,7 +234,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             for c in list(live):
                 time.sleep(PAUSE)
                 try:
-                    _turn(c.compiled._runtime, inputs, c.samples, clock)
+                    _turn(c.compiled.runtime, inputs, c.samples, clock)
                 except Exception as exc:  # noqa: BLE001
                     failed(c, exc)
             rounds += 1

@@ -137,7 +137,7 @@ def test_timed_call_returns_the_same_outputs_and_a_time_per_segment():
     cm = hetcc.compile(model, (x,), ["onnxruntime:cpu", "torch:cpu"], measure=False,
                        pins={"0": "onnxruntime:cpu", "2": "torch:cpu"})
     assert len(cm.plan.segments) == 2
-    out, seconds = cm._runtime.timed_call(x)
+    out, seconds = cm.runtime.timed_call(x)
     torch.testing.assert_close(out, cm(x))
     assert list(seconds) == [s.name for s in cm.plan.segments] and all(t > 0 for t in seconds.values())
 

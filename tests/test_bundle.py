@@ -693,12 +693,12 @@ def test_failed_overwrite_keeps_the_old_bundle(small, shared, tmp_path, monkeypa
 
 
 def test_unstorable_output_fails_cleanly(small, tmp_path):
-    small._runtime.const_outputs[0] = object()
+    small.runtime.const_outputs[0] = object()
     try:
         with pytest.raises(BundleError, match="output 0 is a constant of type object"):
             small.save(tmp_path / "out")
     finally:
-        del small._runtime.const_outputs[0]
+        del small.runtime.const_outputs[0]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -722,7 +722,7 @@ def test_manifest_carries_the_output_signature_and_measured_times(tmp_path):
     (seg,) = manifest["segments"]
     assert seg["plan"]["measured_seconds"] > 0
     loaded = hetcc.load(tmp_path / "b")
-    assert loaded._runtime.output_specs[0].shape == ("batch", 64)
+    assert loaded.runtime.output_specs[0].shape == ("batch", 64)
     assert loaded.plan.segments[0].measured_seconds == seg["plan"]["measured_seconds"]
 
 

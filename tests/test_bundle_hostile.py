@@ -155,7 +155,7 @@ def test_segment_names_that_are_not_plain_names_are_refused_on_load(saved, name)
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped-abs"])
 def test_resaving_never_writes_outside_the_destination(saved, tmp_path, name):
     cm = hetcc.load(saved)
-    cm._runtime.steps[0].name = name
+    cm.runtime.steps[0].name = name
     cm.artifacts[name] = cm.artifacts.pop(cm.plan.segments[0].name)
     with pytest.raises(BundleError, match="cannot be a file name"):
         cm.save(tmp_path / "deep" / "again")
@@ -286,7 +286,7 @@ def test_runtime_failure_at_call_time_names_the_segment_and_target(compiled):
     with pytest.raises(SegmentError) as info:
         cm(bad)
     text = str(info.value)
-    step = cm._runtime.steps[0]
+    step = cm.runtime.steps[0]
     assert f"segment {step.name} on onnxruntime:cpu" in text and "during this call" in text
     assert "\n" not in text
 

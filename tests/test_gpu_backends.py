@@ -685,16 +685,16 @@ def test_cuda_inputs_stay_on_the_gpu_and_outputs_where_asked():
 
     model, (x,) = _mlp()
     cm = hetcc.compile(model, (x,), targets=["torch:cuda:0"], tune="off")
-    with cm._runtime.watch_copies() as copies:
+    with cm.runtime.watch_copies() as copies:
         got = cm(x.cuda())
     assert got.device.type == "cpu" and [c[:2] for c in copies] == [("cpu", tuple(got.shape))]  # out only
     torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-4)
     cm.output_device = "keep"
-    with cm._runtime.watch_copies() as copies:
+    with cm.runtime.watch_copies() as copies:
         got = cm(x.cuda())
     assert got.is_cuda and copies == []  # nothing crossed the host link
     torch.testing.assert_close(got.cpu(), model(x), rtol=1e-4, atol=1e-4)
-    with cm._runtime.watch_copies() as copies:
+    with cm.runtime.watch_copies() as copies:
         got = cm(x)  # a host input: one copy in, none out
     assert got.is_cuda and [c[:2] for c in copies] == [("cuda:0", tuple(x.shape))]
 
@@ -710,7 +710,7 @@ def test_a_cpu_gpu_split_copies_only_at_its_cuts():
     cm = hetcc.compile(model, (x,), targets=["torch:cuda:0", "torch:cpu"], tune="off",
                        pins={"0": "torch:cpu", "2": "torch:cuda:0"})
     assert set(cm.plan.targets_used()) == {"torch:cpu", "torch:cuda:0"}, cm.plan.summary()
-    with cm._runtime.watch_copies() as copies:
+    with cm.runtime.watch_copies() as copies:
         torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-4)
     # the cut (host -> GPU) and the output (GPU -> host): two copies, each once
     assert sorted(c[0] for c in copies) == ["cpu", "cuda:0"], copies

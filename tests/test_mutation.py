@@ -89,9 +89,9 @@ def compile_mixed(model, inputs, tmp_path, measure=False, **options):
 
 def assert_state_reaches(cm, backend):
     """Some segment on ``backend`` reads a state value as an ordinary input."""
-    state = set(cm._runtime.state())
+    state = set(cm.runtime.state())
     assert any(step.target.startswith(backend) and state & set(step.inputs)
-               for step in cm._runtime.steps), [(s.target, s.inputs) for s in cm._runtime.steps]
+               for step in cm.runtime.steps), [(s.target, s.inputs) for s in cm.runtime.steps]
 
 
 # ---- capture ---------------------------------------------------------------------------------
@@ -163,11 +163,11 @@ def test_counter_buffer_carries_over(where, tmp_path):
         cm = compile_mixed(model, (x,), tmp_path, measure=True,
                            pins={"add": "openvino:cpu", "lin": "onnxruntime:cpu"})
         assert_state_reaches(cm, "openvino")
-    assert len(cm._runtime.outputs) == 1 and len(cm._runtime.output_specs) == 1
+    assert len(cm.runtime.outputs) == 1 and len(cm.runtime.output_specs) == 1
     for _ in range(4):
         x = torch.randn(2, 8)
         close(cm(x), eager(x))
-    assert cm._runtime.state()["b_calls"].item() == 4
+    assert cm.runtime.state()["b_calls"].item() == 4
     assert model.calls.item() == 0  # compiling and calling leave the module's own buffer alone
     cm.reset_state()
     close(cm(x), copy.deepcopy(model)(x))
@@ -177,7 +177,7 @@ def test_counter_buffer_carries_over(where, tmp_path):
 def test_input_updates_reach_the_callers_tensor(targets, tmp_path):
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     cm = hetcc.compile(AddsToInput(), (x, y.clone()), targets=targets, workdir=tmp_path / "w")
-    assert len(cm._runtime.outputs) == 2
+    assert len(cm.runtime.outputs) == 2
     mine, theirs = y.clone(), y.clone()
     for _ in range(3):
         close(cm(x, mine), AddsToInput()(x, theirs))
@@ -195,7 +195,7 @@ def test_example_inputs_and_state_are_untouched_by_compile(tmp_path):
     cm = compile_mixed(Counter(), (x,), tmp_path, measure=True,
                        pins={"add": "openvino:cpu", "lin": "onnxruntime:cpu"})
     assert any("measured on the example inputs" in note for note in cm.plan.notes)
-    assert cm._runtime.state()["b_calls"].item() == 0
+    assert cm.runtime.state()["b_calls"].item() == 0
 
 
 def test_buffer_set_from_an_input_is_a_copy():
@@ -239,7 +239,7 @@ def test_parameter_updated_under_no_grad():
 
 def test_stateless_models_take_no_lock():
     cm = hetcc.compile(nn.Linear(4, 4), (torch.randn(2, 4),))
-    assert cm._runtime._lock is None and cm._runtime.state() == {}
+    assert cm.runtime._lock is None and cm.runtime.state() == {}
     cm.reset_state()  # nothing to do, and no error
 
 
@@ -266,7 +266,7 @@ def test_concurrent_calls_see_consistent_state():
     for t in pool:
         t.join()
     assert sorted(seen) == list(range(1, threads * calls + 1))  # each call saw its own count
-    assert cm._runtime.state()["b_n"].item() == threads * calls
+    assert cm.runtime.state()["b_n"].item() == threads * calls
 
 
 # ---- batch norm -------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_training_mode_module_is_compiled_for_inference():
     with torch.no_grad():
         net[1].running_mean.uniform_(-1, 1)
     cm = hetcc.compile(net, (torch.randn(2, 3, 10, 10),))
-    assert cm._runtime.state() == {}
+    assert cm.runtime.state() == {}
     x = torch.randn(2, 3, 10, 10)
     close(cm(x), copy.deepcopy(net).eval()(x))
 
@@ -297,7 +297,7 @@ def test_training_mode_batch_norm_program_updates_running_stats(targets, tmp_pat
     for _ in range(3):
         x = torch.randn(4, 3, 10, 10)
         close(cm(x), eager(x))
-    state = {k.removeprefix("b_1_"): v for k, v in cm._runtime.state().items()}
+    state = {k.removeprefix("b_1_"): v for k, v in cm.runtime.state().items()}
     torch.testing.assert_close(state["running_mean"], eager[1].running_mean)
     torch.testing.assert_close(state["running_var"], eager[1].running_var)
     assert state["num_batches_tracked"].item() == 3
@@ -409,7 +409,7 @@ def test_kv_cache_decoder(where, slice_assign, tmp_path):
     for pos in range(6):
         x = torch.randn(1, 1, 16)
         close(cm(x, torch.tensor([pos])), eager(x, torch.tensor([pos])))
-    torch.testing.assert_close(cm._runtime.state()["b_k_cache"], eager.k_cache)
+    torch.testing.assert_close(cm.runtime.state()["b_k_cache"], eager.k_cache)
 
 
 # ---- bundles ----------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def test_bundle_applies_input_updates(tmp_path):
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     cm = hetcc.compile(AddsToInput(), (x, y.clone()))
     path = cm.save(tmp_path / "b")
-    assert bundle.read_manifest(path)["input_updates"] == {"1": cm._runtime.input_updates[1]}
+    assert bundle.read_manifest(path)["input_updates"] == {"1": cm.runtime.input_updates[1]}
     loaded = hetcc.load(path)
     mine, theirs = y.clone(), y.clone()
     close(loaded(x, mine), AddsToInput()(x, theirs))
@@ -495,7 +495,7 @@ def _edit_manifest(path, change):
 
 def test_loaded_bundle_starts_from_the_saved_state(counter_bundle):
     loaded = hetcc.load(counter_bundle)
-    assert loaded._runtime.state()["b_calls"].item() == 1
+    assert loaded.runtime.state()["b_calls"].item() == 1
 
 
 @pytest.mark.parametrize("damage, says", [

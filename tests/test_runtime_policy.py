@@ -21,7 +21,7 @@ class TwoLayers(nn.Module):
 def _spinning(cm) -> dict:
     """Segment -> ORT's intra-op spinning setting, for the ONNX Runtime segments."""
     out = {}
-    for step in cm._runtime.steps:
+    for step in cm.runtime.steps:
         if step.target == "onnxruntime:cpu":
             options = step.run.session.get_session_options()
             out[step.name] = options.get_session_config_entry("session.intra_op.allow_spinning")
@@ -57,7 +57,7 @@ def test_onnxruntime_beside_another_runtime_does_not_spin(x, tmp_path):
 
 def test_configuring_again_reloads_nothing(x):
     cm = hetcc.compile(TwoLayers().eval(), (x,), targets=["onnxruntime:cpu"], measure=False)
-    step = cm._runtime.steps[0]
+    step = cm.runtime.steps[0]
     run, artifact = step.run, cm.artifacts[step.name]
     assert artifact.meta["runs_alone"] is True
     target = hetcc.Target.parse("onnxruntime:cpu")
@@ -73,6 +73,6 @@ def test_a_spinning_option_overrides_the_plan_and_the_bundle_keeps_it(x, tmp_pat
     assert set(_spinning(cm).values()) == {"0"}  # alone, "auto" would spin
     loaded = hetcc.load(cm.save(tmp_path / "b"))
     assert set(_spinning(loaded).values()) == {"0"}
-    threads = {step.run.session.get_session_options().intra_op_num_threads for step in loaded._runtime.steps}
+    threads = {step.run.session.get_session_options().intra_op_num_threads for step in loaded.runtime.steps}
     assert threads == {1}
     torch.testing.assert_close(loaded(x), model(x))
