@@ -287,7 +287,7 @@ class _Session:
                                               if not any(ok for t, ok in enumerate(row) if t != last_resort)],
                                  at_least=True)
             problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
-                                    candidates, self.objective)
+                                    candidates.allowed, self.objective)
             self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
             placement = solve(problem)
             # the later attempts ban whole segments, as before narrowing existed: each narrowed

@@ -190,11 +190,9 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
     infos = []
     for label, name, spec in zip(labels, canon, specs):
         profile = (profiles or {}).get(label) or planning_profile(name, spec)
-        # node_seconds reads the fp32 peak: put the chosen dtype's peak there.
-        priced = replace(spec, peak_flops={**spec.peak_flops, "fp32": spec.flops_for(dtype)})
-        infos.append(TargetInfo(label, priced, profile, spec.mem_capacity * memory_fraction,
-                                spec.host_link_bandwidth, spec.host_link_latency))
-    allowed = _Allowed(len(units), len(labels))
+        infos.append(TargetInfo(label, spec, profile, spec.mem_capacity * memory_fraction,
+                                spec.host_link_bandwidth, spec.host_link_latency, dtype=dtype))
+    allowed = [[True] * len(labels) for _ in units]  # every device may run every node unless pinned
     _apply_pins(captured, units, labels, pins, allowed)
     problem = build_problem(captured, facts, units, unit_of, infos, allowed, objective)
     problem = _with_peer_links(problem, specs)
@@ -202,13 +200,6 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
     placement, notes = _solve(problem, objective, specs, time_limit)
     return _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective,
                        dtype, time.perf_counter() - started, notes)
-
-
-class _Allowed:
-    """What build_problem reads from Candidates: every device may run every node unless pinned."""
-
-    def __init__(self, n: int, k: int):
-        self.allowed = [[True] * k for _ in range(n)]
 
 
 def _labels(names, reg):
@@ -279,7 +270,7 @@ def _apply_pins(captured, units, labels, pins, allowed) -> None:
     for key, device in pins.items():  # devices are labels already (_by_label)
         for u, unit in enumerate(units):
             if any(_matches(captured.node(m), key) for m in unit.members):
-                allowed.allowed[u] = [i == index[device] for i in range(len(labels))]
+                allowed[u] = [i == index[device] for i in range(len(labels))]
 
 
 def _with_peer_links(problem, specs):
@@ -445,7 +436,7 @@ def _bound(flops, moved, resident, seconds, nodes, info) -> str:
     launches = info.profile.per_node * nodes
     if info.profile.call_overhead + launches > seconds - launches:  # fixed costs > roofline time
         return "call overhead"
-    ridge = info.device.flops_for("fp32") / info.device.mem_bandwidth
+    ridge = info.device.flops_for(info.dtype) / info.device.mem_bandwidth
     if not moved or flops / moved >= ridge:
         return "compute"
     return "bandwidth"

@@ -27,6 +27,9 @@ class TargetInfo:
     memory: str | None = None
     """Which physical memory the target's resident bytes live in ('cpu', 'cuda:0'): targets with
     the same one share ``device.mem_capacity``. None: its own memory."""
+    dtype: str = "fp32"
+    """The element type its arithmetic runs in, whose peak the roofline reads (hetcc.predict's
+    ``dtype``; compile plans in fp32)."""
     location: str | None = None
     """Where its executables take and return values ('cpu', 'cuda:0'; hetcc/handover.py): two
     targets at one GPU location hand values over without a copy. None: the host, as far as
@@ -34,7 +37,7 @@ class TargetInfo:
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
-    return [[sum(node_seconds(facts[m], t.device, t.profile) for m in u.members) for t in targets]
+    return [[sum(node_seconds(facts[m], t.device, t.profile, t.dtype) for m in u.members) for t in targets]
             for u in units]
 
 
@@ -74,10 +77,12 @@ def build_values(captured, units, unit_of) -> list[Value]:
 
 
 def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
-                  candidates, objective: str = "latency") -> PlacementProblem:
+                  allowed, objective: str = "latency") -> PlacementProblem:
+    """The placement problem: ``allowed[u][t]`` says whether unit u may run on target t (capability,
+    pins and exclusions already applied; ``Candidates.allowed`` in a compile)."""
     costs = unit_costs(units, facts, targets)
     cost = tuple(
-        tuple(c if candidates.allowed[i][t] else math.inf for t, c in enumerate(row))
+        tuple(c if allowed[i][t] else math.inf for t, c in enumerate(row))
         for i, row in enumerate(costs))
     k = len(targets)
     latency = [[0.0] * (k + 1) for _ in range(k + 1)]
