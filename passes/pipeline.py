@@ -7,24 +7,24 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import warnings
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
 
 from hetcc.errors import PlacementError
 from hetcc.passes.problem import PlacementProblem, evaluate, stage_seconds
 from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
     Placement,
-    _allowed,
-    _build,
-    _check_feasible,
-    _check_shared,
-    _heuristic,
-    _infeasible_error,
-    _repair,
+    allowed_targets,
+    build_model,
+    check_feasible,
+    check_shared,
+    cost_scale,
+    decode,
+    heuristic,
+    infeasible_error,
+    repair,
+    run_highs,
 )
 
 class SolveTimeout(PlacementError):
@@ -63,18 +63,18 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
     p = problem
     if p.k == 0:
         raise PlacementError("no targets to place on.")
-    allowed = _allowed(p)
-    _check_feasible(p, allowed)
-    _check_shared(p, allowed)
+    allowed = allowed_targets(p)
+    check_feasible(p, allowed)
+    check_shared(p, allowed)
     if p.k == 1:
         a = (0,) * p.n
         b = bottleneck(p, a)
         return Placement(a, b, b, True, "single-target", time.perf_counter() - t0)
     first = _milp(p, allowed, t0 + time_limit, cap=None)
     if first == "infeasible":
-        raise _infeasible_error(p)
+        raise infeasible_error(p)
     if first is None:  # the time limit came before HiGHS found any placement
-        a = _heuristic(p, allowed, time.perf_counter() + max(5.0, time_limit / 4))
+        a = heuristic(p, allowed, time.perf_counter() + max(5.0, time_limit / 4))
         if a is None:
             raise SolveTimeout(f"no placement found within time_limit={time_limit}s; raise the limit")
         first = (a, 0.0, False)
@@ -94,12 +94,10 @@ def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
     """cap None: minimise the bottleneck T. Otherwise minimise latency with every stage <= cap.
     Returns (assignment, lower bound on the objective, proven); "infeasible" when HiGHS proved
     that nothing fits; None when it stopped at the time limit without a placement."""
-    m, x = _build(p, allowed)
+    m, x = build_model(p, allowed)
     n_base = len(m.c)
     latency_c = np.asarray(m.c + [0.0])
-    # Work in units of a typical cost so HiGHS's absolute tolerances mean something at microseconds.
-    nz = np.abs(latency_c[latency_c != 0])
-    scale = float(np.median(nz)) if nz.size else 1.0
+    scale = cost_scale(latency_c)
     t_var = n_base  # the bottleneck in units of `scale`, continuous in [0, inf)
     rows, cols, vals, lo, hi = list(m.rows), list(m.cols), list(m.vals), list(m.lo), list(m.hi)
     for stage, terms in enumerate(m.stage):
@@ -116,23 +114,15 @@ def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
         c[t_var] = 1.0
     else:
         c = latency_c / scale
-    a_mat = csr_array((np.asarray(vals, float), (np.asarray(rows), np.asarray(cols))),
-                      shape=(len(lo), n_base + 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = milp(c, integrality=np.asarray(m.integer + [0]),
-                   bounds=Bounds(0.0, np.asarray(m.ub + [math.inf])),
-                   constraints=(LinearConstraint(a_mat, np.asarray(lo), np.asarray(hi)),),
-                   options={"time_limit": max(deadline - time.perf_counter(), 0.05),
-                            "mip_rel_gap": 1e-9, "presolve": True})
+    res = run_highs(c, m.integer + [0], m.ub + [math.inf], rows, cols, vals, lo, hi,
+                    max(deadline - time.perf_counter(), 0.05), {"mip_rel_gap": 1e-9})
     if res.status == 2:
         return "infeasible"
     if res.x is None:
         return None
-    xs = res.x
-    a = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
+    a = decode(x, res.x)
     if math.isinf(evaluate(p, a)):
-        a = _repair(p, a, time.perf_counter() + 1.0)
+        a = repair(p, a, time.perf_counter() + 1.0)
         if a is None:
             return None
     bound = getattr(res, "mip_dual_bound", None)

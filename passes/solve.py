@@ -80,7 +80,7 @@ def brute_force(problem: PlacementProblem) -> tuple[tuple[int, ...], float]:
     return best, best_cost
 
 
-def _allowed(problem: PlacementProblem) -> list[list[int]]:
+def allowed_targets(problem: PlacementProblem) -> list[list[int]]:
     """Targets each node may use: finite cost and its resident bytes fit the target alone."""
     return [[t for t in range(problem.k)
              if not math.isinf(problem.cost[i][t]) and problem.resident[i] <= problem.capacity[t]]
@@ -96,7 +96,7 @@ def _fmt_bytes(b: float) -> str:
     return f"{int(b)} bytes"
 
 
-def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None:
+def check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None:
     """Raise PlacementError for the infeasibilities that have a short explanation."""
     for i, ts in enumerate(allowed):
         if ts:
@@ -133,7 +133,7 @@ def _check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None
                 "Add a target with more memory, raise the capacity, or remove a pin.")
 
 
-def _check_shared(problem: PlacementProblem, allowed: list[list[int]]) -> None:
+def check_shared(problem: PlacementProblem, allowed: list[list[int]]) -> None:
     """Nodes that can only run on targets sharing one memory must fit that memory."""
     for targets, cap in problem.shared_capacity:
         members = set(targets)
@@ -146,7 +146,7 @@ def _check_shared(problem: PlacementProblem, allowed: list[list[int]]) -> None:
                 f"{_fmt_bytes(need - cap)} at best). Add a target on another device, or remove a pin.")
 
 
-def _infeasible_error(problem: PlacementProblem) -> PlacementError:
+def infeasible_error(problem: PlacementProblem) -> PlacementError:
     """The MILP found no placement although every node has a target and Hall's condition holds."""
     if all(math.isinf(c) for c in problem.capacity) and not problem.shared_capacity:
         return PlacementError(
@@ -309,7 +309,7 @@ def _improve(problem: PlacementProblem, assignment, deadline: float) -> tuple[in
     return tuple(m.a)
 
 
-def _repair(problem: PlacementProblem, assignment, deadline: float):
+def repair(problem: PlacementProblem, assignment, deadline: float):
     """Move nodes off overfull targets, cheapest move first; None if that does not work out."""
     m = _Mover(problem, assignment)
     while time.perf_counter() < deadline:
@@ -325,7 +325,7 @@ def _repair(problem: PlacementProblem, assignment, deadline: float):
     return None
 
 
-def _heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: float):
+def heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: float):
     """A feasible assignment without proof: best of one-target-for-all and greedy cheapest target
     repaired for capacity, then local search. None when nothing feasible was found."""
     p, cands = problem, []
@@ -499,7 +499,7 @@ def _add_free_source(m: _Model, p: PlacementProblem, v, x) -> None:
                 m.row([(z, 1.0), (j, -1.0)], 0.0, math.inf)
 
 
-def _build(problem: PlacementProblem, allowed: list[list[int]]):
+def build_model(problem: PlacementProblem, allowed: list[list[int]]):
     """x[i,t] binary (a constant where node i has one allowed target), value hand-overs as in
     _add_fixed_source / _add_free_source, one capacity row per target that can overflow."""
     p, k, m = problem, problem.k, _Model(problem.k)
@@ -539,26 +539,41 @@ def _build(problem: PlacementProblem, allowed: list[list[int]]):
     return m, x
 
 
+def cost_scale(c) -> float:
+    """A typical coefficient: dividing by it brings the costs to O(1), so HiGHS's absolute
+    tolerances mean something at microseconds."""
+    nz = np.abs(np.asarray(c, float))
+    nz = nz[nz != 0]
+    return float(np.median(nz)) if nz.size else 1.0
+
+
+def run_highs(c, integrality, ub, rows, cols, vals, lo, hi, time_limit: float, options: dict):
+    """scipy's HiGHS MILP on sparse rows ``lo <= A x <= hi`` and bounds ``0 <= x <= ub``."""
+    constraints = ()
+    if lo:
+        a = csr_array((np.asarray(vals, float), (np.asarray(rows), np.asarray(cols))), shape=(len(lo), len(c)))
+        constraints = (LinearConstraint(a, np.asarray(lo), np.asarray(hi)),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # options scipy passes to HiGHS verbatim
+        return milp(np.asarray(c, float), integrality=np.asarray(integrality), bounds=Bounds(0.0, np.asarray(ub)),
+                    constraints=constraints,
+                    options={"time_limit": max(time_limit, 0.01), "presolve": True, **options})
+
+
+def decode(x, xs) -> tuple[int, ...]:
+    """The assignment a MILP solution ``xs`` picks: per node, the target whose variable is largest
+    (-1 in ``x`` marks a target fixed by elimination)."""
+    return tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
+
+
 def _solve_milp(problem, allowed, time_limit):
-    m, x = _build(problem, allowed)
+    m, x = build_model(problem, allowed)
     nvar = len(m.c)
     if nvar == 0:
         return tuple(next(iter(xi)) for xi in x), None, "fixed"
-    c = np.asarray(m.c)
-    # Scale to O(1) coefficients so HiGHS's absolute tolerances mean something at microseconds.
-    nz = np.abs(c[c != 0])
-    scale = float(np.median(nz)) if nz.size else 1.0
-    constraints = ()
-    if m.lo:
-        a = csr_array((np.asarray(m.vals), (np.asarray(m.rows), np.asarray(m.cols))),
-                      shape=(len(m.lo), nvar))
-        constraints = (LinearConstraint(a, np.asarray(m.lo), np.asarray(m.hi)),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # options scipy passes to HiGHS verbatim
-        res = milp(c / scale, integrality=np.asarray(m.integer), bounds=Bounds(0.0, np.asarray(m.ub)),
-                   constraints=constraints,
-                   options={"time_limit": max(time_limit, 0.01), "mip_rel_gap": REL_TOL / 10,
-                            "mip_abs_gap": 0.0, "presolve": True})
+    scale = cost_scale(m.c)
+    res = run_highs(np.asarray(m.c) / scale, m.integer, m.ub, m.rows, m.cols, m.vals, m.lo, m.hi, time_limit,
+                    {"mip_rel_gap": REL_TOL / 10, "mip_abs_gap": 0.0})
     log.debug("milp: %d vars, %d rows, status %s: %s", nvar, len(m.lo), res.status, res.message)
     if res.status == 2:
         return None, None, "infeasible"
@@ -566,9 +581,7 @@ def _solve_milp(problem, allowed, time_limit):
     lb = None if bound is None or not math.isfinite(bound) else bound * scale + m.offset
     if res.x is None:
         return None, lb, "no-solution"
-    xs = res.x
-    assignment = tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
-    return assignment, lb, "milp" if res.status == 0 else "milp-time-limit"
+    return decode(x, res.x), lb, "milp" if res.status == 0 else "milp-time-limit"
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,9 +602,9 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     p = problem
     if p.k == 0:
         raise PlacementError("no targets to place on. Add a target (torch:cpu is always available).")
-    allowed = _allowed(p)
-    _check_feasible(p, allowed)
-    _check_shared(p, allowed)
+    allowed = allowed_targets(p)
+    check_feasible(p, allowed)
+    check_shared(p, allowed)
     lb0 = _trivial_lower_bound(p, allowed)
 
     def done(a, lb, method):
@@ -611,7 +624,7 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         return done(cheapest, lb0, "trivial")
 
     if exact_node_limit is not None and p.n > exact_node_limit:
-        a = _heuristic(p, allowed, deadline)
+        a = heuristic(p, allowed, deadline)
         if a is None:
             raise PlacementError(
                 f"heuristic found no placement that fits ({p.n} nodes > exact_node_limit="
@@ -622,22 +635,22 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     if method == "fixed":
         return done(a, math.inf, "fixed")
     if method == "infeasible":
-        raise _infeasible_error(p)
+        raise infeasible_error(p)
     if a is None:
-        a = _heuristic(p, allowed, deadline + 1.0)
+        a = heuristic(p, allowed, deadline + 1.0)
         if a is None:
             raise PlacementError(f"no placement found within time_limit={time_limit}s; raise the limit.")
         return done(a, lb if lb is not None else lb0, "heuristic-time-limit")
     if math.isinf(evaluate(p, a)):
         # HiGHS's tolerances let a capacity row overflow by a hair once x is rounded.
-        a = _repair(p, a, time.perf_counter() + 1.0)
+        a = repair(p, a, time.perf_counter() + 1.0)
         if a is None:
             raise InternalError("the MILP's assignment breaks a capacity and could not be repaired")
         method += "+repair"
     if method != "milp":
         # Stopped early: polish HiGHS's incumbent and keep the heuristic's answer if it is better.
         a = _improve(p, a, time.perf_counter() + 1.0)
-        h = _heuristic(p, allowed, time.perf_counter() + 1.0)
+        h = heuristic(p, allowed, time.perf_counter() + 1.0)
         if h is not None and evaluate(p, h) < evaluate(p, a):
             a, method = h, "heuristic-time-limit"
     return done(a, lb if lb is not None else lb0, method)

@@ -259,10 +259,10 @@ def test_brute_force_refuses_large_problems():
 
 
 def test_repair_moves_nodes_off_an_overfull_target():
-    from hetcc.passes.solve import _repair
+    from hetcc.passes.solve import repair
 
     p = make([(1e-5, 2e-5)] * 4, chain(4), resident=[10, 10, 10, 10], capacity=[20, INF])
-    fixed = _repair(p, (0, 0, 0, 0), deadline=math.inf)
+    fixed = repair(p, (0, 0, 0, 0), deadline=math.inf)
     assert fixed is not None and fixed.count(0) == 2 and not math.isinf(evaluate(p, fixed))
 
 
