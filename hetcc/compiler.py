@@ -64,6 +64,23 @@ FALLBACK = Target("torch", "cpu")
 MAX_ATTEMPTS = 8
 
 
+@dataclass(frozen=True)
+class Lowered:
+    """What compiling knows about one segment that lowered and verified."""
+
+    program: object
+    """The SegmentProgram (hetcc.program): its graph, names and example inputs."""
+    target: Target
+    spec: object
+    """Its place in the plan (passes/segments.SegmentSpec): the target index and the units."""
+    artifact: Artifact
+    """The files on disk and their metadata (what a bundle saves)."""
+    executable: object
+    """The loaded segment, callable on tensors."""
+    seconds: float
+    """How long lowering, loading and verifying took."""
+
+
 class CompiledModel:
     """A model compiled by hetcc: call it like the original model."""
 
@@ -298,11 +315,11 @@ class _Session:
                 break
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
-        self._check_fallback(candidates, [u for _, target, spec, *_ in segments if target == FALLBACK
-                                          for u in spec.units])
+        self._check_fallback(candidates, [u for seg in segments if seg.target == FALLBACK
+                                          for u in seg.spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt, notes, captured=self.captured)
-        artifacts = {prog.name: art for prog, _, _, art, _, _ in segments}
+        artifacts = {seg.program.name: seg.artifact for seg in segments}
         compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
         configure_for_plan(compiled, self.backends)
         return compiled
@@ -344,7 +361,7 @@ class _Session:
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
-            segments.append((program, target, spec, artifact, executable, seconds))
+            segments.append(Lowered(program, target, spec, artifact, executable, seconds))
         return segments
 
     def _lower(self, name: str, units, target, doing: str = ""):
@@ -580,7 +597,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
                attempts, notes, captured=None) -> Plan:
     modules = ModulePaths(captured.graph, units, facts) if captured is not None else None
     out = []
-    for program, target, spec, artifact, _, seconds in segments:
+    for seg in segments:
+        program, target, spec, artifact, seconds = seg.program, seg.target, seg.spec, seg.artifact, seg.seconds
         nodes = [m for u in spec.units for m in units[u].members]
         alt = runner_up(problem, placement.assignment, spec.units, candidates.reasons)
         fell_back = {}
@@ -626,9 +644,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
 
 
 def _make_runtime(captured, segments) -> Runtime:
-    steps = [Step(prog.name, str(target), executable, tuple(prog.input_names), tuple(prog.output_names),
-                  location=location_of(executable))
-             for prog, target, _, _, executable, _ in segments]
+    steps = [Step(seg.program.name, str(seg.target), seg.executable, tuple(seg.program.input_names),
+                  tuple(seg.program.output_names), location=location_of(seg.executable))
+             for seg in segments]
     specs = [_spec_of(captured, name) for name in captured.user_inputs]
     read = [*captured.outputs, *captured.state_updates.values(), *captured.input_updates.values()]
     constants = {o: captured.weights[o] for o in read if o in captured.weights}
