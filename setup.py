@@ -7,6 +7,8 @@ from setuptools import setup
 
 PACKAGES = {
     "hetcc": "hetcc",
+    "hetcc.cli": "hetcc/cli",
+    "hetcc.explain": "hetcc/explain",
     "hetcc.passes": "passes",
     "hetcc.backends": "backends",
     "hetcc.cost_model": "cost_model",

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, final
 
+from hetcc.backends._common import dtype_problem, is_structural
 from hetcc.target import Target
 
 
@@ -62,7 +63,7 @@ class Backend(ABC):
     The base owns the rest, so no backend can forget a shared check: ``supports`` answers yes for
     graph plumbing, then refuses a target that is unusable here (with the reason), then a node
     that touches a banned dtype, and only then asks ``supports_op``. Cost estimates live in
-    ``hetcc.cost_model``, not here. docs/backends.md "Writing a backend" shows a whole one."""
+    ``hetcc.cost_model``, not here. docs/backends.md "A whole backend" shows one in full."""
 
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
@@ -106,8 +107,6 @@ class Backend(ABC):
     @final
     def supports(self, node, target: Target) -> Support:
         """Per node, whether this backend takes it on ``target`` and why not."""
-        from hetcc.backends._common import dtype_problem, is_structural
-
         if node.op != "call_function" or is_structural(node):
             return YES  # placeholders, outputs, getitem, SymInt arithmetic: every backend handles them
         why = self.unavailable(target)

@@ -57,7 +57,7 @@ class Analysis:
         from hetcc.cost_model.profiles import calibrated, profile_for
         from hetcc.cost_model.roofline import node_seconds
         from hetcc.cost_model.target_devices import profile_name
-        from hetcc.explain_plot import device_for
+        from hetcc.explain.plot import device_for
 
         calibration = calibrated()
         out = {}

@@ -31,7 +31,7 @@ from hetcc import records
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
-from hetcc.explain_text import strings, tables
+from hetcc.explain.text import strings, tables
 from hetcc.handover import location_of, parse_output_device
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.names import dtype_name

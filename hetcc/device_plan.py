@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from hetcc.errors import HetccError, InputError, PlacementError
-from hetcc.explain_text import listing, value_label
+from hetcc.explain.text import listing, value_label
 
 OBJECTIVES = ("latency", "throughput", "cost")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

@@ -80,7 +80,7 @@ class Plan:
     def summary(self) -> str:
         """A plain-text table of the plan, one row per segment, with fall-back reasons under it,
         then per segment the modules it runs, its runner-up and what it hands over."""
-        from hetcc.explain_text import why_lines
+        from hetcc.explain.text import why_lines
 
         head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
                 "max err"]

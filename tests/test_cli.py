@@ -11,7 +11,7 @@ import torch
 
 import hetcc
 from hetcc.cli import main
-from hetcc.cli_inputs import load_model
+from hetcc.cli.inputs import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = f"{ROOT / 'examples' / 'mlp.py'}:build"
@@ -351,7 +351,7 @@ def test_targets(fake_backends, capsys):
 
 def test_help_names_the_targets_untested_on_hardware(capsys):
     from hetcc.backends.registry import BUILTIN, get_backend
-    from hetcc.cli import UNTESTED
+    from hetcc.cli.main import UNTESTED
 
     for name in BUILTIN:  # the help's fixed text agrees with what the backends declare
         for device in getattr(get_backend(name), "untested", {}):
@@ -516,13 +516,13 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hetcc.cli_render.targets_info", interrupted)
+    monkeypatch.setattr("hetcc.cli.render.targets_info", interrupted)
     code, out, err = cli(capsys, "targets")
     assert (code, out, err) == (130, "", "")
 
 
 def test_backend_options_from_the_command_line(tmp_path, capsys):
-    from hetcc.cli_inputs import backend_option
+    from hetcc.cli.inputs import backend_option
 
     assert backend_option("tensorrt.precision=fp16") == ("tensorrt", "precision", "fp16")
     assert backend_option("torch.compile=true") == ("torch", "compile", True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hetcc.cli_inputs import dynamic_dim
+from hetcc.cli.inputs import dynamic_dim
 
 from test_cli import assert_user_error, cli
 

@@ -16,8 +16,8 @@ from hetcc.cost_model import devices as devices_module
 from hetcc.cost_model.devices import DeviceSpec
 from hetcc.cost_model.profiles import BackendProfile
 from hetcc.cost_model.registry import get_device
-from hetcc.explain_html import render_html, write_html
-from hetcc.explain_plot import BOUNDS, CAPACITY_MARGIN, segment_bounds
+from hetcc.explain.html import render_html, write_html
+from hetcc.explain.plot import BOUNDS, CAPACITY_MARGIN, segment_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 GFLOP/s, 10 GB/s: ridge point 10 FLOP/B; 1 GB of memory.
@@ -152,7 +152,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_png_is_a_readable_picture(tmp_path):
     pytest.importorskip("matplotlib", reason="the explain picture needs matplotlib")
-    from hetcc.explain_plot import write_png
+    from hetcc.explain.plot import write_png
 
     rep = report(*FOUR["segments"], seg("gpu", target="tensorrt:cuda:0"))
     path = write_png(rep, tmp_path / "plan.png", devices={**DEVICES, "tensorrt:cuda:0": get_device("h100")},
@@ -210,7 +210,7 @@ def test_html_is_self_contained_and_escapes_the_report(tmp_path):
 
 
 def test_html_without_matplotlib_still_has_the_tables(monkeypatch):
-    from hetcc import explain_html
+    from hetcc.explain import html as explain_html
 
     def no_matplotlib(*_, **__):
         raise hetcc.HetccError("drawing the plan needs matplotlib: pip install matplotlib")
@@ -237,7 +237,7 @@ def gpt_report(tmp_path_factory) -> dict:
 
 def test_from_a_real_bundle(gpt_report, tmp_path):
     pytest.importorskip("matplotlib", reason="the explain picture needs matplotlib")
-    from hetcc.explain_plot import write_png
+    from hetcc.explain.plot import write_png
 
     bounds = segment_bounds(gpt_report, DEVICES)
     assert [b["name"] for b in bounds] == [s["name"] for s in gpt_report["segments"]]

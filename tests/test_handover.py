@@ -165,7 +165,7 @@ def _info(name, memory, bandwidth, latency=0.0, handoff_bandwidth=math.inf, loca
     if handoff_bandwidth != math.inf:
         import dataclasses
         profile = dataclasses.replace(profile, handoff_bandwidth=handoff_bandwidth)
-    return TargetInfo(name, None, profile, math.inf, bandwidth, latency, memory, location or memory)
+    return TargetInfo(name, None, profile, math.inf, bandwidth, latency, memory=memory, location=location or memory)
 
 
 def test_the_cost_model_charges_the_copies_the_runtime_makes():

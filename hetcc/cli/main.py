@@ -21,8 +21,12 @@ import traceback
 import warnings
 from pathlib import Path
 
-from hetcc import __version__, cli_bench, cli_calibrate, cli_conformance, cli_plan
-from hetcc.cli_inputs import (
+from hetcc import __version__
+from hetcc.cli import bench as cli_bench
+from hetcc.cli import calibrate as cli_calibrate
+from hetcc.cli import conformance as cli_conformance
+from hetcc.cli import plan as cli_plan
+from hetcc.cli.inputs import (
     DYNAMIC_MAX,
     CliError,
     add_fallback_flags,
@@ -364,7 +368,7 @@ def _signature(specs: list) -> str:
 def cmd_explain(args) -> int:
     from hetcc.bundle import read_manifest
 
-    from hetcc.cli_render import printable
+    from hetcc.cli.render import printable
 
     # reads JSON only: no runtime is imported or needed. A stranger's report may hold terminal
     # escape codes: they are shown as text, never sent to the terminal
@@ -372,18 +376,18 @@ def cmd_explain(args) -> int:
     report = printable(_read_report(Path(args.bundle), manifest))
     title = Path(args.bundle).resolve().name
     if args.png:
-        from hetcc.explain_plot import write_png
+        from hetcc.explain.plot import write_png
 
         logging.getLogger("hetcc").info("wrote %s", write_png(report, args.png, title=title))
     if args.html:
-        from hetcc.explain_html import write_html
+        from hetcc.explain.html import write_html
 
         logging.getLogger("hetcc").info("wrote %s", write_html(report, args.html, title=title))
     if args.json:
         _print_json(report)
         return 0
-    from hetcc.cli_render import plan_footer, plan_table
-    from hetcc.explain_text import why_lines
+    from hetcc.cli.render import plan_footer, plan_table
+    from hetcc.explain.text import why_lines
 
     console = _stdout_console()
     console.print(plan_table(report))
@@ -416,7 +420,7 @@ def _read_report(root: Path, manifest: dict) -> dict:
     return {"segments": segments, "notes": [f"{REPORT} missing: node lists and reasons unknown"]}
 
 
-# ---- bench (hetcc/cli_bench.py) ----
+# ---- bench (hetcc/cli/bench.py) ----
 
 def cmd_bench(args) -> int:
     return cli_bench.cmd_bench(args)
@@ -425,7 +429,7 @@ def cmd_bench(args) -> int:
 # ---- targets ----
 
 def cmd_targets(args) -> int:
-    from hetcc.cli_render import targets_info, targets_tables
+    from hetcc.cli.render import targets_info, targets_tables
 
     info = targets_info()
     if args.json:

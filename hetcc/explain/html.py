@@ -11,8 +11,8 @@ import html
 from pathlib import Path
 
 from hetcc.errors import HetccError
-from hetcc.explain_text import hand_overs, strings, why_lines
-from hetcc.explain_plot import (
+from hetcc.explain.text import hand_overs, strings, why_lines
+from hetcc.explain.plot import (
     BOUND_COLORS,
     CAPACITY_MARGIN,
     OVERHEAD_SHARE,

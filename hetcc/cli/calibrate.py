@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hetcc.cli_inputs import CliError
+from hetcc.cli.inputs import CliError
 
 EPILOG = ("examples:\n  hetcc calibrate\n  hetcc calibrate --targets onnxruntime:cpu,torch:cpu --seconds 1\n"
           "  hetcc calibrate -o profile.json --json | jq '.backends.torch.efficiency'\n"

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from hetcc.cli_inputs import CliError, load_model, scope_target
+from hetcc.cli.inputs import CliError, load_model, scope_target
 
 EPILOG = ("examples:\n  hetcc plan examples/gpt.py:build --devices h100,mi300x,epyc\n"
           "  hetcc plan examples/big_decoder.py:build --devices h100,h100 --objective throughput --dtype bf16\n"
@@ -111,9 +111,9 @@ def _render(p) -> None:
     from rich.table import Column, Table
     from rich.text import Text
 
-    from hetcc.cli import _stdout_console
+    from hetcc.cli.main import _stdout_console
     from hetcc.device_plan import cut_label
-    from hetcc.explain_text import listing
+    from hetcc.explain.text import listing
 
     console = _stdout_console()
     console.print(f"[bold]PREDICTION[/bold] from the cost model: nothing was lowered or run. "

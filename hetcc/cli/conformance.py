@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hetcc.cli_inputs import CliError
+from hetcc.cli.inputs import CliError
 from hetcc.errors import plain
 
 EXIT_FAILED = 4
