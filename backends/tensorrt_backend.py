@@ -478,6 +478,8 @@ class TrtExecutable:
         # shape tensors (sizes a shape computation reads) are read by TensorRT from host memory
         host_io = getattr(engine, "is_shape_inference_io", lambda name: False)
         self.on_host = {n for n in self.names[1] if n is not None and host_io(n)}
+        if self.on_host:  # the runtime hands these over on the host instead of via the GPU
+            self.input_locations = tuple("cpu" if n in self.on_host else self.location for n in self.names[1])
         self._local = threading.local()
 
     def _state(self):

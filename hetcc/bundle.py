@@ -32,7 +32,7 @@ from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain.text import strings, tables
-from hetcc.handover import location_of, parse_output_device
+from hetcc.handover import input_locations_of, location_of, parse_output_device
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.names import dtype_name
 from hetcc.runtime import Runtime, Step, TensorSpec
@@ -384,7 +384,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
         if artifact.meta.get("verified") is False:  # cross-compiled: first run on its device
             _verify_on_load(name, str(target), run, artifact)
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"]),
-                          location=location_of(run)))
+                          location=location_of(run), input_locations=input_locations_of(run)))
         artifacts[name] = artifact
         seg_plans.append(_segment_plan(seg, str(target)))
     runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants, state=state,

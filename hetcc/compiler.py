@@ -46,7 +46,7 @@ from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.program import build_program
-from hetcc.handover import location_of, parse_output_device
+from hetcc.handover import input_locations_of, location_of, parse_output_device
 from hetcc.names import dtype_name
 from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.scratch import keep_scratch
@@ -645,7 +645,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
 
 def _make_runtime(captured, segments) -> Runtime:
     steps = [Step(seg.program.name, str(seg.target), seg.executable, tuple(seg.program.input_names),
-                  tuple(seg.program.output_names), location=location_of(seg.executable))
+                  tuple(seg.program.output_names), location=location_of(seg.executable),
+                  input_locations=input_locations_of(seg.executable))
              for seg in segments]
     specs = [_spec_of(captured, name) for name in captured.user_inputs]
     read = [*captured.outputs, *captured.state_updates.values(), *captured.input_updates.values()]

@@ -26,6 +26,12 @@ def location_of(run) -> str:
     return getattr(run, "location", CPU)
 
 
+def input_locations_of(run) -> tuple:
+    """Per input, where the executable reads it, for one that reads some inputs elsewhere than at
+    its location (TensorRT reads shape tensors from host memory); () when all are at its location."""
+    return tuple(getattr(run, "input_locations", ()) or ())
+
+
 def tensor_location(x) -> str:
     """"cpu", or "cuda:N" (torch always gives a CUDA tensor its index)."""
     return CPU if x.is_cpu else str(x.device)

@@ -47,6 +47,9 @@ class Step:
     """Values no later step or output needs once this step has run."""
     location: str = CPU
     """Where the step takes its inputs and leaves its outputs ("cpu", "cuda:0"; hetcc.handover)."""
+    input_locations: tuple = ()
+    """Per input, where the step reads it, where that differs from ``location`` for some (a
+    TensorRT shape tensor is read on the host); () when every input is read at ``location``."""
 
 
 class Runtime:
@@ -297,8 +300,9 @@ class Runtime:
 
         for step in self.steps:
             loc = step.location
+            reads = step.input_locations or (loc,) * len(step.inputs)
             start = time.perf_counter()
-            outs = self._call(step, [at(n, loc, env[n]) for n in step.inputs], None)
+            outs = self._call(step, [at(n, r, env[n]) for n, r in zip(step.inputs, reads)], None)
             if seconds is not None:  # the copies into the step count as the step's, as its hand-over does
                 seconds[step.name] = time.perf_counter() - start
             env.update(zip(step.outputs, outs))

@@ -61,6 +61,17 @@ def test_a_value_is_copied_once_per_location_and_never_between_gpu_segments():
     assert float(d[0]) == 1112.0 and float(c[0]) == 112.0
 
 
+def test_an_input_read_on_the_host_is_not_moved_to_the_gpu():
+    # TensorRT reads shape tensors on the host: a step may read some inputs elsewhere than it runs
+    steps = [Step("s0", "torch:cpu", _add(1), ("x0",), ("a",)),
+             Step("s1", "tensorrt:cuda:0", _add(10), ("a", "x1"), ("b",), location="cuda:0",
+                  input_locations=("cuda:0", "cpu"))]
+    rt = _runtime(steps, ["b"], n_inputs=2)
+    moves = _recording(rt)
+    rt(torch.zeros(4), torch.zeros(4))
+    assert moves == [(1.0, "cuda:0"), (11.0, "cpu")]  # a in, b out; x1 stays on the host
+
+
 def test_outputs_kept_where_made_skip_the_copy_back():
     steps = [Step("s0", "torch:cuda:0", _add(1), ("x0",), ("a",), location="cuda:0")]
     rt = _runtime(steps, ["a", "x0"], output_device=KEEP)

@@ -220,7 +220,7 @@ def _render(results: dict) -> None:
                 segments.add_row(str(r["batch"] or "-"), s["name"], s["target"], f"{s['median_s'] * 1e3:.3f}",
                                  f"{s['share']:.0%}")
             share = r["overhead_s"] / r["latency"]["median_s"]
-            segments.add_row(str(r["batch"] or "-"), "hetcc runtime", "(input checks, hand-offs)",
+            segments.add_row(str(r["batch"] or "-"), "hetcc runtime", "(input checks, hand-offs, outputs to the caller)",
                              f"{r['overhead_s'] * 1e3:.3f}", f"{share:.0%}")
     if segments.row_count:
         console.print(segments)
