@@ -27,13 +27,13 @@ from hetcc.backends._common import (
     check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, from_numpy, lowering_error,
     remember_built, to_numpy,
 )
-from hetcc.backends.base import YES, Artifact, Backend, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support, missing_packages
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, TargetError
 from hetcc.gpus import gpu_index, rocm_arch, rocm_gpus
 from hetcc.target import Target
-from hetcc.names import dtype_name, first_line
+from hetcc.names import dtype_name, first_line, op_name
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,14 @@ BANNED_DTYPES = {
 
 
 def node_problem(node) -> str | None:
-    """Why MIGraphX (through the ONNX export) cannot take this node, or None; needs no ROCm."""
+    """Why MIGraphX (through the ONNX export) cannot take this node, or None: the dtypes the base
+    class refuses, then ``op_problem`` (what ``supports_op`` answers); needs no ROCm."""
     return dtype_problem(node, MIGraphXBackend.banned()) or op_problem(node)
 
 
 def op_problem(node) -> str | None:
     """``node_problem`` for a node on dtypes MIGraphX has (what the base class has checked)."""
     if data_dependent_shape(node):
-        from hetcc.backends._common import op_name
-
         return (f"{op_name(node.target)} has an output size that depends on the data; MIGraphX "
                 "compiles for fixed shapes")
     answer = exporter_support(node)
@@ -118,9 +117,6 @@ def op_problem(node) -> str | None:
 class MIGraphXBackend(Backend):
     name: ClassVar[str] = "migraphx"
     devices: ClassVar[tuple[str, ...]] = ("rocm",)
-    packages: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
-    """The ONNX exporter both routes start from; each route's own runtime is checked in
-    target_problem."""
     banned_dtypes: ClassVar[dict[str, str]] = BANNED_DTYPES
     untested: ClassVar[dict[str, str]] = {
         "rocm": "never run on a GPU: written against MIGraphX's documented API (docs/gpu_backends.md)"}
@@ -149,7 +145,6 @@ class MIGraphXBackend(Backend):
         self.fast_math, self.max_programs = given["fast_math"], given["max_programs"]
 
     def _route(self, target: Target):
-
         return choose_route(self.route, _migraphx_or_error()[1], _ort_provider_problem(), gpu_index(target))
 
     def target_problem(self, target: Target) -> str | None:
@@ -157,6 +152,9 @@ class MIGraphXBackend(Backend):
             index = gpu_index(target)
         except TargetError as exc:
             return str(exc)
+        missing = missing_packages(("onnx", "onnxscript"))  # the ONNX exporter both routes start from
+        if missing:
+            return f"the ONNX exporter needs {', '.join(missing)}; install with: pip install {' '.join(missing)}"
         route, why = self._route(target)
         if route is None:
             return why
@@ -186,7 +184,6 @@ class MIGraphXBackend(Backend):
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
-
         route, why = self._route(target)
         if route is None:
             raise TargetError(f"cannot lower segment {segment.name!r} for {target}: {why}")
@@ -212,7 +209,6 @@ class MIGraphXBackend(Backend):
         return Artifact(target=str(target), files=files, meta=meta)
 
     def load(self, artifact: Artifact, target: Target):
-
         meta = artifact.meta
         segment = meta.get("segment", "?")
         here = {"gfx": rocm_arch(gpu_index(target)), "module_problem": _migraphx_or_error()[1],

@@ -24,7 +24,7 @@ from hetcc.backends._common import (
     check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, lowering_error,
     remember_built,
 )
-from hetcc.backends.base import YES, Artifact, Backend, Support
+from hetcc.backends.base import YES, Artifact, Backend, Support, missing_packages
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
@@ -42,6 +42,7 @@ DEFAULT_DYNAMIC_MAX = 4096
 """Largest size a dynamic dimension gets in the engine's optimization profile when the model's
 own range is wider (an unbounded Dim): TensorRT sizes its memory for the profile's maximum."""
 
+_EXPORTER = ("onnx", "onnxscript")
 _NO_INT64 = frozenset({"aten.mm.default", "aten.bmm.default", "aten.addmm.default",
                        "aten.baddbmm.default", "aten.convolution.default"})
 """Ops TensorRT has no int64 kernels for (its matrix multiply and convolution take floats)."""
@@ -65,9 +66,9 @@ def _cast_only_dtypes() -> dict:
 
 
 def node_problem(node) -> str | None:
-    """Why TensorRT (through the ONNX export) cannot take this node, or None. Pure: needs the ONNX
-    exporter (onnxscript) but not TensorRT, so it is what ``supports`` answers and what the tests
-    check without a GPU."""
+    """Why TensorRT (through the ONNX export) cannot take this node, or None: the dtypes the base
+    class refuses, then ``op_problem`` (what ``supports_op`` answers). Pure: needs the ONNX
+    exporter (onnxscript) but not TensorRT, so the tests check it without a GPU."""
     return dtype_problem(node, TensorRTBackend.banned()) or op_problem(node)
 
 
@@ -118,9 +119,6 @@ class TensorRTBackend(Backend):
     name: ClassVar[str] = "tensorrt"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
     on_device: ClassVar[tuple[str, ...]] = ("cuda",)
-    packages: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
-    """The ONNX exporter TensorRT's input goes through; TensorRT itself is checked in target_problem
-    (its PyPI name depends on the CUDA version)."""
     banned_dtypes: ClassVar[dict[str, str]] = BANNED_DTYPES
     untested: ClassVar[dict[str, str]] = {
         "cuda": "never run on a GPU: written against TensorRT 10's documented API (docs/gpu_backends.md)"}
@@ -146,7 +144,13 @@ class TensorRTBackend(Backend):
         self.dynamic_max = given["dynamic_max"]
 
     def target_problem(self, target: Target) -> str | None:
-        return _tensorrt_or_error()[1] or cuda_problem(target)
+        # TensorRT first (its PyPI name depends on the CUDA version), then the ONNX exporter its
+        # input goes through, then the GPU
+        missing = missing_packages(_EXPORTER)
+        return _tensorrt_or_error()[1] or (
+            f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the ONNX exporter "
+            f"TensorRT's input goes through) not installed; install with: pip install {' '.join(missing)}"
+            if missing else cuda_problem(target))
 
     def versions(self) -> dict[str, str]:
         import torch
@@ -162,7 +166,6 @@ class TensorRTBackend(Backend):
         return Support(False, problem) if problem else YES
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
-
         trt, why = _tensorrt_or_error()
         if trt is None:
             raise TargetError(f"cannot lower segment {segment.name!r} for {target}: {why}")

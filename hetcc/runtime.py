@@ -302,7 +302,7 @@ class Runtime:
             loc = step.location
             reads = step.input_locations or (loc,) * len(step.inputs)
             start = time.perf_counter()
-            outs = self._call(step, [at(n, r, env[n]) for n, r in zip(step.inputs, reads)], None)
+            outs = self._call(step, [at(n, r, env[n]) for n, r in zip(step.inputs, reads, strict=True)], None)
             if seconds is not None:  # the copies into the step count as the step's, as its hand-over does
                 seconds[step.name] = time.perf_counter() - start
             env.update(zip(step.outputs, outs))

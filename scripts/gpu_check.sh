@@ -19,7 +19,7 @@ fi
 # --no-deps: the machine's own torch (a CUDA build) must stay; hetcc's other needs are checked
 # by the run itself, which reports a missing one as a skipped part
 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^\[notice\]" >&2 || true
-# -P: not from this folder, which holds hetcc/ itself; the backends come from the installed entry points
-"$PY" -P -c 'import hetcc.backends.registry' || { echo "gpu_check: hetcc did not install into $PY" >&2; exit 2; }
+# from / : not from this folder, which holds hetcc/ itself (python 3.10 has no -P)
+(cd / && "$PY" -c 'import hetcc.backends.registry') || { echo "gpu_check: hetcc did not install into $PY" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
 exec "$PY" benchmarks/gpu_check.py "$@"

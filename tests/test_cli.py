@@ -351,7 +351,7 @@ def test_targets(fake_backends, capsys):
 
 def test_help_names_the_targets_untested_on_hardware(capsys):
     from hetcc.backends.registry import BUILTIN, get_backend
-    from hetcc.cli.main import UNTESTED
+    from hetcc.cli.app import UNTESTED
 
     for name in BUILTIN:  # the help's fixed text agrees with what the backends declare
         for device in getattr(get_backend(name), "untested", {}):

@@ -747,3 +747,31 @@ def test_a_smaller_gpu_of_a_known_family_keeps_its_own_memory(monkeypatch):
     spec = device_for_target("torch:cuda:0")
     assert spec.name.startswith("a100") and spec.mem_capacity == 40 * 2**30
     assert device_for_target("torch:cuda:3").mem_capacity > 40 * 2**30  # not that GPU: the default
+
+
+def test_tensorrt_says_what_is_missing_in_order(monkeypatch):
+    # TensorRT first (its package name depends on CUDA), then the exporter, then the GPU
+    def answer(result):
+        def call():
+            return result
+        call.cache_clear = lambda: None
+        return call
+
+    monkeypatch.setattr(trtb, "missing_packages", lambda names: ("onnxscript",))
+    monkeypatch.setattr(trtb, "_tensorrt_or_error", answer((None, "tensorrt is missing: pip install tensorrt")))
+    assert trtb.TensorRTBackend().why_unavailable(TRT) == "tensorrt is missing: pip install tensorrt"
+    monkeypatch.setattr(trtb, "_tensorrt_or_error", answer((object(), None)))
+    why = trtb.TensorRTBackend().why_unavailable(TRT)
+    assert why == ("Python package onnxscript (the ONNX exporter TensorRT's input goes through) not "
+                   "installed; install with: pip install onnxscript")
+    monkeypatch.setattr(trtb, "missing_packages", lambda names: ())
+    monkeypatch.setattr(trtb, "cuda_problem", lambda target: "no GPU 0 here")
+    assert trtb.TensorRTBackend().why_unavailable(TRT) == "no GPU 0 here"
+
+
+def test_migraphx_names_the_exporter_before_its_routes(monkeypatch):
+    monkeypatch.setattr(mgx, "missing_packages", lambda names: ("onnx",))
+    assert mgx.MIGraphXBackend().why_unavailable(MGX) == \
+        "the ONNX exporter needs onnx; install with: pip install onnx"
+    assert "device index must be a number" in mgx.MIGraphXBackend().why_unavailable(
+        Target.parse("migraphx:rocm:gfx942"))

@@ -248,7 +248,7 @@ def _tiny_call():
 def test_cli_tune_options():
     import argparse
 
-    from hetcc.cli.main import _compile_options, build_parser
+    from hetcc.cli.app import _compile_options, build_parser
     from hetcc.cli.inputs import tune_value
 
     assert tune_value("60") == 60.0 and tune_value("45s") == 45.0 and tune_value("OFF") == "off"

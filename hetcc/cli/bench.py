@@ -1,6 +1,6 @@
 """`hetcc bench`: measure a model (hetcc's plan, each target alone, torch eager) or a bundle (its
 plan, against the torch yardstick), render the results, and run the regression gate. Kept apart
-from cli.py; nothing heavy is imported until the command runs."""
+from cli/app.py; nothing heavy is imported until the command runs."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,5 @@
 """What the CLI reads from the user: MODEL specs (file.py:function or a .pt2 archive), .npz inputs,
-and option values (SCOPE=TARGET, byte sizes, batch ranges). Kept apart from cli.py so that the
+and option values (SCOPE=TARGET, byte sizes, batch ranges). Kept apart from cli/app.py so that the
 command code reads as commands; torch and numpy are imported inside functions, so `hetcc --help`
 stays fast."""
 from __future__ import annotations
@@ -359,7 +359,7 @@ def _load_exported(path: Path):
     # forbid --dynamic-batch; hetcc exports the module again and torch re-checks every shape then.
     model = ep.module(check_guards=False)
     # compile takes the program itself where nothing asks to export it again, so the dynamic
-    # dims it was exported with are kept (hetcc compile reads this; see cli.cmd_compile)
+    # dims it was exported with are kept (hetcc compile reads this; see cli/app.py cmd_compile)
     model.hetcc_program = ep
     # The unlifted module refuses train()/eval(), but its graph is already traced in the mode it
     # was exported in, so the ordinary nn.Module methods (which only set flags) are harmless.

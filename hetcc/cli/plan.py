@@ -111,7 +111,7 @@ def _render(p) -> None:
     from rich.table import Column, Table
     from rich.text import Text
 
-    from hetcc.cli.main import _stdout_console
+    from hetcc.cli.app import _stdout_console
     from hetcc.device_plan import cut_label
     from hetcc.explain.text import listing
 
