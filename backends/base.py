@@ -92,8 +92,7 @@ class Backend(ABC):
             return f"backend {self.name!r} drives {', '.join(self.devices)}, not {target.device!r}"
         missing = missing_packages(self.packages)
         if missing:
-            return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} not "
-                    f"installed; install with: pip install {' '.join(missing)}")
+            return not_installed(missing)
         return self.target_problem(target) or None
 
     @final
@@ -120,12 +119,7 @@ class Backend(ABC):
     @classmethod
     def banned(cls) -> dict:
         """``banned_dtypes`` as torch dtypes (dtype -> why)."""
-        key = (cls, tuple(cls.banned_dtypes.items()))
-        if key not in _BANNED:
-            import torch
-
-            _BANNED[key] = {getattr(torch, n): why for n, why in cls.banned_dtypes.items() if hasattr(torch, n)}
-        return _BANNED[key]
+        return _banned_of(cls)
 
     def versions(self) -> dict[str, str]:
         """Versions a bundle records and a load compares: torch and each of ``packages``."""
@@ -156,7 +150,17 @@ class Backend(ABC):
     def load(self, artifact: Artifact, target: Target) -> Executable: ...
 
 
-_BANNED: dict = {}
+@lru_cache(maxsize=None)
+def _banned_of(cls) -> dict:
+    import torch
+
+    return {getattr(torch, n): why for n, why in cls.banned_dtypes.items() if hasattr(torch, n)}
+
+
+def not_installed(missing, why: str = "") -> str:
+    """What to say about Python packages that do not import; ``why``: what they are for."""
+    return (f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)}{f' ({why})' if why else ''} "
+            f"not installed; install with: pip install {' '.join(missing)}")
 
 
 @lru_cache(maxsize=None)

@@ -24,7 +24,7 @@ from hetcc.backends._common import (
     check_arity, check_native_code_trusted, data_dependent_shape, dtype_problem, lowering_error,
     remember_built,
 )
-from hetcc.backends.base import YES, Artifact, Backend, Support, missing_packages
+from hetcc.backends.base import YES, Artifact, Backend, Support, missing_packages, not_installed
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.errors import BundleError, InputError, LoweringError, TargetError
@@ -148,9 +148,8 @@ class TensorRTBackend(Backend):
         # input goes through, then the GPU
         missing = missing_packages(_EXPORTER)
         return _tensorrt_or_error()[1] or (
-            f"Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the ONNX exporter "
-            f"TensorRT's input goes through) not installed; install with: pip install {' '.join(missing)}"
-            if missing else cuda_problem(target))
+            not_installed(missing, "the ONNX exporter TensorRT's input goes through") if missing
+            else cuda_problem(target))
 
     def versions(self) -> dict[str, str]:
         import torch

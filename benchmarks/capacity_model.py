@@ -47,12 +47,20 @@ def capacity_setup(scale: float):
                                 "gpu_budget_bytes": budget}
 
 
+def median_ms(samples) -> dict:
+    """A variant's per-call times in milliseconds (hetcc.bench.stats: median, p10, p90)."""
+    from hetcc.bench import stats
+
+    got = stats(samples.calls)
+    return {"median_ms": round(got["median_s"] * 1e3, 3), "p10_ms": round(got["p10_s"] * 1e3, 3),
+            "p90_ms": round(got["p90_s"] * 1e3, 3), "calls": got["n"]}
+
+
 def capacity_check(scale: float, deadline: float, goal: float) -> dict:
     import torch.nn.functional as F
 
     import hetcc
     from hetcc.bench import measure
-    from gpu_check import median_ms
 
     model, ids, budget, shape = capacity_setup(scale)
     result = {"model": shape}
@@ -138,7 +146,6 @@ def trt_mix_check() -> dict:
     """TensorRT takes the layers; a float64 step TensorRT has no type for goes to torch:cuda."""
     import hetcc
     from hetcc.bench import measure
-    from gpu_check import median_ms
 
     class Mixed(nn.Module):
         def __init__(self):

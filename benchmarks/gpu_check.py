@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -94,8 +93,8 @@ def environment(args, deadline) -> dict:
     return facts
 
 
-def usable(prefix: str | None = None) -> list[str]:
-    return [t for t, why in gpu_targets().items() if not why and (prefix is None or t.startswith(prefix))]
+def usable() -> list[str]:
+    return [t for t, why in gpu_targets().items() if not why]
 
 
 def need_gpu() -> None:
@@ -174,11 +173,12 @@ def run_capacity(args, deadline) -> dict:
 
 def run_handover(args, deadline) -> dict:
     need_gpu()
-    others = [t for t in usable() if t.split(":")[0] in ("onnxruntime", "tensorrt")]
-    if "torch:cuda" not in usable() or not others:
+    here = usable()
+    others = [t for t in here if t.split(":")[0] in ("onnxruntime", "tensorrt")]
+    if "torch:cuda" not in here or not others:
         raise Skip("needs torch:cuda and a second runtime on the same GPU (onnxruntime:cuda with "
                    "onnxruntime-gpu, or tensorrt:cuda with TensorRT); usable GPU targets here: "
-                   + (", ".join(usable()) or "none"))
+                   + (", ".join(here) or "none"))
     from capacity_model import handover_check
 
     return handover_check(others[0])
@@ -186,8 +186,9 @@ def run_handover(args, deadline) -> dict:
 
 def run_trt_mix(args, deadline) -> dict:
     need_gpu()
-    if "tensorrt:cuda" not in usable():
-        raise Skip(f"tensorrt:cuda is not usable here: {gpu_targets().get('tensorrt:cuda', 'no tensorrt backend')}")
+    why = gpu_targets().get("tensorrt:cuda", "no tensorrt backend is installed")
+    if why:
+        raise Skip(f"tensorrt:cuda is not usable here: {why}")
     from capacity_model import trt_mix_check
 
     return trt_mix_check()
@@ -294,13 +295,6 @@ def main(argv=None) -> int:
     report["failed"] = [p for p, r in report["parts"].items() if r["status"] == "fail"]
     Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return EXIT_FAILED if report["failed"] else 0
-
-
-def median_ms(samples) -> dict:
-    calls = sorted(samples.calls)
-    q = statistics.quantiles(calls, n=10) if len(calls) >= 2 else [calls[0]] * 9
-    return {"median_ms": round(statistics.median(calls) * 1e3, 3), "p10_ms": round(q[0] * 1e3, 3),
-            "p90_ms": round(q[-1] * 1e3, 3), "calls": len(calls)}
 
 
 if __name__ == "__main__":

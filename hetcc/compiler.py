@@ -468,9 +468,7 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
 def _location_of(t: Target, backend) -> str:
     """Where the target's executables hand values over: on its GPU when the backend keeps them
     there (``on_device``), else on the host."""
-    if t.device in getattr(backend, "on_device", ()):
-        return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
-    return "cpu"
+    return _memory_of(t) if t.device in getattr(backend, "on_device", ()) else "cpu"
 
 
 def _memory_of(t: Target) -> str:

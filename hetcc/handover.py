@@ -7,8 +7,8 @@ it only when a consumer is elsewhere, once per location, and drops the copies wi
 segments on one GPU hand each other the same device tensor: no host copy, whatever their runtimes
 (TensorRT and ONNX Runtime read its device address; torch uses it as is).
 
-The cost model charges the same copies (passes/build_problem: targets on one memory hand over for
-free, a value crossing memories pays the slower side's link). Plain functions of strings, so the
+The cost model charges the same copies (passes/build_problem.handoff: targets at one GPU location
+hand over for free, a value crossing between host and GPU pays the link). Plain functions of strings, so the
 bookkeeping is tested on a machine without a GPU."""
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ class Runtime:
         self._lock = threading.Lock() if self._state else None
         self.output_device = output_device
         self._on_host = all(step.location == CPU for step in steps)
-        """Every step runs on the host: the loop needs no location bookkeeping (the common case)."""
+        """Every step runs on the host: with host inputs and outputs, the loop needs no location
+        bookkeeping (the common case)."""
         self._move = move
         keep = {o for o in outputs if o is not None}
         keep.update(self.state_updates.values(), self.input_updates.values())
@@ -244,7 +245,9 @@ class Runtime:
                 dst.copy_(src)
 
     def _execute(self, flat, seconds: dict | None, state: dict | None):
-        if self._on_host:
+        # the plain loop when nothing leaves the host; any copy (a step on a GPU, a caller's GPU
+        # input, outputs asked on a GPU) goes through the one loop that tracks locations
+        if self._on_host and self._output_device in (CPU, KEEP) and all(x.is_cpu for x in flat):
             return self._execute_on_host(flat, seconds, state)
         return self._execute_located(flat, seconds, state)
 
@@ -263,8 +266,6 @@ class Runtime:
 
     def _execute_on_host(self, flat, seconds, state):
         env: dict[str, torch.Tensor] = dict(zip(self._input_names, flat))
-        if not all(x.is_cpu for x in flat):  # a caller's GPU tensors: one copy each, up front
-            env.update([(n, self._move(x, CPU)) for n, x in env.items() if not x.is_cpu])
         if state:
             env.update(state)
         for step in self.steps:
@@ -274,9 +275,6 @@ class Runtime:
                 env.pop(name, None)
         # outputs: from the environment, else a constant (a weight returned as is, or a non-tensor)
         flat_out = [env[name] if name in env else fixed for name, fixed in self._output_plan]
-        if self._output_device not in (CPU, KEEP):
-            flat_out = [self._move(x, self._output_device) if isinstance(x, torch.Tensor) else x
-                        for x in flat_out]
         return self._structure(flat_out), env
 
     def _execute_located(self, flat, seconds, state):

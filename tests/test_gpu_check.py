@@ -119,7 +119,7 @@ def test_a_conformance_run_past_its_time_keeps_what_finished_and_is_no_pass(tmp_
     from hetcc.conformance import SCHEMA
 
     monkeypatch.setattr(gpu_check, "need_gpu", lambda: None)
-    monkeypatch.setattr(gpu_check, "usable", lambda prefix=None: ["torch:cuda"])
+    monkeypatch.setattr(gpu_check, "usable", lambda: ["torch:cuda"])
 
     def slow(command, deadline):  # one case finished and wrote its report, then time ran out
         out = Path(command[command.index("--out") + 1])
