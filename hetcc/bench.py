@@ -9,36 +9,18 @@ measure with this; docs/benchmarks.md says how to read the numbers.
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
 
-PAUSE = 0.01
-"""Seconds of idle before each turn: longer than the OpenMP/ONNX Runtime spin-wait."""
-TURN = 0.01
-"""With calls='auto', calls per turn are chosen so that a turn lasts about this long."""
-MAX_CALLS = 50
+from hetcc.timing import MAX_CALLS, PAUSE, TURN, Samples, cores, quantile, timed_turn
+
 DEFAULT_RUNS = 30
 MIN_RUNS = 5
 """Rounds measured even when a --budget runs out first: fewer give no usable percentiles."""
 SPREAD = "p10-p90 of per-call latency"
-
-
-@dataclass
-class Samples:
-    """What one variant measured."""
-
-    calls: list[float] = field(default_factory=list)
-    """Seconds of every timed call."""
-    turns: list[float] = field(default_factory=list)
-    """Mean seconds per call of each turn, one per round in round order (for paired ratios)."""
-    steps: dict[str, list[float]] = field(default_factory=dict)
-    """Step (segment) name -> seconds per call, for variants timed per step."""
-    calls_per_turn: int = 1
 
 
 def measure(fns: dict, inputs, *, warmup: int = 3, runs: int | None = None, budget: float | None = None,
@@ -95,29 +77,6 @@ def _turn(fn, inputs, samples: Samples, clock) -> None:
     samples.turns.append(total / samples.calls_per_turn)
 
 
-def timed_turn(fn, inputs, samples: Samples, clock) -> None:
-    total = 0.0
-    for _ in range(samples.calls_per_turn):
-        start = clock()
-        _, steps = fn(*inputs)
-        took = clock() - start
-        samples.calls.append(took)
-        total += took
-        for step, seconds in steps.items():
-            samples.steps.setdefault(step, []).append(seconds)
-    samples.turns.append(total / samples.calls_per_turn)
-
-
-def quantile(xs, q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(xs)
-    if not xs:
-        return math.nan
-    pos = q * (len(xs) - 1)
-    lo, frac = int(pos), pos - int(pos)
-    return xs[lo] if frac == 0 else xs[lo] + (xs[lo + 1] - xs[lo]) * frac
-
-
 def stats(xs) -> dict:
     """Seconds: n, mean, min, max, median, p10, p25, p75, p90, p95 and the IQR (p75 - p25)."""
     qs = {f"p{round(q * 100)}_s": quantile(xs, q) for q in (0.10, 0.25, 0.75, 0.90, 0.95)}
@@ -131,14 +90,6 @@ def paired_ratios(samples: Samples, reference: Samples) -> list[float]:
 
 
 # ---- the machine, and what ran ----
-
-def cores() -> int:
-    """CPUs this process may run on (the affinity mask: a container's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
 
 def cpu_model() -> str:
     try:

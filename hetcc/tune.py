@@ -8,12 +8,12 @@ and time them as they will run. The budget covers building and timing; what was 
 ``Plan.candidates``, and with ``learn=True`` into the cost model's corrections
 (cost_model/corrections.py), so a later compile chooses the same way without measuring.
 
-How candidates are timed: interleaved (hetcc.bench's method: each round visits every candidate in
-a new random order, with a pause and one untimed call before each turn so one runtime's spinning
-threads do not tax the next), compared at the fast end (p10) of their calls, since a busy
-neighbour only adds time. A
-candidate is dropped once, after a few rounds, even its fast end is slower than the leader's median
-by a margin: it cannot win, and the budget goes to the close calls.
+How candidates are timed: interleaved, as `hetcc bench` times (hetcc/timing.py): each round
+visits every candidate in a new random order, with a pause and one untimed call before each turn
+so one runtime's spinning threads do not tax the next; they are compared at the fast end (p10) of
+their calls, since a busy neighbour only adds time. A candidate is dropped once, after a few
+rounds, even its fast end is slower than the leader's median by a margin: it cannot win, and the
+budget goes to the close calls.
 """
 from __future__ import annotations
 
@@ -83,12 +83,12 @@ class Candidate:
     predicted: float | None = None
     note: str = ""
     samples: object = None
-    """hetcc.bench.Samples of its timed calls."""
+    """hetcc.timing.Samples of its timed calls."""
     dropped: int | None = None
     """The round after which it was dropped as clearly slower."""
 
     def fast_end(self) -> float | None:
-        from hetcc.bench import quantile
+        from hetcc.timing import quantile
 
         return quantile(self.samples.calls, FAST_END) if self.samples and self.samples.calls else None
 
@@ -204,7 +204,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
     ones after ``MIN_ROUNDS``; stop when one is left, after ``MAX_ROUNDS``, or at ``deadline``."""
     import torch
 
-    from hetcc.bench import MAX_CALLS, PAUSE, TURN, Samples
+    from hetcc.timing import MAX_CALLS, PAUSE, TURN, Samples
     from hetcc.errors import readable
 
     clock = time.perf_counter
@@ -226,7 +226,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             except Exception as exc:  # noqa: BLE001 - any runtime's failure
                 failed(c, exc)
                 continue
-            per_turn = round(TURN / max(min(took), 1e-7))  # a turn of ~10 ms, as hetcc.bench's
+            per_turn = round(TURN / max(min(took), 1e-7))  # a turn of ~10 ms, as in hetcc bench
             c.samples = Samples(calls_per_turn=max(MIN_CALLS, min(MAX_CALLS, per_turn)))
             live.append(c)
         while len(live) > 1 and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() < deadline):
@@ -247,7 +247,7 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
 
 
 def _turn(runtime, inputs, samples, clock) -> None:
-    from hetcc.bench import timed_turn
+    from hetcc.timing import timed_turn
 
     runtime.call_flat(inputs, {})  # settles the cores; see MIN_CALLS
     timed_turn(runtime.timed_flat, inputs, samples, clock)
@@ -264,7 +264,7 @@ def _timing_note(built, keep, seconds: float, building: float) -> str:
 
 def _learn(session, built) -> str:
     """Fold what was timed into the corrections file; the note says where and what."""
-    from hetcc.bench import quantile
+    from hetcc.timing import quantile
     from hetcc.cost_model import corrections
     from hetcc.cost_model.profiles import calibrated
 
@@ -312,7 +312,7 @@ def _spread(c) -> float:
 def _busy() -> str | None:
     import os
 
-    from hetcc.bench import cores
+    from hetcc.timing import cores
 
     try:
         load = os.getloadavg()[0]
