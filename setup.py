@@ -9,6 +9,7 @@ PACKAGES = {
     "hetcc": "hetcc",
     "hetcc.cli": "hetcc/cli",
     "hetcc.explain": "hetcc/explain",
+    "hetcc.measure": "hetcc/measure",
     "hetcc.passes": "passes",
     "hetcc.backends": "backends",
     "hetcc.cost_model": "cost_model",

@@ -1,10 +1,10 @@
 """Predicted against measured: the cost model's time per segment and end to end, against the clock.
 
 For each model (the examples plus a few defined here so the points span compute-bound,
-bandwidth-bound and overhead-bound work) and each CPU target usable here, the model is compiled
-for that target alone (tune="off"), and a few forced split plans are compiled too; every plan
-is then measured with hetcc.bench's interleaved method (per segment through Runtime.timed_call,
-end to end through the plain call) and compared with its predictions (hetcc.accuracy says what a
+bandwidth-bound and overhead-bound work) and each CPU target usable here, the model is compiled for
+that target alone (tune="off"), and a few forced split plans are compiled too; every plan is then
+measured with hetcc.measure.bench's interleaved method (per segment through Runtime.timed_call, end
+to end through the plain call) and compared with its predictions (hetcc.measure.accuracy says what a
 prediction counts). Reported: per point the prediction, the fast end (p10) and median of the
 measurements and the absolute percentage error (APE); per target, regime, op class and overall the
 median APE and Spearman's rank correlation. docs/cost_model.md ("Predicted against measured") has
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import hetcc  # noqa: E402
-from hetcc import accuracy  # noqa: E402
+from hetcc.measure import accuracy  # noqa: E402
 from hetcc.errors import HetccError  # noqa: E402
 
 err = Console(stderr=True, highlight=False)
@@ -196,7 +196,7 @@ def load_profiles(path: str | None, defaults: bool, targets: list[str]):
 
 def _calibrate_now(targets: list[str], path: Path):
     """What `hetcc calibrate` does: measure the CPU and each target, write the profile, read it back."""
-    from hetcc.calibrate import calibrate
+    from hetcc.measure.calibrate import calibrate
     from hetcc.cost_model.profiles import read_profile
 
     err.print(f"no calibrated profile for this machine: measuring one (as `hetcc calibrate`) into {path}")
@@ -254,7 +254,7 @@ def run(models: list[str], targets: list[str], profiles, devices, runs: int, spl
 
 def report(points, machine: dict, profile_source: str, args, seconds: float, quiet: dict,
            skipped: list) -> dict:
-    from hetcc.bench import versions
+    from hetcc.measure.bench import versions
 
     def table(by):
         return {"fast end (p10)": accuracy.summaries(points, by),
@@ -324,7 +324,7 @@ def _rho(x: float) -> str:
 
 def main(argv=None) -> int:
     from hetcc.backends.registry import usable_targets
-    from hetcc.bench import machine_info
+    from hetcc.measure.bench import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")

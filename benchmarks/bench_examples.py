@@ -1,10 +1,10 @@
 """Side-by-side latency of each example: hetcc's plan against each single runtime, in one run.
 
-Variants are measured interleaved (several calls per turn, in a new random order each round, with
-a short pause between turns so one runtime's spinning thread pool does not tax the next) so that
-machine drift hits every variant alike; we report per-call medians, the spread (p10-p90 of turns), and the ratio of
-hetcc to the best single runtime. The measuring core is hetcc.bench.measure, which `hetcc bench`
-uses too. Not a test: run it by hand.
+Variants are measured interleaved (several calls per turn, in a new random order each round, with a
+short pause between turns so one runtime's spinning thread pool does not tax the next) so that
+machine drift hits every variant alike; we report per-call medians, the spread (p10-p90 of turns),
+and the ratio of hetcc to the best single runtime. The measuring core is
+hetcc.measure.bench.measure, which `hetcc bench` uses too. Not a test: run it by hand.
 
     python benchmarks/bench_examples.py [--rounds 30] [--examples mlp,cnn] [--markdown out.md]
 """
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import hetcc  # noqa: E402
 from hetcc.backends.registry import usable_targets  # noqa: E402
-from hetcc.bench import measure as measure_interleaved  # noqa: E402
-from hetcc.bench import quantile  # noqa: E402
+from hetcc.measure.bench import measure as measure_interleaved  # noqa: E402
+from hetcc.timing import quantile  # noqa: E402
 
 EXAMPLES = ["mlp", "cnn", "encoder", "gpt", "mixed"]
 HETCC_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]

@@ -15,14 +15,14 @@ process, measured interleaved:
   torch.compile  torch.compile(model), default (inductor)
   eager          the model itself
 
-Each path is built and checked against eager once (a path that fails to build, to run or to match
-is reported as failed with a one-line reason, and the run goes on), warmed up, then every working
-path is measured with hetcc.bench.measure: one call per path per round, in a new random order each
-round, 10 ms idle and one untimed call before each timed call, so machine drift moves every path
-alike and no path pays for the one before it (ONNX Runtime spins after a call). Reported per path:
-median, p10, p90 of per-call seconds and the spread (p90-p10)/median; per model hetcc / best
-native, where "native" is the best median of onnxruntime, openvino, iree and torch.compile (eager
-is reported beside it, not counted); and the geometric mean of that ratio over the models.
+Each path is built and checked against eager once (a path that fails to build, to run or to match is
+reported as failed with a one-line reason, and the run goes on), warmed up, then every working path
+is measured with hetcc.measure.bench.measure: one call per path per round, in a new random order
+each round, 10 ms idle and one untimed call before each timed call, so machine drift moves every
+path alike and no path pays for the one before it (ONNX Runtime spins after a call). Reported per
+path: median, p10, p90 of per-call seconds and the spread (p90-p10)/median; per model hetcc / best
+native, where "native" is the best median of onnxruntime, openvino, iree and torch.compile (eager is
+reported beside it, not counted); and the geometric mean of that ratio over the models.
 
     python benchmarks/bench_native.py [--models bert,resnet] [--rounds 25 | --budget SECONDS]
                                       [--json out.json] [--quick]
@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import hetcc  # noqa: E402
-from hetcc.bench import machine_info, measure, quantile  # noqa: E402
+from hetcc.measure.bench import machine_info, measure  # noqa: E402
+from hetcc.timing import quantile  # noqa: E402
 
 import hf_models  # noqa: E402
 

@@ -33,7 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hetcc  # noqa: E402
-from hetcc.bench import machine_info  # noqa: E402
+from hetcc.measure.bench import machine_info  # noqa: E402
 
 
 class Small(nn.Module):

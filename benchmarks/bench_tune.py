@@ -11,9 +11,9 @@ in this order:
   learnt   tune="off" again, with the corrections learnt so far (this model's included)
 
 Corrections go to a temporary file ($HETCC_CORRECTIONS), never to the user's. Then the four compiled
-models are measured interleaved with hetcc.bench.measure (one call per turn, 50 ms idle before each:
-longer than ONNX Runtime's spinning after a call; a new random order each round) and each gets its
-median and p10-p90 per call.
+models are measured interleaved with hetcc.measure.bench.measure (one call per turn, 50 ms idle
+before each: longer than ONNX Runtime's spinning after a call; a new random order each round) and
+each gets its median and p10-p90 per call.
 
     python benchmarks/bench_tune.py [--models bert,vit] [--rounds 30] [--json out.json]
                                     [--targets onnxruntime:cpu,openvino:cpu,torch:cpu]
@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import hetcc  # noqa: E402
-from hetcc.bench import machine_info, measure, quantile  # noqa: E402
+from hetcc.measure.bench import machine_info, measure  # noqa: E402
+from hetcc.timing import quantile  # noqa: E402
 
 import hf_models  # noqa: E402
 

@@ -2,7 +2,7 @@
 the zero-copy cut between two runtimes on one GPU, and the TensorRT + torch:cuda mix.
 
 Each returns a dict for the report with its figures and ``status`` ("pass"/"fail"); each compares
-in one process, interleaved (hetcc.bench.measure), never against a figure from another run."""
+in one process, interleaved (hetcc.measure.bench.measure), never against a figure from another run."""
 from __future__ import annotations
 
 import copy
@@ -48,8 +48,8 @@ def capacity_setup(scale: float):
 
 
 def median_ms(samples) -> dict:
-    """A variant's per-call times in milliseconds (hetcc.bench.stats: median, p10, p90)."""
-    from hetcc.bench import stats
+    """A variant's per-call times in milliseconds (hetcc.measure.bench.stats: median, p10, p90)."""
+    from hetcc.measure.bench import stats
 
     got = stats(samples.calls)
     return {"median_ms": round(got["median_s"] * 1e3, 3), "p10_ms": round(got["p10_s"] * 1e3, 3),
@@ -60,7 +60,7 @@ def capacity_check(scale: float, deadline: float, goal: float) -> dict:
     import torch.nn.functional as F
 
     import hetcc
-    from hetcc.bench import measure
+    from hetcc.measure.bench import measure
 
     model, ids, budget, shape = capacity_setup(scale)
     result = {"model": shape}
@@ -145,7 +145,7 @@ def handover_check(other: str) -> dict:
 def trt_mix_check() -> dict:
     """TensorRT takes the layers; a float64 step TensorRT has no type for goes to torch:cuda."""
     import hetcc
-    from hetcc.bench import measure
+    from hetcc.measure.bench import measure
 
     class Mixed(nn.Module):
         def __init__(self):

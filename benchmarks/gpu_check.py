@@ -125,7 +125,7 @@ def run_tests(args, deadline) -> dict:
 
 
 def run_conformance(args, deadline) -> dict:
-    from hetcc.conformance import failed, read_reports
+    from hetcc.measure.conformance import failed, read_reports
 
     need_gpu()
     targets = usable()

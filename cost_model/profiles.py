@@ -3,7 +3,7 @@
 ``efficiency`` multiplies the device's measured GEMM FLOP/s and copy bandwidth (so a runtime whose
 GEMM beats torch's shows above 1). Elementwise efficiency is counted against unfused traffic, so a
 runtime that fuses elementwise chains shows well above 1 there. The defaults below were measured
-with ``hetcc.calibrate`` on the 2-core AMD EPYC CI machine (docs/cost_model.md), with
+with ``hetcc.measure.calibrate`` on the 2-core AMD EPYC CI machine (docs/cost_model.md), with
 hetcc's own ~40 us of input checking taken out of the call overheads.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Predicted against measured (hetcc.accuracy, benchmarks/bench_cost_model.py): the statistics, and
-the points the benchmark collects from a compiled model. Structure only: no timing thresholds."""
+"""Predicted against measured (hetcc.measure.accuracy, benchmarks/bench_cost_model.py): the
+statistics, and the points the benchmark collects from a compiled model. Structure only: no timing
+thresholds."""
 import importlib.util
 import json
 import math
@@ -13,9 +14,9 @@ from hetcc.passes.build_problem import HANDOFF_LATENCY
 from torch import nn
 
 import hetcc
-from hetcc import accuracy
-from hetcc.accuracy import END_TO_END, SEGMENT, Point
 from hetcc.errors import HetccError
+from hetcc.measure import accuracy
+from hetcc.measure.accuracy import END_TO_END, SEGMENT, Point
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = DeviceSpec(name="cpu", peak_flops={"fp32": 100e9}, mem_bandwidth=20e9, mem_capacity=8e9,

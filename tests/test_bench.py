@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from hetcc import bench, bench_gate
 from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hetcc.backends.registry import register_backend
-from hetcc.bench_run import prepare_model
 from hetcc.cli import main
 from hetcc.cost_model.profiles import DEFAULT_PROFILES
+from hetcc.measure import bench, bench_gate
+from hetcc.measure.bench_run import prepare_model
+from hetcc.timing import cores
 
 MACHINE = "x86_64-2cpu"
 
@@ -125,7 +126,7 @@ def test_gate_measures_again_on_a_busy_machine_and_judges_the_quietest_attempt()
 def test_stats_and_machine_class():
     s = bench.stats([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s["median_s"] == 3.0 and s["p25_s"] == 2.0 and s["iqr_s"] == 2.0 and s["p10_s"] == pytest.approx(1.4)
-    assert bench.machine_class().endswith(f"-{bench.cores()}cpu")
+    assert bench.machine_class().endswith(f"-{cores()}cpu")
 
 
 def test_timed_call_returns_the_same_outputs_and_a_time_per_segment():

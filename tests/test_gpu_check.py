@@ -116,7 +116,7 @@ def test_the_capacity_model_cannot_fit_its_gpu_budget_but_its_layers_can():
 
 
 def test_a_conformance_run_past_its_time_keeps_what_finished_and_is_no_pass(tmp_path, monkeypatch):
-    from hetcc.conformance import SCHEMA
+    from hetcc.measure.conformance import SCHEMA
 
     monkeypatch.setattr(gpu_check, "need_gpu", lambda: None)
     monkeypatch.setattr(gpu_check, "usable", lambda: ["torch:cuda"])

@@ -1,14 +1,14 @@
 """The roofline's refinements (cost_model/roofline.py) and the calibration arithmetic that measures
-them (hetcc/calibrate.py profile_from): two memory levels, an efficiency per side and per
+them (hetcc/measure/calibrate.py profile_from): two memory levels, an efficiency per side and per
 transcendental op, views that cost a dispatch, and calibration recovering a known profile exactly
 from the times that profile predicts. No timing here."""
 from dataclasses import replace
 
 import pytest
-from hetcc import calibrate
 from hetcc.cost_model.devices import DeviceSpec
 from hetcc.cost_model.profiles import DEFAULT_PROFILES, BackendProfile
 from hetcc.cost_model.roofline import bandwidth, base_op, node_parts, node_seconds
+from hetcc.measure import calibrate
 from hetcc.passes.facts import NodeFacts
 
 from hetcc.analysis import analyze

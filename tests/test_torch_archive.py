@@ -563,14 +563,14 @@ def test_every_extra_round_trips_through_torchs_deserializer():
 
 
 def _cases():
-    from hetcc.conformance import all_cases
+    from hetcc.measure.conformance import all_cases
 
     return {case.name: case for case in all_cases()}
 
 
 def _decode_with_a_growing_cache():
     """A decoder step whose KV-cache length is dynamic: its segment carries guards_code."""
-    from hetcc.conformance import Built
+    from hetcc.measure.conformance import Built
 
     decoders = importlib.import_module("decoders")
     core = decoders.DecoderConfig.gqa().build()
@@ -597,7 +597,7 @@ class _BeyondCore(nn.Module):
 
 
 def _beyond_core():
-    from hetcc.conformance import Built
+    from hetcc.measure.conformance import Built
 
     return Built(_BeyondCore().eval(), (torch.randn(4, 8), torch.rand(4, 8) > 0.3))
 
@@ -608,7 +608,7 @@ ROUND_TRIP = [*_cases(), *SPECIAL]
 
 @pytest.mark.parametrize("name", ROUND_TRIP)
 def test_round_trip_on_torch_cpu(name, tmp_path):
-    from hetcc.conformance import compare_outputs
+    from hetcc.measure.conformance import compare_outputs
 
     torch.manual_seed(0)
     built = SPECIAL[name]() if name in SPECIAL else _cases()[name].build()

@@ -81,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args) -> int:
-    from hetcc import bench_gate
-    from hetcc.bench_run import EAGER, YARDSTICK, prepare_bundle, prepare_model
+    from hetcc.measure import bench_gate
+    from hetcc.measure.bench_run import EAGER, YARDSTICK, prepare_bundle, prepare_model
 
     if args.update_baseline and not args.compare:
         raise CliError("--update-baseline writes the file named by --compare BASELINE; give both")
@@ -172,7 +172,7 @@ def _bundle_inputs(args):
 
 
 def _gate_lines(results: dict) -> list[str]:
-    from hetcc import bench_gate
+    from hetcc.measure import bench_gate
 
     gate = results.get("gate")
     if not gate:

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 
 def cmd_calibrate(args) -> int:
     from hetcc.backends.registry import resolve, usable_targets
-    from hetcc.calibrate import calibrate
+    from hetcc.measure.calibrate import calibrate
     from hetcc.cost_model.profiles import profile_path, read_profile
     from hetcc.target import parse_targets
 

@@ -1,5 +1,5 @@
-"""`hetcc conformance`: run the backend conformance cases (hetcc/conformance.py) on the targets
-usable here, write one JSON report per (case, target), and print the coverage table."""
+"""`hetcc conformance`: run the backend conformance cases (hetcc/measure/conformance.py) on the
+targets usable here, write one JSON report per (case, target), and print the coverage table."""
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
 
 
 def cmd_conformance(args) -> int:
-    from hetcc import conformance
+    from hetcc.measure import conformance
 
     if args.from_dir:
         given = [f"--{n}" for n in ("targets", "cases", "examples", "out") if getattr(args, n)]
@@ -69,7 +69,7 @@ def cmd_conformance(args) -> int:
 
 def _targets(text: str | None) -> list[str]:
     from hetcc.backends.registry import resolve
-    from hetcc.conformance import conformance_target, conformance_targets
+    from hetcc.measure.conformance import conformance_target, conformance_targets
     from hetcc.target import parse_targets
 
     if not text:
@@ -82,7 +82,7 @@ def _targets(text: str | None) -> list[str]:
 
 
 def _show(reports: list[dict], args, out: str | None, seconds: float | None) -> int:
-    from hetcc.conformance import coverage_markdown, failed
+    from hetcc.measure.conformance import coverage_markdown, failed
 
     failures = [f"{r['case']} on {r['target']}" for r in reports if failed(r)]
     if args.json:
@@ -105,7 +105,7 @@ def _render(reports: list[dict], out: str | None, seconds: float | None) -> None
     from rich.markup import escape
     from rich.table import Table
 
-    from hetcc.conformance import cell, coverage
+    from hetcc.measure.conformance import cell, coverage
 
     targets, rows, table = coverage(reports)
     grid = Table(title="conformance: each case compiled for one target alone, compared with eager PyTorch",

@@ -1,6 +1,6 @@
-"""The conformance suite: every case in hetcc.conformance on every target usable here, one JSON
-report each (docs/conformance.md). A case fails on a wrong result, on a crash that is not a clear
-hetcc error, or when a case pinned as native on a CPU target (KNOWN_FALLBACKS) no longer is.
+"""The conformance suite: every case in hetcc.measure.conformance on every target usable here, one
+JSON report each (docs/conformance.md). A case fails on a wrong result, on a crash that is not a
+clear hetcc error, or when a case pinned as native on a CPU target (KNOWN_FALLBACKS) no longer is.
 
 The CPU targets (torch, ONNX Runtime, OpenVINO) are test dependencies: they run here and on CI and
 are never skipped. GPU targets join by themselves wherever their backend says it is usable.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hetcc.backends.registry import get_backend, installed
-from hetcc.conformance import (
+from hetcc.measure.conformance import (
     GPU_DEVICES,
     PINNED_TARGETS,
     all_cases,

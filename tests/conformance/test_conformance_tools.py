@@ -10,7 +10,8 @@ from torch import nn
 from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
 from hetcc.backends.torch_backend import TorchBackend
 from hetcc.cli import main
-from hetcc.conformance import (
+from hetcc.errors import HetccError
+from hetcc.measure.conformance import (
     Built,
     Case,
     all_cases,
@@ -23,7 +24,6 @@ from hetcc.conformance import (
     select_cases,
     write_report,
 )
-from hetcc.errors import HetccError
 
 OPS = {c.name: c for c in all_cases() if c.kind == "op"}
 

@@ -1,15 +1,16 @@
 """What `hetcc bench` measures: the variants of a model (hetcc's plan, each target alone, torch
 eager) or of a bundle (its plan, against the torch yardstick), at one or more batch sizes, measured
-interleaved by :func:`hetcc.bench.measure`. Returns the results document (plain JSON data) that the
-CLI renders and the regression gate (:mod:`hetcc.bench_gate`) compares."""
+interleaved by :func:`hetcc.measure.bench.measure`. Returns the results document (plain JSON
+data) that the CLI renders and the regression gate (:mod:`hetcc.measure.bench_gate`) compares."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hetcc import bench
 from hetcc.errors import HetccError, InputError
+from hetcc.measure import bench
+from hetcc.timing import PAUSE, quantile
 
 RESULTS_FORMAT = "hetcc-bench-results"
 RESULTS_VERSION = 1
@@ -255,7 +256,7 @@ def _run(b: Bench, say, *, warmup, runs, budget, calls, seed) -> dict:
         "reference": next((v.name for v in b.variants if v.reference), None),
         "machine": bench.machine_info(), "versions": bench.versions(backends),
         "settings": {"targets": list(b.targets), "warmup": warmup, "runs": runs, "budget_s": budget,
-                     "calls_per_turn": calls or "auto", "pause_s": bench.PAUSE, "seed": seed,
+                     "calls_per_turn": calls or "auto", "pause_s": PAUSE, "seed": seed,
                      "batch_sizes": list(b.batch_sizes), "reference": b.reference, "spread": bench.SPREAD,
                      "ratio": "variant median / reference median, measured in the same rounds",
                      "ratio_fast": "variant p10 / reference p10 (what the regression gate compares)",
@@ -276,7 +277,7 @@ def _row(v: Variant, batch, samples, ref) -> dict:
         ref_lat = bench.stats(ref.calls)
         paired = bench.paired_ratios(samples, ref)
         row.update(ratio=lat["median_s"] / ref_lat["median_s"], ratio_fast=lat["p10_s"] / ref_lat["p10_s"],
-                   ratio_spread=[bench.quantile(paired, 0.1), bench.quantile(paired, 0.9)],
+                   ratio_spread=[quantile(paired, 0.1), quantile(paired, 0.9)],
                    reference_median_s=ref_lat["median_s"])
     if samples.steps:
         steps = [{"name": n, "target": t, "median_s": bench.stats(samples.steps[n])["median_s"]}

@@ -178,7 +178,7 @@ def _op_cases() -> list[Case]:
 
 def examples_dir() -> Path | None:
     """examples/ beside the package in a source checkout (an installed wheel has none)."""
-    here = Path(__file__).resolve().parents[1] / "examples"
+    here = Path(__file__).resolve().parents[2] / "examples"
     return here if (here / "mlp.py").is_file() else None
 
 
@@ -258,7 +258,7 @@ def expected(case: str, target: str) -> str | None:
 def run_case(case: Case, target: str, workdir=None) -> dict:
     """Compile ``case`` for ``target`` alone, run it, compare with eager PyTorch; the report.
     Never raises for the case's own sake: what went wrong is in the report's status and error."""
-    from hetcc.bench import machine_info, versions
+    from hetcc.measure.bench import machine_info, versions
     from hetcc.target import Target
 
     report = {

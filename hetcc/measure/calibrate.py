@@ -158,7 +158,7 @@ def cases() -> dict[str, tuple[nn.Module, tuple]]:
 
 
 FAST_END = 0.1
-"""The quantile of per-call times kept: a busy neighbour only ever adds time (hetcc.bench)."""
+"""The quantile of per-call times kept: a busy neighbour only ever adds time (hetcc.timing)."""
 CALLS_PER_TURN = 3
 
 
@@ -180,11 +180,12 @@ def compile_cases(target: str, device, workdir: Path) -> dict:
 
 def time_cases(compiled: dict, seconds: float = 0.3, raw: dict | None = None) -> dict:
     """Time every (target, case) of ``{key: (compiled, inputs, facts)}`` and every plain callable of
-    ``raw`` ({key: fn()}) interleaved, with hetcc.bench's method, for about ``seconds`` per entry in
-    all: a busy spell of a neighbour then hits every entry a little instead of one entry wholly.
-    Returns key -> (the fast end of the whole call, the fast end of its segments' own time: the
-    backend's call without hetcc's checks; the whole call again for ``raw`` entries)."""
-    from hetcc.bench import measure, quantile
+    ``raw`` ({key: fn()}) interleaved, with hetcc.measure.bench's method, for about ``seconds`` per
+    entry in all: a busy spell of a neighbour then hits every entry a little instead of one entry
+    wholly. Returns key -> (the fast end of the whole call, the fast end of its segments' own time:
+    the backend's call without hetcc's checks; the whole call again for ``raw`` entries)."""
+    from hetcc.measure.bench import measure
+    from hetcc.timing import quantile
 
     def call(model, inputs):
         return lambda: model(*inputs)

@@ -148,10 +148,11 @@ def _label(parts: dict, classes: dict) -> tuple[str, str]:
 def collect(model: str, plans: dict, inputs, profiles: dict, devices: dict, *, runs: int = 15,
             seed: int = 0) -> list[Point]:
     """Measure each compiled plan of one model ({label: CompiledModel}) on ``inputs`` with
-    hetcc.bench's interleaved method, and return its points: one per segment, one end to end.
-    Each plan is measured twice in the same rounds: plainly (end to end) and through
+    hetcc.measure.bench's interleaved method, and return its points: one per segment, one end to
+    end. Each plan is measured twice in the same rounds: plainly (end to end) and through
     ``Runtime.timed_call`` (per segment)."""
-    from hetcc.bench import measure, quantile
+    from hetcc.measure.bench import measure
+    from hetcc.timing import quantile
 
     fns, timed = {}, {}
     for label, compiled in plans.items():
