@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -39,6 +40,7 @@ from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.structures import structure_problem
 from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target
+from hetcc.verify import Tolerances, Verification, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +204,11 @@ def _write(compiled, staging: Path) -> None:
     segments, versions = [], {}
     for step, seg_plan in zip(runtime.steps, compiled.plan.segments, strict=True):
         artifact = compiled.artifacts[step.name]
+        verification = compiled.verifications.get(step.name, Verification())
         folder = staging / SEGMENTS / _path_name(step.name, "segment name")
         folder.mkdir(parents=True)
         files = {}
-        for role, src in artifact.files.items():
+        for role, src in {**artifact.files, **verification.files()}.items():
             dst = folder / _path_name(Path(src).name, f"segment {step.name} file name")
             if dst.exists():
                 raise BundleError(f"segment {step.name}: two of its files are both named {dst.name}; "
@@ -223,7 +226,7 @@ def _write(compiled, staging: Path) -> None:
         segments.append({
             "name": step.name, "target": step.target,
             "inputs": list(step.inputs), "outputs": list(step.outputs),
-            "files": files, "meta": artifact.meta,
+            "files": files, "meta": artifact.meta | verification.meta(),
             "plan": {k: getattr(seg_plan, k) for k in (
                 "predicted_seconds", "measured_seconds", "flops", "bytes_moved", "resident_bytes",
                 "max_error")}
@@ -365,10 +368,11 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     if constant_entry:
         constants = _tensors(_checked_file(root, constant_entry, "constants"), "constants file")
     state = _load_state(root, state_entry)
-    steps, artifacts, seg_plans = [], {}, []
-    for seg, backend, files in zip(segs, backends, checked):
+    steps, artifacts, verifications, seg_plans = [], {}, {}, []
+    for seg, backend, all_files in zip(segs, backends, checked):
         name, target = seg["name"], Target.parse(seg["target"])
-        artifact = Artifact(str(target), files, dict(seg["meta"]))
+        verification, meta, files = Verification.from_manifest(seg["meta"], all_files)
+        artifact = Artifact(str(target), files, meta)
         try:
             run = backend.load(artifact, target)
         except BundleError as exc:  # the backend's own safety checks: already says what to do
@@ -381,27 +385,25 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
             raise BundleError(
                 f"segment {name}: {target} could not load {', '.join(sorted(_seg_paths(seg)))} "
                 f"({type(exc).__name__}: {readable(exc)}); {advice}") from exc
-        if artifact.meta.get("verified") is False:  # cross-compiled: first run on its device
-            _verify_on_load(name, str(target), run, artifact)
+        if verification.verified is False:  # cross-compiled: first run on its device
+            verification = _verify_on_load(name, str(target), run, verification)
         steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"]),
                           location=location_of(run), input_locations=input_locations_of(run)))
         artifacts[name] = artifact
+        verifications[name] = verification
         seg_plans.append(_segment_plan(seg, str(target)))
     runtime = Runtime(steps, specs, outputs, const_outputs, in_spec, out_spec, constants, state=state,
                       state_updates=state_entry.get("updates"), input_updates=input_updates)
     signature = manifest.get("output_signature")
     if isinstance(signature, list) and len(signature) == len(outputs):
         runtime.output_specs = [None if o is None else _spec_from_json(o, "output") for o in signature]
-    return CompiledModel(runtime, _plan(root, seg_plans), artifacts)
+    return CompiledModel(runtime, _plan(root, seg_plans), artifacts, verifications=verifications)
 
 
-def _verify_on_load(name: str, target: str, run, artifact) -> None:
+def _verify_on_load(name: str, target: str, run, verification: Verification) -> Verification:
     """A segment compiled for a device that was not there (compile(cross_compile=True)) is checked
     against the PyTorch reference the first time it can run: here, at load."""
-    from hetcc.verify import Tolerances, check_outputs
-
-    check = artifact.meta.get("check")
-    path = artifact.files.get("check")
+    check, path = verification.check, verification.check_file
     if not isinstance(check, dict) or not path:
         raise BundleError(f"segment {name} ({target}) was never verified and its check data is missing; "
                           "the bundle is incomplete: compile it again")
@@ -420,7 +422,7 @@ def _verify_on_load(name: str, target: str, run, artifact) -> None:
         raise BundleError(f"segment {name} was compiled for {target} on another machine and gives "
                           f"wrong results on this one: {exc}. Do not use this bundle here; compile the "
                           "model on this machine") from exc
-    artifact.meta.update(verified=True, max_error=error)
+    return replace(verification, verified=True, max_error=error)
 
 
 def _spec_json(spec: TensorSpec) -> dict:

@@ -52,7 +52,14 @@ from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.scratch import keep_scratch
 from hetcc.target import Target, parse_targets
 from hetcc.tune import budget_of, corrected_infos, tune_plan
-from hetcc.verify import NAN_POLICIES, Tolerances, compare, nan_differences, nan_probe_inputs
+from hetcc.verify import (
+    NAN_POLICIES,
+    Tolerances,
+    Verification,
+    compare,
+    nan_differences,
+    nan_probe_inputs,
+)
 
 log = logging.getLogger("hetcc")
 
@@ -65,6 +72,22 @@ MAX_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What lowering, loading and verifying some nodes on a target came to (once per compile)."""
+
+    artifact: Artifact | None
+    """What the backend lowered: its files on disk and its own metadata; None if any step failed."""
+    executable: object | None
+    """The loaded segment, callable on tensors; None if any step failed."""
+    verification: Verification | None
+    """What running it against the reference found; None if any step failed."""
+    error: str | None
+    """Why it failed (the whole reason); None if it worked."""
+    seconds: float
+    """How long lowering, loading and verifying took."""
+
+
+@dataclass(frozen=True)
 class Lowered:
     """What compiling knows about one segment that lowered and verified."""
 
@@ -74,9 +97,11 @@ class Lowered:
     spec: object
     """Its place in the plan (passes/segments.SegmentSpec): the target index and the units."""
     artifact: Artifact
-    """The files on disk and their metadata (what a bundle saves)."""
+    """The files on disk and the backend's metadata (what a bundle saves)."""
     executable: object
     """The loaded segment, callable on tensors."""
+    verification: Verification
+    """What running it against the reference found (a bundle saves it beside the artifact)."""
     seconds: float
     """How long lowering, loading and verifying took."""
 
@@ -84,11 +109,15 @@ class Lowered:
 class CompiledModel:
     """A model compiled by hetcc: call it like the original model."""
 
-    def __init__(self, runtime: Runtime, plan: Plan, artifacts: dict, captured=None):
+    def __init__(self, runtime: Runtime, plan: Plan, artifacts: dict, captured=None,
+                 verifications: dict | None = None):
         self._runtime = runtime
         self.plan = plan
         self.artifacts = artifacts
         """Segment name -> Artifact (files on disk) that the segment was loaded from."""
+        self.verifications = verifications or {}
+        """Segment name -> Verification: what running it against the PyTorch reference found (at
+        compile time, or on load for a segment compiled for a device that was not there)."""
         self._captured = captured
 
     def __call__(self, *args, **kwargs):
@@ -286,8 +315,8 @@ class _Session:
     why: str = ""
     """Said after each progress message (which plan is being built)."""
     lowered: dict = field(default_factory=dict)
-    """(target, nodes, outputs) -> (artifact, executable, error, seconds): a segment is lowered
-    once, and so is each part of a failed segment tried while narrowing it down."""
+    """(target, nodes, outputs) -> Outcome: a segment is lowered once, and so is each part of a
+    failed segment tried while narrowing it down."""
     narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
     """Lowerings that narrowing failed segments may still spend in this compile."""
 
@@ -320,7 +349,9 @@ class _Session:
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt, notes, captured=self.captured)
         artifacts = {seg.program.name: seg.artifact for seg in segments}
-        compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured)
+        verifications = {seg.program.name: seg.verification for seg in segments}
+        compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured,
+                                 verifications)
         configure_for_plan(compiled, self.backends)
         return compiled
 
@@ -338,8 +369,9 @@ class _Session:
         segments = []
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
-            program, (artifact, executable, error, seconds) = self._lower(f"seg{index}", spec.units, target)
-            if executable is None:
+            program, outcome = self._lower(f"seg{index}", spec.units, target)
+            error = outcome.error
+            if error is not None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
                     raise LoweringError(
                         f"segment {program.name} cannot be kept as a torch segment: {error}. hetcc "
@@ -361,12 +393,13 @@ class _Session:
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
-            segments.append(Lowered(program, target, spec, artifact, executable, seconds))
+            segments.append(Lowered(program, target, spec, outcome.artifact, outcome.executable,
+                                    outcome.verification, outcome.seconds))
         return segments
 
     def _lower(self, name: str, units, target, doing: str = ""):
-        """The program of ``units`` and its (artifact, executable, error, seconds), lowered once
-        per (target, nodes, outputs) in this compile."""
+        """The program of ``units`` and its Outcome, lowered once per (target, nodes, outputs) in
+        this compile."""
         nodes = tuple(m for u in units for m in self.units[u].members)
         program = build_program(name, self.captured.graph, nodes, self.captured.weights,
                                 self.captured.values, self.captured.dynamic_dims,
@@ -387,9 +420,9 @@ class _Session:
         before = len(self.lowered)
 
         def fails(part):
-            _, (_, executable, why, _) = self._lower(f"{name}_part{len(self.lowered)}", part, target,
-                                                     doing=f"narrowing {name}: ")
-            return why if executable is None else None
+            _, outcome = self._lower(f"{name}_part{len(self.lowered)}", part, target,
+                                     doing=f"narrowing {name}: ")
+            return outcome.error
 
         found = narrow(spec.units, fails, error, self.narrow_left)
         lowerings = len(self.lowered) - before
@@ -481,7 +514,7 @@ def _memory_of(t: Target) -> str:
 
 
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,
-                      nan: str = "report"):
+                      nan: str = "report") -> Outcome:
     started = time.perf_counter()
     stage, artifact = "lower", None
     try:
@@ -493,18 +526,17 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         except DeviceNotHere as exc:
             if not cross_compile:
                 raise
-            _keep_check(program, artifact, workdir, tolerances)
-            return artifact, NotHere(program.name, str(target), str(exc)), None, time.perf_counter() - started
+            return Outcome(artifact, NotHere(program.name, str(target), str(exc)),
+                           _keep_check(program, workdir, tolerances), None, time.perf_counter() - started)
         stage = "verify"
         got = executable(*program.example_inputs)
-        artifact.meta["max_error"] = compare(program, got, tolerances)
-        artifact.meta["measured_seconds"] = _median_call(executable, program.example_inputs)
+        max_error = compare(program, got, tolerances)
+        measured = _median_call(executable, program.example_inputs)
         dropped = _nan_check(program, executable)
         if dropped and nan == "require":
             raise LoweringError(f"{target} does not propagate NaN as torch does ({'; '.join(dropped)}), "
                                 "and nan='require' was asked for")
-        if dropped:
-            artifact.meta["nan_differs"] = dropped
+        verification = Verification(max_error=max_error, measured_seconds=measured, nan_differs=tuple(dropped))
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
         # the whole chain and traceback for --debug; the reason is whole too, on one line, with
         # what it was raised from: a cut reason hides the cause
@@ -512,8 +544,8 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         reason = readable(exc, causes=True)
         if artifact is not None and not isinstance(exc, DeviceNotHere):
             reason += _where_kept(artifact, workdir, stage, backend)
-        return None, None, reason, time.perf_counter() - started
-    return artifact, executable, None, time.perf_counter() - started
+        return Outcome(None, None, None, reason, time.perf_counter() - started)
+    return Outcome(artifact, executable, verification, None, time.perf_counter() - started)
 
 
 def _where_kept(artifact, workdir: Path, stage: str, backend) -> str:
@@ -558,7 +590,7 @@ class NotHere:
 CHECK_FILE = "check.safetensors"
 
 
-def _keep_check(program, artifact, workdir: Path, tolerances) -> None:
+def _keep_check(program, workdir: Path, tolerances) -> Verification:
     """Write what the load-time check needs beside the artifact: the segment's example inputs and
     reference outputs (safetensors: no pickles) and the tolerances per output dtype."""
     from safetensors.torch import save_file
@@ -573,12 +605,10 @@ def _keep_check(program, artifact, workdir: Path, tolerances) -> None:
         tensors[f"out{j}"] = program.reference_value(name).detach().contiguous().clone()
     path = workdir / CHECK_FILE
     save_file(tensors, str(path))
-    artifact.files["check"] = str(path)
-    artifact.meta["verified"] = False
-    artifact.meta["check"] = {
+    return Verification(verified=False, check_file=str(path), check={
         "inputs": len(program.example_inputs), "outputs": list(program.output_names),
         "tolerances": {dtype_name(t.dtype): list(tolerances.for_dtype(t.dtype))
-                       for t in (program.reference_value(n) for n in program.output_names)}}
+                       for t in (program.reference_value(n) for n in program.output_names)}})
 
 
 def _median_call(fn, inputs, calls: int = 5) -> float:
@@ -596,7 +626,7 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
     modules = ModulePaths(captured.graph, units, facts) if captured is not None else None
     out = []
     for seg in segments:
-        program, target, spec, artifact, seconds = seg.program, seg.target, seg.spec, seg.artifact, seg.seconds
+        program, target, spec, artifact, checked = seg.program, seg.target, seg.spec, seg.artifact, seg.verification
         nodes = [m for u in spec.units for m in units[u].members]
         alt = runner_up(problem, placement.assignment, spec.units, candidates.reasons)
         fell_back = {}
@@ -614,8 +644,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             resident_bytes=sum(facts[m].resident_bytes for m in nodes),
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
-            fell_back=fell_back, max_error=artifact.meta.get("max_error"), lower_seconds=seconds,
-            measured_seconds=artifact.meta.get("measured_seconds"),
+            fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,
+            measured_seconds=checked.measured_seconds,
             modules=modules.of(nodes) if modules else (),
             runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
             runner_up_why=alt.why if alt else "",
@@ -626,10 +656,10 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             notes = list(notes) + [
                 f"{program.name} on {target} ran in {ran}: {asked} was asked for, and this machine's "
                 f"{target.backend} runs {ran} for it; verified in {ran}"]
-        if artifact.meta.get("nan_differs"):
+        if checked.nan_differs:
             notes = list(notes) + [
                 f"{program.name} on {target} does not propagate NaN as torch does "
-                f"({'; '.join(artifact.meta['nan_differs'])}); results on finite inputs are verified. "
+                f"({'; '.join(checked.nan_differs)}); results on finite inputs are verified. "
                 "compile(nan='require') (--nan require) moves such parts to a runtime that does"]
     return Plan(
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,

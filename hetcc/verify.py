@@ -45,6 +45,55 @@ class Tolerances:
         return self.per_dtype.get(dtype, (0.0, 0.0))  # integers and bools must match exactly
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What compiling learnt about one segment by running it against the PyTorch reference. It is
+    held beside the segment's Artifact (the backend's files and data) and saved into the same
+    manifest entry, under the meta keys bundles have always used (``meta``, ``from_manifest``)."""
+
+    max_error: float | None = None
+    """The largest absolute difference from the reference; None until the segment has run."""
+    measured_seconds: float | None = None
+    """Median seconds of a call on the example inputs, timed when it was verified at compile time."""
+    nan_differs: tuple[str, ...] = ()
+    """How its answers on NaN inputs differ from torch's (kept under compile(nan="report"))."""
+    verified: bool | None = None
+    """None: verified when compiled. False: compiled for a device that was not there
+    (cross_compile), so it is verified when its bundle is loaded where the device is; True: it
+    was, on load."""
+    check: dict | None = None
+    """What that load-time check needs: ``inputs`` (how many), ``outputs`` (names) and
+    ``tolerances`` (dtype -> [rtol, atol])."""
+    check_file: str | None = None
+    """The check's tensors (safetensors: example inputs in0, in1, ..., reference outputs out0, ...);
+    a bundle keeps it among the segment's files, in the role "check"."""
+
+    def meta(self) -> dict:
+        """These facts as a manifest's segment ``meta`` keys; unset ones are left out, as before."""
+        out = {"max_error": self.max_error, "measured_seconds": self.measured_seconds,
+               "nan_differs": list(self.nan_differs) or None, "verified": self.verified,
+               "check": self.check}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def files(self) -> dict[str, str]:
+        """These facts' files as a manifest's segment ``files`` roles."""
+        return {"check": self.check_file} if self.check_file else {}
+
+    @classmethod
+    def from_manifest(cls, meta: dict, files: dict) -> tuple[Verification, dict, dict]:
+        """(the facts, the backend's own meta, the backend's own files) of a manifest's segment
+        entry: the inverse of ``meta`` and ``files``."""
+        meta, files = dict(meta), dict(files)
+        facts = {k: meta.pop(k) for k in ("max_error", "measured_seconds", "nan_differs", "verified",
+                                          "check") if k in meta}
+        # the role "check" is hetcc's only for a segment left to verify on load; a third-party
+        # backend may name a file of its own so
+        check_file = files.pop("check", None) if facts.get("verified") is not None else None
+        return cls(max_error=facts.get("max_error"), measured_seconds=facts.get("measured_seconds"),
+                   nan_differs=tuple(facts.get("nan_differs") or ()), verified=facts.get("verified"),
+                   check=facts.get("check"), check_file=check_file), meta, files
+
+
 def is_tolerance(value) -> bool:
     """A usable verification tolerance: a finite number >= 0 (inf or NaN would accept anything)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

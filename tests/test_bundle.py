@@ -724,6 +724,16 @@ def test_manifest_carries_the_output_signature_and_measured_times(tmp_path):
     loaded = hetcc.load(tmp_path / "b")
     assert loaded.runtime.output_specs[0].shape == ("batch", 64)
     assert loaded.plan.segments[0].measured_seconds == seg["plan"]["measured_seconds"]
+    # what verification found is a record beside the backend's artifact, in the manifest's meta
+    # under the keys bundles have always had
+    checked = compiled.verifications["seg0"]
+    assert checked.verified is None and checked.measured_seconds == seg["plan"]["measured_seconds"]
+    assert seg["meta"]["max_error"] == checked.max_error == seg["plan"]["max_error"]
+    assert seg["meta"]["measured_seconds"] == checked.measured_seconds
+    assert not {"max_error", "measured_seconds"} & set(compiled.artifacts["seg0"].meta)
+    assert loaded.verifications["seg0"] == checked
+    again = json.loads((loaded.save(tmp_path / "again") / "manifest.json").read_text())
+    assert again["segments"][0]["meta"] == seg["meta"]
 
 
 def test_trust_engines_trusts_only_the_files_the_manifest_vouches_for(copy_of):

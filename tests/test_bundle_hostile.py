@@ -314,6 +314,8 @@ def test_a_runtime_that_drops_nan_is_reported():
     assert cm.plan.targets_used() == ["openvino:cpu"]
     note = " ".join(cm.plan.notes)
     assert "does not propagate NaN" in note and "NaN turned into numbers" in note
+    (differs,) = cm.verifications["seg0"].nan_differs
+    assert "NaN turned into numbers" in differs and differs in note
 
 
 def test_nan_require_moves_the_part_that_drops_nan():

@@ -73,7 +73,13 @@ def test_cross_compiled_bundle_is_verified_where_the_device_is(elsewhere, model,
         hetcc.load(path)  # still not here
     elsewhere.here = True
     loaded = hetcc.load(path)  # the device is here now: verified on load
-    assert loaded.artifacts["seg0"].meta["verified"] is True
+    checked = loaded.verifications["seg0"]
+    assert checked.verified is True and checked.max_error is not None and checked.check == seg["meta"]["check"]
+    assert not {"verified", "check", "max_error"} & set(loaded.artifacts["seg0"].meta)  # the backend's only
+    assert "check" not in loaded.artifacts["seg0"].files
+    resaved = json.loads((loaded.save(tmp_path / "again") / "manifest.json").read_text())["segments"][0]
+    assert resaved["meta"] == seg["meta"] | {"verified": True, "max_error": checked.max_error}
+    assert resaved["files"]["check"]["sha256"] == seg["files"]["check"]["sha256"]
     with torch.no_grad():
         assert torch.allclose(loaded(*inputs), net(*inputs), rtol=1e-5, atol=1e-5)
     elsewhere.corrupt = True
