@@ -1,6 +1,7 @@
-"""Small pieces the built-in backends share: quieting vendor exporters, wrapping their failures,
-reading dtypes off fx nodes, handing tensors to numpy without copies, and the ONNX export that
-every ONNX-consuming backend (ONNX Runtime, TensorRT, MIGraphX) starts from."""
+"""Small pieces the built-in backends share: quieting vendor exporters, wrapping their failures
+(with the command that reproduces one), reading dtypes off fx nodes, handing tensors to numpy
+without copies, and remembering which native-code files this process built (trust_engines). The
+ONNX export they share is backends/onnx_export.py."""
 from __future__ import annotations
 
 import contextlib

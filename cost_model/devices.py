@@ -1,5 +1,5 @@
-"""Device specs. This machine's CPU is measured once and cached; other devices come later from a
-registry with sources (see docs/cost_model.md)."""
+"""Device specs. This machine's CPU is measured once and cached; other devices come from the
+registry (cost_model/registry.py, a source per number; docs/devices.md)."""
 from __future__ import annotations
 
 import hashlib

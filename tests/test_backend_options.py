@@ -1,4 +1,4 @@
-"""Backend options as data (hetcc/backends/options.py): every backend declares what it takes, values
+"""Backend options as data (backends/options.py): every backend declares what it takes, values
 are checked and spelled alike, and an option that no target would use is refused, not dropped.
 Needs no vendor SDK: constructing a backend imports none."""
 from __future__ import annotations

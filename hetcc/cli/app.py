@@ -1,4 +1,4 @@
-"""The `hetcc` command: compile, run, explain, bench, targets, calibrate, plan.
+"""The `hetcc` command: compile, run, explain, bench, targets, calibrate, plan, conformance.
 
 Conventions: results go to stdout (`--json` makes them machine-readable), logs and progress go to
 stderr. Exit 0 on success, 1 on a user error (a one-line `hetcc: error: ...`, no traceback unless
