@@ -197,9 +197,9 @@ def _run(module, pipeline: str, dialect: str) -> None:
 
 def _fast_literals():
     """Importer hooks that turn a weight into an MLIR constant from its bytes. torch-mlir 20261001
-    goes through ``tensor.tolist()``, a Python object per element: 5.7 s instead of 0.2 s for the
-    123 MB of weights in examples/mixed.py. (IREE's vendored copy of the importer reads the bytes the
-    same way as here.)"""
+    goes through ``tensor.tolist()``, a Python object per element: 3.8 s instead of 0.27 s for the
+    123 MB of weights in examples/mixed.py (benchmarks/bench_mlir_import.py). IREE's vendored copy
+    of the importer reads the bytes the same way as here."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensor
     from torch_mlir.extras import fx_importer as fx
