@@ -29,12 +29,12 @@ setup(
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
         "tensorrt": ["tensorrt", "onnx", "onnxscript"],
-        "iree": ["iree-base-compiler", "iree-base-runtime"],
+        "iree": ["iree-base-compiler", "iree-base-runtime", "torch-mlir"],
         # Hugging Face models (examples/hf_models.py, tests/test_hf_models.py)
         "hf": ["transformers"],
         # benchmarks/bench_native.py: the vendors' whole-model paths, IREE's through iree-turbine
         "bench": ["transformers", "iree-turbine", "onnx", "onnxscript", "onnxruntime", "openvino",
-                  "iree-base-compiler", "iree-base-runtime"],
+                  "iree-base-compiler", "iree-base-runtime", "torch-mlir"],
         "yaml": ["pyyaml"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],

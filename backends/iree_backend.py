@@ -1,5 +1,5 @@
-"""iree: segments go through torch-mlir's FX importer (shipped in iree-base-compiler) to MLIR in
-the torch dialect, then ``iree-compile`` to a .vmfb that the IREE runtime runs.
+"""iree: segments go through the MLIR stage (backends/mlir_import.py: torch-mlir's FX importer) to
+MLIR in the torch dialect, then ``iree-compile`` to a .vmfb that the IREE runtime runs.
 
 Targets: ``iree:cpu`` (llvm-cpu for this machine's CPU, local-task driver) runs here;
 ``iree:rocm:<gfx arch>``, ``iree:cuda:<sm arch>`` and ``iree:vulkan[:<arch>]`` compile anywhere
@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from hetcc.backends import iree_compile as ic
 from hetcc.backends import iree_runtime as irt
+from hetcc.backends import mlir_import
 from hetcc.backends._common import check_native_code_trusted, lowering_error, quiet, remember_built
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.options import Option
@@ -94,25 +95,19 @@ class IreeBackend(Backend):
                 out[key] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
                 pass
-        return out
+        return {**out, **mlir_import.versions()}
 
     # ---- capability ----
 
     def supports_op(self, node, target: Target) -> Support:
         if ic.compiler_problem():
             return Support(False, ic.compiler_problem())
-        import torch
-
-        if not isinstance(node.target, torch._ops.OpOverload):
-            return Support(False, f"{op_name(node.target)} is not an ATen op; the FX importer takes ATen ops")
         if op_name(node.target) in NOT_LOWERED:
             return Support(False, f"{op_name(node.target)}: {NOT_LOWERED[op_name(node.target)]}")
         if node.target in REWRITES:  # written in ops the dialect has before import
             return YES
-        if ic.torch_dialect_name(node.target) is None:
-            return Support(False, f"{op_name(node.target)} has no op in torch-mlir's torch dialect, so "
-                                  "IREE cannot compile it")
-        return YES
+        why = mlir_import.op_supported(node.target)
+        return Support(False, f"{why}, so IREE cannot compile it") if why else YES
 
     # ---- lower ----
 
@@ -129,11 +124,11 @@ class IreeBackend(Backend):
             program = rewritten(segment, spec.device)  # what is imported, so what is kept on failure
             ep = program.export()
             with quiet():
-                ic.import_program(ep, mlir)
+                mlir_import.import_program(ep, mlir, ic.DIALECT)
         except Exception as exc:
             raise lowering_error(program, self.name, exc, workdir, step=(
-                "from iree.compiler import ir; from iree.compiler.extras.fx_importer import FxImporter; "
-                "FxImporter(context=ir.Context()).import_program(ep, func_name=\"main\")")) from exc
+                "from hetcc.backends import mlir_import; "
+                f"mlir_import.import_program(ep, 'segment.mlirbc', {ic.DIALECT!r})")) from exc
         command = ic.command_line(mlir, vmfb, spec, self.flags)
         try:
             ic.run_compiler(command)
@@ -192,12 +187,12 @@ def _dtype_name(value) -> str:
 
 
 def _compile_error(segment, target, exc: "ic.CompileFailed", mlir: Path) -> LoweringError:
-    readable = ic.readable_copy(mlir, mlir.with_suffix(".mlir"))
+    readable = mlir_import.readable_copy(mlir, mlir.with_suffix(".mlir"))
     more = "\n".join(f"  {line}" for line in exc.diagnostics[1:])
     return LoweringError(
         f"segment {segment.name!r}: iree-compile failed for {target}: {exc.diagnostics[0] if exc.diagnostics else ''}\n"
         + (f"{more}\n" if more else "")
-        + f"The segment's MLIR (torch dialect, with its weights) is {mlir}"
+        + f"The segment's MLIR ({ic.DIALECT} dialect, with its weights) is {mlir}"
         + (f"; a readable copy without the weight data is {readable}" if readable else "")
         + f".\nReproduce with:\n  {exc.shell()}\n"
         f"compile falls back for these nodes on its own; to keep them off IREE from the start, use "

@@ -1,5 +1,6 @@
-"""The compile half of the IREE backend: what each ``iree:`` target compiles for, the torch-mlir FX
-importer (ExportedProgram -> MLIR in the torch dialect), and ``iree-compile`` (MLIR -> .vmfb).
+"""The compile half of the IREE backend: what each ``iree:`` target compiles for, and ``iree-compile``
+(MLIR -> .vmfb). The MLIR comes from the MLIR stage (backends/mlir_import.py, on torch-mlir), in
+the dialect named by ``DIALECT``.
 
 iree-compile runs as a subprocess with a command line built here, so the command a failure prints
 is exactly the one that ran. Nothing in this module needs a GPU: every target compiles anywhere.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from hetcc.backends import mlir_import
 from hetcc.errors import TargetError, clip
 from hetcc.target import Target
 
@@ -53,11 +55,25 @@ DEVICES = tuple(_DEVICES)
 ARCH_EXAMPLES = {"rocm": "iree:rocm:gfx942 (MI300X)", "cuda": "iree:cuda:sm_80 (A100)",
                  "vulkan": "iree:vulkan:rdna3 or iree:vulkan:ampere"}
 
-COMMON_FLAGS = (
-    "--iree-input-type=torch",
-    # IREE demotes f64 to f32 by default; hetcc promises the model's own precision.
-    "--iree-input-demote-f64-to-f32=false",
-)
+DIALECT = "torch"
+"""What IREE takes from the MLIR stage: the importer's torch dialect, which IREE's own torch input
+pipeline lowers (linalg-on-tensors from torch-mlir compiled no faster on the examples, and its
+tm_tensor ops need that pipeline anyway; docs/iree.md has the measurements)."""
+INPUT_TYPES = {"torch": "torch", "torch-backend": "torch", "linalg-on-tensors": "torch",
+               "tosa": "tosa", "stablehlo": "stablehlo"}
+"""Stage dialect -> iree-compile --iree-input-type. linalg-on-tensors goes in as torch: torch-mlir
+leaves sort, scan and scatter as tm_tensor ops, which only IREE's torch input converts."""
+
+
+
+def common_flags(dialect: str = DIALECT) -> tuple[str, ...]:
+    """The flags every compile of MLIR in ``dialect`` gets, before the target's."""
+    return (f"--iree-input-type={INPUT_TYPES[dialect]}",
+            # IREE demotes f64 to f32 by default; hetcc promises the model's own precision.
+            "--iree-input-demote-f64-to-f32=false")
+
+
+COMMON_FLAGS = common_flags()
 
 
 def target_spec(target: Target) -> TargetSpec:
@@ -87,16 +103,20 @@ def target_spec(target: Target) -> TargetSpec:
 
 @lru_cache(maxsize=None)
 def compiler_problem() -> str | None:
-    """None when the FX importer and the iree-compile tool are both here, else what is missing."""
+    """None when the MLIR stage (torch-mlir) and the iree-compile tool are both here, else what is
+    missing and how to install it."""
+    problems = [mlir_import.problem()] if mlir_import.problem() else []
     try:
-        from iree.compiler.extras import fx_importer  # noqa: F401
+        from iree.compiler.tools import binaries  # noqa: F401
     except Exception as exc:
-        return f"the IREE compiler is not importable ({type(exc).__name__}: {exc}); install it with: {INSTALL}"
-    try:
-        compiler_tool()
-    except Exception as exc:
-        return f"the iree-compile tool was not found ({exc}); reinstall with: {INSTALL}"
-    return None
+        problems.append(f"the IREE compiler is not importable ({type(exc).__name__}: {exc}); install it "
+                        f"with: {INSTALL}")
+    else:
+        try:
+            compiler_tool()
+        except Exception as exc:
+            problems.append(f"the iree-compile tool was not found ({exc}); reinstall with: {INSTALL}")
+    return "; ".join(problems) or None
 
 
 @lru_cache(maxsize=None)
@@ -106,62 +126,10 @@ def compiler_tool() -> str:
     return os.path.realpath(find_tool("iree-compile"))
 
 
-# ---- capability -------------------------------------------------------------------------------
+# ---- compile -----------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
-def _op_context():
-    from iree.compiler import ir
-
-    return ir.Context()
-
-
-@lru_cache(maxsize=4096)
-def torch_dialect_name(op) -> str | None:
-    """The torch-dialect op the importer emits for an OpOverload, if the dialect defines it; None
-    when the importer would emit a generic ``torch.operator``, which no IREE lowering accepts."""
-    from iree.compiler.extras import fx_importer as fx
-
-    name = fx._get_mlir_op_name_for_schema(op._schema)
-    # The importer swaps some Tensor overloads for their Scalar ones; either name can be emitted.
-    candidates = [name, getattr(fx, "TENSOR_SCALAR_OP_CONVERTER", {}).get(name)]
-    context = _op_context()
-    for candidate in candidates:
-        if candidate and context.is_registered_operation(candidate):
-            return candidate
-    return None
-
-
-# ---- import and compile -------------------------------------------------------------------------
-
-def import_program(exported, path: Path) -> None:
-    """The ExportedProgram as MLIR bytecode (torch dialect) at ``path``; weights are inlined as
-    resources, so the file alone reproduces a compile."""
-    from iree.compiler import ir
-    from iree.compiler.extras.fx_importer import FxImporter
-
-    importer = FxImporter(context=ir.Context())
-    importer.import_program(exported, func_name="main")
-    with open(path, "wb") as f:
-        importer.module.operation.write_bytecode(f)
-
-
-def readable_copy(bytecode: Path, path: Path) -> Path | None:
-    """A text copy of the MLIR with the weight data elided, for reading a failure (the bytecode
-    file, with weights, is what reproduces it)."""
-    try:
-        from iree.compiler import ir
-
-        with ir.Context():
-            module = ir.Module.parse(bytecode.read_bytes())
-            path.write_text(module.operation.get_asm(large_elements_limit=16, large_resource_limit=16))
-        return path
-    except Exception as exc:  # reading aid only: the failure report must not fail
-        log.debug("no readable MLIR copy: %s", exc)
-        return None
-
-
-def command_line(mlir: Path, vmfb: Path, spec: TargetSpec, extra_flags=()) -> list[str]:
-    return [compiler_tool(), str(mlir), *COMMON_FLAGS, *spec.flags, *extra_flags, "-o", str(vmfb)]
+def command_line(mlir: Path, vmfb: Path, spec: TargetSpec, extra_flags=(), dialect: str = DIALECT) -> list[str]:
+    return [compiler_tool(), str(mlir), *common_flags(dialect), *spec.flags, *extra_flags, "-o", str(vmfb)]
 
 
 class CompileFailed(Exception):

@@ -33,6 +33,11 @@ EXEMPT = {
     ("hetcc/measure/conformance.py", "hetcc.cli.inputs"):
         "the model-level cases load examples/*.py with the loader `hetcc compile MODEL` uses",
 }
+STAGES = {
+    # a lowering stage that backends share: what it must not import (its consumers and their
+    # packages), so that another consumer plugs in beside them without the stage knowing any
+    "backends/mlir_import.py": ("iree", "hetcc.backends"),
+}
 
 
 def hetcc_imports(path: Path):
@@ -46,6 +51,22 @@ def hetcc_imports(path: Path):
                 yield node.lineno, node.module
         elif isinstance(node, ast.Import):
             yield from ((node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "hetcc")
+
+
+def all_imports(path: Path):
+    """(line, module) for every module a file imports, hetcc's and others', relative ones as
+    hetcc.backends.x (the only package with relative imports would be the file's own)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = "hetcc.backends" + (f".{base}" if base else "")
+            if base in ("hetcc", "hetcc.backends"):
+                yield from ((node.lineno, f"{base}.{a.name}") for a in node.names)
+            else:
+                yield node.lineno, base
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
 
 
 def _under(module: str, prefixes) -> bool:
@@ -73,6 +94,24 @@ def test_lower_layers_never_import_upper_ones(folder):
 def test_each_exemption_is_still_needed():
     for file, module in EXEMPT:
         assert module in {m for _, m in hetcc_imports(ROOT / file)}, f"{file} no longer imports {module}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_shared_stage_imports_none_of_its_consumers(stage):
+    crossed = [f"{stage}:{line} imports {module}" for line, module in all_imports(ROOT / stage)
+               if _under(module, STAGES[stage])]
+    assert not crossed, "\n".join(crossed)
+
+
+def test_the_stage_check_sees_each_way_of_importing(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import iree.compiler\nfrom iree.compiler.extras import fx_importer\n"
+                   "def f():\n    from hetcc.backends import iree_compile\n    from . import iree_runtime\n"
+                   "    import torch_mlir\n")
+    found = [m for _, m in all_imports(bad)]
+    assert found == ["iree.compiler", "iree.compiler.extras", "hetcc.backends.iree_compile",
+                     "hetcc.backends.iree_runtime", "torch_mlir"]
+    assert [m for m in found if _under(m, STAGES["backends/mlir_import.py"])] == found[:4]
 
 
 def test_the_check_sees_each_way_of_crossing(tmp_path):
