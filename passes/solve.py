@@ -21,6 +21,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
 from hetcc.errors import InternalError, PlacementError
+from hetcc.passes.frontier import solve_large
 from hetcc.passes.problem import HOST, PlacementProblem, evaluate
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ REL_TOL = 1e-9
 """Relative distance between cost and lower bound under which a placement counts as optimal."""
 
 BRUTE_FORCE_MAX_NODES = 12
+
+DP_MIN_NODES = 2000
+"""Graphs with at least this many nodes are placed by the dynamic programme of
+:mod:`hetcc.passes.frontier` first; the MILP runs only if its gap is above ``max_gap``."""
 
 
 @dataclass(frozen=True)
@@ -588,14 +593,20 @@ def _solve_milp(problem, allowed, time_limit):
 
 
 def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
-          exact_node_limit: int | None = None) -> Placement:
+          exact_node_limit: int | None = None, max_gap: float = 0.01,
+          large_graphs: bool = True) -> Placement:
     """Placement minimising ``evaluate(problem, assignment)`` under capacities and inf costs.
 
     Optimal when ``Placement.optimal``. HiGHS stops after ``time_limit`` seconds; the placement
     then carries its dual bound and gap (building the model and polishing an early answer can
-    add a second or two). Problems with more than ``exact_node_limit`` nodes skip the MILP: a
-    local-search heuristic answers, with the simple bound of :func:`_trivial_lower_bound`.
-    Raises PlacementError when no placement is feasible, ValueError on a negative link cost.
+    add a second or two). Graphs of DP_MIN_NODES nodes or more are first placed by dynamic
+    programming over their repeated layers (:mod:`hetcc.passes.frontier`, method
+    ``frontier-dp``), which is exact unless it had to relax long-lived values or capacities
+    bind; its answer is kept when its proven gap is at most ``max_gap``, else the MILP runs in
+    the time left and the better answer wins. Problems with more than ``exact_node_limit`` nodes
+    skip the MILP: a local-search heuristic answers, with the simple bound of
+    :func:`_trivial_lower_bound`. Raises PlacementError when no placement is feasible,
+    ValueError on a negative link cost. ``large_graphs=False`` skips the DP (for comparisons).
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit
@@ -623,6 +634,13 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     if _is_optimal(cheap_cost, lb0):
         return done(cheapest, lb0, "trivial")
 
+    large = None
+    if large_graphs and p.n >= DP_MIN_NODES:
+        large = solve_large(p, allowed, t0 + time_limit / 2, max_gap)
+        if large is not None and large.cost - large.lower_bound <= max_gap * large.cost:
+            return done(large.assignment, large.lower_bound, "frontier-dp")
+        lb0 = max(lb0, large.lower_bound) if large is not None else lb0
+
     if exact_node_limit is not None and p.n > exact_node_limit:
         a = heuristic(p, allowed, deadline)
         if a is None:
@@ -632,6 +650,8 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         return done(a, lb0, "heuristic")
 
     a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter())
+    if large is not None and method != "milp" and (a is None or large.cost < evaluate(p, a)):
+        return done(large.assignment, max(lb or 0.0, large.lower_bound), "frontier-dp")
     if method == "fixed":
         return done(a, math.inf, "fixed")
     if method == "infeasible":

@@ -1,0 +1,640 @@
+"""Placement of large graphs by dynamic programming over the topological order, with a proven
+lower bound. docs/placement.md ("Large graphs") explains it; :func:`hetcc.passes.solve.solve`
+calls it for graphs above ``solve.DP_MIN_NODES`` nodes.
+
+The DP walks the nodes in order. Its state holds, for every value still to be read, the location
+it was made on and the set of locations it has already been handed to, so a value read by several
+nodes is paid once per location, exactly as :func:`~hetcc.passes.problem.evaluate` charges it.
+
+Large models are stacks of alike layers, and between two layers only the residual stream is live.
+The order is therefore cut where few values are live; each block between two cuts is solved for
+every state of the values crossing its two ends, blocks of the same shape are solved together as
+one numpy batch (the layers of a 70B model are 80 rows of one array), and a short chain DP over
+the blocks picks the best path. Values live over long stretches (a mask every layer reads) would
+multiply the state: they are *relaxed*, charged only a share of their hand-overs, which keeps the
+DP's optimum a lower bound; the placement is priced with ``evaluate`` and the difference is the
+gap it states. Capacities enter the costs through Lagrange multipliers: the DP's optimum minus
+the multipliers times the capacities is again a lower bound.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetcc.passes.problem import HOST, PlacementProblem, evaluate
+
+STATE_BITS = 12.0
+"""Most log2-states the live values may take at any point before the longest-lived is relaxed."""
+
+CUT_SLACK_BITS = 2.0
+"""A position is a cut when its live state is within this many bits of the narrowest one."""
+
+POOL = 6
+"""DP runs whose inner placements the capacity fill may mix (those with the best bounds)."""
+
+FILL_EVERY = 8
+"""DP runs between two tries of the capacity fill while the multipliers are searched."""
+
+CHUNK_ELEMENTS = 1 << 18
+"""Transitions per numpy pass when a group of blocks is solved (see _Group.solve)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    assignment: tuple[int, ...]
+    cost: float
+    """``evaluate(problem, assignment)``."""
+    lower_bound: float
+    relaxed: int
+    """Values whose hand-overs the DP charged only in part (0: the DP was exact, so without
+    binding capacities ``lower_bound`` equals ``cost``)."""
+    runs: int
+    """DP runs (one per set of Lagrange multipliers tried)."""
+
+
+# ---- values and their states -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Tracked:
+    index: int
+    producer: int  # node position, or -1 for the host
+    consumers: tuple[int, ...]
+    share: bool = False
+    """Relaxed in part: only its source is tracked, and each reader elsewhere pays its share
+    (1/readers) of the hand-over, so a value read on two other targets is under-charged."""
+
+    @property
+    def span(self) -> int:
+        return self.consumers[-1] - self.producer
+
+
+class _Codes:
+    """State numbering for k targets. A value made by a node: 'fresh' (no reader placed yet) is
+    its location s; 'touched' is s * 2**(k-1) + the set of other locations it reached, one bit per
+    target other than s. A host value: fresh is 0, touched is the set of targets it reached."""
+
+    def __init__(self, k: int):
+        self.k = k
+        half = 1 << (k - 1) if k else 1
+        self.node_touched = k * half
+        self.host_touched = 1 << k
+        # Full bit set <-> compressed bits without s's own bit.
+        self.squeeze = np.zeros((k, 1 << k), dtype=np.int64)
+        self.expand = np.zeros((k, half), dtype=np.int64)
+        for s in range(k):
+            for full in range(1 << k):
+                if full >> s & 1:
+                    continue
+                low, high = full & ((1 << s) - 1), full >> (s + 1)
+                c = low | (high << s)
+                self.squeeze[s, full] = c
+                self.expand[s, c] = full
+
+    def size(self, host: bool, touched: bool) -> int:
+        if host:
+            return self.host_touched if touched else 1
+        return self.node_touched if touched else self.k
+
+    def read(self, host: bool, touched: bool, state):
+        """(location made on, full set reached) for an array of states; host location is k."""
+        if host:
+            return np.full_like(state, self.k), (state if touched else np.zeros_like(state))
+        if not touched:
+            return state, np.zeros_like(state)
+        half = self.node_touched // self.k
+        src = state // half
+        return src, self.expand[src, state % half]
+
+    def write(self, host: bool, src, reached):
+        if host:
+            return reached
+        half = self.node_touched // self.k
+        return src * half + self.squeeze[src, reached]
+
+
+def _links(p: PlacementProblem):
+    """Seconds per value for every hand-over: (V, k+1, k) from location s (k: host) to target t,
+    and (V, k) from target t to the host; as ``PlacementProblem.link`` computes them."""
+    k = p.k
+    nbytes = np.array([v.nbytes for v in p.values], float)[:, None, None]
+    lat = np.asarray(p.link_latency, float)
+    bw = np.asarray(p.link_bandwidth, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_byte = np.where(np.isinf(bw), 0.0, 1.0 / bw)
+        full = lat[None] + nbytes * per_byte[None] + np.asarray(p.call_overhead, float)[None, None, :]
+    same = np.eye(k + 1, dtype=bool)[None]
+    full = np.where(same, 0.0, full)
+    return full[:, :, :k], full[:, :k, k]
+
+
+# ---- preparing the problem -----------------------------------------------------------------------
+
+
+class _Prepared:
+    """What every DP run shares: tracked and relaxed values, cuts, block groups."""
+
+    def __init__(self, p: PlacementProblem, allowed):
+        self.p, n, k = p, p.n, p.k
+        self.codes = _Codes(k)
+        base = np.array(p.cost, dtype=float).reshape(n, k)
+        fits = np.asarray(p.resident, float)[:, None] <= np.asarray(p.capacity, float)[None, :]
+        allowed_mask = np.zeros((n, k), bool)
+        for i, ts in enumerate(allowed):
+            allowed_mask[i, list(ts)] = True
+        base[~(allowed_mask & fits)] = math.inf  # a node whose weights do not fit a target alone
+        self.links, home = _links(p)
+        values = []
+        for j, v in enumerate(p.values):
+            if v.to_host and v.producer != HOST:
+                base[v.producer] += home[j]
+            if v.consumers:
+                cons = tuple(sorted(set(v.consumers)))
+                values.append(_Tracked(j, v.producer if v.producer != HOST else -1, cons))
+        self.relaxed = self._relax(values)
+        for v in self.relaxed:
+            if v.producer < 0:  # each reader pays its share of the host's hand-over to its target
+                share = self.links[v.index, k] / len(v.consumers)
+                for c in v.consumers:
+                    base[c] += share
+            # A node-made relaxed value is charged nothing: the DP does not know its source.
+        for v in values:
+            if v.share:
+                self.links[v.index] /= len(v.consumers)
+        self.base = base
+        gone = {id(v) for v in self.relaxed}
+        self.tracked = [v for v in values if id(v) not in gone]
+        self.cuts = self._cuts()
+        self.blocks, self.groups = self._group()
+
+    def _bits(self, values) -> np.ndarray:
+        """log2 of the live states at each cut position 0..n (a cut before node p)."""
+        n, c = self.p.n, self.codes
+        d = np.zeros(n + 2)
+        if not values:
+            return d[: n + 1]
+        host = np.array([v.producer < 0 for v in values])
+        touch = np.array([not v.share and len(v.consumers) > 1 for v in values])
+        fresh = np.where(host, 0.0, math.log2(c.k))
+        touched = np.where(touch, np.where(host, float(c.k), math.log2(c.node_touched)), fresh)
+        start = np.array([v.producer + 1 for v in values])
+        first = np.array([v.consumers[0] + 1 for v in values])
+        last = np.array([v.consumers[-1] + 1 for v in values])
+        # Live at positions start..last; touched from its first reader on.
+        np.add.at(d, start, fresh)
+        np.add.at(d, first, touched - fresh)
+        np.add.at(d, last, -touched)
+        return np.cumsum(d)[: n + 1]
+
+    def _relax(self, values) -> list:
+        """Relax values until the state fits STATE_BITS everywhere: in each stretch of positions
+        over the limit, the value live across its widest point the longest goes first to its
+        source alone (``share``), then wholly (a host value goes straight to wholly)."""
+        relaxed, live = [], list(values)
+        while True:
+            bits = self._bits(live)
+            over = bits > STATE_BITS
+            if not over.any():
+                return relaxed
+            # Widest point of each stretch of consecutive positions over the limit.
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], over.astype(np.int8), [0]])))
+            worst = [int(lo + np.argmax(bits[lo:hi])) for lo, hi in zip(edges[::2], edges[1::2])]
+            prod = np.array([v.producer for v in live])
+            last = np.array([v.consumers[-1] for v in live])
+            span = last - prod
+            chosen = {}
+            for w in worst:
+                here = np.flatnonzero((prod < w) & (last >= w))
+                v = live[int(here[np.argmax(span[here])])]
+                chosen[id(v)] = v
+            for v in chosen.values():
+                if not v.share and v.producer >= 0 and len(v.consumers) > 1:
+                    v.share = True
+                else:
+                    relaxed.append(v)
+                    live.remove(v)
+
+    def _cuts(self) -> list[int]:
+        bits = self._bits(self.tracked)
+        n = self.p.n
+        inner = bits[1:n]
+        limit = (inner.min() if len(inner) else 0.0) + CUT_SLACK_BITS
+        return [0] + [p for p in range(1, n) if bits[p] <= limit + 1e-9] + [n]
+
+    def _group(self):
+        self.tracked_by_order = sorted(self.tracked, key=lambda v: (v.producer, v.index))
+        reads: dict[int, list[_Tracked]] = {}
+        made: dict[int, list[_Tracked]] = {}
+        for v in self.tracked_by_order:
+            for c in v.consumers:
+                reads.setdefault(c, []).append(v)
+            if v.producer >= 0:
+                made.setdefault(v.producer, []).append(v)
+        # Live values at each cut, in one sweep (insertion order is the frontier order).
+        frontier_cache, live, pending, r = {}, {}, self.tracked_by_order, 0
+        for cut in self.cuts:
+            while r < len(pending) and pending[r].producer + 1 <= cut:
+                live[pending[r].index] = pending[r]
+                r += 1
+            for j in [j for j, v in live.items() if v.consumers[-1] < cut]:
+                del live[j]
+            frontier_cache[cut] = list(live.values())
+        blocks, groups = [], {}
+        for a, e in zip(self.cuts, self.cuts[1:]):
+            entry, exit_ = frontier_cache[a], frontier_cache[e]
+            slot = {v.index: ("in", r) for r, v in enumerate(entry)}
+            steps = []
+            for i in range(a, e):
+                ins = []
+                for v in reads.get(i, ()):
+                    key = slot.get(v.index)
+                    ins.append((key, v.share, v.consumers[-1] == i))
+                outs = []
+                for r, v in enumerate(made.get(i, ())):
+                    slot[v.index] = ("made", i - a, r)
+                    outs.append(r)
+                steps.append((tuple(ins), tuple(outs)))
+            sig = (tuple((v.producer < 0, not v.share and v.consumers[0] < a) for v in entry),
+                   tuple(slot[v.index] for v in exit_), tuple(steps))
+            g = groups.setdefault(sig, _Group(sig, self.codes))
+            blocks.append((g, len(g.members), a, e, entry, exit_))
+            g.members.append((a, e, [v.index for v in entry], [v.index for v in exit_],
+                              [[v.index for v in reads.get(i, ())] for i in range(a, e)]))
+        resident = np.asarray(self.p.resident, float)
+        for g in groups.values():
+            g.dedupe(self.base, resident, self.links)
+        return blocks, list(groups.values())
+
+
+# ---- one group of alike blocks, solved as a batch ------------------------------------------------
+
+
+class _Group:
+    def __init__(self, sig, codes: _Codes):
+        self.sig, self.codes = sig, codes
+        self.members: list = []
+        self._plan = None
+
+    def dedupe(self, base, resident, links) -> None:
+        """Blocks with equal costs, weights and links (the layers of one model) are solved once."""
+        seen: dict[bytes, int] = {}
+        self.unique, self.row_of = [], []
+        for m in self.members:
+            a, e, _, _, reads = m
+            vals = [j for r in reads for j in r]
+            key = b"".join((base[a:e].tobytes(), resident[a:e].tobytes(), links[vals].tobytes()))
+            if key not in seen:
+                seen[key] = len(self.unique)
+                self.unique.append(m)
+            self.row_of.append(seen[key])
+        self.row_of = np.array(self.row_of)
+
+    def plan(self):
+        """The transition tables, built once: per step (p_idx, t_idx, table, pays, dims)."""
+        if self._plan is not None:
+            return self._plan
+        c, k = self.codes, self.codes.k
+        entry_kinds, exit_slots, steps = self.sig
+        # An open axis: (slot key, host?, touched?)
+        axes = [(("in", r), host, touched) for r, (host, touched) in enumerate(entry_kinds)]
+        s_in = int(np.prod([c.size(h, t) for _, h, t in axes])) if axes else 1
+        plan = []
+        for j, (ins, outs) in enumerate(steps):
+            dims = [s_in] + [c.size(h, t) for _, h, t in axes]
+            pre = int(np.prod(dims))
+            grid = np.unravel_index(np.arange(pre), dims)
+            p_idx = np.repeat(np.arange(pre), k)
+            t_idx = np.tile(np.arange(k), pre)
+            new_axes, new_states, pays = [], [grid[0][p_idx]], []
+            reading = {key: (share, last) for key, share, last in ins}
+            for a, (key, host, touched) in enumerate(axes):
+                state = grid[a + 1][p_idx]
+                if key not in reading:
+                    new_axes.append((key, host, touched))
+                    new_states.append(state)
+                    continue
+                share, last = reading[key]
+                src, reached = c.read(host, touched, state)
+                pay = (src != t_idx) & ((reached >> t_idx) & 1 == 0)
+                pays.append((len(pays), src, pay))
+                if last:
+                    continue
+                if share:  # only its source is tracked; its links were scaled to the share
+                    new_axes.append((key, host, touched))
+                    new_states.append(state)
+                    continue
+                reached = np.where(src != t_idx, reached | (1 << t_idx), reached)
+                new_axes.append((key, host, True))
+                new_states.append(c.write(host, src, reached))
+            for r in outs:
+                new_axes.append((("made", j, r), False, False))
+                new_states.append(t_idx)
+            post_dims = [s_in] + [c.size(h, t) for _, h, t in new_axes]
+            q = np.ravel_multi_index(tuple(new_states), post_dims)
+            post = int(np.prod(post_dims))
+            order = np.argsort(q, kind="stable")
+            counts = np.bincount(q, minlength=post)
+            width = max(int(counts.max()), 1)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            qs = q[order]
+            table = np.full((post, width), len(q), dtype=np.int64)
+            table[qs, np.arange(len(q)) - starts[qs]] = order
+            plan.append((p_idx, t_idx, table, pays))
+            axes = new_axes
+        keys = [key for key, _, _ in axes]
+        assert tuple(keys) == exit_slots, (keys, exit_slots)
+        s_out = int(np.prod([c.size(h, t) for _, h, t in axes])) if axes else 1
+        self._plan = (plan, s_in, s_out)
+        return self._plan
+
+    def solve(self, node_cost: np.ndarray, links: np.ndarray):
+        """Transfer tensors (B, s_in, s_out) and the back-pointers to recover each block's nodes,
+        for the distinct blocks. Batches are cut into chunks small enough for the CPU's caches:
+        one pass over a 250 MB temporary costs more than forty over 6 MB ones."""
+        plan, s_in, s_out = self.plan()
+        b = len(self.unique)
+        widest = max((len(step[0]) for step in plan), default=1)
+        chunk = max(1, CHUNK_ELEMENTS // widest)
+        parts = [self._solve_rows(np.arange(lo, min(lo + chunk, b)), node_cost, links)
+                 for lo in range(0, b, chunk)]
+        tensors = np.concatenate([t for t, _ in parts]).reshape(b, s_in, s_out)
+        backs = [None if parts[0][1][j] is None else np.concatenate([bk[j] for _, bk in parts])
+                 for j in range(len(plan))]
+        return tensors, backs
+
+    def _solve_rows(self, rows, node_cost, links):
+        plan, s_in, _ = self.plan()
+        k = self.codes.k
+        b = len(rows)
+        starts = np.array([self.unique[r][0] for r in rows])
+        arr = np.full((b, s_in * s_in), math.inf)
+        arr[:, np.arange(s_in) * s_in + np.arange(s_in)] = 0.0
+        backs = []
+        for j, (p_idx, t_idx, table, pays) in enumerate(plan):
+            w = node_cost[starts + j][:, t_idx]
+            for slot, src, pay in pays:
+                vals = np.array([self.unique[r][4][j][slot] for r in rows])
+                flat = np.concatenate([links[vals].reshape(b, -1), np.zeros((b, 1))], axis=1)
+                w += flat[:, np.where(pay, src * k + t_idx, (k + 1) * k)]
+            cand = np.empty((b, len(p_idx) + 1))
+            np.add(arr[:, p_idx], w, out=cand[:, :-1])
+            cand[:, -1] = math.inf
+            picked = cand[:, table]
+            if table.shape[1] == 1:
+                arr, best = picked[:, :, 0], None
+            else:
+                arr = picked.min(axis=2)
+                best = picked.argmin(axis=2).astype(np.int16)
+            backs.append(best)
+        return arr, backs
+
+    def usage(self, backs, weights: np.ndarray) -> np.ndarray:
+        """(U, s_in, s_out, C): per distinct block and pair of end states, what its best inner
+        placement puts against each capacity; ``weights[i, t, c]`` is node i's share on t."""
+        plan, si, so = self.plan()
+        u = len(self.unique)
+        starts = np.array([m[0] for m in self.unique])
+        q = np.broadcast_to(np.arange(si * so), (u, si * so)).copy()
+        rows = np.arange(u)[:, None]
+        total = np.zeros((u, si * so, weights.shape[2]))
+        for j in range(len(plan) - 1, -1, -1):
+            p_idx, t_idx, table, _ = plan[j]
+            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
+            m = np.minimum(m, len(t_idx) - 1)  # entries no path reaches point at the padding
+            total += weights[(starts + j)[:, None], t_idx[m]]
+            q = p_idx[m]
+        return total.reshape(u, si, so, -1)
+
+    def recover(self, backs, s_in: np.ndarray, s_out: np.ndarray, out: np.ndarray, members) -> None:
+        """Write the node targets of the blocks ``members`` (indices into this group) into
+        ``out`` given their chosen end states."""
+        plan, _, so = self.plan()
+        starts = np.array([self.members[i][0] for i in members])
+        q = s_in * so + s_out
+        rows = self.row_of[members]
+        for j in range(len(plan) - 1, -1, -1):
+            p_idx, t_idx, table, _ = plan[j]
+            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
+            out[starts + j] = t_idx[m]
+            q = p_idx[m]
+
+
+# ---- the whole graph -----------------------------------------------------------------------------
+
+
+def _run(prep: _Prepared, node_cost: np.ndarray):
+    """DP optimum under ``node_cost``, the assignment reaching it, and the solved groups."""
+    solved = {id(g): g.solve(node_cost, prep.links) for g in prep.groups}
+    vec = np.zeros(1)
+    args = []
+    for g, r, *_ in prep.blocks:
+        t = solved[id(g)][0][g.row_of[r]]
+        total = vec[:, None] + t
+        arg = total.argmin(axis=0)
+        vec = total[arg, np.arange(total.shape[1])]
+        args.append(arg)
+    best = float(vec.min()) if vec.size else 0.0
+    if not math.isfinite(best):
+        return best, None, solved
+    ends = [(0, 0)] * len(prep.blocks)
+    s = int(vec.argmin())
+    for b in range(len(prep.blocks) - 1, -1, -1):
+        ends[b] = (int(args[b][s]), s)
+        s = ends[b][0]
+    return best, _assign(prep, solved, ends), solved
+
+
+def _assign(prep: _Prepared, solved, ends) -> tuple[int, ...]:
+    """The nodes' targets when block b runs from end state ends[b][0] to ends[b][1], along the
+    inner placements of ``solved`` (one run's groups, or per block the run it was taken from)."""
+    out = np.zeros(prep.p.n, dtype=np.int64)
+    per_block = isinstance(solved, list)
+    for g in prep.groups:
+        rs = [i for i, (gg, *_r) in enumerate(prep.blocks) if gg is g]
+        runs = {}
+        for i in rs:
+            runs.setdefault(id(solved[i]) if per_block else 0, []).append(i)
+        for members in runs.values():
+            run = solved[members[0]] if per_block else solved
+            idx = np.array([prep.blocks[i][1] for i in members])
+            g.recover(run[id(g)][1], np.array([ends[i][0] for i in members], dtype=np.int64),
+                      np.array([ends[i][1] for i in members], dtype=np.int64), out, idx)
+    return tuple(int(t) for t in out)
+
+
+def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
+    """A placement within the capacities, built from the blocks' best inner placements found in
+    the DP runs of ``pool`` ((multipliers, solved groups) each). Alike layers tie at the dual's
+    peak ``lam``, so the DP alone sends all of them one way. Walking the blocks in order, this
+    takes at each the inner placement and end state whose cost at ``lam`` plus the best cost to
+    go is within ``slack`` of the least and that fits the capacity left after the least the
+    rest needs, preferring the one that uses the most of it (the first layers fill one device,
+    the rest go to the next). None when nothing fits."""
+    free = np.maximum(limits, 1.0)
+    options = []  # per block: (costs at lam (V, S_in, S_out), usage (V, S_in, S_out, C), runs)
+    used_by = [{id(g): g.usage(solved[id(g)][1], weights) for g in prep.groups} for _, solved in pool]
+    for g, r, *_ in prep.blocks:
+        row = g.row_of[r]
+        costs, uses = [], []
+        for (mult, solved), usage in zip(pool, used_by):
+            u = usage[id(g)][row]
+            t = solved[id(g)][0][row]
+            costs.append(t + np.tensordot(u, lam - mult, axes=([2], [0])))
+            uses.append(u)
+        options.append((np.stack(costs), np.stack(uses)))
+    n = len(options)
+    togo = [None] * (n + 1)
+    togo[-1] = np.zeros(1)
+    need = [None] * (n + 1)
+    need[-1] = np.zeros((1, len(limits)))
+    for b in range(n - 1, -1, -1):
+        t, u = options[b]
+        togo[b] = (t + togo[b + 1][None, None, :]).min(axis=(0, 2))
+        after = u + need[b + 1][None, None, :, :]
+        share = np.where(np.isfinite(t), (after / free).sum(axis=3), math.inf)
+        flat = share.transpose(1, 0, 2).reshape(share.shape[1], -1)
+        pick = flat.argmin(axis=1)
+        v, so = np.unravel_index(pick, (share.shape[0], share.shape[2]))
+        need[b] = after[v, np.arange(len(pick)), so]
+    room = limits.astype(float)
+    if (need[0][0] > room + 1e-9 * free).any():
+        return None
+    state, ends, chosen = 0, [], []
+    for b, (t, u) in enumerate(options):
+        total = t[:, state] + togo[b + 1][None, :]
+        fits = ((u[:, state] + need[b + 1][None]) <= room + 1e-9 * free).all(axis=2) & np.isfinite(total)
+        if not fits.any():
+            return None
+        near = fits & (total <= total[fits].min() + slack)
+        fill = np.where(near, (u[:, state] / free).sum(axis=2), -math.inf)
+        v, nxt = np.unravel_index(int(fill.argmax()), fill.shape)
+        room = room - u[v, state, nxt]
+        ends.append((state, int(nxt)))
+        chosen.append(pool[v][1])
+        state = int(nxt)
+    return _assign(prep, chosen, ends)
+
+
+def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap: float = 0.01) -> Answer | None:
+    """Best placement the DP finds, with a lower bound; None when it finds nothing feasible."""
+    prep = _Prepared(problem, allowed)
+    p = problem
+    resident = np.asarray(p.resident, float)
+    base = prep.base
+    caps = [((t,), p.capacity[t]) for t in range(p.k) if math.isfinite(p.capacity[t])]
+    caps += [(tuple(ts), cap) for ts, cap in p.shared_capacity if math.isfinite(cap)]
+    lam = np.zeros(len(caps))
+
+    def priced(lam):
+        extra = np.zeros(p.k)
+        for (ts, _), l in zip(caps, lam):
+            extra[list(ts)] += l
+        return base + resident[:, None] * extra[None, :]
+
+    def load(a):
+        used = np.bincount(np.asarray(a), weights=resident, minlength=p.k)
+        return np.array([used[list(ts)].sum() for ts, _ in caps])
+
+    limits = np.array([cap for _, cap in caps])
+    runs, best, lower, peak, pool = 0, None, -math.inf, [None], []
+
+    def attempt(lam):
+        """DP under multipliers ``lam``: (its optimum, the capacities' usage); keeps the best
+        feasible placement and the best bound seen."""
+        nonlocal runs, best, lower
+        runs += 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            dp, a, solved = _run(prep, priced(lam))
+        bound = dp - float(np.dot(lam, limits)) if caps else dp
+        if bound > lower:
+            lower, peak[0] = bound, lam
+        if a is None:
+            return dp, None
+        used = load(a)
+        # The fill mixes the runs with the best bounds (near the peak) and those whose own
+        # placement fitted (they hold the inner placements that leave room).
+        fitted = bool((used <= limits).all())
+        pool.append((fitted, bound, runs, lam, solved))
+        keep = sorted((e for e in pool if not e[0]), key=lambda e: -e[1])[:POOL // 2]
+        keep += sorted((e for e in pool if e[0]), key=lambda e: -e[1])[:POOL - len(keep)]
+        pool[:] = keep
+        offer(a)
+        return dp, used
+
+    def offer(a):
+        nonlocal best
+        cost = evaluate(p, a)
+        if math.isfinite(cost) and (load(a) <= limits).all() and (best is None or cost < best[1]):
+            best = (a, cost)
+
+    weights = np.zeros((p.n, p.k, len(caps)))
+    for c, (ts, _) in enumerate(caps):
+        weights[:, list(ts), c] = resident[:, None]
+
+    def fill():
+        """Mix the pooled runs' inner placements into one that fits, at a few tie tolerances."""
+        if peak[0] is None or not pool:
+            return
+        step = target_gap * abs(lower) / max(len(prep.blocks), 1)
+        for slack in (0.0, step):
+            a = _fill(prep, [(e[3], e[4]) for e in pool], peak[0], limits, weights, slack)
+            if a is not None:
+                offer(a)
+
+    def close_enough():
+        if runs % FILL_EVERY == 0 and not (best is not None and _gap(best[1], lower) <= target_gap / 4):
+            fill()
+        return best is not None and _gap(best[1], lower) <= target_gap / 4
+
+    dp, used = attempt(lam)
+    if used is not None and caps and not (used <= limits).all():
+        _kelley(attempt, dp, used, limits, close_enough, deadline)
+        if not close_enough() and time.perf_counter() < deadline:
+            fill()
+    if best is None:
+        return None
+    relaxed = len(prep.relaxed) + sum(v.share for v in prep.tracked)
+    return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
+
+
+def _kelley(attempt, dp: float, used, limits, done, deadline: float, rounds: int = 40) -> None:
+    """Raise the Lagrange multipliers towards the dual's peak by Kelley's cutting planes: each DP
+    run at multipliers lam gives a placement i with lam-free cost C_i and usage u_i, and the dual
+    L(lam) = min_i C_i + lam . (u_i - limits) is bounded above by every such plane; the next lam
+    is where their lower envelope peaks (a small LP). Multipliers are scaled by the limits so
+    the LP sees seconds, not seconds per byte."""
+    from scipy.optimize import linprog
+
+    scale = np.maximum(limits, 1.0)
+    cuts = [(dp, used / scale)]  # lam = 0: C is the DP's optimum itself
+    top = 10.0 * max(abs(dp), 1e-12)
+    m = len(limits)
+    best_bound = dp
+    for _ in range(rounds):
+        if done() or time.perf_counter() > deadline:
+            return
+        # maximise z subject to z <= C_i + mu . (u_i - 1), 0 <= mu <= top; variables (mu, z)
+        a_ub = [list(1.0 - u) + [1.0] for _, u in cuts]
+        b_ub = [c for c, _ in cuts]
+        res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=b_ub,
+                      bounds=[(0.0, top)] * m + [(None, None)], method="highs")
+        if res.status != 0:
+            return
+        mu, peak = res.x[:m], -res.fun
+        if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
+            return  # the planes meet the dual: no better multipliers exist
+        lam = mu / scale
+        dp_t, used_t = attempt(lam)
+        if used_t is None:
+            return
+        best_bound = max(best_bound, dp_t - float(np.dot(lam, limits)))
+        cuts.append((dp_t - float(np.dot(lam, used_t)), used_t / scale))
+
+
+def _gap(cost: float, lower: float) -> float:
+    if cost <= lower:
+        return 0.0
+    return (cost - lower) / abs(cost) if cost else math.inf
