@@ -140,12 +140,9 @@ class _Prepared:
     def __init__(self, p: PlacementProblem, allowed):
         self.p, n, k = p, p.n, p.k
         self.codes = _Codes(k)
-        base = np.array(p.cost, dtype=float).reshape(n, k)
-        fits = np.asarray(p.resident, float)[:, None] <= np.asarray(p.capacity, float)[None, :]
-        allowed_mask = np.zeros((n, k), bool)
-        for i, ts in enumerate(allowed):
-            allowed_mask[i, list(ts)] = True
-        base[~(allowed_mask & fits)] = math.inf  # a node whose weights do not fit a target alone
+        base = np.full((n, k), math.inf)
+        for i, ts in enumerate(allowed):  # allowed: finite cost, and the weights fit the target alone
+            base[i, list(ts)] = [p.cost[i][t] for t in ts]
         self.links, home = _links(p)
         values = []
         for j, v in enumerate(p.values):
@@ -260,9 +257,8 @@ class _Prepared:
             sig = (tuple((v.producer < 0, not v.share and v.consumers[0] < a) for v in entry),
                    tuple(slot[v.index] for v in exit_), tuple(steps))
             g = groups.setdefault(sig, _Group(sig, self.codes))
-            blocks.append((g, len(g.members), a, e, entry, exit_))
-            g.members.append((a, e, [v.index for v in entry], [v.index for v in exit_],
-                              [[v.index for v in reads.get(i, ())] for i in range(a, e)]))
+            blocks.append((g, len(g.members)))
+            g.members.append((a, [[v.index for v in reads.get(i, ())] for i in range(a, e)]))
         resident = np.asarray(self.p.resident, float)
         for g in groups.values():
             g.dedupe(self.base, resident, self.links)
@@ -283,7 +279,8 @@ class _Group:
         seen: dict[bytes, int] = {}
         self.unique, self.row_of = [], []
         for m in self.members:
-            a, e, _, _, reads = m
+            a, reads = m
+            e = a + len(reads)
             vals = [j for r in reads for j in r]
             key = b"".join((base[a:e].tobytes(), resident[a:e].tobytes(), links[vals].tobytes()))
             if key not in seen:
@@ -376,7 +373,7 @@ class _Group:
         for j, (p_idx, t_idx, table, pays) in enumerate(plan):
             w = node_cost[starts + j][:, t_idx]
             for slot, src, pay in pays:
-                vals = np.array([self.unique[r][4][j][slot] for r in rows])
+                vals = np.array([self.unique[r][1][j][slot] for r in rows])
                 flat = np.concatenate([links[vals].reshape(b, -1), np.zeros((b, 1))], axis=1)
                 w += flat[:, np.where(pay, src * k + t_idx, (k + 1) * k)]
             cand = np.empty((b, len(p_idx) + 1))
@@ -430,7 +427,7 @@ def _run(prep: _Prepared, node_cost: np.ndarray):
     solved = {id(g): g.solve(node_cost, prep.links) for g in prep.groups}
     vec = np.zeros(1)
     args = []
-    for g, r, *_ in prep.blocks:
+    for g, r in prep.blocks:
         t = solved[id(g)][0][g.row_of[r]]
         total = vec[:, None] + t
         arg = total.argmin(axis=0)
@@ -453,7 +450,7 @@ def _assign(prep: _Prepared, solved, ends) -> tuple[int, ...]:
     out = np.zeros(prep.p.n, dtype=np.int64)
     per_block = isinstance(solved, list)
     for g in prep.groups:
-        rs = [i for i, (gg, *_r) in enumerate(prep.blocks) if gg is g]
+        rs = [i for i, (gg, _) in enumerate(prep.blocks) if gg is g]
         runs = {}
         for i in rs:
             runs.setdefault(id(solved[i]) if per_block else 0, []).append(i)
@@ -476,7 +473,7 @@ def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
     free = np.maximum(limits, 1.0)
     options = []  # per block: (costs at lam (V, S_in, S_out), usage (V, S_in, S_out, C), runs)
     used_by = [{id(g): g.usage(solved[id(g)][1], weights) for g in prep.groups} for _, solved in pool]
-    for g, r, *_ in prep.blocks:
+    for g, r in prep.blocks:
         row = g.row_of[r]
         costs, uses = [], []
         for (mult, solved), usage in zip(pool, used_by):
@@ -527,16 +524,16 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     caps = [((t,), p.capacity[t]) for t in range(p.k) if math.isfinite(p.capacity[t])]
     caps += [(tuple(ts), cap) for ts, cap in p.shared_capacity if math.isfinite(cap)]
     lam = np.zeros(len(caps))
+    # weights[i, t, c]: what node i on target t puts against capacity c.
+    weights = np.zeros((p.n, p.k, len(caps)))
+    for c, (ts, _) in enumerate(caps):
+        weights[:, list(ts), c] = resident[:, None]
 
     def priced(lam):
-        extra = np.zeros(p.k)
-        for (ts, _), l in zip(caps, lam):
-            extra[list(ts)] += l
-        return base + resident[:, None] * extra[None, :]
+        return base + weights @ lam
 
     def load(a):
-        used = np.bincount(np.asarray(a), weights=resident, minlength=p.k)
-        return np.array([used[list(ts)].sum() for ts, _ in caps])
+        return weights[np.arange(p.n), np.asarray(a)].sum(axis=0)
 
     limits = np.array([cap for _, cap in caps])
     runs, best, lower, peak, pool = 0, None, -math.inf, [None], []
@@ -554,6 +551,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         if a is None:
             return dp, None
         used = load(a)
+        offer(a, used)
         # The fill mixes the runs with the best bounds (near the peak) and those whose own
         # placement fitted (they hold the inner placements that leave room).
         fitted = bool((used <= limits).all())
@@ -561,18 +559,15 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         keep = sorted((e for e in pool if not e[0]), key=lambda e: -e[1])[:POOL // 2]
         keep += sorted((e for e in pool if e[0]), key=lambda e: -e[1])[:POOL - len(keep)]
         pool[:] = keep
-        offer(a)
         return dp, used
 
-    def offer(a):
+    def offer(a, used):
         nonlocal best
+        if not (used <= limits).all():
+            return
         cost = evaluate(p, a)
-        if math.isfinite(cost) and (load(a) <= limits).all() and (best is None or cost < best[1]):
+        if math.isfinite(cost) and (best is None or cost < best[1]):
             best = (a, cost)
-
-    weights = np.zeros((p.n, p.k, len(caps)))
-    for c, (ts, _) in enumerate(caps):
-        weights[:, list(ts), c] = resident[:, None]
 
     def fill():
         """Mix the pooled runs' inner placements into one that fits, at a few tie tolerances."""
@@ -582,12 +577,15 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         for slack in (0.0, step):
             a = _fill(prep, [(e[3], e[4]) for e in pool], peak[0], limits, weights, slack)
             if a is not None:
-                offer(a)
+                offer(a, load(a))
+
+    def good() -> bool:
+        return best is not None and _gap(best[1], lower) <= target_gap / 4
 
     def close_enough():
-        if runs % FILL_EVERY == 0 and not (best is not None and _gap(best[1], lower) <= target_gap / 4):
+        if runs % FILL_EVERY == 0 and not good():
             fill()
-        return best is not None and _gap(best[1], lower) <= target_gap / 4
+        return good()
 
     dp, used = attempt(lam)
     if used is not None and caps and not (used <= limits).all():
