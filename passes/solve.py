@@ -13,15 +13,13 @@ import itertools
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
 
 from hetcc.errors import InternalError, PlacementError
 from hetcc.passes.frontier import solve_large
+from hetcc.passes.highs import run as run_highs
 from hetcc.passes.problem import HOST, PlacementProblem, evaluate
 
 log = logging.getLogger(__name__)
@@ -550,19 +548,6 @@ def cost_scale(c) -> float:
     nz = np.abs(np.asarray(c, float))
     nz = nz[nz != 0]
     return float(np.median(nz)) if nz.size else 1.0
-
-
-def run_highs(c, integrality, ub, rows, cols, vals, lo, hi, time_limit: float, options: dict):
-    """scipy's HiGHS MILP on sparse rows ``lo <= A x <= hi`` and bounds ``0 <= x <= ub``."""
-    constraints = ()
-    if lo:
-        a = csr_array((np.asarray(vals, float), (np.asarray(rows), np.asarray(cols))), shape=(len(lo), len(c)))
-        constraints = (LinearConstraint(a, np.asarray(lo), np.asarray(hi)),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # options scipy passes to HiGHS verbatim
-        return milp(np.asarray(c, float), integrality=np.asarray(integrality), bounds=Bounds(0.0, np.asarray(ub)),
-                    constraints=constraints,
-                    options={"time_limit": max(time_limit, 0.01), "presolve": True, **options})
 
 
 def decode(x, xs) -> tuple[int, ...]:
