@@ -89,6 +89,10 @@ class Prediction:
     solver: str
     solve_seconds: float
     notes: tuple[str, ...] = field(default=())
+    gap: float = 0.0
+    """How far the objective may be above the optimum under the model, relative: 0 when proven
+    optimal, inf when there is none (the cost objective: unless every device subset was solved to
+    a proof)."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -418,9 +422,11 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
     used = [t for t in range(k) if t in set(a)]
     prices = [specs[t].price_per_hour for t in used]
     cost = None if any(p is None for p in prices) else sum(prices) / 3600.0 * neck * 1e6
+    # The cost objective's bound would have to cover every device subset; only a proof counts.
+    gap = placement.gap if objective != "cost" else (0.0 if placement.optimal else math.inf)
     return Prediction(tuple(labels), objective, dtype, tuple(segments), tuple(cuts), loads,
                       evaluate(problem, a), throughput, cost, placement.optimal, placement.method,
-                      seconds, tuple(notes))
+                      seconds, tuple(notes), gap)
 
 
 def cut_label(cut: Cut) -> str:

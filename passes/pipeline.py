@@ -14,6 +14,7 @@ from hetcc.errors import PlacementError
 from hetcc.passes.problem import PlacementProblem, evaluate, stage_seconds
 from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
+    DP_MIN_NODES,
     Placement,
     allowed_targets,
     build_model,
@@ -26,6 +27,7 @@ from hetcc.passes.solve import (
     repair,
     run_highs,
 )
+from hetcc.passes.stages import solve_stages
 
 class SolveTimeout(PlacementError):
     """The time limit came before any placement was found (not: nothing fits)."""
@@ -54,11 +56,17 @@ def brute_force_pipeline(problem: PlacementProblem) -> tuple[tuple[int, ...], fl
     return best, key[0]
 
 
-def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Placement:
+def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_gap: float = 0.01,
+                   large_graphs: bool = True) -> Placement:
     """Placement minimising the bottleneck; ``Placement.cost`` is the bottleneck in seconds and
-    ``lower_bound`` HiGHS's proven bound on it. Raises PlacementError when nothing fits. When the
+    ``lower_bound`` a proven bound on it. Raises PlacementError when nothing fits. When the
     time limit comes first, the best placement found (or a latency heuristic's, repaired for
-    capacity) is returned with ``optimal`` False."""
+    capacity) is returned with ``optimal`` False.
+
+    Graphs of ``DP_MIN_NODES`` nodes or more are first placed by :mod:`hetcc.passes.stages`
+    (contiguous stages, or the fractional relaxation rounded), whose answer is kept when it is
+    within ``max_gap`` of the relaxation's bound; else the MILP runs in the time left and the
+    better answer wins, with the better of the two bounds. ``large_graphs=False`` skips that."""
     t0 = time.perf_counter()
     p = problem
     if p.k == 0:
@@ -70,9 +78,22 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
         a = (0,) * p.n
         b = bottleneck(p, a)
         return Placement(a, b, b, True, "single-target", time.perf_counter() - t0)
-    first = _milp(p, allowed, t0 + time_limit, cap=None)
+    large = None
+    if large_graphs and p.n >= DP_MIN_NODES:
+        large = solve_stages(p, allowed, t0 + time_limit / 4)
+        if large is None:
+            raise infeasible_error(p)  # even the fractional relaxation does not fit
+        a, b, lower, method = large
+        if a is not None and b - lower <= max_gap * b:
+            return Placement(tuple(a), b, lower, b - lower <= 1e-6 * b, method, time.perf_counter() - t0)
+    # Large graphs stop at max_gap, as the stages above would have; small ones are solved exactly.
+    rel_gap = max_gap if large is not None else 1e-9
+    first = _milp(p, allowed, t0 + time_limit, cap=None, rel_gap=rel_gap)
     if first == "infeasible":
         raise infeasible_error(p)
+    method = None
+    if first is None and large is not None and large[0] is not None:
+        first, method = (large[0], 0.0, False), large[3]  # the limit came first: the stages stand
     if first is None:  # the time limit came before HiGHS found any placement
         a = heuristic(p, allowed, time.perf_counter() + max(5.0, time_limit / 4))
         if a is None:
@@ -80,20 +101,30 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0) -> Pl
         first = (a, 0.0, False)
     a, lower, proven = first
     best = bottleneck(p, a)
-    second = _milp(p, allowed, max(t0 + time_limit, time.perf_counter() + 1.0), cap=best * (1 + SLACK))
+    # The second pass only shortens latency under that bottleneck: on large graphs it gets a
+    # sixth of the time limit, not all that is left.
+    until = max(t0 + time_limit, time.perf_counter() + 1.0)
+    if large is not None:
+        until = min(until, time.perf_counter() + max(time_limit / 6, 1.0))
+    second = _milp(p, allowed, until, cap=best * (1 + SLACK), rel_gap=rel_gap)
     if isinstance(second, tuple) and bottleneck(p, second[0]) <= best * (1 + SLACK):
         a = second[0]
     b = bottleneck(p, a)
+    method = method or ("milp-pipeline" if proven else "milp-pipeline-time-limit")  # proven: to rel_gap
+    if large is not None:
+        lower = max(lower, large[2])
+        if large[0] is not None and large[1] < b * (1 - SLACK):
+            a, b, method = large[0], large[1], large[3]
     lower = min(lower, b)
     optimal = proven and b - lower <= 1e-6 * max(b, 1e-300)
-    return Placement(tuple(a), b, lower, optimal, "milp-pipeline" if proven else "milp-pipeline-time-limit",
-                     time.perf_counter() - t0)
+    return Placement(tuple(a), b, lower, optimal, method, time.perf_counter() - t0)
 
 
-def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
+def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None, rel_gap: float = 1e-9):
     """cap None: minimise the bottleneck T. Otherwise minimise latency with every stage <= cap.
-    Returns (assignment, lower bound on the objective, proven); "infeasible" when HiGHS proved
-    that nothing fits; None when it stopped at the time limit without a placement."""
+    Returns (assignment, lower bound on the objective, finished: HiGHS reached ``rel_gap``);
+    "infeasible" when HiGHS proved that nothing fits; None when it stopped at the time limit
+    without a placement."""
     m, x = build_model(p, allowed)
     n_base = len(m.c)
     latency_c = np.asarray(m.c + [0.0])
@@ -115,7 +146,7 @@ def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
     else:
         c = latency_c / scale
     res = run_highs(c, m.integer + [0], m.ub + [math.inf], rows, cols, vals, lo, hi,
-                    max(deadline - time.perf_counter(), 0.05), {"mip_rel_gap": 1e-9})
+                    max(deadline - time.perf_counter(), 0.05), {"mip_rel_gap": rel_gap})
     if res.status == 2:
         return "infeasible"
     if res.x is None:
@@ -125,8 +156,8 @@ def _milp(p: PlacementProblem, allowed, deadline: float, cap: float | None):
         a = repair(p, a, time.perf_counter() + 1.0)
         if a is None:
             return None
-    bound = getattr(res, "mip_dual_bound", None)
-    if res.status == 0 or bound is None or not math.isfinite(bound):
+    bound = res.mip_dual_bound
+    if bound is None or not math.isfinite(bound):
         bound = res.fun if res.status == 0 else 0.0  # a pure LP (every node fixed) has no dual bound
     lower = bound * scale if cap is None else 0.0
     return a, lower, res.status == 0

@@ -556,14 +556,14 @@ def decode(x, xs) -> tuple[int, ...]:
     return tuple(min(xi, key=lambda t: 0.0 if xi[t] == -1 else -xs[xi[t]]) for xi in x)
 
 
-def _solve_milp(problem, allowed, time_limit):
+def _solve_milp(problem, allowed, time_limit, rel_gap: float = REL_TOL / 10):
     m, x = build_model(problem, allowed)
     nvar = len(m.c)
     if nvar == 0:
         return tuple(next(iter(xi)) for xi in x), None, "fixed"
     scale = cost_scale(m.c)
     res = run_highs(np.asarray(m.c) / scale, m.integer, m.ub, m.rows, m.cols, m.vals, m.lo, m.hi, time_limit,
-                    {"mip_rel_gap": REL_TOL / 10, "mip_abs_gap": 0.0})
+                    {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0})
     log.debug("milp: %d vars, %d rows, status %s: %s", nvar, len(m.lo), res.status, res.message)
     if res.status == 2:
         return None, None, "infeasible"
@@ -634,7 +634,9 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
                 f"{exact_node_limit}); raise the limit to solve exactly.")
         return done(a, lb0, "heuristic")
 
-    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter())
+    # After the DP, the MILP stops at max_gap too (the DP's own bar); smaller graphs are exact.
+    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter(),
+                                max_gap if large is not None else REL_TOL / 10)
     if large is not None and method != "milp" and (a is None or large.cost < evaluate(p, a)):
         return done(large.assignment, max(lb or 0.0, large.lower_bound), "frontier-dp")
     if method == "fixed":

@@ -141,7 +141,8 @@ def _render(p) -> None:
     console.print(f"predicted latency {p.latency_seconds * 1e3:.4f} ms; throughput {p.throughput:,.1f} "
                   f"requests/s with requests pipelined across {', '.join(p.devices_used)}; cost per "
                   f"million requests {cost}")
-    status = "proven optimal" if p.optimal else "not proven optimal"
+    status = ("proven optimal" if p.optimal else "not proven optimal" if math.isinf(p.gap)
+              else f"within {p.gap:.2%} of the optimum (proven bound), not proven optimal")
     console.print(f"placement {status} under the model (solver {p.solver}, {p.solve_seconds:.1f}s "
                   f"including tracing)")
     for note in p.notes:
