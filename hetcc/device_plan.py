@@ -14,13 +14,11 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from hetcc.errors import HetccError, InputError, PlacementError
+from hetcc.errors import HetccError, PlacementError
 from hetcc.explain.text import listing, value_label
 
 OBJECTIVES = ("latency", "throughput", "cost")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-PEER_LATENCY = 5e-6
-"""Seconds per device-to-device hand-over over a peer link (NVLink/Infinity Fabric), DMA set-up."""
 MAX_COST_DEVICES = 8
 """The cost objective tries every subset of the devices (2**n - 1 placements)."""
 
@@ -195,12 +193,11 @@ def predict(model, example_inputs, devices, *, objective: str = "latency", dtype
     for label, name, spec in zip(labels, canon, specs):
         profile = (profiles or {}).get(label) or planning_profile(name, spec)
         infos.append(TargetInfo(label, spec, profile, spec.mem_capacity * memory_fraction,
-                                spec.host_link_bandwidth, spec.host_link_latency, dtype=dtype))
+                                spec.host_link_bandwidth, spec.host_link_latency, dtype=dtype,
+                                peer_link=spec.peer_link, peer_bandwidth=spec.peer_link_bandwidth or 0.0))
     allowed = [[True] * len(labels) for _ in units]  # every device may run every node unless pinned
     _apply_pins(captured, units, labels, pins, allowed)
-    problem = build_problem(captured, facts, units, unit_of, infos, allowed, objective)
-    problem = _with_peer_links(problem, specs)
-    problem = _with_resident_inputs(problem, captured, resident_inputs)
+    problem = build_problem(captured, facts, units, unit_of, infos, allowed, objective, resident_inputs)
     placement, notes = _solve(problem, objective, specs, time_limit)
     return _prediction(problem, placement, captured, facts, units, labels, specs, infos, objective,
                        dtype, time.perf_counter() - started, notes)
@@ -265,72 +262,16 @@ def _cast(model, example_inputs, dtype: str):
 
 
 def _apply_pins(captured, units, labels, pins, allowed) -> None:
-    from hetcc.passes.capability import _check_keys, _matches
+    from hetcc.passes.capability import check_keys, matches
 
     if not pins:
         return
     index = {lab: i for i, lab in enumerate(labels)}
-    _check_keys(captured, pins, "pins")
+    check_keys(captured, pins, "pins")
     for key, device in pins.items():  # devices are labels already (_by_label)
         for u, unit in enumerate(units):
-            if any(_matches(captured.node(m), key) for m in unit.members):
+            if any(matches(captured.node(m), key) for m in unit.members):
                 allowed[u] = [i == index[device] for i in range(len(labels))]
-
-
-def _with_peer_links(problem, specs):
-    """Devices that share a peer link (same link name, e.g. two H100s on NVLink) hand over on it
-    instead of going through the host."""
-    k = problem.k
-    lat = [list(r) for r in problem.link_latency]
-    bw = [list(r) for r in problem.link_bandwidth]
-    for s, t in itertools.permutations(range(k), 2):
-        a, b = specs[s], specs[t]
-        if a.peer_link and a.peer_link == b.peer_link and a.peer_link_bandwidth and b.peer_link_bandwidth:
-            lat[s][t] = PEER_LATENCY
-            bw[s][t] = min(a.peer_link_bandwidth, b.peer_link_bandwidth)
-    return replace(problem, link_latency=tuple(map(tuple, lat)), link_bandwidth=tuple(map(tuple, bw)))
-
-
-def _with_resident_inputs(problem, captured, wanted):
-    """Inputs that stay where they are read: they move no bytes per request and count against the
-    capacity of the device holding each unit that reads them."""
-    if not wanted:
-        return problem
-    from hetcc.passes.problem import HOST
-
-    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-    inputs = list(captured.user_inputs)
-    chosen = {n for n in inputs if any(n == w or n.startswith(w) for w in wanted)}
-    unknown = [w for w in wanted if not any(n == w or n.startswith(w) for n in inputs)]
-    if unknown:
-        raise InputError(f"resident_inputs names {unknown}, which match no model input; the inputs "
-                         f"are: {', '.join(inputs)}")
-    resident = list(problem.resident)
-    values = []
-    for v in problem.values:
-        if v.producer == HOST and v.name in chosen:
-            # It lives on the device: no hand-over per request, only capacity (counted for each
-            # unit reading it, which over-counts when several units on one device read it).
-            for c in v.consumers:
-                resident[c] += v.nbytes
-            continue
-        if v.to_host and v.producer != HOST and _updates(captured.node(v.name), chosen):
-            # The updated cache (e.g. cat(past, new)) stays where it was made, like the cache.
-            v = replace(v, to_host=False)
-        values.append(v)
-    return replace(problem, values=tuple(values), resident=tuple(resident))
-
-
-CACHE_UPDATES = ("cat", "index_put", "slice_scatter", "copy", "index_copy")
-
-
-def _updates(node, chosen) -> bool:
-    """Whether ``node`` writes a resident input's new contents (a cache append or update)."""
-    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-    if name not in CACHE_UPDATES:
-        return False
-    args = [a for x in node.args for a in (x if isinstance(x, (list, tuple)) else [x])]
-    return any(getattr(a, "name", None) in chosen for a in args)
 
 
 def _solve(problem, objective: str, specs, time_limit: float):

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from hetcc.cost_model.roofline import node_seconds
+from hetcc.errors import InputError
 from hetcc.passes.problem import HOST, PlacementProblem, Value
 from hetcc.passes.units import tensor_inputs
 
 HANDOFF_LATENCY = 2e-6
 """Seconds to wrap a CPU tensor for another runtime (numpy view, OrtValue, ov.Tensor)."""
+PEER_LATENCY = 5e-6
+"""Seconds per device-to-device hand-over over a peer link (NVLink/Infinity Fabric), DMA set-up."""
+CACHE_UPDATES = ("cat", "index_put", "slice_scatter", "copy", "index_copy")
+"""Ops that write a resident input's new contents (a KV cache append or update)."""
 
 
 @dataclass
@@ -34,6 +39,10 @@ class TargetInfo:
     """Where its executables take and return values ('cpu', 'cuda:0'; hetcc/handover.py): two
     targets at one GPU location hand values over without a copy. None: the host, as far as
     hand-overs go (a GPU target whose runtime copies in and out itself, e.g. MIGraphX)."""
+    peer_link: str | None = None
+    """Name of a device-to-device link (``nvlink``): two targets on the same one hand over on it
+    at ``peer_bandwidth`` instead of through the host (hetcc.predict's devices)."""
+    peer_bandwidth: float = 0.0
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
@@ -77,9 +86,11 @@ def build_values(captured, units, unit_of) -> list[Value]:
 
 
 def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
-                  allowed, objective: str = "latency") -> PlacementProblem:
-    """The placement problem: ``allowed[u][t]`` says whether unit u may run on target t (capability,
-    pins and exclusions already applied; ``Candidates.allowed`` in a compile)."""
+                  allowed, objective: str = "latency", resident_inputs=()) -> PlacementProblem:
+    """The placement problem, for compile() and for hetcc.predict alike: ``allowed[u][t]`` says
+    whether unit u may run on target t (capability, pins and exclusions already applied;
+    ``Candidates.allowed`` in a compile). ``resident_inputs``: names (or prefixes) of model inputs
+    that stay on the device reading them (a KV cache): no bytes per request, only capacity."""
     costs = unit_costs(units, facts, targets)
     cost = tuple(
         tuple(c if allowed[i][t] else math.inf for t, c in enumerate(row))
@@ -95,12 +106,15 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
             dst = targets[t] if t < k else None
             latency[s][t], bandwidth[s][t] = handoff(src, dst)
     overhead = tuple(t.profile.call_overhead for t in targets) + (0.0,)
+    values, resident = build_values(captured, units, unit_of), unit_resident(units, facts)
+    if resident_inputs:
+        values = _keep_resident(captured, values, resident, resident_inputs)
     return PlacementProblem(
         nodes=tuple(u.name for u in units),
         targets=tuple(t.name for t in targets),
         cost=cost,
-        values=tuple(build_values(captured, units, unit_of)),
-        resident=tuple(unit_resident(units, facts)),
+        values=tuple(values),
+        resident=tuple(resident),
         capacity=tuple(t.capacity for t in targets),
         link_latency=tuple(map(tuple, latency)),
         link_bandwidth=tuple(map(tuple, bandwidth)),
@@ -117,6 +131,9 @@ def handoff(src, dst) -> tuple[float, float]:
     runtime's own conversion (its handoff_bandwidth)."""
     if src is not None and dst is not None and src.location == dst.location and src.location not in (None, "cpu"):
         return HANDOFF_LATENCY, math.inf
+    if (src is not None and dst is not None and src.peer_link and src.peer_link == dst.peer_link
+            and src.peer_bandwidth and dst.peer_bandwidth):
+        return PEER_LATENCY, min(src.peer_bandwidth, dst.peer_bandwidth)
     lat, bw = HANDOFF_LATENCY, math.inf
     for side in (src, dst):
         if side is not None:
@@ -133,3 +150,37 @@ def shared_memories(targets: list[TargetInfo]) -> tuple:
             groups.setdefault(info.memory, []).append(t)
     return tuple((tuple(ts), min(targets[t].device.mem_capacity for t in ts))
                  for ts in groups.values() if len(ts) > 1)
+
+
+def _keep_resident(captured, values, resident, wanted) -> list[Value]:
+    """Inputs that stay where they are read: they move no bytes per request and count against the
+    capacity of the device holding each unit that reads them (``resident`` is updated)."""
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    inputs = list(captured.user_inputs)
+    chosen = {n for n in inputs if any(n == w or n.startswith(w) for w in wanted)}
+    unknown = [w for w in wanted if not any(n == w or n.startswith(w) for n in inputs)]
+    if unknown:
+        raise InputError(f"resident_inputs names {unknown}, which match no model input; the inputs "
+                         f"are: {', '.join(inputs)}")
+    kept = []
+    for v in values:
+        if v.producer == HOST and v.name in chosen:
+            # It lives on the device: no hand-over per request, only capacity (counted for each
+            # unit reading it, which over-counts when several units on one device read it).
+            for c in v.consumers:
+                resident[c] += v.nbytes
+            continue
+        if v.to_host and v.producer != HOST and _updates(captured.node(v.name), chosen):
+            # The updated cache (e.g. cat(past, new)) stays where it was made, like the cache.
+            v = replace(v, to_host=False)
+        kept.append(v)
+    return kept
+
+
+def _updates(node, chosen) -> bool:
+    """Whether ``node`` writes a resident input's new contents (a cache append or update)."""
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    if name not in CACHE_UPDATES:
+        return False
+    args = [a for x in node.args for a in (x if isinstance(x, (list, tuple)) else [x])]
+    return any(getattr(a, "name", None) in chosen for a in args)

@@ -59,16 +59,18 @@ def _scopes(node) -> list[str]:
     return [path for path, _ in stack.values() if isinstance(path, str)]
 
 
-def _matches(node, key: str) -> bool:
+def matches(node, key: str) -> bool:
+    """Whether ``key`` names the node or a submodule it belongs to (pins, exclude)."""
     if node.name == key:
         return True
     return any(p == key or p.startswith(key + ".") for p in _scopes(node))
 
 
-def _check_keys(captured, keys, what: str) -> None:
+def check_keys(captured, keys, what: str) -> None:
+    """TargetError naming the submodules when a key of ``what`` (pins, exclude) matches no node."""
     nodes = [n for n in captured.graph.nodes if n.op == "call_function"]
     for key in keys:
-        if not any(_matches(n, key) for n in nodes):
+        if not any(matches(n, key) for n in nodes):
             known = sorted({p for n in nodes for p in _scopes(n) if p})
             raise TargetError(
                 f"{what} names {key!r}, which is neither a submodule nor a node of this model. "
@@ -85,7 +87,7 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
     exclude = {k: [Target.parse(t) for t in ([v] if isinstance(v, str) else v)]
                for k, v in (exclude or {}).items()}
     for what, table in (("pins", pins), ("exclude", exclude)):
-        _check_keys(captured, table, what)
+        check_keys(captured, table, what)
         for targets in table.values():
             for t in targets if isinstance(targets, list) else [targets]:
                 if t not in index:
@@ -94,12 +96,12 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
     for u, unit in enumerate(units):
         nodes = [captured.node(m) for m in unit.members]
         for key, pinned in pins.items():
-            if any(_matches(n, key) for n in nodes):
+            if any(matches(n, key) for n in nodes):
                 for t in order:
                     if t != pinned:
                         cand.forbid(u, index[t], f"pinned to {pinned} by pins[{key!r}]", USER)
         for key, banned in exclude.items():
-            if any(_matches(n, key) for n in nodes):
+            if any(matches(n, key) for n in nodes):
                 for t in banned:
                     cand.forbid(u, index[t], f"excluded by exclude[{key!r}]", USER)
         for t in order:
