@@ -299,7 +299,7 @@ def test_cli_gate_update_then_regression_exits_3(tiny, tmp_path, capsys):
 
 def test_cli_bench_bundle_uses_the_yardstick(tiny, tmp_path, capsys):
     import hetcc
-    from hetcc.cli.inputs import load_model
+    from hetcc.model_files import load_model
 
     model, inputs, _ = load_model(f"{tiny}:build")
     hetcc.compile(model, inputs, ["onnxruntime:cpu"], measure=False).save(tmp_path / "b")

@@ -11,7 +11,7 @@ import torch
 
 import hetcc
 from hetcc.cli import main
-from hetcc.cli.inputs import load_model
+from hetcc.model_files import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = f"{ROOT / 'examples' / 'mlp.py'}:build"

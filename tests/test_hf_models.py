@@ -68,7 +68,7 @@ def test_llama_decode_step_matches_the_full_prompt():
 
 def test_hf_builders_work_from_the_cli_spec():
     """``hetcc compile examples/hf_models.py:build_bert`` calls build_bert() with no arguments."""
-    from hetcc.cli.inputs import load_model
+    from hetcc.model_files import load_model
 
     model, inputs, options = load_model(f"{ROOT / 'examples' / 'hf_models.py'}:build_resnet")
     assert isinstance(model, torch.nn.Module) and inputs[0].shape == (1, 3, 224, 224) and options == {}

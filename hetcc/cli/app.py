@@ -36,15 +36,13 @@ from hetcc.cli.inputs import (
     dynamic_dim,
     dynamic_shapes_for,
     fallback_options,
-    load_model,
-    read_npz,
     scope_target,
     target_bytes,
     tolerance,
-    to_array,
     tune_value,
 )
 from hetcc.errors import FallbackError, HetccError, plain
+from hetcc.model_files import load_model, read_npz, to_array
 
 EXIT_FALLBACK = 5
 """Exit status when --strict or --max-fallback refuses the compile (1 stays any other user error)."""

@@ -107,7 +107,7 @@ def cmd_bench(args) -> int:
                                       batch_sizes=args.batch_sizes, progress=say,
                                       reference=YARDSTICK if args.reference == "eager" else "none")
         else:
-            from hetcc.cli.inputs import load_model
+            from hetcc.model_files import load_model
 
             model, inputs, options = load_model(args.model, args.inputs)
             options.update(fallback_options(args))
@@ -166,7 +166,7 @@ def _bundle_inputs(args):
     if not args.inputs:
         return None
     from hetcc.bundle import read_manifest
-    from hetcc.cli.inputs import read_npz
+    from hetcc.model_files import read_npz
 
     return tuple(read_npz(args.inputs, [s["name"] for s in read_manifest(args.model)["inputs"]], None))
 

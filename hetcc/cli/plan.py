@@ -8,7 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-from hetcc.cli.inputs import CliError, load_model, scope_target
+from hetcc.cli.inputs import CliError, scope_target
+from hetcc.model_files import load_model
 
 EPILOG = ("examples:\n  hetcc plan examples/gpt.py:build --devices h100,mi300x,epyc\n"
           "  hetcc plan examples/big_decoder.py:build --devices h100,h100 --objective throughput --dtype bf16\n"

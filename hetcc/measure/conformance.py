@@ -185,7 +185,7 @@ def examples_dir() -> Path | None:
 def _model_cases(directory: Path) -> list[Case]:
     def build(name):
         def load():
-            from hetcc.cli.inputs import load_model
+            from hetcc.model_files import load_model
 
             model, inputs, options = load_model(f"{directory / (name + '.py')}:build")
             return Built(model, inputs, dynamic_shapes=options.get("dynamic_shapes"))
