@@ -231,12 +231,13 @@ def test_cli_plan_json_and_devices_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     out = json.loads(text)
-    assert out["prediction"] is True
+    assert out["prediction"] is True and out["optimal"] is True and out["gap"] == 0.0
     assert set(out["devices"]) == {"small-gpu", "small-gpu-2"}
     assert set(out["devices_used"]) == {"small-gpu", "small-gpu-2"}
     assert main(["plan", model, "--devices", "h100,epyc", "--objective", "throughput"]) == 0
     text = capsys.readouterr().out
     assert "PREDICTION" in text and "nothing was lowered" in text and "requests/s" in text
+    assert "placement proven optimal" in text
     assert main(["plan", model, "--devices", "h100,nope"]) == 1
     assert "unknown device 'nope'" in capsys.readouterr().err
     assert main(["plan", model, "--devices", str(tmp_path / "missing.yaml")]) == 1
@@ -252,3 +253,17 @@ def test_cli_plan_meta_builds_without_weights(tmp_path, capsys):
     assert main(["plan", f"{source}:build", "--devices", "h100", "--meta", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["loads"][0]["resident_bytes"] == 4 * (50000 * 50000 + 50000)
+
+
+def test_plan_states_the_gap_of_an_unproven_placement(mlp_model, capsys):
+    from dataclasses import replace
+
+    from hetcc.cli.plan import _render
+
+    model, inputs = mlp_model
+    p = predict(model, inputs, ["h100", "epyc"])
+    _render(replace(p, optimal=False, gap=0.0062))
+    assert "within 0.62% of the optimum (proven bound), not proven optimal" in capsys.readouterr().out
+    _render(replace(p, optimal=False, gap=math.inf))  # no bound: say only that
+    out = capsys.readouterr().out
+    assert "not proven optimal" in out and "within" not in out
