@@ -659,3 +659,67 @@ def test_the_backend_in_the_docs_compiles_a_model(tmp_path):
                                  .run_decompositions().graph.nodes if n.op == "call_function"
                                  and "relu" in str(n.target)), hetcc.Target.parse("numpy:cpu"))
     assert not half and "float16 tensors: kept to float32 and float64" in half.reason
+
+
+def test_openvino_copies_small_inputs_into_its_request_and_shares_large_ones(tmp_path):
+    from hetcc.backends import openvino_backend
+
+    torch.manual_seed(6)
+    small, large = torch.randn(5, 16), torch.randn(1100, 16)  # 320 B, then 70 KB > COPY_IN_BYTES
+    assert large.numel() * 4 > openvino_backend.COPY_IN_BYTES
+    for x in (small, large):
+        _, seg = make_segment(LinearReluNorm(), (x,))
+        _, run = lower_and_load("openvino", seg, tmp_path / str(len(x)))
+        xs = [torch.randn_like(x) for _ in range(3)]
+        results = [run(v) for v in xs]  # each call sees its own input, not the previous one's
+        for v, got in zip(xs, results):
+            assert_matches(got, seg.reference(v))
+        copied = run._request()[1][0] is not None
+        assert copied == (x is small)
+        if copied:
+            # the request reads its own buffer: changing the caller's tensor after a call changes
+            # nothing, and the next call reads the new values
+            v = torch.randn_like(x)
+            first = run(v)
+            v.add_(1.0)
+            assert_matches(run(v), seg.reference(v))
+            assert not torch.equal(first[0], run(v)[0])
+
+
+def test_openvino_input_of_another_layout_drops_the_copy_and_stays_right(tmp_path):
+    torch.manual_seed(7)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(5, 16),))
+    _, run = lower_and_load("openvino", seg, tmp_path)
+    x = torch.randn(5, 16)
+    assert_matches(run(x), seg.reference(x))
+    assert run._request()[1][0] is not None
+    wide = torch.randn(5, 16, dtype=torch.float64)  # not the buffer's dtype: set, not copied
+    with pytest.raises(Exception):
+        run(wide)  # OpenVINO refuses f64 for an f32 input, in its own words
+    assert run._request()[1][0] is None  # from now on the request reads the set tensor
+    y = torch.randn(5, 16)
+    assert_matches(run(y), seg.reference(y))
+
+
+def test_openvino_copy_in_is_per_thread(tmp_path):
+    torch.manual_seed(8)
+    _, seg = make_segment(LinearReluNorm(), (torch.randn(5, 16),))
+    _, run = lower_and_load("openvino", seg, tmp_path)
+    inputs = [[torch.randn(5, 16) for _ in range(30)] for _ in range(6)]
+    errors: list[str] = []
+    barrier = threading.Barrier(len(inputs))
+
+    def work(t):
+        barrier.wait()
+        for i, x in enumerate(inputs[t]):
+            try:
+                assert_matches(run(x), seg.reference(x))
+            except Exception as exc:
+                errors.append(f"thread {t} call {i}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
