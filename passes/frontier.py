@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetcc.passes.problem import HOST, PlacementProblem, evaluate
+from hetcc.passes.problem import HOST, PlacementProblem, evaluate, relative_gap
 
 STATE_BITS = 12.0
 """Most log2-states the live values may take at any point before the longest-lived is relaxed."""
@@ -580,7 +580,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
                 offer(a, load(a))
 
     def good() -> bool:
-        return best is not None and _gap(best[1], lower) <= target_gap / 4
+        return best is not None and relative_gap(best[1], lower) <= target_gap / 4
 
     def close_enough():
         if runs % FILL_EVERY == 0 and not good():
@@ -630,9 +630,3 @@ def _kelley(attempt, dp: float, used, limits, done, deadline: float, rounds: int
             return
         best_bound = max(best_bound, dp_t - float(np.dot(lam, limits)))
         cuts.append((dp_t - float(np.dot(lam, used_t)), used_t / scale))
-
-
-def _gap(cost: float, lower: float) -> float:
-    if cost <= lower:
-        return 0.0
-    return (cost - lower) / abs(cost) if cost else math.inf

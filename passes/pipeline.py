@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from hetcc.errors import PlacementError
-from hetcc.passes.problem import PlacementProblem, evaluate, stage_seconds
+from hetcc.passes.problem import PlacementProblem, bottleneck, evaluate
 from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
     DP_MIN_NODES,
@@ -35,10 +35,6 @@ class SolveTimeout(PlacementError):
 
 SLACK = 1e-7
 """Relative slack on the bottleneck when the second pass minimises latency under it."""
-
-
-def bottleneck(problem: PlacementProblem, assignment) -> float:
-    return max(stage_seconds(problem, assignment), default=0.0)
 
 
 def brute_force_pipeline(problem: PlacementProblem) -> tuple[tuple[int, ...], float]:

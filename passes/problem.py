@@ -131,3 +131,18 @@ def stage_seconds(problem: PlacementProblem, assignment) -> list[float]:
     for v, src, t in handovers(problem, assignment):
         busy[t if t < k else src] += problem.link(src, t, v.nbytes)
     return busy
+
+
+def bottleneck(problem: PlacementProblem, assignment) -> float:
+    """The busiest target's seconds per request: what bounds pipelined throughput."""
+    return max(stage_seconds(problem, assignment), default=0.0)
+
+
+def relative_gap(cost: float, lower: float) -> float:
+    """How far ``cost`` may be above the optimum, relative, given a proven ``lower`` bound: 0 when
+    they meet, inf when the cost is 0 or infinite."""
+    if cost <= lower:
+        return 0.0
+    if cost == 0 or math.isinf(cost):
+        return math.inf
+    return (cost - lower) / abs(cost)

@@ -20,7 +20,7 @@ import numpy as np
 from hetcc.errors import InternalError, PlacementError
 from hetcc.passes.frontier import solve_large
 from hetcc.passes.highs import run as run_highs
-from hetcc.passes.problem import HOST, PlacementProblem, evaluate
+from hetcc.passes.problem import HOST, PlacementProblem, evaluate, relative_gap
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,7 @@ class Placement:
     @property
     def gap(self) -> float:
         """Relative distance ``(cost - lower_bound) / cost``; 0 when proven optimal."""
-        if self.optimal or self.cost <= self.lower_bound:
-            return 0.0
-        if self.cost == 0 or math.isinf(self.cost):
-            return math.inf
-        return (self.cost - self.lower_bound) / abs(self.cost)
+        return 0.0 if self.optimal else relative_gap(self.cost, self.lower_bound)
 
 
 def _is_optimal(cost: float, lower_bound: float) -> bool:

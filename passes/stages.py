@@ -29,7 +29,7 @@ import time
 import numpy as np
 from scipy.sparse import csr_array
 
-from hetcc.passes.problem import HOST, PlacementProblem, evaluate, stage_seconds
+from hetcc.passes.problem import HOST, PlacementProblem, bottleneck, evaluate
 from hetcc.passes.solve import repair
 
 BISECTIONS = 40
@@ -246,11 +246,13 @@ def solve_stages(p: PlacementProblem, allowed, deadline: float):
         if time.perf_counter() > deadline:
             break
         a = rounded(p, shares, order)
-        if math.isinf(evaluate(p, a)):
+        latency = evaluate(p, a)
+        if math.isinf(latency):
             a = repair(p, a, min(deadline, time.perf_counter() + 1.0))
             if a is None:
                 continue
-        key = (_neck(p, a), evaluate(p, a), a, "pipeline-lp-rounding")
+            latency = evaluate(p, a)
+        key = (bottleneck(p, a), latency, a, "pipeline-lp-rounding")
         if key[:2] < best[:2]:
             best = key
     return best[2], best[0], min(bound, best[0]), best[3]
@@ -283,11 +285,7 @@ def contiguous_stages(p: PlacementProblem, allowed, deadline: float, bound: floa
                 lo = mid
             else:
                 hi, a = mid, trial
-        key = (_neck(p, a), evaluate(p, a))
+        key = (bottleneck(p, a), evaluate(p, a))
         if key < best_key:
             best, best_key = a, key
     return None if best is None else (best, best_key[0])
-
-
-def _neck(p: PlacementProblem, a) -> float:
-    return max(stage_seconds(p, a), default=0.0)
