@@ -59,13 +59,15 @@ def _native(step):
         import numpy as np
         import openvino as ov
 
+        from hetcc.backends.openvino_backend import COPY_IN_BYTES
+
         request = run.compiled.create_infer_request()
         n_out = len(run.compiled.outputs)
         buffers = [request.get_input_tensor(i).data for i in range(len(run.compiled.inputs))]
 
         def call(arrays):
             for i, a in enumerate(arrays):
-                if a.nbytes <= 64 * 1024:
+                if a.nbytes <= COPY_IN_BYTES:
                     np.copyto(buffers[i], a)
                 else:
                     request.set_input_tensor(i, ov.Tensor(a, shared_memory=True))
