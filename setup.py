@@ -10,6 +10,7 @@ PACKAGES = {
     "hetcc.cli": "hetcc/cli",
     "hetcc.explain": "hetcc/explain",
     "hetcc.measure": "hetcc/measure",
+    "hetcc.lm": "hetcc/lm",
     "hetcc.passes": "passes",
     "hetcc.backends": "backends",
     "hetcc.cost_model": "cost_model",

@@ -11,7 +11,7 @@ from hetcc.errors import HetccError
 from hetcc.target import Target
 
 __version__ = "0.1.0"
-__all__ = ["compile", "load", "analyze", "analyze_phases", "predict", "Target", "HetccError", "__version__"]
+__all__ = ["compile", "compile_lm", "load", "load_lm", "analyze", "analyze_phases", "predict", "Target", "HetccError", "__version__"]
 
 
 def compile(model, example_inputs, targets=("torch:cpu",), **options):
@@ -19,6 +19,14 @@ def compile(model, example_inputs, targets=("torch:cpu",), **options):
     from hetcc.compiler import compile as _compile
 
     return _compile(model, example_inputs, targets, **options)
+
+
+def compile_lm(model, prompt_len, max_new_tokens, batch=1, targets=("torch:cpu",), **options):
+    """See :func:`hetcc.lm.model.compile_lm`: a transformers causal LM compiled as a prefill and a
+    decode phase, each on its own targets, with a generation loop."""
+    from hetcc.lm.model import compile_lm as _compile_lm
+
+    return _compile_lm(model, prompt_len, max_new_tokens, batch, targets, **options)
 
 
 def analyze(model, example_inputs, dynamic_shapes=None):
@@ -48,3 +56,10 @@ def load(path, trust_engines: bool = False, output_device: str = "cpu"):
     from hetcc.bundle import load as _load
 
     return _load(path, trust_engines=trust_engines, output_device=output_device)
+
+
+def load_lm(path, trust_engines: bool = False):
+    """Load a directory written by ``CompiledLM.save``; see :func:`hetcc.lm.bundle.load`."""
+    from hetcc.lm.bundle import load as _load_lm
+
+    return _load_lm(path, trust_engines=trust_engines)

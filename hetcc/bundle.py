@@ -34,11 +34,11 @@ from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain.text import strings, tables
 from hetcc.handover import input_locations_of, location_of, parse_output_device
-from hetcc.plan import Plan, SegmentPlan
 from hetcc.names import dtype_name
+from hetcc.plan import Plan, SegmentPlan
 from hetcc.runtime import Runtime, Step, TensorSpec
-from hetcc.structures import structure_problem
 from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
+from hetcc.structures import structure_problem
 from hetcc.target import Target
 from hetcc.verify import Tolerances, Verification, check_outputs
 
@@ -53,6 +53,9 @@ MANIFEST = "manifest.json"
 REPORT = "report.json"
 CONSTANTS = "constants.safetensors"
 SEGMENTS = "segments"
+LM_MANIFEST = "lm.json"
+LM_PARTS = (LM_MANIFEST, "prefill", "decode")
+"""A language model's bundle (hetcc/lm/bundle.py): lm.json and one bundle per phase."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -85,7 +88,7 @@ def _tensors(path, what: str) -> dict:
 
     try:
         return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, and others
+    except Exception as exc:
         raise BundleError(f"{what} {path} is not a valid safetensors file ({type(exc).__name__}: "
                           f"{readable(exc)}); the bundle is corrupt: copy it again or recompile") from exc
 
@@ -102,6 +105,12 @@ def save(compiled, path, overwrite: bool = False) -> Path:
     there is no moment without a bundle there. ``overwrite`` replaces only a directory that holds
     a hetcc bundle and nothing else; what is at the path is checked again after it was moved
     aside, so something created there during the save is never deleted."""
+    return write_atomically(path, overwrite, lambda staging: _write(compiled, staging))
+
+
+def write_atomically(path, overwrite: bool, write) -> Path:
+    """Call ``write(staging)`` on a fresh hidden sibling of ``path``, then move it into place as
+    ``save`` describes (an LM bundle, hetcc/lm/bundle.py, is written the same way)."""
     path = Path(path)
     check_destination(path, overwrite)
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
@@ -109,7 +118,7 @@ def save(compiled, path, overwrite: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would keep the bundle from its users
-        _write(compiled, staging)
+        write(staging)
         _move_into_place(staging, path, overwrite)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -141,12 +150,15 @@ def check_destination(path, overwrite: bool = False) -> None:
     if not overwrite:
         raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
                           "pass overwrite=True (--force on the command line) to replace it")
-    try:
-        manifest = _read_json(path)
-    except BundleError as exc:
-        raise BundleError(f"{path} is not a hetcc bundle ({exc}); refusing to overwrite it even with "
-                          "overwrite=True: remove it yourself if you mean to") from exc
-    ours = {MANIFEST, REPORT, CONSTANTS, SEGMENTS} | _listed_top_names(manifest)
+    if (path / LM_MANIFEST).is_file() and not (path / LM_MANIFEST).is_symlink():
+        ours = set(LM_PARTS)  # a language model's bundle: its two phases are bundles themselves
+    else:
+        try:
+            manifest = _read_json(path)
+        except BundleError as exc:
+            raise BundleError(f"{path} is not a hetcc bundle ({exc}); refusing to overwrite it even with "
+                              "overwrite=True: remove it yourself if you mean to") from exc
+        ours = {MANIFEST, REPORT, CONSTANTS, SEGMENTS} | _listed_top_names(manifest)
     foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
     if foreign:
         raise BundleError(f"{path} holds a hetcc bundle but also {', '.join(foreign[:5])}, which are "

@@ -25,6 +25,7 @@ from hetcc import __version__
 from hetcc.cli import bench as cli_bench
 from hetcc.cli import calibrate as cli_calibrate
 from hetcc.cli import conformance as cli_conformance
+from hetcc.cli import generate as cli_generate
 from hetcc.cli import plan as cli_plan
 from hetcc.cli.inputs import (
     DYNAMIC_MAX,
@@ -72,6 +73,8 @@ EPILOGS = {
     "calibrate": cli_calibrate.EPILOG,
     "plan": cli_plan.EPILOG,
     "conformance": cli_conformance.EPILOG,
+    "compile-lm": cli_generate.COMPILE_EPILOG,
+    "generate": cli_generate.GENERATE_EPILOG,
 }
 
 
@@ -191,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_conformance.add_arguments(command("conformance", cli_conformance.cmd_conformance,
                                           "run the same op and model cases on each target here and "
                                           "report native coverage and errors"))
+    cli_generate.add_compile_arguments(command("compile-lm", cli_generate.cmd_compile_lm, "compile a "
+                                               "transformers causal LM as a prefill and a decode phase"))
+    cli_generate.add_generate_arguments(command("generate", cli_generate.cmd_generate, "generate tokens "
+                                                "from a language-model bundle (hetcc compile-lm)"))
     return parser
 
 
