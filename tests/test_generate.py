@@ -235,3 +235,21 @@ def test_cli_compile_lm_and_generate(tmp_path, capsys):
     assert result["ttft_ms"] > 0 and result["handover_bytes"] > 0
     assert main(["generate", str(bundle), "--prompt", "2 x"]) != 0
     assert "token ids must be whole numbers" in capsys.readouterr().err
+
+
+def test_predict_lm_places_the_phases_apart_with_the_hand_over(capsys):
+    model, _ = llm.build("llama", "tiny")
+    from hetcc.lm.predict import predict_lm
+
+    apart = predict_lm(model, 16, 8, ["h100-sxm"], ["l4"], batch=2, dtype="bf16")
+    together = predict_lm(model, 16, 8, ["h100-sxm"], ["h100-sxm"], batch=2, dtype="bf16")
+    # 2 layers x (k, v) x 2 KV heads x 16 prompt tokens x head_dim 16 x 2 bytes, per request
+    assert apart.kv_bytes == together.kv_bytes == 2 * 2 * 2 * 16 * 16 * 2
+    assert apart.prefill.devices_used == ["h100-sxm"] and apart.decode.devices_used == ["l4"]
+    assert apart.handover_seconds > 0 and together.handover_seconds == 0
+    assert apart.ttft == pytest.approx(apart.prefill.latency_seconds + apart.handover_seconds)
+    assert "KV hand-over" in apart.summary() and "predicted, not measured" in apart.summary()
+    assert main(["plan-lm", f"{Path(llm.__file__)}:build_tiny", "--prefill-devices", "h100-sxm",
+                 "--decode-devices", "l4", "--prompt-len", "16", "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kv_bytes"] == 2 * 2 * 2 * 16 * 16 * 4 and result["tpot_ms"] > 0

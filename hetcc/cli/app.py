@@ -75,6 +75,7 @@ EPILOGS = {
     "conformance": cli_conformance.EPILOG,
     "compile-lm": cli_generate.COMPILE_EPILOG,
     "generate": cli_generate.GENERATE_EPILOG,
+    "plan-lm": cli_generate.PLAN_EPILOG,
 }
 
 
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "transformers causal LM as a prefill and a decode phase"))
     cli_generate.add_generate_arguments(command("generate", cli_generate.cmd_generate, "generate tokens "
                                                 "from a language-model bundle (hetcc compile-lm)"))
+    cli_generate.add_plan_arguments(command("plan-lm", cli_generate.cmd_plan_lm, "predict a causal LM's "
+                                            "prefill and decode on devices that need not be present"))
     return parser
 
 

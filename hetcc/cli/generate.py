@@ -1,6 +1,6 @@
-"""`hetcc compile-lm` (a causal LM as a prefill and a decode bundle) and `hetcc generate` (tokens from
-such a bundle). Token ids in and out: hetcc reads no tokenizer, so a stranger's bundle cannot make
-it load one."""
+"""`hetcc compile-lm` (a causal LM as a prefill and a decode bundle), `hetcc generate` (tokens from
+such a bundle) and `hetcc plan-lm` (both phases predicted on devices that need not be here).
+Token ids in and out: hetcc reads no tokenizer, so a stranger's bundle cannot make it load one."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,42 @@ def add_generate_arguments(p) -> None:
                    "end-of-sequence tokens); '' for none")
     p.add_argument("--trust-engines", action="store_true",
                    help="load IREE modules and TensorRT/MIGraphX engines another process built")
+
+
+PLAN_EPILOG = (
+    "example:\n  hetcc plan-lm examples/llm.py:build --prefill-devices h100-sxm --decode-devices l4 \\\n"
+    "      --prompt-len 512 --max-new-tokens 256 --batch 8 --dtype bf16\n\n"
+    "A prediction from the cost model (nothing is lowered): prefill placed for time to first token, decode\n"
+    "for time per output token with its KV cache resident, and the cache's hand-over between them.")
+
+
+def add_plan_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function returning a transformers causal LM")
+    p.add_argument("--prefill-devices", required=True, help="registry device names for prefill, e.g. h100-sxm")
+    p.add_argument("--decode-devices", required=True, help="registry device names for decode, e.g. l4")
+    p.add_argument("--prompt-len", type=int, required=True)
+    p.add_argument("--max-new-tokens", type=int, required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device-file", action="append", default=[], metavar="FILE",
+                   help="YAML/JSON devices file whose devices become known (repeatable)")
+
+
+def cmd_plan_lm(args) -> int:
+    from hetcc.lm.predict import predict_lm
+
+    model, _inputs, _options = load_model(args.model)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = predict_lm(model, args.prompt_len, args.max_new_tokens, args.prefill_devices.split(","),
+                            args.decode_devices.split(","), batch=args.batch, dtype=args.dtype,
+                            device_files=tuple(args.device_file))
+    if args.json:
+        print(json.dumps({"prefill": result.prefill.to_dict(), "decode": result.decode.to_dict(),
+                          "kv_bytes": result.kv_bytes, "handover_ms": result.handover_seconds * 1e3,
+                          "ttft_ms": result.ttft * 1e3, "tpot_ms": result.tpot * 1e3}, indent=1, default=str))
+    else:
+        print(result.summary())
+    return 0
 
 
 def _token_list(text: str) -> list[int]:

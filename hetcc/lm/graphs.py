@@ -166,8 +166,9 @@ class PrefillGraph(nn.Module):
     def forward(self, ids, mask):
         length = ids.shape[1]
         valid = mask.bool()
-        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        self_only = torch.eye(length, dtype=torch.bool, device=ids.device)
+        index = torch.arange(length, device=ids.device)
+        causal = index[None, :] <= index[:, None]
+        self_only = index[None, :] == index[:, None]  # not torch.eye: its decomposition fails in bf16
         allow = (causal[None] & valid[:, None, :]) | self_only[None]
         mask4 = _additive(allow[:, None], _float_dtype(self.model))
         position = (mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -37,12 +37,13 @@ class KVCache:
         start = time.perf_counter()
         length = mask.shape[1]
         mask = mask.to(self.valid.device)
-        keep = mask.bool()[:, None, :, None]
+        pad = ~mask.bool()[:, None, :, None]
+        used = self.next_slot > length  # a fresh cache is zeros already
         copied = 0
         for cache, new in zip(self.tensors, prompt_kv):
-            new = new.to(cache.device)
-            cache[:, :, :length] = torch.where(keep, new, torch.zeros((), dtype=cache.dtype, device=cache.device))
-            cache[:, :, length:] = 0
+            cache[:, :, :length].copy_(new).masked_fill_(pad, 0)
+            if used:
+                cache[:, :, length:] = 0
             copied += new.numel() * new.element_size()
         self.valid.zero_()
         self.valid[:, :length] = mask

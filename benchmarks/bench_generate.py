@@ -1,0 +1,131 @@
+"""Generation side by side: time to first token (TTFT), time per output token (TPOT) and tokens/s
+of transformers' own ``generate`` in eager PyTorch against hetcc.compile_lm with each CPU runtime
+alone for both phases, a split (prefill on one runtime, decode on another), and hetcc's own choice
+from all three (tuned). Every contender generates the same greedy tokens, checked each round.
+
+    python benchmarks/bench_generate.py [--family llama] [--rounds 10] [--new 32] [--json out.json]
+
+Rounds are interleaved (each round runs every contender once, in turn), so drift on the machine
+hits all alike; the table gives medians and the spread (10th to 90th percentile) over rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import llm  # noqa: E402
+
+import hetcc  # noqa: E402
+
+CPU = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
+CONTENDERS = {
+    "hetcc onnxruntime": dict(targets=["onnxruntime:cpu"], tune="off"),
+    "hetcc openvino": dict(targets=["openvino:cpu"], tune="off"),
+    "hetcc torch": dict(targets=["torch:cpu"], tune="off"),
+    "hetcc split ov->ort": dict(prefill_targets=["openvino:cpu"], decode_targets=["onnxruntime:cpu"], tune="off"),
+    "hetcc choice (tuned)": dict(targets=CPU, tune="auto"),
+}
+
+
+class _Clock:
+    """A transformers streamer that notes when each token comes out (the first put is the prompt)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def _eager(model, prompt, new):
+    clock = _Clock()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, streamer=clock,
+                             eos_token_id=None)
+    end = time.perf_counter()
+    ticks = clock.times[1:]
+    steps = [b - a for a, b in zip(ticks, ticks[1:])]
+    return out[0, prompt.shape[1]:].tolist(), ticks[0] - start, statistics.median(steps), new / (end - start)
+
+
+def _hetcc(lm, prompt, new):
+    with torch.no_grad():
+        out = lm.generate(prompt, new, stop=())
+    return out.tokens[0], out.ttft_s, out.tpot_s, out.tokens_per_s
+
+
+def _spread(values):
+    ordered = sorted(values)
+    low, high = ordered[int(0.1 * (len(ordered) - 1))], ordered[int(round(0.9 * (len(ordered) - 1)))]
+    return statistics.median(values), low, high
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="llama", choices=llm.FAMILIES)
+    parser.add_argument("--size", default="bench", choices=llm.SIZES)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--new", type=int, default=32, help="tokens generated per run")
+    parser.add_argument("--only", help="comma-separated contender names to run (default: all)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    model, (prompt,) = llm.build(args.family, args.size)
+    names = list(CONTENDERS) if not args.only else [n.strip() for n in args.only.split(",")]
+    runs = {"transformers generate (eager)": lambda: _eager(model, prompt, args.new)}
+    compile_seconds = {}
+    for name in names:
+        start = time.perf_counter()
+        lm = hetcc.compile_lm(model, prompt_len=prompt.shape[1], max_new_tokens=args.new, **CONTENDERS[name])
+        compile_seconds[name] = time.perf_counter() - start
+        where = (sorted({s.target for s in lm.prefill.plan.segments}),
+                 sorted({s.target for s in lm.decode.plan.segments}))
+        print(f"{name}: compiled in {compile_seconds[name]:.0f} s; prefill on {where[0]}, decode on {where[1]}",
+              file=sys.stderr)
+        runs[name] = (lambda lm=lm: _hetcc(lm, prompt, args.new))
+    for run in runs.values():  # warm-up
+        run()
+    figures = {name: {"ttft": [], "tpot": [], "tps": []} for name in runs}
+    want = None
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            tokens, ttft, tpot, tps = run()
+            want = want or tokens
+            if tokens != want:
+                raise SystemExit(f"{name} generated different tokens: {tokens} vs {want}")
+            figures[name]["ttft"].append(ttft)
+            figures[name]["tpot"].append(tpot)
+            figures[name]["tps"].append(tps)
+    base = {k: statistics.median(figures["transformers generate (eager)"][k]) for k in ("ttft", "tpot", "tps")}
+    print(f"{args.family} ({args.size}), prompt {prompt.shape[1]} tokens, {args.new} new, batch 1, fp32, "
+          f"{args.rounds} interleaved rounds, {torch.get_num_threads()} threads; median [p10-p90]")
+    print(f"{'contender':<32}{'TTFT ms':>24}{'TPOT ms':>24}{'tokens/s':>10}{'TPOT vs eager':>15}")
+    table = {}
+    for name, f in figures.items():
+        ttft, tpot, tps = _spread(f["ttft"]), _spread(f["tpot"]), _spread(f["tps"])
+        table[name] = {"ttft_ms": [x * 1e3 for x in ttft], "tpot_ms": [x * 1e3 for x in tpot],
+                       "tokens_per_s": tps[0], "compile_s": compile_seconds.get(name)}
+        print(f"{name:<32}{ttft[0] * 1e3:>9.2f} [{ttft[1] * 1e3:.2f}-{ttft[2] * 1e3:.2f}]"
+              f"{tpot[0] * 1e3:>11.2f} [{tpot[1] * 1e3:.2f}-{tpot[2] * 1e3:.2f}]{tps[0]:>10.0f}"
+              f"{tpot[0] / base['tpot']:>14.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"family": args.family, "size": args.size, "rounds": args.rounds,
+                                               "new": args.new, "prompt": prompt.shape[1], "table": table},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
