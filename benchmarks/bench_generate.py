@@ -4,6 +4,11 @@ alone for both phases, a split (prefill on one runtime, decode on another), and 
 from all three (tuned). Every contender generates the same greedy tokens, checked each round.
 
     python benchmarks/bench_generate.py [--family llama] [--rounds 10] [--new 32] [--json out.json]
+    python benchmarks/bench_generate.py --reuse [--rounds 10]
+
+``--reuse`` measures prefix reuse instead: requests that share a system prompt (40 of their 48
+tokens) and differ in the rest, as an agent's calls do, generated with reuse and without it on the
+same compiled model, interleaved; it reports the hit rate and TTFT both ways.
 
 Rounds are interleaved (each round runs every contender once, in turn), so drift on the machine
 hits all alike; the table gives medians and the spread (10th to 90th percentile) over rounds.
@@ -80,7 +85,10 @@ def main(argv=None) -> int:
     parser.add_argument("--new", type=int, default=32, help="tokens generated per run")
     parser.add_argument("--only", help="comma-separated contender names to run (default: all)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--reuse", action="store_true", help="measure prefix reuse (see above)")
     args = parser.parse_args(argv)
+    if args.reuse:
+        return _reuse(args)
     torch.set_num_threads(torch.get_num_threads())
     model, (prompt,) = llm.build(args.family, args.size)
     names = list(CONTENDERS) if not args.only else [n.strip() for n in args.only.split(",")]
@@ -124,6 +132,36 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"family": args.family, "size": args.size, "rounds": args.rounds,
                                                "new": args.new, "prompt": prompt.shape[1], "table": table},
                                               indent=1))
+    return 0
+
+
+def _reuse(args) -> int:
+    model, (prompt,) = llm.build(args.family, args.size)
+    system = prompt[0, :40].tolist()
+    gen = torch.Generator().manual_seed(2)
+    vocab = model.config.vocab_size
+    lm = hetcc.compile_lm(model, prompt_len=48, max_new_tokens=args.new, prefix_chunk=8,
+                          prefill_targets=["openvino:cpu"], decode_targets=["onnxruntime:cpu"], tune="off")
+    requests = [system + torch.randint(2, vocab, (8,), generator=gen).tolist() for _ in range(args.rounds + 1)]
+    lm.generate([requests[0]], 1)  # the first request of the session: a prefill, stored
+    ttft = {"reuse": [], "prefill": []}
+    hits = 0
+    for req in requests[1:]:
+        with_reuse = lm.generate([req], args.new, stop=())
+        without = lm.generate([req], args.new, stop=(), reuse=False)
+        if with_reuse.tokens != without.tokens:
+            raise SystemExit(f"prefix reuse changed the tokens: {with_reuse.tokens} vs {without.tokens}")
+        hits += with_reuse.prefix_hits
+        ttft["reuse"].append(with_reuse.ttft_s)
+        ttft["prefill"].append(without.ttft_s)
+    print(f"{args.family} ({args.size}), requests of 48 tokens sharing a 40-token system prompt, "
+          f"{args.rounds} requests, interleaved; median [p10-p90]")
+    print(f"hit rate {hits}/{args.rounds}; reused {with_reuse.reused_tokens} tokens per hit")
+    for name, values in ttft.items():
+        med, low, high = _spread(values)
+        print(f"  TTFT with {name:<8} {med * 1e3:7.2f} ms [{low * 1e3:.2f}-{high * 1e3:.2f}]")
+    ratio = statistics.median(ttft["prefill"]) / statistics.median(ttft["reuse"])
+    print(f"  prefix reuse: TTFT {ratio:.2f}x lower")
     return 0
 
 

@@ -54,7 +54,7 @@ REPORT = "report.json"
 CONSTANTS = "constants.safetensors"
 SEGMENTS = "segments"
 LM_MANIFEST = "lm.json"
-LM_PARTS = (LM_MANIFEST, "prefill", "decode")
+LM_PARTS = (LM_MANIFEST, "prefill", "decode", "extend")
 """A language model's bundle (hetcc/lm/bundle.py): lm.json and one bundle per phase."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

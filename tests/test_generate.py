@@ -253,3 +253,74 @@ def test_predict_lm_places_the_phases_apart_with_the_hand_over(capsys):
                  "--decode-devices", "l4", "--prompt-len", "16", "--max-new-tokens", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["kv_bytes"] == 2 * 2 * 2 * 16 * 16 * 4 and result["tpot_ms"] > 0
+
+
+# ---- prefix reuse ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reusing():
+    model, _ = llm.build("llama", "tiny")
+    return model, hetcc.compile_lm(model, prompt_len=10, max_new_tokens=12, batch=2, tune="off",
+                                   prefix_chunk=4, **SPLIT)
+
+
+def test_prefix_reuse_gives_the_same_tokens_and_counts_its_hits(reusing):
+    model, lm = reusing
+    lm.prefixes.clear()
+    first = [5, 6, 7, 8, 9, 10]
+    said = lm.generate([first], stop=()).tokens[0]
+    assert len(lm.prefixes) == 1
+    cases = [
+        (first + [20, 21], 6),          # the same prompt, extended
+        (first[:3] + [99, 98, 97], 3),  # one differing token ends the match
+        (first + said[:2], 6),          # a conversation going on: prompt and answer reused, cut to P - C
+    ]
+    for prompt, reused in cases:
+        out = lm.generate([prompt])
+        assert (out.prefix_hits, out.reused_tokens) == (1, reused), prompt
+        assert out.tokens[0] == reference(model, prompt, 12)
+    both = [cases[0][0], cases[2][0]]
+    out = lm.generate(both)
+    assert out.prefix_hits == 2 and out.tokens == [reference(model, p, 12) for p in both]
+    # a row without a stored prefix (or one that needs more than the chunk) runs the batch as a prefill
+    out = lm.generate([[40, 41, 42], cases[0][0]])
+    assert out.prefix_hits == 0 and out.tokens[0] == reference(model, [40, 41, 42], 12)
+    out = lm.generate([first[:2] + [1, 2, 3, 4, 5]])  # 5 tokens after a 2-token match: chunk is 4
+    assert out.prefix_hits == 0
+    out = lm.generate([cases[0][0]], reuse=False)
+    assert out.prefix_hits == 0 and out.tokens[0] == reference(model, cases[0][0], 12)
+
+
+def test_prefix_store_keeps_the_longest_match_and_evicts_the_oldest():
+    from hetcc.lm.prefix import PrefixStore
+
+    store = PrefixStore(max_bytes=3 * 4 * 2 * 8)  # room for three 2-tensor entries of 8 floats
+    for tokens in ([1, 2, 3, 4], [1, 2, 9, 9], [5, 6, 7, 8]):
+        store.add(tokens, [torch.zeros(1, 4, 2), torch.zeros(1, 4, 2)])
+    entry, n = store.longest([1, 2, 3, 7])
+    assert entry.tokens == (1, 2, 3, 4) and n == 3
+    store.add([7, 7, 7, 7], [torch.zeros(1, 4, 2), torch.zeros(1, 4, 2)])  # evicts [1, 2, 9, 9]
+    assert len(store) == 3 and store.longest([1, 2, 9])[1] == 2 and store.nbytes == store.max_bytes
+    assert store.longest([3])[0] is None
+    store.add([8] * 100, [torch.zeros(1, 100, 2)])  # larger than the whole store: not kept
+    assert len(store) == 3
+
+
+def test_reusing_bundle_round_trip(reusing, tmp_path):
+    model, lm = reusing
+    loaded = hetcc.load_lm(lm.save(tmp_path / "reuse.lm"))
+    assert loaded.shape.chunk == 4 and loaded.extend is not None
+    loaded.generate([[5, 6, 7, 8, 9, 10]])
+    out = loaded.generate([[5, 6, 7, 8, 9, 10, 11]])
+    assert out.prefix_hits == 1 and out.tokens[0] == reference(model, [5, 6, 7, 8, 9, 10, 11], 12)
+    data = json.loads((tmp_path / "reuse.lm" / "lm.json").read_text())
+    data["chunk"] = 3
+    (tmp_path / "reuse.lm" / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="extend bundle's inputs"):
+        hetcc.load_lm(tmp_path / "reuse.lm")
+
+
+def test_bad_prefix_chunk_is_refused(llama):
+    model, _ = llama
+    with pytest.raises(InputError, match="prefix_chunk must be a whole number of tokens from 1 to"):
+        hetcc.compile_lm(model, 10, 4, prefix_chunk=10)

@@ -34,6 +34,8 @@ def add_compile_arguments(p) -> None:
     p.add_argument("--prefill-targets", help="targets of the prefill phase (default: --targets)")
     p.add_argument("--decode-targets", help="targets of the decode phase (default: --targets)")
     p.add_argument("--tune", type=tune_value, default="auto", help="as for `hetcc compile`")
+    p.add_argument("--prefix-chunk", type=int, help="also compile prefix reuse: up to this many prompt "
+                   "tokens after a stored prefix (docs/generation.md)")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing bundle at DIR")
 
 
@@ -110,7 +112,7 @@ def cmd_compile_lm(args) -> int:
         lm = hetcc.compile_lm(
             model, args.prompt_len, args.max_new_tokens, args.batch, targets,
             prefill_targets=_targets(args.prefill_targets), decode_targets=_targets(args.decode_targets),
-            tune=args.tune)
+            tune=args.tune, prefix_chunk=args.prefix_chunk)
         path = lm.save(args.output, overwrite=args.force)
     if args.json:
         print(json.dumps({"bundle": str(path), "prefill": lm.prefill.plan.to_dict(),

@@ -25,10 +25,12 @@ def save(lm, path, overwrite: bool = False) -> Path:
     def write(staging: Path) -> None:
         save_bundle(lm.prefill, staging / "prefill")
         save_bundle(lm.decode, staging / "decode")
+        if lm.extend is not None:
+            save_bundle(lm.extend, staging / "extend")
         s = lm.shape
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "batch": s.batch,
                 "prompt_len": s.prompt_len, "max_new_tokens": s.max_new_tokens, "vocab": s.vocab,
-                "cache": [list(c) for c in s.cache], "dtype": s.dtype, "stop": list(s.stop), "pad": s.pad}
+                "cache": [list(c) for c in s.cache], "dtype": s.dtype, "stop": list(s.stop), "pad": s.pad, "chunk": s.chunk}
         (staging / LM_MANIFEST).write_text(json.dumps(data, indent=1) + "\n")
 
     return write_atomically(path, overwrite, write)
@@ -62,12 +64,17 @@ def load(path, trust_engines: bool = False):
     vocab = counts["vocab"]
     if (not isinstance(stop, list) or not all(_is_index(t, vocab) for t in stop) or not _is_index(pad, vocab)):
         raise BundleError(f"{file}: \"stop\" and \"pad\" must be token ids below the vocabulary size {vocab}")
+    chunk = data.get("chunk", 0)
+    if not (chunk == 0 or _is_count(chunk) and chunk < counts["prompt_len"]):
+        raise BundleError(f"{file}: \"chunk\" must be 0 (no prefix reuse) or a whole number below "
+                          f"prompt_len, got {chunk!r}")
     shape = Shape(counts["batch"], counts["prompt_len"], counts["max_new_tokens"], vocab,
-                  tuple(tuple(c) for c in cache), data["dtype"], tuple(stop), pad)
+                  tuple(tuple(c) for c in cache), data["dtype"], tuple(stop), pad, chunk)
     prefill = load_bundle(root / "prefill", trust_engines=trust_engines)
     decode = load_bundle(root / "decode", trust_engines=trust_engines, output_device="keep")
-    _check_parts(root, shape, prefill, decode)
-    return CompiledLM(prefill, decode, shape)
+    extend = load_bundle(root / "extend", trust_engines=trust_engines, output_device="keep") if chunk else None
+    _check_parts(root, shape, prefill, decode, extend)
+    return CompiledLM(prefill, decode, shape, extend)
 
 
 def _is_count(value) -> bool:
@@ -84,8 +91,15 @@ def _count(data: dict, key: str, file) -> int:
     return data[key]
 
 
-def _check_parts(root: Path, shape, prefill, decode) -> None:
+def _check_parts(root: Path, shape, prefill, decode, extend) -> None:
     """The phases' inputs are the ones lm.json describes."""
+    if extend is not None:
+        b, c = shape.batch, shape.chunk
+        want = [(b, c), (b, c), (b, c), (b, shape.prompt_len + shape.max_new_tokens), *shape.cache]
+        got = [tuple(s.shape) for s in extend.runtime.input_specs]
+        if got != [tuple(w) for w in want]:
+            raise BundleError(f"{root}: the extend bundle's inputs {got} are not the {want} that "
+                              f"{LM_MANIFEST} describes; the bundle is corrupt: recompile")
     slots = shape.prompt_len + shape.max_new_tokens
     want_prefill = [(shape.batch, shape.prompt_len)] * 2
     want_decode = [(shape.batch, 1), (shape.batch, 1), (shape.batch, slots), *shape.cache]

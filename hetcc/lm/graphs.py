@@ -9,6 +9,8 @@ A Hugging Face causal LM runs in two phases (docs/generation.md):
   k_0', v_0', ...)``: one new token per sequence against a cache of ``S`` slots (``valid`` is 1 on
   the slots that hold a token); only the new token's keys and values ``[B, kv_heads, 1, head_dim]``
   come out, and the generation loop writes them into the cache in place.
+- **extend** (only with prefix reuse): decode's graph with a chunk of ``C`` prompt tokens instead of
+  one, run against a stored prefix (hetcc/lm/reuse.py).
 
 Shapes are static: one prompt length and one cache length per compiled model. Static shapes lower
 on every runtime hetcc has (a dynamic sequence dimension does not on all of them) and a decode step
@@ -164,17 +166,20 @@ class PrefillGraph(nn.Module):
         self.model, self.layers = model, layers
 
     def forward(self, ids, mask):
-        length = ids.shape[1]
-        valid = mask.bool()
-        index = torch.arange(length, device=ids.device)
-        causal = index[None, :] <= index[:, None]
-        self_only = index[None, :] == index[:, None]  # not torch.eye: its decomposition fails in bf16
-        allow = (causal[None] & valid[:, None, :]) | self_only[None]
-        mask4 = _additive(allow[:, None], _float_dtype(self.model))
+        mask4 = _additive(_chunk_allow(mask)[:, None], _float_dtype(self.model))
         position = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = _cache(self.model, [(None, None)] * self.layers)
         logits, kv = _run(self.model, ids, mask4, position, cache, 1)
         return (logits, *kv)
+
+
+def _chunk_allow(mask):
+    """``[B, C, C]``: a real token attends to the real tokens up to it; a pad token to itself only."""
+    length = mask.shape[1]
+    index = torch.arange(length, device=mask.device)
+    causal = index[None, :] <= index[:, None]
+    self_only = index[None, :] == index[:, None]  # not torch.eye: its decomposition fails in bf16
+    return (causal[None] & mask.bool()[:, None, :]) | self_only[None]
 
 
 class DecodeGraph(nn.Module):
@@ -188,6 +193,25 @@ class DecodeGraph(nn.Module):
     def forward(self, ids, position, valid, *kv):
         ones = torch.ones(valid.shape[0], ids.shape[1], dtype=torch.bool, device=valid.device)
         allow = torch.cat([valid.bool(), ones], dim=1)[:, None, None, :]
+        mask4 = _additive(allow, _float_dtype(self.model))
+        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+        logits, new = _run(self.model, ids, mask4, position, _cache(self.model, pairs), 1)
+        return (logits, *new)
+
+
+class ExtendGraph(nn.Module):
+    """``(ids [B, C], chunk_mask [B, C], position [B, C], valid [B, S], k_0, v_0, ...) -> (logits
+    [B, V], k_0', v_0', ...)`` with ``[B, kv_heads, C, head_dim]`` new keys and values: a chunk of
+    up to ``C`` prompt tokens per sequence (left-padded in the chunk) after a cached prefix, for
+    prefix reuse (docs/generation.md). Decode is this graph with ``C = 1`` and no padding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, chunk_mask, position, valid, *kv):
+        past = valid.bool()[:, None, :].expand(-1, ids.shape[1], -1)
+        allow = torch.cat([past, _chunk_allow(chunk_mask)], dim=2)[:, None]
         mask4 = _additive(allow, _float_dtype(self.model))
         pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
         logits, new = _run(self.model, ids, mask4, position, _cache(self.model, pairs), 1)

@@ -67,3 +67,33 @@ class KVCache:
         self.valid[:, slot] = 1
         self.position += 1
         self.next_slot = slot + 1
+
+    def load_prefix(self, row: int, kv, length: int) -> int:
+        """Slots ``0..length-1`` of ``row`` from a stored prefix (``[kv_heads, n, head_dim]`` each,
+        n >= length, positions 0..length-1). Returns the bytes copied."""
+        copied = 0
+        for cache, stored in zip(self.tensors, kv):
+            part = stored[:, :length]
+            cache[row, :, :length].copy_(part)
+            copied += part.numel() * part.element_size()
+        self.valid[row, :length] = 1
+        return copied
+
+    def write_chunk(self, new_kv, chunk_mask: torch.Tensor, first: int, next_position: torch.Tensor) -> None:
+        """Slots ``first..first+C-1`` from a chunk's keys and values ``[B, kv_heads, C, head_dim]``
+        (zeros where ``chunk_mask`` is 0); generation goes on at slot ``first + C`` and, per
+        sequence, at ``next_position``."""
+        chunk_mask = chunk_mask.to(self.valid.device)
+        pad = ~chunk_mask.bool()[:, None, :, None]
+        width = chunk_mask.shape[1]
+        for cache, new in zip(self.tensors, new_kv):
+            cache[:, :, first:first + width].copy_(new).masked_fill_(pad, 0)
+        self.valid[:, first:first + width] = chunk_mask
+        self.position.copy_(next_position)
+        self.next_slot = first + width
+
+    def sequence(self, row: int, length: int) -> tuple[torch.Tensor, ...]:
+        """The first ``length`` tokens' keys and values of ``row``, in position order (slot order is
+        position order among the slots that hold a token), as new tensors."""
+        slots = self.valid[row].nonzero().flatten()[:length]
+        return tuple(cache[row][:, slots].clone() for cache in self.tensors)
