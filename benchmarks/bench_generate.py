@@ -6,6 +6,10 @@ from all three (tuned). Every contender generates the same greedy tokens, checke
     python benchmarks/bench_generate.py [--family llama] [--rounds 10] [--new 32] [--json out.json]
     python benchmarks/bench_generate.py --reuse [--rounds 10]
 
+``--speculate K`` measures speculative decoding instead: the model with a draft made of its own
+first layer (embeddings, one layer, the head: a layer-skip draft), K draft tokens per target call,
+against the same model decoding alone; tokens, acceptance rate and TPOT both ways.
+
 ``--reuse`` measures prefix reuse instead: requests that share a system prompt (40 of their 48
 tokens) and differ in the rest, as an agent's calls do, generated with reuse and without it on the
 same compiled model, interleaved; it reports the hit rate and TTFT both ways.
@@ -86,9 +90,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated contender names to run (default: all)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--reuse", action="store_true", help="measure prefix reuse (see above)")
+    parser.add_argument("--speculate", type=int, metavar="K", help="measure speculative decoding (see above)")
     args = parser.parse_args(argv)
     if args.reuse:
         return _reuse(args)
+    if args.speculate:
+        return _speculate(args)
     torch.set_num_threads(torch.get_num_threads())
     model, (prompt,) = llm.build(args.family, args.size)
     names = list(CONTENDERS) if not args.only else [n.strip() for n in args.only.split(",")]
@@ -132,6 +139,36 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"family": args.family, "size": args.size, "rounds": args.rounds,
                                                "new": args.new, "prompt": prompt.shape[1], "table": table},
                                               indent=1))
+    return 0
+
+
+def _speculate(args) -> int:
+    import copy
+
+    model, (prompt,) = llm.build(args.family, args.size)
+    draft_model = copy.deepcopy(model)
+    draft_model.model.layers = draft_model.model.layers[:1]
+    draft_model.config.num_hidden_layers = 1
+    common = dict(prompt_len=prompt.shape[1], tune="off", targets=["onnxruntime:cpu"])
+    lm = hetcc.compile_lm(model, max_new_tokens=args.new, speculate=args.speculate, **common)
+    draft = hetcc.compile_lm(draft_model, max_new_tokens=args.new + args.speculate, **common)
+    tpot = {"alone": [], "with draft": []}
+    rate = []
+    for _ in range(args.rounds):
+        alone = lm.generate(prompt, args.new, stop=())
+        drafted = lm.generate(prompt, args.new, stop=(), draft=draft)
+        if alone.tokens != drafted.tokens:
+            raise SystemExit(f"speculation changed the tokens: {drafted.tokens} vs {alone.tokens}")
+        tpot["alone"].append(alone.tpot_s)
+        tpot["with draft"].append(drafted.tpot_s)
+        rate.append(drafted.acceptance_rate)
+    print(f"{args.family} ({args.size}), prompt {prompt.shape[1]} tokens, {args.new} new, draft: the model's "
+          f"first layer, {args.speculate} draft tokens per call, {args.rounds} interleaved rounds; median [p10-p90]")
+    print(f"acceptance rate {statistics.median(rate):.2f}; the same tokens both ways")
+    for name, values in tpot.items():
+        med, low, high = _spread(values)
+        print(f"  TPOT {name:<11} {med * 1e3:7.2f} ms [{low * 1e3:.2f}-{high * 1e3:.2f}]")
+    print(f"  speculative decoding: TPOT {statistics.median(tpot['alone']) / statistics.median(tpot['with draft']):.2f}x lower")
     return 0
 
 

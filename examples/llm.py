@@ -33,21 +33,22 @@ def build(family: str = "llama", size: str = "bench"):
     tiny = size == "tiny"
     hidden, layers, heads, ff, vocab = (64, 2, 4, 128, 128) if tiny else (512, 4, 8, 1408, 8000)
     spread = 0.3 if tiny else 0.05
+    positions = 512 if tiny else 2048
     torch.manual_seed(0)
     if family == "gpt2":
         config = tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads,
-                               n_positions=512, initializer_range=spread, bos_token_id=0, eos_token_id=1)
+                               n_positions=positions, initializer_range=spread, bos_token_id=0, eos_token_id=1)
         model = tf.GPT2LMHeadModel(config)
     else:
         common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": ff, "num_hidden_layers": layers,
-                      "num_attention_heads": heads, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                      "num_attention_heads": heads, "num_key_value_heads": 2, "max_position_embeddings": positions,
                       "initializer_range": spread, "bos_token_id": 0, "eos_token_id": 1}
         if family == "llama":
             model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
         elif family == "qwen2":
             model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
         else:
-            model = tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=512))
+            model = tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=positions))
     model.eval()
     prompt = torch.randint(2, vocab, (1, 12 if tiny else 48), generator=torch.Generator().manual_seed(1))
     return model, (prompt,)

@@ -34,11 +34,11 @@ from hetcc.backends.registry import get_backend, installed
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain.text import strings, tables
 from hetcc.handover import input_locations_of, location_of, parse_output_device
-from hetcc.names import dtype_name
 from hetcc.plan import Plan, SegmentPlan
+from hetcc.names import dtype_name
 from hetcc.runtime import Runtime, Step, TensorSpec
-from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.structures import structure_problem
+from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target
 from hetcc.verify import Tolerances, Verification, check_outputs
 
@@ -54,7 +54,7 @@ REPORT = "report.json"
 CONSTANTS = "constants.safetensors"
 SEGMENTS = "segments"
 LM_MANIFEST = "lm.json"
-LM_PARTS = (LM_MANIFEST, "prefill", "decode", "extend")
+LM_PARTS = (LM_MANIFEST, "prefill", "decode", "extend", "verify")
 """A language model's bundle (hetcc/lm/bundle.py): lm.json and one bundle per phase."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -88,7 +88,7 @@ def _tensors(path, what: str) -> dict:
 
     try:
         return load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, and others
         raise BundleError(f"{what} {path} is not a valid safetensors file ({type(exc).__name__}: "
                           f"{readable(exc)}); the bundle is corrupt: copy it again or recompile") from exc
 
@@ -150,8 +150,9 @@ def check_destination(path, overwrite: bool = False) -> None:
     if not overwrite:
         raise BundleError(f"{path} already exists and is not empty; choose another directory, or "
                           "pass overwrite=True (--force on the command line) to replace it")
-    if (path / LM_MANIFEST).is_file() and not (path / LM_MANIFEST).is_symlink():
-        ours = set(LM_PARTS)  # a language model's bundle: its two phases are bundles themselves
+    if (path / LM_MANIFEST).exists():
+        _check_lm_destination(path)
+        ours = set(LM_PARTS)
     else:
         try:
             manifest = _read_json(path)
@@ -164,6 +165,22 @@ def check_destination(path, overwrite: bool = False) -> None:
         raise BundleError(f"{path} holds a hetcc bundle but also {', '.join(foreign[:5])}, which are "
                           "not part of it; refusing to overwrite it even with overwrite=True: move "
                           "those out or choose another directory")
+
+
+def _check_lm_destination(path: Path) -> None:
+    """A language model's bundle may be replaced only when its lm.json says it is one and each
+    phase folder is a bundle that may be replaced itself."""
+    try:
+        data = read_json(path / LM_MANIFEST, "the language model's manifest")
+    except (BundleError, OSError) as exc:
+        data = exc
+    if not isinstance(data, dict) or data.get("format") != "hetcc-lm":
+        raise BundleError(f"{path} holds an {LM_MANIFEST} that is not a hetcc language-model manifest; "
+                          "refusing to overwrite it even with overwrite=True: remove it yourself if you "
+                          "mean to")
+    for part in LM_PARTS[1:]:
+        if (path / part).exists() or (path / part).is_symlink():
+            check_destination(path / part, overwrite=True)
 
 
 def _listed_top_names(manifest: dict) -> set:

@@ -140,7 +140,11 @@ def test_choose_keeps_only_the_top_k_and_the_top_p_mass():
 @pytest.mark.parametrize("options, says", [
     ({"temperature": -1}, "temperature must be 0"),
     ({"top_k": 0, "temperature": 1}, "top_k must be"),
-    ({"top_p": 1.5, "temperature": 1}, "top_p must be in"),
+    ({"top_p": 1.5, "temperature": 1}, "top_p must be a number in"),
+    ({"temperature": "0.8"}, "temperature must be 0"),
+    ({"temperature": 1e-45}, "temperature must be 0"),
+    ({"top_k": True, "temperature": 1}, "top_k must be"),
+    ({"seed": "x", "temperature": 1}, "seed must be"),
     ({"top_k": 5}, "set a temperature above 0"),
 ])
 def test_bad_sampling_settings_are_refused(options, says):
@@ -154,12 +158,24 @@ def test_bad_sampling_settings_are_refused(options, says):
     ([[3, 500]], {}, r"in 0..127 \(the vocabulary\), got \[500\]"),
     ([[3, 4]], {"max_new_tokens": 13}, "max_new_tokens must be 1 to 12"),
     ([[3, 4]], {"stop": [-1]}, "stop token ids must be"),
-    (torch.ones(2, 3), {}, "2D token ids"),
+    (torch.ones(2, 3), {}, "must be token ids, 1D"),
+    ("3 4", {}, "token ids, not text"),
+    ([[3, 4]], {"max_new_tokens": True}, "max_new_tokens must be 1 to 12"),
 ])
 def test_bad_generate_input_is_refused(llama, prompts, options, says):
     _, lm = llama
     with pytest.raises(InputError, match=says):
         lm.generate(prompts, **options)
+
+
+def test_numpy_ids_and_tensors_are_prompts_too(llama):
+    import numpy as np
+
+    _, lm = llama
+    want = lm.generate([PROMPTS[1]], 4).tokens
+    assert lm.generate([np.array(PROMPTS[1])[i] for i in range(5)], 4).tokens == want
+    assert lm.generate([torch.tensor(PROMPTS[1])], 4).tokens == want
+    assert lm.generate(torch.tensor(PROMPTS[1]), 4).tokens == want
 
 
 def test_models_it_cannot_run_are_refused_with_the_reason():
@@ -178,6 +194,13 @@ def test_models_it_cannot_run_are_refused_with_the_reason():
         hetcc.compile_lm(mistral, 12, 8)
     with pytest.raises(InputError, match="prompt_len must be a whole number"):
         hetcc.compile_lm(mistral, 0, 8)
+    gpt2, _ = llm.build("gpt2", "tiny")  # 512 learned positions
+    with pytest.raises(InputError, match="knows positions up to 512 .* prompt length \\+ max_new_tokens is 518"):
+        hetcc.compile_lm(gpt2, 8, 510)
+    with pytest.raises(InputError, match="sets objective itself"):
+        hetcc.compile_lm(gpt2, 8, 4, objective="throughput")
+    with pytest.raises(InputError, match="seed must be a whole number"):
+        hetcc.compile_lm(gpt2, 8, 4, seed="x")
 
 
 def test_bundle_round_trip_generates_the_same_tokens(llama, tmp_path):
@@ -195,6 +218,17 @@ def test_bundle_round_trip_generates_the_same_tokens(llama, tmp_path):
     (path / "notes.txt").unlink()
     lm.save(path, overwrite=True)
     assert hetcc.load_lm(path).shape == lm.shape
+    # a folder that merely holds a file named lm.json is not a bundle: never replaced
+    foreign = tmp_path / "mine"
+    (foreign / "decode").mkdir(parents=True)
+    (foreign / "lm.json").write_text('{"my": "config"}')
+    (foreign / "decode" / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not a hetcc language-model manifest"):
+        lm.save(foreign, overwrite=True)
+    (foreign / "lm.json").write_text('{"format": "hetcc-lm"}')
+    with pytest.raises(BundleError, match="not a hetcc bundle"):
+        lm.save(foreign, overwrite=True)
+    assert (foreign / "decode" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("change, says", [
@@ -204,6 +238,8 @@ def test_bundle_round_trip_generates_the_same_tokens(llama, tmp_path):
     (lambda d: d.update(stop=[10**6]), "below the vocabulary size"),
     (lambda d: d.update(dtype="os.system"), '"dtype" must be one of'),
     (lambda d: d["cache"].pop(), "even-length"),
+    (lambda d: d.update(chunk=0.0), '"chunk" must be 0 or a whole number'),
+    (lambda d: d.update(dtype="float16"), "says the cache is float16 but the decode bundle takes"),
 ])
 def test_damaged_lm_manifest_is_refused(llama, tmp_path, change, says):
     _, lm = llama
@@ -212,6 +248,20 @@ def test_damaged_lm_manifest_is_refused(llama, tmp_path, change, says):
     change(data)
     (path / "lm.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match=says):
+        hetcc.load_lm(path)
+
+
+def test_a_damaged_lm_bundle_layout_is_refused(llama, tmp_path):
+    import shutil
+
+    _, lm = llama
+    path = lm.save(tmp_path / "llama.lm")
+    shutil.rmtree(path / "decode")
+    with pytest.raises(BundleError, match="its decode phase cannot be loaded"):
+        hetcc.load_lm(path)
+    (path / "lm.json").unlink()
+    (path / "lm.json").mkdir()
+    with pytest.raises(BundleError, match="lm.json"):
         hetcc.load_lm(path)
 
 
@@ -299,6 +349,7 @@ def test_prefix_store_keeps_the_longest_match_and_evicts_the_oldest():
         store.add(tokens, [torch.zeros(1, 4, 2), torch.zeros(1, 4, 2)])
     entry, n = store.longest([1, 2, 3, 7])
     assert entry.tokens == (1, 2, 3, 4) and n == 3
+    store.touch(entry)  # used: [1, 2, 9, 9] is now the least recently used
     store.add([7, 7, 7, 7], [torch.zeros(1, 4, 2), torch.zeros(1, 4, 2)])  # evicts [1, 2, 9, 9]
     assert len(store) == 3 and store.longest([1, 2, 9])[1] == 2 and store.nbytes == store.max_bytes
     assert store.longest([3])[0] is None
@@ -324,3 +375,61 @@ def test_bad_prefix_chunk_is_refused(llama):
     model, _ = llama
     with pytest.raises(InputError, match="prefix_chunk must be a whole number of tokens from 1 to"):
         hetcc.compile_lm(model, 10, 4, prefix_chunk=10)
+
+
+# ---- speculative decoding ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def speculating():
+    model, _ = llm.build("llama", "tiny")
+    return model, hetcc.compile_lm(model, prompt_len=10, max_new_tokens=12, tune="off", speculate=3, **SPLIT)
+
+
+@pytest.fixture(scope="module")
+def one_layer_draft():
+    import copy
+
+    model, _ = llm.build("llama", "tiny")
+    small = copy.deepcopy(model)
+    small.model.layers = small.model.layers[:1]  # the target's first layer, embeddings and head
+    small.config.num_hidden_layers = 1
+    return hetcc.compile_lm(small, prompt_len=10, max_new_tokens=16, tune="off", targets=["openvino:cpu"])
+
+
+def test_speculative_decoding_gives_the_targets_greedy_tokens(speculating, llama, one_layer_draft):
+    """Whatever the draft proposes, the output is the target's own greedy output: a draft that is
+    the target (every proposal kept) and a one-layer draft (most rejected)."""
+    model, lm = speculating
+    _, same = llama
+    for draft in (same, one_layer_draft):
+        out = lm.generate(PROMPTS, draft=draft, stop=())
+        assert out.tokens == [reference(model, p, 12, eos_token_id=None) for p in PROMPTS]
+        assert out.draft_proposed > 0 and out.draft_accepted <= out.draft_proposed
+        assert len(out.step_seconds) == sum(len(t) - 1 for t in out.tokens)
+    # the target itself as the draft: every proposal kept, so 3 + 1 tokens per verify call
+    assert lm.generate(PROMPTS, draft=same, stop=()).acceptance_rate == 1.0
+    out = lm.generate(PROMPTS, draft=one_layer_draft)
+    assert out.tokens == [reference(model, p, 12) for p in PROMPTS]
+    assert out.acceptance_rate < 1.0
+
+
+def test_speculative_decoding_refuses_what_it_cannot_do(speculating, llama, reusing):
+    _, lm = speculating
+    _, batched = llama
+    other, _ = llm.build("gpt2", "tiny")
+    with pytest.raises(InputError, match="greedy only"):
+        lm.generate(PROMPTS, draft=batched, temperature=0.7)
+    with pytest.raises(InputError, match="compiled without speculative decoding"):
+        batched.generate(PROMPTS, draft=lm)
+    with pytest.raises(InputError, match="draft must be a CompiledLM"):
+        lm.generate(PROMPTS, draft=other)
+    with pytest.raises(InputError, match="speculate must be a whole number"):
+        hetcc.compile_lm(other, 10, 4, speculate=0)
+
+
+def test_speculating_bundle_round_trip(speculating, llama, tmp_path):
+    model, lm = speculating
+    _, draft = llama
+    loaded = hetcc.load_lm(lm.save(tmp_path / "spec.lm"))
+    assert loaded.shape.speculate == 3 and loaded.verify is not None
+    assert loaded.generate(PROMPTS, draft=draft).tokens == [reference(model, p, 12) for p in PROMPTS]

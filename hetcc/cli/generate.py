@@ -16,8 +16,9 @@ COMPILE_EPILOG = (
     "example:\n  hetcc compile-lm examples/llm.py:build -o llama.lm --prompt-len 64 --max-new-tokens 32 \\\n"
     "      --prefill-targets openvino:cpu --decode-targets onnxruntime:cpu\n"
     "  hetcc generate llama.lm --prompt '1 15 27 300' --prompt '1 99'\n\n"
-    "MODEL is path/to/file.py:function; the function returns a transformers causal LM, or (model,\n"
-    "example inputs) as for `hetcc compile` (the inputs are not used). docs/generation.md.")
+    "MODEL is path/to/file.py:function; the function returns (model, example inputs) as for\n"
+    "`hetcc compile`, the model a transformers causal LM (the inputs are not used; options it returns\n"
+    "go to each phase's compile). docs/generation.md.")
 GENERATE_EPILOG = (
     "example:\n  hetcc generate llama.lm --prompt '1 15 27 300' --max-new-tokens 16\n"
     "  hetcc generate llama.lm --prompt '1 15 27' --temperature 0.8 --top-p 0.9 --seed 7 --json\n\n"
@@ -25,7 +26,7 @@ GENERATE_EPILOG = (
 
 
 def add_compile_arguments(p) -> None:
-    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function returning a transformers causal LM")
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function returning (a transformers causal LM, example inputs)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="bundle directory to write")
     p.add_argument("--prompt-len", type=int, required=True, help="longest prompt, in tokens")
     p.add_argument("--max-new-tokens", type=int, required=True, help="most tokens generated per prompt")
@@ -62,7 +63,7 @@ PLAN_EPILOG = (
 
 
 def add_plan_arguments(p) -> None:
-    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function returning a transformers causal LM")
+    p.add_argument("model", metavar="MODEL", help="path/to/file.py:function returning (a transformers causal LM, example inputs)")
     p.add_argument("--prefill-devices", required=True, help="registry device names for prefill, e.g. h100-sxm")
     p.add_argument("--decode-devices", required=True, help="registry device names for decode, e.g. l4")
     p.add_argument("--prompt-len", type=int, required=True)
@@ -106,13 +107,13 @@ def cmd_compile_lm(args) -> int:
 
     started = time.perf_counter()
     check_destination(args.output, args.force)
-    model, _inputs, _options = load_model(args.model)
+    model, _inputs, options = load_model(args.model)
     targets = [str(t) for t in parse_targets(args.targets)]
     with contextlib.redirect_stdout(sys.stderr):
         lm = hetcc.compile_lm(
             model, args.prompt_len, args.max_new_tokens, args.batch, targets,
             prefill_targets=_targets(args.prefill_targets), decode_targets=_targets(args.decode_targets),
-            tune=args.tune, prefix_chunk=args.prefix_chunk)
+            **(options | {"tune": args.tune}), prefix_chunk=args.prefix_chunk)
         path = lm.save(args.output, overwrite=args.force)
     if args.json:
         print(json.dumps({"bundle": str(path), "prefill": lm.prefill.plan.to_dict(),

@@ -41,6 +41,7 @@ SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "GPT2
 tried, and refused with the reason when they do not fit."""
 
 ATTENTION_LAYERS = ("full_attention", "sliding_attention")
+POSITION_LIMITS = ("max_position_embeddings", "n_positions")
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -66,7 +67,12 @@ def check_model(model: nn.Module, cache_len: int) -> None:
         raise InputError(f"{name} is an encoder-decoder model; hetcc.compile_lm runs decoder-only causal "
                          "LMs. Compile its encoder and one decoder step with hetcc.compile instead")
     _cache_keyword(model)
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    text = text_config(model)
+    limit = next((getattr(text, k) for k in POSITION_LIMITS if isinstance(getattr(text, k, None), int)), None)
+    if limit is not None and cache_len > limit:
+        raise InputError(f"{name} knows positions up to {limit} ({POSITION_LIMITS[0]} or n_positions in its "
+                         f"config) but prompt length + max_new_tokens is {cache_len}; a position beyond "
+                         f"that is an index error or a wrong result: keep the two at most {limit} together")
     kinds = set(getattr(text, "layer_types", None) or ())
     other = sorted(kinds - set(ATTENTION_LAYERS))
     if other:
@@ -79,6 +85,21 @@ def check_model(model: nn.Module, cache_len: int) -> None:
                          f"hold {cache_len} (prompt length + max_new_tokens); hetcc keeps cache slots in "
                          f"no particular order, so it cannot apply the window: keep prompt length + "
                          f"max_new_tokens at most {window}")
+
+
+def text_config(model: nn.Module):
+    """The config of the model's text decoder (the model's own config for a text-only model)."""
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def layer_count(model: nn.Module) -> int:
+    text = text_config(model)
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(text, name, None), int):
+            return getattr(text, name)
+    raise InputError(f"{type(model).__name__}'s config names no layer count (num_hidden_layers); "
+                     "hetcc.compile_lm cannot size its cache")
 
 
 def _additive(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -144,6 +165,8 @@ def _cache(model: nn.Module, pairs):
 
 
 def _run(model: nn.Module, ids, mask4, position, cache, logits_to_keep: int):
+    """The model's forward on the graph's inputs: the logits of the last ``logits_to_keep``
+    positions (0: all) and each layer's new keys and values."""
     kwargs = {_cache_keyword(model): cache, "attention_mask": mask4, "position_ids": position,
               "use_cache": True, "return_dict": True}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -155,7 +178,7 @@ def _run(model: nn.Module, ids, mask4, position, cache, logits_to_keep: int):
             raise InputError(f"{type(model).__name__} did not write its KV cache through the cache "
                              "object it was given; hetcc.compile_lm cannot run it")
         flat += list(layer.new)
-    return out.logits[:, -1], flat
+    return (out.logits[:, -1] if logits_to_keep == 1 else out.logits), flat
 
 
 class PrefillGraph(nn.Module):
@@ -182,37 +205,40 @@ def _chunk_allow(mask):
     return (causal[None] & mask.bool()[:, None, :]) | self_only[None]
 
 
+def _attend(model: nn.Module, ids, allow, position, kv, keep: int) -> tuple:
+    """The model's forward on a chunk against the cache ``kv`` under ``allow [B, C, S + C]``."""
+    mask4 = _additive(allow[:, None], _float_dtype(model))
+    pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+    logits, new = _run(model, ids, mask4, position, _cache(model, pairs), keep)
+    return (logits, *new)
+
+
 class DecodeGraph(nn.Module):
     """``(ids [B, 1], position [B, 1], valid [B, S], k_0, v_0, ...) -> (logits [B, V], k_0', v_0',
-    ...)``, see the module doc."""
+    ...)``, see the module doc: the extend graph for one token, which needs no chunk mask."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, ids, position, valid, *kv):
-        ones = torch.ones(valid.shape[0], ids.shape[1], dtype=torch.bool, device=valid.device)
-        allow = torch.cat([valid.bool(), ones], dim=1)[:, None, None, :]
-        mask4 = _additive(allow, _float_dtype(self.model))
-        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
-        logits, new = _run(self.model, ids, mask4, position, _cache(self.model, pairs), 1)
-        return (logits, *new)
+        ones = torch.ones(valid.shape[0], 1, dtype=torch.bool, device=valid.device)
+        allow = torch.cat([valid.bool(), ones], dim=1)[:, None, :]
+        return _attend(self.model, ids, allow, position, kv, 1)
 
 
 class ExtendGraph(nn.Module):
     """``(ids [B, C], chunk_mask [B, C], position [B, C], valid [B, S], k_0, v_0, ...) -> (logits
     [B, V], k_0', v_0', ...)`` with ``[B, kv_heads, C, head_dim]`` new keys and values: a chunk of
     up to ``C`` prompt tokens per sequence (left-padded in the chunk) after a cached prefix, for
-    prefix reuse (docs/generation.md). Decode is this graph with ``C = 1`` and no padding."""
+    prefix reuse (docs/generation.md). With ``all_logits`` the logits are ``[B, C, V]``, one per
+    chunk position: the verify graph of speculative decoding (hetcc/lm/speculative.py)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, all_logits: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.keep = model, 0 if all_logits else 1
 
     def forward(self, ids, chunk_mask, position, valid, *kv):
         past = valid.bool()[:, None, :].expand(-1, ids.shape[1], -1)
-        allow = torch.cat([past, _chunk_allow(chunk_mask)], dim=2)[:, None]
-        mask4 = _additive(allow, _float_dtype(self.model))
-        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
-        logits, new = _run(self.model, ids, mask4, position, _cache(self.model, pairs), 1)
-        return (logits, *new)
+        allow = torch.cat([past, _chunk_allow(chunk_mask)], dim=2)
+        return _attend(self.model, ids, allow, position, kv, self.keep)

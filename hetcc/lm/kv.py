@@ -1,5 +1,6 @@
-"""The decode phase's KV cache: allocated once on the device the decode graph reads it from,
-filled once from the prefill's keys and values (the hand-over), then one slot per step in place.
+"""The decode phase's KV cache: allocated for each batch on the device the decode graph reads it
+from, filled once from the prefill's keys and values (the hand-over), then one slot per step in
+place.
 
 Layout (docs/generation.md): per layer a key and a value tensor ``[B, kv_heads, S, head_dim]``;
 slots ``0..P-1`` hold the left-padded prompt, slot ``P + t`` the ``t``-th generated token. ``valid``
@@ -32,20 +33,16 @@ class KVCache:
 
     def hand_over(self, prompt_kv, mask: torch.Tensor) -> tuple[float, int]:
         """Write the prefill's keys and values ``[B, kv_heads, P, head_dim]`` into slots ``0..P-1``
-        (zeros where ``mask`` is 0, so a pad position cannot leak a NaN into a masked product) and
-        reset the rest. Returns (seconds, bytes copied)."""
+        of this fresh cache (zeros where ``mask`` is 0, so a pad position cannot leak a NaN into a
+        masked product). Returns (seconds, bytes copied)."""
         start = time.perf_counter()
         length = mask.shape[1]
         mask = mask.to(self.valid.device)
         pad = ~mask.bool()[:, None, :, None]
-        used = self.next_slot > length  # a fresh cache is zeros already
         copied = 0
         for cache, new in zip(self.tensors, prompt_kv):
             cache[:, :, :length].copy_(new).masked_fill_(pad, 0)
-            if used:
-                cache[:, :, length:] = 0
             copied += new.numel() * new.element_size()
-        self.valid.zero_()
         self.valid[:, :length] = mask
         self.position.copy_(mask.sum(-1, keepdim=True))
         self.next_slot = length
@@ -79,10 +76,13 @@ class KVCache:
         self.valid[row, :length] = 1
         return copied
 
-    def write_chunk(self, new_kv, chunk_mask: torch.Tensor, first: int, next_position: torch.Tensor) -> None:
+    def write_chunk(self, new_kv, chunk_mask: torch.Tensor, first: int, next_position: torch.Tensor,
+                    next_slot: int | None = None) -> None:
         """Slots ``first..first+C-1`` from a chunk's keys and values ``[B, kv_heads, C, head_dim]``
-        (zeros where ``chunk_mask`` is 0); generation goes on at slot ``first + C`` and, per
-        sequence, at ``next_position``."""
+        (zeros where ``chunk_mask`` is 0); generation goes on at ``next_slot`` (default
+        ``first + C``) and, per sequence, at ``next_position``. A ``next_slot`` inside the chunk
+        gives its masked tail back: the next write overwrites it (speculative decoding's rejected
+        tokens)."""
         chunk_mask = chunk_mask.to(self.valid.device)
         pad = ~chunk_mask.bool()[:, None, :, None]
         width = chunk_mask.shape[1]
@@ -90,7 +90,17 @@ class KVCache:
             cache[:, :, first:first + width].copy_(new).masked_fill_(pad, 0)
         self.valid[:, first:first + width] = chunk_mask
         self.position.copy_(next_position)
-        self.next_slot = first + width
+        self.next_slot = first + width if next_slot is None else next_slot
+
+    def rollback(self, slot: int) -> None:
+        """Forget the tokens in slots ``slot..next_slot-1`` (the draft's rejected proposals):
+        they are masked, the positions step back by as many, and the next write goes to ``slot``."""
+        dropped = self.next_slot - slot
+        if dropped <= 0:
+            return
+        self.valid[:, slot:self.next_slot] = 0
+        self.position -= dropped
+        self.next_slot = slot
 
     def sequence(self, row: int, length: int) -> tuple[torch.Tensor, ...]:
         """The first ``length`` tokens' keys and values of ``row``, in position order (slot order is

@@ -11,6 +11,7 @@ decode graph reads it (hetcc/lm/kv.py) and crosses from prefill once per batch (
 """
 from __future__ import annotations
 
+import numbers
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ import torch
 from hetcc.errors import InputError
 from hetcc.handover import CPU
 from hetcc.lm import reuse as prefix_reuse
-from hetcc.lm.graphs import DecodeGraph, ExtendGraph, PrefillGraph, check_model
+from hetcc.lm import speculative
+from hetcc.lm.graphs import (
+    DecodeGraph,
+    ExtendGraph,
+    PrefillGraph,
+    check_model,
+    layer_count,
+    text_config,
+)
 from hetcc.lm.kv import KVCache
 from hetcc.lm.prefix import PrefixStore
 from hetcc.lm.sampling import Sampling, choose
@@ -43,9 +52,11 @@ class Shape:
     stop: tuple[int, ...]
     """Token ids that end a sequence (the model's generation_config.eos_token_id by default)."""
     pad: int
-    """Written after a sequence has stopped, and into the padding of a short prompt."""
+    """The token in a short prompt's padding and in the rows that fill a batch."""
     chunk: int = 0
     """Tokens the extend graph takes after a stored prefix (0: compiled without prefix reuse)."""
+    speculate: int = 0
+    """Draft tokens the verify graph checks per call (0: compiled without speculative decoding)."""
 
     @property
     def slots(self) -> int:
@@ -76,7 +87,14 @@ class Generation:
     """Prompts started from a stored prefix instead of a prefill."""
     reused_tokens: int = 0
     """Prompt tokens those prompts did not recompute."""
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    """Speculative decoding: tokens the draft proposed, and how many of them the target kept."""
     step_seconds: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,8 +103,10 @@ class Generation:
 
 
 class CompiledLM:
-    def __init__(self, prefill, decode, shape: Shape, extend=None, prefix_bytes: int = PREFIX_BYTES):
-        self.prefill, self.decode, self.shape, self.extend = prefill, decode, shape, extend
+    def __init__(self, prefill, decode, shape: Shape, extend=None, verify=None,
+                 prefix_bytes: int = PREFIX_BYTES):
+        self.prefill, self.decode, self.shape = prefill, decode, shape
+        self.extend, self.verify = extend, verify
         self.cache_device = _cache_device(decode)
         self.prefixes = PrefixStore(prefix_bytes) if extend is not None else None
         """Sequences already run, for prefix reuse (None when compiled without it)."""
@@ -100,6 +120,8 @@ class CompiledLM:
                  "decode (time per output token):", self.decode.plan.summary()]
         if self.extend is not None:
             parts += [f"extend ({s.chunk} prompt tokens after a stored prefix):", self.extend.plan.summary()]
+        if self.verify is not None:
+            parts += [f"verify ({s.speculate} draft tokens per call):", self.verify.plan.summary()]
         return "\n".join(parts)
 
     def _cache_bytes(self) -> int:
@@ -108,26 +130,37 @@ class CompiledLM:
 
     def generate(self, prompts, max_new_tokens: int | None = None, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop=None, reuse: bool = True) -> Generation:
+                 stop=None, reuse: bool = True, draft: CompiledLM | None = None) -> Generation:
         """Generate after each prompt (a list of token ids, a list of such lists, or a 2D LongTensor
         without padding). Greedy unless ``temperature`` > 0; ``stop``: token ids that end a sequence
         (default: the ones compiled in; ``()`` for none). Prompts beyond the compiled batch run in
         further batches, each with its own prefill. ``reuse``: start a batch from stored prefixes
-        when every prompt in it has one (compiled with ``prefix_chunk``; hetcc/lm/reuse.py)."""
+        when every prompt in it has one (compiled with ``prefix_chunk``; hetcc/lm/reuse.py).
+        ``draft``: a small CompiledLM with the same vocabulary that proposes tokens this model checks
+        (compiled with ``speculate``; greedy, batch 1; hetcc/lm/speculative.py)."""
         sampling = Sampling(temperature, top_k, top_p, seed)
         rows = _prompts(prompts, self.shape)
         limit = self.shape.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not isinstance(limit, int) or not 1 <= limit <= self.shape.max_new_tokens:
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.shape.max_new_tokens:
             raise InputError(f"max_new_tokens must be 1 to {self.shape.max_new_tokens} (what this model "
                              f"was compiled for), got {max_new_tokens!r}; compile with a larger "
                              "max_new_tokens for longer outputs")
         stops = set(self.shape.stop if stop is None else _token_ids(stop, "stop", self.shape.vocab))
-        generator = sampling.generator(self.cache_device)
+        generator = sampling.generator()
         start = time.perf_counter()
-        out = Generation([], [], 0.0, 0.0, 0.0, 0, 0.0)
-        for first in range(0, len(rows), self.shape.batch):
-            self._batch(rows[first:first + self.shape.batch], limit, sampling, generator, stops, out,
-                        first == 0, reuse)
+        out = Generation(tokens=[], finished=[], ttft_s=0.0, tpot_s=0.0, handover_s=0.0, handover_bytes=0,
+                         seconds=0.0)
+        if draft is not None:
+            speculative.check(self, draft, sampling)
+            _prompts(rows, draft.shape)  # each prompt must fit the draft too
+            for i, row in enumerate(rows):
+                made = speculative.generate_one(self, draft, row, limit, stops, out, i == 0)
+                out.tokens.append(made)
+                out.finished.append("stop" if made[-1] in stops else "length")
+        else:
+            for first in range(0, len(rows), self.shape.batch):
+                self._batch(rows[first:first + self.shape.batch], limit, sampling, generator, stops, out,
+                            first == 0, reuse)
         out.seconds = time.perf_counter() - start
         out.tpot_s = statistics.median(out.step_seconds) if out.step_seconds else 0.0
         return out
@@ -141,7 +174,7 @@ class CompiledLM:
         if found is None:
             logits, cache = self._prefill(rows, out)
         else:
-            logits, cache = prefix_reuse.start(self.extend, rows, found, self.shape, self.cache_device, out)
+            logits, cache = prefix_reuse.start(self.extend, self.prefixes, rows, found, self.shape, self.cache_device, out)
         token = choose(logits, sampling, generator)
         if first:
             out.ttft_s = time.perf_counter() - start
@@ -193,7 +226,7 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
                targets=("torch:cpu",), *, prefill_targets=None, decode_targets=None,
                prefill_objective: str = "latency", decode_objective: str = "latency",
                stop=None, seed: int = 0, prefix_chunk: int | None = None,
-               prefix_bytes: int = PREFIX_BYTES, **options) -> CompiledLM:
+               prefix_bytes: int = PREFIX_BYTES, speculate: int | None = None, **options) -> CompiledLM:
     """Compile a transformers causal LM for generation: the prefill graph (``batch`` prompts of up
     to ``prompt_len`` tokens) on ``prefill_targets`` and the decode graph (one token against a cache
     of ``prompt_len + max_new_tokens`` slots) on ``decode_targets``; both default to ``targets``.
@@ -203,7 +236,8 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
     ``prefix_chunk``: also compile the extend graph (up to that many prompt tokens after a stored
     prefix, on the decode targets, where the cache is) and keep each sequence run, up to
     ``prefix_bytes`` of keys and values, so that a prompt sharing a prefix with an earlier one
-    skips recomputing it. See docs/generation.md."""
+    skips recomputing it. ``speculate``: also compile the verify graph, which checks that many
+    draft tokens per call (``generate(..., draft=...)``). See docs/generation.md."""
     for name, value in (("prompt_len", prompt_len), ("max_new_tokens", max_new_tokens), ("batch", batch)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"{name} must be a whole number, 1 or more, got {value!r}")
@@ -211,42 +245,49 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
                                      or not 1 <= prefix_chunk < prompt_len):
         raise InputError(f"prefix_chunk must be a whole number of tokens from 1 to prompt_len - 1 "
                          f"({prompt_len - 1}), got {prefix_chunk!r}")
+    if speculate is not None and (not isinstance(speculate, int) or isinstance(speculate, bool)
+                                  or not 1 <= speculate < prompt_len):
+        raise InputError(f"speculate must be a whole number of draft tokens from 1 to prompt_len - 1 "
+                         f"({prompt_len - 1}), got {speculate!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError(f"seed must be a whole number, got {seed!r}")
+    taken = sorted(set(options) & {"objective", "output_device", "example_kwargs", "dynamic_shapes"})
+    if taken:
+        raise InputError(f"compile_lm sets {', '.join(taken)} itself for each phase (use prefill_objective "
+                         "and decode_objective for the objectives); drop it from the options")
     check_model(model, prompt_len + max_new_tokens)
     from hetcc.compiler import compile as compile_model
 
     model = model.eval()
-    layers = _layers(model)
-    shape, examples = _examples(model, layers, batch, prompt_len, max_new_tokens, stop, seed, prefix_chunk)
+    layers = layer_count(model)
+    shape, examples = example_inputs(model, layers, batch, prompt_len, max_new_tokens, stop, seed, prefix_chunk,
+                                speculate)
     workdir = options.pop("workdir", None)
     decode_targets = decode_targets or targets
     graphs = [("prefill", PrefillGraph(model, layers), examples[0], prefill_targets or targets, prefill_objective),
               ("decode", DecodeGraph(model), examples[1], decode_targets, decode_objective)]
     if prefix_chunk:
+        # extend is prefill's work (a prompt's rest), on decode's targets: they hold the cache
         graphs.append(("extend", ExtendGraph(model), examples[2], decode_targets, prefill_objective))
+    if speculate:
+        graphs.append(("verify", ExtendGraph(model, all_logits=True), examples[3], decode_targets,
+                       decode_objective))
     phases = {}
-    for phase, graph, inputs, targets_, objective in graphs:
+    for phase, graph, inputs, phase_targets, objective in graphs:
         where = None if workdir is None else Path(workdir) / phase
+        # the graphs that read the cache leave their outputs where they are made, next to it
         keep = {} if phase == "prefill" else {"output_device": "keep"}
-        phases[phase] = compile_model(graph, inputs, targets_, objective=objective, workdir=where,
-                                      **(keep | options))
-    return CompiledLM(phases["prefill"], phases["decode"], shape, phases.get("extend"), prefix_bytes)
+        phases[phase] = compile_model(graph, inputs, phase_targets, objective=objective, workdir=where,
+                                      **keep, **options)
+    return CompiledLM(phases["prefill"], phases["decode"], shape, phases.get("extend"), phases.get("verify"),
+                      prefix_bytes)
 
 
-def _layers(model) -> int:
-    config = model.config
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(getattr(text, name, None), int):
-            return getattr(text, name)
-    raise InputError(f"{type(model).__name__}'s config names no layer count (num_hidden_layers); "
-                     "hetcc.compile_lm cannot size its cache")
-
-
-def _examples(model, layers, batch, prompt_len, max_new_tokens, stop, seed, chunk=None):
+def example_inputs(model, layers, batch, prompt_len, max_new_tokens, stop, seed, chunk=None, speculate=None):
     """The shape, and realistic example inputs for the graphs: prompts of different lengths, and
     the decode step's cache filled from an eager prefill of them (verification then compares the
-    runtimes on the values they will see). The extend graph's: the prompts' last ``chunk`` tokens
-    after the cache of the ones before."""
+    runtimes on the values they will see). The extend and verify graphs': the prompts' last
+    ``chunk`` (``speculate + 1``) tokens after the cache of the ones before."""
     vocab = _vocab(model)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, prompt_len), generator=gen)
@@ -262,25 +303,27 @@ def _examples(model, layers, batch, prompt_len, max_new_tokens, stop, seed, chun
     stops = _token_ids(config.eos_token_id if stop is None else stop, "stop", vocab)
     pad = config.pad_token_id if isinstance(config.pad_token_id, int) else (stops[0] if stops else 0)
     shape = Shape(batch, prompt_len, max_new_tokens, vocab, cache_shapes, str(dtype).removeprefix("torch."),
-                  tuple(stops), int(pad), chunk or 0)
+                  tuple(stops), int(pad), chunk or 0, speculate or 0)
     cache = KVCache(list(cache_shapes), dtype, CPU)
     cache.hand_over(prefilled[1:], mask)
     token = prefilled[0].argmax(-1)[:, None]
     decode_inputs = (token, cache.position.clone(), *(t.clone() for t in cache.inputs()))
-    if not chunk:
-        return shape, ((ids, mask), decode_inputs)
-    head = prompt_len - chunk
-    cache.valid[:, head:] = 0  # the chunk's slots are what the extend graph computes
+    chunks = [_chunk_inputs(ids, mask, cache, width) if width else None
+              for width in (chunk, speculate and speculate + 1)]
+    return shape, ((ids, mask), decode_inputs, *chunks)
+
+
+def _chunk_inputs(ids, mask, cache: KVCache, width: int) -> tuple:
+    """Inputs of a chunk graph: the prompts' last ``width`` tokens after the cache of the others."""
+    head = ids.shape[1] - width
+    valid = cache.valid.clone()
+    valid[:, head:] = 0  # the chunk's slots are what the graph computes
     position = (mask.cumsum(-1) - 1).clamp(min=0)[:, head:]
-    extend_inputs = (ids[:, head:].clone(), mask[:, head:].clone(), position.clone(),
-                     *(t.clone() for t in cache.inputs()))
-    return shape, ((ids, mask), decode_inputs, extend_inputs)
+    return (ids[:, head:].clone(), mask[:, head:].clone(), position, valid, *(t.clone() for t in cache.tensors))
 
 
 def _vocab(model) -> int:
-    config = model.config
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    vocab = getattr(text, "vocab_size", None)
+    vocab = getattr(text_config(model), "vocab_size", None)
     if not isinstance(vocab, int):
         raise InputError(f"{type(model).__name__}'s config has no vocab_size; hetcc.compile_lm needs it")
     return vocab
@@ -298,26 +341,40 @@ def _token_ids(value, what: str, vocab: int) -> tuple[int, ...]:
 
 
 def _prompts(prompts, shape: Shape) -> list[list[int]]:
+    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and any(isinstance(p, str) for p in prompts)):
+        raise InputError("prompts are token ids, not text: hetcc reads no tokenizer; encode the text with "
+                         "the model's tokenizer first (tokenizer(text).input_ids)")
     if isinstance(prompts, torch.Tensor):
-        if prompts.dim() != 2 or prompts.dtype not in (torch.long, torch.int32):
-            raise InputError("prompts as a tensor must be 2D token ids [batch, length] (int64 or int32); "
-                             f"got {prompts.dim()}D {prompts.dtype}")
+        if prompts.dim() not in (1, 2) or prompts.dtype not in (torch.long, torch.int32):
+            raise InputError("prompts as a tensor must be token ids, 1D [length] or 2D [batch, length] "
+                             f"(int64 or int32); got {prompts.dim()}D {prompts.dtype}")
         prompts = prompts.tolist()
-    elif isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, int) for t in prompts):
-        prompts = [list(prompts)]
+    if isinstance(prompts, (list, tuple)) and prompts and all(_is_id(t) for t in prompts):
+        prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise InputError("prompts must be a list of token ids, a list of such lists, or a 2D tensor of "
-                         "token ids; got nothing to generate from")
+        raise InputError("prompts must be a list of token ids, a list of such lists, or a tensor of "
+                         f"token ids; got {type(prompts).__name__ if prompts else 'nothing'}")
     rows = []
     for i, row in enumerate(prompts):
+        if isinstance(row, torch.Tensor) and row.dim() == 1:
+            row = row.tolist()
         if not isinstance(row, (list, tuple)) or not row:
-            raise InputError(f"prompt {i} is empty or not a list of token ids")
+            raise InputError(f"prompt {i} is {'empty' if isinstance(row, (list, tuple)) else type(row).__name__}"
+                             "; each prompt is a non-empty list of token ids")
+        row = [int(t) if _is_id(t) else t for t in row]
         _token_ids(row, f"prompt {i}'s", shape.vocab)
         if len(row) > shape.prompt_len:
             raise InputError(f"prompt {i} has {len(row)} tokens; this model was compiled for prompts of "
                              f"at most {shape.prompt_len}: shorten it or compile with a larger prompt_len")
-        rows.append(list(row))
+        rows.append(row)
     return rows
+
+
+def _is_id(value) -> bool:
+    """A token id as Python, numpy or a 0-d tensor gives it (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _cache_device(decode) -> str:

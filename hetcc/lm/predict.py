@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from hetcc.device_plan import predict
-from hetcc.lm.graphs import DecodeGraph, PrefillGraph, check_model
-from hetcc.lm.model import _examples, _layers
+from hetcc.lm.graphs import DecodeGraph, PrefillGraph, check_model, layer_count
+from hetcc.lm.model import example_inputs
 
 RESIDENT = ("kv_",)
 """The decode graph's cache inputs are named kv_0, kv_1, ... by torch.export (its ``*kv`` argument)."""
@@ -31,6 +31,8 @@ class LMPrediction:
     kv_bytes: int
     """One request's prompt keys and values, handed from prefill to decode."""
     handover_seconds: float
+    """The whole batch's hand-over (``batch`` requests' keys and values): a batch's first token
+    waits for all of it."""
     batch: int
     prompt_len: int
     max_new_tokens: int
@@ -46,13 +48,14 @@ class LMPrediction:
     def summary(self) -> str:
         head = (f"predicted, not measured: batch {self.batch}, prompt {self.prompt_len} tokens, "
                 f"{self.max_new_tokens} new")
-        return "\n".join([
-            head, "prefill:", self.prefill.summary(), "decode (one step, cache resident):", self.decode.summary(),
-            f"KV hand-over {self.kv_bytes / 1e6:.2f} MB per request, {self.handover_seconds * 1e3:.3f} ms "
-            f"from {'+'.join(self.prefill.devices_used)} to {'+'.join(self.decode.devices_used)}",
-            f"time to first token {self.ttft * 1e3:.3f} ms (prefill + hand-over), time per output token "
-            f"{self.tpot * 1e3:.3f} ms; a request of {self.max_new_tokens} tokens "
-            f"{(self.ttft + (self.max_new_tokens - 1) * self.tpot) * 1e3:.2f} ms"])
+        handover = (f"KV hand-over {self.kv_bytes / 1e6:.2f} MB per request, {self.batch} per batch: "
+                    f"{self.handover_seconds * 1e3:.3f} ms from {'+'.join(self.prefill.devices_used)} to "
+                    f"{'+'.join(self.decode.devices_used)}")
+        request = (self.ttft + (self.max_new_tokens - 1) * self.tpot) * 1e3
+        times = (f"time to first token {self.ttft * 1e3:.3f} ms (prefill + hand-over), time per output "
+                 f"token {self.tpot * 1e3:.3f} ms; a request of {self.max_new_tokens} tokens {request:.2f} ms")
+        return "\n".join([head, "prefill:", self.prefill.summary(), "decode (one step, cache resident):",
+                          self.decode.summary(), handover, times])
 
 
 def predict_lm(model, prompt_len: int, max_new_tokens: int, prefill_devices, decode_devices, *,
@@ -62,8 +65,8 @@ def predict_lm(model, prompt_len: int, max_new_tokens: int, prefill_devices, dec
     ``options`` go to hetcc.predict for both phases (device_files, memory_fraction, time_limit)."""
     check_model(model, prompt_len + max_new_tokens)
     model = model.eval()
-    layers = _layers(model)
-    shape, (prefill_inputs, decode_inputs) = _examples(model, layers, batch, prompt_len, max_new_tokens,
+    layers = layer_count(model)
+    shape, (prefill_inputs, decode_inputs, *_) = example_inputs(model, layers, batch, prompt_len, max_new_tokens,
                                                        None, 0)
     with torch.no_grad():
         prefill = predict(PrefillGraph(model, layers), prefill_inputs, prefill_devices, dtype=dtype, **options)
@@ -78,7 +81,7 @@ def predict_lm(model, prompt_len: int, max_new_tokens: int, prefill_devices, dec
         reg = registry(options.get("device_files", ()))
         links = [reg[_base(d)] for d in decode.devices_used]
         bandwidth = min(s.host_link_bandwidth for s in links)
-        seconds = max(s.host_link_latency for s in links) + per_request / bandwidth
+        seconds = max(s.host_link_latency for s in links) + batch * per_request / bandwidth
     return LMPrediction(prefill, decode, per_request, seconds, batch, prompt_len, max_new_tokens)
 
 

@@ -38,9 +38,12 @@ class PrefixStore:
             n = _common(entry.tokens, prompt)
             if n > length:
                 best, length = entry, n
-        if best is not None:
-            self._entries.move_to_end(best.tokens)
         return best, length
+
+    def touch(self, entry: Entry) -> None:
+        """Mark ``entry`` used now (least recently used goes first)."""
+        if entry.tokens in self._entries:
+            self._entries.move_to_end(entry.tokens)
 
     def add(self, tokens, kv) -> None:
         tokens = tuple(tokens)

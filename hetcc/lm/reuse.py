@@ -28,12 +28,14 @@ def find(store: PrefixStore, rows, prompt_len: int, chunk: int):
     return found
 
 
-def start(extend, rows, found, shape, device: str, out) -> tuple[torch.Tensor, KVCache]:
+def start(extend, store: PrefixStore, rows, found, shape, device: str, out) -> tuple[torch.Tensor, KVCache]:
     """Load the prefixes, run the extend graph on the rest of each prompt; the last logits and the
     cache ready for decode. Adds the prefix copies to the hand-over figures."""
     cache = KVCache([tuple(c) for c in shape.cache], shape.torch_dtype, device)
     tick = time.perf_counter()
     copied = sum(cache.load_prefix(i, entry.kv, length) for i, (entry, length) in enumerate(found))
+    for entry, _ in found:
+        store.touch(entry)
     out.handover_s += time.perf_counter() - tick
     out.handover_bytes += copied
     width = shape.chunk
@@ -48,11 +50,11 @@ def start(extend, rows, found, shape, device: str, out) -> tuple[torch.Tensor, K
         position[i, width - len(rest):] = torch.arange(length, len(row))
         after[i] = len(row)
     chunk_mask[len(rows):, -1] = 1  # rows that fill the batch: one token, never read back
-    out_ = extend(ids, chunk_mask, position, *cache.inputs())
-    cache.write_chunk(out_[1:], chunk_mask, shape.prompt_len - width, after)
+    ran = extend(ids, chunk_mask, position, *cache.inputs())
+    cache.write_chunk(ran[1:], chunk_mask, shape.prompt_len - width, after)
     out.prefix_hits += len(rows)
     out.reused_tokens += sum(length for _, length in found)
-    return out_[0], cache
+    return ran[0], cache
 
 
 def remember(store: PrefixStore, rows, made, cache: KVCache) -> None:

@@ -13,6 +13,12 @@ import torch
 
 from hetcc.errors import InputError
 
+MIN_TEMPERATURE = 1e-4
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -23,12 +29,18 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if not _real(self.temperature) or not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature
+                                               < float("inf")):
+            raise InputError(f"temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE} up (a "
+                             f"smaller one divides the logits past float range), got {self.temperature!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)
+                                       or self.top_k < 1):
             raise InputError(f"top_k must be a whole number of tokens, 1 or more, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_p is not None and not (_real(self.top_p) and 0 < self.top_p <= 1):
+            raise InputError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or self.seed < 0):
+            raise InputError(f"seed must be a whole number, 0 or more, got {self.seed!r}")
         if self.temperature == 0 and (self.top_k is not None or self.top_p is not None):
             raise InputError("top_k and top_p filter a sampled choice; set a temperature above 0 to "
                              "sample, or drop them for greedy decoding")
@@ -37,10 +49,12 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def generator(self, device) -> torch.Generator | None:
+    def generator(self) -> torch.Generator | None:
+        """Draws happen on the host, whatever device the logits come from (a generator is tied to
+        one device, and the phases' logits may come from two)."""
         if self.greedy:
             return None
-        gen = torch.Generator(device=device)
+        gen = torch.Generator()
         if self.seed is None:
             gen.seed()
         else:
@@ -52,7 +66,7 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     """``[B, V]`` logits -> ``[B]`` token ids."""
     if sampling.greedy:
         return logits.argmax(-1)
-    scores = logits.float() / sampling.temperature
+    scores = logits.float().cpu() / sampling.temperature
     low = torch.finfo(scores.dtype).min
     if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
         kth = torch.topk(scores, sampling.top_k, dim=-1).values[..., -1:]
