@@ -81,6 +81,12 @@ def _spread(values):
     return statistics.median(values), low, high
 
 
+def _print_medians(what: str, seconds: dict) -> None:
+    for name, values in seconds.items():
+        med, low, high = _spread(values)
+        print(f"  {what} {name:<11} {med * 1e3:7.2f} ms [{low * 1e3:.2f}-{high * 1e3:.2f}]")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="llama", choices=llm.FAMILIES)
@@ -165,9 +171,7 @@ def _speculate(args) -> int:
     print(f"{args.family} ({args.size}), prompt {prompt.shape[1]} tokens, {args.new} new, draft: the model's "
           f"first layer, {args.speculate} draft tokens per call, {args.rounds} interleaved rounds; median [p10-p90]")
     print(f"acceptance rate {statistics.median(rate):.2f}; the same tokens both ways")
-    for name, values in tpot.items():
-        med, low, high = _spread(values)
-        print(f"  TPOT {name:<11} {med * 1e3:7.2f} ms [{low * 1e3:.2f}-{high * 1e3:.2f}]")
+    _print_medians("TPOT", tpot)
     print(f"  speculative decoding: TPOT {statistics.median(tpot['alone']) / statistics.median(tpot['with draft']):.2f}x lower")
     return 0
 
@@ -194,9 +198,7 @@ def _reuse(args) -> int:
     print(f"{args.family} ({args.size}), requests of 48 tokens sharing a 40-token system prompt, "
           f"{args.rounds} requests, interleaved; median [p10-p90]")
     print(f"hit rate {hits}/{args.rounds}; reused {with_reuse.reused_tokens} tokens per hit")
-    for name, values in ttft.items():
-        med, low, high = _spread(values)
-        print(f"  TTFT with {name:<8} {med * 1e3:7.2f} ms [{low * 1e3:.2f}-{high * 1e3:.2f}]")
+    _print_medians("TTFT with", ttft)
     ratio = statistics.median(ttft["prefill"]) / statistics.median(ttft["reuse"])
     print(f"  prefix reuse: TTFT {ratio:.2f}x lower")
     return 0

@@ -59,10 +59,6 @@ class Shape:
     """Draft tokens the verify graph checks per call (0: compiled without speculative decoding)."""
 
     @property
-    def slots(self) -> int:
-        return self.prompt_len + self.max_new_tokens
-
-    @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
