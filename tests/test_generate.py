@@ -433,3 +433,23 @@ def test_speculating_bundle_round_trip(speculating, llama, tmp_path):
     loaded = hetcc.load_lm(lm.save(tmp_path / "spec.lm"))
     assert loaded.shape.speculate == 3 and loaded.verify is not None
     assert loaded.generate(PROMPTS, draft=draft).tokens == [reference(model, p, 12) for p in PROMPTS]
+
+
+# ---- on a GPU (run by benchmarks/gpu_check.py's tests part; skipped here) -------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: torch.cuda.is_available() is False")
+def test_decode_on_a_gpu_keeps_the_cache_there(tmp_path):
+    """Prefill on the host (OpenVINO), decode on torch:cuda: the cache lives on the GPU, the new
+    slots stay there, sampling draws on the host, and the tokens are transformers' own."""
+    model, _ = llm.build("llama", "tiny")
+    lm = hetcc.compile_lm(model, prompt_len=10, max_new_tokens=8, batch=2, tune="off", prefix_chunk=4,
+                          prefill_targets=["openvino:cpu"], decode_targets=["torch:cuda:0"])
+    assert lm.cache_device == "cuda:0"
+    out = lm.generate(PROMPTS)
+    assert out.tokens == [reference(model, p, 8) for p in PROMPTS]
+    sampled = [lm.generate(PROMPTS, temperature=0.8, top_p=0.9, seed=1).tokens for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    assert lm.generate([PROMPTS[1] + [20]]).prefix_hits == 1
+    loaded = hetcc.load_lm(lm.save(tmp_path / "gpu.lm"))
+    assert loaded.cache_device == "cuda:0" and loaded.generate(PROMPTS).tokens == out.tokens
