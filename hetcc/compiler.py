@@ -172,7 +172,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             backend_options: dict | None = None, cross_compile: bool = False,
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
             progress=None, example_kwargs: dict | None = None, tune="auto",
-            learn: bool = False, output_device: str = "cpu") -> CompiledModel:
+            learn: bool = False, output_device: str = "cpu", resident_inputs=()) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -204,6 +204,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         runtime that turns NaN into numbers where torch propagates it (OpenVINO's ReLU does, as its
         own whole-model path does) and lists it in the plan's notes; "require" treats that as a
         wrong result, so the part falls back to a runtime that propagates NaN.
+    resident_inputs: names (or name prefixes) of inputs that stay on the device reading them from
+        call to call (a decoder's KV cache): the plan charges no copy of them per call and counts
+        them against that target's memory (memory_limits), as ``hetcc.predict`` does.
     strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
         torch:cpu because the targets asked for refused it or failed on it (its message names the
         nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes
@@ -256,7 +259,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         scratch = None if workdir else Path(tempfile.mkdtemp(prefix="hetcc-"))
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan,
-                           limit)
+                           limit, resident_inputs=tuple([resident_inputs] if isinstance(resident_inputs, str)
+                                                        else resident_inputs))
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -311,6 +315,8 @@ class _Session:
     nan: str = "report"
     limit: Limit | None = None
     """How much fallback to torch:cpu is allowed (strict=, max_fallback=); None: any."""
+    resident_inputs: tuple = ()
+    """Inputs that stay on the device reading them (compile's resident_inputs)."""
     failures: int = 0
     why: str = ""
     """Said after each progress message (which plan is being built)."""
@@ -333,7 +339,7 @@ class _Session:
                                               if not any(ok for t, ok in enumerate(row) if t != last_resort)],
                                  at_least=True)
             problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
-                                    candidates.allowed, self.objective)
+                                    candidates.allowed, self.objective, self.resident_inputs)
             self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
             placement = solve(problem)
             # the later attempts ban whole segments, as before narrowing existed: each narrowed
@@ -641,7 +647,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             inputs=tuple(program.input_names), outputs=tuple(program.output_names),
             flops=sum(facts[m].flops for m in nodes),
             bytes_moved=sum(facts[m].bytes_moved for m in nodes),
-            resident_bytes=sum(facts[m].resident_bytes for m in nodes),
+            # the problem's, not the facts': it also holds resident inputs (a KV cache)
+            resident_bytes=sum(problem.resident[u] for u in spec.units),
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,

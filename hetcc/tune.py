@@ -182,7 +182,7 @@ def _single_target_candidates(session, allowed, chosen) -> list[Candidate]:
         name = f"{target} alone"
         alone = allowed.restricted_to(t, f"compile-time tuning timed {name}, and it ran fastest")
         problem = build_problem(session.captured, session.facts, session.units, session.unit_of,
-                                session.infos, alone.allowed, session.objective)
+                                session.infos, alone.allowed, session.objective, session.resident_inputs)
         try:
             placement = solve(problem)
         except HetccError as exc:

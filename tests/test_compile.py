@@ -180,3 +180,17 @@ def test_compiling_shows_no_torch_leafspec_warning():
             warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
             warnings.warn("something else is deprecated", FutureWarning)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
+
+
+def test_resident_inputs_count_against_memory_and_unknown_names_are_refused():
+    """An input that stays on the device (a KV cache) is part of the segment's resident bytes; a
+    memory limit it breaks is a placement error, not a plan that cannot hold it."""
+    from hetcc.errors import InputError
+
+    model = torch.nn.Linear(64, 64)
+    x = torch.randn(32, 64)
+    plain = hetcc.compile(model, (x,), targets=["onnxruntime:cpu"], tune="off")
+    kept = hetcc.compile(model, (x,), targets=["onnxruntime:cpu"], tune="off", resident_inputs=("inp",))
+    assert kept.plan.segments[0].resident_bytes == plain.plan.segments[0].resident_bytes + x.numel() * 4
+    with pytest.raises(InputError, match="resident_inputs names \\['cache'\\], which match no model input"):
+        hetcc.compile(model, (x,), tune="off", resident_inputs=("cache",))

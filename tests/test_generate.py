@@ -99,6 +99,15 @@ def test_decode_returns_one_slot_and_the_cache_stays_in_place(llama):
     assert cache.position.tolist() == [[11], [11]]
 
 
+def test_the_decode_phase_holds_its_cache_against_memory(llama):
+    """Decode is compiled with the cache as a resident input: its plan holds the weights and the
+    cache, prefill's the weights."""
+    _, lm = llama
+    cache = sum(torch.Size(c).numel() * 4 for c in lm.shape.cache)
+    held = [sum(s.resident_bytes for s in m.plan.segments) for m in (lm.prefill, lm.decode)]
+    assert held[1] - held[0] == cache
+
+
 def test_hand_over_is_measured_and_zeroes_padding(llama):
     _, lm = llama
     out = lm.generate(PROMPTS)

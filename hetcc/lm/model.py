@@ -247,7 +247,8 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
                          f"({prompt_len - 1}), got {speculate!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InputError(f"seed must be a whole number, got {seed!r}")
-    taken = sorted(set(options) & {"objective", "output_device", "example_kwargs", "dynamic_shapes"})
+    taken = sorted(set(options) & {"objective", "output_device", "example_kwargs", "dynamic_shapes",
+                                   "resident_inputs"})
     if taken:
         raise InputError(f"compile_lm sets {', '.join(taken)} itself for each phase (use prefill_objective "
                          "and decode_objective for the objectives); drop it from the options")
@@ -271,8 +272,9 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
     phases = {}
     for phase, graph, inputs, phase_targets, objective in graphs:
         where = None if workdir is None else Path(workdir) / phase
-        # the graphs that read the cache leave their outputs where they are made, next to it
-        keep = {} if phase == "prefill" else {"output_device": "keep"}
+        # the graphs that read the cache leave their outputs where they are made, next to it, and
+        # hold the cache (kv_0, kv_1, ...: torch.export's names for *kv) against their memory
+        keep = {} if phase == "prefill" else {"output_device": "keep", "resident_inputs": ("kv_",)}
         phases[phase] = compile_model(graph, inputs, phase_targets, objective=objective, workdir=where,
                                       **keep, **options)
     return CompiledLM(phases["prefill"], phases["decode"], shape, phases.get("extend"), phases.get("verify"),
