@@ -315,6 +315,11 @@ def _read_json(root: Path) -> dict:
     try:
         manifest = read_json(file, "the manifest")
     except FileNotFoundError:
+        if (root / LM_MANIFEST).exists():
+            raise BundleError(f"{root} is a language model's bundle (its {LM_MANIFEST}), not a bundle of one "
+                              f"model: generate with `hetcc generate {root}` or hetcc.load_lm, see its plans "
+                              f"with `hetcc explain {root}`; each phase ({root / 'decode'}, ...) is a bundle "
+                              "of its own") from None
         raise BundleError(f"{root} is not a hetcc bundle: no {MANIFEST} in it") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{file} is not a hetcc bundle manifest (no \"format\": \"{FORMAT}\" in it)")

@@ -294,6 +294,15 @@ def test_cli_compile_lm_and_generate(tmp_path, capsys):
     assert result["ttft_ms"] > 0 and result["handover_bytes"] > 0
     assert main(["generate", str(bundle), "--prompt", "2 x"]) != 0
     assert "token ids must be whole numbers" in capsys.readouterr().err
+    assert main(["explain", str(bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "prefill (time to first token):" in text and "decode (time per output token):" in text
+    assert "openvino:cpu" in text and "onnxruntime:cpu" in text
+    assert main(["explain", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {s["target"] for s in report["decode"]["segments"]} == {"onnxruntime:cpu"}
+    assert main(["run", str(bundle), "--inputs", "x.npz"]) == 1
+    assert "language model's bundle" in capsys.readouterr().err
 
 
 def test_predict_lm_places_the_phases_apart_with_the_hand_over(capsys):

@@ -374,15 +374,27 @@ def _signature(specs: list) -> str:
 # ---- explain ----
 
 def cmd_explain(args) -> int:
-    from hetcc.bundle import read_manifest
+    from hetcc.bundle import LM_MANIFEST, LM_PARTS, MANIFEST
 
-    from hetcc.cli.render import printable
-
-    # reads JSON only: no runtime is imported or needed. A stranger's report may hold terminal
-    # escape codes: they are shown as text, never sent to the terminal
-    manifest = printable(read_manifest(args.bundle))
-    report = printable(_read_report(Path(args.bundle), manifest))
-    title = Path(args.bundle).resolve().name
+    root = Path(args.bundle)
+    if (root / LM_MANIFEST).exists() and not (root / MANIFEST).exists():
+        # a language model's bundle: each phase is a bundle, explained in turn
+        if args.png or args.html:
+            raise CliError(f"{root} is a language model's bundle of several phases; draw one phase: "
+                           f"hetcc explain {root / 'decode'} --png plan.png")
+        phases = [p for p in LM_PARTS[1:] if (root / p).is_dir()]
+        if not phases:
+            raise CliError(f"{root} has a {LM_MANIFEST} but none of its phase bundles (prefill, decode); "
+                           "it is damaged: recompile")
+        if args.json:
+            _print_json({p: _explain_report(root / p)[1] for p in phases})
+            return 0
+        for phase in phases:
+            print(f"{phase} ({PHASE_ROLES[phase]}):")
+            _explain_text(root / phase)
+        return 0
+    manifest, report = _explain_report(root)
+    title = root.resolve().name
     if args.png:
         from hetcc.explain.plot import write_png
 
@@ -394,16 +406,36 @@ def cmd_explain(args) -> int:
     if args.json:
         _print_json(report)
         return 0
+    _explain_text(root, manifest, report)
+    return 0
+
+
+PHASE_ROLES = {"prefill": "time to first token", "decode": "time per output token",
+               "extend": "a prompt's rest after a stored prefix", "verify": "checks a draft's tokens"}
+
+
+def _explain_report(root: Path) -> tuple[dict, dict]:
+    from hetcc.bundle import read_manifest
+    from hetcc.cli.render import printable
+
+    # reads JSON only: no runtime is imported or needed. A stranger's report may hold terminal
+    # escape codes: they are shown as text, never sent to the terminal
+    manifest = printable(read_manifest(root))
+    return manifest, printable(_read_report(root, manifest))
+
+
+def _explain_text(root: Path, manifest: dict | None = None, report: dict | None = None) -> None:
     from hetcc.cli.render import plan_footer, plan_table
     from hetcc.explain.text import why_lines
 
+    if manifest is None:
+        manifest, report = _explain_report(root)
     console = _stdout_console()
     console.print(plan_table(report))
     for line in why_lines(report):
         console.print(line, markup=False)
     for line in plan_footer(report, _signature(manifest.get("inputs", [])), manifest.get("runtimes", {})):
         console.print(line, markup=False, soft_wrap=True)  # a reason stays one line: its command copies whole
-    return 0
 
 
 def _read_report(root: Path, manifest: dict) -> dict:
