@@ -10,6 +10,7 @@ PACKAGES = {
     "hetcc.cli": "hetcc/cli",
     "hetcc.explain": "hetcc/explain",
     "hetcc.measure": "hetcc/measure",
+    "hetcc.cluster": "hetcc/cluster",
     "hetcc.lm": "hetcc/lm",
     "hetcc.passes": "passes",
     "hetcc.backends": "backends",
@@ -36,6 +37,8 @@ setup(
         # benchmarks/bench_native.py: the vendors' whole-model paths, IREE's through iree-turbine
         "bench": ["transformers", "iree-turbine", "onnx", "onnxscript", "onnxruntime", "openvino",
                   "iree-base-compiler", "iree-base-runtime", "torch-mlir"],
+        # hetcc.cluster: a bundle's stages in Ray actors (tests/test_cluster.py)
+        "ray": ["ray"],
         "yaml": ["pyyaml"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],
