@@ -38,7 +38,7 @@ setup(
         "bench": ["transformers", "iree-turbine", "onnx", "onnxscript", "onnxruntime", "openvino",
                   "iree-base-compiler", "iree-base-runtime", "torch-mlir"],
         # hetcc.cluster: a bundle's stages in Ray actors (tests/test_cluster.py)
-        "ray": ["ray"],
+        "ray": ["ray[serve]"],
         "yaml": ["pyyaml"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],

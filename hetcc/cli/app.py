@@ -27,6 +27,7 @@ from hetcc.cli import calibrate as cli_calibrate
 from hetcc.cli import conformance as cli_conformance
 from hetcc.cli import generate as cli_generate
 from hetcc.cli import plan as cli_plan
+from hetcc.cli import serve as cli_serve
 from hetcc.cli.inputs import (
     DYNAMIC_MAX,
     CliError,
@@ -76,6 +77,7 @@ EPILOGS = {
     "compile-lm": cli_generate.COMPILE_EPILOG,
     "generate": cli_generate.GENERATE_EPILOG,
     "plan-lm": cli_generate.PLAN_EPILOG,
+    "serve": cli_serve.EPILOG,
 }
 
 
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "transformers causal LM as a prefill and a decode phase"))
     cli_generate.add_generate_arguments(command("generate", cli_generate.cmd_generate, "generate tokens "
                                                 "from a language-model bundle (hetcc compile-lm)"))
+    cli_serve.add_arguments(command("serve", cli_serve.cmd_serve, "serve a bundle over HTTP with Ray Serve, "
+                                    "requests batched as they come"))
     cli_generate.add_plan_arguments(command("plan-lm", cli_generate.cmd_plan_lm, "predict a causal LM's "
                                             "prefill and decode on devices that need not be present"))
     return parser
