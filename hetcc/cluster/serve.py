@@ -126,7 +126,8 @@ def application(path, max_batch: int = 8, batch_wait_ms: float = 5.0, trust_engi
         raise InputError("serving needs Ray Serve: pip install 'hetcc[ray]' (ray[serve])") from None
     from pathlib import Path
 
-    return _deployment(serve).options(num_replicas=replicas).bind(
+    # a replica takes in enough requests at once to fill a batch (Ray Serve's default is 5)
+    return _deployment(serve).options(num_replicas=replicas, max_ongoing_requests=max(2 * max_batch, 5)).bind(
         str(Path(path).resolve()), max_batch, batch_wait_ms / 1e3, trust_engines)
 
 
