@@ -251,6 +251,21 @@ class Runtime:
             return self._execute_on_host(flat, seconds, state)
         return self._execute_located(flat, seconds, state)
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The flat inputs' value names, in ``input_specs`` order."""
+        return self._input_names
+
+    def run_step(self, step: Step, args):
+        """One step on its inputs (at its location), a vendor's error told as the step's: for
+        running this runtime's steps elsewhere (hetcc/cluster, one stage per process)."""
+        return self._call(step, args, None)
+
+    def assemble(self, env: dict):
+        """The model's outputs, in its own structure, from the values ``env`` holds (constants and
+        non-tensor outputs filled in)."""
+        return self._structure([env[name] if name in env else fixed for name, fixed in self._output_plan])
+
     def _call(self, step, args, seconds):
         try:
             if seconds is None:

@@ -62,7 +62,7 @@ class _Stage:
         for step in self._steps:
             args = [env[n] if n in env else self._runtime.constants[n] for n in step.inputs]
             args = [x if tensor_location(x) == step.location else move(x, step.location) for x in args]
-            env.update(zip(step.outputs, self._runtime._call(step, args, None)))
+            env.update(zip(step.outputs, self._runtime.run_step(step, args)))
         out = {n: env[n] for n in self._forward if n in env}
         out[SPANS] = [*spans, (started, time.time())]
         return out
@@ -130,7 +130,7 @@ class DistributedModel:
         if not self._actors:
             raise ClusterError("this DistributedModel is closed")
         flat = self._runtime.flatten_inputs(args, kwargs)
-        ref = dict(zip(self._runtime._input_names, flat))
+        ref = dict(zip(self._runtime.input_names, flat))
         if self._graph is not None:
             return self._graph.execute(ref)
         for actor in self._actors:
@@ -161,8 +161,7 @@ class DistributedModel:
         out = []
         for env in envs:
             self.trace.append(env.pop(SPANS, []))
-            flat = [env[name] if name in env else fixed for name, fixed in self._runtime._output_plan]
-            out.append(self._runtime._structure(flat))
+            out.append(self._runtime.assemble(env))
         return out
 
     def _get(self, refs, what: str):
