@@ -51,11 +51,11 @@ def predict(model, example_inputs, devices, **options):
     return _predict(model, example_inputs, devices, **options)
 
 
-def load(path, trust_engines: bool = False, output_device: str = "cpu"):
+def load(path, trust_engines: bool = False, output_device: str = "cpu", segments=None):
     """Load a bundle directory written by ``CompiledModel.save``; see :func:`hetcc.bundle.load`."""
     from hetcc.bundle import load as _load
 
-    return _load(path, trust_engines=trust_engines, output_device=output_device)
+    return _load(path, trust_engines=trust_engines, output_device=output_device, segments=segments)
 
 
 def load_lm(path, trust_engines: bool = False):

@@ -347,7 +347,7 @@ def _hetcc_version() -> str:
     return __version__
 
 
-def load(path, trust_engines: bool = False, output_device: str = "cpu"):
+def load(path, trust_engines: bool = False, output_device: str = "cpu", segments=None):
     """Load a bundle written by ``CompiledModel.save``; returns a CompiledModel.
 
     trust_engines: also load compiled native code (IREE ``.vmfb``, TensorRT ``.plan``, MIGraphX
@@ -355,14 +355,17 @@ def load(path, trust_engines: bool = False, output_device: str = "cpu"):
     built or received over a channel you trust (docs/gpu_backends.md); the same as
     ``HETCC_TRUST_ENGINES=1`` for this one bundle.
 
-    output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (as compile)."""
+    output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (as compile).
+
+    segments: names of the segments to load (default all); the others stay unloaded and refuse to
+    run (hetcc.cluster loads each stage's own in its process). Every file is checked either way."""
     from hetcc.compiler import CompiledModel
 
     root = Path(path)
     output_device = parse_output_device(output_device)
     manifest = read_manifest(root)
     try:
-        compiled = _load(root, manifest, CompiledModel, trust_engines)
+        compiled = _load(root, manifest, CompiledModel, trust_engines, segments)
         compiled.output_device = output_device
         return compiled
     except HetccError:
@@ -372,7 +375,7 @@ def load(path, trust_engines: bool = False, output_device: str = "cpu"):
                           "bundle is corrupt: copy it again or recompile") from exc
 
 
-def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False):
+def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False, only=None):
     segs = _segments(manifest)
     specs = [_spec_from_json(i, "input") for i in manifest["inputs"]]
     in_spec = _treespec(manifest["input_structure"], "input_structure")
@@ -407,6 +410,14 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
         name, target = seg["name"], Target.parse(seg["target"])
         verification, meta, files = Verification.from_manifest(seg["meta"], all_files)
         artifact = Artifact(str(target), files, meta)
+        if only is not None and name not in only:
+            from hetcc.compiler import NotHere
+
+            run = NotHere(name, str(target), "not loaded in this process: another one runs it")
+            steps.append(Step(name, str(target), run, tuple(seg["inputs"]), tuple(seg["outputs"])))
+            artifacts[name], verifications[name] = artifact, verification
+            seg_plans.append(_segment_plan(seg, str(target)))
+            continue
         try:
             run = backend.load(artifact, target)
         except BundleError as exc:  # the backend's own safety checks: already says what to do

@@ -166,3 +166,23 @@ def test_a_resource_no_node_has_is_refused_at_once(cluster, bundle):
     with pytest.raises(InputError, match=r"stage 1 asks for \{'dev_c': 1\}, which this Ray cluster does not have"):
         distribute(path, resources={"onnxruntime:cpu": {"dev_a": 1}, "openvino:cpu": {"dev_c": 1}})
     assert time.monotonic() - started < 30
+
+
+def test_a_process_loads_only_its_own_segments(bundle):
+    from hetcc.errors import TargetError
+
+    cm, path = bundle
+    part = hetcc.load(path, segments={"seg0"})
+    first, second = part.runtime.steps
+    x = torch.randn(4, 64)
+    out = part.runtime.run_step(first, [x])
+    assert len(out) == len(first.outputs)
+    with pytest.raises(TargetError, match="not loaded in this process"):
+        part.runtime.run_step(second, [out[0]])
+    assert [s.steps for s in cut(cm.runtime.steps, cm.runtime.outputs, split_after="seg0")] == [("seg0",), ("seg1",)]
+
+
+def test_stages_that_together_ask_for_more_than_the_cluster_has_are_refused(cluster, bundle):
+    _, path = bundle
+    with pytest.raises(InputError, match=r"the 2 stages together ask for \{'dev_a': 2\}"):
+        distribute(path, resources={"onnxruntime:cpu": {"dev_a": 1}, "openvino:cpu": {"dev_a": 1}})

@@ -86,11 +86,46 @@ def test_payloads_decode_and_encode_both_ways(compiled):
     (b'{"inputs": {"x": [[1.0, 2.0]], "scale": [[1.0]]}}', "application/json", "dimension 1 is 2"),
     (b'{"inputs": {"x": "abc", "scale": [[1.0]]}}', "application/json", "input 'x' is not a float32"),
     (b"not a zip", NPZ, "not a readable .npz"),
+    (b"PK\x03\x04broken", NPZ, "not a readable .npz"),
 ])
 def test_bad_payloads_say_what_is_wrong(compiled, body, kind, says):
     cm, _ = compiled
     with pytest.raises(InputError, match=says):
         decode(body, kind, cm.runtime)
+
+
+def test_only_independent_batch_first_rows_are_batched():
+    from types import SimpleNamespace
+
+    from hetcc.runtime import TensorSpec
+
+    def runtime(inputs, outputs):
+        return SimpleNamespace(input_specs=[TensorSpec(f"i{k}", shape, torch.float32) for k, shape in enumerate(inputs)],
+                               outputs=[f"o{k}" for k in range(len(outputs))],
+                               output_specs=[TensorSpec(f"o{k}", shape, torch.float32) for k, shape in enumerate(outputs)])
+
+    assert batchable(runtime([("b", 8)], [("b", 4)]))
+    assert not batchable(runtime([("b", 8), ("c", 8)], [("b", 4)]))  # two different dynamic sizes
+    assert not batchable(runtime([("b", "s")], [("b", 4)]))           # a dynamic sequence as well
+    assert not batchable(runtime([("b", 8)], [(4,)]))                 # an output not per row
+    assert not batchable(runtime([(2, 8)], [(2, 4)]))                 # a fixed batch
+
+
+def test_a_stateful_bundle_is_not_served(tmp_path):
+    from hetcc.cluster.serve import start
+
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return x * self.calls
+
+    path = hetcc.compile(Counter(), (torch.randn(2),), tune="off").save(tmp_path / "counter")
+    with pytest.raises(InputError, match="updates state"):
+        start(path)
 
 
 @pytest.fixture(scope="module")

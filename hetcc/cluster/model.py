@@ -40,14 +40,22 @@ def _ray():
     return ray
 
 
+def ensure_ray():
+    """The Ray the caller started (ray.init), or a local one."""
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="ERROR")
+    return ray
+
+
 class _Stage:
     """The actor's body: one stage of one bundle (made a Ray actor class in ``_actor_class``)."""
 
     def __init__(self, path: str, steps: tuple, forward: tuple, trust_engines: bool):
         import hetcc
 
-        compiled = hetcc.load(path, trust_engines=trust_engines)
-        runtime = compiled.runtime
+        # only this stage's segments: a CPU node need not have the GPU another stage runs on
+        runtime = hetcc.load(path, trust_engines=trust_engines, segments=set(steps)).runtime
         mine = set(steps)
         self._runtime = runtime
         self._steps = [s for s in runtime.steps if s.name in mine]
@@ -61,9 +69,13 @@ class _Stage:
         spans = env.pop(SPANS, [])
         for step in self._steps:
             args = [env[n] if n in env else self._runtime.constants[n] for n in step.inputs]
-            args = [x if tensor_location(x) == step.location else move(x, step.location) for x in args]
+            places = step.input_locations or (step.location,) * len(args)  # TensorRT: shapes on the host
+            args = [x if tensor_location(x) == where else move(x, where) for x, where in zip(args, places)]
             env.update(zip(step.outputs, self._runtime.run_step(step, args)))
-        out = {n: env[n] for n in self._forward if n in env}
+            for name in step.frees:
+                env.pop(name, None)
+        # what leaves the actor is on the host: another process cannot take this one's GPU tensor
+        out = {n: move(env[n], "cpu") for n in self._forward if n in env}
         out[SPANS] = [*spans, (started, time.time())]
         return out
 
@@ -94,15 +106,15 @@ class DistributedModel:
         ray = _ray()
         self.path = str(Path(path).resolve())
         self.wait_seconds = wait_seconds
-        local = hetcc.load(self.path, trust_engines=trust_engines)  # checks the bundle once, here
+        # every file checked once here; no segment loaded: the driver needs none of the devices
+        local = hetcc.load(self.path, trust_engines=trust_engines, segments=())
         runtime = local.runtime
         if runtime.state() or runtime.input_updates:
             raise InputError(f"{path} updates state or its inputs in place; a stateful model runs in "
                              "one process (hetcc.load), not across actors")
         self._runtime = runtime
         self.stages: list[Stage] = cut(runtime.steps, runtime.outputs, split_after)
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, logging_level="ERROR")
+        ensure_ray()
         actor = _actor_class()
         options = [_options(stage, resources or {}) for stage in self.stages]
         _check_resources(ray.cluster_resources(), options)
@@ -132,7 +144,12 @@ class DistributedModel:
         flat = self._runtime.flatten_inputs(args, kwargs)
         ref = dict(zip(self._runtime.input_names, flat))
         if self._graph is not None:
-            return self._graph.execute(ref)
+            try:
+                return self._graph.execute(ref)
+            except _ray().exceptions.RayError as exc:
+                raise ClusterError(f"the compiled graph took no more requests ({_first_line(exc)}); collect "
+                                   "the results of those in flight first (at most "
+                                   f"{IN_FLIGHT}), or distribute the bundle again") from None
         for actor in self._actors:
             ref = actor.run.remote(ref)
         return ref
@@ -172,8 +189,8 @@ class DistributedModel:
             raise ClusterError(f"{what} did not finish within {self.wait_seconds:.0f} s; a stage is stuck or "
                                "its node is gone (ray status shows the cluster)") from None
         except ray.exceptions.RayActorError as exc:
-            raise ClusterError(f"a stage's actor died while running {what} ({_first_line(exc)}); the "
-                               "request did not complete: distribute the bundle again") from None
+            raise ClusterError(f"a stage's actor died during {what}: {_cause(exc)}; the request did not "
+                               "complete") from None
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             if isinstance(cause, HetccError):
@@ -232,10 +249,11 @@ def _options(stage: Stage, resources: dict) -> dict:
     from hetcc.target import Target
 
     asked: dict = {}
+    gpus = {(t.device, t.index) for t in map(Target.parse, stage.targets) if t.device != "cpu"}
     for target in stage.targets:
         wanted = resources.get(target)
         if wanted is None:
-            wanted = {"num_gpus": 1} if Target.parse(target).device != "cpu" else {"num_cpus": 1}
+            wanted = {"num_gpus": len(gpus)} if Target.parse(target).device != "cpu" else {"num_cpus": 1}
         if not isinstance(wanted, dict):
             raise InputError(f"resources[{target!r}] must be a dict of Ray resources, e.g. {{'num_gpus': 1}}")
         for key, value in wanted.items():
@@ -244,20 +262,39 @@ def _options(stage: Stage, resources: dict) -> dict:
     options.setdefault("num_cpus", 0 if asked else 1)
     if asked:
         options["resources"] = asked
+    if gpus:
+        # the stage's targets name the node's own GPU indices (torch:cuda:1): Ray must not renumber
+        # the GPUs the actor sees, as it does by setting CUDA_VISIBLE_DEVICES
+        options["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
     return options
 
 
 def _check_resources(cluster: dict, options: list[dict]) -> None:
     """A stage asking for a resource no node of the cluster has would wait forever: refuse it now.
     (One a busy node has waits until the node frees it, up to wait_seconds.)"""
+    have = ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if not k.startswith("node:")
+                     and not k.startswith("memory") and k != "object_store_memory")
+    total: dict = {}
     for i, option in enumerate(options):
         wanted = {**option.get("resources", {}), "CPU": option.get("num_cpus", 0), "GPU": option.get("num_gpus", 0)}
         short = {k: v for k, v in wanted.items() if v and cluster.get(k, 0) < v}
         if short:
-            have = ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if not k.startswith("node:")
-                             and not k.startswith("memory") and k != "object_store_memory")
             raise InputError(f"stage {i} asks for {short}, which this Ray cluster does not have (it has "
                              f"{have}); give resources= for its targets, or start nodes that have them")
+        for k, v in wanted.items():
+            total[k] = total.get(k, 0) + v
+    short = {k: v for k, v in total.items() if v and cluster.get(k, 0) < v}
+    if short:
+        raise InputError(f"the {len(options)} stages together ask for {short}, more than this Ray cluster "
+                         f"has ({have}); give resources= that fit, or cut fewer stages (split_after=)")
+
+
+def _cause(exc) -> str:
+    """The reason in a Ray actor error: the hetcc error that killed the actor's constructor (its
+    last line names it), else the first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    named = [ln for ln in lines if ln.startswith("hetcc.errors.")]
+    return named[-1].removeprefix("hetcc.errors.") if named else (lines[0] if lines else type(exc).__name__)
 
 
 def _first_line(exc) -> str:

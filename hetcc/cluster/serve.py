@@ -35,13 +35,20 @@ def decode(body: bytes, content_type: str, runtime) -> list[torch.Tensor]:
         try:
             with np.load(io.BytesIO(body), allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"the body is not a readable .npz ({exc}); send numpy.savez output") from None
+        except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise several kinds for a bad body
+            raise InputError(f"the body is not a readable .npz ({type(exc).__name__}: {exc}); send "
+                             "numpy.savez output") from None
         missing = [n for n in names if n not in arrays]
         if missing:
             raise InputError(f"the .npz lacks input(s) {missing}; it has {sorted(arrays)}; the bundle takes "
                              f"{runtime.signature()}")
-        values = [torch.from_numpy(arrays[n].copy()) for n in names]
+        values = []
+        for n in names:
+            try:
+                values.append(torch.from_numpy(arrays[n].copy()))
+            except TypeError:
+                raise InputError(f"input {n!r} in the .npz is a {arrays[n].dtype} array, not numbers; the "
+                                 f"bundle takes {runtime.signature()}") from None
     else:
         try:
             data = json.loads(body.decode("utf-8"))
@@ -90,9 +97,18 @@ def _array(value):
 
 
 def batchable(runtime) -> bool:
-    """Every input has a dynamic first dimension: requests can be concatenated along it."""
-    return bool(runtime.input_specs) and all(
-        s.shape and isinstance(s.shape[0], str) for s in runtime.input_specs)
+    """Requests can be concatenated into one call: every input's first dimension is one and the same
+    dynamic size, the rest fixed, and every tensor output's first dimension is that size too (so
+    each request's rows can be split back). The rows must not depend on each other, as a batch's
+    do not in a model compiled for a dynamic batch."""
+    specs = runtime.input_specs
+    if not specs or not all(s.shape and isinstance(s.shape[0], str) for s in specs):
+        return False
+    batch = specs[0].shape[0]
+    if any(s.shape[0] != batch or any(isinstance(d, str) for d in s.shape[1:]) for s in specs):
+        return False
+    outs = [o for name, o in zip(runtime.outputs, runtime.output_specs) if name is not None]
+    return all(o is not None and o.shape and o.shape[0] == batch for o in outs)
 
 
 def run_batch(runtime, requests: list[list[torch.Tensor]]) -> list[list]:
@@ -102,15 +118,16 @@ def run_batch(runtime, requests: list[list[torch.Tensor]]) -> list[list]:
     def flat_outputs(result):
         return pytree.tree_leaves(result)
 
-    sizes = [r[0].shape[0] for r in requests]
-    high = min((hi for s in runtime.input_specs for sym, lo, hi in s.ranges if sym == s.shape[0]),
-               default=None)
-    if len(requests) > 1 and batchable(runtime) and (high is None or sum(sizes) <= high):
-        joined = [torch.cat(parts) for parts in zip(*requests)]
-        outs = flat_outputs(runtime.call_flat(joined))
-        split = [o.split(sizes) if isinstance(o, torch.Tensor) and o.dim() and o.shape[0] == sum(sizes)
-                 else [o] * len(sizes) for o in outs]
-        return [[parts[i] for parts in split] for i in range(len(requests))]
+    if len(requests) > 1 and batchable(runtime):
+        sizes = [r[0].shape[0] for r in requests]
+        batch = runtime.input_specs[0].shape[0]
+        high = min((hi for s in runtime.input_specs for sym, _, hi in s.ranges if sym == batch), default=None)
+        if high is None or sum(sizes) <= high:
+            joined = [torch.cat(parts) for parts in zip(*requests)]
+            outs = flat_outputs(runtime.call_flat(joined))
+            # a constant output (not a tensor made from the rows) is the same for every request
+            split = [o.split(sizes) if isinstance(o, torch.Tensor) else [o] * len(sizes) for o in outs]
+            return [[parts[i] for parts in split] for i in range(len(requests))]
     return [flat_outputs(runtime.call_flat(r)) for r in requests]
 
 
@@ -134,17 +151,24 @@ def application(path, max_batch: int = 8, batch_wait_ms: float = 5.0, trust_engi
 def start(path, host: str = "127.0.0.1", port: int = 8000, **options) -> str:
     """Serve the bundle at ``path`` on ``host:port`` (starting a local Ray unless one is up);
     returns the URL. ``options`` as for ``application``. ``ray.serve.shutdown()`` stops it."""
-    import ray
+    import hetcc
+    from hetcc.cluster.model import ensure_ray
+
+    # the replica loads the bundle the same way: what fails there fails here first, with its reason
+    runtime = hetcc.load(path, trust_engines=options.get("trust_engines", False)).runtime
+    if runtime.state() or runtime.input_updates:
+        raise InputError(f"{path} updates state or its inputs in place; serving it from replicas (and "
+                         "batching its requests) would split or merge that state: run it with hetcc.load")
+    app = application(path, **options)
+    ensure_ray()
     from ray import serve
 
-    from hetcc.bundle import read_manifest
-
-    read_manifest(path)  # a path that is no bundle fails here, not in a replica
-    app = application(path, **options)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="ERROR")
     serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name="hetcc", route_prefix="/")
+    try:
+        serve.run(app, name="hetcc", route_prefix="/")
+    except Exception as exc:
+        serve.shutdown()
+        raise InputError(f"Ray Serve could not start the bundle: {str(exc).strip().splitlines()[0]}") from exc
     return f"http://{host}:{port}/"
 
 
@@ -170,7 +194,7 @@ def _deployment(serve):
 
         async def __call__(self, request):
             if request.method == "GET":
-                if request.url.path.rstrip("/").endswith("health"):
+                if request.url.path.rstrip("/") == "/health":
                     return JSONResponse({"status": "ok", "signature": self.runtime.signature()})
                 return JSONResponse({"error": "POST the inputs to /, or GET /health"}, status_code=404)
             kind = request.headers.get("content-type", "application/json")

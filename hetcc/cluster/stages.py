@@ -28,6 +28,8 @@ def cut(steps, outputs, split_after=None) -> list[Stage]:
     if not steps:
         raise InputError("the model has no steps to distribute")
     names = [s.name for s in steps]
+    if isinstance(split_after, str):
+        split_after = [split_after]
     if split_after is None:
         bounds = [i for i in range(1, len(steps)) if steps[i].target != steps[i - 1].target]
     else:
