@@ -387,7 +387,7 @@ def _load(root: Path, manifest: dict, CompiledModel, trust_engines: bool = False
     updates = [*(state_entry.get("updates") or {}).values(), *input_updates.values()]
     _check_wiring({s.name for s in specs} | set(state_entry.get("names", ())), segs, outputs,
                   const_outputs, out_spec, constant_entry.get("names"), updates)
-    backends = _backends(segs, manifest)
+    backends = _backends(segs, manifest, only)
     for seg in segs:  # every path first, before anything is read
         for entry in seg["files"].values():
             _relative(entry.get("path") if isinstance(entry, dict) else None, f"segment {seg['name']}",
@@ -594,10 +594,14 @@ def _check_wiring(start: set, segs, outputs, const_outputs, out_spec, constant_n
                           f"{len(outputs)}; the bundle is corrupt")
 
 
-def _backends(segs, manifest) -> list:
-    """The backend for each segment; one error naming every segment that cannot run here."""
+def _backends(segs, manifest, only=None) -> list:
+    """The backend for each segment (None for one not loaded: ``only`` leaves it out); one error
+    naming every segment that cannot run here."""
     out, problems = [], []
     for seg in segs:
+        if only is not None and seg["name"] not in only:
+            out.append(None)  # another process runs it: its runtime need not be here
+            continue
         target = Target.parse(seg["target"])
         made_with = ", ".join(f"{k} {v}" for k, v in (manifest.get("runtimes") or {}).items()
                               if k == target.backend)

@@ -186,3 +186,25 @@ def test_stages_that_together_ask_for_more_than_the_cluster_has_are_refused(clus
     _, path = bundle
     with pytest.raises(InputError, match=r"the 2 stages together ask for \{'dev_a': 2\}"):
         distribute(path, resources={"onnxruntime:cpu": {"dev_a": 1}, "openvino:cpu": {"dev_a": 1}})
+
+
+def test_a_process_without_a_stages_device_still_loads_the_others(bundle, tmp_path):
+    """The driver and a CPU stage need not have the GPU another stage runs on: here seg1 claims
+    torch:cuda:0, which this machine lacks."""
+    import json
+    import shutil
+
+    from hetcc.errors import BundleError
+
+    _, path = bundle
+    copy = tmp_path / "gpu.bundle"
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["segments"][1]["target"] = "torch:cuda:0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    if not torch.cuda.is_available():
+        with pytest.raises(BundleError, match="seg1 needs torch:cuda:0"):
+            hetcc.load(copy)
+    part = hetcc.load(copy, segments={"seg0"})
+    assert [s.target for s in part.runtime.steps] == ["onnxruntime:cpu", "torch:cuda:0"]
+    assert len(part.runtime.run_step(part.runtime.steps[0], [torch.randn(4, 64)])) == 2
