@@ -145,21 +145,6 @@ def test_closing_ends_the_stage_processes(cluster, bundle):
         dm(torch.randn(4, 64))
 
 
-def test_a_stateful_bundle_is_refused(cluster, tmp_path):
-    class Counter(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("calls", torch.zeros(()))
-
-        def forward(self, x):
-            self.calls += 1
-            return x * self.calls
-
-    path = hetcc.compile(Counter(), (torch.randn(2),), tune="off").save(tmp_path / "counter")
-    with pytest.raises(InputError, match="stateful model runs in one process"):
-        distribute(path)
-
-
 def test_a_resource_no_node_has_is_refused_at_once(cluster, bundle):
     _, path = bundle
     started = time.monotonic()

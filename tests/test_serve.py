@@ -111,7 +111,10 @@ def test_only_independent_batch_first_rows_are_batched():
     assert not batchable(runtime([(2, 8)], [(2, 4)]))                 # a fixed batch
 
 
-def test_a_stateful_bundle_is_not_served(tmp_path):
+def test_a_stateful_bundle_is_neither_served_nor_distributed(tmp_path):
+    """Its state lives in one process: replicas, batching or stages would split or merge it. Both
+    refuse before any Ray starts."""
+    from hetcc.cluster import distribute
     from hetcc.cluster.serve import start
 
     class Counter(nn.Module):
@@ -126,6 +129,8 @@ def test_a_stateful_bundle_is_not_served(tmp_path):
     path = hetcc.compile(Counter(), (torch.randn(2),), tune="off").save(tmp_path / "counter")
     with pytest.raises(InputError, match="updates state"):
         start(path)
+    with pytest.raises(InputError, match="stateful model runs in one process"):
+        distribute(path)
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,6 @@ class DistributedModel:
                  wait_seconds: float = WAIT_SECONDS, compiled_graph: bool = False):
         import hetcc
 
-        ray = _ray()
         self.path = str(Path(path).resolve())
         self.wait_seconds = wait_seconds
         # every file checked once here; no segment loaded: the driver needs none of the devices
@@ -114,7 +113,7 @@ class DistributedModel:
                              "one process (hetcc.load), not across actors")
         self._runtime = runtime
         self.stages: list[Stage] = cut(runtime.steps, runtime.outputs, split_after)
-        ensure_ray()
+        ray = ensure_ray()
         actor = _actor_class()
         options = [_options(stage, resources or {}) for stage in self.stages]
         _check_resources(ray.cluster_resources(), options)

@@ -113,10 +113,7 @@ def batchable(runtime) -> bool:
 
 def run_batch(runtime, requests: list[list[torch.Tensor]]) -> list[list]:
     """Each request's flat outputs: one call for the batch where the bundle allows, else one each."""
-    import torch.utils._pytree as pytree
-
-    def flat_outputs(result):
-        return pytree.tree_leaves(result)
+    from torch.utils._pytree import tree_leaves as flat_outputs
 
     if len(requests) > 1 and batchable(runtime):
         sizes = [r[0].shape[0] for r in requests]
