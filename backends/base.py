@@ -143,6 +143,12 @@ class Backend(ABC):
         """Whether the backend takes this node's op (a call_function on allowed dtypes)."""
         return YES
 
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        """The lower precisions (keys of hetcc.target.PRECISIONS) this backend runs on ``target``
+        here, in its own arithmetic: what compile(accuracy=...) may choose among. A backend that
+        offers one takes it as its ``precision`` option (docs/precision.md)."""
+        return ()
+
     @abstractmethod
     def lower(self, segment, target: Target, workdir: Path) -> Artifact: ...
 

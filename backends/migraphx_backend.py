@@ -147,6 +147,10 @@ class MIGraphXBackend(Backend):
     def _route(self, target: Target):
         return choose_route(self.route, _migraphx_or_error()[1], _ort_provider_problem(), gpu_index(target))
 
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        """MIGraphX's quantize_fp16 / quantize_bf16 on the parsed program."""
+        return ("fp16", "bf16") if self.route != "onnxruntime" else ("fp16",)
+
     def target_problem(self, target: Target) -> str | None:
         try:
             index = gpu_index(target)

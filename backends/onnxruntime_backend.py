@@ -10,17 +10,19 @@ the exporter's own decompositions for ops without one (checked by tracing them o
 is what hetcc's verify step checks."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    py_str, python_command,
+    lowering_error, py_str, python_command, quiet,
 )
 from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
-from hetcc.backends.options import Option, check_options, threads_option
+from hetcc.backends.options import Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
 from hetcc.target import Target
@@ -88,6 +90,11 @@ class OnnxRuntimeBackend(Backend):
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
+        replace(precision_option(("fp32", "int8"), "fp32, or int8: weights of MatMul, Gemm and Conv stored "
+                                 "in int8 (per output channel) and activations quantized on each call "
+                                 "(onnxruntime.quantization.quantize_dynamic); compile(accuracy=...) chooses "
+                                 "it per segment"), devices=("cpu",),
+                elsewhere="on CUDA ONNX Runtime's int8 needs calibrated QDQ models, which hetcc does not make"),
         Option("provider", "execution providers of onnxruntime:cuda: cuda (CUDAExecutionProvider), or "
                "tensorrt (TensorrtExecutionProvider first, CUDA for what it does not take)",
                choices=tuple(PROVIDERS), default="cuda", devices=("cuda",),
@@ -95,12 +102,16 @@ class OnnxRuntimeBackend(Backend):
     )
 
     def __init__(self, threads: int = 0, optimization: str = "all", spinning: str = "auto",
-                 provider: str = "cuda"):
+                 provider: str = "cuda", precision: str = "fp32"):
         """Session settings; recorded in each artifact, so a loaded bundle runs as it was verified."""
         given = check_options(self.name, self.options, {"threads": threads, "optimization": optimization,
-                                                        "spinning": spinning, "provider": provider})
+                                                        "spinning": spinning, "provider": provider,
+                                                        "precision": precision})
         self.threads, self.optimization, self.spinning = given["threads"], given["optimization"], given["spinning"]
-        self.provider = given["provider"]
+        self.provider, self.precision = given["provider"], given["precision"]
+
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        return ("int8",) if target.device == "cpu" else ()
 
     def target_problem(self, target: Target) -> str | None:
         return gpu_problem(target, self.provider) if target.device == "cuda" else None
@@ -110,6 +121,8 @@ class OnnxRuntimeBackend(Backend):
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
+        if self.precision == "int8" and target.device == "cpu":
+            exported = quantized(exported, segment, workdir)
         return Artifact(
             target=str(target),
             files=dict(exported.files),
@@ -124,6 +137,7 @@ class OnnxRuntimeBackend(Backend):
                 "threads": self.threads,
                 "optimization": self.optimization,
                 "spinning": self.spinning,
+                **({"precision": "int8"} if self.precision == "int8" and target.device == "cpu" else {}),
                 **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },
@@ -179,6 +193,43 @@ class OnnxRuntimeBackend(Backend):
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
         return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
                               "providers=[\"CPUExecutionProvider\"])")
+
+
+def quantized(exported, segment, workdir: Path):
+    """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
+    output channel, signed weights, activations quantized per call), in place of the fp32 file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = Path(exported.files["model"])
+    target = source.with_name("model_int8.onnx")
+    try:
+        with quiet(), _root_logging_off():  # it logs advice on the root logger for every tensor
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             use_external_data_format=exported.external_data)
+    except Exception as exc:
+        raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
+            f"onnxruntime.quantization.quantize_dynamic({py_str(str(source))}, ..., weight_type=QInt8, "
+            "per_channel=True)")) from exc
+    for old in [source, *(p for p in Path(workdir).iterdir() if p.name.startswith(source.name + "."))]:
+        old.unlink(missing_ok=True)  # the fp32 weights are not part of the artifact
+    files = {"model": str(target)}
+    data = [p for p in Path(workdir).iterdir() if p.name.startswith(target.name) and p != target]
+    if data:
+        files["weights"] = str(data[0])
+    return replace(exported, files=files, external_data=bool(data))
+
+
+@contextmanager
+def _root_logging_off():
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _torch_cuda() -> str:

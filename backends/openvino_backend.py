@@ -18,6 +18,7 @@ from hetcc.backends._common import (
     check_arity, from_numpy, lowering_error, py_str, python_command, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
+from hetcc.backends.openvino_weights import compress_weights
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, TargetError
 from hetcc.target import Target
@@ -26,8 +27,11 @@ from hetcc.names import op_name
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+"""The CPU plugin's inference precisions (an artifact's meta ``precision``)."""
 _HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 """hetcc's spelling -> OpenVINO's INFERENCE_PRECISION_HINT."""
+COMPRESSED = {"int8w": "fp32", "int8w-bf16": "bf16"}
+"""Precisions with int8 weights (backends/openvino_weights.py) -> the inference precision they run."""
 _NAMED_PROPERTIES = {"INFERENCE_PRECISION_HINT": "precision", "INFERENCE_NUM_THREADS": "threads"}
 """Compile properties that have an option of their own: config must not set them behind its back."""
 
@@ -78,8 +82,10 @@ class OpenVinoBackend(Backend):
         "bfloat16": "numpy has no bfloat16 to hand these tensors to OpenVINO",
         **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
     options: ClassVar[tuple[Option, ...]] = (
-        precision_option(PRECISIONS, "the CPU plugin's INFERENCE_PRECISION_HINT; one this CPU lacks runs "
-                         "as the plugin decides (bf16 for fp16, or fp32), with a warning"),
+        precision_option(PRECISIONS + tuple(COMPRESSED),
+                         "the CPU plugin's INFERENCE_PRECISION_HINT (one this CPU lacks runs as the plugin "
+                         "decides, bf16 for fp16, or fp32, with a warning); int8w and int8w-bf16 also store "
+                         "MatMul weights in int8, computing in fp32 or bf16"),
         threads_option("INFERENCE_NUM_THREADS, threads per compiled segment; 0: OpenVINO's default"),
         Option("config", "further compile properties, e.g. {\"NUM_STREAMS\": \"2\"} (the keys in "
                "openvino_backend.SAFE_CONFIG_KEYS)", types=(dict,), default={}),
@@ -95,7 +101,8 @@ class OpenVinoBackend(Backend):
                               f"got {type(config).__name__}")
         given = check_options(self.name, self.options, {"precision": precision, "threads": threads,
                                                         "config": dict(config or {})})
-        self.precision, self.threads = given["precision"], given["threads"]
+        self.precision, self.threads = COMPRESSED.get(given["precision"], given["precision"]), given["threads"]
+        self.weights = "int8" if given["precision"] in COMPRESSED else None
         self.config = _checked_config(given["config"])
         named = sorted(k for k in self.config if k in _NAMED_PROPERTIES)
         if named:
@@ -120,6 +127,11 @@ class OpenVinoBackend(Backend):
             pass
         return out
 
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        """int8 weights always; bf16 and fp16 where this CPU's plugin computes in them itself."""
+        native = [p for p in ("bf16", "fp16") if _precision_run_for(p) == p]
+        return tuple(native) + ("int8w",) + (("int8w-bf16",) if "bf16" in native else ())
+
     def supports_op(self, node, target: Target) -> Support:
         if _qualified_name(node.target) not in _converted_ops():
             return Support(False, f"{op_name(node.target)} is not converted by OpenVINO's PyTorch frontend")
@@ -140,6 +152,7 @@ class OpenVinoBackend(Backend):
                     f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                     f"the segment {len(segment.input_names)} / {len(segment.output_names)}")
             _fix_static_shapes(ov, model, segment)
+            compressed = compress_weights(model) if self.weights == "int8" else 0
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
                 port.get_tensor().add_names({name})
@@ -156,6 +169,7 @@ class OpenVinoBackend(Backend):
                 "segment": segment.name,
                 "precision": self._precision_that_runs(),
                 "requested_precision": self.precision,
+                **({"weights": "int8", "compressed_matmuls": compressed} if self.weights else {}),
                 "threads": self.threads,
                 "config": dict(self.config),
                 "input_names": list(segment.input_names),

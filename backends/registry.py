@@ -79,6 +79,13 @@ def usable_targets() -> list[str]:
     return out
 
 
+def precisions_of(backend, target: Target) -> tuple[str, ...]:
+    """The lower precisions ``backend`` offers on ``target`` (none for a plugin that predates them
+    or does not derive from backends/base.Backend)."""
+    offered = getattr(backend, "precisions", None)
+    return tuple(offered(target)) if callable(offered) else ()
+
+
 def resolve(target: Target, options: dict | None = None):
     """The backend object for a target; a clear error if it is unknown or unusable here.
     ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision),
@@ -90,6 +97,8 @@ def resolve(target: Target, options: dict | None = None):
         raise TargetError(f"target {target}: a cpu target takes no index (hetcc runs on this machine's "
                           f"one CPU, every core); write {target.backend}:cpu")
     declared = getattr(type(backend), "options", None)
+    if target.precision:
+        options = {**(options or {}), "precision": target.precision}  # the target's own wins
     if options and declared is not None:
         options = for_device(declared, check_options(target.backend, declared, options), target.device,
                              target.backend)
@@ -108,4 +117,10 @@ def resolve(target: Target, options: dict | None = None):
             f"target {target} is not available here: {backend.why_unavailable(target)}. "
             f"Usable here: {', '.join(usable_targets())}"
         )
+    if target.precision and target.precision not in precisions_of(backend, target):
+        offered = precisions_of(backend, target)
+        raise TargetError(
+            f"target {target}: {target.backend} does not run {target.precision} on {target.device} here "
+            f"({'it offers ' + ', '.join(offered) if offered else 'it offers no lower precision there'}); "
+            "compile(accuracy=...) picks among what each target offers by itself (docs/precision.md)")
     return backend

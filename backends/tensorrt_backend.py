@@ -143,6 +143,11 @@ class TensorRTBackend(Backend):
         self.precision, self.workspace = given["precision"], given["workspace"]
         self.dynamic_max = given["dynamic_max"]
 
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        """fp16 and bf16 builder flags (TensorRT picks half-precision kernels per layer). int8 needs
+        a calibrator or QDQ nodes, which hetcc does not write yet."""
+        return ("fp16", "bf16")
+
     def target_problem(self, target: Target) -> str | None:
         # TensorRT first (its PyPI name depends on the CUDA version), then the ONNX exporter its
         # input goes through, then the GPU

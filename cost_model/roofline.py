@@ -22,6 +22,7 @@ profile's ``per_view`` (0 for runtimes that fold views into their neighbours).
 from __future__ import annotations
 
 from hetcc.cost_model.devices import DeviceSpec
+from hetcc.cost_model.precision import WEIGHTED, arithmetic_rate, scheme_of
 from hetcc.cost_model.profiles import BackendProfile
 
 
@@ -40,13 +41,23 @@ def base_op(facts) -> str:
     return parts[1] if len(parts) > 2 else parts[-1]
 
 
-def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32") -> tuple[float, float]:
-    """(compute seconds, memory seconds) of one node (a ``NodeFacts``), before dispatch costs."""
+def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32",
+               precision: str | None = None) -> tuple[float, float]:
+    """(compute seconds, memory seconds) of one node (a ``NodeFacts``), before dispatch costs;
+    ``precision``: a lower precision the node runs in (cost_model/precision.py)."""
     if facts.op_class == "view":
         return 0.0, 0.0
     eff = profile.eff(facts.op_class, "compute", base_op(facts))
-    compute = facts.flops / (device.flops_for(dtype) * eff) if facts.flops else 0.0
+    rate = device.flops_for(dtype)
     moved = facts.bytes_moved
+    scheme = scheme_of(precision)
+    if scheme is not None:
+        weighted = facts.op_class in WEIGHTED and facts.resident_bytes > 0
+        if weighted:  # the weights are read at the scheme's width (fp32: 4 bytes)
+            moved -= facts.resident_bytes * (1.0 - scheme.weight_bytes / 4.0)
+        if weighted or scheme.everything:
+            rate = arithmetic_rate(device, scheme.arithmetic)
+    compute = facts.flops / (rate * eff) if facts.flops else 0.0
     if facts.op_class in profile.fused_classes:
         # A fused elementwise op reads its input from the producer's registers/cache: only its
         # output counts once, and we keep a quarter of it as the fusion is rarely perfect.
@@ -55,8 +66,9 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
     return compute, memory
 
 
-def node_seconds(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32") -> float:
+def node_seconds(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32",
+                 precision: str | None = None) -> float:
     """Estimated seconds for one node (a ``NodeFacts``) on a device driven by a backend."""
     if facts.op_class == "view":
         return profile.per_view
-    return max(node_parts(facts, device, profile, dtype)) + profile.per_node
+    return max(node_parts(facts, device, profile, dtype, precision)) + profile.per_node

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import torch.utils._pytree as pytree
 from hetcc import records
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
+from hetcc.error_budget import METRICS
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain.text import strings, tables
 from hetcc.handover import input_locations_of, location_of, parse_output_device
@@ -40,7 +42,7 @@ from hetcc.runtime import Runtime, Step, TensorSpec
 from hetcc.structures import structure_problem
 from hetcc.safe_files import exchange, read_json, rename_noreplace, umask
 from hetcc.target import Target
-from hetcc.verify import Tolerances, Verification, check_outputs
+from hetcc.verify import Tolerances, Verification, check_outputs, check_relative
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +463,17 @@ def _verify_on_load(name: str, target: str, run, verification: Verification) -> 
     except (KeyError, TypeError, ValueError, AttributeError, OSError, HetccError) as exc:
         raise BundleError(f"segment {name} ({target}): its check data is malformed ({exc!r}); the "
                           "bundle is corrupt: copy it again or recompile") from exc
+    limit = check.get("relative_limit")  # a segment in a lower precision: the budget's limit
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                              or not 0 < limit < math.inf):
+        raise BundleError(f"segment {name} ({target}): its check's relative_limit {limit!r} is not a "
+                          "positive number; the bundle is corrupt: copy it again or recompile")
     try:
-        error = check_outputs(name, check["outputs"], run(*inputs), want, Tolerances(table))
+        if limit is None:
+            error = check_outputs(name, check["outputs"], run(*inputs), want, Tolerances(table))
+        else:
+            error, relative = check_relative(name, check["outputs"], run(*inputs), want, float(limit))
+            verification = replace(verification, relative_error=relative)
     except Exception as exc:  # a wrong result, or the runtime failing on its first real call
         raise BundleError(f"segment {name} was compiled for {target} on another machine and gives "
                           f"wrong results on this one: {exc}. Do not use this bundle here; compile the "
@@ -755,7 +766,8 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             runner_up=r.get("runner_up") if isinstance(r.get("runner_up"), str) else None,
             runner_up_seconds=_number(r.get("runner_up_seconds")),
             runner_up_why=r.get("runner_up_why") if isinstance(r.get("runner_up_why"), str) else "",
-            precision=r.get("precision") if isinstance(r.get("precision"), str) else None))
+            precision=r.get("precision") if isinstance(r.get("precision"), str) else None,
+            relative_error=_number(r.get("relative_error")), artifact_bytes=_number(r.get("artifact_bytes"))))
     names, producers = tables(report)  # newer than some bundles: absent ones stay empty
     targets = tuple(report.get("targets", ()))
     if not all(s.target in targets for s in segments):  # targets_used() indexes into this
@@ -767,11 +779,21 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
                 solver=report.get("solver", "?"), solve_seconds=report.get("solve_seconds", 0.0),
                 attempts=report.get("attempts", 1), notes=tuple(report.get("notes", ())),
                 output_names=names, producers=producers,
-                candidates=_candidates(report.get("candidates")))
+                candidates=_candidates(report.get("candidates")), accuracy=_accuracy(report.get("accuracy")))
 
 
 def _number(value) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _accuracy(value) -> dict | None:
+    """Plan.accuracy from the report: optional, and only its well-formed fields."""
+    if not isinstance(value, dict) or value.get("metric") not in METRICS or _number(value.get("bound")) is None:
+        return None
+    dropped = [d for d in value.get("dropped") or () if isinstance(d, dict)] \
+        if isinstance(value.get("dropped"), list) else []
+    return {"metric": value["metric"], "bound": value["bound"], "measured": _number(value.get("measured")),
+            "dropped": dropped}
 
 
 def _candidates(value) -> tuple[dict, ...]:

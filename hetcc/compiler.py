@@ -25,7 +25,9 @@ from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.planning import ACCELERATOR
 from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import device_for_target, profile_name
+from hetcc.error_budget import AccuracyBudget
 from hetcc.errors import (
+    AccuracyError,
     DeviceNotHere,
     HetccError,
     InternalError,
@@ -45,6 +47,7 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
+from hetcc.precision import lower_precisions, whole_model_error, worst_segment
 from hetcc.program import build_program
 from hetcc.handover import input_locations_of, location_of, parse_output_device
 from hetcc.names import dtype_name
@@ -55,8 +58,10 @@ from hetcc.tune import budget_of, corrected_infos, tune_plan
 from hetcc.verify import (
     NAN_POLICIES,
     Tolerances,
+    PrecisionMiss,
     Verification,
     compare,
+    compare_relative,
     nan_differences,
     nan_probe_inputs,
 )
@@ -69,6 +74,9 @@ CPU_PROFILES = ("torch", "onnxruntime", "openvino", "iree")
 vendor-runtime profile of cost_model/planning.py instead."""
 FALLBACK = Target("torch", "cpu")
 MAX_ATTEMPTS = 8
+MAX_DROPS = 8
+"""Lower-precision segments dropped one at a time for the accuracy budget before giving up on
+lower precisions altogether (one more placement, in the model's own precision)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class Outcome:
     """Why it failed (the whole reason); None if it worked."""
     seconds: float
     """How long lowering, loading and verifying took."""
+    missed: bool = False
+    """It ran, in a lower precision, but beyond the accuracy budget's segment limit: not a
+    failure of the runtime, only of that choice."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +183,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             backend_options: dict | None = None, cross_compile: bool = False,
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
             progress=None, example_kwargs: dict | None = None, tune="auto",
-            learn: bool = False, output_device: str = "cpu", resident_inputs=()) -> CompiledModel:
+            learn: bool = False, output_device: str = "cpu", resident_inputs=(), accuracy=None,
+            precisions=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -207,6 +219,17 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     resident_inputs: names (or name prefixes) of inputs that stay on the device reading them from
         call to call (a decoder's KV cache): the plan charges no copy of them per call and counts
         them against that target's memory (memory_limits), as ``hetcc.predict`` does.
+    accuracy: an accuracy budget, which lets hetcc run segments in lower precisions: a relative
+        error (0.01: outputs within 1 % of the fp32 reference, ‖y − y_ref‖ / ‖y_ref‖), or
+        'rel_error=0.01', 'cosine=0.999', 'top1=0.99' (hetcc/error_budget.py). Each target then
+        also offers the precisions its backend runs on its device (onnxruntime:cpu@int8,
+        openvino:cpu@int8w-bf16, ...; docs/precision.md); the solver chooses target and precision
+        per segment, each lower-precision segment is checked on its own outputs, and the whole model
+        on the example inputs: a choice that breaks the budget is dropped and the model placed
+        again. The plan records the budget and what was measured (``plan.accuracy``).
+    precisions: with accuracy, the lower precisions hetcc may choose among (e.g. ["int8w",
+        "bf16"]); None: every one the targets offer. A target written with one
+        ("onnxruntime:cpu@int8") is offered as it is.
     strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
         torch:cpu because the targets asked for refused it or failed on it (its message names the
         nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes
@@ -239,7 +262,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if learn and budget is None:
         raise HetccError("learn=True learns from what tuning measures; give tune='auto' or a budget too")
     tolerances = Tolerances.make(rtol, atol)
+    accuracy_budget = AccuracyBudget.make(accuracy)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
+    for target in lower_precisions(wanted, backends, accuracy_budget, precisions):
+        wanted.append(target)
+        backends[target] = resolve(target, options.get(target.backend))
     fallback_only = FALLBACK not in wanted
     if fallback_only:
         backends[FALLBACK] = resolve(FALLBACK)
@@ -260,7 +287,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan,
                            limit, resident_inputs=tuple([resident_inputs] if isinstance(resident_inputs, str)
-                                                        else resident_inputs))
+                                                        else resident_inputs), budget=accuracy_budget)
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -317,7 +344,11 @@ class _Session:
     """How much fallback to torch:cpu is allowed (strict=, max_fallback=); None: any."""
     resident_inputs: tuple = ()
     """Inputs that stay on the device reading them (compile's resident_inputs)."""
+    budget: AccuracyBudget | None = None
+    """compile(accuracy=...): what lower-precision segments and the whole model are checked against."""
     failures: int = 0
+    misses: int = 0
+    """Lower-precision segments that missed the budget's segment limit (and were placed again)."""
     why: str = ""
     """Said after each progress message (which plan is being built)."""
     lowered: dict = field(default_factory=dict)
@@ -331,7 +362,9 @@ class _Session:
         notes = [*self.captured.notes, *(notes or [])]
         self.why = why
         last_resort = self.order.index(FALLBACK)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt, drops, accuracy = 0, [], None
+        while attempt < MAX_ATTEMPTS:
+            attempt += 1
             _check_placeable(self.units, candidates)
             # units that only torch:cpu may take go there whatever the solver says: a bound they
             # already break fails now, not after lowering everything else
@@ -344,22 +377,66 @@ class _Session:
             placement = solve(problem)
             # the later attempts ban whole segments, as before narrowing existed: each narrowed
             # ban is smaller, and the attempts must still end in a plan that works
+            misses = self.misses
             segments = self._lower_all(problem, placement, candidates, notes,
                                        narrowing=attempt <= MAX_ATTEMPTS // 2)
-            if segments is not None:
+            if segments is None:
+                if self.misses > misses and self.misses + len(drops) <= MAX_DROPS:
+                    attempt -= 1  # a precision given up is not a lowering failure
+                continue
+            if self.budget is None or any(isinstance(s.executable, NotHere) for s in segments):
                 break
+            accuracy = whole_model_error(_bare(self.captured, segments), self.captured, self.budget)
+            if self.budget.holds(accuracy):
+                break
+            # errors compound across segments: drop the lower precision that moved its own outputs
+            # most and place again (a re-solve that is not a lowering failure: not an attempt)
+            attempt -= 1
+            self._drop(segments, accuracy, candidates, drops, notes)
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
         self._check_fallback(candidates, [u for seg in segments if seg.target == FALLBACK
                                           for u in seg.spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt, notes, captured=self.captured)
+        if self.budget is not None:
+            plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy, "dropped": drops})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
         compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured,
                                  verifications)
         configure_for_plan(compiled, self.backends)
         return compiled
+
+    def _drop(self, segments, accuracy: float, candidates, drops: list, notes: list) -> None:
+        """Ban the worst lower-precision segment's precision for its units; an AccuracyError when
+        the plan breaks the budget with no lower precision left to drop."""
+        worst = worst_segment(segments)
+        if worst is None:
+            raise AccuracyError(
+                f"the model's outputs miss the accuracy budget ({self.budget}) at {accuracy:.4g} even "
+                "with every segment in the model's own precision: the runtimes' own rounding is beyond "
+                "it. Loosen the budget, or list fewer targets (plan.notes and each segment's max error "
+                "show which runs furthest from torch)")
+        if len(drops) >= MAX_DROPS:  # no end of small drops: every unit back to its own precision
+            for u in range(len(self.units)):
+                for t, target in enumerate(self.order):
+                    if target.precision and candidates.allowed[u][t]:
+                        candidates.ban(u, t, f"the accuracy budget ({self.budget}) broke {MAX_DROPS} "
+                                             "times: lower precisions were given up")
+            what = "every lower precision"
+        else:
+            for u in worst.spec.units:
+                candidates.ban(u, worst.spec.target, f"with {worst.target} here the whole model missed the "
+                                                     f"accuracy budget ({self.budget}) at {accuracy:.4g}")
+            what = f"{worst.target} for {worst.program.name}"
+        drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
+                      "segment_relative_error": worst.verification.relative_error})
+        log.info("whole model at %s = %.4g misses the budget (%s); dropping %s", self.budget.metric,
+                 accuracy, self.budget, what)
+        notes.append(f"dropped {what}: with it the whole model's {self.budget.metric} was {accuracy:.4g}, "
+                     f"beyond the budget ({self.budget}); its own outputs were off by relative error "
+                     f"{worst.verification.relative_error or 0.0:.3g}")
 
     def _check_fallback(self, candidates, on_torch, at_least: bool = False) -> None:
         """FallbackError if the units ``on_torch`` hold more fallback than ``self.limit`` allows."""
@@ -377,6 +454,16 @@ class _Session:
             target = self.order[spec.target]
             program, outcome = self._lower(f"seg{index}", spec.units, target)
             error = outcome.error
+            if error is not None and outcome.missed:
+                # a lower precision too far off for this segment: a choice, not a runtime failure;
+                # its units keep their other choices and nothing is narrowed down or kept
+                log.info("%s on %s: %s; placing its nodes again without it", program.name, target, error)
+                notes.append(f"{target} was not kept for {len(spec.units)} unit(s) ({self.units[spec.units[0]].name}"
+                             f"...): {error}")
+                for u in spec.units:
+                    candidates.ban(u, spec.target, f"{target} missed the accuracy budget here: {error}")
+                self.misses += 1
+                return None
             if error is not None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
                     raise LoweringError(
@@ -414,8 +501,9 @@ class _Session:
         if key not in self.lowered:
             self.report("lower", f"{doing}{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
             where = self.workdir / f"{target.backend}-{len(self.lowered)}"
+            limit = self.budget.segment_limit if target.precision and self.budget else None
             self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
-                                                  self.tolerances, self.cross_compile, self.nan)
+                                                  self.tolerances, self.cross_compile, self.nan, limit)
         return program, self.lowered[key]
 
     def _ban_narrowed(self, name, spec, target, error, candidates, notes) -> None:
@@ -499,8 +587,8 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
-                                None if str(t) in (devices or {}) else _memory_of(t),
-                                _location_of(t, (backends or {}).get(t))))
+                                memory=None if str(t) in (devices or {}) else _memory_of(t),
+                                location=_location_of(t, (backends or {}).get(t)), precision=t.precision))
     return infos
 
 
@@ -519,8 +607,15 @@ def _memory_of(t: Target) -> str:
     return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
 
 
+def _bare(captured, segments) -> CompiledModel:
+    """The segments stitched, without a plan: what the whole-model accuracy check runs."""
+    return CompiledModel(_make_runtime(captured, segments), None, {})
+
+
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,
-                      nan: str = "report") -> Outcome:
+                      nan: str = "report", limit: float | None = None) -> Outcome:
+    """Lower, load and verify one segment; ``limit``: the relative error a segment in a lower
+    precision may have (the accuracy budget's segment limit), checked instead of ``tolerances``."""
     started = time.perf_counter()
     stage, artifact = "lower", None
     try:
@@ -533,16 +628,22 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
             if not cross_compile:
                 raise
             return Outcome(artifact, NotHere(program.name, str(target), str(exc)),
-                           _keep_check(program, workdir, tolerances), None, time.perf_counter() - started)
+                           _keep_check(program, workdir, tolerances, limit), None, time.perf_counter() - started)
         stage = "verify"
         got = executable(*program.example_inputs)
-        max_error = compare(program, got, tolerances)
+        if limit is None:
+            max_error, relative = compare(program, got, tolerances), None
+        else:
+            max_error, relative = compare_relative(program, got, limit)
         measured = _median_call(executable, program.example_inputs)
         dropped = _nan_check(program, executable)
         if dropped and nan == "require":
             raise LoweringError(f"{target} does not propagate NaN as torch does ({'; '.join(dropped)}), "
                                 "and nan='require' was asked for")
-        verification = Verification(max_error=max_error, measured_seconds=measured, nan_differs=tuple(dropped))
+        verification = Verification(max_error=max_error, measured_seconds=measured, nan_differs=tuple(dropped),
+                                    relative_error=relative)
+    except PrecisionMiss as exc:
+        return Outcome(None, None, None, readable(exc), time.perf_counter() - started, missed=True)
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
         # the whole chain and traceback for --debug; the reason is whole too, on one line, with
         # what it was raised from: a cut reason hides the cause
@@ -596,9 +697,10 @@ class NotHere:
 CHECK_FILE = "check.safetensors"
 
 
-def _keep_check(program, workdir: Path, tolerances) -> Verification:
+def _keep_check(program, workdir: Path, tolerances, limit: float | None = None) -> Verification:
     """Write what the load-time check needs beside the artifact: the segment's example inputs and
-    reference outputs (safetensors: no pickles) and the tolerances per output dtype."""
+    reference outputs (safetensors: no pickles) and the tolerances per output dtype (for a segment
+    in a lower precision, the relative error it may have instead)."""
     from safetensors.torch import save_file
 
     import torch
@@ -614,7 +716,8 @@ def _keep_check(program, workdir: Path, tolerances) -> Verification:
     return Verification(verified=False, check_file=str(path), check={
         "inputs": len(program.example_inputs), "outputs": list(program.output_names),
         "tolerances": {dtype_name(t.dtype): list(tolerances.for_dtype(t.dtype))
-                       for t in (program.reference_value(n) for n in program.output_names)}})
+                       for t in (program.reference_value(n) for n in program.output_names)},
+        **({"relative_limit": limit} if limit is not None else {})})
 
 
 def _median_call(fn, inputs, calls: int = 5) -> float:
@@ -656,7 +759,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             modules=modules.of(nodes) if modules else (),
             runner_up=alt.target if alt else None, runner_up_seconds=alt.seconds if alt else None,
             runner_up_why=alt.why if alt else "",
-            precision=artifact.meta.get("precision"),
+            precision=target.precision or artifact.meta.get("precision"),
+            relative_error=checked.relative_error, artifact_bytes=_file_bytes(artifact),
         ))
         asked, ran = artifact.meta.get("requested_precision"), artifact.meta.get("precision")
         if asked and ran and asked != ran:
@@ -676,6 +780,14 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
         producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
                    if modules and v in modules.paths})
+
+
+def _file_bytes(artifact) -> int | None:
+    """Bytes of an artifact's files on disk; None if one cannot be read."""
+    try:
+        return sum(Path(f).stat().st_size for f in artifact.files.values())
+    except (OSError, TypeError):
+        return None
 
 
 def _make_runtime(captured, segments) -> Runtime:

@@ -44,6 +44,11 @@ class FallbackError(HetccError):
     allowed, because the targets asked for refused it or failed on it (hetcc/fallback.py)."""
 
 
+class AccuracyError(HetccError):
+    """compile(accuracy=...) found the model's outputs beyond the budget even in the model's own
+    precision on every segment: the runtimes' own rounding is beyond it (hetcc/precision.py)."""
+
+
 _ESCAPES = re.compile(
     r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks (ESC ] ... BEL or ESC \\)
     r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"     # CSI: colours, cursor moves (ESC [ or its 8-bit form)

@@ -38,8 +38,15 @@ class SegmentPlan:
     runner_up_why: str = ""
     """Why the runner-up lost: slower, hand-overs, does not fit, or refused and why."""
     precision: str | None = None
-    """The precision the segment ran and was verified in, where its backend has a precision
-    option (fp32, fp16, bf16); it may differ from the one asked for (the plan's notes then say so)."""
+    """The precision the segment ran and was verified in: its target's lower precision
+    (``onnxruntime:cpu@int8``: int8), else its backend's precision option where it has one (fp32,
+    fp16, bf16; it may differ from the one asked for, and the plan's notes then say so)."""
+    artifact_bytes: int | None = None
+    """Bytes of the lowered files on disk (its weights as the runtime stores them: a quarter of
+    ``resident_bytes`` for int8 weights); None where unknown."""
+    relative_error: float | None = None
+    """‖y − y_ref‖ / ‖y_ref‖ of its worst output, for a segment in a lower precision (checked
+    against the accuracy budget's segment limit); None for one checked by tolerances."""
 
     @property
     def intensity(self) -> float:
@@ -65,6 +72,10 @@ class Plan:
     producers: dict[str, str] = field(default_factory=dict)
     """Graph value -> module path of the node that makes it ('' for the model's own forward), for
     each value a segment hands over or the model returns."""
+    accuracy: dict | None = None
+    """compile(accuracy=...): {metric, bound, measured (the whole model on the example inputs),
+    dropped (each lower-precision choice given up for the budget: segment, target, measured,
+    segment_relative_error)}; None without a budget."""
     candidates: tuple[dict, ...] = ()
     """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
     predicted_seconds, measured_seconds (fast end of its calls, or None), chosen, solver (the
@@ -83,7 +94,7 @@ class Plan:
         from hetcc.explain.text import why_lines
 
         head = ["segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
-                "max err"]
+                "max err"] + (["rel err", "file MB"] if self.accuracy else [])
         rows = []
         for s in self.segments:
             rows.append([
@@ -92,7 +103,8 @@ class Plan:
                 f"{s.predicted_seconds * 1e3:.3f}",
                 "-" if s.measured_seconds is None else f"{s.measured_seconds * 1e3:.3f}",
                 "-" if s.max_error is None else f"{s.max_error:.1e}",
-            ])
+            ] + (["-" if s.relative_error is None else f"{s.relative_error:.1e}",
+                  "-" if s.artifact_bytes is None else f"{s.artifact_bytes / 1e6:.2f}"] if self.accuracy else []))
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -100,6 +112,8 @@ class Plan:
         lines.append(
             f"predicted {self.predicted_seconds * 1e3:.3f} ms ({self.objective}, {status}, "
             f"solver {self.solver} in {self.solve_seconds * 1e3:.0f} ms, {self.attempts} attempt(s))")
+        if self.accuracy:
+            lines.append(accuracy_line(self.accuracy))
         for s in self.segments:
             reasons: dict[str, list[str]] = {}
             for node, why in s.fell_back.items():
@@ -124,3 +138,14 @@ class Plan:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def accuracy_line(accuracy: dict) -> str:
+    """One line on the accuracy budget and what the whole model measured against it."""
+    metric, bound, measured = accuracy.get("metric"), float(accuracy.get("bound")), accuracy.get("measured")
+    sign = "<=" if metric == "rel_error" else ">="
+    got = "not measured (a segment runs on a device that is not here)" if measured is None \
+        else f"{measured:.4g} on the example inputs"
+    dropped = accuracy.get("dropped") or ()
+    return (f"accuracy: {metric} {sign} {bound:g} against fp32 PyTorch; the whole model: {got}"
+            + (f"; {len(dropped)} lower-precision choice(s) dropped for it" if dropped else ""))

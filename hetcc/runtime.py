@@ -193,6 +193,14 @@ class Runtime:
         self._check_all(flat)
         return self._run(flat, seconds)
 
+    def flat_outputs(self, flat) -> list:
+        """The model's outputs of one call on flat inputs, flat, in output order, wherever the
+        segments left them (for checks that compare values); the state stays as it was."""
+        flat = list(flat)
+        self._check_all(flat)
+        _, env = self._execute(flat, None, self.state() or None)
+        return [env[name] if name in env else fixed for name, fixed in self._output_plan]
+
     def timed_flat(self, *flat):
         """``call_flat`` that also returns each step's time, as ``timed_call`` does."""
         seconds: dict[str, float] = {}

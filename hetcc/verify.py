@@ -24,6 +24,11 @@ DEFAULT_TOLERANCES = {
 }
 
 
+class PrecisionMiss(LoweringError):
+    """A segment in a lower precision ran, but further from the reference than the accuracy
+    budget lets one segment be: that precision is given up there, nothing failed."""
+
+
 @dataclass(frozen=True)
 class Tolerances:
     per_dtype: dict = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
@@ -64,6 +69,10 @@ class Verification:
     check: dict | None = None
     """What that load-time check needs: ``inputs`` (how many), ``outputs`` (names) and
     ``tolerances`` (dtype -> [rtol, atol])."""
+    relative_error: float | None = None
+    """‖y − y_ref‖ / ‖y_ref‖ of its worst floating-point output: set for a segment in a lower
+    precision, which is checked against the accuracy budget's ``segment_limit`` instead of the
+    per-dtype tolerances."""
     check_file: str | None = None
     """The check's tensors (safetensors: example inputs in0, in1, ..., reference outputs out0, ...);
     a bundle keeps it among the segment's files, in the role "check"."""
@@ -72,7 +81,7 @@ class Verification:
         """These facts as a manifest's segment ``meta`` keys; unset ones are left out, as before."""
         out = {"max_error": self.max_error, "measured_seconds": self.measured_seconds,
                "nan_differs": list(self.nan_differs) or None, "verified": self.verified,
-               "check": self.check}
+               "check": self.check, "relative_error": self.relative_error}
         return {k: v for k, v in out.items() if v is not None}
 
     def files(self) -> dict[str, str]:
@@ -85,13 +94,20 @@ class Verification:
         entry: the inverse of ``meta`` and ``files``."""
         meta, files = dict(meta), dict(files)
         facts = {k: meta.pop(k) for k in ("max_error", "measured_seconds", "nan_differs", "verified",
-                                          "check") if k in meta}
+                                          "check", "relative_error") if k in meta}
         # the role "check" is hetcc's only for a segment left to verify on load; a third-party
         # backend may name a file of its own so
         check_file = files.pop("check", None) if facts.get("verified") is not None else None
         return cls(max_error=facts.get("max_error"), measured_seconds=facts.get("measured_seconds"),
                    nan_differs=tuple(facts.get("nan_differs") or ()), verified=facts.get("verified"),
-                   check=facts.get("check"), check_file=check_file), meta, files
+                   check=facts.get("check"), check_file=check_file,
+                   relative_error=_finite(facts.get("relative_error"))), meta, files
+
+
+def _finite(value) -> float | None:
+    """A manifest's number, or None where it is not one (a bundle is checked, not trusted)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
 
 
 def is_tolerance(value) -> bool:
@@ -131,6 +147,41 @@ def check_outputs(segment: str, names, got, want, tolerances: Tolerances) -> flo
                 f"output {name} differs from the torch reference: max abs error {err:.3g} "
                 f"(rtol {rtol}, atol {atol}, {off} of {w.numel()} elements off)")
     return worst
+
+
+def compare_relative(program, got, limit: float) -> tuple[float, float]:
+    """``check_relative`` against the segment's reference outputs."""
+    want = [program.reference_value(name) for name in program.output_names]
+    return check_relative(program.name, program.output_names, got, want, limit)
+
+
+def check_relative(segment: str, names, got, want, limit: float) -> tuple[float, float]:
+    """The check of a segment in a lower precision: shapes and dtypes as the reference's, integer
+    outputs exact, and each floating-point output within relative error ``limit`` (the accuracy
+    budget's segment limit). Returns (max abs error, worst relative error); LoweringError beyond.
+    Used at compile time, and at load time for a cross-compiled segment."""
+    from hetcc.error_budget import relative_error
+
+    exact = Tolerances({})  # integers and bools exactly; floats are judged below
+    got = list(got)
+    if len(got) != len(want):
+        raise LoweringError(f"{segment} returned {len(got)} outputs, expected {len(want)}")
+    worst_abs, worst_rel = 0.0, 0.0
+    for name, g, w in zip(names, got, want):
+        if isinstance(g, torch.Tensor) and not g.is_cpu:
+            g = g.cpu()
+        if not w.is_floating_point() or tuple(g.shape) != tuple(w.shape) or g.dtype != w.dtype:
+            check_outputs(segment, [name], [g], [w], exact)  # raises with the reason
+            continue
+        if w.numel() == 0:
+            continue
+        rel = relative_error(g, w)
+        worst_rel = max(worst_rel, rel)
+        worst_abs = max(worst_abs, float((g.double() - w.double()).abs().nan_to_num(0.0).max()))
+        if not rel <= limit:
+            raise PrecisionMiss(f"output {name} is off the torch reference by relative error {rel:.3g}, "
+                                f"beyond the accuracy budget's {limit:.3g} for one segment")
+    return worst_abs, worst_rel
 
 
 def tensor_error(got, want, rtol: float, atol: float) -> tuple[float, int]:

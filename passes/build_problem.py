@@ -43,10 +43,13 @@ class TargetInfo:
     """Name of a device-to-device link (``nvlink``): two targets on the same one hand over on it
     at ``peer_bandwidth`` instead of through the host (hetcc.predict's devices)."""
     peer_bandwidth: float = 0.0
+    precision: str | None = None
+    """A lower precision the target runs in (hetcc.target.PRECISIONS; cost_model/precision.py)."""
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
-    return [[sum(node_seconds(facts[m], t.device, t.profile, t.dtype) for m in u.members) for t in targets]
+    return [[sum(node_seconds(facts[m], t.device, t.profile, t.dtype, t.precision) for m in u.members)
+             for t in targets]
             for u in units]
 
 

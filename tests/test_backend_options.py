@@ -12,7 +12,7 @@ import hetcc
 from hetcc.backends.options import Option, check_backend_options
 from hetcc.backends.registry import BUILTIN, get_backend, resolve
 from hetcc.errors import TargetError
-from hetcc.target import Target, parse_targets
+from hetcc.target import PRECISIONS, Target, parse_targets
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
@@ -32,10 +32,24 @@ def test_every_builtin_backend_declares_its_options(name):
 def test_shared_options_are_spelled_alike():
     by_backend = {name: {o.name: o for o in type(get_backend(name)).options} for name in BUILTIN}
     with_precision = [n for n, opts in by_backend.items() if "precision" in opts]
-    assert {"tensorrt", "migraphx"} <= set(with_precision)
+    assert {"tensorrt", "migraphx", "onnxruntime", "openvino"} <= set(with_precision)
     for name in with_precision:
-        assert {"fp32", "fp16", "bf16"} <= set(by_backend[name]["precision"].choices), name
+        choices = set(by_backend[name]["precision"].choices)
+        # hetcc's one spelling: fp32 (and TensorRT's tf32), else the lower precisions a target may name
+        assert "fp32" in choices and choices <= {"fp32", "tf32", *PRECISIONS}, name
         assert by_backend[name]["precision"].default == "fp32"
+        assert dict(by_backend[name]["precision"].aliases) == {"f32": "fp32", "f16": "fp16"}, name
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino", "tensorrt", "migraphx"])
+def test_offered_precisions_are_ones_the_precision_option_takes(name):
+    """What compile(accuracy=...) may choose on a target is what the backend's option accepts."""
+    backend = get_backend(name)
+    choices = {o.name: o for o in type(backend).options}["precision"].choices
+    for device in backend.devices:
+        target = Target(name, device)
+        if backend.is_available(target):
+            assert set(backend.precisions(target)) <= set(choices) & set(PRECISIONS), device
 
 
 @pytest.mark.parametrize("name", ["tensorrt", "migraphx"])

@@ -328,11 +328,14 @@ def test_targets(fake_backends, capsys):
     assert "fakesdk is not installed" in backends["broken"]["error"]
     targets = {t["target"]: t for t in info["targets"]}
     assert targets["fake:npu"] == {"target": "fake:npu", "usable": False, "why": "no NPU on this machine",
-                                   "untested": ""}
+                                   "untested": "", "precisions": []}
+    # what --accuracy may choose among, asked of each backend (a plugin without the method: none)
+    assert targets["onnxruntime:cpu"]["precisions"] == ["int8"]
+    assert "int8w" in targets["openvino:cpu"]["precisions"] and targets["fake:cpu"]["precisions"] == []
     assert info["devices"][0]["device"] == "cpu"
     # every backend's options, from its own declaration; targets never run on hardware say so
     assert [o["name"] for o in backends["onnxruntime"]["options"]] == ["threads", "optimization", "spinning",
-                                                                       "provider"]
+                                                                       "precision", "provider"]
     compile_option = backends["torch"]["options"][0]
     assert compile_option["name"] == "compile" and compile_option["devices"] == ["cuda"]
     assert backends["fake"]["options"] == []

@@ -83,7 +83,7 @@ def test_not_a_module():
 @pytest.mark.parametrize("target,pattern", [
     ("nosuch:cpu", r"unknown backend 'nosuch'. Installed backends: .*onnxruntime.*Usable here: .*torch:cpu"),
     ("openvino:rocm:0", r"does not drive device 'rocm'.*Usable here"),
-    ("torch", r"expected 'backend:device\[:index\]'"),
+    ("torch", r"expected 'backend:device\[:index\]\[@precision\]'"),
 ])
 def test_bad_targets_list_what_is_available(target, pattern):
     with pytest.raises(TargetError, match=pattern):
@@ -111,7 +111,7 @@ def test_backend_options_reach_the_backend_and_bad_ones_are_named():
     with pytest.raises(TargetError, match="bad options for backend 'openvino': it has no option 'colour'; "
                                           "it takes precision"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"colour": 1}})
-    with pytest.raises(TargetError, match="precision must be one of fp32, fp16, bf16, got 'f8'"):
+    with pytest.raises(TargetError, match="precision must be one of fp32, fp16, bf16, int8w, int8w-bf16, got 'f8'"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"precision": "f8"}})
 
 

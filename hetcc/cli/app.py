@@ -31,6 +31,7 @@ from hetcc.cli import serve as cli_serve
 from hetcc.cli.inputs import (
     DYNAMIC_MAX,
     CliError,
+    accuracy_value,
     add_fallback_flags,
     backend_option,
     batch_dynamic_shapes,
@@ -38,6 +39,7 @@ from hetcc.cli.inputs import (
     dynamic_dim,
     dynamic_shapes_for,
     fallback_options,
+    precision_list,
     scope_target,
     target_bytes,
     tolerance,
@@ -138,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nan", choices=("report", "require"),
                    help="a runtime that turns NaN into numbers where torch keeps NaN: report it in the "
                         "plan (default) or require NaN to propagate (that part falls back)")
+    p.add_argument("--accuracy", type=accuracy_value, metavar="BUDGET",
+                   help="let segments run in lower precisions (int8, bf16...) while the outputs stay within "
+                        "this budget of fp32 PyTorch on the example inputs: a relative error (0.01), or "
+                        "rel_error=0.01, cosine=0.999, top1=0.99 (docs/precision.md)")
+    p.add_argument("--precisions", type=precision_list, metavar="P[,P]",
+                   help="with --accuracy, the lower precisions to choose among (default: every one the "
+                        "targets offer; `hetcc targets` lists them), e.g. int8w,bf16")
     add_fallback_flags(p)
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
                    help="force a submodule or node onto a target (repeatable)")
@@ -259,7 +268,8 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
         options.pop("measure", None)  # the model file's older spelling yields to the command line
     given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol, "nan": args.nan,
              "tune": tune, "learn": True if args.learn else None,
-             "cross_compile": True if args.cross_compile else None}
+             "cross_compile": True if args.cross_compile else None, "accuracy": args.accuracy,
+             "precisions": args.precisions}
     options.update({k: v for k, v in given.items() if v is not None})
     options.update(fallback_options(args))
     excluded: dict[str, list] = {}

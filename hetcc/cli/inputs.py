@@ -91,6 +91,36 @@ def fraction(text: str) -> float:
     return value
 
 
+def accuracy_value(text: str):
+    """--accuracy: a relative error (0.01) or metric=bound, as hetcc.compile's ``accuracy``."""
+    from hetcc.error_budget import AccuracyBudget
+
+    try:
+        return AccuracyBudget.make(float(text) if _is_number(text) else text)
+    except HetccError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("accuracy=", "--accuracy ")) from None
+
+
+def precision_list(text: str) -> list[str]:
+    """--precisions: comma-separated names of hetcc.target.PRECISIONS."""
+    from hetcc.target import PRECISIONS
+
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PRECISIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected precisions among {', '.join(PRECISIONS)}, "
+                                         f"comma-separated; got {text!r}")
+    return names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def add_fallback_flags(p) -> None:
     """--strict and --max-fallback, for every command that compiles a model."""
     group = p.add_mutually_exclusive_group()

@@ -28,8 +28,9 @@ def printable(value):
 
 def plan_table(report: dict) -> Table:
     table = Table()
+    budgeted = isinstance(report.get("accuracy"), dict)  # a lower precision was allowed
     for head in ("segment", "target", "nodes", "MFLOP", "MB moved", "OI", "CF MB", "pred ms", "meas ms",
-                 "max err"):
+                 "max err") + (("rel err", "file MB") if budgeted else ()):
         table.add_column(head, justify="left" if head in ("segment", "target") else "right", no_wrap=True)
     table.add_column("fell back here because", overflow="fold")
     for s in report.get("segments", []):
@@ -42,6 +43,8 @@ def plan_table(report: dict) -> Table:
             _fmt(_float(s.get("resident_bytes")), 1e-6, ".2f"),
             _fmt(_float(s.get("predicted_seconds")), 1e3, ".3f"),
             _fmt(_float(s.get("measured_seconds")), 1e3, ".3f"), _fmt(_float(s.get("max_error")), 1, ".1e"),
+            *((_fmt(_float(s.get("relative_error")), 1, ".1e"), _fmt(_float(s.get("artifact_bytes")), 1e-6, ".2f"))
+              if budgeted else ()),
             Text("\n".join(_fell_back(s.get("fell_back")))),
         )
     return table
@@ -76,6 +79,11 @@ def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
         lines.append(f"predicted {predicted * 1e3:.3f} ms ({report.get('objective')}, {status}, solver "
                      f"{report.get('solver')}, {report.get('attempts', 1)} attempt(s)); targets asked "
                      f"for: {', '.join(map(str, report.get('targets') or []))}")
+    accuracy = report.get("accuracy")
+    if isinstance(accuracy, dict) and _float(accuracy.get("bound")) is not None:
+        from hetcc.plan import accuracy_line
+
+        lines.append(accuracy_line({**accuracy, "measured": _float(accuracy.get("measured"))}))
     lines.append(f"inputs {signature}")
     if isinstance(runtimes, dict) and runtimes:
         lines.append("built with " + ", ".join(f"{k} {v}" for k, v in runtimes.items()))
@@ -89,7 +97,7 @@ def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
 
 def targets_info() -> dict:
     from hetcc import __version__
-    from hetcc.backends.registry import get_backend, installed
+    from hetcc.backends.registry import get_backend, installed, precisions_of
     from hetcc.target import Target
 
     backends, targets = [], []
@@ -108,7 +116,9 @@ def targets_info() -> dict:
                 usable = bool(backend.is_available(target))
                 targets.append({"target": str(target), "usable": usable,
                                 "why": "" if usable else backend.why_unavailable(target),
-                                "untested": untested.get(device, "")})
+                                "untested": untested.get(device, ""),
+                                # what compile(accuracy=...) may choose among on this target here
+                                "precisions": list(precisions_of(backend, target)) if usable else []})
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {exc}"
     return {"hetcc": __version__, "backends": backends, "devices": _devices(), "targets": targets,
@@ -160,13 +170,13 @@ def targets_tables(info: dict) -> list[tuple[str, Table]]:
                             Text(o["meaning"] + reaches))
 
     targets = Table()
-    for head in ("target", "usable", "status", "why not"):
+    for head in ("target", "usable", "lower precisions (--accuracy)", "status", "why not"):
         targets.add_column(head, overflow="fold")
     for t in info["targets"]:
         # a target whose vendor calls have never run on real hardware says so wherever it is offered
         status = Text("untested on hardware", style="yellow") if t.get("untested") else Text("")
         targets.add_row(t["target"], Text("yes", style="green") if t["usable"] else Text("no", style="red"),
-                        status, Text(t["why"]))
+                        Text(", ".join(t.get("precisions") or ()) or "-"), status, Text(t["why"]))
     return [("backends installed", backends), ("devices on this machine", devices),
             ("backend options (--option BACKEND.NAME=VALUE; backend_options={...} in Python)", options),
             ("targets", targets)]

@@ -1,0 +1,69 @@
+"""Precision as a placement choice: which lower-precision targets a compile offers the solver, and
+the whole model's check against the accuracy budget (docs/precision.md).
+
+A lower precision is a target of its own (``onnxruntime:cpu@int8``): the cost model prices it
+(cost_model/precision.py), capability is its backend's, and the solver picks (segment, target,
+precision) in one problem. compile() checks each lower-precision segment against the budget's
+``segment_limit`` when it lowers it; this module's ``whole_model_error`` then measures the budget's
+metric on the stitched model's outputs, since errors compound across segments, and ``worst_segment``
+names the choice to drop when the budget breaks."""
+from __future__ import annotations
+
+from hetcc.backends.registry import precisions_of
+from hetcc.errors import HetccError
+from hetcc.target import PRECISIONS, Target
+
+
+def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) -> list[Target]:
+    """The lower-precision targets to add to ``wanted``: each listed target in each precision its
+    backend runs there (only those in ``chosen``, if given). None without a budget, where a listed
+    lower-precision target or ``chosen`` is an error."""
+    listed = [t for t in wanted if t.precision]
+    if budget is None:
+        if listed:
+            raise HetccError(f"target {listed[0]} runs in {listed[0].precision}, which changes the model's "
+                             "results: give an accuracy budget, e.g. accuracy=0.01 (outputs within 1 % "
+                             "of fp32; CLI --accuracy 0.01), and hetcc checks it")
+        if chosen is not None:
+            raise HetccError("precisions= chooses among lower precisions, which needs an accuracy budget "
+                             "too: add accuracy=0.01 (or 'top1=0.99', 'cosine=0.999')")
+        return []
+    if chosen is not None:
+        chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+        unknown = [p for p in chosen if p not in PRECISIONS]
+        if unknown:
+            raise HetccError(f"precisions names {unknown}, which are not precisions hetcc knows; "
+                             f"choose among {', '.join(PRECISIONS)}")
+    added, offered = [], {}
+    for target in wanted:
+        if target.precision:
+            continue
+        for precision in precisions_of(backends[target], target):
+            offered.setdefault(precision, []).append(str(target))
+            variant = target.at(precision)
+            if (chosen is None or precision in chosen) and variant not in wanted and variant not in added:
+                added.append(variant)
+    if chosen is not None and not added and not listed:
+        said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"
+        raise HetccError(f"none of the targets offers {', '.join(chosen)} here (they offer: {said}); "
+                         "choose among those, or add a target that runs it")
+    return added
+
+
+def whole_model_error(compiled, captured, budget) -> float:
+    """The budget's metric on the compiled model's outputs against the fp32 reference, on the
+    example inputs. The model's state is left as it was."""
+    runtime = compiled.runtime
+    flat = [captured.values[n].clone() for n in captured.user_inputs]
+    got = runtime.flat_outputs(flat)
+    names = list(captured.outputs)
+    want = [captured.values[n] if n is not None else None for n in names]
+    return budget.measure(got, want)
+
+
+def worst_segment(segments):
+    """The lower-precision segment to drop first: the one whose own outputs moved the most."""
+    low = [s for s in segments if s.target.precision]
+    if not low:
+        return None
+    return max(low, key=lambda s: (s.verification.relative_error or 0.0, len(s.spec.units)))
