@@ -98,6 +98,12 @@ def resolve(target: Target, options: dict | None = None):
                           f"one CPU, every core); write {target.backend}:cpu")
     declared = getattr(type(backend), "options", None)
     if target.precision:
+        offered = precisions_of(resolve(target.base), target.base)  # the base's errors come first
+        if target.precision not in offered:
+            raise TargetError(
+                f"target {target}: {target.backend} does not run {target.precision} on {target.device} here "
+                f"({'it offers ' + ', '.join(offered) if offered else 'it offers no lower precision there'}); "
+                "compile(accuracy=...) picks among what each target offers by itself (docs/precision.md)")
         options = {**(options or {}), "precision": target.precision}  # the target's own wins
     if options and declared is not None:
         options = for_device(declared, check_options(target.backend, declared, options), target.device,
@@ -117,10 +123,4 @@ def resolve(target: Target, options: dict | None = None):
             f"target {target} is not available here: {backend.why_unavailable(target)}. "
             f"Usable here: {', '.join(usable_targets())}"
         )
-    if target.precision and target.precision not in precisions_of(backend, target):
-        offered = precisions_of(backend, target)
-        raise TargetError(
-            f"target {target}: {target.backend} does not run {target.precision} on {target.device} here "
-            f"({'it offers ' + ', '.join(offered) if offered else 'it offers no lower precision there'}); "
-            "compile(accuracy=...) picks among what each target offers by itself (docs/precision.md)")
     return backend

@@ -1,13 +1,14 @@
 """What a lower precision changes in the roofline: the bytes a weight takes, and the arithmetic rate.
 
-Each precision of hetcc.target.PRECISIONS is a ``Scheme``: the bytes per weight element and the
-element type its arithmetic runs in. A node that keeps weights resident (a MatMul, a convolution)
-reads them at the scheme's width; the node's compute runs at the device's peak for the scheme's
-arithmetic (``DeviceSpec.peak_flops``), or, where the spec has no figure for it, at the fp32 peak
-times ``ASSUMED_SPEEDUP``. Those speed-ups are assumptions, not measurements: compile-time tuning
-times each target's plan, lower precisions included, and keeps the fastest (docs/precision.md).
-Capacity is still charged at the model's own weight bytes: the placement problem has one resident
-size per node whatever runs it, so a lower precision never fits where fp32 would not."""
+Each precision of hetcc.target.PRECISIONS is a ``Scheme``: the bytes per weight element, the
+element type the weight-bearing ops (a MatMul, a convolution) compute in, and that of every other
+float op. A node that keeps weights resident reads them at the scheme's width; its compute runs at
+the device's peak for its element type (``DeviceSpec.peak_flops``), or, where the spec has no figure
+for it, at the fp32 peak times ``ASSUMED_SPEEDUP``. Those speed-ups are assumptions, not
+measurements: compile-time tuning times each target's plan, lower precisions included, and keeps the
+fastest (docs/precision.md). Capacity is still charged at the model's own weight bytes: the
+placement problem has one resident size per node whatever runs it, so a lower precision never fits
+where fp32 would not."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,25 +18,26 @@ from dataclasses import dataclass
 class Scheme:
     weight_bytes: float
     """Bytes per weight element (scales included, roughly)."""
-    arithmetic: str
-    """The element type of the arithmetic of weight-bearing ops (a ``peak_flops`` key)."""
-    everything: bool
-    """Whether every float op runs in ``arithmetic`` (bf16 inference precision), or only the
-    weight-bearing ones (int8 matrix products beside fp32 elementwise ops)."""
+    weighted: str
+    """The element type the arithmetic of weight-bearing ops runs in (a ``peak_flops`` key)."""
+    other: str
+    """The element type of every other float op's arithmetic (bf16 inference precision runs all
+    of them in bf16; int8 matrix products sit beside fp32 elementwise ops)."""
 
 
 SCHEMES = {
-    "fp16": Scheme(2.0, "fp16", True),
-    "bf16": Scheme(2.0, "bf16", True),
-    "int8": Scheme(1.0, "int8", False),
-    "int8w": Scheme(1.0, "fp32", False),
-    "int8w-bf16": Scheme(1.0, "bf16", True),
+    "fp16": Scheme(2.0, "fp16", "fp16"),
+    "bf16": Scheme(2.0, "bf16", "bf16"),
+    "int8": Scheme(1.0, "int8", "fp32"),
+    # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call
+    "int8w": Scheme(1.0, "int8", "fp32"),
+    "int8w-bf16": Scheme(1.0, "int8", "bf16"),
 }
 
 ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
-ONNX Runtime's int8 GEMM realises about half once activations are quantized per call."""
+the runtimes' int8 GEMMs realise about half once activations are quantized per call."""
 
 WEIGHTED = ("matmul", "conv")
 """Op classes whose resident bytes are weights a precision stores narrower."""

@@ -55,8 +55,7 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
         weighted = facts.op_class in WEIGHTED and facts.resident_bytes > 0
         if weighted:  # the weights are read at the scheme's width (fp32: 4 bytes)
             moved -= facts.resident_bytes * (1.0 - scheme.weight_bytes / 4.0)
-        if weighted or scheme.everything:
-            rate = arithmetic_rate(device, scheme.arithmetic)
+        rate = arithmetic_rate(device, scheme.weighted if weighted else scheme.other)
     compute = facts.flops / (rate * eff) if facts.flops else 0.0
     if facts.op_class in profile.fused_classes:
         # A fused elementwise op reads its input from the producer's registers/cache: only its

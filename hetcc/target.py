@@ -12,8 +12,9 @@ PRECISIONS = {
     "fp16": "weights and arithmetic in float16",
     "bf16": "weights and arithmetic in bfloat16",
     "int8": "int8 weights; activations quantized to int8 on each call (int8 matrix products)",
-    "int8w": "int8 weights, dequantized in the kernel; arithmetic in float32",
-    "int8w-bf16": "int8 weights, dequantized in the kernel; arithmetic in bfloat16",
+    "int8w": "int8 weights, dequantized in the kernel (whose activations the runtime may quantize "
+             "per call); other arithmetic in float32",
+    "int8w-bf16": "int8 weights, as int8w; other arithmetic in bfloat16",
 }
 """The lower precisions a target may run in (``onnxruntime:cpu@int8``), and what each means. A
 target without one runs the model's own precision (fp32 for a float32 model); which backend offers

@@ -1,0 +1,254 @@
+"""Precision as a placement choice (docs/precision.md): lower-precision targets, the accuracy
+budget, the per-segment and whole-model checks, and what the plan, bundles and CLI show of them.
+Runs on the CPU runtimes every CI machine has (ONNX Runtime's int8, OpenVINO's int8 weights)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hetcc
+import mlp
+from hetcc.backends.registry import resolve
+from hetcc.cli.app import main
+from hetcc.compiler import _target_infos
+from hetcc.cost_model.devices import DeviceSpec
+from hetcc.cost_model.profiles import BackendProfile
+from hetcc.cost_model.roofline import node_parts
+from hetcc.error_budget import AccuracyBudget
+from hetcc.errors import AccuracyError, HetccError, TargetError
+from hetcc.passes.facts import NodeFacts
+from hetcc.target import Target, parse_targets
+
+
+def relative(got, want) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
+
+
+# ---- targets -------------------------------------------------------------------------------
+
+def test_a_target_names_its_precision_after_an_at():
+    t = Target.parse("onnxruntime:cpu@int8")
+    assert (t.backend, t.device, t.index, t.precision) == ("onnxruntime", "cpu", None, "int8")
+    assert str(t) == "onnxruntime:cpu@int8" and t.base == Target("onnxruntime", "cpu")
+    assert Target.parse("tensorrt:cuda:0@fp16").at(None) == Target("tensorrt", "cuda", "0")
+    assert Target.parse("openvino:cpu@fp32") == Target("openvino", "cpu")  # the model's own precision
+    assert parse_targets("openvino:cpu,openvino:cpu@int8w") == [Target("openvino", "cpu"),
+                                                              Target("openvino", "cpu", None, "int8w")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("onnxruntime:cpu@fp8", "unknown precision 'fp8' after '@'; write one of fp16, bf16, int8"),
+    ("onnxruntime:cpu@", "unknown precision '' after '@'"),
+])
+def test_a_precision_hetcc_does_not_know_is_named(text, message):
+    with pytest.raises(TargetError, match=message):
+        Target.parse(text)
+
+
+def test_a_precision_the_backend_does_not_run_here_is_refused_with_what_it_offers():
+    assert resolve(Target.parse("onnxruntime:cpu@int8")).precision == "int8"
+    with pytest.raises(TargetError, match=r"onnxruntime does not run bf16 on cpu here \(it offers int8\)"):
+        resolve(Target.parse("onnxruntime:cpu@bf16"))
+    with pytest.raises(TargetError, match="it offers no lower precision there"):
+        resolve(Target.parse("torch:cpu@int8"))
+
+
+# ---- the budget ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given, metric, bound", [
+    (0.01, "rel_error", 0.01), ("rel_error=0.02", "rel_error", 0.02), ("top1 >= 0.99", "top1", 0.99), ("top1", None, None),
+    ("top1=0.99", "top1", 0.99), ({"cosine": 0.999}, "cosine", 0.999),
+])
+def test_a_budget_is_read_from_a_number_a_string_or_a_mapping(given, metric, bound):
+    if metric is None:
+        with pytest.raises(HetccError, match="is not a budget"):
+            AccuracyBudget.make(given)
+        return
+    budget = AccuracyBudget.make(given)
+    assert (budget.metric, budget.bound) == (metric, bound)
+
+
+@pytest.mark.parametrize("given, message", [
+    ("psnr=30", "accuracy metric 'psnr' is not one hetcc measures"),
+    (0.0, "a relative error above 0"), (-1, "a relative error above 0"), (math.nan, "is not a budget"),
+    ("top1=1.5", "between 0.0 and 1.0"), (True, "is not a budget"), ({"top1": 0.9, "cosine": 0.9}, "is not a budget"),
+])
+def test_a_bad_budget_says_what_a_good_one_looks_like(given, message):
+    with pytest.raises(HetccError, match=message):
+        AccuracyBudget.make(given)
+
+
+def test_the_metrics_measure_the_worst_output():
+    want = [torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), torch.tensor([10.0, 0.0])]
+    got = [want[0] * 1.01, torch.tensor([10.0, 1.0])]
+    rel = AccuracyBudget.make(0.05).measure(got, want)
+    assert rel == pytest.approx(0.1)  # the second output: |1| / |10|
+    assert AccuracyBudget.make("cosine=0.9").measure(got, want) == pytest.approx(float(
+        torch.nn.functional.cosine_similarity(got[1], want[1], dim=0)))
+    swapped = [torch.tensor([[1.0, 3.0, 2.0], [3.0, 2.0, 1.0]]), want[1]]
+    assert AccuracyBudget.make("top1=0.99").measure(swapped, want) == 0.5  # 1-D outputs do not count
+
+
+def test_a_nan_the_reference_lacks_or_an_integer_that_differs_breaks_any_budget():
+    budget = AccuracyBudget.make(0.5)
+    assert budget.measure([torch.tensor([1.0, math.nan])], [torch.tensor([1.0, 2.0])]) == math.inf
+    assert budget.measure([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == math.inf
+    assert not budget.holds(math.inf) and budget.holds(0.5)
+    assert budget.measure([torch.tensor([1.0, math.nan])], [torch.tensor([1.0, math.nan])]) == 0.0
+    with pytest.raises(HetccError, match="top1 needs a floating-point output with a last dimension"):
+        AccuracyBudget.make("top1=0.9").measure([torch.zeros(3, 1)], [torch.zeros(3, 1)])
+
+
+def test_a_segment_limit_follows_the_metric():
+    assert AccuracyBudget.make(0.01).segment_limit == 0.01
+    assert AccuracyBudget.make("cosine=0.99995").segment_limit == pytest.approx(0.01)
+    assert AccuracyBudget.make("top1=0.99").segment_limit == 0.05
+
+
+# ---- the cost model ------------------------------------------------------------------------
+
+def test_a_lower_precision_reads_narrower_weights_and_computes_faster():
+    cpu = DeviceSpec(name="cpu", peak_flops={"fp32": 1e11}, mem_bandwidth=1e10, mem_capacity=1e12)
+    profile = BackendProfile("x", {}, per_node=0.0, call_overhead=0.0)
+    weights = 64 * 1024 * 4
+    matmul = NodeFacts("mm", "aten.mm.default", "matmul", 2 * 64 * 1024 * 8, weights + 8 * 64 * 4, 8 * 1024 * 4,
+                       weights)
+    compute, memory = node_parts(matmul, cpu, profile)
+    compute8, memory8 = node_parts(matmul, cpu, profile, precision="int8w")
+    assert compute8 == pytest.approx(compute / 2)  # int8 dot products; no int8 peak in the spec: 2x
+    moved = matmul.bytes_moved
+    assert memory8 == pytest.approx(memory * (moved - 0.75 * weights) / moved)
+    assert node_parts(matmul, cpu, profile, precision="bf16")[1] == pytest.approx(memory * (moved - 0.5 * weights) / moved)
+    faster = DeviceSpec(name="cpu", peak_flops={"fp32": 1e11, "int8": 8e11}, mem_bandwidth=1e10, mem_capacity=1e12)
+    assert node_parts(matmul, faster, profile, precision="int8")[0] == pytest.approx(compute / 8)  # the spec's peak
+    add = NodeFacts("add", "aten.add.Tensor", "elementwise", 1024, 8192, 4096, 0)
+    assert node_parts(add, cpu, profile, precision="int8w") == node_parts(add, cpu, profile)
+    assert node_parts(add, cpu, profile, precision="int8w-bf16")[0] == pytest.approx(node_parts(add, cpu, profile)[0] / 2)
+
+
+def test_compile_time_target_infos_carry_location_and_precision():
+    infos = _target_infos([Target("onnxruntime", "cpu"), Target("onnxruntime", "cpu", None, "int8")], None,
+                          None, None)
+    assert [(i.location, i.dtype, i.precision) for i in infos] == [("cpu", "fp32", None), ("cpu", "fp32", "int8")]
+
+
+# ---- compile ---------------------------------------------------------------------------------
+
+def test_a_lower_precision_needs_a_budget():
+    model, inputs = mlp.build(batch=4)
+    with pytest.raises(HetccError, match="give an accuracy budget, e.g. accuracy=0.01"):
+        hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"])
+    with pytest.raises(HetccError, match="precisions= chooses among lower precisions, which needs an accuracy"):
+        hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], precisions=["int8"])
+    with pytest.raises(HetccError, match=r"none of the targets offers fp16 here \(they offer: int8 on onnxruntime:cpu\)"):
+        hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=0.01, precisions=["fp16"])
+
+
+@pytest.fixture(scope="module")
+def int8_mlp():
+    model, inputs = mlp.build(batch=64)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"], accuracy=0.05, tune="off")
+    return model, inputs, cm
+
+
+def test_int8_runs_within_the_budget_with_a_quarter_of_the_weight_bytes(int8_mlp):
+    model, (x,), cm = int8_mlp
+    (seg,) = cm.plan.segments
+    assert seg.target == "onnxruntime:cpu@int8" and seg.precision == "int8"
+    assert 0 < seg.relative_error <= 0.05
+    with torch.no_grad():
+        want = model(x)
+    assert relative(cm(x), want) == pytest.approx(cm.plan.accuracy["measured"], rel=1e-6)
+    assert cm.plan.accuracy["metric"] == "rel_error" and cm.plan.accuracy["measured"] <= 0.05
+    assert seg.artifact_bytes < 0.3 * seg.resident_bytes  # int8 weights and their scales
+    assert "accuracy: rel_error <= 0.05 against fp32 PyTorch" in cm.plan.summary()
+    # a new input: still int8, still close
+    y = torch.randn(64, 256)
+    with torch.no_grad():
+        assert relative(cm(y), model(y)) < 0.05
+
+
+def test_an_int8_bundle_loads_and_shows_its_budget(int8_mlp, tmp_path, capsys):
+    _, (x,), cm = int8_mlp
+    path = cm.save(tmp_path / "b")
+    loaded = hetcc.load(path)
+    assert torch.equal(loaded(x), cm(x))
+    assert loaded.plan.accuracy["bound"] == 0.05 and loaded.plan.segments[0].precision == "int8"
+    assert loaded.plan.segments[0].relative_error == cm.plan.segments[0].relative_error
+    assert main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime:cpu@int8" in out and "rel err" in out and "accuracy: rel_error <= 0.05" in out
+
+
+def test_openvino_int8_weights_are_compressed_in_the_ir():
+    model, inputs = mlp.build(batch=16)
+    cm = hetcc.compile(model, inputs, targets=["openvino:cpu@int8w"], accuracy=0.03, tune="off")
+    (seg,) = cm.plan.segments
+    artifact = cm.artifacts[seg.name]
+    assert artifact.meta["weights"] == "int8" and artifact.meta["compressed_matmuls"] == 4
+    assert artifact.meta["precision"] == "fp32"  # the arithmetic: weights are dequantized in the kernel
+    assert seg.artifact_bytes < 0.3 * seg.resident_bytes and seg.relative_error < 0.03
+
+
+def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
+    model, inputs = mlp.build(batch=64)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=1e-3, tune="off")
+    assert [s.target for s in cm.plan.segments] == ["onnxruntime:cpu"]
+    assert any("onnxruntime:cpu@int8 was not kept" in n and "beyond the accuracy budget" in n
+               for n in cm.plan.notes), cm.plan.notes
+    assert cm.plan.accuracy["measured"] < 1e-3
+
+
+class Classifier(nn.Module):
+    """Logits with many near ties: int8 moves each output by about 1 %, and flips some arg-maxes."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
+        self.head = nn.Linear(512, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_choice_that_breaks_the_whole_models_budget_is_dropped():
+    torch.manual_seed(0)
+    model, x = Classifier().eval(), torch.randn(512, 128)
+    # top1 >= 1.0: every row must keep its arg-max; each int8 segment alone stays within 5 %
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy="top1=1.0",
+                       tune="off")
+    dropped = cm.plan.accuracy["dropped"]
+    assert dropped and dropped[0]["target"] == "onnxruntime:cpu@int8" and dropped[0]["measured"] < 1.0
+    assert cm.plan.accuracy["measured"] == 1.0
+    assert all(s.precision != "int8" for s in cm.plan.segments)
+    assert any(n.startswith("dropped onnxruntime:cpu@int8 for") for n in cm.plan.notes)
+    with torch.no_grad():
+        assert torch.equal(cm(x).argmax(-1), model(x).argmax(-1))
+
+
+def test_a_budget_the_runtimes_themselves_miss_is_an_error():
+    torch.manual_seed(0)
+    model, x = nn.Linear(1024, 1024).eval(), torch.randn(64, 1024)
+    with pytest.raises(AccuracyError, match="even with every segment in the model's own precision"):
+        hetcc.compile(model, (x,), targets=["onnxruntime:cpu"], accuracy=1e-15, precisions=["int8"], tune="off")
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def test_the_cli_takes_a_budget_and_refuses_a_bad_one(tmp_path, capsys):
+    source = tmp_path / "m.py"
+    source.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+                      "    return torch.nn.Linear(256, 256).eval(), (torch.randn(8, 256),)\n")
+    code = main(["compile", f"{source}:build", "-o", str(tmp_path / "b"), "--targets", "openvino:cpu",
+                 "--accuracy", "0.01", "--precisions", "int8w", "--tune", "off", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    plan = json.loads(out)["plan"]
+    assert plan["accuracy"]["bound"] == 0.01 and plan["segments"][0]["target"] == "openvino:cpu@int8w"
+    assert main(["compile", f"{source}:build", "-o", str(tmp_path / "c"), "--targets", "openvino:cpu",
+                 "--accuracy", "psnr=3"]) == 2
+    assert "accuracy metric 'psnr' is not one hetcc measures" in capsys.readouterr().err
