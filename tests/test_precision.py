@@ -252,3 +252,26 @@ def test_the_cli_takes_a_budget_and_refuses_a_bad_one(tmp_path, capsys):
     assert main(["compile", f"{source}:build", "-o", str(tmp_path / "c"), "--targets", "openvino:cpu",
                  "--accuracy", "psnr=3"]) == 2
     assert "accuracy metric 'psnr' is not one hetcc measures" in capsys.readouterr().err
+
+
+# ---- load-time check of a cross-compiled segment in a lower precision ------------------------
+
+def test_a_cross_compiled_low_precision_segment_is_checked_against_its_limit_on_load(tmp_path):
+    from safetensors.torch import save_file
+
+    from hetcc.bundle import _verify_on_load
+    from hetcc.errors import BundleError
+    from hetcc.verify import Verification
+
+    x = torch.randn(16, 8)
+    save_file({"in0": x, "out0": x * 2}, str(tmp_path / "check.safetensors"))
+    check = {"inputs": 1, "outputs": ["y"], "tolerances": {"float32": [1e-4, 1e-4]}, "relative_limit": 0.05}
+    pending = Verification(verified=False, check=check, check_file=str(tmp_path / "check.safetensors"))
+    done = _verify_on_load("seg0", "tensorrt:cuda:0@fp16", lambda a: [a * 2.02], pending)
+    assert done.verified and done.relative_error == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(BundleError, match="gives wrong results on this one: output y is off the torch "
+                                          "reference by relative error 0.1"):
+        _verify_on_load("seg0", "tensorrt:cuda:0@fp16", lambda a: [a * 2.2], pending)
+    corrupt = Verification(verified=False, check={**check, "relative_limit": "1e9"}, check_file=pending.check_file)
+    with pytest.raises(BundleError, match="relative_limit '1e9' is not a positive number; the bundle is corrupt"):
+        _verify_on_load("seg0", "tensorrt:cuda:0@fp16", lambda a: [a * 2], corrupt)
