@@ -90,7 +90,7 @@ class OnnxRuntimeBackend(Backend):
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
-        replace(precision_option(("fp32", "int8"), "fp32, or int8: weights of MatMul, Gemm and Conv stored "
+        replace(precision_option(("fp32", "int8"), "fp32, or int8: weights of MatMul and Gemm stored "
                                  "in int8 (per output channel) and activations quantized on each call "
                                  "(onnxruntime.quantization.quantize_dynamic); compile(accuracy=...) chooses "
                                  "it per segment"), devices=("cpu",),
@@ -195,6 +195,14 @@ class OnnxRuntimeBackend(Backend):
                               "providers=[\"CPUExecutionProvider\"])")
 
 
+QUANTIZED_OPS = ["MatMul"]
+"""What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
+so the exporter's Gemm for a Linear is one too). Not Conv: its
+dynamic ConvInteger ran a ResNet-18 4.5x slower than fp32 here (81 against 18 ms,
+benchmarks/bench_precision.py's ort-int8, which quantizes everything); not Gather: an embedding table
+in int8 saves memory but no time, and costs accuracy (backends/openvino_weights.py)."""
+
+
 def quantized(exported, segment, workdir: Path):
     """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
     output channel, signed weights, activations quantized per call), in place of the fp32 file."""
@@ -205,7 +213,7 @@ def quantized(exported, segment, workdir: Path):
     try:
         with quiet(), _root_logging_off():  # it logs advice on the root logger for every tensor
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             use_external_data_format=exported.external_data)
+                             op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=exported.external_data)
     except Exception as exc:
         raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
             f"onnxruntime.quantization.quantize_dynamic({py_str(str(source))}, ..., weight_type=QInt8, "

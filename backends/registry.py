@@ -98,7 +98,10 @@ def resolve(target: Target, options: dict | None = None):
                           f"one CPU, every core); write {target.backend}:cpu")
     declared = getattr(type(backend), "options", None)
     if target.precision:
-        offered = precisions_of(resolve(target.base), target.base)  # the base's errors come first
+        # the base target with the same options (MIGraphX's route decides what it offers); its
+        # errors come first
+        offered = precisions_of(resolve(target.base, {k: v for k, v in (options or {}).items()
+                                                      if k != "precision"}), target.base)
         if target.precision not in offered:
             raise TargetError(
                 f"target {target}: {target.backend} does not run {target.precision} on {target.device} here "

@@ -144,9 +144,12 @@ class TensorRTBackend(Backend):
         self.dynamic_max = given["dynamic_max"]
 
     def precisions(self, target: Target) -> tuple[str, ...]:
-        """fp16 and bf16 builder flags (TensorRT picks half-precision kernels per layer). int8 needs
-        a calibrator or QDQ nodes, which hetcc does not write yet."""
-        return ("fp16", "bf16")
+        """fp16 and bf16 builder flags (TensorRT picks half-precision kernels per layer); bf16 from
+        compute capability 8.0 (Ampere) on. int8 needs a calibrator or QDQ nodes, which hetcc does
+        not write yet."""
+        described = cuda_description(gpu_index(target))
+        major = int(str(described.get("compute_capability", "0")).split(".")[0] or 0)
+        return ("fp16", "bf16") if major >= 8 else ("fp16",)
 
     def target_problem(self, target: Target) -> str | None:
         # TensorRT first (its PyPI name depends on the CUDA version), then the ONNX exporter its

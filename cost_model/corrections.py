@@ -50,13 +50,16 @@ class Corrections:
 def key(target) -> str:
     """What a factor is kept under: the profile's name for a CPU target ('onnxruntime'), the
     profile's name and the device otherwise ('iree:rocm', 'tensorrt:cuda'): one backend's
-    runtimes on a CPU and on a GPU are misjudged differently."""
+    runtimes on a CPU and on a GPU are misjudged differently; a lower precision adds it
+    ('onnxruntime@int8')."""
     from hetcc.cost_model.target_devices import profile_name
     from hetcc.target import Target
 
     target = Target.parse(target)
     name = profile_name(target)
-    return name if target.device == "cpu" or ":" in name else f"{name}:{target.device}"
+    name = name if target.device == "cpu" or ":" in name else f"{name}:{target.device}"
+    # a lower precision is misjudged on its own (its speed-ups are assumptions): 'openvino@int8w'
+    return f"{name}@{target.precision}" if target.precision else name
 
 
 def corrections_path() -> Path:

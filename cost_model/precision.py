@@ -23,25 +23,25 @@ class Scheme:
     other: str
     """The element type of every other float op's arithmetic (bf16 inference precision runs all
     of them in bf16; int8 matrix products sit beside fp32 elementwise ops)."""
+    narrows: tuple[str, ...] = ("matmul", "conv")
+    """The op classes whose weights it stores narrower and computes in ``weighted``: the int8
+    paths quantize matrix products only (backends/onnxruntime_backend.py quantized,
+    backends/openvino_weights.py)."""
 
 
 SCHEMES = {
     "fp16": Scheme(2.0, "fp16", "fp16"),
     "bf16": Scheme(2.0, "bf16", "bf16"),
-    "int8": Scheme(1.0, "int8", "fp32"),
+    "int8": Scheme(1.0, "int8", "fp32", ("matmul",)),
     # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call
-    "int8w": Scheme(1.0, "int8", "fp32"),
-    "int8w-bf16": Scheme(1.0, "int8", "bf16"),
+    "int8w": Scheme(1.0, "int8", "fp32", ("matmul",)),
+    "int8w-bf16": Scheme(1.0, "int8", "bf16", ("matmul",)),
 }
 
 ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
 the runtimes' int8 GEMMs realise about half once activations are quantized per call."""
-
-WEIGHTED = ("matmul", "conv")
-"""Op classes whose resident bytes are weights a precision stores narrower."""
-
 
 def arithmetic_rate(device, dtype: str) -> float:
     """FLOP/s of ``device`` in ``dtype``: its spec's figure, else fp32's times the assumed speed-up."""

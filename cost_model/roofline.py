@@ -22,7 +22,7 @@ profile's ``per_view`` (0 for runtimes that fold views into their neighbours).
 from __future__ import annotations
 
 from hetcc.cost_model.devices import DeviceSpec
-from hetcc.cost_model.precision import WEIGHTED, arithmetic_rate, scheme_of
+from hetcc.cost_model.precision import arithmetic_rate, scheme_of
 from hetcc.cost_model.profiles import BackendProfile
 
 
@@ -52,9 +52,10 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
     moved = facts.bytes_moved
     scheme = scheme_of(precision)
     if scheme is not None:
-        weighted = facts.op_class in WEIGHTED and facts.resident_bytes > 0
+        weights = getattr(facts, "weight_bytes", 0)
+        weighted = facts.op_class in scheme.narrows and weights > 0
         if weighted:  # the weights are read at the scheme's width (fp32: 4 bytes)
-            moved -= facts.resident_bytes * (1.0 - scheme.weight_bytes / 4.0)
+            moved -= weights * (1.0 - scheme.weight_bytes / 4.0)
         rate = arithmetic_rate(device, scheme.weighted if weighted else scheme.other)
     compute = facts.flops / (rate * eff) if facts.flops else 0.0
     if facts.op_class in profile.fused_classes:

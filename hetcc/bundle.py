@@ -465,9 +465,10 @@ def _verify_on_load(name: str, target: str, run, verification: Verification) -> 
                           "bundle is corrupt: copy it again or recompile") from exc
     limit = check.get("relative_limit")  # a segment in a lower precision: the budget's limit
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
-                              or not 0 < limit < math.inf):
+                              or not 0 < limit < math.inf or not Target.parse(target).precision):
         raise BundleError(f"segment {name} ({target}): its check's relative_limit {limit!r} is not a "
-                          "positive number; the bundle is corrupt: copy it again or recompile")
+                          "positive number for a target in a lower precision; the bundle is corrupt: copy "
+                          "it again or recompile")
     try:
         if limit is None:
             error = check_outputs(name, check["outputs"], run(*inputs), want, Tolerances(table))

@@ -47,7 +47,7 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
-from hetcc.precision import lower_precisions, whole_model_error, worst_segment
+from hetcc.precision import check_precision_options, lower_precisions, whole_model_error, worst_segment
 from hetcc.program import build_program
 from hetcc.handover import input_locations_of, location_of, parse_output_device
 from hetcc.names import dtype_name
@@ -75,8 +75,12 @@ vendor-runtime profile of cost_model/planning.py instead."""
 FALLBACK = Target("torch", "cpu")
 MAX_ATTEMPTS = 8
 MAX_DROPS = 8
-"""Lower-precision segments dropped one at a time for the accuracy budget before giving up on
-lower precisions altogether (one more placement, in the model's own precision)."""
+"""Lower-precision choices given up for the accuracy budget (a segment beyond its limit, or the
+whole model beyond the budget) before giving up on lower precisions altogether (one more
+placement, in the model's own precision)."""
+PARTIAL_DROPS = 3
+"""Whole-model misses that give up only the later part of a segment's lower precision (the share
+the budget leaves, see AccuracyBudget.share_within); later ones give up the whole segment's."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     wanted = parse_targets(targets)
     # an option no target would use is refused, not dropped; values come back in their one spelling
     options = check_backend_options(wanted, backend_options)
+    check_precision_options(options)
     budget, auto = budget_of(tune, measure)
     if learn and budget is None:
         raise HetccError("learn=True learns from what tuning measures; give tune='auto' or a budget too")
@@ -273,6 +278,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     started = time.perf_counter()
     report("capture", "torch.export and decomposition to core ATen")
     captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes, example_kwargs=example_kwargs)
+    if accuracy_budget is not None:
+        accuracy_budget.check_outputs([captured.values.get(o) for o in captured.outputs if o is not None])
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
@@ -347,8 +354,6 @@ class _Session:
     budget: AccuracyBudget | None = None
     """compile(accuracy=...): what lower-precision segments and the whole model are checked against."""
     failures: int = 0
-    misses: int = 0
-    """Lower-precision segments that missed the budget's segment limit (and were placed again)."""
     why: str = ""
     """Said after each progress message (which plan is being built)."""
     lowered: dict = field(default_factory=dict)
@@ -362,9 +367,11 @@ class _Session:
         notes = [*self.captured.notes, *(notes or [])]
         self.why = why
         last_resort = self.order.index(FALLBACK)
-        attempt, drops, accuracy = 0, [], None
+        # re-solves for the accuracy budget (a precision missed or dropped) are not lowering
+        # failures, so they do not count as attempts; they have their own bound, MAX_DROPS
+        attempt, drops, resolves = 0, [], 0
         while attempt < MAX_ATTEMPTS:
-            attempt += 1
+            attempt, accuracy = attempt + 1, None
             _check_placeable(self.units, candidates)
             # units that only torch:cpu may take go there whatever the solver says: a bound they
             # already break fails now, not after lowering everything else
@@ -377,28 +384,36 @@ class _Session:
             placement = solve(problem)
             # the later attempts ban whole segments, as before narrowing existed: each narrowed
             # ban is smaller, and the attempts must still end in a plan that works
-            misses = self.misses
+            missed = []
             segments = self._lower_all(problem, placement, candidates, notes,
-                                       narrowing=attempt <= MAX_ATTEMPTS // 2)
+                                       narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed)
             if segments is None:
-                if self.misses > misses and self.misses + len(drops) <= MAX_DROPS:
-                    attempt -= 1  # a precision given up is not a lowering failure
+                if missed:  # a lower precision given up for a segment: place again
+                    attempt, resolves = attempt - 1, resolves + 1
+                    drops.extend(missed)
+                    if len(drops) >= MAX_DROPS:
+                        self._give_up_precision(candidates, notes)
                 continue
-            if self.budget is None or any(isinstance(s.executable, NotHere) for s in segments):
+            if self.budget is None:
+                break
+            if any(isinstance(s.executable, NotHere) for s in segments):
+                notes.append(f"the whole model was not checked against the accuracy budget ({self.budget}): "
+                             "a segment runs on a device this machine does not have; each segment is "
+                             "checked against its own limit when the bundle is loaded there")
                 break
             accuracy = whole_model_error(_bare(self.captured, segments), self.captured, self.budget)
             if self.budget.holds(accuracy):
                 break
-            # errors compound across segments: drop the lower precision that moved its own outputs
-            # most and place again (a re-solve that is not a lowering failure: not an attempt)
-            attempt -= 1
+            # errors compound across segments: give up part of the lower precision that moved its
+            # own outputs most and place again
+            attempt, resolves = attempt - 1, resolves + 1
             self._drop(segments, accuracy, candidates, drops, notes)
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
         self._check_fallback(candidates, [u for seg in segments if seg.target == FALLBACK
                                           for u in seg.spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
-                          self.objective, attempt, notes, captured=self.captured)
+                          self.objective, attempt + resolves, notes, captured=self.captured)
         if self.budget is not None:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy, "dropped": drops})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
@@ -409,34 +424,46 @@ class _Session:
         return compiled
 
     def _drop(self, segments, accuracy: float, candidates, drops: list, notes: list) -> None:
-        """Ban the worst lower-precision segment's precision for its units; an AccuracyError when
-        the plan breaks the budget with no lower precision left to drop."""
+        """Give up the worst lower-precision segment's precision for the later part of its units
+        (all of them once PARTIAL_DROPS are spent); an AccuracyError when the plan breaks the budget
+        with no lower precision left to drop."""
         worst = worst_segment(segments)
         if worst is None:
+            ran = "; ".join(f"{s.program.name} on {s.target}: max abs error {s.verification.max_error or 0.0:.2g}"
+                            for s in segments)
             raise AccuracyError(
-                f"the model's outputs miss the accuracy budget ({self.budget}) at {accuracy:.4g} even "
-                "with every segment in the model's own precision: the runtimes' own rounding is beyond "
-                "it. Loosen the budget, or list fewer targets (plan.notes and each segment's max error "
-                "show which runs furthest from torch)")
-        if len(drops) >= MAX_DROPS:  # no end of small drops: every unit back to its own precision
-            for u in range(len(self.units)):
-                for t, target in enumerate(self.order):
-                    if target.precision and candidates.allowed[u][t]:
-                        candidates.ban(u, t, f"the accuracy budget ({self.budget}) broke {MAX_DROPS} "
-                                             "times: lower precisions were given up")
-            what = "every lower precision"
-        else:
-            for u in worst.spec.units:
-                candidates.ban(u, worst.spec.target, f"with {worst.target} here the whole model missed the "
-                                                     f"accuracy budget ({self.budget}) at {accuracy:.4g}")
-            what = f"{worst.target} for {worst.program.name}"
+                f"the model's outputs miss the accuracy budget ({self.budget}): {self.budget.metric} is "
+                f"{accuracy:.4g} on the example inputs even with every segment in the model's own "
+                f"precision ({ran}), so the runtimes' own rounding is beyond it. Loosen the budget past "
+                f"{accuracy:.3g}, or list fewer targets (drop the one furthest from torch)")
+        units = list(worst.spec.units)
+        keep = self.budget.share_within(accuracy) if len(drops) < PARTIAL_DROPS else 0.0
+        kept = units[:int(keep * len(units))]  # the leading units keep the precision
+        for u in units[len(kept):]:
+            candidates.ban(u, worst.spec.target, f"with {worst.target} here the whole model missed the "
+                                                 f"accuracy budget ({self.budget}) at {accuracy:.4g}")
         drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
-                      "segment_relative_error": worst.verification.relative_error})
-        log.info("whole model at %s = %.4g misses the budget (%s); dropping %s", self.budget.metric,
+                      "segment_relative_error": worst.verification.relative_error,
+                      "units": len(units) - len(kept), "of": len(units)})
+        what = (f"{worst.target} for {worst.program.name}" if not kept else
+                f"{worst.target} for the last {len(units) - len(kept)} of {len(units)} units of {worst.program.name}")
+        log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", self.budget.metric,
                  accuracy, self.budget, what)
-        notes.append(f"dropped {what}: with it the whole model's {self.budget.metric} was {accuracy:.4g}, "
+        notes.append(f"gave up {what}: with it the whole model's {self.budget.metric} was {accuracy:.4g}, "
                      f"beyond the budget ({self.budget}); its own outputs were off by relative error "
                      f"{worst.verification.relative_error or 0.0:.3g}")
+        if len(drops) >= MAX_DROPS:
+            self._give_up_precision(candidates, notes)
+
+    def _give_up_precision(self, candidates, notes: list) -> None:
+        """Every unit back to the model's own precision: the budget broke MAX_DROPS times."""
+        for u in range(len(self.units)):
+            for t, target in enumerate(self.order):
+                if target.precision and candidates.allowed[u][t]:
+                    candidates.ban(u, t, f"the accuracy budget ({self.budget}) broke {MAX_DROPS} times: "
+                                         "lower precisions were given up")
+        notes.append(f"every lower precision was given up: the accuracy budget ({self.budget}) broke "
+                     f"{MAX_DROPS} times")
 
     def _check_fallback(self, candidates, on_torch, at_least: bool = False) -> None:
         """FallbackError if the units ``on_torch`` hold more fallback than ``self.limit`` allows."""
@@ -447,8 +474,9 @@ class _Session:
         self.limit.check(fallbacks, total, torch_listed=candidates.fallback is None,
                          at_least=at_least and sum(len(f.nodes) for f in fallbacks) < total)
 
-    def _lower_all(self, problem, placement, candidates, notes, narrowing: bool = True):
-        """Lower every segment; None (after banning what failed) if any segment failed."""
+    def _lower_all(self, problem, placement, candidates, notes, narrowing: bool = True, missed=None):
+        """Lower every segment; None (after banning what failed) if any segment failed. A
+        lower-precision segment beyond the budget's segment limit is added to ``missed``."""
         segments = []
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
@@ -462,7 +490,10 @@ class _Session:
                              f"...): {error}")
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} missed the accuracy budget here: {error}")
-                self.misses += 1
+                if missed is not None:
+                    missed.append({"segment": program.name, "target": str(target), "measured": None,
+                                   "segment_relative_error": None, "units": len(spec.units),
+                                   "of": len(spec.units), "why": error})
                 return None
             if error is not None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
@@ -567,7 +598,7 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value <= 0:
             raise TargetError(f"memory_limits[{target!r}] must be a positive number of bytes, got {value!r}")
-    unknown = set(limits) - {str(t) for t in order}
+    unknown = set(limits) - {str(t) for t in order} - {str(t.base) for t in order}
     if unknown:
         raise TargetError(f"memory_limits names {sorted(unknown)}, which are not among the targets "
                           f"{[str(t) for t in order]}")
@@ -577,18 +608,22 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
     infos = []
     for t in order:
         # a GPU target runs on its GPU's registry spec (copies cross its host link); CPU targets on
-        # this machine's calibrated or measured spec
-        device = (devices or {}).get(str(t)) or device_for_target(t) or (
+        # this machine's calibrated or measured spec. A lower-precision target runs on its base
+        # target's device, under its memory limit.
+        given = (devices or {}).get(str(t)) or (devices or {}).get(str(t.base))
+        device = given or device_for_target(t) or (
             calibration.device if calibration and t.device == "cpu" else this_cpu())
-        capacity = limits.get(str(t), device.mem_capacity)
+        capacity = limits.get(str(t), limits.get(str(t.base), device.mem_capacity))
         key = profile_name(t)
         profile = profile_for(key, profiles, calibration)
         if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
-                                memory=None if str(t) in (devices or {}) else _memory_of(t),
-                                location=_location_of(t, (backends or {}).get(t)), precision=t.precision))
+                                memory=f"own:{t.base}" if given else _memory_of(t),
+                                location=_location_of(t, (backends or {}).get(t)), precision=t.precision,
+                                limit_group=str(t.base) if str(t.base) in limits and str(t) not in limits
+                                or t.precision is None and str(t) in limits else None))
     return infos
 
 

@@ -6,7 +6,8 @@ worst output counts):
 - ``rel_error``: ‖y − y_ref‖ / ‖y_ref‖ at most the bound (e.g. 0.01: 1 %);
 - ``cosine``: cosine similarity of y and y_ref, flattened, at least the bound (e.g. 0.999);
 - ``top1``: share of rows whose arg-max over the last dimension agrees (a classifier's or an LM's
-  logits), at least the bound (e.g. 0.99).
+  logits: outputs of at least two dimensions count, each row one prediction), at least the bound
+  (e.g. 0.99).
 
 Integer and boolean outputs must match exactly under every metric. compile(accuracy=...) checks the
 budget on the whole model, and each lower-precision segment against ``segment_limit`` on its own
@@ -25,6 +26,8 @@ METRICS = {
     "cosine": "cosine similarity of the outputs and the reference, at least the bound",
     "top1": "share of rows whose arg-max over the last dimension agrees, at least the bound",
 }
+TOP1_NEEDS = ("accuracy top1 needs an output of rows of classes (logits: floating point, at least two "
+              "dimensions, the last of size 2 or more); this model has none: use rel_error or cosine")
 TOP1_SEGMENT_LIMIT = 0.05
 """The relative error a lower-precision segment's own outputs may have under a top1 budget (inner
 values have no arg-max to agree on); the whole model's agreement is what decides."""
@@ -93,15 +96,35 @@ class AccuracyBudget:
                 if not torch.equal(g.to(w.dtype), w):
                     return self.worst
                 continue
-            value = _METRIC[self.metric](g.double(), w.double())
+            g, w = g.double(), w.double()
+            if bool(_off_the_reference(g, w).any()):
+                return self.worst  # a NaN or infinity the reference does not have breaks any budget
+            value = _METRIC[self.metric](g, w)
             if value is not None:
                 values.append(value)
         if not values:
             if self.metric == "top1":
-                raise HetccError("accuracy top1 needs a floating-point output with a last dimension of "
-                                 "at least 2 (logits); this model has none: use rel_error or cosine")
+                raise HetccError(TOP1_NEEDS)
             return self.best
         return max(values) if self.metric == "rel_error" else min(values)
+
+    def share_within(self, value: float, margin: float = 0.8) -> float:
+        """The share of a lower-precision segment to keep when the whole model measured ``value``
+        beyond the budget, if error grew in proportion to it: ``margin`` times budget over measured
+        excess (0 when the value is not a number, or nothing measurable is left)."""
+        if self.metric == "rel_error":
+            excess, allowed = value, self.bound
+        else:
+            excess, allowed = 1.0 - value, 1.0 - self.bound
+        if not math.isfinite(excess) or excess <= 0 or allowed <= 0:
+            return 0.0
+        return max(0.0, min(1.0, margin * allowed / excess))
+
+    def check_outputs(self, outputs) -> None:
+        """HetccError, before anything is lowered, when the metric cannot be measured on these
+        reference outputs (top1 on a model without logits)."""
+        if self.metric == "top1" and not any(counts_for_top1(o) for o in outputs):
+            raise HetccError(TOP1_NEEDS)
 
     def holds(self, value: float) -> bool:
         return value <= self.bound if self.metric == "rel_error" else value >= self.bound
@@ -121,24 +144,33 @@ class AccuracyBudget:
         return {"metric": self.metric, "bound": self.bound}
 
 
+def _off_the_reference(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Where one side is not finite and the two differ (NaN against NaN, and an infinity against
+    the same one, agree)."""
+    same = (torch.isnan(got) & torch.isnan(want)) | (got == want)
+    return (~torch.isfinite(got) | ~torch.isfinite(want)) & ~same
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """‖got − want‖ / ‖want‖ in float64; inf where ``got`` has NaN or inf that ``want`` has not."""
+    """‖got − want‖ / ‖want‖ in float64 over the finite elements; inf where either side has a NaN
+    or infinity the other has not."""
     got, want = got.double(), want.double()
-    both = (torch.isnan(got) & torch.isnan(want)) | (torch.isinf(want) & (got == want))
-    if bool((~torch.isfinite(got) & ~both).any()):
+    if bool(_off_the_reference(got, want).any()):
         return math.inf
-    diff = torch.where(both, 0.0, got - want)
-    scale = float(torch.where(torch.isfinite(want), want, 0.0).norm())
-    error = float(diff.norm())
+    finite = torch.isfinite(want)
+    error = float(torch.where(finite, got - want, 0.0).norm())
+    scale = float(torch.where(finite, want, 0.0).norm())
     if scale == 0.0:
         return 0.0 if error == 0.0 else math.inf
     return error / scale
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, 0.0)
+
+
 def _cosine(got, want) -> float:
-    if not bool(torch.isfinite(got).all()) and not torch.equal(torch.isnan(got), torch.isnan(want)):
-        return -math.inf
-    g, w = torch.nan_to_num(got.flatten()), torch.nan_to_num(want.flatten())
+    g, w = _finite(got.flatten()), _finite(want.flatten())  # both agree where either is not finite
     gn, wn = float(g.norm()), float(w.norm())
     if gn == 0.0 or wn == 0.0:
         return 1.0 if gn == wn else 0.0
@@ -146,9 +178,16 @@ def _cosine(got, want) -> float:
 
 
 def _top1(got, want) -> float | None:
-    if got.dim() == 0 or got.shape[-1] < 2 or want.numel() == 0:
-        return None  # no class dimension: this output does not count for top1
+    if not counts_for_top1(want):
+        return None  # no rows of classes: this output does not count for top1
     return float((got.argmax(-1) == want.argmax(-1)).double().mean())
+
+
+def counts_for_top1(value) -> bool:
+    """An output whose arg-max over the last dimension is a prediction per row: floating point,
+    at least two dimensions (rows of classes), at least two classes, and not empty."""
+    return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2
+            and value.shape[-1] >= 2 and value.numel() > 0)
 
 
 _METRIC = {"rel_error": relative_error, "cosine": _cosine, "top1": _top1}

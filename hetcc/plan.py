@@ -141,11 +141,17 @@ class Plan:
 
 
 def accuracy_line(accuracy: dict) -> str:
-    """One line on the accuracy budget and what the whole model measured against it."""
-    metric, bound, measured = accuracy.get("metric"), float(accuracy.get("bound")), accuracy.get("measured")
+    """One line on the accuracy budget and what the whole model measured against it (from a
+    report someone else may have written: anything malformed reads as unknown)."""
+    def number(value):
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    metric, bound, measured = str(accuracy.get("metric")), number(accuracy.get("bound")), number(accuracy.get("measured"))
     sign = "<=" if metric == "rel_error" else ">="
     got = "not measured (a segment runs on a device that is not here)" if measured is None \
         else f"{measured:.4g} on the example inputs"
-    dropped = accuracy.get("dropped") or ()
-    return (f"accuracy: {metric} {sign} {bound:g} against fp32 PyTorch; the whole model: {got}"
-            + (f"; {len(dropped)} lower-precision choice(s) dropped for it" if dropped else ""))
+    dropped = accuracy.get("dropped")
+    dropped = len(dropped) if isinstance(dropped, list) else 0
+    return (f"accuracy: {metric} {sign} {'?' if bound is None else format(bound, 'g')} against fp32 "
+            f"PyTorch; the whole model: {got}"
+            + (f"; {dropped} lower-precision choice(s) given up for it" if dropped else ""))

@@ -25,8 +25,9 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) 
                              "results: give an accuracy budget, e.g. accuracy=0.01 (outputs within 1 % "
                              "of fp32; CLI --accuracy 0.01), and hetcc checks it")
         if chosen is not None:
-            raise HetccError("precisions= chooses among lower precisions, which needs an accuracy budget "
-                             "too: add accuracy=0.01 (or 'top1=0.99', 'cosine=0.999')")
+            raise HetccError("precisions= (CLI --precisions) chooses among lower precisions, which needs "
+                             "an accuracy budget too: add accuracy=0.01 (CLI --accuracy 0.01; or top1=0.99, "
+                             "cosine=0.999)")
         return []
     if chosen is not None:
         chosen = [chosen] if isinstance(chosen, str) else list(chosen)
@@ -45,9 +46,21 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) 
                 added.append(variant)
     if chosen is not None and not added and not listed:
         said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"
-        raise HetccError(f"none of the targets offers {', '.join(chosen)} here (they offer: {said}); "
-                         "choose among those, or add a target that runs it")
+        raise HetccError(f"none of the targets offers {', '.join(chosen) or 'the precisions asked for (none)'} "
+                         f"here (they offer: {said}); choose among those, or add a target that runs it")
     return added
+
+
+def check_precision_options(options: dict) -> None:
+    """A backend option that quantizes (precision int8, int8w...) changes results behind the
+    budget's back: it is written as a target (``onnxruntime:cpu@int8``) with ``accuracy=``."""
+    for backend, given in options.items():
+        precision = (given or {}).get("precision")
+        if precision in PRECISIONS and precision not in ("fp16", "bf16"):
+            raise HetccError(f"backend option {backend}.precision={precision} quantizes every segment "
+                             f"on {backend} without an accuracy budget; write the target as "
+                             f"{backend}:<device>@{precision} and give accuracy= (CLI --accuracy), or give "
+                             "accuracy= alone and let hetcc choose (docs/precision.md)")
 
 
 def whole_model_error(compiled, captured, budget) -> float:

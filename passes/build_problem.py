@@ -45,6 +45,9 @@ class TargetInfo:
     peer_bandwidth: float = 0.0
     precision: str | None = None
     """A lower precision the target runs in (hetcc.target.PRECISIONS; cost_model/precision.py)."""
+    limit_group: str | None = None
+    """Targets with the same one hold at most ``capacity`` resident bytes together: a target and
+    its lower-precision variants under the user's memory limit for it."""
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
@@ -148,11 +151,15 @@ def handoff(src, dst) -> tuple[float, float]:
 def shared_memories(targets: list[TargetInfo]) -> tuple:
     """(target indices, bytes) for each physical memory that two or more targets use."""
     groups: dict[str, list[int]] = {}
+    limited: dict[str, list[int]] = {}
     for t, info in enumerate(targets):
         if info.memory is not None:
             groups.setdefault(info.memory, []).append(t)
+        if info.limit_group is not None:
+            limited.setdefault(info.limit_group, []).append(t)
     return tuple((tuple(ts), min(targets[t].device.mem_capacity for t in ts))
-                 for ts in groups.values() if len(ts) > 1)
+                 for ts in groups.values() if len(ts) > 1) + \
+        tuple((tuple(ts), min(targets[t].capacity for t in ts)) for ts in limited.values() if len(ts) > 1)
 
 
 def _keep_resident(captured, values, resident, wanted) -> list[Value]:

@@ -98,12 +98,17 @@ def candidates_for(captured, units, order: list[Target], backends: dict, pins: d
         for key, pinned in pins.items():
             if any(matches(n, key) for n in nodes):
                 for t in order:
-                    if t != pinned:
+                    # a pin to a target leaves its precision to the accuracy budget; a pin to
+                    # target@precision is exact
+                    if t != pinned and not (pinned.precision is None and t.base == pinned):
                         cand.forbid(u, index[t], f"pinned to {pinned} by pins[{key!r}]", USER)
         for key, banned in exclude.items():
             if any(matches(n, key) for n in nodes):
-                for t in banned:
-                    cand.forbid(u, index[t], f"excluded by exclude[{key!r}]", USER)
+                for b in banned if isinstance(banned, list) else [banned]:
+                    # excluding a target excludes it in every precision
+                    for t in order if b.precision is None else [b]:
+                        if t == b or t.base == b:
+                            cand.forbid(u, index[t], f"excluded by exclude[{key!r}]", USER)
         for t in order:
             if not cand.allowed[u][index[t]]:
                 continue

@@ -28,6 +28,9 @@ class NodeFacts:
     bytes_written: int
     resident_bytes: int
     """Weights this node reads, which must stay in the memory of the device that runs it."""
+    weight_bytes: int = 0
+    """Weights this node reads directly or through views (a Linear's weight reaches its addmm
+    through a permute): what a lower precision stores narrower (cost_model/precision.py)."""
 
     @property
     def bytes_moved(self) -> int:
@@ -157,7 +160,17 @@ def node_facts(node, values: dict, weights: set[str]) -> NodeFacts:
         flops = 0.0
     else:
         flops = float(out_numel) * _ELEMENTWISE_FLOPS.get(base, 1)
-    return NodeFacts(node.name, op_name(node.target), cls, flops, read, written, resident)
+    weight = sum(_nbytes(values[a.name]) for a in node.all_input_nodes if _is_weight(a, weights))
+    return NodeFacts(node.name, op_name(node.target), cls, flops, read, written, resident, weight)
+
+
+def _is_weight(node, weights: set[str]) -> bool:
+    """Whether ``node`` is a weight, or a view of one (a permute, a transpose, a reshape...)."""
+    while node.name not in weights:
+        if node.op != "call_function" or classify(node) != "view" or len(node.all_input_nodes) != 1:
+            return False
+        node = node.all_input_nodes[0]
+    return True
 
 
 def graph_facts(graph, values: dict, weights) -> dict[str, NodeFacts]:

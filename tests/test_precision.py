@@ -20,6 +20,7 @@ from hetcc.cost_model.profiles import BackendProfile
 from hetcc.cost_model.roofline import node_parts
 from hetcc.error_budget import AccuracyBudget
 from hetcc.errors import AccuracyError, HetccError, TargetError
+from hetcc.passes.build_problem import shared_memories
 from hetcc.passes.facts import NodeFacts
 from hetcc.target import Target, parse_targets
 
@@ -89,8 +90,10 @@ def test_the_metrics_measure_the_worst_output():
     assert rel == pytest.approx(0.1)  # the second output: |1| / |10|
     assert AccuracyBudget.make("cosine=0.9").measure(got, want) == pytest.approx(float(
         torch.nn.functional.cosine_similarity(got[1], want[1], dim=0)))
-    swapped = [torch.tensor([[1.0, 3.0, 2.0], [3.0, 2.0, 1.0]]), want[1]]
-    assert AccuracyBudget.make("top1=0.99").measure(swapped, want) == 0.5  # 1-D outputs do not count
+    swapped = [torch.tensor([[1.0, 3.0, 2.0], [3.0, 2.0, 1.0]]), torch.tensor([0.0, 10.0])]
+    # one of two rows keeps its arg-max; the 1-D output (no rows of classes) does not count, though
+    # its own arg-max moved
+    assert AccuracyBudget.make("top1=0.99").measure(swapped, want) == 0.5
 
 
 def test_a_nan_the_reference_lacks_or_an_integer_that_differs_breaks_any_budget():
@@ -99,8 +102,12 @@ def test_a_nan_the_reference_lacks_or_an_integer_that_differs_breaks_any_budget(
     assert budget.measure([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == math.inf
     assert not budget.holds(math.inf) and budget.holds(0.5)
     assert budget.measure([torch.tensor([1.0, math.nan])], [torch.tensor([1.0, math.nan])]) == 0.0
-    with pytest.raises(HetccError, match="top1 needs a floating-point output with a last dimension"):
-        AccuracyBudget.make("top1=0.9").measure([torch.zeros(3, 1)], [torch.zeros(3, 1)])
+    for metric in ("rel_error=0.5", "cosine=0.5", "top1=0.5"):  # an infinity or NaN the reference lacks
+        budget = AccuracyBudget.make(metric)
+        assert not budget.holds(budget.measure([torch.tensor([[math.inf, 1e-3]])], [torch.tensor([[1.0, 1e-3]])]))
+        assert not budget.holds(budget.measure([torch.tensor([[1.0, 1e-3]])], [torch.tensor([[math.nan, 1e-3]])]))
+    with pytest.raises(HetccError, match="top1 needs an output of rows of classes"):
+        AccuracyBudget.make("top1=0.9").measure([torch.zeros(3)], [torch.zeros(3)])
 
 
 def test_a_segment_limit_follows_the_metric():
@@ -115,8 +122,9 @@ def test_a_lower_precision_reads_narrower_weights_and_computes_faster():
     cpu = DeviceSpec(name="cpu", peak_flops={"fp32": 1e11}, mem_bandwidth=1e10, mem_capacity=1e12)
     profile = BackendProfile("x", {}, per_node=0.0, call_overhead=0.0)
     weights = 64 * 1024 * 4
+    # a Linear's weight reaches its matmul through a permute: resident on the view, read by the mm
     matmul = NodeFacts("mm", "aten.mm.default", "matmul", 2 * 64 * 1024 * 8, weights + 8 * 64 * 4, 8 * 1024 * 4,
-                       weights)
+                       0, weight_bytes=weights)
     compute, memory = node_parts(matmul, cpu, profile)
     compute8, memory8 = node_parts(matmul, cpu, profile, precision="int8w")
     assert compute8 == pytest.approx(compute / 2)  # int8 dot products; no int8 peak in the spec: 2x
@@ -130,10 +138,46 @@ def test_a_lower_precision_reads_narrower_weights_and_computes_faster():
     assert node_parts(add, cpu, profile, precision="int8w-bf16")[0] == pytest.approx(node_parts(add, cpu, profile)[0] / 2)
 
 
+def test_a_linear_weight_read_through_a_view_counts_as_the_matmuls_weight():
+    from hetcc.capture import capture
+    from hetcc.passes.facts import graph_facts
+
+    model, inputs = mlp.build(batch=8)
+    captured = capture(model, inputs)
+    facts = graph_facts(captured.graph, captured.values, captured.weights)
+    matmuls = [f for f in facts.values() if f.op_class == "matmul"]
+    # each addmm: its weight through the permute, and its bias directly
+    assert [f.weight_bytes for f in matmuls] == [(256 + 1) * 1024 * 4, (1024 + 1) * 1024 * 4,
+                                                 (1024 + 1) * 1024 * 4, (1024 + 1) * 64 * 4]
+
+
 def test_compile_time_target_infos_carry_location_and_precision():
-    infos = _target_infos([Target("onnxruntime", "cpu"), Target("onnxruntime", "cpu", None, "int8")], None,
-                          None, None)
-    assert [(i.location, i.dtype, i.precision) for i in infos] == [("cpu", "fp32", None), ("cpu", "fp32", "int8")]
+    order = [Target("onnxruntime", "cpu"), Target("onnxruntime", "cpu", None, "int8"), Target("torch", "cpu")]
+    infos = _target_infos(order, None, None, None)
+    assert [(i.location, i.dtype, i.precision) for i in infos] == [("cpu", "fp32", None), ("cpu", "fp32", "int8"),
+                                                                 ("cpu", "fp32", None)]
+    # a memory limit on a target holds for it and its lower precisions together
+    limited = _target_infos(order, None, None, {"onnxruntime:cpu": 1000})
+    assert [i.capacity for i in limited[:2]] == [1000, 1000]
+    assert ((0, 1), 1000) in shared_memories(limited) and limited[2].limit_group is None
+
+
+def test_excluding_a_target_excludes_its_lower_precisions_and_a_pin_leaves_them():
+    model, inputs = mlp.build(batch=4)
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu", "openvino:cpu"], accuracy=0.5, tune="off",
+                       exclude={"net.0": ["onnxruntime:cpu"], "net.2": ["openvino:cpu"]},
+                       pins={"net.6": "openvino:cpu"})
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    assert not where["addmm"].startswith("onnxruntime:cpu") and not where["addmm_1"].startswith("openvino:cpu")
+    assert where["addmm_3"].startswith("openvino:cpu")  # in any precision openvino:cpu offers
+
+
+def test_a_quantizing_backend_option_must_be_a_target_with_a_budget():
+    model, inputs = mlp.build(batch=4)
+    with pytest.raises(HetccError, match="backend option onnxruntime.precision=int8 quantizes every segment on "
+                                         "onnxruntime without an accuracy budget; write the target as "
+                                         "onnxruntime:<device>@int8"):
+        hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], backend_options={"onnxruntime": {"precision": "int8"}})
 
 
 # ---- compile ---------------------------------------------------------------------------------
@@ -142,7 +186,7 @@ def test_a_lower_precision_needs_a_budget():
     model, inputs = mlp.build(batch=4)
     with pytest.raises(HetccError, match="give an accuracy budget, e.g. accuracy=0.01"):
         hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"])
-    with pytest.raises(HetccError, match="precisions= chooses among lower precisions, which needs an accuracy"):
+    with pytest.raises(HetccError, match=r"precisions= \(CLI --precisions\) chooses among lower precisions, which needs an accuracy"):
         hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], precisions=["int8"])
     with pytest.raises(HetccError, match=r"none of the targets offers fp16 here \(they offer: int8 on onnxruntime:cpu\)"):
         hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=0.01, precisions=["fp16"])
@@ -225,9 +269,16 @@ def test_a_choice_that_breaks_the_whole_models_budget_is_dropped():
     assert dropped and dropped[0]["target"] == "onnxruntime:cpu@int8" and dropped[0]["measured"] < 1.0
     assert cm.plan.accuracy["measured"] == 1.0
     assert all(s.precision != "int8" for s in cm.plan.segments)
-    assert any(n.startswith("dropped onnxruntime:cpu@int8 for") for n in cm.plan.notes)
+    assert any(n.startswith("gave up onnxruntime:cpu@int8 for") for n in cm.plan.notes)
     with torch.no_grad():
         assert torch.equal(cm(x).argmax(-1), model(x).argmax(-1))
+
+
+def test_top1_on_a_model_without_logits_is_refused_before_lowering():
+    _, inputs = mlp.build(batch=1)  # the model below returns one score per input: no rows of classes
+    with pytest.raises(HetccError, match="top1 needs an output of rows of classes"):
+        hetcc.compile(nn.Sequential(nn.Linear(256, 1), nn.Flatten(0)).eval(), inputs, targets=["onnxruntime:cpu"],
+                      accuracy="top1=0.99", tune="off")
 
 
 def test_a_budget_the_runtimes_themselves_miss_is_an_error():
@@ -273,5 +324,21 @@ def test_a_cross_compiled_low_precision_segment_is_checked_against_its_limit_on_
                                           "reference by relative error 0.1"):
         _verify_on_load("seg0", "tensorrt:cuda:0@fp16", lambda a: [a * 2.2], pending)
     corrupt = Verification(verified=False, check={**check, "relative_limit": "1e9"}, check_file=pending.check_file)
-    with pytest.raises(BundleError, match="relative_limit '1e9' is not a positive number; the bundle is corrupt"):
+    with pytest.raises(BundleError, match="relative_limit '1e9' is not a positive number for a target in a "
+                                          "lower precision; the bundle is corrupt"):
         _verify_on_load("seg0", "tensorrt:cuda:0@fp16", lambda a: [a * 2], corrupt)
+    with pytest.raises(BundleError, match="relative_limit 0.05 is not a positive number for a target in a lower"):
+        _verify_on_load("seg0", "tensorrt:cuda:0", lambda a: [a * 2.02], pending)  # fp32 keeps its tolerances
+
+
+def test_the_roofline_moves_a_lower_precision_segment_to_its_narrower_bytes():
+    from hetcc.explain.plot import png_bytes, segment_bounds
+
+    seg = {"name": "seg0", "target": "openvino:cpu@int8w", "precision": "int8w", "flops": 4e9,
+           "bytes_moved": 5e7, "resident_bytes": 4e7, "measured_seconds": 0.01, "ops": {"aten.mm.default": 4}}
+    (row,) = segment_bounds({"segments": [seg]})
+    assert row["bytes_moved"] == 5e7 - 3e7 and row["intensity"] == pytest.approx(4e9 / 2e7)
+    assert row["fp32_intensity"] == pytest.approx(4e9 / 5e7) and row["precision"] == "int8w"
+    (fp32,) = segment_bounds({"segments": [{**seg, "target": "openvino:cpu", "precision": "fp32"}]})
+    assert fp32["bytes_moved"] == 5e7  # the plan's own precision: nothing narrower
+    assert png_bytes({"segments": [seg]}).startswith(b"\x89PNG")

@@ -80,10 +80,10 @@ def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
                      f"{report.get('solver')}, {report.get('attempts', 1)} attempt(s)); targets asked "
                      f"for: {', '.join(map(str, report.get('targets') or []))}")
     accuracy = report.get("accuracy")
-    if isinstance(accuracy, dict) and _float(accuracy.get("bound")) is not None:
+    if isinstance(accuracy, dict):
         from hetcc.plan import accuracy_line
 
-        lines.append(accuracy_line({**accuracy, "measured": _float(accuracy.get("measured"))}))
+        lines.append(accuracy_line(accuracy))
     lines.append(f"inputs {signature}")
     if isinstance(runtimes, dict) and runtimes:
         lines.append("built with " + ", ".join(f"{k} {v}" for k, v in runtimes.items()))

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from hetcc.cost_model.devices import DeviceSpec
+from hetcc.cost_model.precision import scheme_of
 from hetcc.cost_model.profiles import profile_for
 from hetcc.errors import HetccError, TargetError
 from hetcc.target import Target
@@ -140,6 +141,9 @@ def _classify(seg: dict, devices, profiles) -> dict:
     flops = _num(seg.get("flops")) or 0.0
     moved = _num(seg.get("bytes_moved")) or 0.0
     resident = _num(seg.get("resident_bytes")) or 0.0
+    # a lower precision reads its weights narrower: the segment moves right on the roofline
+    fp32_intensity = flops / moved if moved else None
+    moved = narrowed_bytes(moved, resident, seg.get("precision"))
     measured, predicted = _num(seg.get("measured_seconds")), _num(seg.get("predicted_seconds"))
     if measured and measured > 0:
         seconds, source = measured, "measured"
@@ -160,6 +164,7 @@ def _classify(seg: dict, devices, profiles) -> dict:
         "device_note": note, "device_source": spec.source if spec else None,
         "flops": flops, "bytes_moved": moved, "resident_bytes": resident,
         "seconds": seconds, "time_source": source, "intensity": flops / moved if moved else None,
+        "fp32_intensity": fp32_intensity, "precision": seg.get("precision") if isinstance(seg.get("precision"), str) else None,
         "attained_flops": flops / seconds if seconds else None, "op_class": op_class,
         "efficiency": eff, "line_efficiency": profile.eff("matmul") if profiles else 1.0,
         "device_peak_flops": None, "device_bandwidth": None,
@@ -186,6 +191,15 @@ def _classify(seg: dict, devices, profiles) -> dict:
         row["why"] += (f"; it attains only {row['roof_fraction']:.1%} of that roof, so its time goes "
                        "elsewhere (per-node dispatch, a slow kernel, a noisy measurement)")
     return row
+
+
+def narrowed_bytes(moved: float, resident: float, precision) -> float:
+    """Bytes a segment moves in ``precision``: its weights (``resident``, counted at fp32 in the
+    plan) at the precision's width (cost_model/precision.py); ``moved`` for any other precision."""
+    scheme = scheme_of(precision) if isinstance(precision, str) else None
+    if scheme is None or not 0 < resident <= moved:
+        return moved
+    return moved - resident * (1.0 - scheme.weight_bytes / 4.0)
 
 
 def _bound(r: dict) -> tuple[str, str]:
@@ -346,6 +360,11 @@ def _roofline(ax, bounds: list[dict], markers: dict) -> None:
         ax.text(ridge, y0, f" ridge {ridge:.3g} ", rotation=90, ha="right", va="bottom", fontsize=8.5,
                 color=color)
     for b in points:
+        if b["fp32_intensity"] and b["fp32_intensity"] != b["intensity"]:
+            # where the segment would sit with fp32 weights, and the shift its precision makes
+            ax.annotate("", xy=(b["intensity"], b["attained_flops"]),
+                        xytext=(b["fp32_intensity"], b["attained_flops"]), zorder=5,
+                        arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 1.2, "ls": "--"})
         ax.scatter(b["intensity"], b["attained_flops"], s=90, marker=markers[b["target"]],
                    color=BOUND_COLORS.get(b["bound"], BOUND_COLORS[UNKNOWN]), edgecolor="black",
                    linewidth=0.7, zorder=6,  # above the labels: a label never hides a point
