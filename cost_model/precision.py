@@ -50,3 +50,13 @@ def arithmetic_rate(device, dtype: str) -> float:
 
 def scheme_of(precision: str | None) -> Scheme | None:
     return SCHEMES.get(precision) if precision else None
+
+
+def bytes_moved(facts, precision: str | None) -> float:
+    """Bytes a node (a ``NodeFacts``) moves in ``precision``: its weights at the precision's width
+    where the precision narrows its op class, everything else as in fp32."""
+    scheme = scheme_of(precision)
+    weights = getattr(facts, "weight_bytes", 0)
+    if scheme is None or facts.op_class not in scheme.narrows or weights <= 0:
+        return facts.bytes_moved
+    return facts.bytes_moved - weights * (1.0 - scheme.weight_bytes / 4.0)

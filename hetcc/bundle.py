@@ -768,7 +768,8 @@ def _plan_from_report(report: dict, seg_plans) -> Plan:
             runner_up_seconds=_number(r.get("runner_up_seconds")),
             runner_up_why=r.get("runner_up_why") if isinstance(r.get("runner_up_why"), str) else "",
             precision=r.get("precision") if isinstance(r.get("precision"), str) else None,
-            relative_error=_number(r.get("relative_error")), artifact_bytes=_number(r.get("artifact_bytes"))))
+            relative_error=_number(r.get("relative_error")), artifact_bytes=_number(r.get("artifact_bytes")),
+            precision_bytes_moved=_number(r.get("precision_bytes_moved"))))
     names, producers = tables(report)  # newer than some bundles: absent ones stay empty
     targets = tuple(report.get("targets", ()))
     if not all(s.target in targets for s in segments):  # targets_used() indexes into this

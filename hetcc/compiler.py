@@ -23,6 +23,7 @@ from hetcc.backends.registry import resolve
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.planning import ACCELERATOR
+from hetcc.cost_model.precision import bytes_moved as narrowed
 from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import device_for_target, profile_name
 from hetcc.error_budget import AccuracyBudget
@@ -97,9 +98,9 @@ class Outcome:
     """Why it failed (the whole reason); None if it worked."""
     seconds: float
     """How long lowering, loading and verifying took."""
-    missed: bool = False
-    """It ran, in a lower precision, but beyond the accuracy budget's segment limit: not a
-    failure of the runtime, only of that choice."""
+    missed: float | None = None
+    """It ran, in a lower precision, but beyond the accuracy budget's segment limit: its relative
+    error. Not a failure of the runtime, only of that choice."""
 
 
 @dataclass(frozen=True)
@@ -386,7 +387,8 @@ class _Session:
             # ban is smaller, and the attempts must still end in a plan that works
             missed = []
             segments = self._lower_all(problem, placement, candidates, notes,
-                                       narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed)
+                                       narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed,
+                                       partial=len(drops) < PARTIAL_DROPS)
             if segments is None:
                 if missed:  # a lower precision given up for a segment: place again
                     attempt, resolves = attempt - 1, resolves + 1
@@ -474,26 +476,33 @@ class _Session:
         self.limit.check(fallbacks, total, torch_listed=candidates.fallback is None,
                          at_least=at_least and sum(len(f.nodes) for f in fallbacks) < total)
 
-    def _lower_all(self, problem, placement, candidates, notes, narrowing: bool = True, missed=None):
+    def _lower_all(self, problem, placement, candidates, notes, narrowing: bool = True, missed=None,
+                   partial: bool = False):
         """Lower every segment; None (after banning what failed) if any segment failed. A
-        lower-precision segment beyond the budget's segment limit is added to ``missed``."""
+        lower-precision segment beyond the budget's segment limit is added to ``missed``, and gives
+        up its precision for its later units (``partial``: the share beyond what the limit allows,
+        as a whole-model miss does; else for all of them)."""
         segments = []
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
             program, outcome = self._lower(f"seg{index}", spec.units, target)
             error = outcome.error
-            if error is not None and outcome.missed:
+            if error is not None and outcome.missed is not None:
                 # a lower precision too far off for this segment: a choice, not a runtime failure;
                 # its units keep their other choices and nothing is narrowed down or kept
-                log.info("%s on %s: %s; placing its nodes again without it", program.name, target, error)
-                notes.append(f"{target} was not kept for {len(spec.units)} unit(s) ({self.units[spec.units[0]].name}"
-                             f"...): {error}")
-                for u in spec.units:
+                units = list(spec.units)
+                share = AccuracyBudget("rel_error", self.budget.segment_limit).share_within(outcome.missed)
+                kept = units[:int(share * len(units))] if partial else []
+                log.info("%s on %s: %s; placing %d of its %d units again without it", program.name, target,
+                         error, len(units) - len(kept), len(units))
+                notes.append(f"{target} was not kept for {len(units) - len(kept)} of {len(units)} unit(s) of "
+                             f"{program.name} ({self.units[units[len(kept)]].name}...): {error}")
+                for u in units[len(kept):]:
                     candidates.ban(u, spec.target, f"{target} missed the accuracy budget here: {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
-                                   "segment_relative_error": None, "units": len(spec.units),
-                                   "of": len(spec.units), "why": error})
+                                   "segment_relative_error": outcome.missed, "units": len(units) - len(kept),
+                                   "of": len(units), "why": error})
                 return None
             if error is not None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
@@ -678,7 +687,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
         verification = Verification(max_error=max_error, measured_seconds=measured, nan_differs=tuple(dropped),
                                     relative_error=relative)
     except PrecisionMiss as exc:
-        return Outcome(None, None, None, readable(exc), time.perf_counter() - started, missed=True)
+        return Outcome(None, None, None, readable(exc), time.perf_counter() - started, missed=exc.relative)
     except Exception as exc:  # any vendor failure becomes a fall-back, never a crash
         # the whole chain and traceback for --debug; the reason is whole too, on one line, with
         # what it was raised from: a cut reason hides the cause
@@ -796,6 +805,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             runner_up_why=alt.why if alt else "",
             precision=target.precision or artifact.meta.get("precision"),
             relative_error=checked.relative_error, artifact_bytes=_file_bytes(artifact),
+            precision_bytes_moved=sum(narrowed(facts[m], target.precision) for m in nodes)
+            if target.precision else None,
         ))
         asked, ran = artifact.meta.get("requested_precision"), artifact.meta.get("precision")
         if asked and ran and asked != ran:

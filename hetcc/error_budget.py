@@ -40,9 +40,12 @@ class AccuracyBudget:
 
     @classmethod
     def make(cls, value) -> "AccuracyBudget | None":
-        """From a budget, a number (a rel_error bound), 'metric=bound', or {metric: bound}."""
+        """From a budget, a number or numeric string (a rel_error bound), 'metric=bound', or
+        {metric: bound}."""
         if value is None or isinstance(value, AccuracyBudget):
             return value
+        if isinstance(value, str) and _number(value) is not None:
+            return cls._checked("rel_error", _number(value), value)  # "0.01", as a number
         if isinstance(value, str):
             metric, eq, bound = value.partition("=")
             metric, bound = metric.strip().rstrip("<>").strip(), bound.strip()
@@ -191,6 +194,13 @@ def counts_for_top1(value) -> bool:
 
 
 _METRIC = {"rel_error": relative_error, "cosine": _cosine, "top1": _top1}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _bad(value) -> HetccError:

@@ -41,6 +41,9 @@ class SegmentPlan:
     """The precision the segment ran and was verified in: its target's lower precision
     (``onnxruntime:cpu@int8``: int8), else its backend's precision option where it has one (fp32,
     fp16, bf16; it may differ from the one asked for, and the plan's notes then say so)."""
+    precision_bytes_moved: float | None = None
+    """``bytes_moved`` in the segment's lower precision (weights at its width: what the roofline
+    plot places it by); None for a segment in the model's own precision."""
     artifact_bytes: int | None = None
     """Bytes of the lowered files on disk (its weights as the runtime stores them: a quarter of
     ``resident_bytes`` for int8 weights); None where unknown."""

@@ -28,6 +28,11 @@ class PrecisionMiss(LoweringError):
     """A segment in a lower precision ran, but further from the reference than the accuracy
     budget lets one segment be: that precision is given up there, nothing failed."""
 
+    def __init__(self, message: str, relative: float):
+        super().__init__(message)
+        self.relative = relative
+        """The segment's relative error."""
+
 
 @dataclass(frozen=True)
 class Tolerances:
@@ -180,7 +185,7 @@ def check_relative(segment: str, names, got, want, limit: float) -> tuple[float,
         worst_abs = max(worst_abs, float((g.double() - w.double()).abs().nan_to_num(0.0).max()))
         if not rel <= limit:
             raise PrecisionMiss(f"output {name} is off the torch reference by relative error {rel:.3g}, "
-                                f"beyond the accuracy budget's {limit:.3g} for one segment")
+                                f"beyond the accuracy budget's {limit:.3g} for one segment", rel)
     return worst_abs, worst_rel
 
 

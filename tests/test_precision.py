@@ -61,7 +61,7 @@ def test_a_precision_the_backend_does_not_run_here_is_refused_with_what_it_offer
 # ---- the budget ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given, metric, bound", [
-    (0.01, "rel_error", 0.01), ("rel_error=0.02", "rel_error", 0.02), ("top1 >= 0.99", "top1", 0.99), ("top1", None, None),
+    (0.01, "rel_error", 0.01), ("0.01", "rel_error", 0.01), ("rel_error=0.02", "rel_error", 0.02), ("top1 >= 0.99", "top1", 0.99), ("top1", None, None),
     ("top1=0.99", "top1", 0.99), ({"cosine": 0.999}, "cosine", 0.999),
 ])
 def test_a_budget_is_read_from_a_number_a_string_or_a_mapping(given, metric, bound):
@@ -209,6 +209,7 @@ def test_int8_runs_within_the_budget_with_a_quarter_of_the_weight_bytes(int8_mlp
     assert relative(cm(x), want) == pytest.approx(cm.plan.accuracy["measured"], rel=1e-6)
     assert cm.plan.accuracy["metric"] == "rel_error" and cm.plan.accuracy["measured"] <= 0.05
     assert seg.artifact_bytes < 0.3 * seg.resident_bytes  # int8 weights and their scales
+    assert seg.precision_bytes_moved < seg.bytes_moved - 0.7 * seg.resident_bytes  # what the plot shows
     assert "accuracy: rel_error <= 0.05 against fp32 PyTorch" in cm.plan.summary()
     # a new input: still int8, still close
     y = torch.randn(64, 256)
@@ -335,10 +336,31 @@ def test_the_roofline_moves_a_lower_precision_segment_to_its_narrower_bytes():
     from hetcc.explain.plot import png_bytes, segment_bounds
 
     seg = {"name": "seg0", "target": "openvino:cpu@int8w", "precision": "int8w", "flops": 4e9,
-           "bytes_moved": 5e7, "resident_bytes": 4e7, "measured_seconds": 0.01, "ops": {"aten.mm.default": 4}}
+           "bytes_moved": 5e7, "precision_bytes_moved": 2e7, "resident_bytes": 4e7, "measured_seconds": 0.01,
+           "ops": {"aten.mm.default": 4}}
     (row,) = segment_bounds({"segments": [seg]})
     assert row["bytes_moved"] == 5e7 - 3e7 and row["intensity"] == pytest.approx(4e9 / 2e7)
     assert row["fp32_intensity"] == pytest.approx(4e9 / 5e7) and row["precision"] == "int8w"
-    (fp32,) = segment_bounds({"segments": [{**seg, "target": "openvino:cpu", "precision": "fp32"}]})
+    (fp32,) = segment_bounds({"segments": [{**seg, "target": "openvino:cpu", "precision_bytes_moved": None}]})
     assert fp32["bytes_moved"] == 5e7  # the plan's own precision: nothing narrower
+    (bad,) = segment_bounds({"segments": [{**seg, "precision_bytes_moved": 9e9}]})  # more than fp32: ignored
+    assert bad["bytes_moved"] == 5e7
     assert png_bytes({"segments": [seg]}).startswith(b"\x89PNG")
+
+
+# ---- language models -------------------------------------------------------------------------
+
+def test_a_language_models_phases_take_the_budget_each():
+    """compile_lm passes accuracy= to both phases; each is checked on its own outputs (logits and
+    the cache), and generation runs on what was kept."""
+    pytest.importorskip("transformers")
+    import llm
+
+    model, _ = llm.build("llama", "tiny")
+    lm = hetcc.compile_lm(model, prompt_len=8, max_new_tokens=4, targets=["openvino:cpu", "onnxruntime:cpu"],
+                          accuracy=0.05, tune="off")
+    for phase in (lm.prefill, lm.decode):
+        assert phase.plan.accuracy["bound"] == 0.05 and phase.plan.accuracy["measured"] <= 0.05
+    assert any(s.precision for phase in (lm.prefill, lm.decode) for s in phase.plan.segments)
+    out = lm.generate([[5, 6, 7]])
+    assert len(out.tokens[0]) == 4

@@ -96,7 +96,7 @@ def accuracy_value(text: str):
     from hetcc.error_budget import AccuracyBudget
 
     try:
-        return AccuracyBudget.make(float(text) if _is_number(text) else text)
+        return AccuracyBudget.make(text)
     except HetccError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("accuracy=", "--accuracy ")) from None
 
@@ -111,14 +111,6 @@ def precision_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"expected precisions among {', '.join(PRECISIONS)}, "
                                          f"comma-separated; got {text!r}")
     return names
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def add_fallback_flags(p) -> None:

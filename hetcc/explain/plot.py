@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 from hetcc.cost_model.devices import DeviceSpec
-from hetcc.cost_model.precision import scheme_of
 from hetcc.cost_model.profiles import profile_for
 from hetcc.errors import HetccError, TargetError
 from hetcc.target import Target
@@ -143,7 +142,8 @@ def _classify(seg: dict, devices, profiles) -> dict:
     resident = _num(seg.get("resident_bytes")) or 0.0
     # a lower precision reads its weights narrower: the segment moves right on the roofline
     fp32_intensity = flops / moved if moved else None
-    moved = narrowed_bytes(moved, resident, seg.get("precision"))
+    narrowed = _num(seg.get("precision_bytes_moved"))
+    moved = narrowed if narrowed and 0 < narrowed <= moved else moved
     measured, predicted = _num(seg.get("measured_seconds")), _num(seg.get("predicted_seconds"))
     if measured and measured > 0:
         seconds, source = measured, "measured"
@@ -191,15 +191,6 @@ def _classify(seg: dict, devices, profiles) -> dict:
         row["why"] += (f"; it attains only {row['roof_fraction']:.1%} of that roof, so its time goes "
                        "elsewhere (per-node dispatch, a slow kernel, a noisy measurement)")
     return row
-
-
-def narrowed_bytes(moved: float, resident: float, precision) -> float:
-    """Bytes a segment moves in ``precision``: its weights (``resident``, counted at fp32 in the
-    plan) at the precision's width (cost_model/precision.py); ``moved`` for any other precision."""
-    scheme = scheme_of(precision) if isinstance(precision, str) else None
-    if scheme is None or not 0 < resident <= moved:
-        return moved
-    return moved - resident * (1.0 - scheme.weight_bytes / 4.0)
 
 
 def _bound(r: dict) -> tuple[str, str]:
