@@ -28,7 +28,6 @@ from hetcc.cost_model.profiles import calibrated, profile_for
 from hetcc.cost_model.target_devices import device_for_target, profile_name
 from hetcc.error_budget import AccuracyBudget
 from hetcc.errors import (
-    AccuracyError,
     DeviceNotHere,
     HetccError,
     InternalError,
@@ -48,7 +47,14 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
-from hetcc.precision import check_precision_options, lower_precisions, whole_model_error, worst_segment
+from hetcc.precision import (
+    check_precision_options,
+    drop_for_budget,
+    give_up,
+    give_up_all,
+    lower_precisions,
+    whole_model_error,
+)
 from hetcc.program import build_program
 from hetcc.handover import input_locations_of, location_of, parse_output_device
 from hetcc.names import dtype_name
@@ -426,44 +432,17 @@ class _Session:
         return compiled
 
     def _drop(self, segments, accuracy: float, candidates, drops: list, notes: list) -> None:
-        """Give up the worst lower-precision segment's precision for the later part of its units
-        (all of them once PARTIAL_DROPS are spent); an AccuracyError when the plan breaks the budget
-        with no lower precision left to drop."""
-        worst = worst_segment(segments)
-        if worst is None:
-            ran = "; ".join(f"{s.program.name} on {s.target}: max abs error {s.verification.max_error or 0.0:.2g}"
-                            for s in segments)
-            raise AccuracyError(
-                f"the model's outputs miss the accuracy budget ({self.budget}): {self.budget.metric} is "
-                f"{accuracy:.4g} on the example inputs even with every segment in the model's own "
-                f"precision ({ran}), so the runtimes' own rounding is beyond it. Loosen the budget past "
-                f"{accuracy:.3g}, or list fewer targets (drop the one furthest from torch)")
-        units = list(worst.spec.units)
-        keep = self.budget.share_within(accuracy) if len(drops) < PARTIAL_DROPS else 0.0
-        kept = units[:int(keep * len(units))]  # the leading units keep the precision
-        for u in units[len(kept):]:
-            candidates.ban(u, worst.spec.target, f"with {worst.target} here the whole model missed the "
-                                                 f"accuracy budget ({self.budget}) at {accuracy:.4g}")
-        drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
-                      "segment_relative_error": worst.verification.relative_error,
-                      "units": len(units) - len(kept), "of": len(units)})
-        what = (f"{worst.target} for {worst.program.name}" if not kept else
-                f"{worst.target} for the last {len(units) - len(kept)} of {len(units)} units of {worst.program.name}")
-        log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", self.budget.metric,
-                 accuracy, self.budget, what)
-        notes.append(f"gave up {what}: with it the whole model's {self.budget.metric} was {accuracy:.4g}, "
-                     f"beyond the budget ({self.budget}); its own outputs were off by relative error "
-                     f"{worst.verification.relative_error or 0.0:.3g}")
+        """Give up part of the worst lower-precision choice for the whole model's budget
+        (hetcc/precision.py), and every lower precision once MAX_DROPS are given up."""
+        notes.append(drop_for_budget(segments, accuracy, self.budget, candidates, drops,
+                                     partial=len(drops) < PARTIAL_DROPS))
         if len(drops) >= MAX_DROPS:
             self._give_up_precision(candidates, notes)
 
     def _give_up_precision(self, candidates, notes: list) -> None:
         """Every unit back to the model's own precision: the budget broke MAX_DROPS times."""
-        for u in range(len(self.units)):
-            for t, target in enumerate(self.order):
-                if target.precision and candidates.allowed[u][t]:
-                    candidates.ban(u, t, f"the accuracy budget ({self.budget}) broke {MAX_DROPS} times: "
-                                         "lower precisions were given up")
+        give_up_all(candidates, self.order, len(self.units),
+                    f"the accuracy budget ({self.budget}) broke {MAX_DROPS} times: lower precisions were given up")
         notes.append(f"every lower precision was given up: the accuracy budget ({self.budget}) broke "
                      f"{MAX_DROPS} times")
 
@@ -491,17 +470,16 @@ class _Session:
                 # a lower precision too far off for this segment: a choice, not a runtime failure;
                 # its units keep their other choices and nothing is narrowed down or kept
                 units = list(spec.units)
-                share = AccuracyBudget("rel_error", self.budget.segment_limit).share_within(outcome.missed)
-                kept = units[:int(share * len(units))] if partial else []
+                share = self.budget.segment_share(outcome.missed) if partial else 0.0
+                kept = give_up(candidates, units, spec.target, share,
+                               f"{target} missed the accuracy budget here: {error}")
                 log.info("%s on %s: %s; placing %d of its %d units again without it", program.name, target,
-                         error, len(units) - len(kept), len(units))
-                notes.append(f"{target} was not kept for {len(units) - len(kept)} of {len(units)} unit(s) of "
-                             f"{program.name} ({self.units[units[len(kept)]].name}...): {error}")
-                for u in units[len(kept):]:
-                    candidates.ban(u, spec.target, f"{target} missed the accuracy budget here: {error}")
+                         error, len(units) - kept, len(units))
+                notes.append(f"{target} was not kept for {len(units) - kept} of {len(units)} unit(s) of "
+                             f"{program.name} ({self.units[units[kept]].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
-                                   "segment_relative_error": outcome.missed, "units": len(units) - len(kept),
+                                   "segment_relative_error": outcome.missed, "units": len(units) - kept,
                                    "of": len(units), "why": error})
                 return None
             if error is not None:

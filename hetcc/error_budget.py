@@ -123,6 +123,11 @@ class AccuracyBudget:
             return 0.0
         return max(0.0, min(1.0, margin * allowed / excess))
 
+    def segment_share(self, relative: float) -> float:
+        """``share_within`` for one segment whose own outputs moved by ``relative``, against the
+        segment limit."""
+        return AccuracyBudget("rel_error", self.segment_limit).share_within(relative)
+
     def check_outputs(self, outputs) -> None:
         """HetccError, before anything is lowered, when the metric cannot be measured on these
         reference outputs (top1 on a model without logits)."""

@@ -5,13 +5,18 @@ A lower precision is a target of its own (``onnxruntime:cpu@int8``): the cost mo
 (cost_model/precision.py), capability is its backend's, and the solver picks (segment, target,
 precision) in one problem. compile() checks each lower-precision segment against the budget's
 ``segment_limit`` when it lowers it; this module's ``whole_model_error`` then measures the budget's
-metric on the stitched model's outputs, since errors compound across segments, and ``worst_segment``
-names the choice to drop when the budget breaks."""
+metric on the stitched model's outputs, since errors compound across segments, and
+``drop_for_budget`` gives up (part of) the worst choice when the budget breaks; ``give_up`` does the
+same for a segment beyond its own limit, keeping the share of its units the limit allows."""
 from __future__ import annotations
 
+import logging
+
 from hetcc.backends.registry import precisions_of
-from hetcc.errors import HetccError
+from hetcc.errors import AccuracyError, HetccError
 from hetcc.target import PRECISIONS, Target
+
+log = logging.getLogger("hetcc")
 
 
 def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) -> list[Target]:
@@ -80,3 +85,50 @@ def worst_segment(segments):
     if not low:
         return None
     return max(low, key=lambda s: (s.verification.relative_error or 0.0, len(s.spec.units)))
+
+
+def give_up(candidates, units: list[int], target: int, keep: float, why: str) -> int:
+    """Ban target index ``target`` for ``units`` but their leading ``keep`` share (a plan in mixed
+    precision: the first layers in it, the rest not); returns how many units kept it."""
+    kept = int(keep * len(units))
+    for u in units[kept:]:
+        candidates.ban(u, target, why)
+    return kept
+
+
+def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
+    """Ban every lower-precision target for every unit."""
+    for u in range(units):
+        for t, target in enumerate(order):
+            if target.precision and candidates.allowed[u][t]:
+                candidates.ban(u, t, why)
+
+
+def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, partial: bool) -> str:
+    """The whole model measured ``accuracy``, beyond ``budget``: give up the precision of the
+    worst lower-precision segment for its later units (``partial``: the share beyond what the
+    budget leaves, AccuracyBudget.share_within; else all of them), record it in ``drops``, and
+    return the plan's note. AccuracyError when no segment is in a lower precision."""
+    worst = worst_segment(segments)
+    if worst is None:
+        ran = "; ".join(f"{s.program.name} on {s.target}: max abs error {s.verification.max_error or 0.0:.2g}"
+                        for s in segments)
+        raise AccuracyError(
+            f"the model's outputs miss the accuracy budget ({budget}): {budget.metric} is {accuracy:.4g} on "
+            f"the example inputs even with every segment in the model's own precision ({ran}), so the "
+            f"runtimes' own rounding is beyond it. Loosen the budget past {accuracy:.3g}, or list fewer "
+            "targets (drop the one furthest from torch)")
+    units = list(worst.spec.units)
+    kept = give_up(candidates, units, worst.spec.target, budget.share_within(accuracy) if partial else 0.0,
+                   f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at "
+                   f"{accuracy:.4g}")
+    drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
+                  "segment_relative_error": worst.verification.relative_error,
+                  "units": len(units) - kept, "of": len(units)})
+    what = (f"{worst.target} for {worst.program.name}" if not kept else
+            f"{worst.target} for the last {len(units) - kept} of {len(units)} units of {worst.program.name}")
+    log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", budget.metric, accuracy,
+             budget, what)
+    return (f"gave up {what}: with it the whole model's {budget.metric} was {accuracy:.4g}, beyond the "
+            f"budget ({budget}); its own outputs were off by relative error "
+            f"{worst.verification.relative_error or 0.0:.3g}")
