@@ -21,6 +21,19 @@ _CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", 
 
 
 @contextlib.contextmanager
+def quiet_logger(name: str = ""):
+    """Only errors from one logger (the root logger: ``""``) for the duration of a call that
+    logs advice or tracebacks of its own (ONNX Runtime's quantizer, torch.export)."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+@contextlib.contextmanager
 def quiet():
     """Silence an exporter's console chatter for the duration of one call.
 

@@ -10,14 +10,13 @@ the exporter's own decompositions for ops without one (checked by tracing them o
 is what hetcc's verify step checks."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    lowering_error, py_str, python_command, quiet,
+    lowering_error, py_str, python_command, quiet, quiet_logger,
 )
 from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
@@ -211,7 +210,7 @@ def quantized(exported, segment, workdir: Path):
     source = Path(exported.files["model"])
     target = source.with_name("model_int8.onnx")
     try:
-        with quiet(), _root_logging_off():  # it logs advice on the root logger for every tensor
+        with quiet(), quiet_logger():  # it logs advice on the root logger for every tensor
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=exported.external_data)
     except Exception as exc:
@@ -225,19 +224,6 @@ def quantized(exported, segment, workdir: Path):
     if data:
         files["weights"] = str(data[0])
     return replace(exported, files=files, external_data=bool(data))
-
-
-@contextmanager
-def _root_logging_off():
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _torch_cuda() -> str:

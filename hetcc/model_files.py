@@ -9,13 +9,13 @@ import contextlib
 import importlib.util
 import inspect
 import itertools
-import logging
 import os
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from hetcc.backends._common import quiet_logger
 from hetcc.errors import HetccError
 from hetcc.names import first_line
 
@@ -146,7 +146,7 @@ def _load_exported(path: Path):
     if not path.is_file():
         raise ModelFileError(f"exported program {path} not found")
     try:
-        with _quiet("torch.export"):  # torch logs its own traceback before raising
+        with quiet_logger("torch.export"):  # torch logs its own traceback before raising
             ep = torch.export.load(str(path))
     except Exception as exc:
         raise ModelFileError(f"{path} is not a torch.export archive torch can load: {type(exc).__name__}: "
@@ -170,17 +170,6 @@ def _load_exported(path: Path):
     # was exported in, so the ordinary nn.Module methods (which only set flags) are harmless.
     del model.train, model.eval
     return model, inputs, names
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    saved = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(saved)
 
 
 # ---- .npz in and out ----
