@@ -229,6 +229,54 @@ def test_an_int8_bundle_loads_and_shows_its_budget(int8_mlp, tmp_path, capsys):
     assert "onnxruntime:cpu@int8" in out and "rel err" in out and "accuracy: rel_error <= 0.05" in out
 
 
+@pytest.mark.parametrize("accuracy, loaded", [
+    ({"metric": "rel_error", "bound": 0.05, "dropped": 5}, {"metric": "rel_error", "bound": 0.05,
+                                                          "measured": None, "dropped": []}),
+    ({"metric": "psnr", "bound": 3}, None), ("0.05", None), ({"metric": "top1", "bound": True}, None),
+])
+def test_a_malformed_accuracy_in_a_report_is_dropped_not_a_crash(int8_mlp, tmp_path, capsys, accuracy, loaded):
+    """report.json is informative and may come from a stranger: explain and load must not fail on it."""
+    path = int8_mlp[2].save(tmp_path / "b")
+    report = json.loads((path / "report.json").read_text())
+    report["accuracy"] = accuracy
+    (path / "report.json").write_text(json.dumps(report))
+    assert hetcc.load(path).plan.accuracy == loaded
+    assert main(["explain", str(path)]) == 0
+    capsys.readouterr()
+
+
+def test_the_default_tuning_times_each_precision_and_keeps_one_within_the_budget():
+    model, (x,) = mlp.build(batch=64)
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu", "openvino:cpu"], accuracy=0.05)
+    names = [c["name"] for c in cm.plan.candidates]
+    assert any("onnxruntime:cpu@int8" in n for n in names) and any("openvino:cpu@" in n for n in names)
+    with torch.no_grad():
+        assert relative(cm(x), model(x)) == pytest.approx(cm.plan.accuracy["measured"], rel=1e-6)
+    assert cm.plan.accuracy["measured"] <= 0.05
+
+
+def test_a_cosine_budget_holds_end_to_end():
+    model, (x,) = mlp.build(batch=64)
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy="cosine=0.999", tune="off")
+    with torch.no_grad():
+        want = model(x)
+    cosine = float(torch.nn.functional.cosine_similarity(cm(x).flatten().double(), want.flatten().double(), dim=0))
+    assert cm.plan.accuracy["metric"] == "cosine" and cosine >= 0.999
+    assert cosine == pytest.approx(cm.plan.accuracy["measured"], abs=1e-9)
+
+
+def test_after_max_drops_every_lower_precision_is_given_up(monkeypatch):
+    import hetcc.compiler
+
+    monkeypatch.setattr(hetcc.compiler, "MAX_DROPS", 1)
+    torch.manual_seed(0)
+    model, x = Classifier().eval(), torch.randn(512, 128)
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy="top1=1.0",
+                       tune="off")
+    assert any(n.startswith("every lower precision was given up") for n in cm.plan.notes), cm.plan.notes
+    assert all(s.precision is None for s in cm.plan.segments) and cm.plan.accuracy["measured"] == 1.0
+
+
 def test_openvino_int8_weights_are_compressed_in_the_ir():
     model, inputs = mlp.build(batch=16)
     cm = hetcc.compile(model, inputs, targets=["openvino:cpu@int8w"], accuracy=0.03, tune="off")
