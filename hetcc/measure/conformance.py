@@ -235,7 +235,7 @@ def conformance_target(target: str) -> str:
 
     t = Target.parse(target)
     if t.device in GPU_DEVICES and t.index is None:
-        t = Target(t.backend, t.device, "0")
+        t = Target(t.backend, t.device, "0", t.precision)
     return str(t)
 
 
