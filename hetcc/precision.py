@@ -34,6 +34,11 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) 
                              "an accuracy budget too: add accuracy=0.01 (CLI --accuracy 0.01; or top1=0.99, "
                              "cosine=0.999)")
         return []
+    if budget.segment_limit <= 0:  # cosine=1.0: no lower precision can pass a segment's check
+        if listed:
+            raise HetccError(f"accuracy {budget} leaves no room for a lower precision, so target "
+                             f"{listed[0]} cannot run; loosen the budget (e.g. cosine=0.9999)")
+        return []
     if chosen is not None:
         chosen = [chosen] if isinstance(chosen, str) else list(chosen)
         unknown = [p for p in chosen if p not in PRECISIONS]
@@ -114,10 +119,11 @@ def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, 
         ran = "; ".join(f"{s.program.name} on {s.target}: max abs error {s.verification.max_error or 0.0:.2g}"
                         for s in segments)
         raise AccuracyError(
-            f"the model's outputs miss the accuracy budget ({budget}): {budget.metric} is {accuracy:.4g} on "
+            f"the model's outputs miss the accuracy budget ({budget}): {budget.metric} is {accuracy:.10g} on "
             f"the example inputs even with every segment in the model's own precision ({ran}), so the "
-            f"runtimes' own rounding is beyond it. Loosen the budget past {accuracy:.3g}, or list fewer "
-            "targets (drop the one furthest from torch)")
+            f"runtimes' own rounding is beyond it. Loosen the budget "
+            f"{'above' if budget.metric == 'rel_error' else 'below'} {accuracy:.10g}, or list fewer targets "
+            "(drop the one furthest from torch)")
     units = list(worst.spec.units)
     kept = give_up(candidates, units, worst.spec.target, budget.share_within(accuracy) if partial else 0.0,
                    f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at "

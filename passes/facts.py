@@ -160,7 +160,8 @@ def node_facts(node, values: dict, weights: set[str]) -> NodeFacts:
         flops = 0.0
     else:
         flops = float(out_numel) * _ELEMENTWISE_FLOPS.get(base, 1)
-    weight = sum(_nbytes(values[a.name]) for a in node.all_input_nodes if _is_weight(a, weights))
+    weight = sum(_nbytes(values[a.name]) for a in node.all_input_nodes
+                 if isinstance(values.get(a.name), torch.Tensor) and _is_weight(a, weights))
     return NodeFacts(node.name, op_name(node.target), cls, flops, read, written, resident, weight)
 
 

@@ -116,6 +116,39 @@ def test_a_segment_limit_follows_the_metric():
     assert AccuracyBudget.make("top1=0.99").segment_limit == 0.05
 
 
+def test_the_share_kept_is_what_the_budget_leaves_and_something_is_always_given_up():
+    from hetcc.precision import give_up
+
+    budget = AccuracyBudget.make(0.01)
+    assert budget.share_within(0.02) == pytest.approx(0.4)  # 0.8 x 0.01 / 0.02
+    assert budget.share_within(0.0101) < 0.8 and budget.share_within(math.inf) == 0.0
+    assert AccuracyBudget.make("top1=0.99").share_within(0.96) == pytest.approx(0.2)  # shortfalls 0.01 / 0.04
+    assert budget.segment_share(0.04) == pytest.approx(0.2)
+
+    class Bans:
+        def __init__(self):
+            self.banned = []
+
+        def ban(self, u, t, why):
+            self.banned.append((u, t))
+
+    for n in (1, 2, 5, 10):
+        bans = Bans()
+        kept = give_up(bans, list(range(n)), 3, budget.share_within(0.0101), "why")
+        assert bans.banned == [(u, 3) for u in range(kept, n)] and len(bans.banned) >= 1  # the later units
+
+
+def test_a_budget_with_no_room_offers_no_lower_precision():
+    from hetcc.precision import lower_precisions
+
+    base, int8 = Target.parse("onnxruntime:cpu"), Target.parse("onnxruntime:cpu@int8")
+    backends = {base: resolve(base), int8: resolve(int8)}
+    assert lower_precisions([base], backends, AccuracyBudget.make(0.01)) == [int8]
+    assert lower_precisions([base], backends, AccuracyBudget.make("cosine=1.0")) == []  # segment limit 0
+    with pytest.raises(HetccError, match="leaves no room for a lower precision, so target onnxruntime:cpu@int8"):
+        lower_precisions([int8], backends, AccuracyBudget.make("cosine=1.0"))
+
+
 # ---- the cost model ------------------------------------------------------------------------
 
 def test_a_lower_precision_reads_narrower_weights_and_computes_faster():
