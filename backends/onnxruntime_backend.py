@@ -196,9 +196,9 @@ class OnnxRuntimeBackend(Backend):
 
 QUANTIZED_OPS = ["MatMul"]
 """What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
-so the exporter's Gemm for a Linear is one too). Not Conv: its
-dynamic ConvInteger ran a ResNet-18 4.5x slower than fp32 here (81 against 18 ms,
-benchmarks/bench_precision.py's ort-int8, which quantizes everything); not Gather: an embedding table
+so the exporter's Gemm for a Linear is one too). Not Conv: its dynamic ConvInteger ran a ResNet-18
+3.7x slower than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which
+quantizes everything; docs/benchmarks.md); not Gather: an embedding table
 in int8 saves memory but no time, and costs accuracy (backends/openvino_weights.py)."""
 
 

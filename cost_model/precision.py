@@ -52,11 +52,15 @@ def scheme_of(precision: str | None) -> Scheme | None:
     return SCHEMES.get(precision) if precision else None
 
 
+def narrows(scheme: Scheme | None, facts) -> bool:
+    """Whether ``scheme`` stores this node's weights narrower (and computes it in ``weighted``)."""
+    return scheme is not None and facts.op_class in scheme.narrows and getattr(facts, "weight_bytes", 0) > 0
+
+
 def bytes_moved(facts, precision: str | None) -> float:
     """Bytes a node (a ``NodeFacts``) moves in ``precision``: its weights at the precision's width
     where the precision narrows its op class, everything else as in fp32."""
     scheme = scheme_of(precision)
-    weights = getattr(facts, "weight_bytes", 0)
-    if scheme is None or facts.op_class not in scheme.narrows or weights <= 0:
+    if not narrows(scheme, facts):
         return facts.bytes_moved
-    return facts.bytes_moved - weights * (1.0 - scheme.weight_bytes / 4.0)
+    return facts.bytes_moved - facts.weight_bytes * (1.0 - scheme.weight_bytes / 4.0)

@@ -22,7 +22,7 @@ profile's ``per_view`` (0 for runtimes that fold views into their neighbours).
 from __future__ import annotations
 
 from hetcc.cost_model.devices import DeviceSpec
-from hetcc.cost_model.precision import arithmetic_rate, bytes_moved, scheme_of
+from hetcc.cost_model.precision import arithmetic_rate, bytes_moved, narrows, scheme_of
 from hetcc.cost_model.profiles import BackendProfile
 
 
@@ -52,8 +52,7 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
     moved = bytes_moved(facts, precision)  # the weights at the precision's width
     scheme = scheme_of(precision)
     if scheme is not None:
-        narrowed = facts.op_class in scheme.narrows and getattr(facts, "weight_bytes", 0) > 0
-        rate = arithmetic_rate(device, scheme.weighted if narrowed else scheme.other)
+        rate = arithmetic_rate(device, scheme.weighted if narrows(scheme, facts) else scheme.other)
     compute = facts.flops / (rate * eff) if facts.flops else 0.0
     if facts.op_class in profile.fused_classes:
         # A fused elementwise op reads its input from the producer's registers/cache: only its

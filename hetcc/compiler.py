@@ -395,27 +395,31 @@ class _Session:
             segments = self._lower_all(problem, placement, candidates, notes,
                                        narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed,
                                        partial=len(drops) < PARTIAL_DROPS)
+            runtime = None
             if segments is None:
-                if missed:  # a lower precision given up for a segment: place again
-                    attempt, resolves = attempt - 1, resolves + 1
-                    drops.extend(missed)
-                    if len(drops) >= MAX_DROPS:
-                        self._give_up_precision(candidates, notes)
-                continue
-            if self.budget is None:
+                if not missed:
+                    continue  # a lowering failure: an attempt
+                drops.extend(missed)  # a lower precision given up for a segment
+            elif self.budget is None:
                 break
-            if any(isinstance(s.executable, NotHere) for s in segments):
+            elif any(isinstance(s.executable, NotHere) for s in segments):
                 notes.append(f"the whole model was not checked against the accuracy budget ({self.budget}): "
                              "a segment runs on a device this machine does not have; each segment is "
                              "checked against its own limit when the bundle is loaded there")
                 break
-            accuracy = whole_model_error(_bare(self.captured, segments), self.captured, self.budget)
-            if self.budget.holds(accuracy):
-                break
-            # errors compound across segments: give up part of the lower precision that moved its
-            # own outputs most and place again
+            else:
+                runtime = _make_runtime(self.captured, segments)
+                accuracy = whole_model_error(runtime, self.captured, self.budget)
+                if self.budget.holds(accuracy):
+                    break
+                # errors compound across segments: give up part of the lower precision that moved
+                # its own outputs most
+                notes.append(drop_for_budget(segments, accuracy, self.budget, candidates, drops,
+                                             partial=len(drops) < PARTIAL_DROPS))
+            # place again, without what was given up: not an attempt
             attempt, resolves = attempt - 1, resolves + 1
-            self._drop(segments, accuracy, candidates, drops, notes)
+            if len(drops) >= MAX_DROPS:
+                self._give_up_precision(candidates, notes)
         else:
             raise LoweringError(f"no working placement after {MAX_ATTEMPTS} attempts; see the warnings above")
         self._check_fallback(candidates, [u for seg in segments if seg.target == FALLBACK
@@ -426,18 +430,10 @@ class _Session:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy, "dropped": drops})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
-        compiled = CompiledModel(_make_runtime(self.captured, segments), plan, artifacts, self.captured,
-                                 verifications)
+        compiled = CompiledModel(runtime or _make_runtime(self.captured, segments), plan, artifacts,
+                                 self.captured, verifications)
         configure_for_plan(compiled, self.backends)
         return compiled
-
-    def _drop(self, segments, accuracy: float, candidates, drops: list, notes: list) -> None:
-        """Give up part of the worst lower-precision choice for the whole model's budget
-        (hetcc/precision.py), and every lower precision once MAX_DROPS are given up."""
-        notes.append(drop_for_budget(segments, accuracy, self.budget, candidates, drops,
-                                     partial=len(drops) < PARTIAL_DROPS))
-        if len(drops) >= MAX_DROPS:
-            self._give_up_precision(candidates, notes)
 
     def _give_up_precision(self, candidates, notes: list) -> None:
         """Every unit back to the model's own precision: the budget broke MAX_DROPS times."""
@@ -602,6 +598,8 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
         given = (devices or {}).get(str(t)) or (devices or {}).get(str(t.base))
         device = given or device_for_target(t) or (
             calibration.device if calibration and t.device == "cpu" else this_cpu())
+        # the base target's limit, where the target has none of its own: shared with the base
+        base_limit = str(t.base) in limits and (t.precision is None or str(t) not in limits)
         capacity = limits.get(str(t), limits.get(str(t.base), device.mem_capacity))
         key = profile_name(t)
         profile = profile_for(key, profiles, calibration)
@@ -611,8 +609,7 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
                                 device.host_link_bandwidth, device.host_link_latency,
                                 memory=f"own:{t.base}" if given else _memory_of(t),
                                 location=_location_of(t, (backends or {}).get(t)), precision=t.precision,
-                                limit_group=str(t.base) if str(t.base) in limits and str(t) not in limits
-                                or t.precision is None and str(t) in limits else None))
+                                limit_group=str(t.base) if base_limit else None))
     return infos
 
 
@@ -629,11 +626,6 @@ def _memory_of(t: Target) -> str:
     if t.device == "cpu":
         return "cpu"
     return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
-
-
-def _bare(captured, segments) -> CompiledModel:
-    """The segments stitched, without a plan: what the whole-model accuracy check runs."""
-    return CompiledModel(_make_runtime(captured, segments), None, {})
 
 
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,

@@ -48,14 +48,9 @@ class AccuracyBudget:
             return cls._checked("rel_error", _number(value), value)  # "0.01", as a number
         if isinstance(value, str):
             metric, eq, bound = value.partition("=")
-            metric, bound = metric.strip().rstrip("<>").strip(), bound.strip()
-            if not eq:
+            if not eq or _number(bound) is None:
                 raise _bad(value)
-            try:
-                number = float(bound)
-            except ValueError:
-                raise _bad(value) from None
-            return cls._checked(metric, number, value)
+            return cls._checked(metric.strip().rstrip("<>").strip(), _number(bound), value)
         if isinstance(value, dict) and len(value) == 1:
             (metric, bound), = value.items()
             return cls._checked(metric, bound, value)

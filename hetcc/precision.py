@@ -73,10 +73,9 @@ def check_precision_options(options: dict) -> None:
                              "accuracy= alone and let hetcc choose (docs/precision.md)")
 
 
-def whole_model_error(compiled, captured, budget) -> float:
-    """The budget's metric on the compiled model's outputs against the fp32 reference, on the
-    example inputs. The model's state is left as it was."""
-    runtime = compiled.runtime
+def whole_model_error(runtime, captured, budget) -> float:
+    """The budget's metric on the stitched segments' outputs (a hetcc.runtime.Runtime) against the
+    fp32 reference, on the example inputs. The model's state is left as it was."""
     flat = [captured.values[n].clone() for n in captured.user_inputs]
     got = runtime.flat_outputs(flat)
     names = list(captured.outputs)

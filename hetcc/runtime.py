@@ -199,7 +199,7 @@ class Runtime:
         flat = list(flat)
         self._check_all(flat)
         _, env = self._execute(flat, None, self.state() or None)
-        return [env[name] if name in env else fixed for name, fixed in self._output_plan]
+        return self._outputs_of(env)
 
     def timed_flat(self, *flat):
         """``call_flat`` that also returns each step's time, as ``timed_call`` does."""
@@ -272,7 +272,12 @@ class Runtime:
     def assemble(self, env: dict):
         """The model's outputs, in its own structure, from the values ``env`` holds (constants and
         non-tensor outputs filled in)."""
-        return self._structure([env[name] if name in env else fixed for name, fixed in self._output_plan])
+        return self._structure(self._outputs_of(env))
+
+    def _outputs_of(self, env: dict) -> list:
+        """The flat outputs, from the values ``env`` holds (constants and non-tensor outputs
+        filled in), where the steps left them."""
+        return [env[name] if name in env else fixed for name, fixed in self._output_plan]
 
     def _call(self, step, args, seconds):
         try:
@@ -297,8 +302,7 @@ class Runtime:
             for name in step.frees:
                 env.pop(name, None)
         # outputs: from the environment, else a constant (a weight returned as is, or a non-tensor)
-        flat_out = [env[name] if name in env else fixed for name, fixed in self._output_plan]
-        return self._structure(flat_out), env
+        return self._structure(self._outputs_of(env)), env
 
     def _execute_located(self, flat, seconds, state):
         """The loop for plans with a step off the host: each value is tagged with where it lives,
