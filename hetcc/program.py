@@ -98,8 +98,14 @@ def _is_dense(t: torch.Tensor) -> bool:
 
 
 def _dense(value):
+    """A segment's example input: dense in its own layout, and a tensor of its own. A view of
+    another value (a cut right after a ``view``) would make torch.export guard on its ``_base``,
+    which a saved torch segment must not hold (backends/torch_archive.py refuses such guards)."""
     if isinstance(value, torch.Tensor) and value.dim():
-        return with_dim_order(value, dim_order(value))
+        value = with_dim_order(value, dim_order(value))
+        if value._base is not None:
+            own = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+            value = own.copy_(value)
     return value
 
 

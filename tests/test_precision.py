@@ -445,3 +445,30 @@ def test_a_language_models_phases_take_the_budget_each():
     assert any(s.precision for phase in (lm.prefill, lm.decode) for s in phase.plan.segments)
     out = lm.generate([[5, 6, 7]])
     assert len(out.tokens[0]) == 4
+
+
+def test_a_segment_cut_right_after_a_view_gets_an_input_of_its_own_and_loads_on_torch():
+    """Partial give-ups cut models mid-layer; a torch:cpu segment whose input was a view of another
+    value was exported with a guard on its ``_base``, which loading a torch segment refuses."""
+    from hetcc.capture import capture
+    from hetcc.program import build_program
+
+    class Cut(nn.Module):
+        def forward(self, x):
+            return torch.relu((x * 2).view(4, 8, 2).transpose(1, 2)) + 1
+
+    x = torch.randn(4, 16)
+    captured = capture(Cut(), (x,))
+    nodes = [n.name for n in captured.graph.nodes if n.op == "call_function"]
+    relu = next(n for n in nodes if n.startswith("relu"))
+    after = nodes[nodes.index(relu):]
+    program = build_program("seg1", captured.graph, after, captured.weights, captured.values,
+                            captured.dynamic_dims, captured.dim_ranges)
+    (name,), (given,) = program.input_names, program.example_inputs
+    assert captured.values[name]._base is not None  # the reference run's value: a view of mul's output
+    assert given._base is None and given.stride() == captured.values[name].stride()
+    assert torch.equal(given, captured.values[name])
+    cm = hetcc.compile(Cut(), (x,), targets=["onnxruntime:cpu", "torch:cpu"],
+                       pins={nodes[0]: "onnxruntime:cpu", relu: "torch:cpu"}, tune="off")
+    assert [s.target for s in cm.plan.segments] == ["onnxruntime:cpu", "torch:cpu"]
+    assert torch.equal(cm(x), Cut()(x))
