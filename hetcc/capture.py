@@ -106,6 +106,7 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
                                      dynamic_shapes=dynamic_shapes)
         with leafspec_warning_quieted():  # torch's own LeafSpecs warn when copied (torch_quirks.py)
             ep = ep.run_decompositions(decomposition_table())
+        skip_empty_cat_inputs(ep.graph_module)
     except ExportError:
         raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
@@ -124,6 +125,34 @@ def decomposition_table() -> dict:
         if any(name in str(op) for name in PRESERVED):
             del table[op]
     return table
+
+
+def skip_empty_cat_inputs(gm) -> int:
+    """Drop the 1-D empty inputs of each ``aten.cat`` beside inputs of higher rank; returns how
+    many cats changed. torch.cat skips such tensors (a legacy rule Hugging Face's cache relies on:
+    a layer's cache starts as ``torch.tensor([])`` and is concatenated with the first keys), but
+    ONNX's Concat and OpenVINO's refuse inputs of different ranks. The result is the same without
+    them."""
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.cat.default:
+            continue
+        parts = list(node.args[0])
+        vals = [p.meta.get("val") if isinstance(p, fx.Node) else None for p in parts]
+        if any(not isinstance(v, torch.Tensor) for v in vals) or max(v.dim() for v in vals) < 2:
+            continue
+        empty = [p for p, v in zip(parts, vals) if v.dim() == 1 and isinstance(v.shape[0], int) and v.shape[0] == 0]
+        if not empty or len(empty) == len(parts):
+            continue
+        node.args = ([p for p in parts if p not in empty], *node.args[1:])
+        for p in empty:  # a clone of the empty constant feeds nothing else now
+            if p.op == "call_function" and not p.users:
+                gm.graph.erase_node(p)
+        changed += 1
+    if changed:
+        gm.recompile()
+        log.debug("dropped the empty 1-D inputs of %d cat(s)", changed)
+    return changed
 
 
 def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:

@@ -194,3 +194,36 @@ def test_resident_inputs_count_against_memory_and_unknown_names_are_refused():
     assert kept.plan.segments[0].resident_bytes == plain.plan.segments[0].resident_bytes + x.numel() * 4
     with pytest.raises(InputError, match="resident_inputs names \\['cache'\\], which match no model input"):
         hetcc.compile(model, (x,), tune="off", resident_inputs=("cache",))
+
+
+class CacheStart(torch.nn.Module):
+    """Hugging Face's cache starts each layer as ``torch.tensor([])`` and concatenates the first
+    keys to it: torch.cat skips a 1-D empty tensor beside 4-D ones, ONNX and OpenVINO refuse it."""
+
+    def forward(self, empty, k, past):
+        return torch.cat([empty, past, k], dim=-2) * 2
+
+
+@pytest.mark.parametrize("target", ["onnxruntime:cpu", "openvino:cpu"])
+def test_a_cat_with_an_empty_1d_input_lowers_where_the_runtime_wants_equal_ranks(target):
+    empty, k, past = torch.tensor([]), torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
+    # pinned, so the cat reaches the runtime with the empty tensor as a segment input
+    cm = hetcc.compile(CacheStart(), (empty, k, past), targets=[target, "torch:cpu"], tune="off",
+                       pins={"cat": target, "mul": target})
+    assert [s.target for s in cm.plan.segments] == [target]
+    assert torch.equal(cm(empty, k, past), CacheStart()(empty, k, past))
+
+
+def test_skipping_empty_cat_inputs_leaves_other_cats_alone():
+    from hetcc.capture import skip_empty_cat_inputs
+
+    class Cats(torch.nn.Module):
+        def forward(self, empty, a, b):
+            return torch.cat([empty, a], 0), torch.cat([empty, b], -2), torch.cat([a, a], 0)
+
+    args = (torch.tensor([]), torch.randn(3), torch.randn(2, 4, 4))
+    gm = torch.export.export(Cats(), args).graph_module
+    assert skip_empty_cat_inputs(gm) == 1  # only the 3-D one: 1-D cats keep their empty input
+    cats = [n for n in gm.graph.nodes if n.target is torch.ops.aten.cat.default]
+    assert [len(n.args[0]) for n in cats] == [2, 1, 2]
+    assert all(torch.equal(g, w) for g, w in zip(gm(*args), Cats()(*args)))
