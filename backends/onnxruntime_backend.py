@@ -199,7 +199,7 @@ QUANTIZED_OPS = ["MatMul"]
 so the exporter's Gemm for a Linear is one too). Not Conv: its dynamic ConvInteger ran a ResNet-18
 3.7x slower than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which
 quantizes everything; docs/benchmarks.md); not Gather: an embedding table
-in int8 saves memory but no time, and costs accuracy (backends/openvino_weights.py)."""
+in int8 saves memory but no time."""
 
 
 def quantized(exported, segment, workdir: Path):

@@ -152,7 +152,7 @@ class OpenVinoBackend(Backend):
                     f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                     f"the segment {len(segment.input_names)} / {len(segment.output_names)}")
             _fix_static_shapes(ov, model, segment)
-            compressed = compress_weights(model) if self.weights == "int8" else 0
+            compressed = compress_weights(model) if self.weights == "int8" else {}
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
                 port.get_tensor().add_names({name})
@@ -169,7 +169,8 @@ class OpenVinoBackend(Backend):
                 "segment": segment.name,
                 "precision": self._precision_that_runs(),
                 "requested_precision": self.precision,
-                **({"weights": "int8", "compressed_matmuls": compressed} if self.weights else {}),
+                **({"weights": "int8", "compressed_matmuls": compressed["matmuls"],
+                    "compressed_embeddings": compressed["embeddings"]} if self.weights else {}),
                 "threads": self.threads,
                 "config": dict(self.config),
                 "input_names": list(segment.input_names),

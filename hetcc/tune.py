@@ -180,7 +180,10 @@ def _single_target_candidates(session, allowed, chosen) -> list[Candidate]:
         if allowed.fallback == t:
             continue
         name = f"{target} alone"
-        alone = allowed.restricted_to(t, f"compile-time tuning timed {name}, and it ran fastest")
+        # a lower precision keeps its own target's fp32 for what misses the accuracy budget there
+        # (onnxruntime:cpu@int8 alone: int8 where the budget allows it, fp32 on ONNX Runtime beside)
+        base = session.order.index(target.base) if target.precision and target.base in session.order else None
+        alone = allowed.restricted_to(t, f"compile-time tuning timed {name}, and it ran fastest", also=base)
         problem = build_problem(session.captured, session.facts, session.units, session.unit_of,
                                 session.infos, alone.allowed, session.objective, session.resident_inputs)
         try:

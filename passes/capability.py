@@ -37,9 +37,9 @@ class Candidates:
             self.reasons[unit].pop(self.targets[fb], None)
             self.kinds[unit].pop(self.targets[fb], None)
 
-    def restricted_to(self, target: int, reason: str | None = None) -> "Candidates":
-        """A copy where every unit that may run on ``target`` runs only there (``reason``: what the
-        plan says kept the unit off the other targets)."""
+    def restricted_to(self, target: int, reason: str | None = None, also: int | None = None) -> "Candidates":
+        """A copy where every unit that may run on ``target`` runs only there, or on ``also``
+        (``reason``: what the plan says kept the unit off the other targets)."""
         out = Candidates(len(self.allowed), self.targets, self.fallback)
         out.allowed = [list(row) for row in self.allowed]
         out.reasons = [dict(r) for r in self.reasons]
@@ -48,7 +48,7 @@ class Candidates:
         for u, row in enumerate(out.allowed):
             if row[target]:
                 for t in range(len(row)):
-                    if t != target:
+                    if t not in (target, also):
                         out.forbid(u, t, reason, CHOICE)
         return out
 

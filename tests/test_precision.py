@@ -162,7 +162,9 @@ def test_a_lower_precision_reads_narrower_weights_and_computes_faster():
     compute8, memory8 = node_parts(matmul, cpu, profile, precision="int8w")
     assert compute8 == pytest.approx(compute / 2)  # int8 dot products; no int8 peak in the spec: 2x
     moved = matmul.bytes_moved
-    assert memory8 == pytest.approx(memory * (moved - 0.75 * weights) / moved)
+    # a byte per weight and an f32 scale per 32 of them: 1.125 of the fp32 weight's 4 bytes
+    assert memory8 == pytest.approx(memory * (moved - (1 - 1.125 / 4) * weights) / moved)
+    assert node_parts(matmul, cpu, profile, precision="int8")[1] == pytest.approx(memory * (moved - 0.75 * weights) / moved)
     assert node_parts(matmul, cpu, profile, precision="bf16")[1] == pytest.approx(memory * (moved - 0.5 * weights) / moved)
     faster = DeviceSpec(name="cpu", peak_flops={"fp32": 1e11, "int8": 8e11}, mem_bandwidth=1e10, mem_capacity=1e12)
     assert node_parts(matmul, faster, profile, precision="int8")[0] == pytest.approx(compute / 8)  # the spec's peak
@@ -318,6 +320,30 @@ def test_openvino_int8_weights_are_compressed_in_the_ir():
     assert artifact.meta["weights"] == "int8" and artifact.meta["compressed_matmuls"] == 4
     assert artifact.meta["precision"] == "fp32"  # the arithmetic: weights are dequantized in the kernel
     assert seg.artifact_bytes < 0.3 * seg.resident_bytes and seg.relative_error < 0.03
+    assert artifact.meta["compressed_embeddings"] == 0
+
+
+class Embedder(nn.Module):
+    """Most of its weights are an embedding table, as in a language model with a large vocabulary."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(4000, 128)
+        self.proj = nn.Linear(128, 128)
+
+    def forward(self, ids):
+        return self.proj(self.table(ids))
+
+
+def test_openvino_int8_weights_compress_embedding_tables_too():
+    torch.manual_seed(0)
+    model, ids = Embedder().eval(), torch.randint(0, 4000, (1, 64))
+    cm = hetcc.compile(model, (ids,), targets=["openvino:cpu@int8w"], accuracy=0.03, tune="off")
+    (seg,) = cm.plan.segments
+    meta = cm.artifacts[seg.name].meta
+    assert (meta["compressed_matmuls"], meta["compressed_embeddings"]) == (1, 1)
+    # 1 byte a weight and an f32 scale per 32: 0.28 of fp32, where fp32 tables would leave 0.97
+    assert seg.artifact_bytes < 0.3 * seg.resident_bytes and seg.relative_error < 0.03
 
 
 def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
@@ -472,3 +498,16 @@ def test_a_segment_cut_right_after_a_view_gets_an_input_of_its_own_and_loads_on_
                        pins={nodes[0]: "onnxruntime:cpu", relu: "torch:cpu"}, tune="off")
     assert [s.target for s in cm.plan.segments] == ["onnxruntime:cpu", "torch:cpu"]
     assert torch.equal(cm(x), Cut()(x))
+
+
+def test_restricting_to_a_target_can_keep_a_second_one():
+    from hetcc.target import Target
+    from passes.capability import Candidates
+
+    targets = [Target.parse(t) for t in ("onnxruntime:cpu", "torch:cpu", "onnxruntime:cpu@int8")]
+    allowed = Candidates(3, targets)
+    allowed.forbid(2, 2, "int8 refuses it")
+    only = allowed.restricted_to(2, "timing it alone", also=0)
+    assert only.allowed == [[True, False, True], [True, False, True], [True, True, False]]
+    assert only.reasons[0] == {"torch:cpu": "timing it alone"}
+    assert allowed.restricted_to(2).allowed[0] == [False, False, True]

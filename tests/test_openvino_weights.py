@@ -1,0 +1,107 @@
+"""int8 weight compression of an OpenVINO model (backends/openvino_weights.py): group-wise scales
+along the reduction axis, MatMul weights in either layout, embedding tables by row."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+from openvino import opset13 as ops  # noqa: E402
+
+from hetcc.backends import openvino_weights  # noqa: E402
+from hetcc.backends.openvino_weights import GROUP, compress_weights  # noqa: E402
+
+
+def _run(model, *feeds):
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                      "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    result = compiled([*feeds])
+    return result[compiled.outputs[0]]
+
+
+def _matmul_model(weights, transpose_b: bool):
+    x = ops.parameter([4, weights.shape[1] if transpose_b else weights.shape[0]], ov.Type.f32)
+    y = ops.matmul(x, ops.constant(weights), transpose_a=False, transpose_b=transpose_b)
+    return ov.Model([y], [x])
+
+
+def _i8_constants(model):
+    return [n for n in model.get_ordered_ops()
+            if n.get_type_name() == "Constant" and n.get_element_type() == ov.Type.i8]
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_matmul_weights_become_int8_with_a_scale_per_group_along_the_reduction(transpose_b):
+    rng = np.random.default_rng(0)
+    k, n = 4 * GROUP, 48
+    weights = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(np.float32)
+    x = rng.standard_normal((4, k)).astype(np.float32)
+    model = _matmul_model(weights, transpose_b)
+    want = _run(model, x)
+    assert compress_weights(model) == {"matmuls": 1, "embeddings": 0}
+    (q,) = _i8_constants(model)
+    # K/G groups of G along K for every output column, whichever side K is on
+    assert sorted(q.get_output_shape(0)) == sorted([k // GROUP, GROUP, n])
+    got = _run(model, x)
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 1e-4 < rel < 0.01  # rounded, and by about what int8 of a Gaussian loses (~0.5 %)
+
+
+def test_an_outlier_costs_only_its_own_group():
+    """One large weight sets the scale of its group alone: the column's other groups keep their
+    precision, where one scale per column would round all of them 100x coarser."""
+    rng = np.random.default_rng(1)
+    k, n = 4 * GROUP, 8
+    weights = rng.standard_normal((k, n)).astype(np.float32)
+    weights[0, :] = 100.0
+    x = np.zeros((4, k), dtype=np.float32)
+    x[:, GROUP:] = rng.standard_normal((4, k - GROUP))  # reads every group but the outlier's
+    model = _matmul_model(weights, transpose_b=False)
+    want = _run(model, x)
+    compress_weights(model)
+    grouped = np.linalg.norm(_run(model, x) - want) / np.linalg.norm(want)
+
+    per_column = _matmul_model(weights, transpose_b=False)
+    old = openvino_weights.GROUP
+    try:
+        openvino_weights.GROUP = k  # one group: a scale per column
+        compress_weights(per_column)
+    finally:
+        openvino_weights.GROUP = old
+    coarse = np.linalg.norm(_run(per_column, x) - want) / np.linalg.norm(want)
+    assert grouped < 0.01 < coarse and grouped * 20 < coarse
+
+
+def test_a_reduction_that_does_not_split_into_groups_gets_one_scale_per_column():
+    rng = np.random.default_rng(2)
+    weights = rng.standard_normal((GROUP + 16, 64)).astype(np.float32)  # K = 48: no whole groups of 32
+    model = _matmul_model(weights, transpose_b=False)
+    x = rng.standard_normal((4, GROUP + 16)).astype(np.float32)
+    want = _run(model, x)
+    compress_weights(model)
+    (q,) = _i8_constants(model)
+    assert list(q.get_output_shape(0)) == [GROUP + 16, 64]
+    assert np.linalg.norm(_run(model, x) - want) / np.linalg.norm(want) < 0.01
+
+
+def test_embedding_tables_are_compressed_by_row_and_small_or_other_weights_are_left():
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((100, 2 * GROUP)).astype(np.float32)
+    small = rng.standard_normal((4, 8)).astype(np.float32)  # below MIN_ELEMENTS
+    ids = ops.parameter([5], ov.Type.i64)
+    looked_up = ops.gather(ops.constant(table), ids, ops.constant(np.array(0, dtype=np.int64)))
+    columns = ops.gather(ops.constant(table.T.copy()), ops.constant(np.array([1, 2], dtype=np.int64)),
+                         ops.constant(np.array(1, dtype=np.int64)))  # not a row lookup: left as it is
+    y = ops.matmul(looked_up, ops.constant(rng.standard_normal((2 * GROUP, 4)).astype(np.float32)), False, False)
+    z = ops.matmul(ops.constant(small), ops.constant(small.T.copy()), False, False)
+    model = ov.Model([looked_up, columns, y, z], [ids])
+    feed = np.array([0, 5, 99, 5, 7], dtype=np.int64)
+    compiled = ov.Core().compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    want = [compiled([feed])[o] for o in compiled.outputs]
+    assert compress_weights(model) == {"matmuls": 0, "embeddings": 1}  # the 64x4 weight is too small
+    (q,) = _i8_constants(model)
+    assert list(q.get_output_shape(0)) == [100, 2, GROUP]
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = [compiled([feed])[o] for o in compiled.outputs]
+    assert np.linalg.norm(got[0] - want[0]) / np.linalg.norm(want[0]) < 0.01
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[3], want[3])
