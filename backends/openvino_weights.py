@@ -1,23 +1,30 @@
 """int8 weight compression of an OpenVINO model, in the form OpenVINO's CPU plugin runs compressed:
 a constant weight becomes an i8 Constant, a Convert to f32 and a Multiply by one scale per group of
-``GROUP`` consecutive elements along the reduction axis, reshaped back (the group-wise pattern NNCF's
-``compress_weights`` emits; per output column where the axis does not split into groups). The plugin
-fuses the pattern into its fully-connected kernel, so a MatMul's weights stay int8 in memory and are
-dequantized in the kernel, and it quantizes the activations per call (its dynamic quantization): the
-bytes a MatMul reads drop to about a quarter and its products run on int8 dot products.
+``GROUP`` consecutive elements along the reduction axis, reshaped back (the decompression pattern
+NNCF's ``compress_weights`` writes for its group-wise modes; one scale per output column where the
+axis does not split into groups, as its INT8 modes write). The plugin fuses the pattern into its
+fully-connected kernel, so a MatMul's weights stay int8 in memory and are dequantized in the
+kernel, and it quantizes the activations per call (its dynamic quantization): the bytes a MatMul
+reads drop to about a quarter and its products run on int8 dot products
+(tests/test_openvino_weights.py checks the compiled model keeps them int8).
 
 Why groups rather than one scale per column: a column's scale is set by its largest element, and
 the smaller a group the closer its largest element sits to the rest (bert: 0.73 % from fp32 against
 0.94 %, at the same speed; docs/precision.md). The f32 scales add 4 bytes per 32 weights: 1.125
 bytes per weight, 0.28x of fp32.
 
-Embedding tables (a Gather of rows from a constant) are compressed too, with groups along a row: a
-lookup reads only its rows, so this saves memory and file bytes but no time; without them a model
-with a large vocabulary keeps half its bytes in f32."""
+Embedding tables (a Gather of rows from a constant of at least ``MIN_TABLE_ROWS`` rows) are
+compressed too, with groups along a row: a lookup reads only its rows, so this saves memory and
+file bytes but no time; without them a model with a large vocabulary keeps half its bytes in f32."""
 from __future__ import annotations
 
 MIN_ELEMENTS = 1024
 """Smaller weights stay f32: their bytes do not matter, and a few rows lose the most to rounding."""
+
+MIN_TABLE_ROWS = 1024
+"""A table of fewer rows (positions, token types, a lookup table of constants) stays f32: a
+vocabulary is what takes the bytes, and a small table's rows are read by every token, so their
+rounding reaches every output."""
 
 GROUP = 32
 """Elements per scale along the reduction axis (the axis a MatMul sums over; a table's row)."""
@@ -25,22 +32,36 @@ GROUP = 32
 
 def compress_weights(model) -> dict[str, int]:
     """Rewrite ``model`` (an openvino.Model) in place; returns how many MatMul weights and embedding
-    tables it compressed (``{"matmuls": n, "embeddings": m}``)."""
-    done = {"matmuls": 0, "embeddings": 0}
+    tables it compressed (``{"matmuls": n, "embeddings": m}``). A constant read by several of them
+    (a table tied to the output projection) is compressed once for all; one that something else
+    reads too stays f32, since compressing it would keep both copies."""
+    readers: dict[tuple, list] = {}
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
         if kind == "MatMul":
-            port, weights = 1, _f32_constant(node, 1)
             # the reduction runs over K: rows of a [K, N] weight, columns of an [N, K] one (transpose_b)
-            axis = 1 if node.get_attributes().get("transpose_b") else 0
+            port, axis = 1, 1 if node.get_attributes().get("transpose_b") else 0
         elif kind == "Gather" and _gathers_rows(node):
-            port, weights, axis = 0, _f32_constant(node, 0), 1
+            port, axis = 0, 1
         else:
             continue
+        weights = _f32_constant(node, port)
         if weights is None or weights.ndim != 2 or weights.size < MIN_ELEMENTS:
             continue
-        node.input(port).replace_source_output(_dequantized(weights, axis))
-        done["matmuls" if kind == "MatMul" else "embeddings"] += 1
+        if kind == "Gather" and weights.shape[0] < MIN_TABLE_ROWS:
+            continue
+        source = node.input_value(port)
+        key = (source.get_node().get_friendly_name(), source.get_index())
+        readers.setdefault(key, []).append((node, port, axis, kind, source))
+    done = {"matmuls": 0, "embeddings": 0}
+    for uses in readers.values():
+        source = uses[0][4]
+        if len(source.get_target_inputs()) != len(uses) or len({axis for _, _, axis, _, _ in uses}) != 1:
+            continue
+        compressed = _dequantized(_f32_constant(uses[0][0], uses[0][1]), uses[0][2])
+        for node, port, _, kind, _ in uses:
+            node.input(port).replace_source_output(compressed)
+            done["matmuls" if kind == "MatMul" else "embeddings"] += 1
     model.validate_nodes_and_infer_types()
     return done
 

@@ -12,6 +12,7 @@ of a weight baked into them; an updated input is copied back into the caller's t
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -106,7 +107,6 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
                                      dynamic_shapes=dynamic_shapes)
         with leafspec_warning_quieted():  # torch's own LeafSpecs warn when copied (torch_quirks.py)
             ep = ep.run_decompositions(decomposition_table())
-        skip_empty_cat_inputs(ep.graph_module)
     except ExportError:
         raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
@@ -131,8 +131,9 @@ def skip_empty_cat_inputs(gm) -> int:
     """Drop the 1-D empty inputs of each ``aten.cat`` beside inputs of higher rank; returns how
     many cats changed. torch.cat skips such tensors (a legacy rule Hugging Face's cache relies on:
     a layer's cache starts as ``torch.tensor([])`` and is concatenated with the first keys), but
-    ONNX's Concat and OpenVINO's refuse inputs of different ranks. The result is the same without
-    them."""
+    ONNX's Concat and OpenVINO's refuse inputs of different ranks. Without them the values are the
+    same; a cat whose empty input decides the result's dtype (a float one beside integers) is left
+    as it is."""
     changed = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not torch.ops.aten.cat.default:
@@ -143,6 +144,10 @@ def skip_empty_cat_inputs(gm) -> int:
             continue
         empty = [p for p, v in zip(parts, vals) if v.dim() == 1 and isinstance(v.shape[0], int) and v.shape[0] == 0]
         if not empty or len(empty) == len(parts):
+            continue
+        out = node.meta.get("val")
+        kept = [v.dtype for p, v in zip(parts, vals) if p not in empty]
+        if not isinstance(out, torch.Tensor) or functools.reduce(torch.promote_types, kept) != out.dtype:
             continue
         node.args = ([p for p in parts if p not in empty], *node.args[1:])
         for p in empty:  # a clone of the empty constant feeds nothing else now
@@ -156,6 +161,7 @@ def skip_empty_cat_inputs(gm) -> int:
 
 
 def _from_exported(ep, args, kwargs, dynamic_shapes=None) -> Captured:
+    skip_empty_cat_inputs(ep.graph_module)  # ep is run_decompositions' copy, not the user's
     sig = ep.graph_signature
     tensors = dict(ep.state_dict)
     tensors.update(getattr(ep, "constants", {}) or {})

@@ -204,14 +204,30 @@ class CacheStart(torch.nn.Module):
         return torch.cat([empty, past, k], dim=-2) * 2
 
 
+class CacheStartInside(torch.nn.Module):
+    """As Hugging Face does it: the empty tensor is made in forward (a lifted constant, cloned)."""
+
+    def forward(self, k, past):
+        return torch.cat([torch.tensor([]), past, k], dim=-2) * 2
+
+
 @pytest.mark.parametrize("target", ["onnxruntime:cpu", "openvino:cpu"])
 def test_a_cat_with_an_empty_1d_input_lowers_where_the_runtime_wants_equal_ranks(target):
     empty, k, past = torch.tensor([]), torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
-    # pinned, so the cat reaches the runtime with the empty tensor as a segment input
+    # pinned to the runtime (torch:cpu would take so small a model); without the rewrite its
+    # Concat refuses a rank-1 input beside rank-4 ones and no target is left for the cat
     cm = hetcc.compile(CacheStart(), (empty, k, past), targets=[target, "torch:cpu"], tune="off",
                        pins={"cat": target, "mul": target})
     assert [s.target for s in cm.plan.segments] == [target]
     assert torch.equal(cm(empty, k, past), CacheStart()(empty, k, past))
+    inside = hetcc.compile(CacheStartInside(), (k, past), targets=[target], tune="off")
+    assert torch.equal(inside(k, past), CacheStartInside()(k, past))
+    from hetcc.capture import capture
+
+    graph = capture(CacheStartInside(), (k, past)).graph
+    (cat,) = [n for n in graph.nodes if n.target is torch.ops.aten.cat.default]
+    assert [a.meta["val"].dim() for a in cat.args[0]] == [4, 4]
+    assert not any(n.target is torch.ops.aten.clone.default for n in graph.nodes)  # the clone went too
 
 
 def test_skipping_empty_cat_inputs_leaves_other_cats_alone():
@@ -227,3 +243,16 @@ def test_skipping_empty_cat_inputs_leaves_other_cats_alone():
     cats = [n for n in gm.graph.nodes if n.target is torch.ops.aten.cat.default]
     assert [len(n.args[0]) for n in cats] == [2, 1, 2]
     assert all(torch.equal(g, w) for g, w in zip(gm(*args), Cats()(*args)))
+
+
+def test_an_empty_cat_input_that_decides_the_dtype_is_kept():
+    from hetcc.capture import skip_empty_cat_inputs
+
+    class Promotes(torch.nn.Module):
+        def forward(self, empty, ids):
+            return torch.cat([empty, ids], -1)  # float32: the empty float input promotes the integers
+
+    args = (torch.tensor([]), torch.arange(6).reshape(2, 3))
+    gm = torch.export.export(Promotes(), args).graph_module
+    assert skip_empty_cat_inputs(gm) == 0
+    assert gm(*args)[0].dtype == Promotes()(*args).dtype == torch.float32

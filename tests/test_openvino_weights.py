@@ -41,13 +41,13 @@ def test_matmul_weights_become_int8_with_a_scale_per_group_along_the_reduction(t
     assert compress_weights(model) == {"matmuls": 1, "embeddings": 0}
     (q,) = _i8_constants(model)
     # K/G groups of G along K for every output column, whichever side K is on
-    assert sorted(q.get_output_shape(0)) == sorted([k // GROUP, GROUP, n])
+    assert list(q.get_output_shape(0)) == ([n, k // GROUP, GROUP] if transpose_b else [k // GROUP, GROUP, n])
     got = _run(model, x)
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert 1e-4 < rel < 0.01  # rounded, and by about what int8 of a Gaussian loses (~0.5 %)
 
 
-def test_an_outlier_costs_only_its_own_group():
+def test_an_outlier_costs_only_its_own_group(monkeypatch):
     """One large weight sets the scale of its group alone: the column's other groups keep their
     precision, where one scale per column would round all of them 100x coarser."""
     rng = np.random.default_rng(1)
@@ -62,12 +62,8 @@ def test_an_outlier_costs_only_its_own_group():
     grouped = np.linalg.norm(_run(model, x) - want) / np.linalg.norm(want)
 
     per_column = _matmul_model(weights, transpose_b=False)
-    old = openvino_weights.GROUP
-    try:
-        openvino_weights.GROUP = k  # one group: a scale per column
-        compress_weights(per_column)
-    finally:
-        openvino_weights.GROUP = old
+    monkeypatch.setattr(openvino_weights, "GROUP", k)  # one group: a scale per column
+    compress_weights(per_column)
     coarse = np.linalg.norm(_run(per_column, x) - want) / np.linalg.norm(want)
     assert grouped < 0.01 < coarse and grouped * 20 < coarse
 
@@ -86,22 +82,69 @@ def test_a_reduction_that_does_not_split_into_groups_gets_one_scale_per_column()
 
 def test_embedding_tables_are_compressed_by_row_and_small_or_other_weights_are_left():
     rng = np.random.default_rng(3)
-    table = rng.standard_normal((100, 2 * GROUP)).astype(np.float32)
+    rows = openvino_weights.MIN_TABLE_ROWS
+    table = rng.standard_normal((rows, 2 * GROUP)).astype(np.float32)
+    positions = rng.standard_normal((rows - 1, 2 * GROUP)).astype(np.float32)  # too few rows
     small = rng.standard_normal((4, 8)).astype(np.float32)  # below MIN_ELEMENTS
     ids = ops.parameter([5], ov.Type.i64)
-    looked_up = ops.gather(ops.constant(table), ids, ops.constant(np.array(0, dtype=np.int64)))
+    axis0 = ops.constant(np.array(0, dtype=np.int64))
+    looked_up = ops.gather(ops.constant(table), ids, axis0)
+    position = ops.gather(ops.constant(positions), ids, axis0)
     columns = ops.gather(ops.constant(table.T.copy()), ops.constant(np.array([1, 2], dtype=np.int64)),
                          ops.constant(np.array(1, dtype=np.int64)))  # not a row lookup: left as it is
     y = ops.matmul(looked_up, ops.constant(rng.standard_normal((2 * GROUP, 4)).astype(np.float32)), False, False)
     z = ops.matmul(ops.constant(small), ops.constant(small.T.copy()), False, False)
-    model = ov.Model([looked_up, columns, y, z], [ids])
-    feed = np.array([0, 5, 99, 5, 7], dtype=np.int64)
+    model = ov.Model([looked_up, columns, y, z, position], [ids])
+    feed = np.array([0, 5, rows - 2, 5, 7], dtype=np.int64)
     compiled = ov.Core().compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     want = [compiled([feed])[o] for o in compiled.outputs]
     assert compress_weights(model) == {"matmuls": 0, "embeddings": 1}  # the 64x4 weight is too small
     (q,) = _i8_constants(model)
-    assert list(q.get_output_shape(0)) == [100, 2, GROUP]
+    assert list(q.get_output_shape(0)) == [rows, 2, GROUP]
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = [compiled([feed])[o] for o in compiled.outputs]
     assert np.linalg.norm(got[0] - want[0]) / np.linalg.norm(want[0]) < 0.01
-    assert np.array_equal(got[1], want[1]) and np.array_equal(got[3], want[3])
+    assert all(np.array_equal(got[i], want[i]) for i in (1, 3, 4))
+
+
+def test_a_table_tied_to_the_output_projection_is_compressed_once():
+    rng = np.random.default_rng(4)
+    vocab, width = 2048, 2 * GROUP
+    tied = ops.constant(rng.standard_normal((vocab, width)).astype(np.float32))
+    ids = ops.parameter([3], ov.Type.i64)
+    hidden = ops.gather(tied, ids, ops.constant(np.array(0, dtype=np.int64)))
+    logits = ops.matmul(hidden, tied, transpose_a=False, transpose_b=True)  # [3, vocab]
+    model = ov.Model([logits], [ids])
+    assert compress_weights(model) == {"matmuls": 1, "embeddings": 1}
+    (q,) = _i8_constants(model)  # one i8 copy read by both
+    assert list(q.get_output_shape(0)) == [vocab, 2, GROUP]
+    assert not any(n.get_type_name() == "Constant" and n.get_element_type() == ov.Type.f32
+                   and list(n.get_output_shape(0)) == [vocab, width] for n in model.get_ordered_ops())
+
+
+def test_a_weight_something_else_reads_too_stays_f32():
+    rng = np.random.default_rng(5)
+    w = ops.constant(rng.standard_normal((4 * GROUP, 16)).astype(np.float32))
+    x = ops.parameter([2, 4 * GROUP], ov.Type.f32)
+    y = ops.matmul(x, w, False, False)
+    also = ops.reduce_sum(w, ops.constant(np.array([0], dtype=np.int64)), keep_dims=False)
+    model = ov.Model([y, also], [x])
+    assert compress_weights(model) == {"matmuls": 0, "embeddings": 0}
+    assert not _i8_constants(model)
+
+
+def test_the_cpu_plugin_keeps_compressed_weights_int8():
+    """The compiled model runs the MatMul as a fully-connected layer that reads the i8 weights and
+    the group scales: the decompression is fused into the kernel, not folded back to f32."""
+    rng = np.random.default_rng(6)
+    k, n = 8 * GROUP, 512
+    for transpose_b in (False, True):
+        weights = rng.standard_normal((n, k) if transpose_b else (k, n)).astype(np.float32)
+        model = _matmul_model(weights, transpose_b)
+        compress_weights(model)
+        runtime = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+        (fc,) = [node for node in runtime.get_ordered_ops()
+                 if node.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+        assert fc.input(1).get_element_type() == ov.Type.i8, transpose_b
+        assert list(fc.input(1).get_partial_shape().to_shape()) == [n, k]
+        assert list(fc.input(3).get_partial_shape().to_shape()) == [n, k // GROUP]  # a scale per group
