@@ -6,9 +6,9 @@ float op. A node that keeps weights resident reads them at the scheme's width; i
 the device's peak for its element type (``DeviceSpec.peak_flops``), or, where the spec has no figure
 for it, at the fp32 peak times ``ASSUMED_SPEEDUP``. Those speed-ups are assumptions, not
 measurements: compile-time tuning times each target's plan, lower precisions included, and keeps the
-fastest (docs/precision.md). Capacity is still charged at the model's own weight bytes: the
-placement problem has one resident size per node whatever runs it, so a lower precision never fits
-where fp32 would not."""
+fastest (docs/precision.md). Capacity is charged at the scheme's width too (``resident_held``): the
+placement problem holds resident bytes per node and target, so a memory limit the model's fp32
+weights break can still take it in int8."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +27,9 @@ class Scheme:
     """The op classes whose weights it stores narrower and computes in ``weighted``: the int8
     paths quantize matrix products only (backends/onnxruntime_backend.py quantized,
     backends/openvino_weights.py)."""
+    stores: tuple[str, ...] = ()
+    """Further op classes whose resident weights it stores narrower without computing in
+    ``weighted``: OpenVINO's int8 weights compress embedding tables too (a gather, class data)."""
 
 
 SCHEMES = {
@@ -35,8 +38,8 @@ SCHEMES = {
     "int8": Scheme(1.0, "int8", "fp32", ("matmul",)),
     # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call;
     # its weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP)
-    "int8w": Scheme(1.125, "int8", "fp32", ("matmul",)),
-    "int8w-bf16": Scheme(1.125, "int8", "bf16", ("matmul",)),
+    "int8w": Scheme(1.125, "int8", "fp32", ("matmul",), ("data",)),
+    "int8w-bf16": Scheme(1.125, "int8", "bf16", ("matmul",), ("data",)),
 }
 
 ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
@@ -65,3 +68,13 @@ def bytes_moved(facts, precision: str | None) -> float:
     if not narrows(scheme, facts):
         return facts.bytes_moved
     return facts.bytes_moved - facts.weight_bytes * (1.0 - scheme.weight_bytes / 4.0)
+
+
+def resident_held(facts, precision: str | None) -> float:
+    """Bytes a node (a ``NodeFacts``) keeps resident in ``precision``: its weights at the
+    precision's width where the precision stores them narrower (by the class of the node that
+    computes with them, ``holds_for``), else as in fp32."""
+    scheme = scheme_of(precision)
+    if scheme is None or not facts.resident_bytes or facts.holds_for not in scheme.narrows + scheme.stores:
+        return facts.resident_bytes
+    return facts.resident_bytes * scheme.weight_bytes / 4.0

@@ -766,8 +766,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             inputs=tuple(program.input_names), outputs=tuple(program.output_names),
             flops=sum(facts[m].flops for m in nodes),
             bytes_moved=sum(facts[m].bytes_moved for m in nodes),
-            # the problem's, not the facts': it also holds resident inputs (a KV cache)
-            resident_bytes=sum(problem.resident[u] for u in spec.units),
+            # the problem's, not the facts': it also holds resident inputs (a KV cache), and
+            # weights at the target's precision (int8: a quarter)
+            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units),
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,

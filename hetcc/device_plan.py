@@ -338,7 +338,7 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
         nodes = tuple(m for u in spec.units for m in units[u].members)
         flops = sum(facts[m].flops for m in nodes)
         moved = sum(facts[m].bytes_moved for m in nodes)
-        resident = sum(problem.resident[u] for u in spec.units)
+        resident = sum(problem.held(u, spec.target) for u in spec.units)
         secs = sum(problem.cost[u][spec.target] for u in spec.units)
         kernels = sum(1 for m in nodes if facts[m].op_class != "view")
         segments.append(PredictedSegment(f"seg{index}", labels[spec.target], nodes, flops, moved,
@@ -355,7 +355,7 @@ def _prediction(problem, placement, captured, facts, units, labels, specs, infos
     busy = stage_seconds(problem, a)
     used_resident = [0] * k
     for i, t in enumerate(a):
-        used_resident[t] += problem.resident[i]
+        used_resident[t] += problem.held(i, t)
     loads = tuple(DeviceLoad(labels[t], specs[t].name, busy[t], used_resident[t], infos[t].capacity,
                              specs[t].price_per_hour) for t in range(k))
     neck = bottleneck(problem, a)

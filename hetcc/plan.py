@@ -16,7 +16,8 @@ class SegmentPlan:
     flops: float
     bytes_moved: int
     resident_bytes: int
-    """Capacity footprint: weights this segment keeps resident on its target."""
+    """Capacity footprint: weights this segment keeps resident on its target, at its precision
+    (int8 weights a quarter of fp32), and resident inputs such as a KV cache."""
     predicted_seconds: float
     """Cost-model time of the segment's nodes (not counting hand-overs)."""
     ops: dict[str, int] = field(default_factory=dict)
@@ -45,8 +46,9 @@ class SegmentPlan:
     """``bytes_moved`` in the segment's lower precision (weights at its width: what the roofline
     plot places it by); None for a segment in the model's own precision."""
     artifact_bytes: int | None = None
-    """Bytes of the lowered files on disk (its weights as the runtime stores them: a quarter of
-    ``resident_bytes`` for int8 weights); None where unknown."""
+    """Bytes of the lowered files on disk (its weights as the runtime stores them: about
+    ``resident_bytes`` for int8 weights, where a bf16 segment's files stay fp32); None where
+    unknown."""
     relative_error: float | None = None
     """‖y − y_ref‖ / ‖y_ref‖ of its worst output, for a segment in a lower precision (checked
     against the accuracy budget's segment limit); None for one checked by tolerances."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from hetcc.cost_model.precision import resident_held
 from hetcc.cost_model.roofline import node_seconds
 from hetcc.errors import InputError
 from hetcc.passes.problem import HOST, PlacementProblem, Value
@@ -58,6 +59,15 @@ def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
 
 def unit_resident(units, facts) -> list[int]:
     return [sum(facts[m].resident_bytes for m in u.members) for u in units]
+
+
+def unit_resident_on(units, facts, targets: list[TargetInfo]) -> list[tuple[int, ...]] | None:
+    """Per unit and target, the bytes it keeps resident at that target's precision (int8 weights
+    a quarter of fp32); None when no target changes them."""
+    if not any(t.precision for t in targets):
+        return None
+    return [tuple(int(sum(resident_held(facts[m], t.precision) for m in u.members)) for t in targets)
+            for u in units]
 
 
 def build_values(captured, units, unit_of) -> list[Value]:
@@ -113,8 +123,12 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
             latency[s][t], bandwidth[s][t] = handoff(src, dst)
     overhead = tuple(t.profile.call_overhead for t in targets) + (0.0,)
     values, resident = build_values(captured, units, unit_of), unit_resident(units, facts)
+    resident_on = unit_resident_on(units, facts, targets)
     if resident_inputs:
+        kept = list(resident)
         values = _keep_resident(captured, values, resident, resident_inputs)
+        if resident_on:  # a resident input (a KV cache) keeps its own width on every target
+            resident_on = [tuple(r + resident[u] - kept[u] for r in row) for u, row in enumerate(resident_on)]
     return PlacementProblem(
         nodes=tuple(u.name for u in units),
         targets=tuple(t.name for t in targets),
@@ -127,6 +141,7 @@ def build_problem(captured, facts, units, unit_of, targets: list[TargetInfo],
         call_overhead=overhead,
         meta={"objective": objective},
         shared_capacity=shared_memories(targets),
+        resident_on=tuple(resident_on or ()),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +31,10 @@ class NodeFacts:
     weight_bytes: int = 0
     """Weights this node reads directly or through views (a Linear's weight reaches its addmm
     through a permute): what a lower precision stores narrower (cost_model/precision.py)."""
+    holds_for: str = ""
+    """Where the node keeps weights resident: the op class of the node that computes with them
+    (its own, or the reader at the end of its views: a Linear's permute holds for a matmul), which
+    says whether a lower precision stores them narrower."""
 
     @property
     def bytes_moved(self) -> int:
@@ -176,4 +180,20 @@ def _is_weight(node, weights: set[str]) -> bool:
 
 def graph_facts(graph, values: dict, weights) -> dict[str, NodeFacts]:
     names = set(weights)
-    return {n.name: node_facts(n, values, names) for n in graph.nodes if n.op == "call_function"}
+    out = {}
+    for n in graph.nodes:
+        if n.op == "call_function":
+            facts = node_facts(n, values, names)
+            out[n.name] = replace(facts, holds_for=_reader_class(n)) if facts.resident_bytes else facts
+    return out
+
+
+def _reader_class(node) -> str:
+    """The op class of the node that computes with ``node``'s output, looking through views
+    ("view" where a view has no single reader)."""
+    while classify(node) == "view":
+        readers = [u for u in node.users if u.op == "call_function"]
+        if len(readers) != 1:
+            return "view"
+        node = readers[0]
+    return classify(node)

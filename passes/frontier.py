@@ -259,7 +259,7 @@ class _Prepared:
             g = groups.setdefault(sig, _Group(sig, self.codes))
             blocks.append((g, len(g.members)))
             g.members.append((a, [[v.index for v in reads.get(i, ())] for i in range(a, e)]))
-        resident = np.asarray(self.p.resident, float)
+        resident = np.asarray(self.p.held_rows(), float).reshape(self.p.n, self.p.k)
         for g in groups.values():
             g.dedupe(self.base, resident, self.links)
         return blocks, list(groups.values())
@@ -519,7 +519,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     """Best placement the DP finds, with a lower bound; None when it finds nothing feasible."""
     prep = _Prepared(problem, allowed)
     p = problem
-    resident = np.asarray(p.resident, float)
+    resident = np.asarray(p.held_rows(), float).reshape(p.n, p.k)
     base = prep.base
     caps = [((t,), p.capacity[t]) for t in range(p.k) if math.isfinite(p.capacity[t])]
     caps += [(tuple(ts), cap) for ts, cap in p.shared_capacity if math.isfinite(cap)]
@@ -527,7 +527,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     # weights[i, t, c]: what node i on target t puts against capacity c.
     weights = np.zeros((p.n, p.k, len(caps)))
     for c, (ts, _) in enumerate(caps):
-        weights[:, list(ts), c] = resident[:, None]
+        weights[:, list(ts), c] = resident[:, list(ts)]
 
     def priced(lam):
         return base + weights @ lam

@@ -59,6 +59,30 @@ class PlacementProblem:
     shared_capacity: tuple[tuple[tuple[int, ...], float], ...] = ()
     """(targets, bytes): targets on one physical memory (the CPU runtimes on host RAM, two
     backends on one GPU) hold at most that many resident bytes together."""
+    resident_on: tuple[tuple[float, ...], ...] = ()
+    """resident_on[i][t]: bytes node i keeps resident when target t runs it, where that differs by
+    target (a lower precision stores weights narrower: int8 a quarter of fp32); empty when every
+    target holds ``resident[i]``. Read it through :meth:`held`."""
+
+    def __post_init__(self):
+        if self.resident_on and (len(self.resident_on) != self.n
+                                 or any(len(row) != self.k for row in self.resident_on)):
+            raise ValueError(f"resident_on must have one row of {self.k} byte counts per node "
+                             f"({self.n}); got {len(self.resident_on)} rows")
+
+    def held(self, i: int, t: int) -> float:
+        """Bytes node i keeps resident on target t."""
+        return self.resident_on[i][t] if self.resident_on else self.resident[i]
+
+    def held_rows(self) -> list[tuple[float, ...]]:
+        """held(i, t) for every node (rows) and target (columns)."""
+        if self.resident_on:
+            return [tuple(row) for row in self.resident_on]
+        return [(r,) * self.k for r in self.resident]
+
+    def least_held(self, i: int, targets) -> float:
+        """The fewest bytes node i keeps on any of ``targets``: what a bound may count on."""
+        return min((self.held(i, t) for t in targets), default=self.resident[i])
 
     def overfull(self, used) -> list[int]:
         """Targets whose resident bytes ``used`` break their own capacity or a shared one."""
@@ -98,7 +122,7 @@ def evaluate(problem: PlacementProblem, assignment) -> float:
         if math.isinf(c):
             return math.inf
         total += c
-        used[t] += problem.resident[i]
+        used[t] += problem.held(i, t)
     if problem.overfull(used):
         return math.inf
     return total + sum(problem.link(s, t, v.nbytes) for v, s, t in handovers(problem, assignment))

@@ -82,7 +82,7 @@ def brute_force(problem: PlacementProblem) -> tuple[tuple[int, ...], float]:
 def allowed_targets(problem: PlacementProblem) -> list[list[int]]:
     """Targets each node may use: finite cost and its resident bytes fit the target alone."""
     return [[t for t in range(problem.k)
-             if not math.isinf(problem.cost[i][t]) and problem.resident[i] <= problem.capacity[t]]
+             if not math.isinf(problem.cost[i][t]) and problem.held(i, t) <= problem.capacity[t]]
             for i in range(problem.n)]
 
 
@@ -105,7 +105,7 @@ def check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None:
             if math.isinf(problem.cost[i][t]):
                 why.append(f"{target}: not supported (cost is inf)")
             else:
-                why.append(f"{target}: needs {_fmt_bytes(problem.resident[i])} resident, "
+                why.append(f"{target}: needs {_fmt_bytes(problem.held(i, t))} resident, "
                            f"capacity is {_fmt_bytes(problem.capacity[t])}")
         raise PlacementError(
             f"node {i} ({problem.nodes[i]!r}) has no allowed target: " + "; ".join(why or ["no targets"])
@@ -122,7 +122,7 @@ def check_feasible(problem: PlacementProblem, allowed: list[list[int]]) -> None:
         if math.isinf(cap):
             continue
         members = set(ts)
-        need = sum(problem.resident[i] for i in range(problem.n) if set(allowed[i]) <= members)
+        need = sum(problem.least_held(i, allowed[i]) for i in range(problem.n) if set(allowed[i]) <= members)
         if need > cap:
             names = ", ".join(problem.targets[t] for t in ts)
             scope = "in total" if len(ts) == k else f"that can only run on {{{names}}}"
@@ -136,7 +136,7 @@ def check_shared(problem: PlacementProblem, allowed: list[list[int]]) -> None:
     """Nodes that can only run on targets sharing one memory must fit that memory."""
     for targets, cap in problem.shared_capacity:
         members = set(targets)
-        need = sum(problem.resident[i] for i in range(problem.n) if set(allowed[i]) <= members)
+        need = sum(problem.least_held(i, allowed[i]) for i in range(problem.n) if set(allowed[i]) <= members)
         if need > cap:
             names = ", ".join(problem.targets[t] for t in targets)
             raise PlacementError(
@@ -151,12 +151,12 @@ def infeasible_error(problem: PlacementProblem) -> PlacementError:
         return PlacementError(
             "no placement avoids the links with infinite cost: some value would have to cross one. "
             "Make those links finite, or allow the nodes on both sides on a common target.")
-    need = sum(problem.resident)
+    need = sum(problem.least_held(i, range(problem.k)) for i in range(problem.n))
     caps = ", ".join([f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity)]
                      + [f"{{{', '.join(problem.targets[t] for t in ts)}}} together: {_fmt_bytes(c)}"
                         for ts, c in problem.shared_capacity])
     return PlacementError(
-        f"no placement fits the capacities: nodes keep {_fmt_bytes(need)} resident in total and no "
+        f"no placement fits the capacities: nodes keep at least {_fmt_bytes(need)} resident in total and no "
         f"split of them over the targets fits ({caps}; links with infinite cost may also rule "
         "splits out). Add a target with more memory, raise a capacity, or remove a pin.")
 
@@ -188,7 +188,7 @@ class _Mover:
         self.a = list(assignment)
         self.used = [0.0] * problem.k
         for i, t in enumerate(self.a):
-            self.used[t] += problem.resident[i]
+            self.used[t] += problem.held(i, t)
         self.incident: list[list[int]] = [[] for _ in range(problem.n)]
         for j, v in enumerate(problem.values):
             if v.producer != HOST:
@@ -215,12 +215,14 @@ class _Mover:
         capacity or a node may not run there."""
         p = self.p
         src = self.a[nodes[0]]
-        moved = sum(p.resident[i] for i in nodes)
-        if p.capacity[target] < self.used[target] + moved:
+        arriving = sum(p.held(i, target) for i in nodes)
+        if p.capacity[target] < self.used[target] + arriving:
             return math.inf
+        leaving = sum(p.held(i, src) for i in nodes)
         for targets, cap in p.shared_capacity:
-            if target in targets and src not in targets \
-                    and sum(self.used[t] for t in targets) + moved > cap:
+            # a move within one memory changes its bytes too, where precisions differ
+            grows = (arriving if target in targets else 0.0) - (leaving if src in targets else 0.0)
+            if grows > 0 and sum(self.used[t] for t in targets) + grows > cap:
                 return math.inf
         d = 0.0
         for i in nodes:
@@ -238,8 +240,8 @@ class _Mover:
 
     def move(self, nodes, target: int) -> None:
         for i in nodes:
-            self.used[self.a[i]] -= self.p.resident[i]
-            self.used[target] += self.p.resident[i]
+            self.used[self.a[i]] -= self.p.held(i, self.a[i])
+            self.used[target] += self.p.held(i, target)
             self.a[i] = target
 
     def components(self) -> list[list[int]]:
@@ -316,7 +318,7 @@ def repair(problem: PlacementProblem, assignment, deadline: float):
         if not over:
             return tuple(m.a)
         moves = ((m.delta([i], s), i, s) for i in range(problem.n) if m.a[i] in over
-                 and problem.resident[i] > 0 for s in range(problem.k) if s != m.a[i])
+                 and problem.held(i, m.a[i]) > 0 for s in range(problem.k) if s != m.a[i])
         d, i, s = min(moves, default=(math.inf, -1, -1))
         if math.isinf(d):
             return None
@@ -333,21 +335,21 @@ def heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: flo
     greedy = [min(ts, key=lambda t: p.cost[i][t]) for i, ts in enumerate(allowed)]
     used = [0.0] * p.k
     for i, t in enumerate(greedy):
-        used[t] += p.resident[i]
+        used[t] += p.held(i, t)
     for t in range(p.k):
         if used[t] <= p.capacity[t]:
             continue
         # Move off the nodes whose next-best target costs least extra per byte freed.
-        order = sorted((i for i in range(p.n) if greedy[i] == t and p.resident[i] > 0),
+        order = sorted((i for i in range(p.n) if greedy[i] == t and p.held(i, t) > 0),
                        key=lambda i: min((p.cost[i][s] - p.cost[i][t] for s in allowed[i] if s != t),
-                                         default=math.inf) / p.resident[i])
+                                         default=math.inf) / p.held(i, t))
         for i in order:
             if used[t] <= p.capacity[t]:
                 break
             for s in sorted((s for s in allowed[i] if s != t), key=lambda s: p.cost[i][s]):
-                if used[s] + p.resident[i] <= p.capacity[s]:
-                    used[s] += p.resident[i]
-                    used[t] -= p.resident[i]
+                if used[s] + p.held(i, s) <= p.capacity[s]:
+                    used[s] += p.held(i, s)
+                    used[t] -= p.held(i, t)
                     greedy[i] = s
                     break
     cands.append(tuple(greedy))
@@ -524,15 +526,15 @@ def build_model(problem: PlacementProblem, allowed: list[list[int]]):
         cap = p.capacity[t]
         if math.isinf(cap):
             continue
-        fixed = sum(p.resident[i] for i in range(p.n) if x[i].get(t) == -1)
-        free = [(x[i][t], float(p.resident[i])) for i in range(p.n)
-                if x[i].get(t, -1) != -1 and p.resident[i] > 0]
+        fixed = sum(p.held(i, t) for i in range(p.n) if x[i].get(t) == -1)
+        free = [(x[i][t], float(p.held(i, t))) for i in range(p.n)
+                if x[i].get(t, -1) != -1 and p.held(i, t) > 0]
         if fixed + sum(r for _, r in free) > cap:
             m.row(free, -math.inf, cap - fixed)
     for targets, cap in p.shared_capacity:
-        fixed = sum(p.resident[i] for i in range(p.n) for t in targets if x[i].get(t) == -1)
-        free = [(x[i][t], float(p.resident[i])) for i in range(p.n) for t in targets
-                if x[i].get(t, -1) != -1 and p.resident[i] > 0]
+        fixed = sum(p.held(i, t) for i in range(p.n) for t in targets if x[i].get(t) == -1)
+        free = [(x[i][t], float(p.held(i, t))) for i in range(p.n) for t in targets
+                if x[i].get(t, -1) != -1 and p.held(i, t) > 0]
         if fixed + sum(r for _, r in free) > cap:
             m.row(free, -math.inf, cap - fixed)
     return m, x

@@ -45,8 +45,9 @@ def fractional_bound(p: PlacementProblem, allowed):
     from scipy.optimize import linprog
 
     pools: dict[tuple, list[int]] = {}
+    held = p.held_rows()
     for i, ts in enumerate(allowed):
-        key = (tuple(p.cost[i][t] if t in ts else math.inf for t in range(p.k)), p.resident[i])
+        key = (tuple(p.cost[i][t] if t in ts else math.inf for t in range(p.k)), held[i])
         pools.setdefault(key, []).append(i)
     keys = list(pools)
     var = [(g, t) for g, (costs, _) in enumerate(keys) for t in range(p.k) if not math.isinf(costs[t])]
@@ -54,7 +55,7 @@ def fractional_bound(p: PlacementProblem, allowed):
     g_of = np.array([g for g, _ in var], dtype=np.int64)
     t_of = np.array([t for _, t in var], dtype=np.int64)
     cost_of = np.array([keys[g][0][t] for g, t in var], float)
-    size_of = np.array([keys[g][1] for g, _ in var], float)
+    size_of = np.array([keys[g][1][t] for g, t in var], float)
     c = np.zeros(nv)
     c[-1] = 1.0
     # One row per pool (all its nodes placed), sparse: pools can number as many as the nodes.
@@ -142,7 +143,8 @@ class _Chain:
         self.cross, self.cross_bytes = cross, cross_bytes
         self.work = np.vstack([np.zeros(k), np.cumsum(cost, axis=0)])  # work[j, t]: nodes < j on t
         self.banned = np.vstack([np.zeros(k, int), np.cumsum(~ok, axis=0)])
-        self.size = np.concatenate([[0.0], np.cumsum(np.array(p.resident, float))])
+        held = np.asarray(p.held_rows(), float).reshape(p.n, k)
+        self.size = np.vstack([np.zeros(k), np.cumsum(held, axis=0)])  # size[j, t]: nodes < j on t
 
     def entry(self, j: int, src: int, t: int) -> float:
         """Seconds for target t to receive the values live across the cut before node j from src."""
@@ -180,12 +182,12 @@ class _Chain:
             while lo < hi:
                 e = (lo + hi + 1) // 2
                 fits = (self.banned[e, t] == self.banned[s, t]
-                        and self.size[e] - self.size[s] <= room
+                        and self.size[e, t] - self.size[s, t] <= room
                         and self.work[e, t] - self.work[s, t] + head + self.inputs(s, e, t) <= limit)
                 lo, hi = (e, hi) if fits else (lo, e - 1)
             if lo > s:
                 ends.append((lo, t))
-                used[t] += self.size[lo] - self.size[s]
+                used[t] += self.size[lo, t] - self.size[s, t]
                 s, prev = lo, t
         if s < n:
             return None

@@ -312,3 +312,66 @@ def test_shared_capacity_splits_what_separate_capacities_would_not():
     assert sum(1 for t in got.assignment if t == 2) == 1
     with pytest.raises(PlacementError, match="share one memory"):
         solve(dataclasses.replace(shared, cost=tuple((1.0, 1.0, INF) for _ in range(3))))
+
+
+# --- resident bytes per target (a lower precision stores weights narrower) ---------------------
+
+
+def narrowed(p: PlacementProblem, rng: random.Random, shared: bool) -> PlacementProblem:
+    """``p`` where one or two targets hold some nodes' weights in a quarter of the bytes (an int8
+    variant), optionally sharing one memory with the target it varies."""
+    import dataclasses
+
+    narrow = set(rng.sample(range(p.k), rng.choice([1, 1, 2])))
+    rows = tuple(tuple(r // 4 if t in narrow and rng.random() < 0.8 else r for t in range(p.k))
+                 for r in p.resident)
+    p = dataclasses.replace(p, resident_on=rows)
+    if shared:
+        group = tuple(sorted(rng.sample(range(p.k), 2)))
+        p = dataclasses.replace(p, shared_capacity=((group, float(rng.randint(0, sum(p.resident) + 1))),))
+    return p
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_resident_per_target_against_brute_force(seed):
+    from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
+
+    rng = random.Random(20_000 + seed)
+    p = narrowed(random_problem(rng), rng, shared=seed % 2 == 1)
+    check_against_brute_force(p)
+    best, neck = brute_force_pipeline(p)
+    if not best:
+        with pytest.raises(PlacementError):
+            solve_pipeline(p)
+    else:
+        got = solve_pipeline(p)
+        assert close(got.cost, neck) and not math.isinf(evaluate(p, got.assignment))
+
+
+def test_the_per_target_suite_has_cases_only_the_narrow_bytes_fit():
+    """Some of the problems above are infeasible, or costlier, with every target at full bytes."""
+    import dataclasses
+
+    rescued = cheaper = 0
+    for seed in range(80):
+        rng = random.Random(20_000 + seed)
+        p = narrowed(random_problem(rng), rng, shared=seed % 2 == 1)
+        full = dataclasses.replace(p, resident_on=())
+        _, best = brute_force(p)
+        _, best_full = brute_force(full)
+        rescued += math.isinf(best_full) and not math.isinf(best)
+        cheaper += not math.isinf(best_full) and best < best_full * (1 - 1e-9)
+        assert best <= best_full * (1 + 1e-9)  # fewer bytes never make the optimum worse
+    assert rescued >= 3 and cheaper >= 3, (rescued, cheaper)
+
+
+def test_a_node_goes_where_its_narrow_bytes_fit():
+    # target 1 holds a quarter of the bytes (int8): 100 bytes of fp32 weights fit there in 25 of 30
+    p = make([(1e-5, 2e-5, 1e-3)], chain(1), resident=[100], capacity=[INF, 30, INF],
+             targets=["fast:fp32", "fast:int8", "slow"])
+    p = PlacementProblem(**{**p.__dict__, "capacity": (60.0, 30.0, INF), "resident_on": ((100, 25, 100),)})
+    assert solve(p).assignment == (1,)
+    with pytest.raises(ValueError, match="one row of 3"):
+        PlacementProblem(**{**p.__dict__, "resident_on": ((100, 25),)})
+    with pytest.raises(PlacementError, match="needs 100 bytes resident"):
+        solve(PlacementProblem(**{**p.__dict__, "cost": ((1e-5, INF, INF),)}))
