@@ -18,10 +18,13 @@ compressed too, with groups along a row: a lookup reads only its rows, so this s
 file bytes but no time; without them a model with a large vocabulary keeps half its bytes in f32."""
 from __future__ import annotations
 
-MIN_ELEMENTS = 1024
-"""Smaller weights stay f32: their bytes do not matter, and a few rows lose the most to rounding."""
+from hetcc.cost_model.precision import SMALLEST_NARROWED, SMALLEST_TABLE
 
-MIN_TABLE_ROWS = 1024
+MIN_ELEMENTS = SMALLEST_NARROWED
+"""Smaller weights stay f32: their bytes do not matter, and a few rows lose the most to rounding
+(the cost model prices them so: cost_model/precision.py)."""
+
+MIN_TABLE_ROWS = SMALLEST_TABLE
 """A table of fewer rows (positions, token types, a lookup table of constants) stays f32: a
 vocabulary is what takes the bytes, and a small table's rows are read by every token, so their
 rounding reaches every output."""

@@ -42,6 +42,14 @@ SCHEMES = {
     "int8w-bf16": Scheme(1.125, "int8", "bf16", ("matmul",), ("data",)),
 }
 
+SMALLEST_NARROWED = 1024
+"""Weights of fewer elements stay in the model's precision (backends/openvino_weights.py): their
+bytes do not matter, and a few rows lose the most to rounding."""
+
+SMALLEST_TABLE = 1024
+"""A gather's table of fewer rows (positions, token types) stays in the model's precision: a
+vocabulary is what takes the bytes, and a small table's rows are read by every token."""
+
 ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
@@ -71,10 +79,11 @@ def bytes_moved(facts, precision: str | None) -> float:
 
 
 def resident_held(facts, precision: str | None) -> float:
-    """Bytes a node (a ``NodeFacts``) keeps resident in ``precision``: its weights at the
-    precision's width where the precision stores them narrower (by the class of the node that
-    computes with them, ``holds_for``), else as in fp32."""
+    """Bytes a node (a ``NodeFacts``) keeps resident in ``precision``: its narrowable weights
+    (``narrowable_bytes``: matrix weights, large tables) at the precision's width where the
+    precision stores them narrower for the class of node that computes with them (``holds_for``);
+    everything else (biases, norms, small weights, a KV cache) as in fp32."""
     scheme = scheme_of(precision)
-    if scheme is None or not facts.resident_bytes or facts.holds_for not in scheme.narrows + scheme.stores:
+    if scheme is None or not facts.narrowable_bytes or facts.holds_for not in scheme.narrows + scheme.stores:
         return facts.resident_bytes
-    return facts.resident_bytes * scheme.weight_bytes / 4.0
+    return facts.resident_bytes - facts.narrowable_bytes * (1.0 - scheme.weight_bytes / 4.0)

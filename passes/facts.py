@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from hetcc.cost_model.precision import SMALLEST_NARROWED, SMALLEST_TABLE
 from hetcc.names import op_name
 
 aten = torch.ops.aten
@@ -33,8 +34,11 @@ class NodeFacts:
     through a permute): what a lower precision stores narrower (cost_model/precision.py)."""
     holds_for: str = ""
     """Where the node keeps weights resident: the op class of the node that computes with them
-    (its own, or the reader at the end of its views: a Linear's permute holds for a matmul), which
-    says whether a lower precision stores them narrower."""
+    (its own, or the reader at the end of its views: a Linear's permute holds for a matmul)."""
+    narrowable_bytes: int = 0
+    """Of ``resident_bytes``, what a lower precision stores narrower for a ``holds_for`` reader: a
+    matrix or convolution weight (not a bias, not one under ``SMALLEST_NARROWED`` elements), or a
+    gather's table of ``SMALLEST_TABLE`` rows or more (cost_model/precision.py)."""
 
     @property
     def bytes_moved(self) -> int:
@@ -184,8 +188,25 @@ def graph_facts(graph, values: dict, weights) -> dict[str, NodeFacts]:
     for n in graph.nodes:
         if n.op == "call_function":
             facts = node_facts(n, values, names)
-            out[n.name] = replace(facts, holds_for=_reader_class(n)) if facts.resident_bytes else facts
+            if facts.resident_bytes:
+                reader = _reader_class(n)
+                facts = replace(facts, holds_for=reader, narrowable_bytes=_narrowable(n, values, names, reader))
+            out[n.name] = facts
     return out
+
+
+def _narrowable(node, values: dict, weights: set[str], reader: str) -> int:
+    """The bytes of ``node``'s resident weights a lower precision stores narrower (NodeFacts)."""
+    total = 0
+    for a in node.all_input_nodes:
+        t = values.get(a.name)
+        if a.name not in weights or not isinstance(t, torch.Tensor) or t.numel() < SMALLEST_NARROWED:
+            continue
+        if (reader == "matmul" and t.dim() == 2) or (reader == "conv" and t.dim() >= 3):  # not a bias
+            total += _nbytes(t)
+        elif reader == "data" and _base_name(node) in _GATHERS and t.dim() == 2 and t.shape[0] >= SMALLEST_TABLE:
+            total += _nbytes(t)
+    return total
 
 
 def _reader_class(node) -> str:

@@ -151,7 +151,7 @@ def infeasible_error(problem: PlacementProblem) -> PlacementError:
         return PlacementError(
             "no placement avoids the links with infinite cost: some value would have to cross one. "
             "Make those links finite, or allow the nodes on both sides on a common target.")
-    need = sum(problem.least_held(i, range(problem.k)) for i in range(problem.n))
+    need = sum(problem.least_held(i, ts) for i, ts in enumerate(allowed_targets(problem)))
     caps = ", ".join([f"{t}: {_fmt_bytes(c)}" for t, c in zip(problem.targets, problem.capacity)]
                      + [f"{{{', '.join(problem.targets[t] for t in ts)}}} together: {_fmt_bytes(c)}"
                         for ts, c in problem.shared_capacity])
@@ -353,6 +353,12 @@ def heuristic(problem: PlacementProblem, allowed: list[list[int]], deadline: flo
                     greedy[i] = s
                     break
     cands.append(tuple(greedy))
+    if p.shared_capacity and math.isinf(evaluate(p, tuple(greedy))):
+        # the loop above keeps each target's own capacity; a memory two targets share (a runtime
+        # and its int8 variant under one limit) may still be overfull
+        shared = repair(p, greedy, deadline)
+        if shared is not None:
+            cands.append(shared)
     feasible = [a for a in cands if not math.isinf(evaluate(p, a))]
     if not feasible:
         return None

@@ -222,7 +222,7 @@ def _swappable(p: PlacementProblem, s: int, t: int) -> bool:
     swap[s], swap[t] = t, s
     if p.capacity[s] != p.capacity[t] or p.call_overhead[s] != p.call_overhead[t]:
         return False
-    if any(row[s] != row[t] for row in p.cost):
+    if any(row[s] != row[t] for row in p.cost) or any(row[s] != row[t] for row in p.resident_on):
         return False
     if any(p.link_latency[i][j] != p.link_latency[swap[i]][swap[j]]
            or p.link_bandwidth[i][j] != p.link_bandwidth[swap[i]][swap[j]]

@@ -13,7 +13,7 @@ import pytest
 from hetcc.passes import frontier
 from hetcc.passes.problem import evaluate
 from hetcc.passes.solve import DP_MIN_NODES, allowed_targets, brute_force, solve
-from test_solver import close, random_case
+from test_solver import close, narrowed_case, random_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_solver import transformer_problem  # noqa: E402
@@ -123,3 +123,18 @@ def test_binding_capacity_is_kept_on_alike_layers():
     assert all(u <= c for u, c in zip(used, p.capacity))
     assert r.lower_bound <= r.cost and math.isfinite(r.cost)
     assert used[0] > 0.3 * sum(p.resident)  # the GPU is used up to near its share, not avoided
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bound_is_valid_with_resident_bytes_per_target(seed, monkeypatch):
+    """The capacity prices weigh each node's bytes on each target (a lower precision's narrower
+    weights): the answer is still a real placement and the bound never above the optimum."""
+    p, (_, best) = narrowed_case(seed)
+    if any(not ts for ts in allowed_targets(p)) or math.isinf(best):
+        return
+    for bits in (frontier.STATE_BITS, 0.0):
+        monkeypatch.setattr(frontier, "STATE_BITS", bits)
+        r = _large(p)
+        assert r is None or (r.cost == evaluate(p, r.assignment) and r.cost >= best * (1 - 1e-12))
+        if r is not None:
+            assert r.lower_bound <= best * (1 + 1e-9) + 1e-15, (bits, r, best)

@@ -542,11 +542,35 @@ def test_a_memory_limit_fp32_weights_break_is_met_in_int8():
 def test_resident_bytes_per_target_follow_each_targets_precision():
     from hetcc.cost_model.precision import resident_held
 
-    table = NodeFacts("embedding", "aten.embedding.default", "data", 0, 64, 64, 4000, holds_for="data")
-    weight = NodeFacts("permute", "aten.permute.default", "view", 0, 0, 0, 4096, holds_for="matmul")
-    norm = NodeFacts("norm", "aten.native_layer_norm.default", "norm", 10, 64, 64, 256, holds_for="norm")
+    table = NodeFacts("embedding", "aten.embedding.default", "data", 0, 64, 64, 4000, holds_for="data",
+                      narrowable_bytes=4000)
+    weight = NodeFacts("permute", "aten.permute.default", "view", 0, 0, 0, 4096, holds_for="matmul",
+                       narrowable_bytes=4096)
+    bias = NodeFacts("addmm", "aten.addmm.default", "matmul", 10, 64, 64, 256, holds_for="matmul")
     assert resident_held(weight, None) == 4096 and resident_held(weight, "int8") == 1024
     assert resident_held(weight, "int8w") == 4096 * 1.125 / 4 and resident_held(weight, "bf16") == 2048
     # OpenVINO's int8 weights compress tables too, ONNX Runtime's int8 only matrix products
     assert resident_held(table, "int8w") == 4000 * 1.125 / 4 and resident_held(table, "int8") == 4000
-    assert resident_held(norm, "int8") == 256 and resident_held(norm, "bf16") == 256
+    assert resident_held(bias, "int8") == 256 and resident_held(bias, "bf16") == 256  # biases stay fp32
+
+
+class Tables(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vocab, self.positions = nn.Embedding(2048, 64), nn.Embedding(16, 64)
+        self.proj = nn.Linear(64, 64)
+
+    def forward(self, ids, pos):
+        return self.proj(self.vocab(ids) + self.positions(pos))
+
+
+def test_facts_say_which_resident_bytes_a_lower_precision_narrows():
+    from hetcc.capture import capture
+    from hetcc.passes.facts import graph_facts
+
+    cap = capture(Tables().eval(), (torch.randint(0, 2048, (1, 8)), torch.arange(8)[None]))
+    facts = graph_facts(cap.graph, cap.values, cap.weights)
+    held = {f.name: (f.holds_for, f.resident_bytes, f.narrowable_bytes) for f in facts.values() if f.resident_bytes}
+    table, positions, weight, bias = 2048 * 64 * 4, 16 * 64 * 4, 64 * 64 * 4, 64 * 4
+    assert sorted(held.values()) == sorted([("data", table, table), ("data", positions, 0),
+                                            ("matmul", weight, weight), ("matmul", bias, 0)]), held

@@ -318,8 +318,8 @@ def test_shared_capacity_splits_what_separate_capacities_would_not():
 
 
 def narrowed(p: PlacementProblem, rng: random.Random, shared: bool) -> PlacementProblem:
-    """``p`` where one or two targets hold some nodes' weights in a quarter of the bytes (an int8
-    variant), optionally sharing one memory with the target it varies."""
+    """``p`` where one or two targets hold most nodes' bytes in a quarter (an int8 variant),
+    optionally with two targets (either kind) sharing one memory."""
     import dataclasses
 
     narrow = set(rng.sample(range(p.k), rng.choice([1, 1, 2])))
@@ -332,13 +332,21 @@ def narrowed(p: PlacementProblem, rng: random.Random, shared: bool) -> Placement
     return p
 
 
+@functools.lru_cache(maxsize=None)
+def narrowed_case(seed: int):
+    """A seeded problem with bytes per target and its brute-force optimum (cached: several tests
+    use them, tests/test_frontier.py and tests/test_stages.py too)."""
+    rng = random.Random(20_000 + seed)
+    p = narrowed(random_problem(rng), rng, shared=seed % 2 == 1)
+    return p, brute_force(p)
+
+
 @pytest.mark.parametrize("seed", range(80))
 def test_resident_per_target_against_brute_force(seed):
     from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
 
-    rng = random.Random(20_000 + seed)
-    p = narrowed(random_problem(rng), rng, shared=seed % 2 == 1)
-    check_against_brute_force(p)
+    p, (_, best) = narrowed_case(seed)
+    check_against_brute_force(p, best)
     best, neck = brute_force_pipeline(p)
     if not best:
         with pytest.raises(PlacementError):
@@ -354,15 +362,24 @@ def test_the_per_target_suite_has_cases_only_the_narrow_bytes_fit():
 
     rescued = cheaper = 0
     for seed in range(80):
-        rng = random.Random(20_000 + seed)
-        p = narrowed(random_problem(rng), rng, shared=seed % 2 == 1)
-        full = dataclasses.replace(p, resident_on=())
-        _, best = brute_force(p)
-        _, best_full = brute_force(full)
+        p, (_, best) = narrowed_case(seed)
+        _, best_full = brute_force(dataclasses.replace(p, resident_on=()))
         rescued += math.isinf(best_full) and not math.isinf(best)
         cheaper += not math.isinf(best_full) and best < best_full * (1 - 1e-9)
         assert best <= best_full * (1 + 1e-9)  # fewer bytes never make the optimum worse
     assert rescued >= 3 and cheaper >= 3, (rescued, cheaper)
+
+
+def test_repair_moves_a_node_to_its_narrow_target_inside_a_shared_memory():
+    from hetcc.passes.solve import repair
+
+    # targets 0 and 1 share 100 bytes; on 1 (int8) each node keeps 15 instead of 60
+    p = make([(1e-5, 3e-5, 1e-3)] * 2, chain(2), resident=[60, 60], capacity=[INF, INF, INF])
+    p = PlacementProblem(**{**p.__dict__, "shared_capacity": (((0, 1), 100.0),),
+                            "resident_on": ((60, 15, 60), (60, 15, 60))})
+    fixed = repair(p, (0, 0), deadline=math.inf)
+    assert fixed is not None and sorted(fixed) == [0, 1] and not math.isinf(evaluate(p, fixed))
+    assert solve(p).assignment in ((0, 1), (1, 0))  # one stays fp32: the cheaper fit
 
 
 def test_a_node_goes_where_its_narrow_bytes_fit():
