@@ -283,14 +283,18 @@ def test_shared_capacity_against_brute_force(seed):
     """Targets on one physical memory (CPU runtimes on host RAM, two backends on one GPU) share it."""
     import dataclasses
 
-    from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
-
     rng = random.Random(10_000 + seed)
     p = random_problem(rng)
     total = sum(p.resident)
     group = tuple(sorted(rng.sample(range(p.k), 2)))
     p = dataclasses.replace(p, shared_capacity=((group, float(rng.randint(0, total + 1))),))
     check_against_brute_force(p)
+    check_pipeline_against_brute_force(p)
+
+
+def check_pipeline_against_brute_force(p: PlacementProblem) -> None:
+    from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
+
     best, neck = brute_force_pipeline(p)
     if not best:
         with pytest.raises(PlacementError):
@@ -343,17 +347,9 @@ def narrowed_case(seed: int):
 
 @pytest.mark.parametrize("seed", range(80))
 def test_resident_per_target_against_brute_force(seed):
-    from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
-
     p, (_, best) = narrowed_case(seed)
     check_against_brute_force(p, best)
-    best, neck = brute_force_pipeline(p)
-    if not best:
-        with pytest.raises(PlacementError):
-            solve_pipeline(p)
-    else:
-        got = solve_pipeline(p)
-        assert close(got.cost, neck) and not math.isinf(evaluate(p, got.assignment))
+    check_pipeline_against_brute_force(p)
 
 
 def test_the_per_target_suite_has_cases_only_the_narrow_bytes_fit():
