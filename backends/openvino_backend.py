@@ -18,6 +18,7 @@ from hetcc.backends._common import (
     check_arity, from_numpy, lowering_error, py_str, python_command, quiet, to_numpy,
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
+from hetcc.backends.openvino_masks import drop_empty_masks
 from hetcc.backends.openvino_weights import compress_weights
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, TargetError
@@ -152,6 +153,7 @@ class OpenVinoBackend(Backend):
                     f"converted model has {len(model.inputs)} inputs / {len(model.outputs)} outputs, "
                     f"the segment {len(segment.input_names)} / {len(segment.output_names)}")
             _fix_static_shapes(ov, model, segment)
+            drop_empty_masks(model)  # bf16 attention with a constant mask returns NaN
             compressed = compress_weights(model) if self.weights == "int8" else {}
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
