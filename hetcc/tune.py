@@ -180,8 +180,9 @@ def _single_target_candidates(session, allowed, chosen) -> list[Candidate]:
         if allowed.fallback == t:
             continue
         name = f"{target} alone"
-        # a lower precision keeps its own target's fp32 for what misses the accuracy budget there
-        # (onnxruntime:cpu@int8 alone: int8 where the budget allows it, fp32 on ONNX Runtime beside)
+        # a lower precision's plan may also use its own target in fp32 (onnxruntime:cpu@int8 alone
+        # is ONNX Runtime, in int8 where the budget allows and the cost model prefers it), so a
+        # segment that misses the budget moves to fp32 there instead of finding no target
         base = session.order.index(target.base) if target.precision and target.base in session.order else None
         alone = allowed.restricted_to(t, f"compile-time tuning timed {name}, and it ran fastest", also=base)
         problem = build_problem(session.captured, session.facts, session.units, session.unit_of,
