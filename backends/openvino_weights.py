@@ -38,7 +38,8 @@ def compress_weights(model) -> dict[str, int]:
     tables it compressed (``{"matmuls": n, "embeddings": m}``). A constant read by several of them
     (a table tied to the output projection) is compressed once for all; one that something else
     reads too stays f32, since compressing it would keep both copies."""
-    readers: dict[tuple, list] = {}
+    found: dict[tuple, tuple] = {}
+    """a constant's output -> (that output, its data, [(reader, port, axis, kind)])"""
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
         if kind == "MatMul":
@@ -55,14 +56,14 @@ def compress_weights(model) -> dict[str, int]:
             continue
         source = node.input_value(port)
         key = (source.get_node().get_friendly_name(), source.get_index())
-        readers.setdefault(key, []).append((node, port, axis, kind, source))
+        found.setdefault(key, (source, weights, []))[2].append((node, port, axis, kind))
     done = {"matmuls": 0, "embeddings": 0}
-    for uses in readers.values():
-        source = uses[0][4]
-        if len(source.get_target_inputs()) != len(uses) or len({axis for _, _, axis, _, _ in uses}) != 1:
+    for source, weights, uses in found.values():
+        axes = {axis for _, _, axis, _ in uses}
+        if len(source.get_target_inputs()) != len(uses) or len(axes) != 1:
             continue
-        compressed = _dequantized(_f32_constant(uses[0][0], uses[0][1]), uses[0][2])
-        for node, port, _, kind, _ in uses:
+        compressed = _dequantized(weights, axes.pop())
+        for node, port, _, kind in uses:
             node.input(port).replace_source_output(compressed)
             done["matmuls" if kind == "MatMul" else "embeddings"] += 1
     model.validate_nodes_and_infer_types()

@@ -48,9 +48,10 @@ class AccuracyBudget:
             return cls._checked("rel_error", _number(value), value)  # "0.01", as a number
         if isinstance(value, str):
             metric, eq, bound = value.partition("=")
-            if not eq or _number(bound) is None:
+            number = _number(bound) if eq else None
+            if number is None:
                 raise _bad(value)
-            return cls._checked(metric.strip().rstrip("<>").strip(), _number(bound), value)
+            return cls._checked(metric.strip().rstrip("<>").strip(), number, value)
         if isinstance(value, dict) and len(value) == 1:
             (metric, bound), = value.items()
             return cls._checked(metric, bound, value)
