@@ -86,7 +86,8 @@ class OpenVinoBackend(Backend):
         precision_option(PRECISIONS + tuple(COMPRESSED),
                          "the CPU plugin's INFERENCE_PRECISION_HINT (one this CPU lacks runs as the plugin "
                          "decides, bf16 for fp16, or fp32, with a warning); int8w and int8w-bf16 also store "
-                         "MatMul weights in int8, computing in fp32 or bf16"),
+                         "MatMul weights and embedding tables in int8, computing in fp32 or bf16 (convolution "
+                         "weights in the file only)"),
         threads_option("INFERENCE_NUM_THREADS, threads per compiled segment; 0: OpenVINO's default"),
         Option("config", "further compile properties, e.g. {\"NUM_STREAMS\": \"2\"} (the keys in "
                "openvino_backend.SAFE_CONFIG_KEYS)", types=(dict,), default={}),
@@ -172,7 +173,8 @@ class OpenVinoBackend(Backend):
                 "precision": self._precision_that_runs(),
                 "requested_precision": self.precision,
                 **({"weights": "int8", "compressed_matmuls": compressed["matmuls"],
-                    "compressed_embeddings": compressed["embeddings"]} if self.weights else {}),
+                    "compressed_embeddings": compressed["embeddings"],
+                    "compressed_convolutions": compressed["convolutions"]} if self.weights else {}),
                 "threads": self.threads,
                 "config": dict(self.config),
                 "input_names": list(segment.input_names),

@@ -15,7 +15,14 @@ bytes per weight, 0.28x of fp32.
 
 Embedding tables (a Gather of rows from a constant of at least ``MIN_TABLE_ROWS`` rows) are
 compressed too, with groups along a row: a lookup reads only its rows, so this saves memory and
-file bytes but no time; without them a model with a large vocabulary keeps half its bytes in f32."""
+file bytes but no time; without them a model with a large vocabulary keeps half its bytes in f32.
+
+Convolution weights [out, in, *kernel] are compressed in the file only, with groups along what one
+output sums over (in x kernel, flattened): the CPU plugin has no kernel that reads int8 convolution
+weights without int8 activations, so it folds the decompression to f32 when it compiles (memory and
+time as fp32; the cost model prices them so, ``Scheme.narrows``). Without them a convolutional
+model's IR stays at fp32 size (resnet 1.0x), and a ViT's patch embedding keeps 4 % of its bytes.
+Grouped (depthwise) convolutions stay f32: a few weights per channel, where rounding costs most."""
 from __future__ import annotations
 
 from hetcc.cost_model.precision import SMALLEST_NARROWED, SMALLEST_TABLE
@@ -37,7 +44,8 @@ def compress_weights(model) -> dict[str, int]:
     """Rewrite ``model`` (an openvino.Model) in place; returns how many MatMul weights and embedding
     tables it compressed (``{"matmuls": n, "embeddings": m}``). A constant read by several of them
     (a table tied to the output projection) is compressed once for all; one that something else
-    reads too stays f32, since compressing it would keep both copies."""
+    reads too stays f32, since compressing it would keep both copies. ``convolutions`` counts the
+    convolution weights it compressed (in the file only; the module docstring says why)."""
     found: dict[tuple, tuple] = {}
     """a constant's output -> (that output, its data, [(reader, port, axis, kind)])"""
     for node in model.get_ordered_ops():
@@ -47,25 +55,30 @@ def compress_weights(model) -> dict[str, int]:
             port, axis = 1, 1 if node.get_attributes().get("transpose_b") else 0
         elif kind == "Gather" and _gathers_rows(node):
             port, axis = 0, 1
+        elif kind == "Convolution":
+            port, axis = 1, 1  # of the weights seen as [out, in x kernel]
         else:
             continue
         weights = _f32_constant(node, port)
-        if weights is None or weights.ndim != 2 or weights.size < MIN_ELEMENTS:
+        if weights is None or weights.ndim != (4 if kind == "Convolution" else 2) or weights.size < MIN_ELEMENTS:
             continue
         if kind == "Gather" and weights.shape[0] < MIN_TABLE_ROWS:
             continue
         source = node.input_value(port)
         key = (source.get_node().get_friendly_name(), source.get_index())
         found.setdefault(key, (source, weights, []))[2].append((node, port, axis, kind))
-    done = {"matmuls": 0, "embeddings": 0}
+    done = {"matmuls": 0, "embeddings": 0, "convolutions": 0}
+    counted = {"MatMul": "matmuls", "Gather": "embeddings", "Convolution": "convolutions"}
     for source, weights, uses in found.values():
-        axes = {axis for _, _, axis, _ in uses}
-        if len(source.get_target_inputs()) != len(uses) or len(axes) != 1:
+        if len(source.get_target_inputs()) != len(uses) or len({(axis, kind == "Convolution")
+                                                                for _, _, axis, kind in uses}) != 1:
             continue
-        compressed = _dequantized(weights, axes.pop())
+        axis = uses[0][2]
+        compressed = _dequantized(weights.reshape(len(weights), -1) if weights.ndim == 4 else weights, axis,
+                                  weights.shape)
         for node, port, _, kind in uses:
             node.input(port).replace_source_output(compressed)
-            done["matmuls" if kind == "MatMul" else "embeddings"] += 1
+            done[counted[kind]] += 1
     model.validate_nodes_and_infer_types()
     return done
 
@@ -86,9 +99,9 @@ def _gathers_rows(node) -> bool:
     return axis.get_type_name() == "Constant" and axis.get_data().size == 1 and int(axis.get_data().ravel()[0]) == 0
 
 
-def _dequantized(weights, axis: int):
-    """The f32 output of the compressed ``weights``: symmetric int8, one scale per ``GROUP``
-    elements along ``axis`` (per slice where that axis has no more than one group)."""
+def _dequantized(weights, axis: int, shape):
+    """The f32 output of the compressed 2-D ``weights``, in ``shape``: symmetric int8, one scale
+    per ``GROUP`` elements along ``axis`` (per slice where that axis has no more than one group)."""
     import numpy as np
     import openvino as ov
     from openvino import opset13 as ops
@@ -105,6 +118,6 @@ def _dequantized(weights, axis: int):
     scale[scale == 0] = 1.0
     q = np.clip(np.rint(grouped / scale), -127, 127).astype(np.int8)
     out = ops.multiply(ops.convert(ops.constant(q), ov.Type.f32), ops.constant(scale))
-    if grouped.ndim != weights.ndim:
-        out = ops.reshape(out, ops.constant(np.array(weights.shape, dtype=np.int64)), special_zero=False)
+    if grouped.shape != tuple(shape):
+        out = ops.reshape(out, ops.constant(np.array(shape, dtype=np.int64)), special_zero=False)
     return out.output(0)

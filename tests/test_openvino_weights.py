@@ -1,5 +1,6 @@
 """int8 weight compression of an OpenVINO model (backends/openvino_weights.py): group-wise scales
-along the reduction axis, MatMul weights in either layout, embedding tables by row."""
+along the reduction axis, MatMul weights in either layout, embedding tables by row, convolution
+weights along in-channels x kernel."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_matmul_weights_become_int8_with_a_scale_per_group_along_the_reduction(t
     x = rng.standard_normal((4, k)).astype(np.float32)
     model = _matmul_model(weights, transpose_b)
     want = _run(model, x)
-    assert compress_weights(model) == {"matmuls": 1, "embeddings": 0}
+    assert compress_weights(model) == {"matmuls": 1, "embeddings": 0, "convolutions": 0}
     (q,) = _i8_constants(model)
     # K/G groups of G along K for every output column, whichever side K is on
     assert list(q.get_output_shape(0)) == ([n, k // GROUP, GROUP] if transpose_b else [k // GROUP, GROUP, n])
@@ -98,7 +99,7 @@ def test_embedding_tables_are_compressed_by_row_and_small_or_other_weights_are_l
     feed = np.array([0, 5, rows - 2, 5, 7], dtype=np.int64)
     compiled = ov.Core().compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     want = [compiled([feed])[o] for o in compiled.outputs]
-    assert compress_weights(model) == {"matmuls": 0, "embeddings": 1}  # the 64x4 weight is too small
+    assert compress_weights(model) == {"matmuls": 0, "embeddings": 1, "convolutions": 0}  # the 64x4 weight is too small
     (q,) = _i8_constants(model)
     assert list(q.get_output_shape(0)) == [rows, 2, GROUP]
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -115,7 +116,7 @@ def test_a_table_tied_to_the_output_projection_is_compressed_once():
     hidden = ops.gather(tied, ids, ops.constant(np.array(0, dtype=np.int64)))
     logits = ops.matmul(hidden, tied, transpose_a=False, transpose_b=True)  # [3, vocab]
     model = ov.Model([logits], [ids])
-    assert compress_weights(model) == {"matmuls": 1, "embeddings": 1}
+    assert compress_weights(model) == {"matmuls": 1, "embeddings": 1, "convolutions": 0}
     (q,) = _i8_constants(model)  # one i8 copy read by both
     assert list(q.get_output_shape(0)) == [vocab, 2, GROUP]
     assert not any(n.get_type_name() == "Constant" and n.get_element_type() == ov.Type.f32
@@ -129,7 +130,7 @@ def test_a_weight_something_else_reads_too_stays_f32():
     y = ops.matmul(x, w, False, False)
     also = ops.reduce_sum(w, ops.constant(np.array([0], dtype=np.int64)), keep_dims=False)
     model = ov.Model([y, also], [x])
-    assert compress_weights(model) == {"matmuls": 0, "embeddings": 0}
+    assert compress_weights(model) == {"matmuls": 0, "embeddings": 0, "convolutions": 0}
     assert not _i8_constants(model)
 
 
@@ -149,6 +150,50 @@ def test_the_cpu_plugin_keeps_compressed_weights_int8():
         assert list(fc.input(1).get_partial_shape().to_shape()) == [n, k]
         assert list(fc.input(3).get_partial_shape().to_shape()) == [n, k // GROUP]  # a scale per group
 
+
+
+def _conv_model(weights, groups: int = 1):
+    x = ops.parameter([1, weights.shape[1] * groups, 16, 16], ov.Type.f32)
+    if groups == 1:
+        y = ops.convolution(x, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
+    else:
+        w = ops.constant(weights.reshape(groups, len(weights) // groups, *weights.shape[1:]))
+        y = ops.group_convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])
+    return ov.Model([y], [x])
+
+
+def test_convolution_weights_are_compressed_by_group_along_what_an_output_sums_over():
+    """[out, in, kh, kw] -> groups of 32 along in x kh x kw, reshaped back; a grouped convolution
+    stays f32, and so does one too small to matter."""
+    rng = np.random.default_rng(8)
+    weights = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)  # 288 = 9 groups per output
+    x = rng.standard_normal((1, 32, 16, 16)).astype(np.float32)
+    model = _conv_model(weights)
+    want = _run(model, x)
+    assert compress_weights(model) == {"matmuls": 0, "embeddings": 0, "convolutions": 1}
+    (q,) = _i8_constants(model)
+    assert list(q.get_output_shape(0)) == [48, 9, GROUP]
+    rel = np.linalg.norm(_run(model, x) - want) / np.linalg.norm(want)
+    assert 1e-4 < rel < 0.01
+
+    depthwise = _conv_model(rng.standard_normal((256, 1, 3, 3)).astype(np.float32), groups=256)
+    tiny = _conv_model(rng.standard_normal((8, 4, 3, 3)).astype(np.float32))  # below MIN_ELEMENTS
+    for model in (depthwise, tiny):
+        assert compress_weights(model) == {"matmuls": 0, "embeddings": 0, "convolutions": 0}
+        assert not _i8_constants(model)
+
+
+def test_the_cpu_plugin_unpacks_compressed_convolution_weights():
+    """Why the cost model keeps a convolution's resident bytes at fp32 under int8w: the compiled
+    model's convolution reads f32 weights; only the file is smaller. Should a later OpenVINO keep
+    them int8, this fails, and cost_model/precision.py's int8w can narrow convolutions too."""
+    rng = np.random.default_rng(9)
+    model = _conv_model(rng.standard_normal((64, 64, 3, 3)).astype(np.float32))
+    compress_weights(model)
+    runtime = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+    (conv,) = [node for node in runtime.get_ordered_ops()
+               if node.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert conv.input(1).get_element_type() == ov.Type.f32
 
 # ---- attention masks that mask nothing (backends/openvino_masks.py) ----------------------------
 

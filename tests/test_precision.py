@@ -574,3 +574,25 @@ def test_facts_say_which_resident_bytes_a_lower_precision_narrows():
     table, positions, weight, bias = 2048 * 64 * 4, 16 * 64 * 4, 64 * 64 * 4, 64 * 4
     assert sorted(held.values()) == sorted([("data", table, table), ("data", positions, 0),
                                             ("matmul", weight, weight), ("matmul", bias, 0)]), held
+
+
+class ConvStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_openvino_int8_weights_shrink_a_convolutions_file_but_not_its_memory():
+    """The CPU plugin unpacks int8 convolution weights to f32 when it compiles
+    (backends/openvino_weights.py), so the plan's resident bytes stay at fp32 while the IR is int8."""
+    torch.manual_seed(0)
+    model, x = ConvStack().eval(), torch.randn(1, 128, 16, 16)
+    cm = hetcc.compile(model, (x,), targets=["openvino:cpu@int8w"], accuracy=0.03, tune="off")
+    (seg,) = cm.plan.segments
+    assert cm.artifacts[seg.name].meta["compressed_convolutions"] == 2
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert seg.artifact_bytes < 0.3 * fp32 and seg.relative_error < 0.03
+    assert seg.resident_bytes == pytest.approx(fp32, rel=0.02)
