@@ -35,6 +35,16 @@ CUT_SLACK_BITS = 2.0
 POOL = 6
 """DP runs whose inner placements the capacity fill may mix (those with the best bounds)."""
 
+MIX_SLICES = (1, 4, 16, 64)
+"""Into how many slices the mix of DP runs cuts the chain of blocks, each slice mixed on its own;
+one placement per entry is priced and the best kept."""
+
+MIX_KEEP = 12
+"""Most DP runs kept for the mix (see _keep_for_mix)."""
+
+MIX_MARGINS = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+"""How far below the capacities the mix of runs is planned, tried in turn until it fits."""
+
 FILL_EVERY = 8
 """DP runs between two tries of the capacity fill while the multipliers are searched."""
 
@@ -423,7 +433,8 @@ class _Group:
 
 
 def _run(prep: _Prepared, node_cost: np.ndarray):
-    """DP optimum under ``node_cost``, the assignment reaching it, and the solved groups."""
+    """DP optimum under ``node_cost``, the assignment reaching it, the solved groups, and the end
+    states of each block on the best path."""
     solved = {id(g): g.solve(node_cost, prep.links) for g in prep.groups}
     vec = np.zeros(1)
     args = []
@@ -435,13 +446,13 @@ def _run(prep: _Prepared, node_cost: np.ndarray):
         args.append(arg)
     best = float(vec.min()) if vec.size else 0.0
     if not math.isfinite(best):
-        return best, None, solved
+        return best, None, solved, None
     ends = [(0, 0)] * len(prep.blocks)
     s = int(vec.argmin())
     for b in range(len(prep.blocks) - 1, -1, -1):
         ends[b] = (int(args[b][s]), s)
         s = ends[b][0]
-    return best, _assign(prep, solved, ends), solved
+    return best, _assign(prep, solved, ends), solved, ends
 
 
 def _assign(prep: _Prepared, solved, ends) -> tuple[int, ...]:
@@ -473,15 +484,18 @@ def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
     free = np.maximum(limits, 1.0)
     options = []  # per block: (costs at lam (V, S_in, S_out), usage (V, S_in, S_out, C), runs)
     used_by = [{id(g): g.usage(solved[id(g)][1], weights) for g in prep.groups} for _, solved in pool]
+    alike = {}  # blocks of one group and row have the same options (a model's layers)
     for g, r in prep.blocks:
         row = g.row_of[r]
-        costs, uses = [], []
-        for (mult, solved), usage in zip(pool, used_by):
-            u = usage[id(g)][row]
-            t = solved[id(g)][0][row]
-            costs.append(t + np.tensordot(u, lam - mult, axes=([2], [0])))
-            uses.append(u)
-        options.append((np.stack(costs), np.stack(uses)))
+        if (id(g), row) not in alike:
+            costs, uses = [], []
+            for (mult, solved), usage in zip(pool, used_by):
+                u = usage[id(g)][row]
+                t = solved[id(g)][0][row]
+                costs.append(t + np.tensordot(u, lam - mult, axes=([2], [0])))
+                uses.append(u)
+            alike[id(g), row] = (np.stack(costs), np.stack(uses))
+        options.append(alike[id(g), row])
     n = len(options)
     togo = [None] * (n + 1)
     togo[-1] = np.zeros(1)
@@ -515,6 +529,116 @@ def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
     return _assign(prep, chosen, ends)
 
 
+def _mix(prep: _Prepared, pool, lam, limits, weights):
+    """Placements within the capacities that take each block as one of the DP runs of ``pool``
+    ((multipliers, solved groups, end states) each) placed it, in the proportions that cost least:
+    the Dantzig-Wolfe master LP over those runs. At the dual's peak the bound is a convex
+    combination of a few runs' placements, each alone over or under a capacity (alike layers all
+    go one way in one run), so stretches of blocks taken from each in those proportions come
+    within a few blocks' rounding and a hand-over per stretch of it. Yields one placement per
+    slicing of ``MIX_SLICES``: the chain cut into that many slices, each mixed on its own (the
+    blocks differ along it, an embedding first and the output projection last, so one proportion
+    for the whole chain misjudges a run's share of a capacity by where its stretch lies; more
+    slices, more stretches and hand-overs), for the caller to price."""
+    n_blocks, runs = len(prep.blocks), len(pool)
+    if not n_blocks or not runs:
+        return
+    cost = np.zeros((n_blocks, runs))
+    use = np.zeros((n_blocks, runs, len(limits)))
+    tables = []  # per run: {group: (lam-free costs (U, s_in, s_out), usage (U, s_in, s_out, C))}
+    for v, (mult, solved, ends) in enumerate(pool):
+        table = {}
+        for g in prep.groups:
+            u = g.usage(solved[id(g)][1], weights)
+            table[id(g)] = (solved[id(g)][0] - np.tensordot(u, mult, axes=([3], [0])), u)
+        tables.append(table)
+        for b, (g, r) in enumerate(prep.blocks):
+            row, (si, so) = g.row_of[r], ends[b]
+            cost[b, v] = table[id(g)][0][row, si, so]
+            use[b, v] = table[id(g)][1][row, si, so]
+    if not np.isfinite(cost).all():
+        return
+    # The heaviest users of the capacities first within a slice.
+    heavy = np.argsort(-(use.sum(axis=0) / np.maximum(limits, 1.0)).sum(axis=1), kind="stable")
+    for slices in sorted({min(k, n_blocks) for k in MIX_SLICES}):
+        pick = _mix_pick(cost, use, limits, heavy, slices)
+        if pick is None:
+            continue
+        # Each block keeps the end states of its run's own path: a run's placement of a block is
+        # set by those states (a block that starts and ends on the GPU runs mostly there,
+        # whichever run it came from). Where two runs meet, the later block starts from where the
+        # earlier ended.
+        ends, state = [], 0
+        for b, (g, r) in enumerate(prep.blocks):
+            lam_free, u = tables[pick[b]][id(g)]
+            own = pool[pick[b]][2][b][1]
+            if not math.isfinite(lam_free[g.row_of[r]][state, own]):
+                priced = lam_free[g.row_of[r]][state] + u[g.row_of[r]][state] @ lam
+                own = int(priced.argmin())
+                if not math.isfinite(priced[own]):
+                    break
+            ends.append((state, own))
+            state = own
+        else:
+            yield _assign(prep, [pool[v][1] for v in pick], ends)
+
+
+def _keep_for_mix(every: list, entry) -> None:
+    """Add a DP run (its cost without multipliers, its share of each capacity, its data) to the
+    runs the mix may take blocks from: the extremes as well as those near the dual's peak, since
+    the peak is a combination of placements over and under the capacities. A run no cheaper and
+    using no less of every capacity than another adds nothing to the master LP; beyond
+    ``MIX_KEEP`` the oldest that is neither the cheapest nor the lightest on a capacity goes (each
+    holds its inner placements: megabytes on a large graph)."""
+    def dominated(a, b):  # a is no better than b anywhere
+        return a[0] >= b[0] and (a[1] >= b[1]).all()
+
+    if any(dominated(entry, e) for e in every):
+        return
+    every[:] = [e for e in every if not dominated(e, entry)] + [entry]
+    while len(every) > MIX_KEEP:
+        extremes = {min(range(len(every)), key=lambda i: every[i][0])}
+        extremes |= {min(range(len(every)), key=lambda i: every[i][1][c]) for c in range(len(entry[1]))}
+        del every[min(i for i in range(len(every)) if i not in extremes)]
+
+
+def _mix_pick(cost, use, limits, heavy, slices: int):
+    """Which run each block is taken from: the master LP over (slice, run), its proportions laid
+    out in each slice in the order ``heavy``; None when no mix fits the capacities."""
+    from scipy.optimize import linprog
+
+    n_blocks, runs = cost.shape
+    edges = np.unique(np.linspace(0, n_blocks, slices + 1).round().astype(np.int64))
+    n_sl = len(edges) - 1
+    slice_cost = np.add.reduceat(cost, edges[:-1], axis=0)  # (slice, run)
+    slice_use = np.add.reduceat(use, edges[:-1], axis=0)  # (slice, run, capacity)
+    # Alike slices make the LP degenerate: any spread of the runs over them costs the same, and a
+    # spread that alternates pays a hand-over at every change. A small tilt breaks the tie
+    # towards a staircase: the heaviest users of the capacities in the first slices. It moves the
+    # LP's cost by at most 1e-5 x slices of the total (6e-4 at 64); evaluate prices the result.
+    rank = np.empty(runs)
+    rank[heavy] = np.arange(runs)
+    tilt = 1e-5 * float(np.abs(cost.min(axis=1)).sum()) / (n_blocks * runs)
+    per_block = (np.arange(n_sl) * np.diff(edges))[:, None]  # slices differ in size by a block
+    c = (slice_cost + tilt * per_block * (runs - 1 - rank)[None, :]).ravel()
+    a_eq = np.kron(np.eye(n_sl), np.ones(runs))
+    for margin in MIX_MARGINS:  # whole blocks may need some room
+        res = linprog(c, A_ub=slice_use.reshape(n_sl * runs, -1).T, b_ub=limits * (1 - margin),
+                      A_eq=a_eq, b_eq=np.ones(n_sl), bounds=(0, None), method="highs")
+        if res.status != 0:
+            return None
+        share = res.x.reshape(n_sl, runs)[:, heavy]
+        pick = np.empty(n_blocks, dtype=np.int64)
+        for k in range(n_sl):
+            lo, size = edges[k], edges[k + 1] - edges[k]
+            cut = np.concatenate([[0], np.round(np.cumsum(share[k]) * size).astype(np.int64)])
+            for j, v in enumerate(heavy):
+                pick[lo + min(cut[j], size):lo + min(cut[j + 1], size)] = v
+        if (use[np.arange(n_blocks), pick].sum(axis=0) <= limits).all():
+            return pick
+    return None
+
+
 def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap: float = 0.01) -> Answer | None:
     """Best placement the DP finds, with a lower bound; None when it finds nothing feasible."""
     prep = _Prepared(problem, allowed)
@@ -536,7 +660,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         return weights[np.arange(p.n), np.asarray(a)].sum(axis=0)
 
     limits = np.array([cap for _, cap in caps])
-    runs, best, lower, peak, pool = 0, None, -math.inf, [None], []
+    runs, best, lower, peak, pool, every = 0, None, -math.inf, [None], [], []
 
     def attempt(lam):
         """DP under multipliers ``lam``: (its optimum, the capacities' usage); keeps the best
@@ -544,7 +668,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         nonlocal runs, best, lower
         runs += 1
         with np.errstate(over="ignore", invalid="ignore"):
-            dp, a, solved = _run(prep, priced(lam))
+            dp, a, solved, ends = _run(prep, priced(lam))
         bound = dp - float(np.dot(lam, limits)) if caps else dp
         if bound > lower:
             lower, peak[0] = bound, lam
@@ -555,6 +679,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         # The fill mixes the runs with the best bounds (near the peak) and those whose own
         # placement fitted (they hold the inner placements that leave room).
         fitted = bool((used <= limits).all())
+        _keep_for_mix(every, (dp - float(np.dot(lam, used)), used / np.maximum(limits, 1.0), (lam, solved, ends)))
         pool.append((fitted, bound, runs, lam, solved))
         keep = sorted((e for e in pool if not e[0]), key=lambda e: -e[1])[:POOL // 2]
         keep += sorted((e for e in pool if e[0]), key=lambda e: -e[1])[:POOL - len(keep)]
@@ -570,8 +695,13 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
             best = (a, cost)
 
     def fill():
-        """Mix the pooled runs' inner placements into one that fits, at a few tie tolerances."""
+        """Mix the runs' placements into one that fits: by stretches of blocks in the proportions of
+        the master LP, then block by block from the pooled runs at a few tie tolerances."""
         if peak[0] is None or not pool:
+            return
+        for a in _mix(prep, [e[2] for e in every], peak[0], limits, weights):
+            offer(a, load(a))
+        if good():
             return
         step = target_gap * abs(lower) / max(len(prep.blocks), 1)
         for slack in (0.0, step):
