@@ -33,6 +33,10 @@ DP_MIN_NODES = 2000
 """Graphs with at least this many nodes are placed by the dynamic programme of
 :mod:`hetcc.passes.frontier` first; the MILP runs only if its gap is above ``max_gap``."""
 
+DP_CAPPED_MIN_NODES = 300
+"""From this many nodes, a problem whose capacities are finite is also placed by the DP, before
+the MILP: its answer stands where the MILP does not prove a better one in time."""
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -623,10 +627,14 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     if _is_optimal(cheap_cost, lb0):
         return done(cheapest, lb0, "trivial")
 
-    large = None
-    if large_graphs and p.n >= DP_MIN_NODES:
-        large = solve_large(p, allowed, t0 + time_limit / 2, max_gap)
-        if large is not None and large.cost - large.lower_bound <= max_gap * large.cost:
+    large, big = None, p.n >= DP_MIN_NODES
+    capped = any(math.isfinite(c) for c in p.capacity) or any(math.isfinite(c) for _, c in p.shared_capacity)
+    if large_graphs and (big or (capped and p.n >= DP_CAPPED_MIN_NODES)):
+        # Smaller graphs keep the MILP's exact answer unless the DP's is proven optimal; the DP
+        # runs first there only as a fallback, since a binding capacity over alike layers can
+        # leave the MILP far from optimal at its time limit (symmetry).
+        large = solve_large(p, allowed, t0 + time_limit / 2, max_gap if big else REL_TOL / 10)
+        if large is not None and large.cost - large.lower_bound <= (max_gap if big else 0.0) * large.cost:
             return done(large.assignment, large.lower_bound, "frontier-dp")
         lb0 = max(lb0, large.lower_bound) if large is not None else lb0
 
@@ -639,8 +647,7 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         return done(a, lb0, "heuristic")
 
     # After the DP, the MILP stops at max_gap too (the DP's own bar); smaller graphs are exact.
-    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter(),
-                                max_gap if large is not None else REL_TOL / 10)
+    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter(), max_gap if big else REL_TOL / 10)
     if large is not None and method != "milp" and (a is None or large.cost < evaluate(p, a)):
         return done(large.assignment, max(lb or 0.0, large.lower_bound), "frontier-dp")
     if method == "fixed":

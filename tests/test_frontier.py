@@ -172,3 +172,15 @@ def test_runs_kept_for_the_mix_drop_the_dominated_and_keep_the_extremes(monkeypa
     assert [e[2] for e in every] == [(1.0, 2.0), (5.0, 0.0), (3.0, 0.5)]
     frontier._keep_for_mix(every, entry(0.5, 0.0))  # dominates all
     assert [e[2] for e in every] == [(0.5, 0.0)]
+
+
+def test_below_the_dp_size_a_binding_capacity_gets_the_dp_answer_when_the_milp_cannot_prove_one():
+    """800 alike layers' nodes, the GPU holding 40%: the MILP alone ends at its time limit 55 %
+    from its bound (symmetry); solve() places the graph by the DP first and keeps its answer."""
+    p = transformer_problem(800, seed=1, gpu_share=0.4, alike=True)
+    r = solve(p, time_limit=4)
+    assert r.method == "frontier-dp" and r.gap <= 0.01, (r.method, r.gap)
+    used = [0.0] * p.k
+    for i, t in enumerate(r.assignment):
+        used[t] += p.resident[i]
+    assert all(u <= c for u, c in zip(used, p.capacity))
