@@ -369,8 +369,10 @@ class _Session:
     narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
     """Lowerings that narrowing failed segments may still spend in this compile."""
 
-    def place(self, candidates, notes=None, why: str = "") -> CompiledModel:
-        """Solve, segment, lower and verify; re-solve without whatever failed, until all works."""
+    def place(self, candidates, notes=None, why: str = "", inherited=()) -> CompiledModel:
+        """Solve, segment, lower and verify; re-solve without whatever failed, until all works.
+        ``inherited``: lower precisions given up before ``candidates`` were copied (a tuning
+        candidate starts from the solver's plan's), recorded with this plan's own."""
         notes = [*self.captured.notes, *(notes or [])]
         self.why = why
         last_resort = self.order.index(FALLBACK)
@@ -427,7 +429,8 @@ class _Session:
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
                           self.objective, attempt + resolves, notes, captured=self.captured)
         if self.budget is not None:
-            plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy, "dropped": drops})
+            plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy,
+                                           "dropped": [*inherited, *drops]})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
         compiled = CompiledModel(runtime or _make_runtime(self.captured, segments), plan, artifacts,

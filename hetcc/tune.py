@@ -154,7 +154,9 @@ def _build(session, pool, deadline: float, auto: bool) -> None:
             c.note = "not built: the tuning budget was spent"
         else:
             try:
-                c.compiled = session.place(c.allowed, why=f" [candidate plan: {c.name}]")
+                # its Candidates are a copy of the solver's plan's, with what that plan gave up
+                c.compiled = session.place(c.allowed, why=f" [candidate plan: {c.name}]",
+                                           inherited=(pool[0].compiled.plan.accuracy or {}).get("dropped", ()))
             except HetccError as exc:
                 c.note = f"failed to build: {readable(exc)}"
                 continue

@@ -218,6 +218,8 @@ def test_html_without_matplotlib_still_has_the_tables(monkeypatch):
     page = render_html(FOUR, DEVICES)
     assert "no figure: drawing the plan needs matplotlib" in page and "data:image" not in page
     assert "<td>gemm</td>" in page and "http" not in page and "<img" not in page
+    # torch:cpu is in the plan's targets whether or not it was asked for: not "asked for"
+    assert "targets considered: onnxruntime:cpu, torch:cpu" in page
 
 
 # ---- from a real bundle ----------------------------------------------------------------------------

@@ -389,6 +389,28 @@ def test_a_choice_that_breaks_the_whole_models_budget_is_dropped():
         assert torch.equal(cm(x).argmax(-1), model(x).argmax(-1))
 
 
+def test_a_tuning_candidate_that_wins_keeps_the_drops_its_plan_started_from(monkeypatch):
+    """Tuning candidates copy the solver's plan's choices, with the lower precision it gave up; the
+    plan kept must still say what was given up and why, whichever candidate ran fastest."""
+    import hetcc.tune
+    from hetcc.timing import Samples
+
+    def race(pool, inputs, deadline):  # the solver's plan (first) times slowest
+        for i, c in enumerate(pool):
+            c.samples = Samples(calls_per_turn=1)
+            c.samples.calls.extend([1.0 if i == 0 else 0.001 * i] * 5)
+
+    monkeypatch.setattr(hetcc.tune, "race", race)
+    torch.manual_seed(0)
+    model, x = Classifier().eval(), torch.randn(512, 128)
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu", "openvino:cpu"],
+                       accuracy="top1=1.0", tune=60)
+    kept = [c for c in cm.plan.candidates if c["chosen"]]
+    assert kept and not kept[0]["name"].startswith("mixed") and kept[0]["name"] != cm.plan.candidates[0]["name"]
+    dropped = cm.plan.accuracy["dropped"]
+    assert dropped and dropped[0]["target"] == "onnxruntime:cpu@int8", cm.plan.accuracy
+    assert all(s.precision != "int8" for s in cm.plan.segments)
+
 def test_top1_on_a_model_without_logits_is_refused_before_lowering():
     _, inputs = mlp.build(batch=1)  # the model below returns one score per input: no rows of classes
     with pytest.raises(HetccError, match="top1 needs an output of rows of classes"):

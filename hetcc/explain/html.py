@@ -100,7 +100,9 @@ def render_html(report: dict, devices: dict | None = None, profiles: dict | None
 def _facts(report: dict) -> str:
     items = []
     if report.get("targets"):
-        items.append(f"targets asked for: {', '.join(map(str, report['targets']))}")
+        # the plan's targets: those asked for, the lower-precision variants an accuracy budget
+        # added (name@precision) and torch:cpu, which is always there to fall back on
+        items.append(f"targets considered: {', '.join(map(str, report['targets']))}")
     if report.get("solver"):
         solve = _fmt(report.get("solve_seconds"), 1e3, ".0f")
         items.append(f"solver {report['solver']} ({solve} ms), {report.get('attempts', 1)} attempt(s)")
