@@ -17,7 +17,7 @@ Embedding tables (a Gather of rows from a constant of at least ``MIN_TABLE_ROWS`
 compressed too, with groups along a row: a lookup reads only its rows, so this saves memory and
 file bytes but no time; without them a model with a large vocabulary keeps half its bytes in f32.
 
-Convolution weights [out, in, *kernel] are compressed in the file only, with groups along what one
+2-D convolution weights [out, in, kh, kw] are compressed in the file only (1-D and 3-D ones stay f32), with groups along what one
 output sums over (in x kernel, flattened): the CPU plugin has no kernel that reads int8 convolution
 weights without int8 activations, so it folds the decompression to f32 when it compiles (memory and
 time as fp32; the cost model prices them so, ``Scheme.narrows``). Without them a convolutional

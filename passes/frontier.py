@@ -1,6 +1,7 @@
 """Placement of large graphs by dynamic programming over the topological order, with a proven
 lower bound. docs/placement.md ("Large graphs") explains it; :func:`hetcc.passes.solve.solve`
-calls it for graphs above ``solve.DP_MIN_NODES`` nodes.
+calls it for graphs of ``solve.DP_MIN_NODES`` nodes or more, and of ``solve.DP_CAPPED_MIN_NODES``
+or more where a capacity is finite.
 
 The DP walks the nodes in order. Its state holds, for every value still to be read, the location
 it was made on and the set of locations it has already been handed to, so a value read by several
@@ -35,15 +36,21 @@ CUT_SLACK_BITS = 2.0
 POOL = 6
 """DP runs whose inner placements the capacity fill may mix (those with the best bounds)."""
 
-MIX_SLICES = (1, 4, 16, 64)
+MIX_SLICES = (1, 2, 4, 8, 16, 32, 64)
 """Into how many slices the mix of DP runs cuts the chain of blocks, each slice mixed on its own;
-one placement per entry is priced and the best kept."""
+one placement per entry, the ``MIX_PRICED`` best by the DP's own cost priced exactly."""
+
+MIX_PRICED = 3
 
 MIX_KEEP = 12
 """Most DP runs kept for the mix (see _keep_for_mix)."""
 
 MIX_MARGINS = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 """How far below the capacities the mix of runs is planned, tried in turn until it fits."""
+
+KELLEY_CLOSE = 0.125
+"""The multiplier search stops once the dual can rise by no more than this share of the target
+gap (at the default 1%: 0.125%), leaving the rest of the gap to the placement."""
 
 FILL_EVERY = 8
 """DP runs between two tries of the capacity fill while the multipliers are searched."""
@@ -560,35 +567,52 @@ def _mix(prep: _Prepared, pool, lam, limits, weights):
         return
     # The heaviest users of the capacities first within a slice.
     heavy = np.argsort(-(use.sum(axis=0) / np.maximum(limits, 1.0)).sum(axis=1), kind="stable")
+    found = []  # (the DP's own cost of the mix, its picks, its end states)
     for slices in sorted({min(k, n_blocks) for k in MIX_SLICES}):
-        pick = _mix_pick(cost, use, limits, heavy, slices)
-        if pick is None:
-            continue
-        # Each block keeps the end states of its run's own path: a run's placement of a block is
-        # set by those states (a block that starts and ends on the GPU runs mostly there,
-        # whichever run it came from). Where two runs meet, the later block starts from where the
-        # earlier ended.
-        ends, state = [], 0
-        for b, (g, r) in enumerate(prep.blocks):
-            lam_free, u = tables[pick[b]][id(g)]
-            own = pool[pick[b]][2][b][1]
-            if not math.isfinite(lam_free[g.row_of[r]][state, own]):
-                priced = lam_free[g.row_of[r]][state] + u[g.row_of[r]][state] @ lam
-                own = int(priced.argmin())
-                if not math.isfinite(priced[own]):
-                    break
-            ends.append((state, own))
-            state = own
-        else:
-            yield _assign(prep, [pool[v][1] for v in pick], ends)
+        for margin in MIX_MARGINS:  # whole blocks and the runs' meeting points may need some room
+            pick = _mix_pick(cost, use, limits, heavy, slices, margin)
+            if pick is None:
+                break
+            ends = _stitch(prep, pool, tables, pick, lam)
+            if ends is None:
+                break
+            at = [tables[pick[b]][id(g)] for b, (g, r) in enumerate(prep.blocks)]
+            rows = [g.row_of[r] for g, r in prep.blocks]
+            if (sum(t[1][row][e] for t, row, e in zip(at, rows, ends)) <= limits).all():
+                found.append((sum(t[0][row][e] for t, row, e in zip(at, rows, ends)), slices, pick, ends))
+                break
+    # evaluate prices a placement exactly but takes a tenth of a second at 40,000 nodes: the
+    # DP's own cost (relaxed values at their shares) ranks the candidates, the best few are priced
+    for _, _, pick, ends in sorted(found, key=lambda f: (f[0], f[1]))[:MIX_PRICED]:
+        yield _assign(prep, [pool[v][1] for v in pick], ends)
+
+
+def _stitch(prep: _Prepared, pool, tables, pick, lam):
+    """The end states of each block when it is taken from run ``pick[b]``: those of that run's own
+    path, since a run's placement of a block is set by them (a block that starts and ends on the
+    GPU runs mostly there, whichever run it came from); where two runs meet, the later block
+    starts from where the earlier ended. None when a block cannot start from there."""
+    ends, state = [], 0
+    for b, (g, r) in enumerate(prep.blocks):
+        lam_free, u = tables[pick[b]][id(g)]
+        own = pool[pick[b]][2][b][1]
+        if not math.isfinite(lam_free[g.row_of[r]][state, own]):
+            priced = lam_free[g.row_of[r]][state] + u[g.row_of[r]][state] @ lam
+            own = int(priced.argmin())
+            if not math.isfinite(priced[own]):
+                return None
+        ends.append((state, own))
+        state = own
+    return ends
 
 
 def _keep_for_mix(every: list, entry) -> None:
     """Add a DP run (its cost without multipliers, its share of each capacity, its data) to the
     runs the mix may take blocks from: the extremes as well as those near the dual's peak, since
     the peak is a combination of placements over and under the capacities. A run no cheaper and
-    using no less of every capacity than another adds nothing to the master LP; beyond
-    ``MIX_KEEP`` the oldest that is neither the cheapest nor the lightest on a capacity goes (each
+    using no less of every capacity than another adds nothing to the one-slice master LP (on a
+    slice it might still win: dropping it is a heuristic); beyond ``MIX_KEEP`` the oldest that is
+    neither the cheapest nor the lightest on a capacity goes, or the oldest when all are (each
     holds its inner placements: megabytes on a large graph)."""
     def dominated(a, b):  # a is no better than b anywhere
         return a[0] >= b[0] and (a[1] >= b[1]).all()
@@ -599,19 +623,21 @@ def _keep_for_mix(every: list, entry) -> None:
     while len(every) > MIX_KEEP:
         extremes = {min(range(len(every)), key=lambda i: every[i][0])}
         extremes |= {min(range(len(every)), key=lambda i: every[i][1][c]) for c in range(len(entry[1]))}
-        del every[min(i for i in range(len(every)) if i not in extremes)]
+        del every[min((i for i in range(len(every)) if i not in extremes), default=0)]
 
 
-def _mix_pick(cost, use, limits, heavy, slices: int):
-    """Which run each block is taken from: the master LP over (slice, run), its proportions laid
-    out in each slice in the order ``heavy``; None when no mix fits the capacities."""
+def _mix_pick(cost, use, limits, heavy, slices: int, margin: float):
+    """Which run each block is taken from: the master LP over (slice, run) with the capacities
+    ``margin`` (a share) below their limits, its proportions laid out in each slice in the order
+    ``heavy``; None when the LP finds no mix within them."""
     from scipy.optimize import linprog
 
     n_blocks, runs = cost.shape
     edges = np.unique(np.linspace(0, n_blocks, slices + 1).round().astype(np.int64))
     n_sl = len(edges) - 1
     slice_cost = np.add.reduceat(cost, edges[:-1], axis=0)  # (slice, run)
-    slice_use = np.add.reduceat(use, edges[:-1], axis=0)  # (slice, run, capacity)
+    # shares of each capacity, so that the LP sees numbers near 1 rather than bytes
+    slice_use = np.add.reduceat(use, edges[:-1], axis=0) / np.maximum(limits, 1.0)  # (slice, run, capacity)
     # Alike slices make the LP degenerate: any spread of the runs over them costs the same, and a
     # spread that alternates pays a hand-over at every change. A small tilt breaks the tie
     # towards a staircase: the heaviest users of the capacities in the first slices. It moves the
@@ -621,22 +647,19 @@ def _mix_pick(cost, use, limits, heavy, slices: int):
     tilt = 1e-5 * float(np.abs(cost.min(axis=1)).sum()) / (n_blocks * runs)
     per_block = (np.arange(n_sl) * np.diff(edges))[:, None]  # slices differ in size by a block
     c = (slice_cost + tilt * per_block * (runs - 1 - rank)[None, :]).ravel()
-    a_eq = np.kron(np.eye(n_sl), np.ones(runs))
-    for margin in MIX_MARGINS:  # whole blocks may need some room
-        res = linprog(c, A_ub=slice_use.reshape(n_sl * runs, -1).T, b_ub=limits * (1 - margin),
-                      A_eq=a_eq, b_eq=np.ones(n_sl), bounds=(0, None), method="highs")
-        if res.status != 0:
-            return None
-        share = res.x.reshape(n_sl, runs)[:, heavy]
-        pick = np.empty(n_blocks, dtype=np.int64)
-        for k in range(n_sl):
-            lo, size = edges[k], edges[k + 1] - edges[k]
-            cut = np.concatenate([[0], np.round(np.cumsum(share[k]) * size).astype(np.int64)])
-            for j, v in enumerate(heavy):
-                pick[lo + min(cut[j], size):lo + min(cut[j + 1], size)] = v
-        if (use[np.arange(n_blocks), pick].sum(axis=0) <= limits).all():
-            return pick
-    return None
+    res = linprog(c, A_ub=slice_use.reshape(n_sl * runs, -1).T,
+                  b_ub=limits / np.maximum(limits, 1.0) * (1 - margin),
+                  A_eq=np.kron(np.eye(n_sl), np.ones(runs)), b_eq=np.ones(n_sl), bounds=(0, None), method="highs")
+    if res.status != 0:
+        return None
+    share = res.x.reshape(n_sl, runs)[:, heavy]
+    pick = np.empty(n_blocks, dtype=np.int64)
+    for k in range(n_sl):
+        lo, size = edges[k], edges[k + 1] - edges[k]
+        cut = np.concatenate([[0], np.round(np.cumsum(share[k]) * size).astype(np.int64)])
+        for j, v in enumerate(heavy):
+            pick[lo + min(cut[j], size):lo + min(cut[j + 1], size)] = v
+    return pick
 
 
 def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap: float = 0.01) -> Answer | None:
@@ -686,22 +709,26 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         pool[:] = keep
         return dp, used
 
-    def offer(a, used):
+    def offer(a, used) -> bool:
+        """Keep ``a`` if it fits and is the best so far; whether it fits."""
         nonlocal best
         if not (used <= limits).all():
-            return
+            return False
         cost = evaluate(p, a)
         if math.isfinite(cost) and (best is None or cost < best[1]):
             best = (a, cost)
+        return math.isfinite(cost)
 
     def fill():
         """Mix the runs' placements into one that fits: by stretches of blocks in the proportions of
-        the master LP, then block by block from the pooled runs at a few tie tolerances."""
+        the master LP, or where none fits, block by block from the pooled runs at a few tie
+        tolerances."""
         if peak[0] is None or not pool:
             return
+        fitted = False
         for a in _mix(prep, [e[2] for e in every], peak[0], limits, weights):
-            offer(a, load(a))
-        if good():
+            fitted = offer(a, load(a)) or fitted
+        if good() or fitted:  # the block-by-block fill has not beaten a mix that fits (and is slow)
             return
         step = target_gap * abs(lower) / max(len(prep.blocks), 1)
         for slack in (0.0, step):
@@ -719,7 +746,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
 
     dp, used = attempt(lam)
     if used is not None and caps and not (used <= limits).all():
-        _kelley(attempt, dp, used, limits, close_enough, deadline)
+        _kelley(attempt, dp, used, limits, close_enough, deadline, KELLEY_CLOSE * target_gap)
         if not close_enough() and time.perf_counter() < deadline:
             fill()
     if best is None:
@@ -728,12 +755,15 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
 
 
-def _kelley(attempt, dp: float, used, limits, done, deadline: float, rounds: int = 40) -> None:
+def _kelley(attempt, dp: float, used, limits, done, deadline: float, close: float = 0.0,
+            rounds: int = 40) -> None:
     """Raise the Lagrange multipliers towards the dual's peak by Kelley's cutting planes: each DP
     run at multipliers lam gives a placement i with lam-free cost C_i and usage u_i, and the dual
     L(lam) = min_i C_i + lam . (u_i - limits) is bounded above by every such plane; the next lam
     is where their lower envelope peaks (a small LP). Multipliers are scaled by the limits so
-    the LP sees seconds, not seconds per byte."""
+    the LP sees seconds, not seconds per byte. Stops once the planes' peak is within ``close``
+    (relative) of the best bound found: the bound can then rise by no more than that, and the
+    runs so far hold what the mix needs."""
     from scipy.optimize import linprog
 
     scale = np.maximum(limits, 1.0)
@@ -752,7 +782,7 @@ def _kelley(attempt, dp: float, used, limits, done, deadline: float, rounds: int
         if res.status != 0:
             return
         mu, peak = res.x[:m], -res.fun
-        if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
+        if peak - best_bound <= max(close, 1e-9) * max(abs(peak), 1e-300):
             return  # the planes meet the dual: no better multipliers exist
         lam = mu / scale
         dp_t, used_t = attempt(lam)

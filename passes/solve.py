@@ -270,8 +270,9 @@ class _Mover:
 def _prefer_earlier(problem: PlacementProblem, assignment, cost: float) -> tuple[tuple[int, ...], float]:
     """Among equal costs prefer earlier targets: move whole same-target groups, then single nodes,
     to an earlier target whenever that does not raise the cost. Not on graphs of DP_MIN_NODES or
-    more: there it took longer than placing them (1 s of 2.5 at 40,000 nodes), and the DP already
-    takes the earliest of equal choices (numpy's argmin keeps the first)."""
+    more: there it took longer than placing them (1 s of 2.5 at 40,000 nodes), so ties stay as the
+    solver left them (the DP's argmin keeps the first of equal choices at each step, which leans
+    to earlier targets but does not guarantee them)."""
     if problem.k < 2 or problem.n == 0 or problem.n >= DP_MIN_NODES:
         return tuple(assignment), cost
     m = _Mover(problem, assignment)
@@ -598,7 +599,10 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     programming over their repeated layers (:mod:`hetcc.passes.frontier`, method
     ``frontier-dp``), which is exact unless it had to relax long-lived values or capacities
     bind; its answer is kept when its proven gap is at most ``max_gap``, else the MILP runs in
-    the time left and the better answer wins. Problems with more than ``exact_node_limit`` nodes
+    the time left and the better answer wins. Graphs of DP_CAPPED_MIN_NODES or more with a
+    finite capacity go through the DP too, but keep the MILP's exact answer unless the DP's is
+    proven optimal or the MILP ends at its time limit with a worse one. Among equal costs the
+    earlier target wins, on graphs below DP_MIN_NODES (see _prefer_earlier). Problems with more than ``exact_node_limit`` nodes
     skip the MILP: a local-search heuristic answers, with the simple bound of
     :func:`_trivial_lower_bound`. Raises PlacementError when no placement is feasible,
     ValueError on a negative link cost. ``large_graphs=False`` skips the DP (for comparisons).
@@ -649,7 +653,8 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         return done(a, lb0, "heuristic")
 
     # After the DP, the MILP stops at max_gap too (the DP's own bar); smaller graphs are exact.
-    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter(), max_gap if big else REL_TOL / 10)
+    a, lb, method = _solve_milp(p, allowed, deadline - time.perf_counter(),
+                                max_gap if big and large is not None else REL_TOL / 10)
     if large is not None and method != "milp" and (a is None or large.cost < evaluate(p, a)):
         return done(large.assignment, max(lb or 0.0, large.lower_bound), "frontier-dp")
     if method == "fixed":

