@@ -49,8 +49,8 @@ MIX_MARGINS = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 """How far below the capacities the mix of runs is planned, tried in turn until it fits."""
 
 KELLEY_CLOSE = 0.125
-"""The multiplier search stops once the dual can rise by no more than this share of the target
-gap (at the default 1%: 0.125%), leaving the rest of the gap to the placement."""
+"""Once the dual can rise by no more than this share of the target gap (at the default 1%:
+0.125%), the mix is tried, and the multiplier search stops if its placement is good enough."""
 
 FILL_EVERY = 8
 """DP runs between two tries of the capacity fill while the multipliers are searched."""
@@ -739,8 +739,10 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     def good() -> bool:
         return best is not None and relative_gap(best[1], lower) <= target_gap / 4
 
-    def close_enough():
-        if runs % FILL_EVERY == 0 and not good():
+    def close_enough(near: bool = False):
+        """Whether the best placement is good enough to stop; tries the fill every FILL_EVERY
+        runs, and whenever the multipliers are ``near`` the dual's peak."""
+        if (near or runs % FILL_EVERY == 0) and not good():
             fill()
         return good()
 
@@ -761,16 +763,17 @@ def _kelley(attempt, dp: float, used, limits, done, deadline: float, close: floa
     run at multipliers lam gives a placement i with lam-free cost C_i and usage u_i, and the dual
     L(lam) = min_i C_i + lam . (u_i - limits) is bounded above by every such plane; the next lam
     is where their lower envelope peaks (a small LP). Multipliers are scaled by the limits so
-    the LP sees seconds, not seconds per byte. Stops once the planes' peak is within ``close``
-    (relative) of the best bound found: the bound can then rise by no more than that, and the
-    runs so far hold what the mix needs."""
+    the LP sees seconds, not seconds per byte. Once the planes' peak is within ``close``
+    (relative) of the best bound found, the bound can rise by no more than that and the runs so
+    far usually hold what the mix needs: ``done(True)`` tries it then, once, and the search stops
+    if that is good enough."""
     from scipy.optimize import linprog
 
     scale = np.maximum(limits, 1.0)
     cuts = [(dp, used / scale)]  # lam = 0: C is the DP's optimum itself
     top = 10.0 * max(abs(dp), 1e-12)
     m = len(limits)
-    best_bound = dp
+    best_bound, tried = dp, False
     for _ in range(rounds):
         if done() or time.perf_counter() > deadline:
             return
@@ -782,8 +785,11 @@ def _kelley(attempt, dp: float, used, limits, done, deadline: float, close: floa
         if res.status != 0:
             return
         mu, peak = res.x[:m], -res.fun
-        if peak - best_bound <= max(close, 1e-9) * max(abs(peak), 1e-300):
+        if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
             return  # the planes meet the dual: no better multipliers exist
+        if peak - best_bound <= close * abs(peak) and not tried and done(True):
+            return
+        tried = tried or peak - best_bound <= close * abs(peak)
         lam = mu / scale
         dp_t, used_t = attempt(lam)
         if used_t is None:
