@@ -474,8 +474,9 @@ class _Session:
                                f"{target} missed the accuracy budget here: {error}")
                 log.info("%s on %s: %s; placing %d of its %d units again without it", program.name, target,
                          error, len(units) - kept, len(units))
+                # the segment names are this placement's, which the final plan may not have
                 notes.append(f"{target} was not kept for {len(units) - kept} of {len(units)} unit(s) of "
-                             f"{program.name} ({self.units[units[kept]].name}...): {error}")
+                             f"{program.name} of an earlier placement ({self.units[units[kept]].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
                                    "segment_relative_error": outcome.missed, "units": len(units) - kept,

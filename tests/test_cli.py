@@ -156,6 +156,8 @@ def test_compile_explain_run_mlp(mlp_bundle, tmp_path, capsys):
         assert word in out
     for seg in report["segments"]:
         assert seg["name"] in out and seg["target"] in out
+    # the plan's targets include torch:cpu, asked for or not: "considered", not "asked for"
+    assert f"targets considered: {', '.join(report['targets'])}" in out and "torch:cpu" in report["targets"]
 
     code, out, _ = cli(capsys, "explain", mlp_bundle, "--json")
     assert code == 0 and json.loads(out) == report

@@ -77,8 +77,8 @@ def plan_footer(report: dict, signature: str, runtimes: dict) -> list[str]:
     if predicted is not None:
         status = "optimal" if report.get("optimal") else "not proven optimal"
         lines.append(f"predicted {predicted * 1e3:.3f} ms ({report.get('objective')}, {status}, solver "
-                     f"{report.get('solver')}, {report.get('attempts', 1)} attempt(s)); targets asked "
-                     f"for: {', '.join(map(str, report.get('targets') or []))}")
+                     f"{report.get('solver')}, {report.get('attempts', 1)} attempt(s)); targets "
+                     f"considered: {', '.join(map(str, report.get('targets') or []))}")
     accuracy = report.get("accuracy")
     if isinstance(accuracy, dict):
         from hetcc.plan import accuracy_line
