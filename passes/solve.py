@@ -37,6 +37,9 @@ DP_CAPPED_MIN_NODES = 300
 """From this many nodes, a problem whose capacities are finite is also placed by the DP, before
 the MILP: its answer stands where the MILP does not prove a better one in time."""
 
+SMALL_DP_SECONDS = 2.0
+"""The most the DP may take on such a graph below DP_MIN_NODES before the MILP starts."""
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -600,10 +603,11 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
     ``frontier-dp``), which is exact unless it had to relax long-lived values or capacities
     bind; its answer is kept when its proven gap is at most ``max_gap``, else the MILP runs in
     the time left and the better answer wins. Graphs of DP_CAPPED_MIN_NODES or more with a
-    finite capacity go through the DP too, but keep the MILP's exact answer unless the DP's is
-    proven optimal or the MILP ends at its time limit with a worse one. Among equal costs the
-    earlier target wins, on graphs below DP_MIN_NODES (see _prefer_earlier). Problems with more than ``exact_node_limit`` nodes
-    skip the MILP: a local-search heuristic answers, with the simple bound of
+    finite capacity go through the DP too (for at most SMALL_DP_SECONDS), but keep the MILP's
+    exact answer unless the DP's is proven optimal or the MILP ends at its time limit with a
+    worse one. Among equal costs the earlier target wins, on graphs below DP_MIN_NODES (see
+    _prefer_earlier). Problems with more than ``exact_node_limit`` nodes skip the MILP: a
+    local-search heuristic answers, with the simple bound of
     :func:`_trivial_lower_bound`. Raises PlacementError when no placement is feasible,
     ValueError on a negative link cost. ``large_graphs=False`` skips the DP (for comparisons).
     """
@@ -639,7 +643,9 @@ def solve(problem: PlacementProblem, *, time_limit: float = 30.0,
         # Smaller graphs keep the MILP's exact answer unless the DP's is proven optimal; the DP
         # runs first there only as a fallback, since a binding capacity over alike layers can
         # leave the MILP far from optimal at its time limit (symmetry).
-        large = solve_large(p, allowed, t0 + time_limit / 2, max_gap if big else REL_TOL / 10)
+        # (there the MILP usually proves its answer in a second: the DP gets only a few)
+        stop = t0 + (time_limit / 2 if big else min(time_limit / 4, SMALL_DP_SECONDS))
+        large = solve_large(p, allowed, stop, max_gap if big else REL_TOL / 10)
         if large is not None and large.cost - large.lower_bound <= (max_gap if big else 0.0) * large.cost:
             return done(large.assignment, large.lower_bound, "frontier-dp")
         lb0 = max(lb0, large.lower_bound) if large is not None else lb0
