@@ -748,7 +748,14 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
 
     dp, used = attempt(lam)
     if used is not None and caps and not (used <= limits).all():
-        _kelley(attempt, dp, used, limits, close_enough, deadline, KELLEY_CLOSE * target_gap)
+        cuts = [(dp, used)]
+        warm = _warm_start(base, weights, limits)
+        if warm is not None:
+            dp_w, used_w = attempt(warm)
+            if used_w is not None:
+                cuts.append((dp_w - float(np.dot(warm, used_w)), used_w))
+        _kelley(attempt, cuts, lower, limits, close_enough, deadline, KELLEY_CLOSE * target_gap,
+                start=warm if warm is not None and used_w is not None else None)
         if not close_enough() and time.perf_counter() < deadline:
             fill()
     if best is None:
@@ -757,8 +764,38 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
 
 
-def _kelley(attempt, dp: float, used, limits, done, deadline: float, close: float = 0.0,
-            rounds: int = 40) -> None:
+def _warm_start(base: np.ndarray, weights: np.ndarray, limits, rounds: int = 60):
+    """Multipliers at the peak of the dual without hand-overs, where each node alone picks the
+    target cheapest at its price: milliseconds at 40,000 nodes, against a second per DP run, and
+    near the DP's own peak when compute outweighs the hand-overs (the first DP run there saves
+    Kelley's first few wide steps). None when that dual has no finite peak."""
+    from scipy.optimize import linprog
+
+    scale = np.maximum(limits, 1.0)
+    w = weights / scale
+    rows = np.arange(len(base))
+    finite = np.where(np.isfinite(base), base, np.inf)
+    mu, cuts, best = np.zeros(len(limits)), [], -math.inf
+    for _ in range(rounds):
+        pick = (finite + w @ mu).argmin(axis=1)
+        cost, used = float(finite[rows, pick].sum()), w[rows, pick].sum(axis=0)
+        if not math.isfinite(cost):
+            return None
+        best = max(best, cost + float(mu @ (used - 1.0)))
+        cuts.append((cost, used))
+        res = linprog(np.r_[np.zeros(len(mu)), -1.0], A_ub=[list(1.0 - u) + [1.0] for _, u in cuts],
+                      b_ub=[c for c, _ in cuts], bounds=[(0.0, 10.0 * max(abs(cost), 1e-12))] * len(mu)
+                      + [(None, None)], method="highs")
+        if res.status != 0:
+            return None
+        mu = res.x[:-1]
+        if -res.fun - best <= 1e-6 * max(abs(best), 1e-300):
+            break
+    return mu / scale
+
+
+def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, close: float = 0.0,
+            start=None, rounds: int = 40) -> None:
     """Raise the Lagrange multipliers towards the dual's peak by Kelley's cutting planes: each DP
     run at multipliers lam gives a placement i with lam-free cost C_i and usage u_i, and the dual
     L(lam) = min_i C_i + lam . (u_i - limits) is bounded above by every such plane; the next lam
@@ -766,33 +803,49 @@ def _kelley(attempt, dp: float, used, limits, done, deadline: float, close: floa
     the LP sees seconds, not seconds per byte. Once the planes' peak is within ``close``
     (relative) of the best bound found, the bound can rise by no more than that and the runs so
     far usually hold what the mix needs: ``done(True)`` tries it then, once, and the search stops
-    if that is good enough."""
+    if that is good enough. ``cuts``: (lam-free cost, usage) of the runs made so far, the first
+    at lam = 0; ``bound``: the best of their bounds."""
     from scipy.optimize import linprog
 
     scale = np.maximum(limits, 1.0)
-    cuts = [(dp, used / scale)]  # lam = 0: C is the DP's optimum itself
+    dp = cuts[0][0]  # lam = 0: C is the DP's optimum itself
+    cuts = [(c, u / scale) for c, u in cuts]
     top = 10.0 * max(abs(dp), 1e-12)
     m = len(limits)
-    best_bound, tried = dp, False
+    best_bound, tried = bound, False
+    # Kelley's plain steps swing to the corners of [0, top] while few planes are known; from a
+    # good start (start, the warm multipliers) a box around the best point so far steadies them
+    center = None if start is None else start * scale
+    radius = None if start is None else np.maximum(center, 0.05 * top)
     for _ in range(rounds):
         if done() or time.perf_counter() > deadline:
             return
-        # maximise z subject to z <= C_i + mu . (u_i - 1), 0 <= mu <= top; variables (mu, z)
+        # maximise z subject to z <= C_i + mu . (u_i - 1), lo <= mu <= hi; variables (mu, z)
         a_ub = [list(1.0 - u) + [1.0] for _, u in cuts]
         b_ub = [c for c, _ in cuts]
-        res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=b_ub,
-                      bounds=[(0.0, top)] * m + [(None, None)], method="highs")
-        if res.status != 0:
+
+        def peak_within(lo, hi):
+            res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=b_ub,
+                          bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
+            return (res.x[:m], -res.fun) if res.status == 0 else (None, None)
+
+        mu, peak = peak_within(np.zeros(m), np.full(m, top))
+        if mu is None:
             return
-        mu, peak = res.x[:m], -res.fun
         if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
             return  # the planes meet the dual: no better multipliers exist
         if peak - best_bound <= close * abs(peak) and not tried and done(True):
             return
         tried = tried or peak - best_bound <= close * abs(peak)
+        if center is not None:  # the next step stays in a box around the best multipliers
+            boxed, _ = peak_within(np.maximum(center - radius, 0.0), np.minimum(center + radius, top))
+            mu = boxed if boxed is not None else mu
         lam = mu / scale
         dp_t, used_t = attempt(lam)
         if used_t is None:
             return
-        best_bound = max(best_bound, dp_t - float(np.dot(lam, limits)))
+        bound_t = dp_t - float(np.dot(lam, limits))
+        if center is not None:  # a step that raised the bound moves the box; one that did not shrinks it
+            center, radius = (mu, radius) if bound_t > best_bound else (center, radius / 2)
+        best_bound = max(best_bound, bound_t)
         cuts.append((dp_t - float(np.dot(lam, used_t)), used_t / scale))

@@ -189,3 +189,14 @@ def test_below_the_dp_size_a_binding_capacity_gets_the_dp_answer_when_the_milp_c
     for i, t in enumerate(r.assignment):
         used[t] += p.resident[i]
     assert all(u <= c for u, c in zip(used, p.capacity))
+
+
+def test_warm_multipliers_price_a_capacity_where_the_targets_tie():
+    """100 alike nodes, 1 s on the GPU (1 byte held) or 3 s on the CPU, the GPU holding 40 bytes:
+    without hand-overs the dual peaks where the GPU's price makes both cost the same, 2 s a byte."""
+    base = np.tile([1.0, 3.0], (100, 1))
+    weights = np.zeros((100, 2, 1))
+    weights[:, 0, 0] = 1.0
+    (lam,) = frontier._warm_start(base, weights, np.array([40.0]))
+    assert lam == pytest.approx(2.0, rel=1e-6)
+    assert frontier._warm_start(np.full((3, 2), math.inf), np.zeros((3, 2, 1)), np.array([1.0])) is None
