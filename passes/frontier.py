@@ -748,14 +748,15 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
 
     dp, used = attempt(lam)
     if used is not None and caps and not (used <= limits).all():
-        cuts = [(dp, used)]
-        warm = _warm_start(base, weights, limits)
-        if warm is not None:
+        cuts, start = [(dp, used)], None
+        warm = _warm_start(base, weights, limits, 10.0 * max(abs(dp), 1e-12))
+        if warm is not None and time.perf_counter() < deadline:
             dp_w, used_w = attempt(warm)
             if used_w is not None:
                 cuts.append((dp_w - float(np.dot(warm, used_w)), used_w))
-        _kelley(attempt, cuts, lower, limits, close_enough, deadline, KELLEY_CLOSE * target_gap,
-                start=warm if warm is not None and used_w is not None else None)
+                # a start whose bound is below lam = 0's would centre the box on the worse point
+                start = warm if dp_w - float(np.dot(warm, limits)) > dp else None
+        _kelley(attempt, cuts, lower, limits, close_enough, deadline, KELLEY_CLOSE * target_gap, start=start)
         if not close_enough() and time.perf_counter() < deadline:
             fill()
     if best is None:
@@ -764,11 +765,12 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
 
 
-def _warm_start(base: np.ndarray, weights: np.ndarray, limits, rounds: int = 60):
+def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, rounds: int = 60):
     """Multipliers at the peak of the dual without hand-overs, where each node alone picks the
     target cheapest at its price: milliseconds at 40,000 nodes, against a second per DP run, and
     near the DP's own peak when compute outweighs the hand-overs (the first DP run there saves
-    Kelley's first few wide steps). None when that dual has no finite peak."""
+    Kelley's first few wide steps). Scaled multipliers stay within [0, ``top``], Kelley's own
+    range: where the peak lies beyond, the corner is returned. None when a node may run nowhere."""
     from scipy.optimize import linprog
 
     scale = np.maximum(limits, 1.0)
@@ -784,8 +786,7 @@ def _warm_start(base: np.ndarray, weights: np.ndarray, limits, rounds: int = 60)
         best = max(best, cost + float(mu @ (used - 1.0)))
         cuts.append((cost, used))
         res = linprog(np.r_[np.zeros(len(mu)), -1.0], A_ub=[list(1.0 - u) + [1.0] for _, u in cuts],
-                      b_ub=[c for c, _ in cuts], bounds=[(0.0, 10.0 * max(abs(cost), 1e-12))] * len(mu)
-                      + [(None, None)], method="highs")
+                      b_ub=[c for c, _ in cuts], bounds=[(0.0, top)] * len(mu) + [(None, None)], method="highs")
         if res.status != 0:
             return None
         mu = res.x[:-1]

@@ -197,6 +197,6 @@ def test_warm_multipliers_price_a_capacity_where_the_targets_tie():
     base = np.tile([1.0, 3.0], (100, 1))
     weights = np.zeros((100, 2, 1))
     weights[:, 0, 0] = 1.0
-    (lam,) = frontier._warm_start(base, weights, np.array([40.0]))
+    (lam,) = frontier._warm_start(base, weights, np.array([40.0]), 1e3)
     assert lam == pytest.approx(2.0, rel=1e-6)
-    assert frontier._warm_start(np.full((3, 2), math.inf), np.zeros((3, 2, 1)), np.array([1.0])) is None
+    assert frontier._warm_start(np.full((3, 2), math.inf), np.zeros((3, 2, 1)), np.array([1.0]), 1e3) is None
