@@ -70,8 +70,8 @@ def compress_weights(model) -> dict[str, int]:
     done = {"matmuls": 0, "embeddings": 0, "convolutions": 0}
     counted = {"MatMul": "matmuls", "Gather": "embeddings", "Convolution": "convolutions"}
     for source, weights, uses in found.values():
-        if len(source.get_target_inputs()) != len(uses) or len({(axis, kind == "Convolution")
-                                                                for _, _, axis, kind in uses}) != 1:
+        # a 4-D constant can only be a convolution's, so one axis means one kind of reader
+        if len(source.get_target_inputs()) != len(uses) or len({axis for _, _, axis, _ in uses}) != 1:
             continue
         axis = uses[0][2]
         compressed = _dequantized(weights.reshape(len(weights), -1) if weights.ndim == 4 else weights, axis,

@@ -771,8 +771,6 @@ def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, round
     near the DP's own peak when compute outweighs the hand-overs (the first DP run there saves
     Kelley's first few wide steps). Scaled multipliers stay within [0, ``top``], Kelley's own
     range: where the peak lies beyond, the corner is returned. None when a node may run nowhere."""
-    from scipy.optimize import linprog
-
     scale = np.maximum(limits, 1.0)
     w = weights / scale
     rows = np.arange(len(base))
@@ -785,14 +783,24 @@ def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, round
             return None
         best = max(best, cost + float(mu @ (used - 1.0)))
         cuts.append((cost, used))
-        res = linprog(np.r_[np.zeros(len(mu)), -1.0], A_ub=[list(1.0 - u) + [1.0] for _, u in cuts],
-                      b_ub=[c for c, _ in cuts], bounds=[(0.0, top)] * len(mu) + [(None, None)], method="highs")
-        if res.status != 0:
+        mu, peak = _planes_peak(cuts, np.zeros(len(mu)), np.full(len(mu), top))
+        if mu is None:
             return None
-        mu = res.x[:-1]
-        if -res.fun - best <= 1e-6 * max(abs(best), 1e-300):
+        if peak - best <= 1e-6 * max(abs(best), 1e-300):
             break
     return mu / scale
+
+
+def _planes_peak(cuts, lo, hi):
+    """Where the lower envelope of the planes z <= C_i + mu . (u_i - 1) peaks for lo <= mu <= hi
+    (``cuts``: (C_i, u_i), usage as shares of the capacities): (mu, z), or (None, None) when the
+    LP fails. Kelley's step, for the DP's dual and for the warm start's."""
+    from scipy.optimize import linprog
+
+    m = len(lo)
+    res = linprog(np.r_[np.zeros(m), -1.0], A_ub=[list(1.0 - u) + [1.0] for _, u in cuts],
+                  b_ub=[c for c, _ in cuts], bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
+    return (res.x[:m], -res.fun) if res.status == 0 else (None, None)
 
 
 def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, close: float = 0.0,
@@ -806,8 +814,6 @@ def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, cl
     far usually hold what the mix needs: ``done(True)`` tries it then, once, and the search stops
     if that is good enough. ``cuts``: (lam-free cost, usage) of the runs made so far, the first
     at lam = 0; ``bound``: the best of their bounds."""
-    from scipy.optimize import linprog
-
     scale = np.maximum(limits, 1.0)
     dp = cuts[0][0]  # lam = 0: C is the DP's optimum itself
     cuts = [(c, u / scale) for c, u in cuts]
@@ -821,16 +827,7 @@ def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, cl
     for _ in range(rounds):
         if done() or time.perf_counter() > deadline:
             return
-        # maximise z subject to z <= C_i + mu . (u_i - 1), lo <= mu <= hi; variables (mu, z)
-        a_ub = [list(1.0 - u) + [1.0] for _, u in cuts]
-        b_ub = [c for c, _ in cuts]
-
-        def peak_within(lo, hi):
-            res = linprog(np.r_[np.zeros(m), -1.0], A_ub=a_ub, b_ub=b_ub,
-                          bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
-            return (res.x[:m], -res.fun) if res.status == 0 else (None, None)
-
-        mu, peak = peak_within(np.zeros(m), np.full(m, top))
+        mu, peak = _planes_peak(cuts, np.zeros(m), np.full(m, top))
         if mu is None:
             return
         if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
@@ -839,7 +836,7 @@ def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, cl
             return
         tried = tried or peak - best_bound <= close * abs(peak)
         if center is not None:  # the next step stays in a box around the best multipliers
-            boxed, _ = peak_within(np.maximum(center - radius, 0.0), np.minimum(center + radius, top))
+            boxed, _ = _planes_peak(cuts, np.maximum(center - radius, 0.0), np.minimum(center + radius, top))
             mu = boxed if boxed is not None else mu
         lam = mu / scale
         dp_t, used_t = attempt(lam)
