@@ -157,9 +157,10 @@ class _Prepared:
     def __init__(self, p: PlacementProblem, allowed):
         self.p, n, k = p, p.n, p.k
         self.codes = _Codes(k)
-        base = np.full((n, k), math.inf)
-        for i, ts in enumerate(allowed):  # allowed: finite cost, and the weights fit the target alone
-            base[i, list(ts)] = [p.cost[i][t] for t in ts]
+        # allowed: finite cost, and the weights fit the target alone
+        ok = np.zeros((n, k), dtype=bool)
+        ok[np.repeat(np.arange(n), [len(ts) for ts in allowed]), [t for ts in allowed for t in ts]] = True
+        base = np.where(ok, np.asarray(p.cost, float).reshape(n, k), math.inf)
         self.links, home = _links(p)
         values = []
         for j, v in enumerate(p.values):
@@ -305,6 +306,10 @@ class _Group:
                 self.unique.append(m)
             self.row_of.append(seen[key])
         self.row_of = np.array(self.row_of)
+        self.starts = np.array([a for a, _ in self.unique], dtype=np.int64)
+        # reads[j][slot]: per distinct block, the value its j-th node reads in that slot
+        self.reads = [[np.array([reads[j][s] for _, reads in self.unique], dtype=np.int64)
+                       for s in range(len(self.unique[0][1][j]))] for j in range(len(self.unique[0][1]))]
 
     def plan(self):
         """The transition tables, built once: (steps, initial states, s_in, s_out), each step
@@ -342,7 +347,8 @@ class _Group:
                 share, last = reading[key]
                 src, reached = c.read(host, touched, state)
                 pay = (src != t_idx) & ((reached >> t_idx) & 1 == 0)
-                pays.append((len(pays), src, pay))
+                # where in the value's flattened hand-over costs each transition reads
+                pays.append((len(pays), np.where(pay, src * k + t_idx, (k + 1) * k)))
                 if last:
                     continue
                 if share:  # only its source is tracked; its links were scaled to the share
@@ -397,24 +403,28 @@ class _Group:
         plan, initial, _, _ = self.plan()
         k = self.codes.k
         b = len(rows)
-        starts = np.array([self.unique[r][0] for r in rows])
+        starts = self.starts[rows]
         arr = np.zeros((b, initial))
         backs = []
         for j, (p_idx, t_idx, table, pays) in enumerate(plan):
-            w = node_cost[starts + j][:, t_idx]
-            for slot, src, pay in pays:
-                vals = np.array([self.unique[r][1][j][slot] for r in rows])
-                flat = np.concatenate([links[vals].reshape(b, -1), np.zeros((b, 1))], axis=1)
-                w += flat[:, np.where(pay, src * k + t_idx, (k + 1) * k)]
+            live = len(p_idx) // k
+            # transitions are (state, target) pairs in order: the node's cost is broadcast
             cand = np.empty((b, len(p_idx) + 1))
-            np.add(arr[:, p_idx], w, out=cand[:, :-1])
+            grid = cand[:, :-1].reshape(b, live, k)
+            np.add(arr[:, :, None], node_cost[starts + j][:, None, :], out=grid)
+            for slot, idx in pays:
+                # the value's hand-over costs (k+1 sources x k targets), then 0 for none
+                flat = np.zeros((b, (k + 1) * k + 1))
+                flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(b, -1)
+                cand[:, :-1] += flat[:, idx]
             cand[:, -1] = math.inf
             picked = cand[:, table]
             if table.shape[1] == 1:
                 arr, best = picked[:, :, 0], None
             else:
-                arr = picked.min(axis=2)
-                best = picked.argmin(axis=2).astype(np.int16)
+                best = picked.argmin(axis=2)
+                arr = np.take_along_axis(picked, best[:, :, None], axis=2)[:, :, 0]
+                best = best.astype(np.int16)
             backs.append(best)
         return arr, backs
 
