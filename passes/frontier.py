@@ -280,6 +280,10 @@ class _Prepared:
         resident = np.asarray(self.p.held_rows(), float).reshape(self.p.n, self.p.k)
         for g in groups.values():
             g.dedupe(self.base, resident, self.links)
+        # per group: where its blocks lie in the chain (its members in order)
+        for g in groups.values():
+            g.positions = np.array([b for b, (gg, _) in enumerate(blocks) if gg is g], dtype=np.int64)
+            g.member_starts = np.array([a for a, _ in g.members], dtype=np.int64)
         return blocks, list(groups.values())
 
 
@@ -449,7 +453,7 @@ class _Group:
         """Write the node targets of the blocks ``members`` (indices into this group) into
         ``out`` given their chosen end states."""
         plan, _, _, so = self.plan()
-        starts = np.array([self.members[i][0] for i in members])
+        starts = self.member_starts[members]
         q = s_in * so + s_out
         rows = self.row_of[members]
         for j in range(len(plan) - 1, -1, -1):
@@ -477,30 +481,25 @@ def _run(prep: _Prepared, node_cost: np.ndarray):
     best = float(vec.min()) if vec.size else 0.0
     if not math.isfinite(best):
         return best, None, solved, None
-    ends = [(0, 0)] * len(prep.blocks)
+    ends = np.zeros((len(prep.blocks), 2), dtype=np.int64)
     s = int(vec.argmin())
     for b in range(len(prep.blocks) - 1, -1, -1):
         ends[b] = (int(args[b][s]), s)
         s = ends[b][0]
-    return best, _assign(prep, solved, ends), solved, ends
+    return best, _assign(prep, [solved], np.zeros(len(prep.blocks), dtype=np.int64), ends), solved, ends
 
 
-def _assign(prep: _Prepared, solved, ends) -> tuple[int, ...]:
-    """The nodes' targets when block b runs from end state ends[b][0] to ends[b][1], along the
-    inner placements of ``solved`` (one run's groups, or per block the run it was taken from)."""
+def _assign(prep: _Prepared, runs, pick, ends) -> tuple[int, ...]:
+    """The nodes' targets when block b runs from end state ends[b, 0] to ends[b, 1] along the
+    inner placements of the DP run ``runs[pick[b]]`` (each run's solved groups)."""
     out = np.zeros(prep.p.n, dtype=np.int64)
-    per_block = isinstance(solved, list)
     for g in prep.groups:
-        rs = [i for i, (gg, _) in enumerate(prep.blocks) if gg is g]
-        runs = {}
-        for i in rs:
-            runs.setdefault(id(solved[i]) if per_block else 0, []).append(i)
-        for members in runs.values():
-            run = solved[members[0]] if per_block else solved
-            idx = np.array([prep.blocks[i][1] for i in members])
-            g.recover(run[id(g)][1], np.array([ends[i][0] for i in members], dtype=np.int64),
-                      np.array([ends[i][1] for i in members], dtype=np.int64), out, idx)
-    return tuple(int(t) for t in out)
+        picks = pick[g.positions]
+        for v in np.unique(picks):
+            members = np.flatnonzero(picks == v)
+            at = g.positions[members]
+            g.recover(runs[v][id(g)][1], ends[at, 0], ends[at, 1], out, members)
+    return tuple(out.tolist())
 
 
 def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
@@ -554,9 +553,10 @@ def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
         v, nxt = np.unravel_index(int(fill.argmax()), fill.shape)
         room = room - u[v, state, nxt]
         ends.append((state, int(nxt)))
-        chosen.append(pool[v][1])
+        chosen.append(v)
         state = int(nxt)
-    return _assign(prep, chosen, ends)
+    return _assign(prep, [solved for _, solved in pool], np.array(chosen, dtype=np.int64),
+                   np.array(ends, dtype=np.int64))
 
 
 def _mix(prep: _Prepared, pool, lam, limits, weights):
@@ -581,11 +581,11 @@ def _mix(prep: _Prepared, pool, lam, limits, weights):
         for g in prep.groups:
             u = g.usage(solved[id(g)][1], weights)
             table[id(g)] = (solved[id(g)][0] - np.tensordot(u, mult, axes=([3], [0])), u)
+            at = g.positions
+            rows = g.row_of
+            cost[at, v] = table[id(g)][0][rows, ends[at, 0], ends[at, 1]]
+            use[at, v] = table[id(g)][1][rows, ends[at, 0], ends[at, 1]]
         tables.append(table)
-        for b, (g, r) in enumerate(prep.blocks):
-            row, (si, so) = g.row_of[r], ends[b]
-            cost[b, v] = table[id(g)][0][row, si, so]
-            use[b, v] = table[id(g)][1][row, si, so]
     if not np.isfinite(cost).all():
         return
     # The heaviest users of the capacities first within a slice.
@@ -599,15 +599,30 @@ def _mix(prep: _Prepared, pool, lam, limits, weights):
             ends = _stitch(prep, pool, tables, pick, lam)
             if ends is None:
                 break
-            at = [tables[pick[b]][id(g)] for b, (g, r) in enumerate(prep.blocks)]
-            rows = [g.row_of[r] for g, r in prep.blocks]
-            if (sum(t[1][row][e] for t, row, e in zip(at, rows, ends)) <= limits).all():
-                found.append((sum(t[0][row][e] for t, row, e in zip(at, rows, ends)), slices, pick, ends))
+            at_cost, at_use = _priced(prep, tables, pick, ends)
+            if (at_use <= limits).all():
+                found.append((at_cost, slices, pick, ends))
                 break
     # evaluate prices a placement exactly but takes a tenth of a second at 40,000 nodes: the
     # DP's own cost (relaxed values at their shares) ranks the candidates, the best few are priced
     for _, _, pick, ends in sorted(found, key=lambda f: (f[0], f[1]))[:MIX_PRICED]:
-        yield _assign(prep, [pool[v][1] for v in pick], ends)
+        yield _assign(prep, [solved for _, solved, _ in pool], pick, ends)
+
+
+def _priced(prep: _Prepared, tables, pick, ends):
+    """The lam-free cost and the usage of taking block b from run ``pick[b]`` between the end
+    states ``ends[b]``, summed over the blocks (inf where a block cannot run so)."""
+    cost, use = 0.0, 0.0
+    for g in prep.groups:
+        picks = pick[g.positions]
+        for v in np.unique(picks):
+            members = np.flatnonzero(picks == v)
+            at = g.positions[members]
+            lam_free, u = tables[v][id(g)]
+            rows = g.row_of[members]
+            cost = cost + lam_free[rows, ends[at, 0], ends[at, 1]].sum()
+            use = use + u[rows, ends[at, 0], ends[at, 1]].sum(axis=0)
+    return float(cost), use
 
 
 def _stitch(prep: _Prepared, pool, tables, pick, lam):
@@ -615,17 +630,24 @@ def _stitch(prep: _Prepared, pool, tables, pick, lam):
     path, since a run's placement of a block is set by them (a block that starts and ends on the
     GPU runs mostly there, whichever run it came from); where two runs meet, the later block
     starts from where the earlier ended. None when a block cannot start from there."""
-    ends, state = [], 0
+    n_blocks = len(prep.blocks)
+    own = np.stack([e for _, _, e in pool])[pick, np.arange(n_blocks), 1]
+    ends = np.stack([np.concatenate([[0], own[:-1]]), own], axis=1)
+    cost, _ = _priced(prep, tables, pick, ends)
+    if math.isfinite(cost):  # every block can start where the one before it ended
+        return ends
+    # Some cannot: walk the chain, moving such a block's end to the best one it can reach.
+    state = 0
     for b, (g, r) in enumerate(prep.blocks):
         lam_free, u = tables[pick[b]][id(g)]
-        own = pool[pick[b]][2][b][1]
-        if not math.isfinite(lam_free[g.row_of[r]][state, own]):
+        end = int(own[b])
+        if not math.isfinite(lam_free[g.row_of[r]][state, end]):
             priced = lam_free[g.row_of[r]][state] + u[g.row_of[r]][state] @ lam
-            own = int(priced.argmin())
-            if not math.isfinite(priced[own]):
+            end = int(priced.argmin())
+            if not math.isfinite(priced[end]):
                 return None
-        ends.append((state, own))
-        state = own
+        ends[b] = (state, end)
+        state = end
     return ends
 
 
