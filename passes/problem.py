@@ -117,15 +117,31 @@ def evaluate(problem: PlacementProblem, assignment) -> float:
         raise ValueError(f"assignment has {len(assignment)} entries for {problem.n} nodes")
     total = 0.0
     used = [0.0] * k
+    cost, held = problem.cost, problem.resident_on
     for i, t in enumerate(assignment):
-        c = problem.cost[i][t]
+        c = cost[i][t]
         if math.isinf(c):
             return math.inf
         total += c
-        used[t] += problem.held(i, t)
+        used[t] += held[i][t] if held else problem.resident[i]
     if problem.overfull(used):
         return math.inf
-    return total + sum(problem.link(s, t, v.nbytes) for v, s, t in handovers(problem, assignment))
+    # handovers(), inlined (this runs for every candidate a solver prices): same order of sums
+    link, extra = problem.link, 0
+    for v in problem.values:
+        src = k if v.producer == HOST else assignment[v.producer]
+        if len(v.consumers) == 1 and not v.to_host:
+            t = assignment[v.consumers[0]]
+            if t != src:
+                extra += link(src, t, v.nbytes)
+            continue
+        dests = {assignment[c] for c in v.consumers}
+        if v.to_host:
+            dests.add(k)
+        for t in sorted(dests):
+            if t != src:
+                extra += link(src, t, v.nbytes)
+    return total + extra
 
 
 def handovers(problem: PlacementProblem, assignment):

@@ -75,12 +75,12 @@ def test_bound_is_valid_with_capacities_and_relaxed_values(case, seed, monkeypat
 def test_relaxing_keeps_the_state_small_and_says_so(monkeypatch):
     p = transformer_problem(400, seed=3)
     prep = frontier._Prepared(p, allowed_targets(p))
-    assert prep._bits(prep.tracked).max() <= frontier.STATE_BITS
+    assert prep._bits(prep._live).max() <= frontier.STATE_BITS
     # The mask every attention node reads lives across the whole graph: it is the one relaxed.
     assert [v.index for v in prep.relaxed] == [1]
     monkeypatch.setattr(frontier, "STATE_BITS", 6.0)
     tight = frontier._Prepared(p, allowed_targets(p))
-    assert tight._bits(tight.tracked).max() <= 6.0
+    assert tight._bits(tight._live).max() <= 6.0
     assert len(tight.relaxed) + sum(v.share for v in tight.tracked) > 1
 
 
