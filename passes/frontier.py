@@ -65,6 +65,10 @@ bench_solver's generator (seeds 0-3, GPU at 40 %) 100 DP runs in all against 83 
 FILL_EVERY = 8
 """DP runs between two tries of the capacity fill while the multipliers are searched."""
 
+HANDOVER_CACHE_BYTES = 256 << 20
+"""Most bytes a group keeps of its transitions' hand-over costs between DP runs (48 MB at 40,000
+differing transformer nodes; alike layers are solved once and keep next to nothing)."""
+
 CHUNK_ELEMENTS = 1 << 18
 """Transitions per numpy pass when a group of blocks is solved (see _Group.solve)."""
 
@@ -312,6 +316,7 @@ class _Group:
         self.sig, self.codes = sig, codes
         self.members: list = []
         self._plan = None
+        self._paid, self._paid_room = {}, HANDOVER_CACHE_BYTES
 
     def dedupe(self, base, resident, links) -> None:
         """Blocks with equal costs, weights and links (the layers of one model) are solved once."""
@@ -433,11 +438,8 @@ class _Group:
             cand = np.empty((b, len(p_idx) + 1))
             grid = cand[:, :-1].reshape(b, live, k)
             np.add(arr[:, :, None], node_cost[starts + j][:, None, :], out=grid)
-            for slot, idx in pays:
-                # the value's hand-over costs (k+1 sources x k targets), then 0 for none
-                flat = np.zeros((b, (k + 1) * k + 1))
-                flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(b, -1)
-                cand[:, :-1] += flat[:, idx]
+            if pays:
+                cand[:, :-1] += self._handovers(rows, j, pays, links)
             cand[:, -1] = math.inf
             picked = cand[:, table]
             if table.shape[1] == 1:
@@ -448,6 +450,25 @@ class _Group:
                 best = best.astype(np.int16)
             backs.append(best)
         return arr, backs
+
+    def _handovers(self, rows, j: int, pays, links) -> np.ndarray:
+        """(rows, transitions): what each transition of step j pays for the values it reads.
+        Multipliers change node costs only, so this is the same in every DP run: kept when the
+        group's tables are small enough (HANDOVER_CACHE_BYTES)."""
+        key = (int(rows[0]), j)
+        if key in self._paid:
+            return self._paid[key]
+        k, b = self.codes.k, len(rows)
+        total = np.zeros((b, len(pays[0][1])))
+        for slot, idx in pays:
+            # the value's hand-over costs (k+1 sources x k targets), then 0 for none
+            flat = np.zeros((b, (k + 1) * k + 1))
+            flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(b, -1)
+            total += flat[:, idx]
+        if self._paid_room >= total.nbytes:
+            self._paid_room -= total.nbytes
+            self._paid[key] = total
+        return total
 
     def usage(self, backs, weights: np.ndarray) -> np.ndarray:
         """(U, s_in, s_out, C): per distinct block and pair of end states, what its best inner
@@ -754,7 +775,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         return weights[np.arange(p.n), np.asarray(a)].sum(axis=0)
 
     limits = np.array([cap for _, cap in caps])
-    runs, best, lower, peak, pool, every = 0, None, -math.inf, [None], [], []
+    runs, best, lower, peak, pool, every, filled_at = 0, None, -math.inf, [None], [], [], [-1]
 
     def attempt(lam):
         """DP under multipliers ``lam``: (its optimum, the capacities' usage); keeps the best
@@ -794,8 +815,9 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         """Mix the runs' placements into one that fits: by stretches of blocks in the proportions of
         the master LP, or where none fits, block by block from the pooled runs at a few tie
         tolerances."""
-        if peak[0] is None or not pool:
-            return
+        if peak[0] is None or not pool or filled_at[0] == runs:
+            return  # nothing new to mix since the last time
+        filled_at[0] = runs
         fitted = False
         for a in _mix(prep, [e[2] for e in every], peak[0], limits, weights):
             fitted = offer(a, load(a)) or fitted
