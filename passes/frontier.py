@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetcc.passes.problem import HOST, PlacementProblem, evaluate, relative_gap
+from hetcc.passes.problem import HOST, PlacementProblem, bottleneck, evaluate, relative_gap
 
 STATE_BITS = 12.0
 """Most log2-states the live values may take at any point before the longest-lived is relaxed."""
@@ -41,6 +41,13 @@ MIX_SLICES = (1, 2, 4, 8, 16, 32, 64)
 one placement per entry, the ``MIX_PRICED`` best by the DP's own cost priced exactly."""
 
 MIX_PRICED = 3
+
+COUNTS_MAX_VARIABLES = 4000
+"""Most (kind of block, run) pairs for which the mix also solves for whole-block counts."""
+
+COUNTS_SECONDS = 1.0
+COUNTS_GAP = 1e-3
+"""Time limit and relative gap of the MILP over those counts."""
 
 MIX_KEEP = 12
 """Most DP runs kept for the mix (see _keep_for_mix)."""
@@ -68,6 +75,9 @@ FILL_EVERY = 8
 HANDOVER_CACHE_BYTES = 256 << 20
 """Most bytes a group keeps of its transitions' hand-over costs between DP runs (48 MB at 40,000
 differing transformer nodes; alike layers are solved once and keep next to nothing)."""
+
+BOTTLENECK_ROUNDS = 200
+"""Most multiplier sets the bottleneck's search tries (a DP run each; 15 ms on a 70B decoder)."""
 
 CHUNK_ELEMENTS = 1 << 18
 """Transitions per numpy pass when a group of blocks is solved (see _Group.solve)."""
@@ -410,22 +420,23 @@ class _Group:
         self._plan = (plan, initial, s_in, s_out)
         return self._plan
 
-    def solve(self, node_cost: np.ndarray, links: np.ndarray):
+    def solve(self, node_cost: np.ndarray, links: np.ndarray, scale=None):
         """Transfer tensors (B, s_in, s_out) and the back-pointers to recover each block's nodes,
-        for the distinct blocks. Batches are cut into chunks small enough for the CPU's caches:
-        one pass over a 250 MB temporary costs more than forty over 6 MB ones."""
+        for the distinct blocks; ``scale[t]`` multiplies the hand-overs into target t (None: 1).
+        Batches are cut into chunks small enough for the CPU's caches: one pass over a 250 MB
+        temporary costs more than forty over 6 MB ones."""
         plan, _, s_in, s_out = self.plan()
         b = len(self.unique)
         widest = max((len(step[0]) for step in plan), default=1)
         chunk = max(1, CHUNK_ELEMENTS // widest)
-        parts = [self._solve_rows(np.arange(lo, min(lo + chunk, b)), node_cost, links)
+        parts = [self._solve_rows(np.arange(lo, min(lo + chunk, b)), node_cost, links, scale)
                  for lo in range(0, b, chunk)]
         tensors = np.concatenate([t for t, _ in parts]).reshape(b, s_in, s_out)
         backs = [None if parts[0][1][j] is None else np.concatenate([bk[j] for _, bk in parts])
                  for j in range(len(plan))]
         return tensors, backs
 
-    def _solve_rows(self, rows, node_cost, links):
+    def _solve_rows(self, rows, node_cost, links, scale=None):
         plan, initial, _, _ = self.plan()
         k = self.codes.k
         b = len(rows)
@@ -439,7 +450,11 @@ class _Group:
             grid = cand[:, :-1].reshape(b, live, k)
             np.add(arr[:, :, None], node_cost[starts + j][:, None, :], out=grid)
             if pays:
-                cand[:, :-1] += self._handovers(rows, j, pays, links)
+                paid = self._handovers(rows, j, pays, links)
+                if scale is None:
+                    cand[:, :-1] += paid
+                else:  # each transition's hand-overs go into its own target
+                    grid += paid.reshape(b, live, k) * scale
             cand[:, -1] = math.inf
             picked = cand[:, table]
             if table.shape[1] == 1:
@@ -487,6 +502,29 @@ class _Group:
             q = p_idx[m]
         return total.reshape(u, si, so, -1)
 
+    def busy(self, backs, base: np.ndarray, links: np.ndarray) -> np.ndarray:
+        """(U, s_in, s_out, k): per distinct block and pair of end states, the seconds its best
+        inner placement keeps each target busy, as the DP counts them: each node's ``base`` cost
+        and the hand-overs it receives go to its own target (``stage_seconds``'s rule)."""
+        plan, _, si, so = self.plan()
+        u, k = len(self.unique), self.codes.k
+        q = np.broadcast_to(np.arange(si * so), (u, si * so)).copy()
+        rows = np.arange(u)[:, None]
+        total = np.zeros((u, si * so, k))
+        for j in range(len(plan) - 1, -1, -1):
+            p_idx, t_idx, table, pays = plan[j]
+            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
+            m = np.minimum(m, len(t_idx) - 1)  # entries no path reaches point at the padding
+            t = t_idx[m]
+            here = base[(self.starts + j)[:, None], t]
+            for slot, idx in pays:
+                flat = np.zeros((u, (k + 1) * k + 1))
+                flat[:, :-1] = links[self.reads[j][slot]].reshape(u, -1)
+                here = here + flat[rows, idx[m]]
+            total += np.where(t[:, :, None] == np.arange(k), here[:, :, None], 0.0)
+            q = p_idx[m]
+        return total.reshape(u, si, so, k)
+
     def recover(self, backs, s_in: np.ndarray, s_out: np.ndarray, out: np.ndarray, members) -> None:
         """Write the node targets of the blocks ``members`` (indices into this group) into
         ``out`` given their chosen end states."""
@@ -504,10 +542,11 @@ class _Group:
 # ---- the whole graph -----------------------------------------------------------------------------
 
 
-def _run(prep: _Prepared, node_cost: np.ndarray):
-    """DP optimum under ``node_cost``, the assignment reaching it, the solved groups, and the end
-    states of each block on the best path."""
-    solved = {id(g): g.solve(node_cost, prep.links) for g in prep.groups}
+def _run(prep: _Prepared, node_cost: np.ndarray, scale=None):
+    """DP optimum under ``node_cost`` (hand-overs into target t times ``scale[t]``), the
+    assignment reaching it, the solved groups, and the end states of each block on the best
+    path."""
+    solved = {id(g): g.solve(node_cost, prep.links, scale) for g in prep.groups}
     vec = np.zeros(1)
     args = []
     for g, r in prep.blocks:
@@ -538,6 +577,14 @@ def _assign(prep: _Prepared, runs, pick, ends) -> tuple[int, ...]:
             at = g.positions[members]
             g.recover(runs[v][id(g)][1], ends[at, 0], ends[at, 1], out, members)
     return tuple(out.tolist())
+
+
+def _busy(solved: dict, g: _Group, prep: _Prepared) -> np.ndarray:
+    """``g.busy`` under one DP run's solved groups, kept with them as ``_usage`` is."""
+    key = ("busy", id(g))
+    if key not in solved:
+        solved[key] = g.busy(solved[id(g)][1], prep.base, prep.links)
+    return solved[key]
 
 
 def _usage(solved: dict, g: _Group, weights: np.ndarray) -> np.ndarray:
@@ -606,7 +653,7 @@ def _fill(prep: _Prepared, pool, lam, limits, weights, slack: float):
                    np.array(ends, dtype=np.int64))
 
 
-def _mix(prep: _Prepared, pool, lam, limits, weights):
+def _mix(prep: _Prepared, pool, lam, limits, weights, bottleneck: bool = False):
     """Placements within the capacities that take each block as one of the DP runs of ``pool``
     ((multipliers, solved groups, end states) each) placed it, in the proportions that cost least:
     the Dantzig-Wolfe master LP over those runs. At the dual's peak the bound is a convex
@@ -616,39 +663,63 @@ def _mix(prep: _Prepared, pool, lam, limits, weights):
     slicing of ``MIX_SLICES``: the chain cut into that many slices, each mixed on its own (the
     blocks differ along it, an embedding first and the output projection last, so one proportion
     for the whole chain misjudges a run's share of a capacity by where its stretch lies; more
-    slices, more stretches and hand-overs), for the caller to price."""
+    slices, more stretches and hand-overs), for the caller to price. ``bottleneck``: the LP
+    minimises the busiest target's seconds (then, a ten-thousandth as much, the latency)."""
     n_blocks, runs = len(prep.blocks), len(pool)
     if not n_blocks or not runs:
         return
     cost = np.zeros((n_blocks, runs))
     use = np.zeros((n_blocks, runs, len(limits)))
-    tables = []  # per run: {group: (lam-free costs (U, s_in, s_out), usage (U, s_in, s_out, C))}
+    busy = np.zeros((n_blocks, runs, prep.p.k)) if bottleneck else None
+    # per run: {group: (lam-free costs, usage[, busy seconds]) per (U, s_in, s_out)}
+    tables = []
     for v, (mult, solved, ends) in enumerate(pool):
         table = {}
         for g in prep.groups:
             u = _usage(solved, g, weights)
             table[id(g)] = (solved[id(g)][0] - np.tensordot(u, mult, axes=([3], [0])), u)
-            at = g.positions
-            rows = g.row_of
+            if bottleneck:
+                table[id(g)] += (_busy(solved, g, prep),)
+            at, rows = g.positions, g.row_of
             cost[at, v] = table[id(g)][0][rows, ends[at, 0], ends[at, 1]]
             use[at, v] = table[id(g)][1][rows, ends[at, 0], ends[at, 1]]
+            if bottleneck:
+                busy[at, v] = table[id(g)][2][rows, ends[at, 0], ends[at, 1]]
+                cost[at, v] = busy[at, v].sum(axis=1)  # the latency, without the runs' own weights
         tables.append(table)
     if not np.isfinite(cost).all():
         return
     # The heaviest users of the capacities first within a slice.
     heavy = np.argsort(-(use.sum(axis=0) / np.maximum(limits, 1.0)).sum(axis=1), kind="stable")
     found = []  # (the DP's own cost of the mix, its picks, its end states)
+
+    def fits(pick, label) -> bool:
+        ends = _stitch(prep, pool, tables, pick, lam)
+        if ends is None:
+            return False
+        at = _priced(prep, tables, pick, ends)
+        if not (at[1] <= limits).all():
+            return False
+        rank = (float(at[2].max()), float(at[2].sum())) if bottleneck else (float(at[0]),)
+        found.append((rank, label, pick, ends))
+        return True
+
+    # Whole periods (a layer's blocks) from one run each, so that runs meet only where one
+    # stretch ends: taken block by block, a layer's blocks came from different runs and each
+    # meeting moved the layer's inner placement (4 ms on each busy time of a 70B decoder).
+    unit = _periods(_kinds(cost, use, busy)[0])
+    starts = np.flatnonzero(np.r_[True, unit[1:] != unit[:-1]])
+    sums = [None if x is None else np.add.reduceat(x, starts, axis=0) for x in (cost, use, busy)]
+    kinds = _kinds(*sums)
+    if len(kinds[1]) * runs <= COUNTS_MAX_VARIABLES:
+        for margin in MIX_MARGINS[:3]:
+            pick = _mix_counts(*sums[:2], limits, heavy, margin, sums[2], kinds)
+            if pick is None or fits(pick[unit], 0):
+                break
     for slices in sorted({min(k, n_blocks) for k in MIX_SLICES}):
         for margin in MIX_MARGINS:  # whole blocks and the runs' meeting points may need some room
-            pick = _mix_pick(cost, use, limits, heavy, slices, margin)
-            if pick is None:
-                break
-            ends = _stitch(prep, pool, tables, pick, lam)
-            if ends is None:
-                break
-            at_cost, at_use = _priced(prep, tables, pick, ends)
-            if (at_use <= limits).all():
-                found.append((at_cost, slices, pick, ends))
+            pick = _mix_pick(cost, use, limits, heavy, slices, margin, busy)
+            if pick is None or fits(pick, slices):
                 break
     # evaluate prices a placement exactly but takes a tenth of a second at 40,000 nodes: the
     # DP's own cost (relaxed values at their shares) ranks the candidates, the best few are priced
@@ -656,20 +727,20 @@ def _mix(prep: _Prepared, pool, lam, limits, weights):
         yield _assign(prep, [solved for _, solved, _ in pool], pick, ends)
 
 
-def _priced(prep: _Prepared, tables, pick, ends):
-    """The lam-free cost and the usage of taking block b from run ``pick[b]`` between the end
-    states ``ends[b]``, summed over the blocks (inf where a block cannot run so)."""
-    cost, use = 0.0, 0.0
+def _priced(prep: _Prepared, tables, pick, ends) -> list:
+    """What the tables hold (the lam-free cost, the usage, the busy seconds where kept) for taking
+    block b from run ``pick[b]`` between the end states ``ends[b]``, summed over the blocks (inf
+    where a block cannot run so)."""
+    sums = None
     for g in prep.groups:
         picks = pick[g.positions]
         for v in np.unique(picks):
             members = np.flatnonzero(picks == v)
             at = g.positions[members]
-            lam_free, u = tables[v][id(g)]
             rows = g.row_of[members]
-            cost = cost + lam_free[rows, ends[at, 0], ends[at, 1]].sum()
-            use = use + u[rows, ends[at, 0], ends[at, 1]].sum(axis=0)
-    return float(cost), use
+            parts = [t[rows, ends[at, 0], ends[at, 1]].sum(axis=0) for t in tables[v][id(g)]]
+            sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
+    return sums
 
 
 def _stitch(prep: _Prepared, pool, tables, pick, lam):
@@ -680,13 +751,12 @@ def _stitch(prep: _Prepared, pool, tables, pick, lam):
     n_blocks = len(prep.blocks)
     own = np.stack([e for _, _, e in pool])[pick, np.arange(n_blocks), 1]
     ends = np.stack([np.concatenate([[0], own[:-1]]), own], axis=1)
-    cost, _ = _priced(prep, tables, pick, ends)
-    if math.isfinite(cost):  # every block can start where the one before it ended
+    if math.isfinite(_priced(prep, tables, pick, ends)[0]):  # every block can start where the one before it ended
         return ends
     # Some cannot: walk the chain, moving such a block's end to the best one it can reach.
     state = 0
     for b, (g, r) in enumerate(prep.blocks):
-        lam_free, u = tables[pick[b]][id(g)]
+        lam_free, u = tables[pick[b]][id(g)][:2]
         end = int(own[b])
         if not math.isfinite(lam_free[g.row_of[r]][state, end]):
             priced = lam_free[g.row_of[r]][state] + u[g.row_of[r]][state] @ lam
@@ -718,10 +788,80 @@ def _keep_for_mix(every: list, entry) -> None:
         del every[min((i for i in range(len(every)) if i not in extremes), default=0)]
 
 
-def _mix_pick(cost, use, limits, heavy, slices: int, margin: float):
+def _kinds(cost, use, busy):
+    """Blocks alike for the mix: (kind of each block, its first block per kind), where blocks of
+    a kind cost, use and keep busy the same in every run (a model's layers)."""
+    seen: dict[bytes, int] = {}
+    kind = np.empty(len(cost), dtype=np.int64)
+    for b in range(len(cost)):
+        key = cost[b].tobytes() + use[b].tobytes() + (b"" if busy is None else busy[b].tobytes())
+        kind[b] = seen.setdefault(key, len(seen))
+    return kind, np.unique(kind, return_index=True)[1]
+
+
+def _periods(kind: np.ndarray) -> np.ndarray:
+    """Per block, the period it belongs to (non-decreasing): a new period starts at every block of
+    the kind that occurs most often (a layer's first block), so a stack of alike layers splits
+    into one period per layer. Blocks before the first such block are periods of their own."""
+    if not len(kind):
+        return kind
+    anchor = np.bincount(kind).argmax()
+    starts = kind == anchor
+    first = int(np.argmax(starts))
+    starts[:first + 1] = True  # the head: one block per period
+    return np.cumsum(starts) - 1
+
+
+def _mix_counts(cost, use, limits, heavy, margin: float, busy, kinds):
+    """Which run each block is taken from, as whole blocks: how many blocks of each kind each run
+    gives (a small MILP over the counts, alike blocks being interchangeable), laid out in chain
+    order in the order ``heavy``. The slicing LPs round their shares to whole blocks, which
+    costs a block's worth on a capacity or a busy time (4.5 ms of 80 on a 70B decoder's L4);
+    the counts do not. None when HiGHS finds nothing in COUNTS_SECONDS."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    kind, first = kinds
+    n_k, runs = len(first), cost.shape[1]
+    size = np.bincount(kind, minlength=n_k)
+    free = np.maximum(limits, 1.0)
+    rows = [np.kron(np.eye(n_k), np.ones(runs))]  # each kind's blocks all taken from some run
+    lo, hi = [size.astype(float)], [size.astype(float)]
+    rows.append(use[first].reshape(n_k * runs, -1).T / free[:, None])
+    lo.append(np.full(len(limits), -np.inf))
+    hi.append(limits / free * (1 - margin))
+    c = cost[first].ravel()
+    if busy is not None:  # T, the busiest target's seconds, as the last column
+        rows = [np.c_[r, np.zeros(len(r))] for r in rows]
+        rows.append(np.c_[busy[first].reshape(n_k * runs, -1).T, -np.ones(busy.shape[2])])
+        lo.append(np.full(busy.shape[2], -np.inf))
+        hi.append(np.zeros(busy.shape[2]))
+        c = np.r_[1e-4 * c, 1.0]
+    n_var = len(c)
+    scale = float(np.abs(c[np.isfinite(c)]).max()) or 1.0
+    integer = np.ones(n_var)
+    upper = np.repeat(size, runs).astype(float)
+    if busy is not None:
+        integer[-1], upper = 0, np.r_[upper, np.inf]
+    res = milp(c / scale, constraints=LinearConstraint(np.vstack(rows), np.concatenate(lo), np.concatenate(hi)),
+               integrality=integer, bounds=Bounds(0, upper),
+               options={"time_limit": COUNTS_SECONDS, "mip_rel_gap": COUNTS_GAP})
+    if res.x is None:
+        return None
+    counts = np.round(res.x[:n_k * runs]).astype(np.int64).reshape(n_k, runs)
+    pick = np.empty(len(kind), dtype=np.int64)
+    for j in range(n_k):
+        at, lo_ = np.flatnonzero(kind == j), 0
+        for v in heavy:
+            pick[at[lo_:lo_ + counts[j, v]]] = v
+            lo_ += counts[j, v]
+    return pick
+
+
+def _mix_pick(cost, use, limits, heavy, slices: int, margin: float, busy=None):
     """Which run each block is taken from: the master LP over (slice, run) with the capacities
     ``margin`` (a share) below their limits, its proportions laid out in each slice in the order
-    ``heavy``; None when the LP finds no mix within them."""
+    ``heavy``; None when the LP finds no mix within them. With ``busy`` (block, run, target) the
+    LP minimises the busiest target's seconds T first, the cost a ten-thousandth as much."""
     from scipy.optimize import linprog
 
     n_blocks, runs = cost.shape
@@ -739,12 +879,19 @@ def _mix_pick(cost, use, limits, heavy, slices: int, margin: float):
     tilt = 1e-5 * float(np.abs(cost.min(axis=1)).sum()) / (n_blocks * runs)
     per_block = (np.arange(n_sl) * np.diff(edges))[:, None]  # slices differ in size by a block
     c = (slice_cost + tilt * per_block * (runs - 1 - rank)[None, :]).ravel()
-    res = linprog(c, A_ub=slice_use.reshape(n_sl * runs, -1).T,
-                  b_ub=limits / np.maximum(limits, 1.0) * (1 - margin),
-                  A_eq=np.kron(np.eye(n_sl), np.ones(runs)), b_eq=np.ones(n_sl), bounds=(0, None), method="highs")
+    a_ub = slice_use.reshape(n_sl * runs, -1).T
+    b_ub = limits / np.maximum(limits, 1.0) * (1 - margin)
+    a_eq = np.kron(np.eye(n_sl), np.ones(runs))
+    if busy is not None:  # one more column, T: every target's summed busy seconds <= T
+        slice_busy = np.add.reduceat(busy, edges[:-1], axis=0).reshape(n_sl * runs, -1).T
+        c = np.r_[1e-4 * c, 1.0]
+        a_ub = np.block([[a_ub, np.zeros((len(a_ub), 1))], [slice_busy, -np.ones((len(slice_busy), 1))]])
+        b_ub = np.r_[b_ub, np.zeros(len(slice_busy))]
+        a_eq = np.c_[a_eq, np.zeros(n_sl)]
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.ones(n_sl), bounds=(0, None), method="highs")
     if res.status != 0:
         return None
-    share = res.x.reshape(n_sl, runs)[:, heavy]
+    share = res.x[:n_sl * runs].reshape(n_sl, runs)[:, heavy]
     pick = np.empty(n_blocks, dtype=np.int64)
     for k in range(n_sl):
         lo, size = edges[k], edges[k + 1] - edges[k]
@@ -754,19 +901,26 @@ def _mix_pick(cost, use, limits, heavy, slices: int, margin: float):
     return pick
 
 
+def capacities(p: PlacementProblem):
+    """The finite capacities as (weights, limits): ``weights[i, t, c]`` is what node i on target t
+    puts against capacity c (a target's own or a shared one), ``limits[c]`` its bytes."""
+    resident = np.asarray(p.held_rows(), float).reshape(p.n, p.k)
+    caps = [((t,), p.capacity[t]) for t in range(p.k) if math.isfinite(p.capacity[t])]
+    caps += [(tuple(ts), cap) for ts, cap in p.shared_capacity if math.isfinite(cap)]
+    weights = np.zeros((p.n, p.k, len(caps)))
+    for c, (ts, _) in enumerate(caps):
+        weights[:, list(ts), c] = resident[:, list(ts)]
+    return weights, np.array([cap for _, cap in caps], dtype=float)
+
+
 def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap: float = 0.01) -> Answer | None:
     """Best placement the DP finds, with a lower bound; None when it finds nothing feasible."""
     prep = _Prepared(problem, allowed)
     p = problem
-    resident = np.asarray(p.held_rows(), float).reshape(p.n, p.k)
     base = prep.base
-    caps = [((t,), p.capacity[t]) for t in range(p.k) if math.isfinite(p.capacity[t])]
-    caps += [(tuple(ts), cap) for ts, cap in p.shared_capacity if math.isfinite(cap)]
-    lam = np.zeros(len(caps))
-    # weights[i, t, c]: what node i on target t puts against capacity c.
-    weights = np.zeros((p.n, p.k, len(caps)))
-    for c, (ts, _) in enumerate(caps):
-        weights[:, list(ts), c] = resident[:, list(ts)]
+    weights, limits = capacities(p)
+    lam = np.zeros(len(limits))
+    caps = len(limits) > 0
 
     def priced(lam):
         return base + weights @ lam
@@ -774,7 +928,6 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
     def load(a):
         return weights[np.arange(p.n), np.asarray(a)].sum(axis=0)
 
-    limits = np.array([cap for _, cap in caps])
     runs, best, lower, peak, pool, every, filled_at = 0, None, -math.inf, [None], [], [], [-1]
 
     def attempt(lam):
@@ -858,6 +1011,111 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
         return None
     relaxed = len(prep.relaxed) + sum(v.share for v in prep.tracked)
     return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
+
+
+def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
+                           target_gap: float = 0.01) -> Answer | None:
+    """Least bottleneck (the busiest target's seconds per request, ``stage_seconds``) the DP finds
+    within the capacities, with a lower bound: ``Answer.cost`` is that bottleneck. None when the
+    DP finds nothing that fits.
+
+    The bottleneck is the largest busy time, so for weights mu >= 0 on the targets that sum to 1
+    it is at least their weighted mean, and a placement within the capacities costs at least
+    sum_t mu_t busy_t + lam . (usage - limits) for lam >= 0. Both are linear in what each node
+    does on its target (busy time goes to the target that runs the node or receives the
+    hand-over), so the DP finds the least of it: node costs times mu of their target, hand-overs
+    into t times mu_t. Its optimum minus lam . limits is a lower bound (the DP's relaxed values
+    are charged at most what evaluate charges, target by target). Kelley's planes raise it over
+    (mu, lam) together, and the master LP over the runs (the busiest target's summed seconds
+    as its objective) mixes them into a placement, priced exactly with ``bottleneck``; among
+    equal bottlenecks the lower latency wins."""
+    from scipy.optimize import linprog
+
+    prep = _Prepared(problem, allowed)
+    p, k = problem, problem.k
+    weights, limits = capacities(p)
+    m = len(limits)
+    scale = np.maximum(limits, 1.0)
+    finite = np.isfinite(prep.base)
+    base = np.where(finite, prep.base, 0.0)
+    state = {"runs": 0, "lower": -math.inf, "best": None, "peak": np.zeros(m), "filled": -1}
+    planes, every = [], []
+
+    def load(a):
+        return weights[np.arange(p.n), np.asarray(a)].sum(axis=0)
+
+    def offer(a) -> None:
+        if not (load(a) <= limits).all():
+            return
+        here = (bottleneck(p, a), evaluate(p, a))
+        best = state["best"]
+        if math.isfinite(here[0]) and (best is None or here < best[1:]):
+            state["best"] = (a,) + here
+
+    def attempt(mu, lam):
+        """One DP run: its plane (busy seconds per target, usage as shares), or None."""
+        state["runs"] += 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            dp, a, solved, ends = _run(prep, np.where(finite, base * mu + weights @ lam, math.inf), mu)
+        if a is None:
+            return None
+        bound = dp - float(lam @ limits)
+        if bound > state["lower"]:
+            state["lower"], state["peak"] = bound, lam
+        alone = np.zeros(len(prep.blocks), dtype=np.int64)
+        busy = _priced(prep, [{id(g): (_busy(solved, g, prep),) for g in prep.groups}], alone, ends)[0]
+        used = load(a)
+        offer(a)
+        # for the mix: no run adds anything that is no lighter on some target or capacity
+        _keep_for_mix(every, (0.0, np.r_[busy, used / scale], (lam, solved, ends)))
+        planes.append((busy, used / scale))
+        return busy
+
+    def gap() -> float:
+        best = state["best"]
+        return math.inf if best is None else relative_gap(best[1], state["lower"])
+
+    def fill() -> None:
+        if state["filled"] == state["runs"]:
+            return
+        state["filled"] = state["runs"]
+        for a in _mix(prep, [e[2] for e in every], state["peak"], limits, weights, bottleneck=True):
+            offer(a)
+
+    first = attempt(np.full(k, 1.0 / k), np.zeros(m))
+    if first is None:
+        return None
+    top = 10.0 * max(float(first.sum()), 1e-12)
+    near_tried = False
+    for rounds in range(1, BOTTLENECK_ROUNDS + 1):
+        if gap() <= target_gap / 4 or time.perf_counter() > deadline:
+            break
+        # z <= mu . busy_i + mu_lam . (use_i - 1), mu on the simplex: where their envelope peaks
+        res = linprog(np.r_[np.zeros(k + m), -1.0],
+                      A_ub=[list(-b) + list(1.0 - u) + [1.0] for b, u in planes], b_ub=np.zeros(len(planes)),
+                      A_eq=[[1.0] * k + [0.0] * (m + 1)], b_eq=[1.0],
+                      bounds=[(0, 1)] * k + [(0, top)] * m + [(None, None)], method="highs")
+        if res.status != 0:
+            break
+        peak = -res.fun
+        if peak - state["lower"] <= 1e-9 * max(abs(peak), 1e-300):
+            break  # the planes meet the dual: no better multipliers exist
+        if peak - state["lower"] <= KELLEY_CLOSE * target_gap * abs(peak) and not near_tried:
+            near_tried = True
+            fill()
+            if gap() <= NEAR_ENOUGH * target_gap:
+                break
+        elif rounds % FILL_EVERY == 0:
+            fill()
+        if attempt(res.x[:k], res.x[k:k + m] / scale) is None:
+            break
+    if gap() > target_gap / 4:
+        fill()
+    best = state["best"]
+    if best is None:
+        return None
+    relaxed = len(prep.relaxed) + sum(v.share for v in prep.tracked)
+    return Answer(best[0], best[1], min(state["lower"], best[1]), relaxed, state["runs"])
 
 
 def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, rounds: int = 60):

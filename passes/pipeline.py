@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from hetcc.errors import PlacementError
+from hetcc.passes.frontier import solve_large_bottleneck
 from hetcc.passes.problem import PlacementProblem, bottleneck, evaluate
 from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
@@ -59,10 +60,12 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
     time limit comes first, the best placement found (or a latency heuristic's, repaired for
     capacity) is returned with ``optimal`` False.
 
-    Graphs of ``DP_MIN_NODES`` nodes or more are first placed by :mod:`hetcc.passes.stages`
-    (contiguous stages, or the fractional relaxation rounded), whose answer is kept when it is
-    within ``max_gap`` of the relaxation's bound; else the MILP runs in the time left and the
-    better answer wins, with the better of the two bounds. ``large_graphs=False`` skips that."""
+    Graphs of ``DP_MIN_NODES`` nodes or more are first placed by the DP over their layers
+    (:func:`hetcc.passes.frontier.solve_large_bottleneck`, method ``frontier-dp``), then by
+    :mod:`hetcc.passes.stages` (contiguous stages, or the fractional relaxation rounded); the
+    better answer is kept when it is within ``max_gap`` of the better bound; else the MILP runs
+    in the time left and the best answer wins, with the best bound. ``large_graphs=False``
+    skips both."""
     t0 = time.perf_counter()
     p = problem
     if p.k == 0:
@@ -76,9 +79,17 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
         return Placement(a, b, b, True, "single-target", time.perf_counter() - t0)
     large = None
     if large_graphs and p.n >= DP_MIN_NODES:
+        dp = solve_large_bottleneck(p, allowed, t0 + time_limit / 8, max_gap)
+        if dp is not None and dp.cost - dp.lower_bound <= max_gap * dp.cost:
+            return Placement(tuple(dp.assignment), dp.cost, dp.lower_bound,
+                             dp.cost - dp.lower_bound <= 1e-6 * dp.cost, "frontier-dp", time.perf_counter() - t0)
         large = solve_stages(p, allowed, t0 + time_limit / 4)
         if large is None:
             raise infeasible_error(p)  # even the fractional relaxation does not fit
+        if dp is not None:  # the better placement of the two, and the better bound
+            if large[0] is None or (dp.cost, evaluate(p, dp.assignment)) < (large[1], evaluate(p, large[0])):
+                large = (dp.assignment, dp.cost, large[2], "frontier-dp")
+            large = (large[0], large[1], max(large[2], dp.lower_bound), large[3])
         a, b, lower, method = large
         if a is not None and b - lower <= max_gap * b:
             return Placement(tuple(a), b, lower, b - lower <= 1e-6 * b, method, time.perf_counter() - t0)

@@ -86,8 +86,14 @@ def test_rounding_follows_the_shares():
     assert a == (1,) * 3 + (0,) * 7
 
 
-def test_solve_pipeline_keeps_stages_within_the_gap():
+def test_solve_pipeline_keeps_stages_within_the_gap(monkeypatch):
+    import hetcc.passes.pipeline as pipeline
+
     p = layers(DP_MIN_NODES + 400, k=2)
+    r = solve_pipeline(p, time_limit=20)
+    assert r.method == "frontier-dp" and r.gap <= 0.01  # the DP over the layers answers first
+    assert r.cost == pytest.approx(bottleneck(p, r.assignment))
+    monkeypatch.setattr(pipeline, "solve_large_bottleneck", lambda *a, **k: None)
     r = solve_pipeline(p, time_limit=20)
     assert r.method == "pipeline-stages"
     assert r.cost == pytest.approx(bottleneck(p, r.assignment))
@@ -102,6 +108,7 @@ def test_stages_stand_when_the_milp_finds_nothing(monkeypatch):
 
     p = layers(DP_MIN_NODES, k=2)
     monkeypatch.setattr(pipeline, "_milp", lambda *a, **k: None)  # as if the limit came first
+    monkeypatch.setattr(pipeline, "solve_large_bottleneck", lambda *a, **k: None)
     r = solve_pipeline(p, time_limit=5, max_gap=0.0)  # a zero gap sends it to the MILP
     assert r.method == "pipeline-stages" and not r.optimal
     assert r.lower_bound > 0 and r.gap < 0.01
