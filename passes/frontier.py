@@ -848,6 +848,8 @@ def _mix_counts(cost, use, limits, heavy, margin: float, busy, kinds):
     if res.x is None:
         return None
     counts = np.round(res.x[:n_k * runs]).astype(np.int64).reshape(n_k, runs)
+    for j in range(n_k):  # HiGHS's integrality tolerance: rounded counts must still fill the kind
+        counts[j, counts[j].argmax()] += size[j] - counts[j].sum()
     pick = np.empty(len(kind), dtype=np.int64)
     for j in range(n_k):
         at, lo_ = np.flatnonzero(kind == j), 0
