@@ -1,7 +1,7 @@
 """Time the placement solver against graph size on transformer-like graphs (no torch needed).
 
     python benchmarks/bench_solver.py [--nodes 1000,5000,10000,40000] [--seed 0] [--time-limit 60]
-                                      [--milp]
+                                      [--milp] [--objective latency|throughput]
 
 The graph is a chain of decoder layers with the DAG shape of a real one: a LayerNorm fanning out
 to q/k/v, attention, output projection, a residual add that reaches back over the block, a second
@@ -13,7 +13,8 @@ factors and noise) or are alike (as in a real model), each with capacities that 
 a GPU that holds 40% of the weights. Per variant one line: wall time of ``solve`` (which places
 graphs of DP_MIN_NODES nodes or more by the layer DP of hetcc/passes/frontier.py), the method,
 cost, proven lower bound and gap; ``--milp`` also times the MILP alone with the time limit, for
-comparison. Nothing here is a test.
+comparison. ``--objective throughput`` times ``solve_pipeline`` instead (requests pipelined over
+the targets: the cost is the busiest target's seconds per request). Nothing here is a test.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import random
 import sys
 import time
 
+from hetcc.passes.pipeline import solve_pipeline
 from hetcc.passes.problem import HOST, PlacementProblem, Value
 from hetcc.passes.solve import solve
 
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds for each solve (default 60)")
     ap.add_argument("--milp", action="store_true", help="also time the MILP alone on each variant")
+    ap.add_argument("--objective", choices=("latency", "throughput"), default="latency",
+                    help="latency: solve(); throughput: solve_pipeline(), cost = the bottleneck")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",")]
     # Imported once per process by the first solve that needs an LP (0.5 s here): paid before
@@ -157,9 +161,10 @@ def main(argv=None) -> int:
         for alike in (False, True):
             for share in (None, 0.4):
                 p = transformer_problem(n, args.seed, share, alike=alike)
-                runs = [("solve", lambda: solve(p, time_limit=args.time_limit))]
+                place = solve if args.objective == "latency" else solve_pipeline
+                runs = [("solve", lambda: place(p, time_limit=args.time_limit))]
                 if args.milp:
-                    runs.append(("milp", lambda: solve(p, time_limit=args.time_limit, large_graphs=False)))
+                    runs.append(("milp", lambda: place(p, time_limit=args.time_limit, large_graphs=False)))
                 for label, run in runs:
                     t0 = time.perf_counter()
                     r = run()

@@ -1,7 +1,9 @@
 """Placement of large graphs by dynamic programming over the topological order, with a proven
 lower bound. docs/placement.md ("Large graphs") explains it; :func:`hetcc.passes.solve.solve`
-calls it for graphs of ``solve.DP_MIN_NODES`` nodes or more, and of ``solve.DP_CAPPED_MIN_NODES``
-or more where a capacity is finite.
+calls :func:`solve_large` for graphs of ``solve.DP_MIN_NODES`` nodes or more, and of
+``solve.DP_CAPPED_MIN_NODES`` or more where a capacity is finite; for pipelined throughput
+:func:`hetcc.passes.pipeline.solve_pipeline` calls :func:`solve_large_bottleneck` from
+``DP_MIN_NODES`` nodes (docs/placement.md, "Throughput").
 
 The DP walks the nodes in order. Its state holds, for every value still to be read, the location
 it was made on and the set of locations it has already been handed to, so a value read by several
@@ -15,7 +17,9 @@ the blocks picks the best path. Values live over long stretches (a mask every la
 multiply the state: they are *relaxed*, charged only a share of their hand-overs, which keeps the
 DP's optimum a lower bound; the placement is priced with ``evaluate`` and the difference is the
 gap it states. Capacities enter the costs through Lagrange multipliers: the DP's optimum minus
-the multipliers times the capacities is again a lower bound.
+the multipliers times the capacities is again a lower bound. For the bottleneck, weights on the
+targets that sum to one turn the busiest target's seconds into their weighted mean, which the DP
+finds with each target's costs scaled by its weight: again a lower bound.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ one placement per entry, the ``MIX_PRICED`` best by the DP's own cost priced exa
 MIX_PRICED = 3
 
 COUNTS_MAX_VARIABLES = 4000
-"""Most (kind of block, run) pairs for which the mix also solves for whole-block counts."""
+"""Most (kind of period, run) pairs for which the mix also solves for whole-period counts."""
 
 COUNTS_SECONDS = 1.0
 COUNTS_GAP = 1e-3
@@ -61,8 +65,8 @@ KELLEY_CLOSE = 0.125
 
 NEAR_ENOUGH = 0.5
 """Share of the target gap that stops the multiplier search once the dual is near its peak
-(elsewhere a quarter): on the same eleven graphs 130 runs in all with a quarter, 100 with half,
-each stopping within 0.35 %."""
+(elsewhere a quarter): on the eleven graphs of BOX's note, 130 DP runs in all with a quarter,
+100 with half, each stopping within 0.35 %."""
 
 BOX = 0.5
 """Half-width of Kelley's first box around the warm multipliers, as a share of them. A box as
@@ -73,8 +77,9 @@ FILL_EVERY = 8
 """DP runs between two tries of the capacity fill while the multipliers are searched."""
 
 HANDOVER_CACHE_BYTES = 256 << 20
-"""Most bytes a group keeps of its transitions' hand-over costs between DP runs (48 MB at 40,000
-differing transformer nodes; alike layers are solved once and keep next to nothing)."""
+"""Most bytes the groups of one problem keep of their transitions' hand-over costs between DP
+runs (48 MB at 40,000 differing transformer nodes; alike layers are solved once and keep next to
+nothing); past it a group computes them again in each run."""
 
 BOTTLENECK_ROUNDS = 200
 """Most multiplier sets the bottleneck's search tries (a DP run each; 15 ms on a 70B decoder)."""
@@ -87,11 +92,12 @@ CHUNK_ELEMENTS = 1 << 18
 class Answer:
     assignment: tuple[int, ...]
     cost: float
-    """``evaluate(problem, assignment)``."""
+    """``evaluate(problem, assignment)`` (for :func:`solve_large_bottleneck`,
+    ``bottleneck(problem, assignment)``)."""
     lower_bound: float
     relaxed: int
-    """Values whose hand-overs the DP charged only in part (0: the DP was exact, so without
-    binding capacities ``lower_bound`` equals ``cost``)."""
+    """Values whose hand-overs the DP charged only in part (0: the DP was exact, so for the
+    latency without binding capacities ``lower_bound`` equals ``cost``)."""
     runs: int
     """DP runs (one per set of Lagrange multipliers tried)."""
 
@@ -306,8 +312,10 @@ class _Prepared:
             blocks.append((g, len(g.members)))
             g.members.append((a, read_values))
         resident = np.asarray(self.p.held_rows(), float).reshape(self.p.n, self.p.k)
+        room = [HANDOVER_CACHE_BYTES]
         for g in groups.values():
             g.dedupe(self.base, resident, self.links)
+            g.room = room
         # per group: where its blocks lie in the chain (its members in order)
         at: dict[int, list[int]] = {}
         for b, (g, _) in enumerate(blocks):
@@ -326,7 +334,8 @@ class _Group:
         self.sig, self.codes = sig, codes
         self.members: list = []
         self._plan = None
-        self._paid, self._paid_room = {}, HANDOVER_CACHE_BYTES
+        self._paid = {}
+        self.room = [HANDOVER_CACHE_BYTES]  # bytes left to keep, shared by the groups of a problem
 
     def dedupe(self, base, resident, links) -> None:
         """Blocks with equal costs, weights and links (the layers of one model) are solved once."""
@@ -453,8 +462,10 @@ class _Group:
                 paid = self._handovers(rows, j, pays, links)
                 if scale is None:
                     cand[:, :-1] += paid
-                else:  # each transition's hand-overs go into its own target
-                    grid += paid.reshape(b, live, k) * scale
+                else:  # each transition's hand-overs go into its own target (inf stays inf at 0)
+                    paid = paid.reshape(b, live, k)
+                    with np.errstate(invalid="ignore"):
+                        grid += np.where(np.isinf(paid), paid, paid * scale)
             cand[:, -1] = math.inf
             picked = cand[:, table]
             if table.shape[1] == 1:
@@ -468,8 +479,8 @@ class _Group:
 
     def _handovers(self, rows, j: int, pays, links) -> np.ndarray:
         """(rows, transitions): what each transition of step j pays for the values it reads.
-        Multipliers change node costs only, so this is the same in every DP run: kept when the
-        group's tables are small enough (HANDOVER_CACHE_BYTES)."""
+        Multipliers change node costs only (the bottleneck's mu scales these afterwards), so this
+        is the same in every DP run: kept while the problem's HANDOVER_CACHE_BYTES last."""
         key = (int(rows[0]), j)
         if key in self._paid:
             return self._paid[key]
@@ -480,8 +491,8 @@ class _Group:
             flat = np.zeros((b, (k + 1) * k + 1))
             flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(b, -1)
             total += flat[:, idx]
-        if self._paid_room >= total.nbytes:
-            self._paid_room -= total.nbytes
+        if self.room[0] >= total.nbytes:
+            self.room[0] -= total.nbytes
             self._paid[key] = total
         return total
 
@@ -663,8 +674,9 @@ def _mix(prep: _Prepared, pool, lam, limits, weights, bottleneck: bool = False):
     slicing of ``MIX_SLICES``: the chain cut into that many slices, each mixed on its own (the
     blocks differ along it, an embedding first and the output projection last, so one proportion
     for the whole chain misjudges a run's share of a capacity by where its stretch lies; more
-    slices, more stretches and hand-overs), for the caller to price. ``bottleneck``: the LP
-    minimises the busiest target's seconds (then, a ten-thousandth as much, the latency)."""
+    slices, more stretches and hand-overs), and one from whole periods (``_mix_counts``), for
+    the caller to price. ``bottleneck``: the LPs minimise the busiest target's seconds (then, a
+    ten-thousandth as much, the latency)."""
     n_blocks, runs = len(prep.blocks), len(pool)
     if not n_blocks or not runs:
         return
@@ -691,7 +703,7 @@ def _mix(prep: _Prepared, pool, lam, limits, weights, bottleneck: bool = False):
         return
     # The heaviest users of the capacities first within a slice.
     heavy = np.argsort(-(use.sum(axis=0) / np.maximum(limits, 1.0)).sum(axis=1), kind="stable")
-    found = []  # (the DP's own cost of the mix, its picks, its end states)
+    found = []  # (its rank, its label: 0 the counts or the slices, its picks, its end states)
 
     def fits(pick, label) -> bool:
         ends = _stitch(prep, pool, tables, pick, lam)
@@ -722,7 +734,8 @@ def _mix(prep: _Prepared, pool, lam, limits, weights, bottleneck: bool = False):
             if pick is None or fits(pick, slices):
                 break
     # evaluate prices a placement exactly but takes a tenth of a second at 40,000 nodes: the
-    # DP's own cost (relaxed values at their shares) ranks the candidates, the best few are priced
+    # DP's own count (relaxed values at their shares) ranks the candidates, by the cost or by the
+    # busiest target's seconds then their sum, and the best few are priced
     for _, _, pick, ends in sorted(found, key=lambda f: (f[0], f[1]))[:MIX_PRICED]:
         yield _assign(prep, [solved for _, solved, _ in pool], pick, ends)
 
@@ -803,9 +816,10 @@ def _periods(kind: np.ndarray) -> np.ndarray:
     """Per block, the period it belongs to (non-decreasing): a new period starts at every block of
     the kind that occurs most often (a layer's first block), so a stack of alike layers splits
     into one period per layer. Blocks before the first such block are periods of their own."""
-    if not len(kind):
-        return kind
-    anchor = np.bincount(kind).argmax()
+    counts = np.bincount(kind) if len(kind) else np.zeros(1, dtype=np.int64)
+    if counts.max() < 2:  # nothing repeats: every block its own period
+        return np.arange(len(kind))
+    anchor = counts.argmax()
     starts = kind == anchor
     first = int(np.argmax(starts))
     starts[:first + 1] = True  # the head: one block per period
@@ -1069,7 +1083,7 @@ def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
         used = load(a)
         offer(a)
         # for the mix: no run adds anything that is no lighter on some target or capacity
-        _keep_for_mix(every, (0.0, np.r_[busy, used / scale], (lam, solved, ends)))
+        _keep_for_mix(every, (float(busy.max()), np.r_[busy, used / scale], (lam, solved, ends)))
         planes.append((busy, used / scale))
         return busy
 
@@ -1094,7 +1108,8 @@ def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
             break
         # z <= mu . busy_i + mu_lam . (use_i - 1), mu on the simplex: where their envelope peaks
         res = linprog(np.r_[np.zeros(k + m), -1.0],
-                      A_ub=[list(-b) + list(1.0 - u) + [1.0] for b, u in planes], b_ub=np.zeros(len(planes)),
+                      A_ub=[list(-b) + list(limits / scale - u) + [1.0] for b, u in planes],
+                      b_ub=np.zeros(len(planes)),
                       A_eq=[[1.0] * k + [0.0] * (m + 1)], b_eq=[1.0],
                       bounds=[(0, 1)] * k + [(0, top)] * m + [(None, None)], method="highs")
         if res.status != 0:
@@ -1109,9 +1124,10 @@ def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
                 break
         elif rounds % FILL_EVERY == 0:
             fill()
-        if attempt(res.x[:k], res.x[k:k + m] / scale) is None:
+        mu = np.clip(res.x[:k], 0.0, None)  # HiGHS's tolerances: the bound needs the simplex exactly
+        if attempt(mu / mu.sum(), np.clip(res.x[k:k + m], 0.0, None) / scale) is None:
             break
-    if gap() > target_gap / 4:
+    if gap() > target_gap / 4 and (state["best"] is None or time.perf_counter() < deadline):
         fill()
     best = state["best"]
     if best is None:
@@ -1136,9 +1152,9 @@ def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, round
         cost, used = float(finite[rows, pick].sum()), w[rows, pick].sum(axis=0)
         if not math.isfinite(cost):
             return None
-        best = max(best, cost + float(mu @ (used - 1.0)))
+        best = max(best, cost + float(mu @ (used - limits / scale)))
         cuts.append((cost, used))
-        mu, peak = _planes_peak(cuts, np.zeros(len(mu)), np.full(len(mu), top))
+        mu, peak = _planes_peak(cuts, np.zeros(len(mu)), np.full(len(mu), top), limits / scale)
         if mu is None:
             return None
         if peak - best <= 1e-6 * max(abs(best), 1e-300):
@@ -1146,14 +1162,15 @@ def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, round
     return mu / scale
 
 
-def _planes_peak(cuts, lo, hi):
-    """Where the lower envelope of the planes z <= C_i + mu . (u_i - 1) peaks for lo <= mu <= hi
-    (``cuts``: (C_i, u_i), usage as shares of the capacities): (mu, z), or (None, None) when the
-    LP fails. Kelley's step, for the DP's dual and for the warm start's."""
+def _planes_peak(cuts, lo, hi, room):
+    """Where the lower envelope of the planes z <= C_i + mu . (u_i - room) peaks for lo <= mu <= hi
+    (``cuts``: (C_i, u_i), usage and ``room`` as shares of the capacities' scale: room is 1 but
+    for a capacity under one byte): (mu, z), or (None, None) when the LP fails. Kelley's step, for
+    the DP's dual and for the warm start's."""
     from scipy.optimize import linprog
 
     m = len(lo)
-    res = linprog(np.r_[np.zeros(m), -1.0], A_ub=[list(1.0 - u) + [1.0] for _, u in cuts],
+    res = linprog(np.r_[np.zeros(m), -1.0], A_ub=[list(room - u) + [1.0] for _, u in cuts],
                   b_ub=[c for c, _ in cuts], bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
     return (res.x[:m], -res.fun) if res.status == 0 else (None, None)
 
@@ -1182,7 +1199,7 @@ def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, cl
     for _ in range(rounds):
         if done() or time.perf_counter() > deadline:
             return
-        mu, peak = _planes_peak(cuts, np.zeros(m), np.full(m, top))
+        mu, peak = _planes_peak(cuts, np.zeros(m), np.full(m, top), limits / scale)
         if mu is None:
             return
         if peak - best_bound <= 1e-9 * max(abs(peak), 1e-300):
@@ -1191,7 +1208,8 @@ def _kelley(attempt, cuts: list, bound: float, limits, done, deadline: float, cl
             return
         tried = tried or peak - best_bound <= close * abs(peak)
         if center is not None:  # the next step stays in a box around the best multipliers
-            boxed, _ = _planes_peak(cuts, np.maximum(center - radius, 0.0), np.minimum(center + radius, top))
+            boxed, _ = _planes_peak(cuts, np.maximum(center - radius, 0.0), np.minimum(center + radius, top),
+                                    limits / scale)
             mu = boxed if boxed is not None else mu
         lam = mu / scale
         dp_t, used_t = attempt(lam)

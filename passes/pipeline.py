@@ -1,7 +1,9 @@
 """Placement for throughput: requests are pipelined across targets, so the busiest target bounds
 the rate. Minimise the largest per-target busy time (``problem.stage_seconds``), then, among the
 placements that reach it, the latency (``problem.evaluate``), with the same MILP as
-:mod:`hetcc.passes.solve` plus one bottleneck variable. docs/placement.md explains it."""
+:mod:`hetcc.passes.solve` plus one bottleneck variable; large graphs first by the DP over their
+layers (:func:`hetcc.passes.frontier.solve_large_bottleneck`) and :mod:`hetcc.passes.stages`.
+docs/placement.md explains it."""
 from __future__ import annotations
 
 import itertools

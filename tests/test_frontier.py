@@ -14,9 +14,9 @@ import pytest
 
 from hetcc.passes import frontier
 from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
-from hetcc.passes.problem import bottleneck, evaluate, stage_seconds
+from hetcc.passes.problem import HOST, Value, bottleneck, evaluate, stage_seconds
 from hetcc.passes.solve import DP_MIN_NODES, allowed_targets, brute_force, solve
-from test_solver import close, narrowed_case, random_case
+from test_solver import close, make, narrowed_case, random_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_solver import transformer_problem  # noqa: E402
@@ -224,6 +224,7 @@ def test_bottleneck_answer_and_bound_against_brute_force(case, seed, monkeypatch
         monkeypatch.setattr(frontier, "STATE_BITS", bits)
         r = _bottleneck(p)
         if r is None:
+            assert bits == 0.0 or math.isinf(best), "a placement exists and the exact DP found none"
             continue
         assert math.isfinite(evaluate(p, r.assignment))  # fits every capacity
         assert r.cost == bottleneck(p, r.assignment) and r.cost >= best * (1 - 1e-12)
@@ -285,3 +286,20 @@ def test_pipeline_places_a_bound_stack_of_alike_layers_with_the_dp():
 def test_periods_start_at_the_most_common_kind():
     kind = np.array([0, 1, 2, 3, 2, 3, 2, 3, 4])
     assert frontier._periods(kind).tolist() == [0, 1, 2, 2, 3, 3, 4, 4, 4]
+
+
+def test_bottleneck_with_a_forbidden_link_and_a_target_weighted_zero():
+    """An infinite link times a zero weight stays infinite (it was NaN, and the search stopped):
+    the DP weighted wholly on one target still refuses the forbidden hand-over."""
+    inf = math.inf
+    lat = ((0, inf, 1e-5, 1e-5), (inf, 0, 1e-5, 1e-5), (1e-5, 1e-5, 0, 0), (1e-5, 1e-5, 0, 0))
+    p = make([(1.0, 2.0, 3.0), (2.0, 1.0, 3.0), (1.0, 2.0, 3.0)],
+             [Value(HOST, (0,), 10), Value(0, (1,), 10), Value(1, (2,), 10), Value(2, (), 10, to_host=True)],
+             latency=lat)
+    prep = frontier._Prepared(p, allowed_targets(p))
+    for mu in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]):
+        mu = np.array(mu)
+        dp, a, _, _ = frontier._run(prep, np.where(np.isfinite(prep.base), prep.base * mu, math.inf), mu)
+        assert a is not None and math.isfinite(dp) and math.isfinite(evaluate(p, a))
+    r = _bottleneck(p)
+    assert r is not None and r.lower_bound <= brute_force_pipeline(p)[1] <= r.cost
