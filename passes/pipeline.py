@@ -17,7 +17,10 @@ from hetcc.passes.frontier import solve_large_bottleneck
 from hetcc.passes.problem import PlacementProblem, bottleneck, evaluate
 from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
+    DP_CAPPED_MIN_NODES,
     DP_MIN_NODES,
+    REL_TOL,
+    SMALL_DP_SECONDS,
     Placement,
     allowed_targets,
     build_model,
@@ -97,8 +100,15 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
         a, b, lower, method = large
         if a is not None and b - lower <= max_gap * b:
             return Placement(tuple(a), b, lower, b - lower <= 1e-6 * b, method, time.perf_counter() - t0)
+    big = large is not None
+    if large_graphs and DP_CAPPED_MIN_NODES <= p.n < DP_MIN_NODES:
+        # As solve() does: the DP first, for a moment, in case the MILP ends at its limit without
+        # an answer or a bound (1,998 alike layers: 30 s, no bound); its exact answer wins else.
+        dp = solve_large_bottleneck(p, allowed, t0 + min(time_limit / 4, SMALL_DP_SECONDS), REL_TOL / 10)
+        if dp is not None:
+            large = (dp.assignment, dp.cost, dp.lower_bound, "frontier-dp")
     # Large graphs stop at max_gap, as the stages above would have; small ones are solved exactly.
-    rel_gap = max_gap if large is not None else 1e-9
+    rel_gap = max_gap if big else 1e-9
     first = _milp(p, allowed, t0 + time_limit, cap=None, rel_gap=rel_gap)
     if first == "infeasible":
         raise infeasible_error(p)
@@ -115,7 +125,7 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
     # The second pass only shortens latency under that bottleneck: on large graphs it gets a
     # sixth of the time limit, not all that is left.
     until = max(t0 + time_limit, time.perf_counter() + 1.0)
-    if large is not None:
+    if big:
         until = min(until, time.perf_counter() + max(time_limit / 6, 1.0))
     second = _milp(p, allowed, until, cap=best * (1 + SLACK), rel_gap=rel_gap)
     if isinstance(second, tuple) and bottleneck(p, second[0]) <= best * (1 + SLACK):

@@ -303,3 +303,16 @@ def test_bottleneck_with_a_forbidden_link_and_a_target_weighted_zero():
         assert a is not None and math.isfinite(dp) and math.isfinite(evaluate(p, a))
     r = _bottleneck(p)
     assert r is not None and r.lower_bound <= brute_force_pipeline(p)[1] <= r.cost
+
+
+def test_below_the_dp_size_the_pipeline_keeps_the_dps_answer_when_the_milp_has_none(monkeypatch):
+    """From DP_CAPPED_MIN_NODES nodes the DP runs first for a moment; where the MILP ends at its
+    limit without a placement (as at 1,998 alike nodes), its answer and bound stand."""
+    import hetcc.passes.pipeline as pipeline
+
+    p = transformer_problem(800, seed=1, gpu_share=0.4, alike=True)
+    monkeypatch.setattr(pipeline, "_milp", lambda *a, **k: None)  # as if the limit came first
+    r = solve_pipeline(p, time_limit=10)
+    assert r.method == "frontier-dp" and not r.optimal
+    assert r.cost == bottleneck(p, r.assignment) and math.isfinite(evaluate(p, r.assignment))
+    assert 0 < r.lower_bound <= r.cost and r.gap <= 0.02, r
