@@ -69,8 +69,10 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
     (:func:`hetcc.passes.frontier.solve_large_bottleneck`, method ``frontier-dp``), then by
     :mod:`hetcc.passes.stages` (contiguous stages, or the fractional relaxation rounded); the
     better answer is kept when it is within ``max_gap`` of the better bound; else the MILP runs
-    in the time left and the best answer wins, with the best bound. ``large_graphs=False``
-    skips both."""
+    in the time left and the best answer wins, with the best bound. From
+    ``DP_CAPPED_MIN_NODES`` nodes the DP runs first for at most ``SMALL_DP_SECONDS``; the MILP's
+    exact answer wins unless it ends at its limit with a worse one or none. ``large_graphs=False``
+    skips the DP and the stages."""
     t0 = time.perf_counter()
     p = problem
     if p.k == 0:
