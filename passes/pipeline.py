@@ -19,7 +19,6 @@ from hetcc.passes.solve import (
     BRUTE_FORCE_MAX_NODES,
     DP_CAPPED_MIN_NODES,
     DP_MIN_NODES,
-    REL_TOL,
     SMALL_DP_SECONDS,
     Placement,
     allowed_targets,
@@ -104,9 +103,11 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
             return Placement(tuple(a), b, lower, b - lower <= 1e-6 * b, method, time.perf_counter() - t0)
     big = large is not None
     if large_graphs and DP_CAPPED_MIN_NODES <= p.n < DP_MIN_NODES:
-        # As solve() does: the DP first, for a moment, in case the MILP ends at its limit without
-        # an answer or a bound (1,998 alike layers: 30 s, no bound); its exact answer wins else.
-        dp = solve_large_bottleneck(p, allowed, t0 + min(time_limit / 4, SMALL_DP_SECONDS), REL_TOL / 10)
+        # The DP first, for a moment and to max_gap only, in case the MILP ends at its limit
+        # without an answer or a bound; its exact answer wins else. solve() does this where a
+        # capacity is finite; here alike layers are symmetric for the MILP without one too
+        # (1,998 alike nodes, free capacities: 30 s and no bound).
+        dp = solve_large_bottleneck(p, allowed, t0 + min(time_limit / 4, SMALL_DP_SECONDS), max_gap)
         if dp is not None:
             large = (dp.assignment, dp.cost, dp.lower_bound, "frontier-dp")
     # Large graphs stop at max_gap, as the stages above would have; small ones are solved exactly.
@@ -123,6 +124,11 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
             raise SolveTimeout(f"no placement found within time_limit={time_limit}s; raise the limit")
         first = (a, 0.0, False)
     a, lower, proven = first
+    method = method or ("milp-pipeline" if proven else "milp-pipeline-time-limit")  # proven: to rel_gap
+    if large is not None:  # the DP's or the stages' placement where it is better, and their bound
+        lower = max(lower, large[2])
+        if large[0] is not None and large[1] < bottleneck(p, a) * (1 - SLACK):
+            a, method = large[0], large[3]
     best = bottleneck(p, a)
     # The second pass only shortens latency under that bottleneck: on large graphs it gets a
     # sixth of the time limit, not all that is left.
@@ -133,13 +139,8 @@ def solve_pipeline(problem: PlacementProblem, *, time_limit: float = 30.0, max_g
     if isinstance(second, tuple) and bottleneck(p, second[0]) <= best * (1 + SLACK):
         a = second[0]
     b = bottleneck(p, a)
-    method = method or ("milp-pipeline" if proven else "milp-pipeline-time-limit")  # proven: to rel_gap
-    if large is not None:
-        lower = max(lower, large[2])
-        if large[0] is not None and large[1] < b * (1 - SLACK):
-            a, b, method = large[0], large[1], large[3]
     lower = min(lower, b)
-    optimal = proven and b - lower <= 1e-6 * max(b, 1e-300)
+    optimal = b - lower <= 1e-6 * max(b, 1e-300)  # lower is a proven bound, whoever found it
     return Placement(tuple(a), b, lower, optimal, method, time.perf_counter() - t0)
 
 

@@ -307,12 +307,27 @@ def test_bottleneck_with_a_forbidden_link_and_a_target_weighted_zero():
 
 def test_below_the_dp_size_the_pipeline_keeps_the_dps_answer_when_the_milp_has_none(monkeypatch):
     """From DP_CAPPED_MIN_NODES nodes the DP runs first for a moment; where the MILP ends at its
-    limit without a placement (as at 1,998 alike nodes), its answer and bound stand."""
+    limit without a placement (as at 1,998 alike nodes), the DP's answer and bound stand, and the
+    MILP was still asked for an exact answer."""
     import hetcc.passes.pipeline as pipeline
 
     p = transformer_problem(800, seed=1, gpu_share=0.4, alike=True)
-    monkeypatch.setattr(pipeline, "_milp", lambda *a, **k: None)  # as if the limit came first
+    gaps = []
+
+    def no_answer(*args, rel_gap=None, **kwargs):  # as if the limit came first
+        gaps.append(rel_gap)
+
+    monkeypatch.setattr(pipeline, "_milp", no_answer)
     r = solve_pipeline(p, time_limit=10)
-    assert r.method == "frontier-dp" and not r.optimal
+    assert gaps and all(g == 1e-9 for g in gaps)
+    assert r.method == "frontier-dp"
     assert r.cost == bottleneck(p, r.assignment) and math.isfinite(evaluate(p, r.assignment))
     assert 0 < r.lower_bound <= r.cost and r.gap <= 0.02, r
+
+
+def test_below_the_dp_size_the_milps_exact_answer_wins():
+    from test_stages import layers
+
+    p = layers(400, k=2)  # a chain the MILP proves in a moment
+    r = solve_pipeline(p, time_limit=30)
+    assert r.method == "milp-pipeline" and r.optimal, r
