@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hetcc.passes import frontier
+from hetcc.passes import block_dp, frontier
 from hetcc.passes.pipeline import brute_force_pipeline, solve_pipeline
 from hetcc.passes.problem import HOST, Value, bottleneck, evaluate, stage_seconds
 from hetcc.passes.solve import DP_MIN_NODES, allowed_targets, brute_force, solve
@@ -53,7 +53,7 @@ def test_most_random_cases_are_solved_without_relaxing():
     exact = 0
     for seed in range(120):
         p = _uncapped(random_case(seed)[0])
-        prep = frontier._Prepared(p, allowed_targets(p))
+        prep = block_dp.Prepared(p, allowed_targets(p))
         exact += not prep.relaxed and not any(v.share for v in prep.tracked)
     assert exact >= 90, exact  # 97 of 120 today: random DAGs are denser than models
 
@@ -66,8 +66,8 @@ def test_bound_is_valid_with_capacities_and_relaxed_values(case, seed, monkeypat
     p, (_, best) = (random_case if case == "random" else narrowed_case)(seed)
     if any(not ts for ts in allowed_targets(p)) or math.isinf(best):
         return
-    for bits in (frontier.STATE_BITS, 0.0):
-        monkeypatch.setattr(frontier, "STATE_BITS", bits)
+    for bits in (block_dp.STATE_BITS, 0.0):
+        monkeypatch.setattr(block_dp, "STATE_BITS", bits)
         r = _large(p)
         assert r is None or (r.cost == evaluate(p, r.assignment) and r.cost >= best * (1 - 1e-12))
         if r is not None:
@@ -76,12 +76,12 @@ def test_bound_is_valid_with_capacities_and_relaxed_values(case, seed, monkeypat
 
 def test_relaxing_keeps_the_state_small_and_says_so(monkeypatch):
     p = transformer_problem(400, seed=3)
-    prep = frontier._Prepared(p, allowed_targets(p))
-    assert prep._bits(prep._live).max() <= frontier.STATE_BITS
+    prep = block_dp.Prepared(p, allowed_targets(p))
+    assert prep._bits(prep._live).max() <= block_dp.STATE_BITS
     # The mask every attention node reads lives across the whole graph: it is the one relaxed.
     assert [v.index for v in prep.relaxed] == [1]
-    monkeypatch.setattr(frontier, "STATE_BITS", 6.0)
-    tight = frontier._Prepared(p, allowed_targets(p))
+    monkeypatch.setattr(block_dp, "STATE_BITS", 6.0)
+    tight = block_dp.Prepared(p, allowed_targets(p))
     assert tight._bits(tight._live).max() <= 6.0
     assert len(tight.relaxed) + sum(v.share for v in tight.tracked) > 1
 
@@ -91,7 +91,7 @@ def test_alike_layers_are_solved_once():
     shapes = []
     for n in (600, 3000):
         p = transformer_problem(n, seed=1, alike=True)
-        prep = frontier._Prepared(p, allowed_targets(p))
+        prep = block_dp.Prepared(p, allowed_targets(p))
         shapes.append(sorted(len(g.unique) for g in prep.groups))
         assert len(prep.blocks) > n / 10  # cut between and inside the layers
     assert shapes[0] == shapes[1]
@@ -220,8 +220,8 @@ def test_bottleneck_answer_and_bound_against_brute_force(case, seed, monkeypatch
     if any(not ts for ts in allowed_targets(p)):
         return
     _, best = brute_force_pipeline(p)
-    for bits in (frontier.STATE_BITS, 0.0):
-        monkeypatch.setattr(frontier, "STATE_BITS", bits)
+    for bits in (block_dp.STATE_BITS, 0.0):
+        monkeypatch.setattr(block_dp, "STATE_BITS", bits)
         r = _bottleneck(p)
         if r is None:
             assert bits == 0.0 or math.isinf(best), "a placement exists and the exact DP found none"
@@ -259,12 +259,12 @@ def test_dp_weighted_by_target_is_the_least_weighted_busy_time(seed):
     allowed = allowed_targets(p)
     if any(not ts for ts in allowed):
         return
-    prep = frontier._Prepared(p, allowed)
+    prep = block_dp.Prepared(p, allowed)
     if prep.relaxed or any(v.share for v in prep.tracked):
         return
     mu = np.random.default_rng(seed).dirichlet(np.ones(p.k))
     node_cost = np.where(np.isfinite(prep.base), prep.base * mu, math.inf)
-    dp, a, solved, ends = frontier._run(prep, node_cost, mu)
+    dp, a, solved, ends = block_dp.run_dp(prep, node_cost, mu)
     weighted = [float(mu @ np.array(stage_seconds(p, b))) for b in itertools.product(*allowed)
                 if math.isfinite(evaluate(p, b))]
     assert close(dp, min(weighted))
@@ -296,10 +296,10 @@ def test_bottleneck_with_a_forbidden_link_and_a_target_weighted_zero():
     p = make([(1.0, 2.0, 3.0), (2.0, 1.0, 3.0), (1.0, 2.0, 3.0)],
              [Value(HOST, (0,), 10), Value(0, (1,), 10), Value(1, (2,), 10), Value(2, (), 10, to_host=True)],
              latency=lat)
-    prep = frontier._Prepared(p, allowed_targets(p))
+    prep = block_dp.Prepared(p, allowed_targets(p))
     for mu in ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]):
         mu = np.array(mu)
-        dp, a, _, _ = frontier._run(prep, np.where(np.isfinite(prep.base), prep.base * mu, math.inf), mu)
+        dp, a, _, _ = block_dp.run_dp(prep, np.where(np.isfinite(prep.base), prep.base * mu, math.inf), mu)
         assert a is not None and math.isfinite(dp) and math.isfinite(evaluate(p, a))
     r = _bottleneck(p)
     assert r is not None and r.lower_bound <= brute_force_pipeline(p)[1] <= r.cost
