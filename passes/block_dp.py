@@ -151,6 +151,12 @@ class Prepared:
         self.cuts = self._cuts()
         self.blocks, self.groups = self._group()
 
+    @property
+    def charged_in_part(self) -> int:
+        """Values whose hand-overs the DP charges only in part (relaxed, or tracked at the source
+        only): 0 where it is exact (``Answer.relaxed``)."""
+        return len(self.relaxed) + sum(v.share for v in self.tracked)
+
     def _bits(self, live: np.ndarray) -> np.ndarray:
         """log2 of the live states at each cut position 0..n (a cut before node p), counting the
         values where ``live`` (a mask over the values of _relax) is set."""
@@ -415,40 +421,61 @@ class Group:
         return arr, backs
 
     def _handovers(self, rows, j: int, pays, links) -> np.ndarray:
-        """(rows, transitions): what each transition of step j pays for the values it reads.
-        Multipliers change node costs only (the bottleneck's mu scales these afterwards), so this
-        is the same in every DP run: kept while the problem's HANDOVER_CACHE_BYTES last."""
+        """``_paid`` for the DP's chunk ``rows``. Multipliers change node costs only (the
+        bottleneck's mu scales these afterwards), so this is the same in every DP run: kept
+        while the problem's HANDOVER_CACHE_BYTES last."""
         key = (int(rows[0]), j)
         if key in self._paid:
             return self._paid[key]
-        k, b = self.codes.k, len(rows)
-        total = np.zeros((b, len(pays[0][1])))
-        for slot, idx in pays:
-            # the value's hand-over costs (k+1 sources x k targets), then 0 for none
-            flat = np.zeros((b, (k + 1) * k + 1))
-            flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(b, -1)
-            total += flat[:, idx]
+        total = self._paid_by(rows, j, pays, links)
         if self.room[0] >= total.nbytes:
             self.room[0] -= total.nbytes
             self._paid[key] = total
         return total
 
+    def _paid_by(self, rows, j: int, pays, links) -> np.ndarray:
+        """(rows, transitions): what each transition of step j pays for the values it reads."""
+        total = np.zeros((len(rows), len(pays[0][1])))
+        for slot, idx in pays:
+            total += self._links_of(rows, j, slot, links)[:, idx]
+        return total
+
+    def _links_of(self, rows, j: int, slot: int, links) -> np.ndarray:
+        """(rows, (k+1) k + 1): the hand-over costs of the value step j reads in ``slot`` (from
+        each of k+1 sources to each of k targets), then 0 for no hand-over; a pay's index
+        points into it."""
+        k = self.codes.k
+        flat = np.zeros((len(rows), (k + 1) * k + 1))
+        flat[:, :-1] = links[self.reads[j][slot][rows]].reshape(len(rows), -1)
+        return flat
+
+    def _walk_back(self, backs, q, rows, clamp: bool):
+        """From the end-state pairs ``q`` (s_in * s_out + s_out) of the distinct blocks ``rows``
+        back through the steps, last first: yields (step, transition taken). ``clamp``: pairs no
+        path reaches point at the padding; they are moved onto a real transition (their costs
+        are inf, what they add does not matter)."""
+        plan = self.plan()[0]
+        for j in range(len(plan) - 1, -1, -1):
+            p_idx, t_idx, table, _ = plan[j]
+            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
+            if clamp:
+                m = np.minimum(m, len(t_idx) - 1)
+            yield j, m
+            q = p_idx[m]
+
+    def _every_pair(self):
+        """(q, rows) for ``_walk_back`` over every distinct block and pair of end states."""
+        _, _, si, so = self.plan()
+        return np.broadcast_to(np.arange(si * so), (len(self.unique), si * so)), np.arange(len(self.unique))[:, None]
+
     def usage(self, backs, weights: np.ndarray) -> np.ndarray:
         """(U, s_in, s_out, C): per distinct block and pair of end states, what its best inner
         placement puts against each capacity; ``weights[i, t, c]`` is node i's share on t."""
         plan, _, si, so = self.plan()
-        u = len(self.unique)
-        starts = np.array([m[0] for m in self.unique])
-        q = np.broadcast_to(np.arange(si * so), (u, si * so)).copy()
-        rows = np.arange(u)[:, None]
-        total = np.zeros((u, si * so, weights.shape[2]))
-        for j in range(len(plan) - 1, -1, -1):
-            p_idx, t_idx, table, _ = plan[j]
-            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
-            m = np.minimum(m, len(t_idx) - 1)  # entries no path reaches point at the padding
-            total += weights[(starts + j)[:, None], t_idx[m]]
-            q = p_idx[m]
-        return total.reshape(u, si, so, -1)
+        total = np.zeros((len(self.unique), si * so, weights.shape[2]))
+        for j, m in self._walk_back(backs, *self._every_pair(), clamp=True):
+            total += weights[(self.starts + j)[:, None], plan[j][1][m]]
+        return total.reshape(len(self.unique), si, so, -1)
 
     def busy(self, backs, base: np.ndarray, links: np.ndarray) -> np.ndarray:
         """(U, s_in, s_out, k): per distinct block and pair of end states, the seconds its best
@@ -456,21 +483,15 @@ class Group:
         and the hand-overs it receives go to its own target (``stage_seconds``'s rule)."""
         plan, _, si, so = self.plan()
         u, k = len(self.unique), self.codes.k
-        q = np.broadcast_to(np.arange(si * so), (u, si * so)).copy()
-        rows = np.arange(u)[:, None]
+        q, rows = self._every_pair()
         total = np.zeros((u, si * so, k))
-        for j in range(len(plan) - 1, -1, -1):
-            p_idx, t_idx, table, pays = plan[j]
-            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
-            m = np.minimum(m, len(t_idx) - 1)  # entries no path reaches point at the padding
+        for j, m in self._walk_back(backs, q, rows, clamp=True):
+            _, t_idx, _, pays = plan[j]
             t = t_idx[m]
             here = base[(self.starts + j)[:, None], t]
             for slot, idx in pays:
-                flat = np.zeros((u, (k + 1) * k + 1))
-                flat[:, :-1] = links[self.reads[j][slot]].reshape(u, -1)
-                here = here + flat[rows, idx[m]]
+                here = here + self._links_of(np.arange(u), j, slot, links)[rows, idx[m]]
             total += np.where(t[:, :, None] == np.arange(k), here[:, :, None], 0.0)
-            q = p_idx[m]
         return total.reshape(u, si, so, k)
 
     def recover(self, backs, s_in: np.ndarray, s_out: np.ndarray, out: np.ndarray, members) -> None:
@@ -478,13 +499,8 @@ class Group:
         ``out`` given their chosen end states."""
         plan, _, _, so = self.plan()
         starts = self.member_starts[members]
-        q = s_in * so + s_out
-        rows = self.row_of[members]
-        for j in range(len(plan) - 1, -1, -1):
-            p_idx, t_idx, table, _ = plan[j]
-            m = table[q, 0] if backs[j] is None else table[q, backs[j][rows, q]]
-            out[starts + j] = t_idx[m]
-            q = p_idx[m]
+        for j, m in self._walk_back(backs, s_in * so + s_out, self.row_of[members], clamp=False):
+            out[starts + j] = plan[j][1][m]
 
 
 # ---- the whole graph -----------------------------------------------------------------------------

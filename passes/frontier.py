@@ -184,11 +184,12 @@ def _mix(prep: Prepared, pool, lam, limits, weights, bottleneck: bool = False):
             if bottleneck:
                 table[id(g)] += (_busy(solved, g, prep),)
             at, rows = g.positions, g.row_of
-            cost[at, v] = table[id(g)][0][rows, ends[at, 0], ends[at, 1]]
             use[at, v] = table[id(g)][1][rows, ends[at, 0], ends[at, 1]]
             if bottleneck:
                 busy[at, v] = table[id(g)][2][rows, ends[at, 0], ends[at, 1]]
                 cost[at, v] = busy[at, v].sum(axis=1)  # the latency, without the runs' own weights
+            else:
+                cost[at, v] = table[id(g)][0][rows, ends[at, 0], ends[at, 1]]
         tables.append(table)
     if not np.isfinite(cost).all():
         return
@@ -318,11 +319,12 @@ def _periods(kind: np.ndarray) -> np.ndarray:
 
 
 def _mix_counts(cost, use, limits, heavy, margin: float, busy, kinds):
-    """Which run each block is taken from, as whole blocks: how many blocks of each kind each run
-    gives (a small MILP over the counts, alike blocks being interchangeable), laid out in chain
-    order in the order ``heavy``. The slicing LPs round their shares to whole blocks, which
-    costs a block's worth on a capacity or a busy time (4.5 ms of 80 on a 70B decoder's L4);
-    the counts do not. None when HiGHS finds nothing in COUNTS_SECONDS."""
+    """Which run each unit (``_mix`` passes periods: a layer's blocks) is taken from: how many
+    units of each kind each run gives (a small MILP over the counts, alike units being
+    interchangeable), laid out in chain order in the order ``heavy``. The slicing LPs round
+    their shares to single blocks, so a layer's blocks may come from different runs and its
+    inner placement moves where they meet (4 ms of 80 on each busy time of a 70B decoder); whole
+    periods do not. None when HiGHS finds nothing in COUNTS_SECONDS."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     kind, first = kinds
@@ -516,8 +518,7 @@ def solve_large(problem: PlacementProblem, allowed, deadline: float, target_gap:
             fill()
     if best is None:
         return None
-    relaxed = len(prep.relaxed) + sum(v.share for v in prep.tracked)
-    return Answer(best[0], best[1], min(lower, best[1]), relaxed, runs)
+    return Answer(best[0], best[1], min(lower, best[1]), prep.charged_in_part, runs)
 
 
 def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
@@ -623,8 +624,7 @@ def solve_large_bottleneck(problem: PlacementProblem, allowed, deadline: float,
     best = state["best"]
     if best is None:
         return None
-    relaxed = len(prep.relaxed) + sum(v.share for v in prep.tracked)
-    return Answer(best[0], best[1], min(state["lower"], best[1]), relaxed, state["runs"])
+    return Answer(best[0], best[1], min(state["lower"], best[1]), prep.charged_in_part, state["runs"])
 
 
 def _warm_start(base: np.ndarray, weights: np.ndarray, limits, top: float, rounds: int = 60):
