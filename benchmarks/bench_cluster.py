@@ -1,6 +1,7 @@
 """A two-stage plan pipelined across two Ray actors against one process, side by side in one run.
 
-    python benchmarks/bench_cluster.py [--requests 60] [--rounds 5] [--json out.json]
+    python benchmarks/bench_cluster.py [--requests 60] [--rounds 5] [--width 1024 --depth 8 --batch 64]
+                                       [--json out.json]
 
 The model is two equal halves (a stack of Linear+ReLU each), the first pinned to ONNX Runtime and
 the second to OpenVINO, so the plan has two balanced stages. A local Ray cluster of two nodes with
@@ -33,10 +34,10 @@ WIDTH, DEPTH, BATCH = 1024, 8, 64
 
 
 class Halves(nn.Module):
-    def __init__(self):
+    def __init__(self, width=WIDTH, depth=DEPTH):
         super().__init__()
-        self.a = nn.Sequential(*[m for _ in range(DEPTH) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())])
-        self.b = nn.Sequential(*[m for _ in range(DEPTH) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())])
+        self.a = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.ReLU())])
+        self.b = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.ReLU())])
 
     def forward(self, x):
         return self.b(self.a(x))
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--width", type=int, default=WIDTH, help="features of each Linear")
+    parser.add_argument("--depth", type=int, default=DEPTH, help="Linear+ReLU layers per half")
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows per request")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     import ray
@@ -65,11 +69,11 @@ def main(argv=None) -> int:
     from hetcc.cluster import distribute
 
     torch.manual_seed(0)
-    model = Halves().eval()
-    x = torch.randn(BATCH, WIDTH)
+    model = Halves(args.width, args.depth).eval()
+    x = torch.randn(args.batch, args.width)
     one_thread, default = _compile(model, x, 1), _compile(model, x, None)
     path = one_thread.save(Path(tempfile.mkdtemp()) / "halves.bundle")
-    requests = [(torch.randn(BATCH, WIDTH),) for _ in range(args.requests)]
+    requests = [(torch.randn(args.batch, args.width),) for _ in range(args.requests)]
     # two units of each device: the plain and the compiled-graph actors are alive side by side
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"dev_a": 2}})
     nodes.add_node(num_cpus=1, resources={"dev_b": 2})
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
         ray.shutdown()
         nodes.shutdown()
     base = statistics.median(figures["one process, default threads"])
-    print(f"two halves of {DEPTH} Linear({WIDTH})+ReLU, batch {BATCH}; {args.requests} requests x "
+    print(f"two halves of {args.depth} Linear({args.width})+ReLU, batch {args.batch}; {args.requests} requests x "
           f"{args.rounds} interleaved rounds; local Ray cluster of 2 one-CPU nodes on this machine; "
           "median [min-max]")
     table = {}
