@@ -22,7 +22,7 @@ from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
 from hetcc.backends.options import Option, check_options, precision_option, threads_option
-from hetcc.errors import BundleError, TargetError
+from hetcc.errors import BundleError, HetccError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
 from hetcc.target import Target
 
@@ -89,10 +89,12 @@ class OnnxRuntimeBackend(Backend):
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
-        replace(precision_option(("fp32", "int8"), "fp32, or int8: weights of MatMul and Gemm stored "
+        replace(precision_option(("fp32", "int8", "int8s"), "fp32; int8: weights of MatMul and Gemm stored "
                                  "in int8 (per output channel) and activations quantized on each call "
-                                 "(onnxruntime.quantization.quantize_dynamic); compile(accuracy=...) chooses "
-                                 "it per segment"), devices=("cpu",),
+                                 "(onnxruntime.quantization.quantize_dynamic); int8s: convolutions and "
+                                 "matrix products in int8 with activation scales fixed from calibration "
+                                 "batches (quantize_static, QDQ); compile(accuracy=...) chooses per "
+                                 "segment"), devices=("cpu",),
                 elsewhere="on CUDA ONNX Runtime's int8 needs calibrated QDQ models, which hetcc does not make"),
         Option("provider", "execution providers of onnxruntime:cuda: cuda (CUDAExecutionProvider), or "
                "tensorrt (TensorrtExecutionProvider first, CUDA for what it does not take)",
@@ -110,7 +112,7 @@ class OnnxRuntimeBackend(Backend):
         self.provider, self.precision = given["provider"], given["precision"]
 
     def precisions(self, target: Target) -> tuple[str, ...]:
-        return ("int8",) if target.device == "cpu" else ()
+        return ("int8", "int8s") if target.device == "cpu" else ()
 
     def target_problem(self, target: Target) -> str | None:
         return gpu_problem(target, self.provider) if target.device == "cuda" else None
@@ -122,6 +124,8 @@ class OnnxRuntimeBackend(Backend):
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
         if self.precision == "int8" and target.device == "cpu":
             exported = quantized(exported, segment, workdir)
+        elif self.precision == "int8s" and target.device == "cpu":
+            exported = quantized_static(exported, segment, workdir)
         return Artifact(
             target=str(target),
             files=dict(exported.files),
@@ -136,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
                 "threads": self.threads,
                 "optimization": self.optimization,
                 "spinning": self.spinning,
-                **({"precision": "int8"} if self.precision == "int8" and target.device == "cpu" else {}),
+                **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
                 **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },
@@ -207,16 +211,55 @@ def quantized(exported, segment, workdir: Path):
     output channel, signed weights, activations quantized per call), in place of the fp32 file."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    def run(source, target):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=exported.external_data)
+    return _replaced(exported, segment, workdir, run, "quantize_dynamic", "weight_type=QInt8, per_channel=True")
+
+
+STATIC_OPS = ["Conv", "MatMul", "Gemm"]
+"""What static int8 quantizes: ONNX Runtime fuses the QDQ pairs around these into int8 kernels
+(QLinearConv, QLinearMatMul / MatMulInteger); the elementwise ops between them stay fp32, which keeps
+the error at what the products add."""
+
+
+def quantized_static(exported, segment, workdir: Path):
+    """The exported model with its convolutions and matrix products in int8 and the activation
+    scales fixed from ``segment.calibration`` (ONNX Runtime's own ``quantize_static``, QDQ format,
+    weights per output channel, min-max ranges), in place of the fp32 file."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not segment.calibration:
+        raise HetccError(f"segment {segment.name}: static int8 (int8s) needs calibration batches; give "
+                         "compile(..., calibration=[...]) (CLI --calibration FILE.py:FUNCTION)")
+    names = exported.input_names
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(segment.calibration)
+
+        def get_next(self):
+            batch = next(self.left, None)
+            return None if batch is None else {n: x.numpy() for n, x in zip(names, batch)}
+
+    def run(source, target):
+        quantize_static(str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data)
+    return _replaced(exported, segment, workdir, run, "quantize_static",
+                     "QuantFormat.QDQ, per_channel=True, weight_type=QInt8, activation_type=QUInt8")
+
+
+def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
+    """``exported`` with its model file replaced by ``run(source, target)``'s quantized one."""
     source = Path(exported.files["model"])
     target = source.with_name("model_int8.onnx")
     try:
         with quiet(), quiet_logger():  # it logs advice on the root logger for every tensor
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=exported.external_data)
+            run(source, target)
     except Exception as exc:
         raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
-            f"onnxruntime.quantization.quantize_dynamic({py_str(str(source))}, ..., weight_type=QInt8, "
-            "per_channel=True)")) from exc
+            f"onnxruntime.quantization.{what}({py_str(str(source))}, ..., {settings})")) from exc
     for old in [source, *(p for p in Path(workdir).iterdir() if p.name.startswith(source.name + "."))]:
         old.unlink(missing_ok=True)  # the fp32 weights are not part of the artifact
     files = {"model": str(target)}

@@ -13,6 +13,9 @@ new random order each round):
   openvino-f32    openvino.convert_model + compile_model with INFERENCE_PRECISION_HINT=f32
   ort-int8        ONNX Runtime's own quantization: quantize_dynamic(weight_type=QInt8,
                   per_channel=True) on the same export, the whole model
+  ort-int8s       ONNX Runtime's own static quantization: quantize_static(QDQ, per_channel=True,
+                  its other defaults) on the same export, calibrated on the example inputs and the
+                  --calibration batches (without --calibration, on the example inputs alone)
   openvino        OpenVINO's default config (on a CPU with AVX512-BF16, as here, it computes in bf16)
   openvino-nncf   OpenVINO's own weight compression: nncf.compress_weights (INT8_ASYM, its default)
                   on the converted model, default config (pip install nncf; the path fails without)
@@ -25,7 +28,11 @@ output); top-1 agreement of the arg-max over the last dimension where the model 
 the bytes of its weights on disk over the fp32 export's (hetcc: its segments' files).
 
     python benchmarks/bench_precision.py [--models bert,gpt2] [--budgets 0.01,0.03] [--rounds 25]
-                                         [--json out.json]
+                                         [--calibration N] [--json out.json]
+
+--calibration N gives hetcc N calibration batches besides the example inputs (compile's
+calibration=, which offers static int8, onnxruntime:cpu@int8s): each like the example inputs, float
+inputs drawn anew from a normal distribution (seeded), integer inputs (token ids) kept as they are.
 
 Not a test: run it by hand, on a quiet machine.
 """
@@ -69,8 +76,15 @@ def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def build_hetcc(model, inputs, workdir: Path, budget):
-    cm = hetcc.compile(model, inputs, targets=TARGETS, accuracy=budget)
+def calibration_batches(inputs, n: int) -> list:
+    """``n`` batches like ``inputs``: float inputs drawn anew (seeded), integer ones kept."""
+    g = torch.Generator().manual_seed(1234)
+    return [tuple(torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x.clone()
+                  for x in inputs) for _ in range(n)]
+
+
+def build_hetcc(model, inputs, workdir: Path, budget, calibration=None):
+    cm = hetcc.compile(model, inputs, targets=TARGETS, accuracy=budget, calibration=calibration or None)
     files = sum(s.artifact_bytes or 0 for s in cm.plan.segments)
     return cm, {"plan": " + ".join(f"{s.target}({len(s.nodes)})" for s in cm.plan.segments),
                 "file_bytes": files, "accuracy": cm.plan.accuracy, "notes": list(cm.plan.notes)}
@@ -93,6 +107,34 @@ def build_ort_int8(model, inputs, workdir: Path):
         return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
 
     return run, {"file_bytes": target.stat().st_size}
+
+
+def build_ort_int8s(model, inputs, workdir: Path, calibration=()):
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    source, target = workdir / "model.onnx", workdir / "model_int8s.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(inputs), str(source), dynamo=True)
+    names = [i.name for i in ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter([tuple(inputs), *calibration])
+
+        def get_next(self):
+            batch = next(self.left, None)
+            return None if batch is None else {n: x.numpy() for n, x in zip(names, batch)}
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+
+    def run(*args):
+        return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+
+    return run, {"file_bytes": target.stat().st_size, "calibration_batches": 1 + len(calibration)}
 
 
 def build_openvino_nncf(model, inputs, workdir: Path):
@@ -123,18 +165,20 @@ def errors(got, want, logits: bool) -> dict:
     return out
 
 
-def run_model(name: str, budgets, paths, rounds: int, progress) -> dict:
+def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int = 0) -> dict:
     model, inputs = hf_models.build(name, "bench")
+    batches = calibration_batches(inputs, calibration)
     with torch.no_grad():
         want = model(*inputs)
     fp32_bytes = weight_bytes(model)
     builders = {"onnxruntime": native.build_onnxruntime, "openvino-f32": native.build_openvino_f32,
                 "ort-int8": build_ort_int8, "openvino": native.build_openvino,
+                "ort-int8s": lambda m, i, w: build_ort_int8s(m, i, w, batches),
                 "openvino-nncf": build_openvino_nncf, "eager": native.build_eager}
     for b in budgets:
         if str(b).startswith("top1") and name not in LOGITS:
             continue  # top-1 agreement needs logits
-        builders[f"hetcc@{b}"] = lambda m, i, w, b=b: build_hetcc(m, i, w, b)
+        builders[f"hetcc@{b}"] = lambda m, i, w, b=b: build_hetcc(m, i, w, b, batches)
     results, fns = {}, {}
     with tempfile.TemporaryDirectory(prefix=f"bench-precision-{name}-") as tmp:
         for path in [p for p in builders if p in paths or p.startswith("hetcc@")]:
@@ -202,6 +246,8 @@ def main(argv=None) -> int:
                         help="hetcc's accuracy budgets: relative errors, and top1=... (logits models only)")
     parser.add_argument("--paths", default="onnxruntime,openvino-f32,ort-int8,openvino,openvino-nncf,eager")
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--calibration", type=int, default=0, metavar="N",
+                        help="calibration batches for hetcc (static int8) and ort-int8s, besides the example inputs")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -214,9 +260,10 @@ def main(argv=None) -> int:
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         progress(f"{name}:")
-        rows.append(run_model(name, budgets, paths, args.rounds, progress))
+        rows.append(run_model(name, budgets, paths, args.rounds, progress, args.calibration))
     m = machine_info()
-    print(f"Machine: {m['cpu']}, {m['cores']} cores; {args.rounds} rounds; median ms [p10–p90], speed-up over "
+    print(f"Machine: {m['cpu']}, {m['cores']} cores; {args.rounds} rounds; "
+          f"{args.calibration} calibration batches besides the example; median ms [p10–p90], speed-up over "
           "the best fp32 native in bold, relative error against eager, weight bytes on disk over fp32.\n")
     print(render(rows, [f"hetcc@{b}" for b in budgets] + [p for p in paths if p not in FP32_NATIVE + ("eager",)]))
     for row in rows:

@@ -40,6 +40,9 @@ SCHEMES = {
     # its weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP)
     "int8w": Scheme(1.125, "int8", "fp32", ("matmul",), ("data",)),
     "int8w-bf16": Scheme(1.125, "int8", "bf16", ("matmul",), ("data",)),
+    # ONNX Runtime's static int8: convolutions and matrix products with their activation scales
+    # fixed ahead of time (backends/onnxruntime_backend.py quantized_static)
+    "int8s": Scheme(1.0, "int8", "fp32", ("matmul", "conv")),
 }
 
 SMALLEST_NARROWED = 1024

@@ -47,7 +47,9 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
+from hetcc.calibration_batches import CalibrationBatches
 from hetcc.precision import (
+    CALIBRATED,
     check_precision_options,
     drop_for_budget,
     give_up,
@@ -195,7 +197,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
             progress=None, example_kwargs: dict | None = None, tune="auto",
             learn: bool = False, output_device: str = "cpu", resident_inputs=(), accuracy=None,
-            precisions=None) -> CompiledModel:
+            precisions=None, calibration=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -241,6 +243,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     precisions: with accuracy, the lower precisions hetcc may choose among (e.g. ["int8w",
         "bf16"]); None: every one the targets offer. A target written with one
         ("onnxruntime:cpu@int8") is offered as it is.
+    calibration: with accuracy, a list of input batches given as the example inputs are (e.g.
+        [(x1,), (x2,)]), from which static int8 (onnxruntime:cpu@int8s: int8 convolutions and
+        matrix products, activation scales fixed ahead of time) takes its ranges, together with
+        the example inputs. Without it static int8 is not offered. docs/precision.md.
     strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
         torch:cpu because the targets asked for refused it or failed on it (its message names the
         nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes
@@ -276,7 +282,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     tolerances = Tolerances.make(rtol, atol)
     accuracy_budget = AccuracyBudget.make(accuracy)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
-    for target in lower_precisions(wanted, backends, accuracy_budget, precisions):
+    for target in lower_precisions(wanted, backends, accuracy_budget, precisions, calibration is not None):
         wanted.append(target)
         backends[target] = resolve(target, options.get(target.backend))
     fallback_only = FALLBACK not in wanted
@@ -287,6 +293,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     captured = capture(model, example_inputs, dynamic_shapes=dynamic_shapes, example_kwargs=example_kwargs)
     if accuracy_budget is not None:
         accuracy_budget.check_outputs([captured.values.get(o) for o in captured.outputs if o is not None])
+    batches = None if calibration is None else CalibrationBatches(captured, calibration)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
@@ -301,7 +308,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         session = _Session(captured, facts, units, unit_of, order, backends, infos, tolerances,
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan,
                            limit, resident_inputs=tuple([resident_inputs] if isinstance(resident_inputs, str)
-                                                        else resident_inputs), budget=accuracy_budget)
+                                                        else resident_inputs), budget=accuracy_budget,
+                           calibration=batches)
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -360,6 +368,8 @@ class _Session:
     """Inputs that stay on the device reading them (compile's resident_inputs)."""
     budget: AccuracyBudget | None = None
     """compile(accuracy=...): what lower-precision segments and the whole model are checked against."""
+    calibration: CalibrationBatches | None = None
+    """compile(calibration=...): the batches static int8 segments take their scales from."""
     failures: int = 0
     why: str = ""
     """Said after each progress message (which plan is being built)."""
@@ -515,6 +525,8 @@ class _Session:
         program = build_program(name, self.captured.graph, nodes, self.captured.weights,
                                 self.captured.values, self.captured.dynamic_dims,
                                 self.captured.dim_ranges, keep_outputs={o for o in self.captured.outputs if o})
+        if target.precision in CALIBRATED and self.calibration is not None:
+            program.calibration = self.calibration.for_segment(program.input_names)
         key = (target, nodes, tuple(program.output_names))
         if key not in self.lowered:
             self.report("lower", f"{doing}{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")

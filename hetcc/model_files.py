@@ -73,6 +73,30 @@ def _load_python(path: Path, func: str):
     return _check_build_result(result, f"{path}:{func}()")
 
 
+def load_batches(spec: str) -> list:
+    """--calibration FILE.py:FUNCTION -> the list of input batches the function returns (each
+    given as the example inputs are: a tuple of tensors, or a dict of keyword inputs)."""
+    path, _, func = spec.rpartition(":")
+    if not path or not func or not path.endswith(".py"):
+        raise ModelFileError(f"--calibration takes path/to/file.py:function (a function returning a "
+                             f"list of input batches), got {spec!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"calibration file {path} not found")
+    module = _import_file(path)
+    make = getattr(module, func, None)
+    if not callable(make):
+        raise ModelFileError(f"{path} has no function {func!r} for --calibration")
+    with _user_code(path):
+        try:
+            batches = make()
+        except (Exception, SystemExit) as exc:
+            raise ModelFileError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(batches, (list, tuple)):
+        raise ModelFileError(f"{path}:{func}() must return a list of input batches; it returned {_kind(batches)}")
+    return list(batches)
+
+
 def _import_file(path: Path):
     # A unique name per load: two model files called model.py must not share a module.
     name = f"_hetcc_model_{next(_counter)}_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"

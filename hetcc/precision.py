@@ -18,12 +18,27 @@ from hetcc.target import PRECISIONS, Target
 
 log = logging.getLogger("hetcc")
 
+CALIBRATED = frozenset({"int8s"})
+"""Precisions whose activation scales come from calibration batches (compile(calibration=...)):
+offered only where the user gave some."""
 
-def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) -> list[Target]:
+
+def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
+                     calibrated: bool = False) -> list[Target]:
     """The lower-precision targets to add to ``wanted``: each listed target in each precision its
-    backend runs there (only those in ``chosen``, if given). None without a budget, where a listed
-    lower-precision target or ``chosen`` is an error."""
+    backend runs there (only those in ``chosen``, if given; those of CALIBRATED only when
+    ``calibrated``). None without a budget, where a listed lower-precision target, ``chosen`` or
+    calibration batches are an error."""
     listed = [t for t in wanted if t.precision]
+    needs = [t for t in listed if t.precision in CALIBRATED]
+    if needs and not calibrated:
+        raise HetccError(f"target {needs[0]} runs in static int8, whose activation scales come from "
+                         "calibration batches: give calibration=[batch, ...] (each batch given as the "
+                         "example inputs are; CLI --calibration FILE.py:FUNCTION), or write the target "
+                         f"as {needs[0].base}@int8 (activations quantized on each call)")
+    if budget is None and calibrated:
+        raise HetccError("calibration= serves static int8, which changes the model's results: give an "
+                         "accuracy budget too, e.g. accuracy=0.05 (CLI --accuracy 0.05)")
     if budget is None:
         if listed:
             raise HetccError(f"target {listed[0]} runs in {listed[0].precision}, which changes the model's "
@@ -45,15 +60,28 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None) 
         if unknown:
             raise HetccError(f"precisions names {unknown}, which are not precisions hetcc knows; "
                              f"choose among {', '.join(PRECISIONS)}")
+        uncalibrated = [p for p in chosen if p in CALIBRATED and not calibrated]
+        if uncalibrated:
+            raise HetccError(f"precisions names {uncalibrated[0]} (static int8), whose activation scales "
+                             "come from calibration batches: give calibration=[batch, ...] too (CLI "
+                             "--calibration FILE.py:FUNCTION)")
     added, offered = [], {}
     for target in wanted:
         if target.precision:
             continue
         for precision in precisions_of(backends[target], target):
+            if precision in CALIBRATED and not calibrated:
+                continue
             offered.setdefault(precision, []).append(str(target))
             variant = target.at(precision)
             if (chosen is None or precision in chosen) and variant not in wanted and variant not in added:
                 added.append(variant)
+    if calibrated and not any(t.precision in CALIBRATED for t in [*listed, *added]):
+        runs = [t for t in wanted if not t.precision and CALIBRATED & set(precisions_of(backends[t], t))]
+        raise HetccError("calibration= is for static int8 (int8s), which "
+                         + ("precisions= leaves out: add int8s to it" if runs else
+                            "none of the targets runs here (onnxruntime:cpu does): add it to the targets")
+                         + ", or leave calibration out")
     if chosen is not None and not added and not listed:
         said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"
         raise HetccError(f"none of the targets offers {', '.join(chosen) or 'the precisions asked for (none)'} "

@@ -30,6 +30,9 @@ class SegmentProgram:
     """Symbol name -> (min, max) allowed at run time."""
     expected: dict = field(default_factory=dict, repr=False)
     """Output name -> value from the reference run, for verification."""
+    calibration: tuple = field(default=(), repr=False)
+    """Per calibration batch, the inputs' values (hetcc/calibration_batches.py): set where the segment
+    runs in static int8, whose activation scales a backend fixes from them; else empty."""
     _exported: Any = field(default=None, repr=False)
 
     def reference_value(self, name: str):

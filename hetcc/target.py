@@ -15,6 +15,9 @@ PRECISIONS = {
     "int8w": "int8 weights, dequantized in the kernel (whose activations the runtime may quantize "
              "per call); other arithmetic in float32",
     "int8w-bf16": "int8 weights, as int8w; other arithmetic in bfloat16",
+    "int8s": "int8 weights and activations, the activations' scales fixed ahead of time from "
+             "calibration batches (static int8: int8 convolutions and matrix products); needs "
+             "compile(calibration=...)",
 }
 """The lower precisions a target may run in (``onnxruntime:cpu@int8``), and what each means. A
 target without one runs the model's own precision (fp32 for a float32 model); which backend offers

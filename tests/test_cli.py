@@ -332,7 +332,7 @@ def test_targets(fake_backends, capsys):
     assert targets["fake:npu"] == {"target": "fake:npu", "usable": False, "why": "no NPU on this machine",
                                    "untested": "", "precisions": []}
     # what --accuracy may choose among, asked of each backend (a plugin without the method: none)
-    assert targets["onnxruntime:cpu"]["precisions"] == ["int8"]
+    assert targets["onnxruntime:cpu"]["precisions"] == ["int8", "int8s"]
     assert "int8w" in targets["openvino:cpu"]["precisions"] and targets["fake:cpu"]["precisions"] == []
     assert info["devices"][0]["device"] == "cpu"
     # every backend's options, from its own declaration; targets never run on hardware say so

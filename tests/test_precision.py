@@ -52,7 +52,7 @@ def test_a_precision_hetcc_does_not_know_is_named(text, message):
 
 def test_a_precision_the_backend_does_not_run_here_is_refused_with_what_it_offers():
     assert resolve(Target.parse("onnxruntime:cpu@int8")).precision == "int8"
-    with pytest.raises(TargetError, match=r"onnxruntime does not run bf16 on cpu here \(it offers int8\)"):
+    with pytest.raises(TargetError, match=r"onnxruntime does not run bf16 on cpu here \(it offers int8, int8s\)"):
         resolve(Target.parse("onnxruntime:cpu@bf16"))
     with pytest.raises(TargetError, match="it offers no lower precision there"):
         resolve(Target.parse("torch:cpu@int8"))

@@ -46,7 +46,7 @@ from hetcc.cli.inputs import (
     tune_value,
 )
 from hetcc.errors import FallbackError, HetccError, plain
-from hetcc.model_files import load_model, read_npz, to_array
+from hetcc.model_files import load_batches, load_model, read_npz, to_array
 
 EXIT_FALLBACK = 5
 """Exit status when --strict or --max-fallback refuses the compile (1 stays any other user error)."""
@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=precision_list, metavar="P[,P]",
                    help="with --accuracy, the lower precisions to choose among (default: every one the "
                         "targets offer; `hetcc targets` lists them), e.g. int8w,bf16")
+    p.add_argument("--calibration", metavar="FILE.py:FUNCTION",
+                   help="with --accuracy, input batches (a function returning a list of them, each like "
+                        "the example inputs) from which static int8 (onnxruntime:cpu@int8s) fixes its "
+                        "activation scales; without it int8s is not offered")
     add_fallback_flags(p)
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
                    help="force a submodule or node onto a target (repeatable)")
@@ -269,7 +273,8 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
     given = {"objective": args.objective, "rtol": args.rtol, "atol": args.atol, "nan": args.nan,
              "tune": tune, "learn": True if args.learn else None,
              "cross_compile": True if args.cross_compile else None, "accuracy": args.accuracy,
-             "precisions": args.precisions}
+             "precisions": args.precisions,
+             "calibration": load_batches(args.calibration) if args.calibration else None}
     options.update({k: v for k, v in given.items() if v is not None})
     options.update(fallback_options(args))
     excluded: dict[str, list] = {}
