@@ -29,6 +29,13 @@ def build(batch=4):
     return model, (torch.randn(batch, 3, 32, 32),)
 
 
+def calibration(batch=4, count=8):
+    """Input batches like build()'s, for static int8 (hetcc compile ... --calibration
+    examples/cnn.py:calibration); real traffic would be better than noise."""
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 3, 32, 32, generator=generator),) for _ in range(count)]
+
+
 if __name__ == "__main__":
     from _run import run_example
 
