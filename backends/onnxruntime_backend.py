@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from hetcc.backends._common import (
-    lowering_error, py_str, python_command, quiet, quiet_logger,
+    lowering_error, py_str, python_command, quiet, quiet_logger, to_numpy,
 )
 from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
 from hetcc.backends.options import Option, check_options, precision_option, threads_option
-from hetcc.errors import BundleError, HetccError, TargetError
+from hetcc.errors import BundleError, InternalError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
 from hetcc.target import Target
 
@@ -95,7 +95,8 @@ class OnnxRuntimeBackend(Backend):
                                  "matrix products in int8 with activation scales fixed from calibration "
                                  "batches (quantize_static, QDQ); compile(accuracy=...) chooses per "
                                  "segment"), devices=("cpu",),
-                elsewhere="on CUDA ONNX Runtime's int8 needs calibrated QDQ models, which hetcc does not make"),
+                elsewhere="on CUDA ONNX Runtime's int8 needs calibrated QDQ models run by its TensorRT or "
+                          "CUDA provider, which hetcc does not offer yet"),
         Option("provider", "execution providers of onnxruntime:cuda: cuda (CUDAExecutionProvider), or "
                "tensorrt (TensorrtExecutionProvider first, CUDA for what it does not take)",
                choices=tuple(PROVIDERS), default="cuda", devices=("cuda",),
@@ -121,6 +122,10 @@ class OnnxRuntimeBackend(Backend):
         return exporter_support(node)
 
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
+        if self.precision == "int8s" and not segment.calibration:
+            # compile offers int8s only with batches (hetcc/precision.py), and hands them to the segment
+            raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
+                                "calibration batches")
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
         if self.precision == "int8" and target.device == "cpu":
             exported = quantized(exported, segment, workdir)
@@ -198,12 +203,13 @@ class OnnxRuntimeBackend(Backend):
                               "providers=[\"CPUExecutionProvider\"])")
 
 
-QUANTIZED_OPS = ["MatMul"]
+QUANTIZED_OPS = ["MatMul", "Gather"]
 """What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
-so the exporter's Gemm for a Linear is one too). Not Conv: its dynamic ConvInteger ran a ResNet-18
-3.7x slower than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which
-quantizes everything; docs/benchmarks.md); not Gather: an embedding table
-in int8 saves memory but no time."""
+so the exporter's Gemm for a Linear is one too), and embedding tables of SMALLEST_TABLE rows or
+more (a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of
+the fp32 bytes, at the same speed). Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower
+than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which quantizes
+everything; docs/benchmarks.md); static int8 (int8s) is what runs convolutions in int8."""
 
 
 def quantized(exported, segment, workdir: Path):
@@ -213,8 +219,24 @@ def quantized(exported, segment, workdir: Path):
 
     def run(source, target):
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=QUANTIZED_OPS, use_external_data_format=exported.external_data)
-    return _replaced(exported, segment, workdir, run, "quantize_dynamic", "weight_type=QInt8, per_channel=True")
+                         op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=_small_tables(source),
+                         use_external_data_format=exported.external_data)
+    return _replaced(exported, segment, workdir, run, "quantize_dynamic",
+                     "weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=" + repr(QUANTIZED_OPS))
+
+
+def _small_tables(path: Path) -> list[str]:
+    """Gather nodes whose table (an initializer) has fewer than SMALLEST_TABLE rows: positions,
+    token types, relative-position biases stay fp32, as they do in OpenVINO's int8w (a small table's
+    rows are read by every token, and its bytes do not matter)."""
+    import onnx
+
+    from hetcc.cost_model.precision import SMALLEST_TABLE
+
+    model = onnx.load(str(path), load_external_data=False)  # shapes only
+    rows = {t.name: (t.dims[0] if t.dims else 0) for t in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Gather" and n.input and n.input[0] in rows and rows[n.input[0]] < SMALLEST_TABLE]
 
 
 STATIC_OPS = ["Conv", "MatMul", "Gemm"]
@@ -229,10 +251,7 @@ def quantized_static(exported, segment, workdir: Path):
     weights per output channel, min-max ranges), in place of the fp32 file."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    if not segment.calibration:
-        raise HetccError(f"segment {segment.name}: static int8 (int8s) needs calibration batches; give "
-                         "compile(..., calibration=[...]) (CLI --calibration FILE.py:FUNCTION)")
-    names = exported.input_names
+    names = exported.input_names  # None where the exporter dropped an input nothing reads
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -240,14 +259,16 @@ def quantized_static(exported, segment, workdir: Path):
 
         def get_next(self):
             batch = next(self.left, None)
-            return None if batch is None else {n: x.numpy() for n, x in zip(names, batch)}
+            return None if batch is None else {n: to_numpy(x) for n, x in zip(names, batch) if n is not None}
 
     def run(source, target):
         quantize_static(str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data)
     return _replaced(exported, segment, workdir, run, "quantize_static",
-                     "QuantFormat.QDQ, per_channel=True, weight_type=QInt8, activation_type=QUInt8")
+                     f"<the segment's {len(segment.calibration)} calibration batches, not saved>, "
+                     "quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, "
+                     "activation_type=QuantType.QUInt8, op_types_to_quantize=" + repr(STATIC_OPS))
 
 
 def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
@@ -259,7 +280,7 @@ def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
             run(source, target)
     except Exception as exc:
         raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
-            f"onnxruntime.quantization.{what}({py_str(str(source))}, ..., {settings})")) from exc
+            f"onnxruntime.quantization.{what}({py_str(str(source))}, {py_str(str(target))}, {settings})")) from exc
     for old in [source, *(p for p in Path(workdir).iterdir() if p.name.startswith(source.name + "."))]:
         old.unlink(missing_ok=True)  # the fp32 weights are not part of the artifact
     files = {"model": str(target)}

@@ -25,17 +25,17 @@ class Scheme:
     of them in bf16; int8 matrix products sit beside fp32 elementwise ops)."""
     narrows: tuple[str, ...] = ("matmul", "conv")
     """The op classes whose weights it stores narrower and computes in ``weighted``: the int8
-    paths quantize matrix products only (backends/onnxruntime_backend.py quantized,
-    backends/openvino_weights.py)."""
+    paths quantize matrix products (backends/onnxruntime_backend.py quantized,
+    backends/openvino_weights.py), static int8 convolutions too (quantized_static)."""
     stores: tuple[str, ...] = ()
     """Further op classes whose resident weights it stores narrower without computing in
-    ``weighted``: OpenVINO's int8 weights compress embedding tables too (a gather, class data)."""
+    ``weighted``: both dynamic int8 paths compress embedding tables too (a gather, class data)."""
 
 
 SCHEMES = {
     "fp16": Scheme(2.0, "fp16", "fp16"),
     "bf16": Scheme(2.0, "bf16", "bf16"),
-    "int8": Scheme(1.0, "int8", "fp32", ("matmul",)),
+    "int8": Scheme(1.0, "int8", "fp32", ("matmul",), ("data",)),
     # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call;
     # its weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP)
     "int8w": Scheme(1.125, "int8", "fp32", ("matmul",), ("data",)),
@@ -56,7 +56,9 @@ vocabulary is what takes the bytes, and a small table's rows are read by every t
 ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
-the runtimes' int8 GEMMs realise about half once activations are quantized per call."""
+the runtimes' int8 GEMMs realise about half once activations are quantized per call. Static int8
+(int8s) is priced at the same rate, though it quantizes no activations per call: tuning measures
+it (ResNet's int8 convolutions ran 2.4x fp32, docs/precision.md)."""
 
 def arithmetic_rate(device, dtype: str) -> float:
     """FLOP/s of ``device`` in ``dtype``: its spec's figure, else fp32's times the assumed speed-up."""

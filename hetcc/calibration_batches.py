@@ -3,77 +3,150 @@ from which a runtime fixes each activation's int8 scale ahead of time (docs/prec
 int8").
 
 The user gives batches of the model's inputs; a segment needs its own inputs, which are values in
-the middle of the model. ``CalibrationBatches`` runs the captured graph on each batch once, when the first
-segment asks (torch, as the reference run on the example inputs does), and hands each segment the
-values it reads. It keeps every batch's values while compile runs, so a few batches are enough:
-the scales come from the range of values seen, and the example inputs are always among them."""
+the middle of the model. ``CalibrationBatches`` runs the captured graph on each batch once, before
+placement (torch, as the reference run on the example inputs does), keeps the values a segment
+could read (those read across placement units), and hands each segment its own. The example inputs
+always count as the first batch: every segment is checked on them, so their ranges must hold."""
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
 
-from hetcc.errors import InputError
+from hetcc.errors import InputError, InternalError
 
 MAX_BATCHES = 64
-"""More batches add little to min/max ranges and hold every intermediate value of each in memory."""
+"""More batches add little to min/max ranges and hold the values segments read of each."""
+
+SHAPES = ("each batch given as the example inputs are: a tuple of tensors for positional inputs, a "
+          "dict for keyword inputs, or a pair (tuple, dict) for both")
+
+
+def check_batches(calibration) -> list:
+    """``calibration`` as a list of batches, or InputError; what can be checked before capture."""
+    if isinstance(calibration, (torch.Tensor, Mapping, str, bytes)) or not hasattr(calibration, "__iter__"):
+        raise InputError(f"calibration must be a list of input batches, {SHAPES}; e.g. "
+                         "calibration=[(x1,), (x2,)]")
+    batches = list(calibration)
+    if not batches:
+        raise InputError("calibration is an empty list: give one or more input batches like the "
+                         "example inputs, or leave it out (static int8 is then not offered)")
+    if len(batches) > MAX_BATCHES:
+        raise InputError(f"calibration has {len(batches)} batches; give at most {MAX_BATCHES}: the values "
+                         "segments read are kept for each batch while compiling, and a few representative "
+                         "batches fix min-max ranges as well as many")
+    return batches
 
 
 class CalibrationBatches:
-    def __init__(self, captured, batches):
+    def __init__(self, captured, batches: list):
+        """``batches`` (from ``check_batches``) flattened as the example inputs were, each checked
+        against them: dtype, device, the static dimensions, and the dynamic ones within their
+        ranges and equal wherever they share a name."""
         from hetcc.capture import _flatten_inputs
 
-        if isinstance(batches, (torch.Tensor, Mapping)) or not hasattr(batches, "__iter__"):
-            raise InputError("calibration must be a list of input batches, each given as the example "
-                             "inputs are (a tuple of tensors, or a dict of keyword inputs), e.g. "
-                             "calibration=[(x1,), (x2,)]")
-        batches = list(batches)
-        if not batches:
-            raise InputError("calibration is an empty list: give one or more input batches like the "
-                             "example inputs, or leave it out (static int8 is then not offered)")
-        if len(batches) > MAX_BATCHES:
-            raise InputError(f"calibration has {len(batches)} batches; give at most {MAX_BATCHES}: each "
-                             "batch's intermediate values are held while compiling, and a few "
-                             "representative batches fix the int8 ranges as well as many")
         want = [captured.values[n] for n in captured.user_inputs]
-        # the example inputs come first: the segments are checked on them, so their ranges count
-        self.flats = [list(want)]
+        self.flats = []
         for i, batch in enumerate(batches):
-            args, kwargs = (((), dict(batch)) if isinstance(batch, Mapping) else
-                            (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,), {}))
+            args, kwargs = _split(batch)
             try:
                 flat = _flatten_inputs(captured, args, kwargs)
-            except InputError as exc:
-                raise InputError(f"calibration batch {i}: {exc}; give each batch as the example inputs "
-                                 "are given") from None
+            except (InputError, KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"calibration batch {i}: does not match the example inputs ({exc}); "
+                                 f"give {SHAPES}") from None
+            sizes: dict[str, tuple[str, int]] = {}
             for name, got, example in zip(captured.user_inputs, flat, want):
-                _check(i, name, got, example, captured.dynamic_dims.get(name, {}))
+                _check(i, name, got, example, captured.dynamic_dims.get(name, {}), captured.dim_ranges, sizes)
             self.flats.append([x.detach() for x in flat])
         self._captured = captured
-        self._envs = None
+        self._values: list[dict] = []
 
     def __len__(self) -> int:
-        """Batches the scales come from: the user's and the example inputs."""
-        return len(self.flats)
+        """Batches the scales come from: the example inputs and the user's."""
+        return 1 + len(self.flats)
+
+    def run(self, graph, unit_of: dict) -> None:
+        """Run the captured graph on each batch and keep the values a segment may read."""
+        from hetcc.capture import reference_run
+
+        keep = read_across_units(graph, unit_of)
+        captured = self._captured
+        self._values = [{k: captured.values[k] for k in keep if k in captured.values}]
+        for i, flat in enumerate(self.flats):
+            env = reference_run(captured, flat, inputs=f"calibration batch {i}")
+            self._values.append({k: env[k] for k in keep if k in env})
 
     def for_segment(self, input_names) -> tuple:
         """Each batch's values of ``input_names`` (a segment's inputs), as a tuple per batch."""
-        if self._envs is None:
-            from hetcc.capture import reference_run
+        if not self._values:
+            raise InternalError("calibration batches were not run before a segment asked for them")
+        try:
+            return tuple(tuple(values[n].contiguous() for n in input_names) for values in self._values)
+        except KeyError as exc:
+            raise InternalError(f"segment input {exc} is not among the values kept for calibration") from None
 
-            self._envs = [self._captured.values] + [reference_run(self._captured, flat)
-                                                    for flat in self.flats[1:]]
-        return tuple(tuple(env[n].contiguous() for n in input_names) for env in self._envs)
+
+def read_across_units(graph, unit_of: dict) -> set:
+    """Names of the tensors some node reads from another placement unit (or from outside every
+    unit: inputs, state): every segment input is one, since a segment holds whole units. A size
+    computed outside the units is looked through to the tensors it is computed from, as a segment
+    recomputes it from those (hetcc/program.py)."""
+    def sources(node):
+        if node.name in unit_of or node.op != "call_function":
+            return [node]
+        return [s for a in node.all_input_nodes for s in sources(a)]
+
+    keep = set()
+    for n in graph.nodes:
+        if n.name not in unit_of:
+            continue
+        for a in n.all_input_nodes:
+            for s in sources(a):
+                if unit_of.get(s.name) != unit_of[n.name]:
+                    keep.add(s.name)
+    return keep
 
 
-def _check(i: int, name: str, got, example, dynamic: dict) -> None:
-    if not isinstance(got, torch.Tensor):
-        raise InputError(f"calibration batch {i}: input {name} is a {type(got).__name__}, not a tensor")
+def _split(batch) -> tuple[tuple, dict]:
+    if isinstance(batch, Mapping):
+        args, kwargs = (), batch
+    elif (isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], (tuple, list))
+            and isinstance(batch[1], Mapping)):
+        args, kwargs = batch
+    elif isinstance(batch, (tuple, list)):
+        args, kwargs = batch, {}
+    else:
+        args, kwargs = (batch,), {}
+    return tuple(_tensor(x) for x in args), {k: _tensor(v) for k, v in kwargs.items()}
+
+
+def _tensor(x):
+    """A numpy array given for a tensor input becomes one (as hetcc run's .npz inputs do)."""
+    if type(x).__module__ == "numpy" and hasattr(x, "dtype"):
+        return torch.from_numpy(x)
+    return x
+
+
+def _check(i: int, name: str, got, example, dynamic: dict, ranges: dict, sizes: dict) -> None:
+    where = f"calibration batch {i}: input {name!r}"
     if got.dtype != example.dtype:
-        raise InputError(f"calibration batch {i}: input {name} is {got.dtype}, the example input "
-                         f"{example.dtype}; give each batch in the example's dtypes")
+        raise InputError(f"{where} is {got.dtype}, the example input {example.dtype}; give each batch in "
+                         "the example's dtypes")
+    if got.device != example.device:
+        raise InputError(f"{where} is on {got.device}, the example input on {example.device}; give each "
+                         "batch where the example inputs are")
     fixed = [a for a in range(example.dim()) if a not in dynamic]
     if got.dim() != example.dim() or any(got.shape[a] != example.shape[a] for a in fixed):
-        raise InputError(f"calibration batch {i}: input {name} has shape {tuple(got.shape)}, the example "
-                         f"input {tuple(example.shape)}; a batch may differ only in the dimensions "
-                         "compiled as dynamic (dynamic_shapes)")
+        raise InputError(f"{where} has shape {tuple(got.shape)}, the example input {tuple(example.shape)}; "
+                         "a batch may differ only in the dimensions compiled as dynamic (dynamic_shapes)")
+    for axis, symbol in dynamic.items():
+        size = int(got.shape[axis])
+        low, high = ranges.get(symbol, (0, None))
+        if size < low or (high is not None and size > high):
+            raise InputError(f"{where} has {size} along dimension {axis} ({symbol}), outside the range "
+                             f"{low}..{high} it was compiled for")
+        if symbol in sizes and sizes[symbol][1] != size:
+            raise InputError(f"{where} has {size} along dimension {axis} ({symbol}), but "
+                             f"{sizes[symbol][0]} has {sizes[symbol][1]}; inputs that share {symbol} "
+                             "must agree on it, as in a call")
+        sizes.setdefault(symbol, (name, size))

@@ -282,7 +282,8 @@ def _flatten_inputs(cap: Captured, args, kwargs) -> list:
     return tensors
 
 
-def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
+def reference_run(cap: Captured, flat_inputs, inputs: str = "the example inputs") -> dict[str, object]:
+    """Every node's value on ``flat_inputs`` (``inputs`` says what they are, for the error)."""
     env: dict[str, object] = dict(cap.weights)
     env.update(cap.state)
     env.update(zip(cap.user_inputs, flat_inputs))
@@ -296,9 +297,9 @@ def reference_run(cap: Captured, flat_inputs) -> dict[str, object]:
                 env[n.name] = n.target(*args, **kwargs)
             except Exception as exc:  # the model itself fails on these inputs: say where
                 raise InputError(
-                    f"the model fails on the example inputs at node {n.name} ({n.target}, from "
+                    f"the model fails on {inputs} at node {n.name} ({n.target}, from "
                     f"{_source(n)}): {type(exc).__name__}: {first_line(exc)}. "
-                    "Check the example inputs (e.g. token ids beyond the embedding table, a sequence "
+                    f"Check {inputs} (e.g. token ids beyond the embedding table, a sequence "
                     "longer than the position table) by running the model eagerly on them") from exc
     return env
 

@@ -47,7 +47,7 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
-from hetcc.calibration_batches import CalibrationBatches
+from hetcc.calibration_batches import CalibrationBatches, check_batches
 from hetcc.precision import (
     CALIBRATED,
     check_precision_options,
@@ -259,7 +259,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         when the saved bundle is loaded where the device is (docs/bundle.md). The compiled model
         can then only be saved; calling it here raises a TargetError.
     progress: optional callable(stage: str, detail: str), told as each stage starts ("capture",
-        "solve", "lower", "measure"); the CLI draws its progress display from it.
+        "calibrate", "solve", "lower", "measure"); the CLI draws its progress display from it.
     output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (where the
         segment that made each one left it). Inputs may be CPU or CUDA tensors either way; the
         runtime copies a value only where a segment on another device reads it
@@ -281,6 +281,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         raise HetccError("learn=True learns from what tuning measures; give tune='auto' or a budget too")
     tolerances = Tolerances.make(rtol, atol)
     accuracy_budget = AccuracyBudget.make(accuracy)
+    calibration = None if calibration is None else check_batches(calibration)
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     for target in lower_precisions(wanted, backends, accuracy_budget, precisions, calibration is not None):
         wanted.append(target)
@@ -296,6 +297,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     batches = None if calibration is None else CalibrationBatches(captured, calibration)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
+    if batches is not None:
+        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for static int8")
+        batches.run(captured.graph, unit_of)
     order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)

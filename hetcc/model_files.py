@@ -27,6 +27,9 @@ class ModelFileError(HetccError):
 # ---- MODEL ----
 
 _counter = itertools.count()
+_loaded: dict = {}
+"""Resolved path -> the module a model file was imported as in this process, so that
+--calibration FILE.py:FUNCTION in the model's own file runs in the module build() ran in."""
 
 
 def load_model(spec: str, inputs_npz: str | None = None):
@@ -60,6 +63,7 @@ def _load_python(path: Path, func: str):
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found")
     module = _import_file(path)
+    _loaded[path.resolve()] = module
     build = getattr(module, func, None)
     if not callable(build):
         found = sorted(n for n, v in vars(module).items()
@@ -83,7 +87,7 @@ def load_batches(spec: str) -> list:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"calibration file {path} not found")
-    module = _import_file(path)
+    module = _loaded.get(path.resolve()) or _import_file(path)
     make = getattr(module, func, None)
     if not callable(make):
         raise ModelFileError(f"{path} has no function {func!r} for --calibration")

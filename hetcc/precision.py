@@ -50,6 +50,10 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                              "cosine=0.999)")
         return []
     if budget.segment_limit <= 0:  # cosine=1.0: no lower precision can pass a segment's check
+        if calibrated:
+            raise HetccError(f"accuracy {budget} leaves no room for a lower precision, so calibration "
+                             "batches for static int8 would go unused; loosen the budget (e.g. "
+                             "cosine=0.9999) or leave calibration out")
         if listed:
             raise HetccError(f"accuracy {budget} leaves no room for a lower precision, so target "
                              f"{listed[0]} cannot run; loosen the budget (e.g. cosine=0.9999)")
@@ -78,8 +82,8 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                 added.append(variant)
     if calibrated and not any(t.precision in CALIBRATED for t in [*listed, *added]):
         runs = [t for t in wanted if not t.precision and CALIBRATED & set(precisions_of(backends[t], t))]
-        raise HetccError("calibration= is for static int8 (int8s), which "
-                         + ("precisions= leaves out: add int8s to it" if runs else
+        raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s), which "
+                         + ("precisions= (CLI --precisions) leaves out: add int8s to it" if runs else
                             "none of the targets runs here (onnxruntime:cpu does): add it to the targets")
                          + ", or leave calibration out")
     if chosen is not None and not added and not listed:

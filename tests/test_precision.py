@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -353,6 +354,24 @@ def test_openvino_int8_weights_compress_embedding_tables_too():
     assert seg.resident_bytes == pytest.approx(seg.artifact_bytes, rel=0.05)  # the table priced narrow too
 
 
+def test_onnxruntime_int8_stores_large_tables_in_int8_and_small_ones_in_fp32():
+    import onnx
+    from onnx import TensorProto
+
+    torch.manual_seed(0)
+    model = Tables().eval()
+    inputs = (torch.randint(0, 2048, (1, 16)), torch.arange(16).unsqueeze(0))
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"], accuracy=0.05, tune="off")
+    (seg,) = cm.plan.segments
+    graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
+    by_size = {int(np.prod(t.dims)): t.data_type for t in graph.initializer}
+    assert by_size[2048 * 64] in (TensorProto.INT8, TensorProto.UINT8)  # dequantized after the lookup
+    assert by_size[16 * 64] == TensorProto.FLOAT  # positions: read by every token, a few bytes
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert seg.artifact_bytes < 0.35 * fp32 and seg.relative_error < 0.05
+    assert seg.resident_bytes == pytest.approx(seg.artifact_bytes, rel=0.1)  # priced as stored
+
+
 def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
     model, inputs = mlp.build(batch=64)
     cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=1e-3, tune="off")
@@ -571,8 +590,9 @@ def test_resident_bytes_per_target_follow_each_targets_precision():
     bias = NodeFacts("addmm", "aten.addmm.default", "matmul", 10, 64, 64, 256, holds_for="matmul")
     assert resident_held(weight, None) == 4096 and resident_held(weight, "int8") == 1024
     assert resident_held(weight, "int8w") == 4096 * 1.125 / 4 and resident_held(weight, "bf16") == 2048
-    # OpenVINO's int8 weights compress tables too, ONNX Runtime's int8 only matrix products
-    assert resident_held(table, "int8w") == 4000 * 1.125 / 4 and resident_held(table, "int8") == 4000
+    # both int8 paths store large tables narrow too; static int8 (int8s) quantizes products only
+    assert resident_held(table, "int8w") == 4000 * 1.125 / 4 and resident_held(table, "int8") == 1000
+    assert resident_held(table, "int8s") == 4000
     assert resident_held(bias, "int8") == 256 and resident_held(bias, "bf16") == 256  # biases stay fp32
 
 

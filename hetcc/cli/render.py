@@ -9,6 +9,8 @@ import re
 from rich.table import Table
 from rich.text import Text
 
+from hetcc.precision import CALIBRATED
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 """Characters a terminal acts on (escape sequences, bell, carriage return, bidirectional
 overrides) rather than shows."""
@@ -176,7 +178,8 @@ def targets_tables(info: dict) -> list[tuple[str, Table]]:
         # a target whose vendor calls have never run on real hardware says so wherever it is offered
         status = Text("untested on hardware", style="yellow") if t.get("untested") else Text("")
         targets.add_row(t["target"], Text("yes", style="green") if t["usable"] else Text("no", style="red"),
-                        Text(", ".join(t.get("precisions") or ()) or "-"), status, Text(t["why"]))
+                        Text(", ".join(p + (" (with --calibration)" if p in CALIBRATED else "")
+                                       for p in t.get("precisions") or ()) or "-"), status, Text(t["why"]))
     return [("backends installed", backends), ("devices on this machine", devices),
             ("backend options (--option BACKEND.NAME=VALUE; backend_options={...} in Python)", options),
             ("targets", targets)]
