@@ -235,8 +235,9 @@ def _small_tables(path: Path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)  # shapes only
     rows = {t.name: (t.dims[0] if t.dims else 0) for t in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "Gather" and n.input and n.input[0] in rows and rows[n.input[0]] < SMALLEST_TABLE]
+    # quantize_dynamic excludes by node name: an unnamed node ("") would exclude every unnamed one
+    return [n.name for n in model.graph.node if n.name and n.op_type == "Gather" and n.input
+            and n.input[0] in rows and rows[n.input[0]] < SMALLEST_TABLE]
 
 
 STATIC_OPS = ["Conv", "MatMul", "Gemm"]
