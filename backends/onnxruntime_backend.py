@@ -90,7 +90,8 @@ class OnnxRuntimeBackend(Backend):
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
         replace(precision_option(("fp32", "int8", "int8s"), "fp32; int8: weights of MatMul and Gemm stored "
-                                 "in int8 (per output channel) and activations quantized on each call "
+                                 "in int8 (per output channel), large embedding tables in uint8, and "
+                                 "activations quantized on each call "
                                  "(onnxruntime.quantization.quantize_dynamic); int8s: convolutions and "
                                  "matrix products in int8 with activation scales fixed from calibration "
                                  "batches (quantize_static, QDQ); compile(accuracy=...) chooses per "
@@ -205,9 +206,11 @@ class OnnxRuntimeBackend(Backend):
 
 QUANTIZED_OPS = ["MatMul", "Gather"]
 """What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
-so the exporter's Gemm for a Linear is one too), and embedding tables of SMALLEST_TABLE rows or
-more (a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of
-the fp32 bytes, at the same speed). Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower
+so the exporter's Gemm for a Linear is one too), and embedding tables (2-D, read along rows) of
+SMALLEST_TABLE rows or more that nothing but lookups reads, stored uint8 with one scale per table
+(a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of the
+fp32 bytes, at the same speed). A table tied to an output head stays fp32: quantizing it for the
+lookups would add an int8 copy beside the fp32 one the head reads. Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower
 than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which quantizes
 everything; docs/benchmarks.md); static int8 (int8s) is what runs convolutions in int8."""
 
@@ -217,27 +220,46 @@ def quantized(exported, segment, workdir: Path):
     output channel, signed weights, activations quantized per call), in place of the fp32 file."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    source = Path(exported.files["model"])
+    kept, unnamed = _tables_kept(source)
+    ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
+    kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
+
     def run(source, target):
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=_small_tables(source),
+                         op_types_to_quantize=ops, nodes_to_exclude=kept,
                          use_external_data_format=exported.external_data)
     return _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                     "weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=" + repr(QUANTIZED_OPS))
+                     f"weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize={ops!r}, "
+                     f"nodes_to_exclude={kept!r}")
 
 
-def _small_tables(path: Path) -> list[str]:
-    """Gather nodes whose table (an initializer) has fewer than SMALLEST_TABLE rows: positions,
-    token types, relative-position biases stay fp32, as they do in OpenVINO's int8w (a small table's
-    rows are read by every token, and its bytes do not matter)."""
+def _tables_kept(path: Path) -> tuple[list[str], bool]:
+    """The Gather nodes whose table stays fp32, and whether one of them has no name (then no
+    table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer than
+    SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every token,
+    their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read along its
+    rows, and one that something besides lookups reads (an output head tied to the embedding)."""
     import onnx
 
     from hetcc.cost_model.precision import SMALLEST_TABLE
 
     model = onnx.load(str(path), load_external_data=False)  # shapes only
-    rows = {t.name: (t.dims[0] if t.dims else 0) for t in model.graph.initializer}
-    # quantize_dynamic excludes by node name: an unnamed node ("") would exclude every unnamed one
-    return [n.name for n in model.graph.node if n.name and n.op_type == "Gather" and n.input
-            and n.input[0] in rows and rows[n.input[0]] < SMALLEST_TABLE]
+    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    readers: dict[str, set] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    kept, unnamed = [], False
+    for n in model.graph.node:
+        if n.op_type != "Gather" or not n.input or n.input[0] not in tables:
+            continue
+        dims = tables[n.input[0]]
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if len(dims) != 2 or axis != 0 or dims[0] < SMALLEST_TABLE or readers[n.input[0]] != {"Gather"}:
+            kept.append(n.name)
+            unnamed = unnamed or not n.name
+    return kept, unnamed
 
 
 STATIC_OPS = ["Conv", "MatMul", "Gemm"]

@@ -63,6 +63,7 @@ def _load_python(path: Path, func: str):
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found")
     module = _import_file(path)
+    _loaded.clear()  # only the model file this command loaded
     _loaded[path.resolve()] = module
     build = getattr(module, func, None)
     if not callable(build):
@@ -87,7 +88,7 @@ def load_batches(spec: str) -> list:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"calibration file {path} not found")
-    module = _loaded.get(path.resolve()) or _import_file(path)
+    module = _loaded.pop(path.resolve(), None) or _import_file(path)
     make = getattr(module, func, None)
     if not callable(make):
         raise ModelFileError(f"{path} has no function {func!r} for --calibration")

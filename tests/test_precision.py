@@ -372,6 +372,33 @@ def test_onnxruntime_int8_stores_large_tables_in_int8_and_small_ones_in_fp32():
     assert seg.resident_bytes == pytest.approx(seg.artifact_bytes, rel=0.1)  # priced as stored
 
 
+class TiedHead(nn.Module):
+    """An embedding whose table is also the output head's weight, as in GPT-2."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(2048, 64)
+        self.mix = nn.Linear(64, 64)
+
+    def forward(self, ids):
+        return self.mix(self.table(ids)) @ self.table.weight.t()
+
+
+def test_onnxruntime_int8_keeps_a_table_tied_to_the_head_in_fp32_once():
+    import onnx
+    from onnx import TensorProto
+
+    torch.manual_seed(0)
+    model = TiedHead().eval()
+    cm = hetcc.compile(model, (torch.randint(0, 2048, (1, 16)),), targets=["onnxruntime:cpu@int8"],
+                       accuracy=0.05, tune="off")
+    (seg,) = cm.plan.segments
+    graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
+    tables = [t for t in graph.initializer if int(np.prod(t.dims)) == 2048 * 64]
+    # one copy, fp32: an int8 copy for the lookups beside the head's fp32 would add bytes
+    assert [t.data_type for t in tables] == [TensorProto.FLOAT]
+
+
 def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
     model, inputs = mlp.build(batch=64)
     cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=1e-3, tune="off")
