@@ -20,6 +20,7 @@ from pathlib import Path
 from hetcc.backends.base import Artifact
 from hetcc.backends.options import check_backend_options
 from hetcc.backends.registry import resolve
+from hetcc.calibration_batches import CalibrationBatches, check_batches
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.planning import ACCELERATOR
@@ -47,7 +48,6 @@ from hetcc.passes.segments import form_segments
 from hetcc.passes.solve import solve
 from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
-from hetcc.calibration_batches import CalibrationBatches, check_batches
 from hetcc.precision import (
     CALIBRATED,
     check_precision_options,
