@@ -147,6 +147,6 @@ def _check(i: int, name: str, got, example, dynamic: dict, ranges: dict, sizes: 
                              f"{low}..{high} it was compiled for")
         if symbol in sizes and sizes[symbol][1] != size:
             raise InputError(f"{where} has {size} along dimension {axis} ({symbol}), but "
-                             f"{sizes[symbol][0]} has {sizes[symbol][1]}; inputs that share {symbol} "
+                             f"{sizes[symbol][0]!r} has {sizes[symbol][1]}; inputs that share {symbol} "
                              "must agree on it, as in a call")
         sizes.setdefault(symbol, (name, size))

@@ -281,3 +281,45 @@ def test_cli_says_what_is_wrong_with_a_calibration_function(tmp_path, capsys, sp
     err = capsys.readouterr().err
     assert code != 0
     assert re.search(message, err), err
+
+
+def test_numpy_batches_and_positional_with_keyword_batches_are_taken():
+    torch.manual_seed(0)
+    model = Keywords().eval()
+    image, scale = torch.randn(1, 3, 8, 8), torch.ones(1)
+    g = torch.Generator().manual_seed(1)
+    wide = 3 * torch.randn(1, 3, 8, 8, generator=g)
+    cm = hetcc.compile(model, (image,), ["onnxruntime:cpu@int8s", "torch:cpu"], accuracy=0.05, tune="off",
+                       example_kwargs={"scale": scale}, pins={"conv": "onnxruntime:cpu@int8s"},
+                       calibration=[((wide.numpy(),), {"scale": scale.numpy()})])
+    (artifact,) = [a for a in cm.artifacts.values() if a.target == "onnxruntime:cpu@int8s"]
+    low = min(float(image.min()), float(wide.min()), 0.0)
+    high = max(float(image.max()), float(wide.max()))
+    assert input_scale(onnx.load(artifact.files["model"])) == pytest.approx((high - low) / 255, rel=0.02)
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, a, b):
+        return self.conv(a) + self.conv(b)
+
+
+def test_inputs_sharing_a_dynamic_dimension_must_agree_on_it():
+    model = Two().eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    example = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))
+    with pytest.raises(InputError, match=r"calibration batch 0: input 'b' has 3 along dimension 0 \(batch\), "
+                                         r"but 'a' has 4; inputs that share batch must agree on it"):
+        hetcc.compile(model, example, ["onnxruntime:cpu@int8s", "torch:cpu"], accuracy=0.05, tune="off",
+                      dynamic_shapes=({0: batch}, {0: batch}),
+                      calibration=[(torch.randn(4, 3, 8, 8), torch.randn(3, 3, 8, 8))])
+
+
+def test_hetcc_targets_says_static_int8_needs_calibration(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no folded cells
+    assert main(["targets"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│ onnxruntime:cpu ")]
+    assert len(rows) == 1 and "int8, int8s (with --calibration)" in rows[0]
