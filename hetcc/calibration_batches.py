@@ -65,11 +65,12 @@ class CalibrationBatches:
         """Batches the scales come from: the example inputs and the user's."""
         return 1 + len(self.flats)
 
-    def run(self, graph, unit_of: dict) -> None:
-        """Run the captured graph on each batch and keep the values a segment may read."""
+    def run(self, graph, unit_of: dict, readers=None) -> None:
+        """Run the captured graph on each batch and keep the values a segment may read (one of
+        whose nodes is in ``readers``, if given)."""
         from hetcc.capture import reference_run
 
-        keep = read_across_units(graph, unit_of)
+        keep = read_across_units(graph, unit_of, readers)
         captured = self._captured
         self._values = [{k: captured.values[k] for k in keep if k in captured.values}]
         for i, flat in enumerate(self.flats):
@@ -86,19 +87,23 @@ class CalibrationBatches:
             raise InternalError(f"segment input {exc} is not among the values kept for calibration") from None
 
 
-def read_across_units(graph, unit_of: dict) -> set:
-    """Names of the tensors some node reads from another placement unit (or from outside every
-    unit: inputs, state): every segment input is one, since a segment holds whole units. A size
-    computed outside the units is looked through to the tensors it is computed from, as a segment
-    recomputes it from those (hetcc/program.py)."""
+def read_across_units(graph, unit_of: dict, readers=None) -> set:
+    """Names of the tensors some node (of ``readers``, if given) reads from another placement
+    unit (or from outside every unit: inputs, state): every segment input is one, since a segment
+    holds whole units. A size computed outside the units is looked through to the tensors it is
+    computed from, as a segment recomputes it from those (hetcc/program.py)."""
+    found: dict = {}
+
     def sources(node):
         if node.name in unit_of or node.op != "call_function":
             return [node]
-        return [s for a in node.all_input_nodes for s in sources(a)]
+        if node.name not in found:  # sizes computed from sizes: each walked once
+            found[node.name] = [s for a in node.all_input_nodes for s in sources(a)]
+        return found[node.name]
 
     keep = set()
     for n in graph.nodes:
-        if n.name not in unit_of:
+        if n.name not in unit_of or (readers is not None and n.name not in readers):
             continue
         for a in n.all_input_nodes:
             for s in sources(a):

@@ -297,12 +297,17 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     batches = None if calibration is None else CalibrationBatches(captured, calibration)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
-    if batches is not None:
-        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for static int8")
-        batches.run(captured.graph, unit_of)
     order = list(backends)
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
+    if batches is not None:
+        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for static int8")
+        # only what a unit that may run in static int8 reads: placement only ever narrows this
+        # table (bans, tuning's restricted copies), so no later segment reads anything else
+        static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
+        batches.run(captured.graph, unit_of, {m for u, unit in enumerate(units)
+                                               if any(candidates.allowed[u][t] for t in static)
+                                               for m in unit.members})
     infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)

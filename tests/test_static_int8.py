@@ -13,10 +13,10 @@ from onnx import numpy_helper
 from torch import nn
 
 import hetcc
-from hetcc.calibration_batches import CalibrationBatches
+from hetcc.calibration_batches import CalibrationBatches, read_across_units
 from hetcc.capture import capture
 from hetcc.cli.app import main
-from hetcc.errors import HetccError, InputError
+from hetcc.errors import HetccError, InputError, InternalError
 
 ORT = ["onnxruntime:cpu", "torch:cpu"]
 
@@ -100,8 +100,16 @@ def test_a_segment_in_the_middle_calibrates_on_the_values_it_reads():
     calibration = CalibrationBatches(captured, given)
     assert len(calibration) == 3  # the example inputs, then the user's batches
     nodes = [n for n in captured.graph.nodes if n.op == "call_function"]
-    calibration.run(captured.graph, {n.name: i for i, n in enumerate(nodes)})  # a unit per node
+    units = {n.name: i for i, n in enumerate(nodes)}  # a unit per node
     relu = [n.name for n in nodes if "relu" in str(n.target)]
+    first_conv = next(n for n in nodes if n.name == relu[0]).all_input_nodes[0].name
+    # what a unit that may run in int8s reads, and only that, is kept
+    assert read_across_units(captured.graph, units, {relu[0]}) == {first_conv}
+    calibration.run(captured.graph, units, {relu[0]})
+    assert len(calibration.for_segment([first_conv])) == 3
+    with pytest.raises(InternalError, match="not among the values kept"):
+        calibration.for_segment([relu[0]])  # read by the second conv, which is not a reader
+    calibration.run(captured.graph, units)
     (first, second, third) = calibration.for_segment([relu[0]])
     with torch.no_grad():
         torch.testing.assert_close(first[0], model.features[:2](inputs[0]))
