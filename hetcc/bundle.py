@@ -32,6 +32,7 @@ import torch.utils._pytree as pytree
 from hetcc import records
 from hetcc.backends.base import Artifact
 from hetcc.backends.registry import get_backend, installed
+from hetcc.calibration_batches import MAX_BATCHES
 from hetcc.error_budget import METRICS
 from hetcc.errors import BundleError, HetccError, TargetError, readable
 from hetcc.explain.text import strings, tables
@@ -794,8 +795,11 @@ def _accuracy(value) -> dict | None:
         return None
     dropped = [d for d in value.get("dropped") or () if isinstance(d, dict)] \
         if isinstance(value.get("dropped"), list) else []
+    batches = value.get("calibration_batches")
+    batches = {"calibration_batches": batches} if isinstance(batches, int) and not isinstance(batches, bool) \
+        and 0 < batches <= 1 + MAX_BATCHES else {}
     return {"metric": value["metric"], "bound": value["bound"], "measured": _number(value.get("measured")),
-            "dropped": dropped}
+            "dropped": dropped, **batches}
 
 
 def _candidates(value) -> tuple[dict, ...]:

@@ -449,7 +449,9 @@ class _Session:
                           self.objective, attempt + resolves, notes, captured=self.captured)
         if self.budget is not None:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy,
-                                           "dropped": [*inherited, *drops]})
+                                           "dropped": [*inherited, *drops],
+                                           **({"calibration_batches": len(self.calibration)}
+                                              if self.calibration is not None else {})})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
         compiled = CompiledModel(runtime or _make_runtime(self.captured, segments), plan, artifacts,

@@ -157,6 +157,9 @@ def accuracy_line(accuracy: dict) -> str:
         else f"{measured:.4g} on the example inputs"
     dropped = accuracy.get("dropped")
     dropped = len(dropped) if isinstance(dropped, list) else 0
+    batches = accuracy.get("calibration_batches")
+    batches = batches if isinstance(batches, int) and not isinstance(batches, bool) and batches > 0 else None
     return (f"accuracy: {metric} {sign} {'?' if bound is None else format(bound, 'g')} against fp32 "
             f"PyTorch; the whole model: {got}"
-            + (f"; {dropped} lower-precision choice(s) given up for it" if dropped else ""))
+            + (f"; {dropped} lower-precision choice(s) given up for it" if dropped else "")
+            + (f"; static int8 scales from {batches} batch(es), the example inputs included" if batches else ""))

@@ -76,6 +76,8 @@ def test_a_conv_model_runs_in_static_int8_within_the_budget():
     error = float((got - want).norm() / want.norm())
     assert 0 < error <= 0.05  # int8 moved the outputs, within the budget
     assert cm.plan.accuracy["measured"] == pytest.approx(error, rel=1e-4)
+    assert cm.plan.accuracy["calibration_batches"] == 4  # three given, and the example inputs
+    assert "static int8 scales from 4 batch(es), the example inputs included" in cm.plan.summary()
 
 
 def test_the_scales_come_from_the_batches_and_the_example_inputs():
@@ -195,6 +197,7 @@ def test_a_bundle_in_static_int8_loads_and_gives_the_same_outputs(tmp_path):
                        tune="off")
     loaded = hetcc.load(cm.save(tmp_path / "int8s.bundle"))
     assert [str(s.target) for s in loaded.plan.segments] == ["onnxruntime:cpu@int8s"]
+    assert loaded.plan.accuracy["calibration_batches"] == 4
     torch.testing.assert_close(loaded(*inputs), cm(*inputs))
 
 
