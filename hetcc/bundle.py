@@ -797,7 +797,7 @@ def _accuracy(value) -> dict | None:
         if isinstance(value.get("dropped"), list) else []
     batches = value.get("calibration_batches")
     batches = {"calibration_batches": batches} if isinstance(batches, int) and not isinstance(batches, bool) \
-        and 0 < batches <= 1 + MAX_BATCHES else {}
+        and 2 <= batches <= 1 + MAX_BATCHES else {}
     return {"metric": value["metric"], "bound": value["bound"], "measured": _number(value.get("measured")),
             "dropped": dropped, **batches}
 

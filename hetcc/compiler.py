@@ -302,8 +302,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                                 fallback=FALLBACK if fallback_only else None)
     if batches is not None:
         report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for static int8")
-        # only what a unit that may run in static int8 reads: placement only ever narrows this
-        # table (bans, tuning's restricted copies), so no later segment reads anything else
+        # only what a unit that may run in static int8 reads: placement never allows an int8s
+        # target again once this table forbids it (bans and tuning's restricted copies only forbid;
+        # a ban re-allows the fp32 torch:cpu fall-back alone), so no int8s segment reads anything else
         static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
         batches.run(captured.graph, unit_of, {m for u, unit in enumerate(units)
                                                if any(candidates.allowed[u][t] for t in static)
@@ -451,7 +452,9 @@ class _Session:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy,
                                            "dropped": [*inherited, *drops],
                                            **({"calibration_batches": len(self.calibration)}
-                                              if self.calibration is not None else {})})
+                                              if self.calibration is not None and any(
+                                                  s.target.precision in CALIBRATED for s in segments)
+                                              else {})})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
         compiled = CompiledModel(runtime or _make_runtime(self.captured, segments), plan, artifacts,

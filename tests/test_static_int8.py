@@ -191,6 +191,14 @@ def test_a_batch_the_model_fails_on_is_named():
                       calibration=[(torch.tensor([[0, 1, 2]]),), (torch.tensor([[4, 50, 6]]),)])
 
 
+def test_a_plan_without_static_int8_does_not_claim_calibrated_scales():
+    model, inputs = convnet()
+    cm = hetcc.compile(model, inputs, ORT, accuracy=1e-6, precisions=["int8s"], calibration=batches(),
+                       tune="off")
+    assert [str(s.target) for s in cm.plan.segments] == ["onnxruntime:cpu"]  # int8s missed the budget
+    assert "calibration_batches" not in cm.plan.accuracy and "static int8" not in cm.plan.summary()
+
+
 def test_a_bundle_in_static_int8_loads_and_gives_the_same_outputs(tmp_path):
     model, inputs = convnet()
     cm = hetcc.compile(model, inputs, ORT, accuracy=0.05, precisions=["int8s"], calibration=batches(),
@@ -329,8 +337,7 @@ def test_inputs_sharing_a_dynamic_dimension_must_agree_on_it():
                       calibration=[(torch.randn(4, 3, 8, 8), torch.randn(3, 3, 8, 8))])
 
 
-def test_hetcc_targets_says_static_int8_needs_calibration(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")  # no folded cells
+def test_hetcc_targets_says_static_int8_needs_calibration(capsys):
     assert main(["targets"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│ onnxruntime:cpu ")]
     assert len(rows) == 1 and "int8, int8s (with --calibration)" in rows[0]

@@ -252,6 +252,11 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
     if taken:
         raise InputError(f"compile_lm sets {', '.join(taken)} itself for each phase (use prefill_objective "
                          "and decode_objective for the objectives); drop it from the options")
+    if options.get("calibration") is not None:
+        # each phase takes other inputs (a prompt; one token and the cache), so one list of batches
+        # cannot serve both
+        raise InputError("compile_lm does not take calibration batches: its phases take different "
+                         "inputs; static int8 (int8s) is for hetcc.compile; leave calibration out")
     check_model(model, prompt_len + max_new_tokens)
     from hetcc.compiler import compile as compile_model
 
