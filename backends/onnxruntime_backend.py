@@ -210,9 +210,10 @@ so the exporter's Gemm for a Linear is one too), and embedding tables (2-D, read
 SMALLEST_TABLE rows or more that nothing but lookups reads, stored uint8 with one scale per table
 (a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of the
 fp32 bytes, at the same speed). A table tied to an output head stays fp32: quantizing it for the
-lookups would add an int8 copy beside the fp32 one the head reads. Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower
-than fp32 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which quantizes
-everything; docs/benchmarks.md); static int8 (int8s) is what runs convolutions in int8."""
+lookups would add an int8 copy beside the fp32 one the head reads. Not Conv: its dynamic
+ConvInteger ran a ResNet-18 3.7x slower than fp32 here (63 against 17 ms,
+benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/benchmarks.md); static
+int8 (int8s) is what runs convolutions in int8."""
 
 
 def quantized(exported, segment, workdir: Path):
@@ -272,26 +273,33 @@ def quantized_static(exported, segment, workdir: Path):
     """The exported model with its convolutions and matrix products in int8 and the activation
     scales fixed from ``segment.calibration`` (ONNX Runtime's own ``quantize_static``, QDQ format,
     weights per output channel, min-max ranges), in place of the fp32 file."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    names = exported.input_names  # None where the exporter dropped an input nothing reads
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.left = iter(segment.calibration)
-
-        def get_next(self):
-            batch = next(self.left, None)
-            return None if batch is None else {n: to_numpy(x) for n, x in zip(names, batch) if n is not None}
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     def run(source, target):
-        quantize_static(str(source), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+        reader = calibration_reader(segment.calibration, exported.input_names)
+        quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data)
     return _replaced(exported, segment, workdir, run, "quantize_static",
                      f"<the segment's {len(segment.calibration)} calibration batches, not saved>, "
                      "quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, "
                      "activation_type=QuantType.QUInt8, op_types_to_quantize=" + repr(STATIC_OPS))
+
+
+def calibration_reader(batches, names):
+    """ONNX Runtime's CalibrationDataReader over ``batches`` (tuples of tensors, in the order of
+    the model's inputs ``names``; a None name, an input the exporter dropped, is skipped)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(batches)
+
+        def get_next(self):
+            batch = next(self.left, None)
+            return None if batch is None else {n: to_numpy(x) for n, x in zip(names, batch) if n is not None}
+
+    return Batches()
 
 
 def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):

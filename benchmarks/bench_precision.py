@@ -90,51 +90,46 @@ def build_hetcc(model, inputs, workdir: Path, budget, calibration=None):
                 "file_bytes": files, "accuracy": cm.plan.accuracy, "notes": list(cm.plan.notes)}
 
 
-def build_ort_int8(model, inputs, workdir: Path):
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = workdir / "model.onnx", workdir / "model_int8.onnx"
+def _exported(model, inputs, path: Path) -> Path:
+    """The exporter's whole-model ONNX file, as a user would write it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, tuple(inputs), str(source), dynamo=True)
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice on the root logger
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        torch.onnx.export(model, tuple(inputs), str(path), dynamo=True)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers' advice on the root logger
+    return path
+
+
+def _ort_session(path: Path):
+    """(a callable on the torch inputs, the file's input names) for ONNX Runtime's CPU session."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):
         return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
 
-    return run, {"file_bytes": target.stat().st_size}
+    return run, names
+
+
+def build_ort_int8(model, inputs, workdir: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = _exported(model, inputs, workdir / "model.onnx"), workdir / "model_int8.onnx"
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    return _ort_session(target)[0], {"file_bytes": target.stat().st_size}
 
 
 def build_ort_int8s(model, inputs, workdir: Path, calibration=()):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
-    source, target = workdir / "model.onnx", workdir / "model_int8s.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, tuple(inputs), str(source), dynamo=True)
-    names = [i.name for i in ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()]
+    from hetcc.backends.onnxruntime_backend import calibration_reader
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.left = iter([tuple(inputs), *calibration])
-
-        def get_next(self):
-            batch = next(self.left, None)
-            return None if batch is None else {n: x.numpy() for n, x in zip(names, batch)}
-
-    logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-
-    def run(*args):
-        return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
-
-    return run, {"file_bytes": target.stat().st_size, "calibration_batches": 1 + len(calibration)}
+    source, target = _exported(model, inputs, workdir / "model.onnx"), workdir / "model_int8s.onnx"
+    reader = calibration_reader([tuple(inputs), *calibration], _ort_session(source)[1])
+    quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True)
+    return _ort_session(target)[0], {"file_bytes": target.stat().st_size,
+                                      "calibration_batches": 1 + len(calibration)}
 
 
 def build_openvino_nncf(model, inputs, workdir: Path):

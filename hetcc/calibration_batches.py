@@ -65,13 +65,13 @@ class CalibrationBatches:
         """Batches the scales come from: the example inputs and the user's."""
         return 1 + len(self.flats)
 
-    def run(self, graph, unit_of: dict, readers=None) -> None:
+    def run(self, unit_of: dict, readers=None) -> None:
         """Run the captured graph on each batch and keep the values a segment may read (one of
         whose nodes is in ``readers``, if given)."""
         from hetcc.capture import reference_run
 
-        keep = read_across_units(graph, unit_of, readers)
         captured = self._captured
+        keep = read_across_units(captured.graph, unit_of, readers)
         self._values = [{k: captured.values[k] for k in keep if k in captured.values}]
         for i, flat in enumerate(self.flats):
             env = reference_run(captured, flat, inputs=f"calibration batch {i}")

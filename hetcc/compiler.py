@@ -306,9 +306,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         # target again once this table forbids it (bans and tuning's restricted copies only forbid;
         # a ban re-allows the fp32 torch:cpu fall-back alone), so no int8s segment reads anything else
         static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
-        batches.run(captured.graph, unit_of, {m for u, unit in enumerate(units)
-                                               if any(candidates.allowed[u][t] for t in static)
-                                               for m in unit.members})
+        batches.run(unit_of, {m for u, unit in enumerate(units)
+                              if any(candidates.allowed[u][t] for t in static) for m in unit.members})
     infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)

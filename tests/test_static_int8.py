@@ -107,11 +107,11 @@ def test_a_segment_in_the_middle_calibrates_on_the_values_it_reads():
     first_conv = next(n for n in nodes if n.name == relu[0]).all_input_nodes[0].name
     # what a unit that may run in int8s reads, and only that, is kept
     assert read_across_units(captured.graph, units, {relu[0]}) == {first_conv}
-    calibration.run(captured.graph, units, {relu[0]})
+    calibration.run(units, {relu[0]})
     assert len(calibration.for_segment([first_conv])) == 3
     with pytest.raises(InternalError, match="not among the values kept"):
         calibration.for_segment([relu[0]])  # read by the second conv, which is not a reader
-    calibration.run(captured.graph, units)
+    calibration.run(units)
     (first, second, third) = calibration.for_segment([relu[0]])
     with torch.no_grad():
         torch.testing.assert_close(first[0], model.features[:2](inputs[0]))
