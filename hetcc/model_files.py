@@ -70,12 +70,7 @@ def _load_python(path: Path, func: str):
         found = sorted(n for n, v in vars(module).items()
                        if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
         raise ModelFileError(f"{path} has no function {func!r}; functions defined there: {', '.join(found) or 'none'}")
-    with _user_code(path):
-        try:
-            result = build()
-        except (Exception, SystemExit) as exc:  # a stray sys.exit() in user code is their error too
-            raise ModelFileError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
-    return _check_build_result(result, f"{path}:{func}()")
+    return _check_build_result(_call(path, func, build), f"{path}:{func}()")
 
 
 def load_batches(spec: str) -> list:
@@ -92,14 +87,20 @@ def load_batches(spec: str) -> list:
     make = getattr(module, func, None)
     if not callable(make):
         raise ModelFileError(f"{path} has no function {func!r} for --calibration")
-    with _user_code(path):
-        try:
-            batches = make()
-        except (Exception, SystemExit) as exc:
-            raise ModelFileError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
+    batches = _call(path, func, make)
     if not isinstance(batches, (list, tuple)):
         raise ModelFileError(f"{path}:{func}() must return a list of input batches; it returned {_kind(batches)}")
     return list(batches)
+
+
+def _call(path: Path, func: str, fn):
+    """``fn()``, the user's function ``func`` of ``path``, run as the user's code runs (_user_code);
+    whatever it raises becomes a ModelFileError naming it."""
+    with _user_code(path):
+        try:
+            return fn()
+        except (Exception, SystemExit) as exc:  # a stray sys.exit() in user code is their error too
+            raise ModelFileError(f"{path}:{func}() raised {type(exc).__name__}: {exc}") from exc
 
 
 def _import_file(path: Path):
