@@ -83,8 +83,10 @@ class Plan:
     segment_relative_error)}; None without a budget."""
     candidates: tuple[dict, ...] = ()
     """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
-    predicted_seconds, measured_seconds (fast end of its calls, or None), chosen, solver (the
-    cost model's own choice), rounds, note}; empty when nothing was tuned."""
+    predicted_seconds, measured_seconds (the median of its timed calls, what tuning ranks by; or
+    None), fast_end_seconds (their p10), chosen, solver (the cost model's own choice), rounds,
+    note}; empty when nothing was tuned. Bundles from before 2026-12-02 hold the fast end in
+    measured_seconds."""
 
     @property
     def flops(self) -> float:

@@ -10,10 +10,12 @@ and time them as they will run. The budget covers building and timing; what was 
 
 How candidates are timed: interleaved, as `hetcc bench` times (hetcc/timing.py): each round
 visits every candidate in a new random order, with a pause and one untimed call before each turn
-so one runtime's spinning threads do not tax the next; they are compared at the fast end (p10) of
-their calls, since a busy neighbour only adds time. A candidate is dropped once, after a few
-rounds, even its fast end is slower than the leader's median by a margin: it cannot win, and the
-budget goes to the close calls.
+so one runtime's spinning threads do not tax the next; they are compared at the median of their
+calls, the time a caller sees. (Not the fast end: a runtime whose calls spread widely, as
+OpenVINO's do on a shared 2-core machine, can win at p10 and lose at the median; interleaving
+already spreads a neighbour's busy spells over every candidate.) A candidate is dropped once,
+after a few rounds, even its fast end is slower than the leader's median by a margin: it cannot
+win, and the budget goes to the close calls.
 """
 from __future__ import annotations
 
@@ -92,12 +94,17 @@ class Candidate:
 
         return quantile(self.samples.calls, FAST_END) if self.samples and self.samples.calls else None
 
+    def median(self) -> float | None:
+        """The median of its timed calls: what candidates are ranked by."""
+        return statistics.median(self.samples.calls) if self.samples and self.samples.calls else None
+
     def record(self, chosen: bool) -> dict:
         plan = self.compiled.plan if self.compiled else None
         rounds = len(self.samples.turns) if self.samples else 0
         note = self.note or (f"dropped after {self.dropped} rounds: clearly slower" if self.dropped else "")
         return {"name": self.name, "targets": plan.targets_used() if plan else [],
-                "predicted_seconds": self.predicted, "measured_seconds": self.fast_end(),
+                "predicted_seconds": self.predicted, "measured_seconds": self.median(),
+                "fast_end_seconds": self.fast_end(),
                 "chosen": chosen, "solver": self.solver, "rounds": rounds, "note": note}
 
 
@@ -124,9 +131,9 @@ def tune_plan(session, chosen, allowed, budget: float, auto: bool, learn: bool =
         finally:  # timing calls the models many times: put their state back
             for c in built:
                 c.compiled.reset_state()
-        timed = [c for c in built if c.fast_end() is not None]
+        timed = [c for c in built if c.median() is not None]
         if timed:  # min keeps the first on a tie: the solver's
-            keep = min(timed, key=lambda c: c.fast_end())
+            keep = min(timed, key=lambda c: c.median())
         built = timed
     seconds = time.perf_counter() - started
     notes = [_timing_note(built, keep, seconds, building)] if len(built) > 1 else []
@@ -245,8 +252,8 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
                     failed(c, exc)
             rounds += 1
             if rounds >= MIN_ROUNDS and len(live) > 1:
-                leader = min(live, key=lambda c: c.fast_end())
-                bar = statistics.median(leader.samples.calls) * (1 + MARGIN)
+                leader = min(live, key=lambda c: c.median())
+                bar = leader.median() * (1 + MARGIN)
                 for c in [c for c in live if c is not leader and c.fast_end() > bar]:
                     c.dropped = rounds
                     live.remove(c)
@@ -262,8 +269,8 @@ def _turn(runtime, inputs, samples, clock) -> None:
 def _timing_note(built, keep, seconds: float, building: float) -> str:
     # "measured on the example inputs ... kept the ..." is what the notes said before candidates
     # had a field of their own; tests and users read it
-    times = ", ".join(f"{c.name} {c.fast_end() * 1e3:.3f} ms" for c in built)
-    return (f"measured on the example inputs (fast end of interleaved calls): {times}; kept the "
+    times = ", ".join(f"{c.name} {c.median() * 1e3:.3f} ms" for c in built)
+    return (f"measured on the example inputs (median of interleaved calls): {times}; kept the "
             f"{keep.name} (tuning added {seconds:.1f}s to compile: {building:.1f}s building "
             f"candidates, {seconds - building:.1f}s timing)")
 
@@ -312,7 +319,7 @@ def _learn(session, built) -> str:
 
 
 def _spread(c) -> float:
-    return statistics.median(c.samples.calls) / c.fast_end()
+    return c.median() / c.fast_end()
 
 
 def _busy() -> str | None:
@@ -365,7 +372,7 @@ def candidate_lines(candidates) -> list[str]:
 
     timed = sum(1 for c in rows if ms(c.get("measured_seconds")) != "-")
     width = max(len(str(c.get("name"))) for c in rows)
-    lines = [f"candidate plans ({timed} timed on the example inputs; measured = fast end, p10):"]
+    lines = [f"candidate plans ({timed} timed on the example inputs; measured = median of the calls):"]
     for c in rows:
         mark = "kept" if c.get("chosen") is True else "    "
         extra = "; ".join(x for x in ("cost model's choice" if c.get("solver") is True else "",

@@ -37,6 +37,24 @@ def sleepy(name: str, delay: float):
     return Sleepy
 
 
+def jittery(name: str, fast: float, slow: float, every: int):
+    """A backend class that runs torch and sleeps ``fast`` seconds on every ``every``-th call and
+    ``slow`` on the others: its fast end is quick, its typical call is not."""
+
+    class Jittery(TorchBackend):
+        def load(self, artifact, target):
+            run, calls = super().load(artifact, target), [0]
+
+            def call(*xs):
+                calls[0] += 1
+                time.sleep(fast if calls[0] % every == 0 else slow)
+                return run(*xs)
+            return call
+
+    Jittery.name = name
+    return Jittery
+
+
 def profile(name: str, call_seconds: float) -> BackendProfile:
     """A profile whose prediction is nearly all its call overhead (the model is tiny)."""
     return BackendProfile(name, {"default": 1.0}, per_node=0.0, call_overhead=call_seconds)
@@ -91,6 +109,21 @@ def test_the_fastest_candidate_is_kept_when_the_cost_models_favourite_is_slower(
     cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=20)
     assert cm.plan.targets_used() == ["quick:cpu"] and by_name(cm.plan)["slowpoke:cpu alone"]["solver"]
     assert any("learnt corrections" in n and "slowpoke x1.01" in n for n in cm.plan.notes)
+
+
+def test_candidates_are_ranked_by_their_median_call_not_their_fast_end(runtimes, monkeypatch):
+    # 'jumpy' answers every third call in 1 ms and the others in 9 ms: ahead at p10, far behind
+    # 'steady' (4 ms every call) at the median, which is what a caller sees
+    monkeypatch.setitem(registry._REGISTERED, "jumpy", jittery("jumpy", 0.001, 0.009, 3))
+    monkeypatch.setitem(DEFAULT_PROFILES, "jumpy", profile("jumpy", 1e-3))
+    model, x = tiny()
+    cm = hetcc.compile(model, (x,), ["jumpy:cpu", "steady:cpu"], tune=20)
+    jumpy, steady = by_name(cm.plan)["jumpy:cpu alone"], by_name(cm.plan)["steady:cpu alone"]
+    assert jumpy["solver"] and steady["chosen"] and cm.plan.targets_used() == ["steady:cpu"]
+    assert jumpy["fast_end_seconds"] < steady["fast_end_seconds"]  # p10 would have kept jumpy
+    assert jumpy["measured_seconds"] > 0.008 > 0.0035 < steady["measured_seconds"] < 0.006
+    assert any("(median of interleaved calls)" in n for n in cm.plan.notes)
+    assert "measured = median of the calls" in cm.plan.summary()
 
 
 class ByKeyword(nn.Module):
