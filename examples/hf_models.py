@@ -245,20 +245,42 @@ def build_mobilenet_v2(size: str = "bench"):
     c = _pick(size, dict(image=224, width=1.0), dict(image=32, width=0.35))
     torch.manual_seed(0)
     config = MobileNetV2Config(image_size=c["image"], depth_multiplier=c["width"])
-    backbone = MobileNetV2Model(config, add_pooling_layer=False)
-    # transformers draws conv weights with std 0.02 and leaves BatchNorm at mean 0, variance 1 (an
-    # init for loading a checkpoint); through 50 convolutions that leaves activations near 1e-22,
-    # denormal in the tiny size. Set each BatchNorm's statistics from a batch of random images, as
-    # training would, so activations stay O(1) as with trained weights.
+    backbone = _batchnorm_from_images(MobileNetV2Model(config, add_pooling_layer=False), c["image"])
+    model = _ready(LastHidden(backbone, ("pixel_values",)))
+    return model, (torch.randn(1, 3, c["image"], c["image"], generator=torch.Generator().manual_seed(0)),)
+
+
+def build_mobilevit(size: str = "bench"):
+    """MobileViT-S: MobileNetV2 blocks (depthwise convolutions) then three stages that mix
+    convolutions with transformer layers over image patches, a 256x256 image (tiny: 64x64,
+    narrower). A hybrid: the kind of model where runtimes might differ by op class."""
+    from transformers import MobileViTConfig, MobileViTModel
+
+    c = _pick(size, dict(image=256, hidden=[144, 192, 240], neck=[16, 32, 64, 96, 128, 160, 640]),
+              dict(image=64, hidden=[16, 24, 32], neck=[8, 8, 16, 16, 24, 24, 32]))
+    torch.manual_seed(0)
+    config = MobileViTConfig(image_size=c["image"], hidden_sizes=c["hidden"], neck_hidden_sizes=c["neck"])
+    backbone = _batchnorm_from_images(MobileViTModel(config, expand_output=True), c["image"])
+    model = _ready(LastHidden(backbone, ("pixel_values",)))
+    return model, (torch.randn(1, 3, c["image"], c["image"], generator=torch.Generator().manual_seed(0)),)
+
+
+def _batchnorm_from_images(backbone: nn.Module, image: int) -> nn.Module:
+    """transformers draws conv weights with std 0.02 and leaves BatchNorm at mean 0, variance 1 (an
+    init for loading a checkpoint); through 50 convolutions that leaves activations near 1e-22,
+    denormal in the tiny size (MobileViT also draws each BatchNorm's scale with std 0.02). Set each
+    BatchNorm's statistics from a batch of random images, as training would, and its scale to 1,
+    so activations stay O(1) as with trained weights."""
     g = torch.Generator().manual_seed(1)
-    calibration = torch.randn(4, 3, c["image"], c["image"], generator=g)
+    calibration = torch.randn(4, 3, image, image, generator=g)
     for module in backbone.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 1.0
+            with torch.no_grad():
+                module.weight.fill_(1.0)
     with torch.no_grad():
         backbone.train()(pixel_values=calibration)
-    model = _ready(LastHidden(backbone, ("pixel_values",)))
-    return model, (torch.randn(1, 3, c["image"], c["image"], generator=torch.Generator().manual_seed(0)),)
+    return backbone
 
 
 # ---- stock models, as users have them ----------------------------------------------------------
@@ -314,6 +336,7 @@ MODELS = {
     "resnet": build_resnet,
     "convnext": build_convnext,
     "mobilenet_v2": build_mobilenet_v2,
+    "mobilevit": build_mobilevit,
 }
 """name -> build function; the order the benchmark runs them in."""
 
