@@ -216,9 +216,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     tune: "auto" (default), "off", or a budget in seconds. Besides the cost model's plan, build
         each listed target's plan alone (torch:cpu takes what that target cannot run), time them
         all on the example inputs, interleaved, and keep the fastest; the plan's ``candidates``
-        record predicted and measured times. "auto" spends at most ~30 s and skips a candidate
-        predicted over 2x slower than the best; a number builds every candidate while that many
-        seconds last (a build already started finishes, and timing runs at least 3 rounds).
+        record predicted and measured times. "auto" spends at most ~30 s (timing at least 2 s,
+        even after a long build) and skips a candidate predicted over 2x slower than the best; a
+        number builds every candidate while that many seconds last (a build already started
+        finishes, and timing runs at least 3 rounds).
         "off" trusts the cost model (quickest compile). docs/cost_model.md, "Tuning".
     learn: also fold what tuning measured into the cost model's corrections file (per runtime,
         measured / predicted time; beside the calibration, never in it), which later compiles

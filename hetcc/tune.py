@@ -38,6 +38,12 @@ candidate that far behind would only cost compile time. A budget in seconds buil
 MIN_ROUNDS = 3
 """Rounds timed before anything is dropped, even when the budget is already spent."""
 MAX_ROUNDS = 20
+AUTO_TIMING = 2.0
+"""Seconds tune='auto' times the candidates at least, even when building them spent its budget:
+the minimum 3 rounds of 2 calls cannot rank two runtimes 5-10% apart. On MobileViT (~30 ms a call,
+40 s of building) that left 3 rounds, whose medians put ONNX Runtime and OpenVINO either way
+round (31.1 against 31.4 ms, then 30.6 against 48.4 ms); about 10 rounds fit in 2 s. A budget in
+seconds is the caller's and is kept to."""
 MARGIN = 0.05
 """A candidate whose fast end is this much slower than the leader's median is dropped."""
 FAST_END = 0.1
@@ -127,7 +133,7 @@ def tune_plan(session, chosen, allowed, budget: float, auto: bool, learn: bool =
         session.report("measure", f"timing {len(built)} candidate plans on the example inputs")
         inputs = [session.captured.values[n].clone() for n in session.captured.user_inputs]
         try:
-            race(built, inputs, deadline)
+            race(built, inputs, deadline, AUTO_TIMING if auto else 0.0)
         finally:  # timing calls the models many times: put their state back
             for c in built:
                 c.compiled.reset_state()
@@ -212,9 +218,10 @@ def _layout(compiled) -> dict:
     return {m: s.target for s in compiled.plan.segments for m in s.nodes}
 
 
-def race(pool: list[Candidate], inputs, deadline: float) -> None:
+def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> None:
     """Time the candidates' runtimes interleaved into each ``samples``; drop the clearly slower
-    ones after ``MIN_ROUNDS``; stop when one is left, after ``MAX_ROUNDS``, or at ``deadline``."""
+    ones after ``MIN_ROUNDS``; stop when one is left, after ``MAX_ROUNDS``, or at ``deadline``
+    once ``floor`` seconds of timing have passed."""
     import torch
 
     from hetcc.timing import MAX_CALLS, PAUSE, TURN, Samples
@@ -242,7 +249,9 @@ def race(pool: list[Candidate], inputs, deadline: float) -> None:
             per_turn = round(TURN / max(min(took), 1e-7))  # a turn of ~10 ms, as in hetcc bench
             c.samples = Samples(calls_per_turn=max(MIN_CALLS, min(MAX_CALLS, per_turn)))
             live.append(c)
-        while len(live) > 1 and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() < deadline):
+        began = clock()
+        while len(live) > 1 and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() < deadline
+                                                         or clock() - began < floor):
             rng.shuffle(live)
             for c in list(live):
                 time.sleep(PAUSE)

@@ -146,7 +146,7 @@ def test_a_model_called_by_keyword_is_tuned_too(runtimes):
         torch.testing.assert_close(cm(**inputs)["out"], model(**inputs)["out"])
 
 
-def test_the_budget_bounds_building_and_timing(runtimes):
+def test_the_budget_bounds_building_and_timing(runtimes, monkeypatch):
     model, x = tiny()
     # equally fast runtimes are never dropped: only the budget ends their timing
     cm = hetcc.compile(model, (x,), ["level:cpu", "even:cpu"], tune=0.3)
@@ -154,6 +154,14 @@ def test_the_budget_bounds_building_and_timing(runtimes):
     # a round takes >= 2 x (10 ms pause + 2 calls x 20 ms): 0.3 s allows a few, not MAX_ROUNDS
     assert all(tune.MIN_ROUNDS <= r <= 6 for r in rounds), rounds
     assert all(c["measured_seconds"] >= 0.02 for c in cm.plan.candidates)
+
+    # "auto" times close candidates for AUTO_TIMING seconds even when building spent its budget
+    # (here: 1 s, about 7 rounds of ~140 ms); a budget given in seconds is kept to, as above
+    monkeypatch.setattr(tune, "AUTO_BUDGET", 0.05)
+    monkeypatch.setattr(tune, "AUTO_TIMING", 1.0)
+    cm = hetcc.compile(model, (x,), ["level:cpu", "even:cpu"], tune="auto")
+    rounds = [c["rounds"] for c in cm.plan.candidates]
+    assert len(rounds) == 2 and all(5 <= r < tune.MAX_ROUNDS for r in rounds), rounds
 
     # a budget spent before the candidates could be built: the cost model's plan stays, untimed
     cm = hetcc.compile(model, (x,), ["slowpoke:cpu", "quick:cpu"], tune=1e-6)
