@@ -686,6 +686,22 @@ def test_openvino_copies_small_inputs_into_its_request_and_shares_large_ones(tmp
             assert not torch.equal(first[0], run(v)[0])
 
 
+def test_openvino_reads_fixed_shape_outputs_from_the_requests_own_buffers(tmp_path):
+    # a fixed-shape output is copied out of a view of the request's buffer kept from the first
+    # call; a dynamic one is asked of the request each call (it may reallocate it)
+    torch.manual_seed(8)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    for dynamic in (None, ({0: batch},)):
+        _, seg = make_segment(LinearReluNorm(), (torch.randn(4, 16),), dynamic_shapes=dynamic)
+        _, run = lower_and_load("openvino", seg, tmp_path / str(bool(dynamic)))
+        xs = [torch.randn(4 if not dynamic else 2 + i, 16) for i in range(3)]
+        results = [run(v) for v in xs]
+        for v, got in zip(xs, results):  # each result is its own call's, and survives the next
+            assert_matches(got, seg.reference(v))
+        views = run._request()[2]
+        assert (views[0] is None) == bool(dynamic), views
+
+
 def test_openvino_input_of_another_layout_drops_the_copy_and_stays_right(tmp_path):
     torch.manual_seed(7)
     _, seg = make_segment(LinearReluNorm(), (torch.randn(5, 16),))
