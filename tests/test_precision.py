@@ -448,7 +448,7 @@ def test_a_tuning_candidate_that_wins_keeps_the_drops_its_plan_started_from(monk
     import hetcc.tune
     from hetcc.timing import Samples
 
-    def race(pool, inputs, deadline):  # the solver's plan (first) times slowest
+    def race(pool, inputs, deadline, floor=0.0):  # the solver's plan (first) times slowest
         for i, c in enumerate(pool):
             c.samples = Samples(calls_per_turn=1)
             c.samples.calls.extend([1.0 if i == 0 else 0.001 * i] * 5)
