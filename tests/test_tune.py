@@ -23,18 +23,7 @@ from hetcc.errors import HetccError
 
 def sleepy(name: str, delay: float):
     """A backend class that runs torch and sleeps ``delay`` seconds per call."""
-
-    class Sleepy(TorchBackend):
-        def load(self, artifact, target):
-            run = super().load(artifact, target)
-
-            def call(*xs):
-                time.sleep(delay)
-                return run(*xs)
-            return call
-
-    Sleepy.name = name
-    return Sleepy
+    return jittery(name, delay, delay, 1)
 
 
 def jittery(name: str, fast: float, slow: float, every: int):
