@@ -370,8 +370,9 @@ class OvExecutable:
         # The request's own calls, not InferRequest.infer(): infer's conversions of inputs and
         # results cost ~30 us a call on a 2-core CPU (benchmarks/bench_overhead.py), more than a
         # small segment's work. Small inputs are copied into the request's buffers; larger ones
-        # are shared (the call is synchronous and the arrays outlive it). Outputs are copied out
-        # of the request's buffers, which the next inference reuses.
+        # are shared. Outputs are copied out of the request's buffers, which the next inference
+        # reuses.
+        shared = []
         for i, x in enumerate(inputs):
             array = to_numpy(x)
             buffer = buffers[i]
@@ -381,6 +382,9 @@ class OvExecutable:
             if buffer is not None:
                 buffers[i] = None  # the request reads the tensor set below from now on
             request.set_input_tensor(i, self._tensor(array, shared_memory=True))
+            # a shared ov.Tensor does not keep its array alive, and the array of a non-contiguous
+            # input is a copy made just now: it must outlive the inference
+            shared.append(array)
         request.infer()
         return tuple([from_numpy((view if view is not None else request.get_output_tensor(i).data).copy())
                       for i, view in enumerate(results)])

@@ -686,6 +686,28 @@ def test_openvino_copies_small_inputs_into_its_request_and_shares_large_ones(tmp
             assert not torch.equal(first[0], run(v)[0])
 
 
+class AddTwo(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y, x * y
+
+
+def test_openvino_keeps_a_large_inputs_contiguous_copy_alive_through_the_call(tmp_path):
+    # a non-contiguous input (a transpose, a permute handed over mid-model) is copied to contiguous
+    # memory that the request then shares: that copy must live until inference returns. It did
+    # not, and OpenVINO read freed memory: 8 of 65536 elements of a Llama's RoPE add were wrong.
+    from hetcc.backends import openvino_backend
+
+    torch.manual_seed(9)
+    x, y = torch.randn(256, 300).t(), torch.randn(256, 300).t()
+    assert not x.is_contiguous() and x.numel() * 4 > openvino_backend.COPY_IN_BYTES
+    _, seg = make_segment(AddTwo(), (x.contiguous(), y.contiguous()))
+    _, run = lower_and_load("openvino", seg, tmp_path)
+    for _ in range(5):
+        a, b = torch.randn(256, 300).t(), torch.randn(256, 300).t()
+        got = run(a, b)
+        assert torch.equal(got[0], a + b) and torch.equal(got[1], a * b)
+
+
 def test_openvino_reads_fixed_shape_outputs_from_the_requests_own_buffers(tmp_path):
     # a fixed-shape output is copied out of a view of the request's buffer kept from the first
     # call; a dynamic one is asked of the request each call (it may reallocate it)
