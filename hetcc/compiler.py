@@ -50,8 +50,11 @@ from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.precision import (
     CALIBRATED,
+    better_end,
     check_precision_options,
+    described,
     drop_for_budget,
+    ends,
     give_up,
     give_up_all,
     lower_precisions,
@@ -436,8 +439,10 @@ class _Session:
                     break
                 # errors compound across segments: give up part of the lower precision that moved
                 # its own outputs most
-                notes.append(drop_for_budget(segments, accuracy, self.budget, candidates, drops,
-                                             partial=len(drops) < PARTIAL_DROPS))
+                notes.append(drop_for_budget(
+                    segments, accuracy, self.budget, candidates, drops, partial=len(drops) < PARTIAL_DROPS,
+                    choose=lambda seg, pieces: self._better_end(seg.program.name, seg.target, seg.spec.target,
+                                                                pieces, problem)))
             # place again, without what was given up: not an attempt
             attempt, resolves = attempt - 1, resolves + 1
             if len(drops) >= MAX_DROPS:
@@ -493,17 +498,18 @@ class _Session:
                 # a lower precision too far off for this segment: a choice, not a runtime failure;
                 # its units keep their other choices and nothing is narrowed down or kept
                 units = list(spec.units)
-                share = self.budget.segment_share(outcome.missed) if partial else 0.0
-                kept = give_up(candidates, units, spec.target, share,
-                               f"{target} missed the accuracy budget here: {error}")
-                log.info("%s on %s: %s; placing %d of its %d units again without it", program.name, target,
-                         error, len(units) - kept, len(units))
+                pieces = ends(units, self.budget.segment_share(outcome.missed) if partial else 0.0)
+                kept = self._better_end(program.name, target, spec.target, pieces, problem)
+                give_up(candidates, units, spec.target, kept, f"{target} missed the accuracy budget here: {error}")
+                log.info("%s on %s: %s; placing %s units again without it", program.name, target,
+                         error, described(kept, units))
                 # the segment names are this placement's, which the final plan may not have
-                notes.append(f"{target} was not kept for {len(units) - kept} of {len(units)} unit(s) of "
-                             f"{program.name} of an earlier placement ({self.units[units[kept]].name}...): {error}")
+                first = next(u for u in units if u not in kept)
+                notes.append(f"{target} was not kept for {described(kept, units)} unit(s) of {program.name} of "
+                             f"an earlier placement ({self.units[first].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
-                                   "segment_relative_error": outcome.missed, "units": len(units) - kept,
+                                   "segment_relative_error": outcome.missed, "units": len(units) - len(kept),
                                    "of": len(units), "why": error})
                 return None
             if error is not None:
@@ -549,6 +555,29 @@ class _Session:
             self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
                                                   self.tolerances, self.cross_compile, self.nan, limit)
         return program, self.lowered[key]
+
+    def _better_end(self, name: str, target, t: int, pieces: list[list[int]], problem) -> list[int]:
+        """precision.better_end, measured: each piece of segment ``name`` lowered on ``target``
+        (index ``t``) and checked against its limit (the placement that follows reuses the one
+        kept), and what the cost model says it saves against the fastest fp32 target."""
+        if len(pieces) == 1:
+            return pieces[0]
+        fp32 = [i for i, o in enumerate(self.order) if not o.precision]
+
+        def rate(piece):
+            end = "first" if piece is pieces[0] else "last"
+            _, outcome = self._lower(f"{name}_{end}", piece, target,
+                                     doing=f"which end of {name} keeps {target.precision}: ")
+            if outcome.error is None:
+                error, within = outcome.verification.relative_error or 0.0, True
+            else:  # beyond the limit, or it failed to run (then never kept over one that ran)
+                error, within = outcome.missed if outcome.missed is not None else math.inf, False
+            saves = sum(min(problem.cost[u][f] for f in fp32) - problem.cost[u][t] for u in piece)
+            log.info("%s on %s, its %s %d units: relative error %.3g%s, saving %.3g ms by the cost model",
+                     name, target, end, len(piece), error, "" if within else " (beyond the limit)", saves * 1e3)
+            return error, within, saves
+
+        return better_end(pieces, rate)
 
     def _ban_narrowed(self, name, spec, target, error, candidates, notes) -> None:
         """Ban on ``target`` only the units of a failed segment that fail in a part of their own

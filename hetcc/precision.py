@@ -7,7 +7,9 @@ precision) in one problem. compile() checks each lower-precision segment against
 ``segment_limit`` when it lowers it; this module's ``whole_model_error`` then measures the budget's
 metric on the stitched model's outputs, since errors compound across segments, and
 ``drop_for_budget`` gives up (part of) the worst choice when the budget breaks; ``give_up`` does the
-same for a segment beyond its own limit, keeping the share of its units the limit allows."""
+same for a segment beyond its own limit, keeping the share of its units the limit allows. Which
+units keep it, the segment's first ones or its last, compile() measures (``ends``, ``better_end``):
+in a decoder the first layer can move the logits twice as much as the last."""
 from __future__ import annotations
 
 import logging
@@ -123,13 +125,43 @@ def worst_segment(segments):
     return max(low, key=lambda s: (s.verification.relative_error or 0.0, len(s.spec.units)))
 
 
-def give_up(candidates, units: list[int], target: int, keep: float, why: str) -> int:
-    """Ban target index ``target`` for ``units`` but their leading ``keep`` share (a plan in mixed
-    precision: the first layers in it, the rest not); returns how many units kept it."""
+def ends(units: list[int], keep: float) -> list[list[int]]:
+    """The units a partial give-up may keep in the lower precision: the first ``keep`` share of
+    ``units`` and the last (one piece when they are the same: none, or all)."""
     kept = int(keep * len(units))
-    for u in units[kept:]:
-        candidates.ban(u, target, why)
-    return kept
+    if kept in (0, len(units)):
+        return [units[:kept]]
+    return [units[:kept], units[len(units) - kept:]]
+
+
+def better_end(pieces: list[list[int]], rate) -> list[int]:
+    """The piece to keep of ``ends``: ``rate(piece)`` gives (its own relative error, whether that is
+    within the segment limit, the seconds the cost model says it saves). A piece within the limit
+    beats one beyond it; of two within, the one that saves more; of two beyond, the one that
+    moved less (the next give-up starts from it)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    rated = [(piece, *rate(piece)) for piece in pieces]
+    within = [r for r in rated if r[2]]
+    if within:
+        return max(within, key=lambda r: r[3])[0]
+    return min(rated, key=lambda r: r[1])[0]
+
+
+def give_up(candidates, units: list[int], target: int, kept: list[int], why: str) -> int:
+    """Ban target index ``target`` for ``units`` but ``kept`` (a plan in mixed precision: some
+    layers in it, the rest not); returns how many units kept it."""
+    keep = set(kept)
+    for u in units:
+        if u not in keep:
+            candidates.ban(u, target, why)
+    return len(keep)
+
+
+def described(kept: list[int], units: list[int]) -> str:
+    """Which units of ``units`` gave up the precision, for a note: "the last 39 of 184"."""
+    end = "first" if kept and kept[-1] == units[-1] else "last"
+    return f"the {end} {len(units) - len(kept)} of {len(units)}"
 
 
 def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
@@ -140,10 +172,12 @@ def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
                 candidates.ban(u, t, why)
 
 
-def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, partial: bool) -> str:
+def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, partial: bool,
+                    choose=None) -> str:
     """The whole model measured ``accuracy``, beyond ``budget``: give up the precision of the
-    worst lower-precision segment for its later units (``partial``: the share beyond what the
-    budget leaves, AccuracyBudget.share_within; else all of them), record it in ``drops``, and
+    worst lower-precision segment for part of its units (``partial``: the share beyond what the
+    budget leaves, AccuracyBudget.share_within, at the end ``choose(segment, pieces)`` picks among
+    ``ends``, the first piece without it; else for all of them), record it in ``drops``, and
     return the plan's note. AccuracyError when no segment is in a lower precision."""
     worst = worst_segment(segments)
     if worst is None:
@@ -156,14 +190,15 @@ def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, 
             f"{'above' if budget.metric == 'rel_error' else 'below'} {accuracy:.10g}, or list fewer targets "
             "(drop the one furthest from torch)")
     units = list(worst.spec.units)
-    kept = give_up(candidates, units, worst.spec.target, budget.share_within(accuracy) if partial else 0.0,
-                   f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at "
-                   f"{accuracy:.4g}")
+    pieces = ends(units, budget.share_within(accuracy) if partial else 0.0)
+    kept = choose(worst, pieces) if choose is not None else pieces[0]
+    give_up(candidates, units, worst.spec.target, kept,
+            f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at {accuracy:.4g}")
     drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
                   "segment_relative_error": worst.verification.relative_error,
-                  "units": len(units) - kept, "of": len(units)})
+                  "units": len(units) - len(kept), "of": len(units)})
     what = (f"{worst.target} for {worst.program.name}" if not kept else
-            f"{worst.target} for the last {len(units) - kept} of {len(units)} units of {worst.program.name}")
+            f"{worst.target} for {described(kept, units)} units of {worst.program.name}")
     log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", budget.metric, accuracy,
              budget, what)
     return (f"gave up {what}: with it the whole model's {budget.metric} was {accuracy:.4g}, beyond the "

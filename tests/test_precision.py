@@ -19,10 +19,11 @@ from hetcc.compiler import _target_infos
 from hetcc.cost_model.devices import DeviceSpec
 from hetcc.cost_model.profiles import BackendProfile
 from hetcc.cost_model.roofline import node_parts
-from hetcc.error_budget import AccuracyBudget
+from hetcc.error_budget import AccuracyBudget, relative_error
 from hetcc.errors import AccuracyError, HetccError, TargetError
 from hetcc.passes.build_problem import shared_memories
 from hetcc.passes.facts import NodeFacts
+from hetcc.precision import better_end, described, ends, give_up
 from hetcc.target import Target, parse_targets
 
 
@@ -118,8 +119,6 @@ def test_a_segment_limit_follows_the_metric():
 
 
 def test_the_share_kept_is_what_the_budget_leaves_and_something_is_always_given_up():
-    from hetcc.precision import give_up
-
     budget = AccuracyBudget.make(0.01)
     assert budget.share_within(0.02) == pytest.approx(0.4)  # 0.8 x 0.01 / 0.02
     assert budget.share_within(0.0101) < 0.8 and budget.share_within(math.inf) == 0.0
@@ -134,9 +133,30 @@ def test_the_share_kept_is_what_the_budget_leaves_and_something_is_always_given_
             self.banned.append((u, t))
 
     for n in (1, 2, 5, 10):
-        bans = Bans()
-        kept = give_up(bans, list(range(n)), 3, budget.share_within(0.0101), "why")
-        assert bans.banned == [(u, 3) for u in range(kept, n)] and len(bans.banned) >= 1  # the later units
+        for piece in ends(list(range(n)), budget.share_within(0.0101)):
+            bans = Bans()
+            kept = give_up(bans, list(range(n)), 3, piece, "why")
+            assert sorted(bans.banned) == [(u, 3) for u in range(n) if u not in piece] and len(bans.banned) >= 1
+            assert kept == len(piece) < n
+
+
+def test_a_partial_give_up_keeps_the_end_that_holds_the_limit_and_saves_more():
+    units = list(range(10))
+    assert ends(units, 0.79) == [list(range(7)), list(range(3, 10))]  # the first 7, the last 7
+    assert ends(units, 0.05) == [[]] and ends(units, 1.0) == [units]
+    first, last = ends(units, 0.5)
+    rates = {}
+
+    def rate(piece):
+        return rates[piece[0]]
+
+    rates.update({0: (0.004, True, 1e-3), 5: (0.006, True, 3e-3)})  # both within: the one saving more
+    assert better_end([first, last], rate) == last
+    rates.update({0: (0.004, True, 1e-3), 5: (0.02, False, 3e-3)})  # one beyond the limit
+    assert better_end([first, last], rate) == first
+    rates.update({0: (0.03, False, 1e-3), 5: (0.02, False, 3e-4)})  # both beyond: the one that moved less
+    assert better_end([first, last], rate) == last
+    assert described(last, units) == "the first 5 of 10" and described(first, units) == "the last 5 of 10"
 
 
 def test_a_budget_with_no_room_offers_no_lower_precision():
@@ -413,6 +433,38 @@ def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
     assert any("onnxruntime:cpu@int8 was not kept" in n and "beyond the accuracy budget" in n
                and "of an earlier placement" in n for n in cm.plan.notes), cm.plan.notes
     assert cm.plan.accuracy["measured"] < 1e-3
+
+
+class OutlierFirst(nn.Module):
+    """Six layers whose first reads an input with a few huge entries: dynamic int8 quantizes that
+    activation with one scale, so the first layer moves its outputs far more than the others do."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(512, 512) for _ in range(6))
+        self.norm = nn.LayerNorm(512)
+
+    def forward(self, x):
+        x = self.norm(self.layers[0](x))
+        for layer in self.layers[1:]:
+            x = torch.relu(layer(x)) + x
+        return x
+
+
+def test_a_partial_give_up_keeps_the_precision_where_it_moves_the_outputs_least():
+    torch.manual_seed(0)
+    x = torch.randn(256, 512)
+    x[:, :4] *= 400.0
+    model = OutlierFirst().eval()
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=0.02,
+                       tune="off")
+    where = {n: s.target for s in cm.plan.segments for n in s.nodes}
+    assert cm.plan.accuracy["measured"] <= 0.02
+    # the first layer gave int8 up (its own outputs moved most), the last ones kept it
+    assert where["addmm"] == "onnxruntime:cpu" and where["addmm_5"] == "onnxruntime:cpu@int8", where
+    assert any("was not kept for the first" in n for n in cm.plan.notes), cm.plan.notes
+    with torch.no_grad():
+        assert relative_error(cm(x), model(x)) <= 0.02
 
 
 class Classifier(nn.Module):
