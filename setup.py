@@ -30,6 +30,8 @@ setup(
     extras_require={
         "onnxruntime": ["onnx", "onnxscript", "onnxruntime"],
         "openvino": ["openvino"],
+        # static int8 on OpenVINO (openvino:cpu@int8s); segments it saved load without it
+        "nncf": ["openvino", "nncf"],
         "tensorrt": ["tensorrt", "onnx", "onnxscript"],
         "iree": ["iree-base-compiler", "iree-base-runtime", "torch-mlir"],
         # Hugging Face models (examples/hf_models.py, tests/test_hf_models.py)

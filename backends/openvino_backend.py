@@ -19,9 +19,10 @@ from hetcc.backends._common import (
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.openvino_masks import drop_empty_masks
+from hetcc.backends.openvino_static import nncf_here, quantize_static
 from hetcc.backends.openvino_weights import compress_weights
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
-from hetcc.errors import BundleError, TargetError
+from hetcc.errors import BundleError, InternalError, TargetError
 from hetcc.target import Target
 from hetcc.names import op_name
 
@@ -83,11 +84,12 @@ class OpenVinoBackend(Backend):
         "bfloat16": "numpy has no bfloat16 to hand these tensors to OpenVINO",
         **dict.fromkeys(("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"), _FLOAT8)}
     options: ClassVar[tuple[Option, ...]] = (
-        precision_option(PRECISIONS + tuple(COMPRESSED),
+        precision_option(PRECISIONS + tuple(COMPRESSED) + ("int8s",),
                          "the CPU plugin's INFERENCE_PRECISION_HINT (one this CPU lacks runs as the plugin "
                          "decides, bf16 for fp16, or fp32, with a warning); int8w and int8w-bf16 also store "
                          "MatMul weights and embedding tables in int8, computing in fp32 or bf16 (convolution "
-                         "weights in the file only)"),
+                         "weights in the file only); int8s: convolutions and matrix products in int8, "
+                         "activation ranges from calibration batches (NNCF's quantize; pip install nncf)"),
         threads_option("INFERENCE_NUM_THREADS, threads per compiled segment; 0: OpenVINO's default"),
         Option("config", "further compile properties, e.g. {\"NUM_STREAMS\": \"2\"} (the keys in "
                "openvino_backend.SAFE_CONFIG_KEYS)", types=(dict,), default={}),
@@ -103,7 +105,10 @@ class OpenVinoBackend(Backend):
                               f"got {type(config).__name__}")
         given = check_options(self.name, self.options, {"precision": precision, "threads": threads,
                                                         "config": dict(config or {})})
-        self.precision, self.threads = COMPRESSED.get(given["precision"], given["precision"]), given["threads"]
+        # int8s runs its int8 ops as quantized and the rest in fp32
+        self.static = given["precision"] == "int8s"
+        self.precision = "fp32" if self.static else COMPRESSED.get(given["precision"], given["precision"])
+        self.threads = given["threads"]
         self.weights = "int8" if given["precision"] in COMPRESSED else None
         self.config = _checked_config(given["config"])
         named = sorted(k for k in self.config if k in _NAMED_PROPERTIES)
@@ -130,9 +135,11 @@ class OpenVinoBackend(Backend):
         return out
 
     def precisions(self, target: Target) -> tuple[str, ...]:
-        """int8 weights always; bf16 and fp16 where this CPU's plugin computes in them itself."""
+        """int8 weights always; bf16 and fp16 where this CPU's plugin computes in them itself;
+        static int8 where NNCF is installed."""
         native = [p for p in ("bf16", "fp16") if _precision_run_for(p) == p]
-        return tuple(native) + ("int8w",) + (("int8w-bf16",) if "bf16" in native else ())
+        return (tuple(native) + ("int8w",) + (("int8w-bf16",) if "bf16" in native else ())
+                + (("int8s",) if nncf_here() else ()))
 
     def supports_op(self, node, target: Target) -> Support:
         if _qualified_name(node.target) not in _converted_ops():
@@ -142,9 +149,14 @@ class OpenVinoBackend(Backend):
     def lower(self, segment, target: Target, workdir: Path) -> Artifact:
         import openvino as ov
 
+        if self.static and not segment.calibration:
+            # compile offers int8s only with batches (hetcc/precision.py), and hands them to the segment
+            raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
+                                "calibration batches")
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         xml = workdir / "model.xml"
+        static = {}
         try:
             ep = segment.export()
             with quiet():
@@ -156,6 +168,8 @@ class OpenVinoBackend(Backend):
             _fix_static_shapes(ov, model, segment)
             drop_empty_masks(model)  # bf16 attention with a constant mask returns NaN
             compressed = compress_weights(model) if self.weights == "int8" else {}
+            if self.static:
+                model, static = quantize_static(model, segment.calibration)
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
                 port.get_tensor().add_names({name})
@@ -172,6 +186,7 @@ class OpenVinoBackend(Backend):
                 "segment": segment.name,
                 "precision": self._precision_that_runs(),
                 "requested_precision": self.precision,
+                **static,
                 **({"weights": "int8", "compressed_matmuls": compressed["matmuls"],
                     "compressed_embeddings": compressed["embeddings"],
                     "compressed_convolutions": compressed["convolutions"]} if self.weights else {}),

@@ -19,6 +19,8 @@ new random order each round):
   openvino        OpenVINO's default config (on a CPU with AVX512-BF16, as here, it computes in bf16)
   openvino-nncf   OpenVINO's own weight compression: nncf.compress_weights (INT8_ASYM, its default)
                   on the converted model, default config (pip install nncf; the path fails without)
+  openvino-int8s  OpenVINO's own static int8: nncf.quantize (its defaults) on the converted model,
+                  calibrated as ort-int8s is, default config
   eager           the model itself
 
 "best fp32 native" is the faster of onnxruntime and openvino-f32 (the best native on every model
@@ -151,6 +153,27 @@ def build_openvino_nncf(model, inputs, workdir: Path):
                  "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
 
 
+def build_openvino_int8s(model, inputs, workdir: Path, calibration=()):
+    import nncf
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model, example_input=tuple(inputs))
+    items = [[a.numpy() for a in batch] for batch in [tuple(inputs), *calibration]]
+    quantized = nncf.quantize(converted, nncf.Dataset(items), subset_size=len(items))
+    ov.save_model(quantized, str(workdir / "m.xml"))
+    compiled = ov.Core().compile_model(quantized, "CPU")
+
+    def run(*args):
+        result = compiled([a.numpy() for a in args])
+        return [result[o] for o in compiled.outputs]
+
+    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__,
+                 "calibration_batches": len(items),
+                 "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
+
+
 def errors(got, want, logits: bool) -> dict:
     got, want = native.flat_tensors(got), native.flat_tensors(want)
     rel = max(relative_error(g.to(torch.float32), w) for g, w in zip(got, want) if w.is_floating_point())
@@ -169,7 +192,9 @@ def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int
     builders = {"onnxruntime": native.build_onnxruntime, "openvino-f32": native.build_openvino_f32,
                 "ort-int8": build_ort_int8, "openvino": native.build_openvino,
                 "ort-int8s": lambda m, i, w: build_ort_int8s(m, i, w, batches),
-                "openvino-nncf": build_openvino_nncf, "eager": native.build_eager}
+                "openvino-nncf": build_openvino_nncf,
+                "openvino-int8s": lambda m, i, w: build_openvino_int8s(m, i, w, batches),
+                "eager": native.build_eager}
     for b in budgets:
         if str(b).startswith("top1") and name not in LOGITS:
             continue  # top-1 agreement needs logits
@@ -242,7 +267,7 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", default="onnxruntime,openvino-f32,ort-int8,openvino,openvino-nncf,eager")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--calibration", type=int, default=0, metavar="N",
-                        help="calibration batches for hetcc (static int8) and ort-int8s, besides the example inputs")
+                        help="calibration batches for hetcc (static int8), ort-int8s and openvino-int8s, besides the example inputs")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)

@@ -1,6 +1,6 @@
-"""Calibration batches for static int8 (``onnxruntime:cpu@int8s``): inputs like the example ones,
-from which a runtime fixes each activation's int8 scale ahead of time (docs/precision.md, "Static
-int8").
+"""Calibration batches for static int8 (``onnxruntime:cpu@int8s``, ``openvino:cpu@int8s``):
+inputs like the example ones, from which a runtime fixes each activation's int8 scale ahead of
+time (docs/precision.md, "Static int8").
 
 The user gives batches of the model's inputs; a segment needs its own inputs, which are values in
 the middle of the model. ``CalibrationBatches`` runs the captured graph on each batch once, before

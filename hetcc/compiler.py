@@ -248,9 +248,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         "bf16"]); None: every one the targets offer. A target written with one
         ("onnxruntime:cpu@int8") is offered as it is.
     calibration: with accuracy, a list of input batches given as the example inputs are (e.g.
-        [(x1,), (x2,)]), from which static int8 (onnxruntime:cpu@int8s: int8 convolutions and
-        matrix products, activation scales fixed ahead of time) takes its ranges, together with
-        the example inputs. Without it static int8 is not offered. docs/precision.md.
+        [(x1,), (x2,)]), from which static int8 (onnxruntime:cpu@int8s, and openvino:cpu@int8s
+        where NNCF is installed: int8 convolutions and matrix products, activation scales fixed
+        ahead of time) takes its ranges, together with the example inputs. Without it static
+        int8 is not offered. docs/precision.md.
     strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
         torch:cpu because the targets asked for refused it or failed on it (its message names the
         nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes

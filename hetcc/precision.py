@@ -86,7 +86,8 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
         runs = [t for t in wanted if not t.precision and CALIBRATED & set(precisions_of(backends[t], t))]
         raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s), which "
                          + ("precisions= (CLI --precisions) leaves out: add int8s to it" if runs else
-                            "none of the targets runs here (onnxruntime:cpu does): add it to the targets")
+                            "none of the targets runs here (onnxruntime:cpu does, and openvino:cpu with NNCF "
+                            "installed: pip install nncf): add one to the targets")
                          + ", or leave calibration out")
     if chosen is not None and not added and not listed:
         said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"

@@ -209,12 +209,56 @@ def test_a_bundle_in_static_int8_loads_and_gives_the_same_outputs(tmp_path):
     torch.testing.assert_close(loaded(*inputs), cm(*inputs))
 
 
+def openvino_model_of(compiled):
+    import openvino as ov
+
+    (artifact,) = compiled.artifacts.values()
+    return ov.Core().read_model(artifact.files["model"], artifact.files["weights"])
+
+
+def input_range(model) -> float:
+    """The width of the FakeQuantize range on the model's input (what calibration fixed)."""
+    first = model.inputs[0].get_node()
+    (fq,) = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+             and op.input_value(0).get_node() == first]
+    low, high = (float(fq.input_value(i).get_node().get_data().min()) for i in (1, 2))
+    return high - low
+
+
+def test_openvino_runs_static_int8_from_nncf_within_the_budget(tmp_path):
+    model, inputs = convnet()
+    cm = hetcc.compile(model, inputs, ["openvino:cpu"], accuracy=0.05, precisions=["int8s"],
+                       calibration=batches(), tune="off")
+    assert [str(s.target) for s in cm.plan.segments] == ["openvino:cpu@int8s"]
+    graph = openvino_model_of(cm)
+    ops = [op.get_type_name() for op in graph.get_ordered_ops()]
+    # the activations of both convolutions and the Linear go through int8, and so do their weights,
+    # which the file stores as int8
+    assert ops.count("FakeQuantize") >= 3 and ops.count("Convolution") == 2
+    assert sum(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+               for op in graph.get_ordered_ops()) >= 3
+    (artifact,) = cm.artifacts.values()
+    assert artifact.meta["static_int8"].startswith("nncf ") and artifact.meta["calibration_batches"] == 4
+    with torch.no_grad():
+        want = model(*inputs)
+    error = float((cm(*inputs) - want).norm() / want.norm())
+    assert 0 < error <= 0.05 and cm.plan.accuracy["measured"] == pytest.approx(error, rel=1e-4)
+    # the ranges come from the batches: ten times wider batches widen the input's
+    wide = hetcc.compile(model, inputs, ["openvino:cpu"], accuracy=0.5, precisions=["int8s"],
+                         calibration=batches(scale=10.0), tune="off")
+    assert input_range(openvino_model_of(wide)) > 5 * input_range(graph)
+    # a bundle loads it without NNCF's help and gives the same outputs
+    loaded = hetcc.load(cm.save(tmp_path / "ov-int8s.bundle"))
+    assert [str(s.target) for s in loaded.plan.segments] == ["openvino:cpu@int8s"]
+    torch.testing.assert_close(loaded(*inputs), cm(*inputs))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"accuracy": 0.05, "targets": ["onnxruntime:cpu@int8s"]}, "give calibration="),
     ({"accuracy": 0.05, "precisions": ["int8s"]}, "give calibration=.* too"),
     ({"calibration": "batches"}, "give an accuracy budget too"),
-    ({"accuracy": 0.05, "calibration": "batches", "targets": ["openvino:cpu", "torch:cpu"]},
-     "none of the targets runs here .onnxruntime:cpu does"),
+    ({"accuracy": 0.05, "calibration": "batches", "targets": ["iree:cpu", "torch:cpu"]},
+     "none of the targets runs here .onnxruntime:cpu does, and openvino:cpu with NNCF installed"),
     ({"accuracy": 0.05, "calibration": "batches", "precisions": ["int8"]}, r"precisions= \(CLI --precisions\) leaves out: add int8s"),
 ])
 def test_static_int8_asked_for_without_what_it_needs_says_what_to_add(options, message):

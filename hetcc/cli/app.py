@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "targets offer; `hetcc targets` lists them), e.g. int8w,bf16")
     p.add_argument("--calibration", metavar="FILE.py:FUNCTION",
                    help="with --accuracy, input batches (a function returning a list of them, each like "
-                        "the example inputs) from which static int8 (onnxruntime:cpu@int8s) fixes its "
+                        "the example inputs) from which static int8 (onnxruntime:cpu@int8s, openvino:cpu@int8s) fixes its "
                         "activation scales; without it int8s is not offered")
     add_fallback_flags(p)
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
