@@ -269,21 +269,28 @@ STATIC_OPS = ["Conv", "MatMul", "Gemm"]
 the error at what the products add."""
 
 
-def quantized_static(exported, segment, workdir: Path):
+def quantized_static(exported, segment, workdir: Path, symmetric: bool = False):
     """The exported model with its convolutions and matrix products in int8 and the activation
     scales fixed from ``segment.calibration`` (ONNX Runtime's own ``quantize_static``, QDQ format,
-    weights per output channel, min-max ranges), in place of the fp32 file."""
+    weights per output channel, min-max ranges), in place of the fp32 file. Activations are uint8
+    with a zero point, or with ``symmetric`` int8 centred on zero and biases left in float: what
+    TensorRT takes (it quantizes symmetrically only, and dequantizes int8, not int32)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    activation = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if symmetric else {}
 
     def run(source, target):
         reader = calibration_reader(segment.calibration, exported.input_names)
         quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data)
+                        weight_type=QuantType.QInt8, activation_type=activation,
+                        op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data,
+                        extra_options=extra)
     return _replaced(exported, segment, workdir, run, "quantize_static",
                      f"<the segment's {len(segment.calibration)} calibration batches, not saved>, "
                      "quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, "
-                     "activation_type=QuantType.QUInt8, op_types_to_quantize=" + repr(STATIC_OPS))
+                     f"activation_type=QuantType.{activation.name}, op_types_to_quantize={STATIC_OPS!r}, "
+                     f"extra_options={extra!r}")
 
 
 def calibration_reader(batches, names):

@@ -14,6 +14,7 @@ Device memory and streams come from torch.cuda, so no pycuda or cuda-python is n
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import threading
 from functools import lru_cache
@@ -27,17 +28,20 @@ from hetcc.backends._common import (
 from hetcc.backends.base import YES, Artifact, Backend, Support, missing_packages, not_installed
 from hetcc.backends.onnx_export import ONNX_OPSET, export_onnx, exporter_support
 from hetcc.backends.options import Option, check_options, precision_option
-from hetcc.errors import BundleError, InputError, LoweringError, TargetError
+from hetcc.errors import BundleError, InputError, InternalError, LoweringError, TargetError
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
 from hetcc.names import dtype_name, first_line, op_name
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8s")
 """fp32: TensorRT's TF32 math is switched off, so fp32 layers match torch to fp32 tolerances.
 tf32: TensorRT's default (TF32 tensor cores for fp32 GEMMs and convolutions; ~1e-3 relative).
-fp16 / bf16: TensorRT 10 may pick half-precision kernels per layer (BuilderFlag.FP16 / BF16)."""
+fp16 / bf16: TensorRT 10 may pick half-precision kernels per layer (BuilderFlag.FP16 / BF16).
+int8s: explicit quantization: the exported file gets QuantizeLinear/DequantizeLinear pairs with
+symmetric int8 scales from calibration batches (ONNX Runtime's quantize_static, as
+onnxruntime:cpu@int8s, but symmetric), which TensorRT builds as int8 layers."""
 DEFAULT_DYNAMIC_MAX = 4096
 """Largest size a dynamic dimension gets in the engine's optimization profile when the model's
 own range is wider (an unbounded Dim): TensorRT sizes its memory for the profile's maximum."""
@@ -124,8 +128,9 @@ class TensorRTBackend(Backend):
         "cuda": "never run on a GPU: written against TensorRT 10's documented API (docs/gpu_backends.md)"}
     """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
     options: ClassVar[tuple[Option, ...]] = (
-        precision_option(PRECISIONS, "fp32 (TF32 off), tf32 (TensorRT's default), or fp16/bf16 kernels "
-                         "where TensorRT 10 picks them (BuilderFlag.FP16/BF16)"),
+        precision_option(PRECISIONS, "fp32 (TF32 off), tf32 (TensorRT's default), fp16/bf16 kernels "
+                         "where TensorRT 10 picks them (BuilderFlag.FP16/BF16), or int8s: convolutions and "
+                         "matrix products in int8 from calibration batches (Q/DQ in the ONNX file)"),
         Option("workspace", "bytes of scratch memory TensorRT may use (default: its own, the whole device)",
                types=(int,), minimum=1),
         Option("dynamic_max", "cap on a dynamic dimension's size in the optimization profile",
@@ -145,11 +150,12 @@ class TensorRTBackend(Backend):
 
     def precisions(self, target: Target) -> tuple[str, ...]:
         """fp16 and bf16 builder flags (TensorRT picks half-precision kernels per layer); bf16 from
-        compute capability 8.0 (Ampere) on. int8 needs a calibrator or QDQ nodes, which hetcc does
-        not write yet."""
+        compute capability 8.0 (Ampere) on. Static int8 (Q/DQ nodes from calibration batches)
+        where ONNX Runtime's quantizer, which writes them, is installed."""
         described = cuda_description(gpu_index(target))
         major = int(str(described.get("compute_capability", "0")).split(".")[0] or 0)
-        return ("fp16", "bf16") if major >= 8 else ("fp16",)
+        static = ("int8s",) if importlib.util.find_spec("onnxruntime") is not None else ()
+        return (("fp16", "bf16") if major >= 8 else ("fp16",)) + static
 
     def target_problem(self, target: Target) -> str | None:
         # TensorRT first (its PyPI name depends on the CUDA version), then the ONNX exporter its
@@ -176,8 +182,16 @@ class TensorRTBackend(Backend):
         trt, why = _tensorrt_or_error()
         if trt is None:
             raise TargetError(f"cannot lower segment {segment.name!r} for {target}: {why}")
+        if self.precision == "int8s" and not segment.calibration:
+            # compile offers int8s only with batches (hetcc/precision.py), and hands them to the segment
+            raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
+                                "calibration batches")
         workdir = Path(workdir)
         exported = export_onnx(segment, workdir, self.name)
+        if self.precision == "int8s":
+            from hetcc.backends.onnxruntime_backend import quantized_static
+
+            exported = quantized_static(exported, segment, workdir, symmetric=True)
         profile = input_profile(segment, exported.input_names, self.dynamic_max)
         try:
             plan = build_engine(trt, exported.files["model"], profile, self.precision, self.workspace,
@@ -435,6 +449,10 @@ def _set_precision(trt, config, precision: str) -> None:
                 f"weak typing): precision {precision!r} needs TensorRT 10; with TensorRT 11, compile a "
                 f"model that is already in {precision} with precision 'fp32'")
         config.set_flag(flag)
+    if precision == "int8s" and hasattr(flags, "INT8"):
+        # TensorRT 10 builds a weakly typed network's Q/DQ layers in int8 only with this flag;
+        # TensorRT 11 removed it: its networks are strongly typed and take the Q/DQ as written
+        config.set_flag(flags.INT8)
 
 
 def deserialize(trt, plan: bytes, target: Target):

@@ -13,6 +13,7 @@ import logging
 import threading
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -337,6 +338,48 @@ def test_precision_flags():
         assert config.flags == flags, precision
     with pytest.raises(RuntimeError, match="needs TensorRT 10"):  # 11 removed weak typing
         trtb._set_precision(_fake_trt("11.4.0", "TF32"), _Config(), "fp16")
+    # static int8 is Q/DQ in the file: TensorRT 10 builds it in int8 with BuilderFlag.INT8, 11
+    # (strongly typed, no INT8 flag) as written
+    config = _Config()
+    trtb._set_precision(_fake_trt("10.3.0", "TF32", "FP16", "BF16", "INT8"), config, "int8s")
+    assert config.flags == {"INT8"}
+    config = _Config()
+    trtb._set_precision(_fake_trt("11.4.0", "TF32"), config, "int8s")
+    assert config.flags == set()
+
+
+def test_tensorrt_static_int8_is_symmetric_qdq_from_the_calibration_batches(tmp_path):
+    # what TensorRT would parse, built and checked here without a GPU: every activation and weight
+    # quantized to int8 with zero point 0 (TensorRT quantizes symmetrically only), scales from the
+    # batches, and the file still computes the model within int8's error
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from hetcc.backends.onnxruntime_backend import quantized_static
+
+    torch.manual_seed(0)
+    model = LinearReluNorm().eval()
+    x = torch.randn(32, 16)
+    _, seg = make_segment(model, (x,))
+    seg.calibration = [(x,), (3.0 * torch.randn(32, 16),)]
+    exported = quantized_static(export_onnx(seg, tmp_path, "tensorrt"), seg, tmp_path, symmetric=True)
+    graph = onnx.load(exported.files["model"])
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    quantize = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quantize and any(n.op_type == "QuantizeLinear" for n in quantize)
+    for n in quantize:
+        zero = inits[n.input[2]]
+        assert zero.dtype == np.int8 and not zero.any(), n.name
+    first = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear"
+                 and n.input[0] == graph.graph.input[0].name)
+    # symmetric min-max over the batches: the widest batch (3x) sets the input's scale
+    widest = max(float(b[0].abs().max()) for b in seg.calibration)
+    assert float(inits[first.input[1]]) == pytest.approx(widest / 127, rel=0.02)
+    session = ort.InferenceSession(exported.files["model"], providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {graph.graph.input[0].name: x.numpy()})
+    want = seg.reference(x)[0]
+    assert float((torch.from_numpy(got) - want).norm() / want.norm()) < 0.05
 
 
 # ---------------------------------------------------------------------------------------------
