@@ -149,6 +149,11 @@ class Backend(ABC):
         offers one takes it as its ``precision`` option (docs/precision.md)."""
         return ()
 
+    def precision_missing(self, target: Target, precision: str) -> str | None:
+        """Why ``precision``, which this backend can run on ``target`` with something installed,
+        is not offered here (what to install); None where that is not the case."""
+        return None
+
     @abstractmethod
     def lower(self, segment, target: Target, workdir: Path) -> Artifact: ...
 

@@ -141,6 +141,11 @@ class OpenVinoBackend(Backend):
         return (tuple(native) + ("int8w",) + (("int8w-bf16",) if "bf16" in native else ())
                 + (("int8s",) if nncf_here() else ()))
 
+    def precision_missing(self, target: Target, precision: str) -> str | None:
+        if precision == "int8s" and not nncf_here():
+            return "openvino:cpu runs static int8 through NNCF, which is not installed: pip install nncf"
+        return None
+
     def supports_op(self, node, target: Target) -> Support:
         if _qualified_name(node.target) not in _converted_ops():
             return Support(False, f"{op_name(node.target)} is not converted by OpenVINO's PyTorch frontend")

@@ -86,6 +86,12 @@ def precisions_of(backend, target: Target) -> tuple[str, ...]:
     return tuple(offered(target)) if callable(offered) else ()
 
 
+def precision_missing(backend, target: Target, precision: str) -> str | None:
+    """What to install for ``backend`` to offer ``precision`` on ``target`` (None: nothing would)."""
+    missing = getattr(backend, "precision_missing", None)
+    return missing(target, precision) if callable(missing) else None
+
+
 def resolve(target: Target, options: dict | None = None):
     """The backend object for a target; a clear error if it is unknown or unusable here.
     ``options`` are keyword arguments for the backend's constructor (e.g. OpenVINO precision),
@@ -100,13 +106,15 @@ def resolve(target: Target, options: dict | None = None):
     if target.precision:
         # the base target with the same options (MIGraphX's route decides what it offers); its
         # errors come first
-        offered = precisions_of(resolve(target.base, {k: v for k, v in (options or {}).items()
-                                                      if k != "precision"}), target.base)
+        base = resolve(target.base, {k: v for k, v in (options or {}).items() if k != "precision"})
+        offered = precisions_of(base, target.base)
         if target.precision not in offered:
+            missing = precision_missing(base, target.base, target.precision)
             raise TargetError(
                 f"target {target}: {target.backend} does not run {target.precision} on {target.device} here "
                 f"({'it offers ' + ', '.join(offered) if offered else 'it offers no lower precision there'}); "
-                "compile(accuracy=...) picks among what each target offers by itself (docs/precision.md)")
+                + (f"{missing}" if missing else
+                   "compile(accuracy=...) picks among what each target offers by itself (docs/precision.md)"))
         options = {**(options or {}), "precision": target.precision}  # the target's own wins
     if options and declared is not None:
         options = for_device(declared, check_options(target.backend, declared, options), target.device,

@@ -162,7 +162,7 @@ def build_openvino_int8s(model, inputs, workdir: Path, calibration=()):
         converted = ov.convert_model(model, example_input=tuple(inputs))
     items = [[a.numpy() for a in batch] for batch in [tuple(inputs), *calibration]]
     quantized = nncf.quantize(converted, nncf.Dataset(items), subset_size=len(items))
-    ov.save_model(quantized, str(workdir / "m.xml"))
+    ov.save_model(quantized, str(workdir / "m.xml"), compress_to_fp16=False)
     compiled = ov.Core().compile_model(quantized, "CPU")
 
     def run(*args):

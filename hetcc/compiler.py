@@ -54,6 +54,7 @@ from hetcc.precision import (
     check_precision_options,
     described,
     drop_for_budget,
+    end_given_up,
     ends,
     give_up,
     give_up_all,
@@ -91,8 +92,9 @@ MAX_DROPS = 8
 whole model beyond the budget) before giving up on lower precisions altogether (one more
 placement, in the model's own precision)."""
 PARTIAL_DROPS = 3
-"""Whole-model misses that give up only the later part of a segment's lower precision (the share
-the budget leaves, see AccuracyBudget.share_within); later ones give up the whole segment's."""
+"""Misses that give up only part of a segment's lower precision (all but the share the budget
+leaves, see AccuracyBudget.share_within, at the end precision.better_end picks); later ones give up
+the whole segment's."""
 
 
 @dataclass(frozen=True)
@@ -443,7 +445,7 @@ class _Session:
                 notes.append(drop_for_budget(
                     segments, accuracy, self.budget, candidates, drops, partial=len(drops) < PARTIAL_DROPS,
                     choose=lambda seg, pieces: self._better_end(seg.program.name, seg.target, seg.spec.target,
-                                                                pieces, problem)))
+                                                                pieces, problem, by="error")))
             # place again, without what was given up: not an attempt
             attempt, resolves = attempt - 1, resolves + 1
             if len(drops) >= MAX_DROPS:
@@ -488,8 +490,8 @@ class _Session:
                    partial: bool = False):
         """Lower every segment; None (after banning what failed) if any segment failed. A
         lower-precision segment beyond the budget's segment limit is added to ``missed``, and gives
-        up its precision for its later units (``partial``: the share beyond what the limit allows,
-        as a whole-model miss does; else for all of them)."""
+        up its precision for some of its units (``partial``: all but the share the limit allows, at
+        the end _better_end picks, as a whole-model miss does; else for all of them)."""
         segments = []
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
@@ -505,13 +507,14 @@ class _Session:
                 log.info("%s on %s: %s; placing %s units again without it", program.name, target,
                          error, described(kept, units))
                 # the segment names are this placement's, which the final plan may not have
-                first = next(u for u in units if u not in kept)
+                keep = set(kept)
+                first = next((u for u in units if u not in keep), units[0])
                 notes.append(f"{target} was not kept for {described(kept, units)} unit(s) of {program.name} of "
                              f"an earlier placement ({self.units[first].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
                                    "segment_relative_error": outcome.missed, "units": len(units) - len(kept),
-                                   "of": len(units), "why": error})
+                                   "of": len(units), "gave_up": end_given_up(kept, units), "why": error})
                 return None
             if error is not None:
                 if target == FALLBACK and ("vetted set" in error or "which hetcc refuses" in error):
@@ -557,16 +560,18 @@ class _Session:
                                                   self.tolerances, self.cross_compile, self.nan, limit)
         return program, self.lowered[key]
 
-    def _better_end(self, name: str, target, t: int, pieces: list[list[int]], problem) -> list[int]:
+    def _better_end(self, name: str, target, t: int, pieces: list[list[int]], problem,
+                    by: str = "saving") -> list[int]:
         """precision.better_end, measured: each piece of segment ``name`` lowered on ``target``
-        (index ``t``) and checked against its limit (the placement that follows reuses the one
-        kept), and what the cost model says it saves against the fastest fp32 target."""
+        (index ``t``) and checked against its limit, and what the cost model says it saves against
+        the fastest fp32 target. Two lowerings more; the placement that follows usually forms the
+        piece kept as a segment and reuses its lowering."""
         if len(pieces) == 1:
             return pieces[0]
         fp32 = [i for i, o in enumerate(self.order) if not o.precision]
 
-        def rate(piece):
-            end = "first" if piece is pieces[0] else "last"
+        def rate(i, piece):
+            end = ("first", "last")[i]
             _, outcome = self._lower(f"{name}_{end}", piece, target,
                                      doing=f"which end of {name} keeps {target.precision}: ")
             if outcome.error is None:
@@ -578,7 +583,7 @@ class _Session:
                      name, target, end, len(piece), error, "" if within else " (beyond the limit)", saves * 1e3)
             return error, within, saves
 
-        return better_end(pieces, rate)
+        return better_end(pieces, rate, by)
 
     def _ban_narrowed(self, name, spec, target, error, candidates, notes) -> None:
         """Ban on ``target`` only the units of a failed segment that fail in a part of their own

@@ -13,8 +13,9 @@ in a decoder the first layer can move the logits twice as much as the last."""
 from __future__ import annotations
 
 import logging
+import math
 
-from hetcc.backends.registry import precisions_of
+from hetcc.backends.registry import precision_missing, precisions_of
 from hetcc.errors import AccuracyError, HetccError
 from hetcc.target import PRECISIONS, Target
 
@@ -84,10 +85,13 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                 added.append(variant)
     if calibrated and not any(t.precision in CALIBRATED for t in [*listed, *added]):
         runs = [t for t in wanted if not t.precision and CALIBRATED & set(precisions_of(backends[t], t))]
+        missing = [m for t in wanted if not t.precision
+                   for m in [precision_missing(backends[t], t, "int8s")] if m]
         raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s), which "
                          + ("precisions= (CLI --precisions) leaves out: add int8s to it" if runs else
+                            f"none of the targets runs here ({missing[0]})" if missing else
                             "none of the targets runs here (onnxruntime:cpu does, and openvino:cpu with NNCF "
-                            "installed: pip install nncf): add one to the targets")
+                            "installed): add one to the targets")
                          + ", or leave calibration out")
     if chosen is not None and not added and not listed:
         said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"
@@ -135,18 +139,24 @@ def ends(units: list[int], keep: float) -> list[list[int]]:
     return [units[:kept], units[len(units) - kept:]]
 
 
-def better_end(pieces: list[list[int]], rate) -> list[int]:
-    """The piece to keep of ``ends``: ``rate(piece)`` gives (its own relative error, whether that is
-    within the segment limit, the seconds the cost model says it saves). A piece within the limit
-    beats one beyond it; of two within, the one that saves more; of two beyond, the one that
-    moved less (the next give-up starts from it)."""
+def better_end(pieces: list[list[int]], rate, by: str = "saving") -> list[int]:
+    """The piece to keep of ``ends``: ``rate(i, piece)`` gives (its own relative error, whether
+    that is within the segment limit, the seconds the cost model says it saves). A piece within the
+    limit beats one beyond it; of two within, the one that saves more (``by="saving"``: a segment
+    beyond its own limit, where the piece kept only has to hold that limit) or the one that moved
+    less (``by="error"``: the whole model missed, and the segment was within its limit, so both
+    pieces nearly always are); of two beyond, the one that moved less (the next give-up starts
+    from it). An error that is not a number counts as the worst."""
     if len(pieces) == 1:
         return pieces[0]
-    rated = [(piece, *rate(piece)) for piece in pieces]
+    rated = []
+    for i, piece in enumerate(pieces):
+        error, within, saves = rate(i, piece)
+        rated.append((piece, error if math.isfinite(error) else math.inf, within, saves))
     within = [r for r in rated if r[2]]
-    if within:
+    if within and by == "saving":
         return max(within, key=lambda r: r[3])[0]
-    return min(rated, key=lambda r: r[1])[0]
+    return min(within or rated, key=lambda r: r[1])[0]
 
 
 def give_up(candidates, units: list[int], target: int, kept: list[int], why: str) -> int:
@@ -159,10 +169,18 @@ def give_up(candidates, units: list[int], target: int, kept: list[int], why: str
     return len(keep)
 
 
+def end_given_up(kept: list[int], units: list[int]) -> str:
+    """Which units of ``units`` gave the precision up when ``kept`` keep it: "first", "last", or
+    "all" (a plan's accuracy["dropped"] entries say so)."""
+    if not kept:
+        return "all"
+    return "first" if kept[-1] == units[-1] else "last"
+
+
 def described(kept: list[int], units: list[int]) -> str:
-    """Which units of ``units`` gave up the precision, for a note: "the last 39 of 184"."""
-    end = "first" if kept and kept[-1] == units[-1] else "last"
-    return f"the {end} {len(units) - len(kept)} of {len(units)}"
+    """Which units of ``units`` gave the precision up, for a note: "the last 39 of 184"."""
+    end = end_given_up(kept, units)
+    return f"all {len(units)}" if end == "all" else f"the {end} {len(units) - len(kept)} of {len(units)}"
 
 
 def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
@@ -176,9 +194,9 @@ def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
 def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, partial: bool,
                     choose=None) -> str:
     """The whole model measured ``accuracy``, beyond ``budget``: give up the precision of the
-    worst lower-precision segment for part of its units (``partial``: the share beyond what the
-    budget leaves, AccuracyBudget.share_within, at the end ``choose(segment, pieces)`` picks among
-    ``ends``, the first piece without it; else for all of them), record it in ``drops``, and
+    worst lower-precision segment for some of its units (``partial``: all but the share the budget
+    leaves, AccuracyBudget.share_within, keeping the piece of ``ends`` that ``choose(segment,
+    pieces)`` picks, or the first without it; else all of them), record it in ``drops``, and
     return the plan's note. AccuracyError when no segment is in a lower precision."""
     worst = worst_segment(segments)
     if worst is None:
@@ -197,7 +215,7 @@ def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, 
             f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at {accuracy:.4g}")
     drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
                   "segment_relative_error": worst.verification.relative_error,
-                  "units": len(units) - len(kept), "of": len(units)})
+                  "units": len(units) - len(kept), "of": len(units), "gave_up": end_given_up(kept, units)})
     what = (f"{worst.target} for {worst.program.name}" if not kept else
             f"{worst.target} for {described(kept, units)} units of {worst.program.name}")
     log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", budget.metric, accuracy,

@@ -23,7 +23,7 @@ from hetcc.error_budget import AccuracyBudget, relative_error
 from hetcc.errors import AccuracyError, HetccError, TargetError
 from hetcc.passes.build_problem import shared_memories
 from hetcc.passes.facts import NodeFacts
-from hetcc.precision import better_end, described, ends, give_up
+from hetcc.precision import better_end, described, end_given_up, ends, give_up
 from hetcc.target import Target, parse_targets
 
 
@@ -147,16 +147,25 @@ def test_a_partial_give_up_keeps_the_end_that_holds_the_limit_and_saves_more():
     first, last = ends(units, 0.5)
     rates = {}
 
-    def rate(piece):
-        return rates[piece[0]]
+    def rate(i, piece):
+        assert piece == (first, last)[i]
+        return rates[i]
 
-    rates.update({0: (0.004, True, 1e-3), 5: (0.006, True, 3e-3)})  # both within: the one saving more
+    rates.update({0: (0.004, True, 1e-3), 1: (0.006, True, 3e-3)})  # both within: the one saving more
     assert better_end([first, last], rate) == last
-    rates.update({0: (0.004, True, 1e-3), 5: (0.02, False, 3e-3)})  # one beyond the limit
+    # after a whole-model miss both ends are within the segment's limit: the one that moved less
+    assert better_end([first, last], rate, by="error") == first
+    rates.update({0: (0.004, True, 1e-3), 1: (0.02, False, 3e-3)})  # one beyond the limit
+    assert better_end([first, last], rate) == first and better_end([first, last], rate, by="error") == first
+    rates.update({0: (0.03, False, 1e-3), 1: (0.02, False, 3e-4)})  # both beyond: the one that moved less
+    assert better_end([first, last], rate) == last
+    rates.update({0: (math.nan, False, 1e-3), 1: (0.5, False, 3e-4)})  # NaN is the worst, not a tie
+    assert better_end([first, last], rate) == last
+    rates.update({0: (0.5, False, 1e-3), 1: (math.nan, False, 3e-4)})
     assert better_end([first, last], rate) == first
-    rates.update({0: (0.03, False, 1e-3), 5: (0.02, False, 3e-4)})  # both beyond: the one that moved less
-    assert better_end([first, last], rate) == last
     assert described(last, units) == "the first 5 of 10" and described(first, units) == "the last 5 of 10"
+    assert described([], units) == "all 10" and end_given_up([], units) == "all"
+    assert end_given_up(last, units) == "first" and end_given_up(first, units) == "last"
 
 
 def test_a_budget_with_no_room_offers_no_lower_precision():
@@ -451,7 +460,7 @@ class OutlierFirst(nn.Module):
         return x
 
 
-def test_a_partial_give_up_keeps_the_precision_where_it_moves_the_outputs_least():
+def test_a_partial_give_up_keeps_the_precision_at_the_end_that_holds_the_limit(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(256, 512)
     x[:, :4] *= 400.0
@@ -463,6 +472,9 @@ def test_a_partial_give_up_keeps_the_precision_where_it_moves_the_outputs_least(
     # the first layer gave int8 up (its own outputs moved most), the last ones kept it
     assert where["addmm"] == "onnxruntime:cpu" and where["addmm_5"] == "onnxruntime:cpu@int8", where
     assert any("was not kept for the first" in n for n in cm.plan.notes), cm.plan.notes
+    assert [d["gave_up"] for d in cm.plan.accuracy["dropped"]] == ["first"]
+    loaded = hetcc.load(cm.save(tmp_path / "mixed.bundle"))  # the bundle keeps which end gave it up
+    assert [d["gave_up"] for d in loaded.plan.accuracy["dropped"]] == ["first"]
     with torch.no_grad():
         assert relative_error(cm(x), model(x)) <= 0.02
 

@@ -1,5 +1,6 @@
-"""Static int8 with calibration batches (onnxruntime:cpu@int8s): activation scales fixed from the
-batches the user gives, checked against the accuracy budget like every lower precision."""
+"""Static int8 with calibration batches (onnxruntime:cpu@int8s, openvino:cpu@int8s through NNCF):
+activation scales fixed from the batches the user gives, checked against the accuracy budget like
+every lower precision."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import hetcc
 from hetcc.calibration_batches import CalibrationBatches, read_across_units
 from hetcc.capture import capture
 from hetcc.cli.app import main
-from hetcc.errors import HetccError, InputError, InternalError
+from hetcc.errors import HetccError, InputError, InternalError, TargetError
 
 ORT = ["onnxruntime:cpu", "torch:cpu"]
 
@@ -226,6 +227,7 @@ def input_range(model) -> float:
 
 
 def test_openvino_runs_static_int8_from_nncf_within_the_budget(tmp_path):
+    pytest.importorskip("nncf", reason="NNCF is optional (the nncf extra); CI installs it")
     model, inputs = convnet()
     cm = hetcc.compile(model, inputs, ["openvino:cpu"], accuracy=0.05, precisions=["int8s"],
                        calibration=batches(), tune="off")
@@ -251,6 +253,18 @@ def test_openvino_runs_static_int8_from_nncf_within_the_budget(tmp_path):
     loaded = hetcc.load(cm.save(tmp_path / "ov-int8s.bundle"))
     assert [str(s.target) for s in loaded.plan.segments] == ["openvino:cpu@int8s"]
     torch.testing.assert_close(loaded(*inputs), cm(*inputs))
+
+
+def test_openvino_static_int8_without_nncf_says_to_install_it(monkeypatch):
+    from hetcc.backends import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "nncf_here", lambda: False)
+    model, inputs = convnet()
+    with pytest.raises(HetccError, match=r"none of the targets runs here \(openvino:cpu runs static int8 "
+                                         r"through NNCF, which is not installed: pip install nncf\)"):
+        hetcc.compile(model, inputs, ["openvino:cpu"], accuracy=0.05, calibration=batches(), tune="off")
+    with pytest.raises(TargetError, match="does not run int8s on cpu here .*pip install nncf"):
+        hetcc.compile(model, inputs, ["openvino:cpu@int8s"], accuracy=0.05, calibration=batches(), tune="off")
 
 
 @pytest.mark.parametrize("options, message", [
