@@ -189,7 +189,7 @@ class TensorRTBackend(Backend):
         workdir = Path(workdir)
         exported = export_onnx(segment, workdir, self.name)
         if self.precision == "int8s":
-            from hetcc.backends.onnxruntime_backend import quantized_static
+            from hetcc.backends.onnx_quantize import quantized_static
 
             exported = quantized_static(exported, segment, workdir, symmetric=True)
         profile = input_profile(segment, exported.input_names, self.dynamic_max)

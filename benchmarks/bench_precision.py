@@ -125,7 +125,7 @@ def build_ort_int8(model, inputs, workdir: Path):
 def build_ort_int8s(model, inputs, workdir: Path, calibration=()):
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from hetcc.backends.onnxruntime_backend import calibration_reader
+    from hetcc.backends.onnx_quantize import calibration_reader
 
     source, target = _exported(model, inputs, workdir / "model.onnx"), workdir / "model_int8s.onnx"
     reader = calibration_reader([tuple(inputs), *calibration], _ort_session(source)[1])

@@ -111,7 +111,7 @@ def test_backend_options_reach_the_backend_and_bad_ones_are_named():
     with pytest.raises(TargetError, match="bad options for backend 'openvino': it has no option 'colour'; "
                                           "it takes precision"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"colour": 1}})
-    with pytest.raises(TargetError, match="precision must be one of fp32, fp16, bf16, int8w, int8w-bf16, got 'f8'"):
+    with pytest.raises(TargetError, match="precision must be one of fp32, fp16, bf16, int8w, int8w-bf16, int8s, got 'f8'"):
         hetcc.compile(model, inputs, targets=["openvino:cpu"], backend_options={"openvino": {"precision": "f8"}})
 
 

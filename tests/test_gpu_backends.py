@@ -356,7 +356,7 @@ def test_tensorrt_static_int8_is_symmetric_qdq_from_the_calibration_batches(tmp_
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from hetcc.backends.onnxruntime_backend import quantized_static
+    from hetcc.backends.onnx_quantize import quantized_static
 
     torch.manual_seed(0)
     model = LinearReluNorm().eval()

@@ -1,0 +1,133 @@
+"""Quantizing an exported ONNX file with ONNX Runtime's own quantizer, for the backends that take
+ONNX: onnxruntime:cpu's int8 (dynamic) and int8s (static, calibrated), and tensorrt:cuda's int8s
+(static and symmetric, which TensorRT builds as explicit quantization). Each returns the export
+with its model file replaced by the quantized one."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from hetcc.backends._common import lowering_error, py_str, quiet, quiet_logger, to_numpy
+
+QUANTIZED_OPS = ["MatMul", "Gather"]
+"""What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
+so the exporter's Gemm for a Linear is one too), and embedding tables (2-D, read along rows) of
+SMALLEST_TABLE rows or more that nothing but lookups reads, stored uint8 with one scale per table
+(a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of the
+fp32 bytes, at the same speed). A table tied to an output head stays fp32: quantizing it for the
+lookups would add an int8 copy beside the fp32 one the head reads. Not Conv: its dynamic
+ConvInteger ran a ResNet-18 3.7x slower than fp32 here (63 against 17 ms,
+benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/benchmarks.md); static
+int8 (int8s) is what runs convolutions in int8."""
+
+
+def quantized(exported, segment, workdir: Path):
+    """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
+    output channel, signed weights, activations quantized per call), in place of the fp32 file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = Path(exported.files["model"])
+    kept, unnamed = _tables_kept(source)
+    ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
+    kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
+
+    def run(source, target):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=ops, nodes_to_exclude=kept,
+                         use_external_data_format=exported.external_data)
+    return _replaced(exported, segment, workdir, run, "quantize_dynamic",
+                     f"weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize={ops!r}, "
+                     f"nodes_to_exclude={kept!r}")
+
+
+def _tables_kept(path: Path) -> tuple[list[str], bool]:
+    """The Gather nodes whose table stays fp32, and whether one of them has no name (then no
+    table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer than
+    SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every token,
+    their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read along its
+    rows, and one that something besides lookups reads (an output head tied to the embedding)."""
+    import onnx
+
+    from hetcc.cost_model.precision import SMALLEST_TABLE
+
+    model = onnx.load(str(path), load_external_data=False)  # shapes only
+    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    readers: dict[str, set] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    kept, unnamed = [], False
+    for n in model.graph.node:
+        if n.op_type != "Gather" or not n.input or n.input[0] not in tables:
+            continue
+        dims = tables[n.input[0]]
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if len(dims) != 2 or axis != 0 or dims[0] < SMALLEST_TABLE or readers[n.input[0]] != {"Gather"}:
+            kept.append(n.name)
+            unnamed = unnamed or not n.name
+    return kept, unnamed
+
+
+STATIC_OPS = ["Conv", "MatMul", "Gemm"]
+"""What static int8 quantizes: ONNX Runtime fuses the QDQ pairs around these into int8 kernels
+(QLinearConv, QLinearMatMul / MatMulInteger); the elementwise ops between them stay fp32, which keeps
+the error at what the products add."""
+
+
+def quantized_static(exported, segment, workdir: Path, symmetric: bool = False):
+    """The exported model with its convolutions and matrix products in int8 and the activation
+    scales fixed from ``segment.calibration`` (ONNX Runtime's own ``quantize_static``, QDQ format,
+    weights per output channel, min-max ranges), in place of the fp32 file. Activations are uint8
+    with a zero point, or with ``symmetric`` int8 centred on zero and biases left in float: what
+    TensorRT takes (it quantizes symmetrically only, and dequantizes int8, not int32)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    activation = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if symmetric else {}
+
+    def run(source, target):
+        reader = calibration_reader(segment.calibration, exported.input_names)
+        quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=activation,
+                        op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data,
+                        extra_options=extra)
+    return _replaced(exported, segment, workdir, run, "quantize_static",
+                     f"<the segment's {len(segment.calibration)} calibration batches, not saved>, "
+                     "quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, "
+                     f"activation_type=QuantType.{activation.name}, op_types_to_quantize={STATIC_OPS!r}, "
+                     f"extra_options={extra!r}")
+
+
+def calibration_reader(batches, names):
+    """ONNX Runtime's CalibrationDataReader over ``batches`` (tuples of tensors, in the order of
+    the model's inputs ``names``; a None name, an input the exporter dropped, is skipped)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(batches)
+
+        def get_next(self):
+            batch = next(self.left, None)
+            return None if batch is None else {n: to_numpy(x) for n, x in zip(names, batch) if n is not None}
+
+    return Batches()
+
+
+def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
+    """``exported`` with its model file replaced by ``run(source, target)``'s quantized one."""
+    source = Path(exported.files["model"])
+    target = source.with_name("model_int8.onnx")
+    try:
+        with quiet(), quiet_logger():  # it logs advice on the root logger for every tensor
+            run(source, target)
+    except Exception as exc:
+        raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
+            f"onnxruntime.quantization.{what}({py_str(str(source))}, {py_str(str(target))}, {settings})")) from exc
+    for old in [source, *(p for p in Path(workdir).iterdir() if p.name.startswith(source.name + "."))]:
+        old.unlink(missing_ok=True)  # the fp32 weights are not part of the artifact
+    files = {"model": str(target)}
+    data = [p for p in Path(workdir).iterdir() if p.name.startswith(target.name) and p != target]
+    if data:
+        files["weights"] = str(data[0])
+    return replace(exported, files=files, external_data=bool(data))
