@@ -134,44 +134,36 @@ def build_ort_int8s(model, inputs, workdir: Path, calibration=()):
                                       "calibration_batches": 1 + len(calibration)}
 
 
-def build_openvino_nncf(model, inputs, workdir: Path):
+def _openvino_nncf(model, inputs, workdir: Path, transform, **info):
+    """OpenVINO's converter, ``transform(nncf, converted model)``, saved in fp32 and compiled with
+    OpenVINO's default config."""
     import nncf
     import openvino as ov
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = ov.convert_model(model, example_input=tuple(inputs))
-    compressed = nncf.compress_weights(converted)
-    ov.save_model(compressed, str(workdir / "m.xml"), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(compressed, "CPU")
+    done = transform(nncf, converted)
+    ov.save_model(done, str(workdir / "m.xml"), compress_to_fp16=False)
+    compiled = ov.Core().compile_model(done, "CPU")
 
     def run(*args):
         result = compiled([a.numpy() for a in args])
         return [result[o] for o in compiled.outputs]
 
-    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__,
+    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__, **info,
                  "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
+
+
+def build_openvino_nncf(model, inputs, workdir: Path):
+    return _openvino_nncf(model, inputs, workdir, lambda nncf, m: nncf.compress_weights(m))
 
 
 def build_openvino_int8s(model, inputs, workdir: Path, calibration=()):
-    import nncf
-    import openvino as ov
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(model, example_input=tuple(inputs))
     items = [[a.numpy() for a in batch] for batch in [tuple(inputs), *calibration]]
-    quantized = nncf.quantize(converted, nncf.Dataset(items), subset_size=len(items))
-    ov.save_model(quantized, str(workdir / "m.xml"), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(quantized, "CPU")
-
-    def run(*args):
-        result = compiled([a.numpy() for a in args])
-        return [result[o] for o in compiled.outputs]
-
-    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__,
-                 "calibration_batches": len(items),
-                 "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
+    return _openvino_nncf(model, inputs, workdir,
+                          lambda nncf, m: nncf.quantize(m, nncf.Dataset(items), subset_size=len(items)),
+                          calibration_batches=len(items))
 
 
 def errors(got, want, logits: bool) -> dict:
@@ -253,8 +245,10 @@ def render(rows, columns) -> str:
             else:
                 acc = f"{r['rel_error'] * 100:.2f} %" + (f", top-1 {r['top1'] * 100:.1f} %" if "top1" in r else "")
                 weights = f", weights {r['weight_ratio']:.2f}x" if "weight_ratio" in r else ""
+                # no speed-up without an fp32 native path (--paths left both out, or both failed)
+                speedup = (f"**{r['speedup_vs_best_fp32']:.2f}x**; " if "speedup_vs_best_fp32" in r else "")
                 cells.append(f"{r['median_ms']:.2f} ms [{r['p10_ms']:.2f}–{r['p90_ms']:.2f}] "
-                             f"**{r.get('speedup_vs_best_fp32', 0):.2f}x**; err {acc}{weights}")
+                             f"{speedup}err {acc}{weights}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
