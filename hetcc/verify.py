@@ -163,15 +163,16 @@ def compare_relative(program, got, limit: float) -> tuple[float, float]:
 def check_relative(segment: str, names, got, want, limit: float) -> tuple[float, float]:
     """The check of a segment in a lower precision: shapes and dtypes as the reference's, integer
     outputs exact, and each floating-point output within relative error ``limit`` (the accuracy
-    budget's segment limit). Returns (max abs error, worst relative error); LoweringError beyond.
-    Used at compile time, and at load time for a cross-compiled segment."""
+    budget's segment limit). Returns (max abs error, worst relative error); LoweringError beyond
+    (PrecisionMiss naming the output that moved most, whose error decides how much of the segment
+    keeps the precision). Used at compile time, and at load time for a cross-compiled segment."""
     from hetcc.error_budget import relative_error
 
     exact = Tolerances({})  # integers and bools exactly; floats are judged below
     got = list(got)
     if len(got) != len(want):
         raise LoweringError(f"{segment} returned {len(got)} outputs, expected {len(want)}")
-    worst_abs, worst_rel = 0.0, 0.0
+    worst_abs, worst_rel, worst_name = 0.0, 0.0, None
     for name, g, w in zip(names, got, want):
         if isinstance(g, torch.Tensor) and not g.is_cpu:
             g = g.cpu()
@@ -181,11 +182,13 @@ def check_relative(segment: str, names, got, want, limit: float) -> tuple[float,
         if w.numel() == 0:
             continue
         rel = relative_error(g, w)
-        worst_rel = max(worst_rel, rel)
+        rel = rel if rel == rel else math.inf  # NaN: the worst, not an unordered value
+        if worst_name is None or rel > worst_rel:
+            worst_rel, worst_name = rel, name
         worst_abs = max(worst_abs, float((g.double() - w.double()).abs().nan_to_num(0.0).max()))
-        if not rel <= limit:
-            raise PrecisionMiss(f"output {name} is off the torch reference by relative error {rel:.3g}, "
-                                f"beyond the accuracy budget's {limit:.3g} for one segment", rel)
+    if not worst_rel <= limit:
+        raise PrecisionMiss(f"output {worst_name} is off the torch reference by relative error {worst_rel:.3g}, "
+                            f"beyond the accuracy budget's {limit:.3g} for one segment", worst_rel)
     return worst_abs, worst_rel
 
 

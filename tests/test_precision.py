@@ -168,6 +168,23 @@ def test_a_partial_give_up_keeps_the_end_that_holds_the_limit_and_saves_more():
     assert end_given_up(last, units) == "first" and end_given_up(first, units) == "last"
 
 
+def test_a_segment_beyond_its_limit_is_judged_by_the_output_that_moved_most():
+    # the share a partial give-up keeps, and which end it keeps, follow this error: the first
+    # output beyond the limit would understate it
+    from hetcc.verify import PrecisionMiss, check_relative
+
+    want = [torch.ones(8), torch.ones(8), torch.ones(8)]
+    got = [torch.full((8,), 1.02), torch.full((8,), 1.5), torch.ones(8)]
+    with pytest.raises(PrecisionMiss, match="output b is off the torch reference by relative error 0.5") as miss:
+        check_relative("seg", ["a", "b", "c"], got, want, 0.01)
+    assert miss.value.relative == pytest.approx(0.5)
+    got[2] = torch.full((8,), math.nan)  # NaN moved most
+    with pytest.raises(PrecisionMiss, match="output c .* relative error inf") as miss:
+        check_relative("seg", ["a", "b", "c"], got, want, 0.01)
+    assert miss.value.relative == math.inf
+    assert check_relative("seg", ["a"], [torch.full((8,), 1.005)], [torch.ones(8)], 0.01)[1] == pytest.approx(0.005)
+
+
 def test_a_budget_with_no_room_offers_no_lower_precision():
     from hetcc.precision import lower_precisions
 
