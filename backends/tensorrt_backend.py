@@ -14,7 +14,6 @@ Device memory and streams come from torch.cuda, so no pycuda or cuda-python is n
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import threading
 from functools import lru_cache
@@ -154,7 +153,7 @@ class TensorRTBackend(Backend):
         where ONNX Runtime's quantizer, which writes them, is installed."""
         described = cuda_description(gpu_index(target))
         major = int(str(described.get("compute_capability", "0")).split(".")[0] or 0)
-        static = ("int8s",) if importlib.util.find_spec("onnxruntime") is not None else ()
+        static = ("int8s",) if not missing_packages(("onnxruntime",)) else ()
         return (("fp16", "bf16") if major >= 8 else ("fp16",)) + static
 
     def target_problem(self, target: Target) -> str | None:
