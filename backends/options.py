@@ -87,9 +87,10 @@ PRECISION_ALIASES = (("f32", "fp32"), ("f16", "fp16"))
 """OpenVINO's own spellings, which hetcc used for it before precision was named alike."""
 
 
-def precision_option(choices: tuple[str, ...], meaning: str, default: str = "fp32") -> Option:
-    """The ``precision`` option, spelled as every backend spells it."""
-    return Option("precision", meaning, choices=choices, default=default, aliases=PRECISION_ALIASES)
+def precision_option(choices: tuple[str, ...], meaning: str, default: str = "fp32", **more) -> Option:
+    """The ``precision`` option, spelled as every backend spells it; ``more``: further Option fields
+    (the devices it changes)."""
+    return Option("precision", meaning, choices=choices, default=default, aliases=PRECISION_ALIASES, **more)
 
 
 def threads_option(meaning: str) -> Option:

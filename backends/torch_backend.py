@@ -2,8 +2,9 @@
 
 torch:cpu runs every core-ATen node, so a plan always exists; it is the fallback of last resort.
 torch:cuda runs the same program eagerly on an NVIDIA GPU (or an AMD one through a ROCm build of
-torch, which calls its devices "cuda"), optionally through torch.compile. The artifact needs only
-torch to load, not the model's Python source.
+torch, which calls its devices "cuda"), optionally through torch.compile, and in fp16 or bf16 under
+torch.autocast (``torch:cuda@fp16``; backends/torch_autocast.py). The artifact needs only torch to
+load, not the model's Python source.
 
 Which GPUs are here, and why one is not usable, comes from hetcc/gpus.py (shared with the other GPU
 backends and the cost model)."""
@@ -19,9 +20,11 @@ from torch.export.graph_signature import TensorArgument
 
 from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import Artifact, Backend
-from hetcc.backends.options import Option
+from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.backends.torch_archive import load_program
+from hetcc.backends.torch_autocast import HALF, autocast_call, narrow_state, out_dtypes_of, precision_of
 from hetcc.errors import BundleError, TargetError
+from hetcc.names import dtype_name
 from hetcc.program import dim_order, with_dim_order
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
@@ -39,7 +42,7 @@ class TorchBackend(Backend):
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     on_device: ClassVar[tuple[str, ...]] = ("cuda",)
     untested: ClassVar[dict[str, str]] = {
-        "cuda": "never run on a GPU: torch:cuda calls and torch.compile there (docs/gpu_backends.md)"}
+        "cuda": "never run on a GPU: torch:cuda calls, torch.compile and autocast there (docs/gpu_backends.md)"}
     """Device kind -> why its target has not run on real hardware (`hetcc targets` shows it)."""
     options: ClassVar[tuple[Option, ...]] = (
         Option("compile", "run torch:cuda segments through torch.compile (true: mode default), or "
@@ -48,13 +51,29 @@ class TorchBackend(Backend):
                types=(bool, str), choices=(False, True) + COMPILE_MODES, default=False, devices=("cuda",),
                elsewhere="torch:cpu always runs eagerly: it is the fallback of last resort and must "
                          "not depend on a C++ toolchain"),
+        precision_option(("fp32",) + tuple(HALF), "fp32, or fp16/bf16 under torch.autocast: matrix "
+                         "products and convolutions narrow (their weights held narrow), norms and softmax "
+                         "in fp32", devices=("cuda",),
+                         elsewhere="torch:cpu runs the model's own precision: it is the reference every "
+                                   "other runtime is checked against and the fallback of last resort"),
     )
 
-    def __init__(self, compile: bool | str = False):
+    def __init__(self, compile: bool | str = False, precision: str = "fp32"):
         """``compile``: run torch:cuda segments through torch.compile (True or a mode from
         COMPILE_MODES); False runs them eagerly. torch:cpu always runs eagerly: it is the fallback
-        of last resort and must not depend on a C++ toolchain."""
+        of last resort and must not depend on a C++ toolchain. ``precision``: fp32, or fp16/bf16
+        under torch.autocast on torch:cuda (backends/torch_autocast.py)."""
         self.compile_mode = _compile_mode(compile)
+        self.precision = check_options(self.name, self.options, {"precision": precision})["precision"]
+
+    def precisions(self, target: Target) -> tuple[str, ...]:
+        """fp16 and bf16 through autocast on a GPU; bf16 where the GPU computes in it (NVIDIA from
+        compute capability 8.0, Ampere). None on the CPU: torch:cpu is the fp32 reference."""
+        if target.device != "cuda" or cuda_problem(target):
+            return ()
+        with torch.cuda.device(gpu_index(target)):
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ("fp16", "bf16") if bf16 else ("fp16",)
 
     def target_problem(self, target: Target) -> str | None:
         return cuda_problem(target) if target.device == "cuda" else None
@@ -86,6 +105,10 @@ class TorchBackend(Backend):
         if target.device == "cuda":
             # what it was verified on; informative only: the .pt2 itself runs on any CUDA device
             meta.update(compile=self.compile_mode, gpu=cuda_description(gpu_index(target)))
+            if self.precision in HALF:
+                meta.update(precision=self.precision, output_dtypes=[
+                    dtype_name(v.dtype) if isinstance(v := segment.expected.get(n), torch.Tensor) else None
+                    for n in segment.output_names])
         elif self.compile_mode:
             log.info("segment %s: torch option compile applies to torch:cuda only; torch:cpu runs "
                      "eagerly", segment.name)
@@ -103,9 +126,13 @@ class TorchBackend(Backend):
         if problem:
             raise TargetError(f"cannot load segment {segment!r} on {target}: {problem}")
         device = torch.device("cuda", gpu_index(target))
+        precision = precision_of(artifact.meta, segment)
+        out_dtypes = out_dtypes_of(artifact.meta, segment) if precision else None
         ep = move_program(ep, device)  # weights go to the GPU once, here
         mode = _compile_mode(artifact.meta.get("compile") or False)
-        call = _direct_call(ep, n_inputs)
+        call = _direct_call(ep, n_inputs, narrow_state(ep, precision, "cuda") if precision else None)
+        if precision:
+            call = autocast_call(call, "cuda", precision, out_dtypes)
         if mode:  # the same direct call, compiled: ep.module() would run the archive's guards_code
             call = torch.compile(call, mode=mode)
         return CudaExecutable(call, n_inputs, segment, device, orders, compiled=bool(mode))
@@ -114,17 +141,19 @@ class TorchBackend(Backend):
 _STATE_KINDS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
 
 
-def _direct_call(ep, n_inputs: int | None = None):
+def _direct_call(ep, n_inputs: int | None = None, replaced: dict | None = None):
     """Call the exported graph itself: weights from the program's state where the signature puts
     them, the inputs in the user-input places in order (usually last, but torch's verifier accepts
     any order). This skips the unlifted module's pytree handling and input-constraint hook (~90 us a
     call here; hetcc's runtime has already checked the inputs), and never builds ep.module(), which
     would run the archive's guards_code as Python. The graph module's code is torch.fx's, generated
     from the vetted graph nodes when torch built the program (torch_archive), not text from the
-    archive. A BundleError for a signature this does not model, or ``n_inputs`` that differ."""
+    archive. ``replaced``: state tensors to use instead of the program's (narrowed weights). A
+    BundleError for a signature this does not model, or ``n_inputs`` that differ."""
     sig = ep.graph_signature
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
+    state.update(replaced or {})
     template, places = [], []
     for spec in sig.input_specs:
         kind = spec.kind.name
