@@ -1,20 +1,25 @@
-"""torch:cuda in fp16 or bf16 (``torch:cuda@fp16``): torch.autocast runs the segment's program, with
-the weights autocast would narrow on every call narrowed once, at load.
+"""torch:cuda in fp16 or bf16 (``torch:cuda@fp16``): the segment's program under torch.autocast,
+made ready for it at load by ``prepare``.
 
-Under autocast, matrix products and convolutions run in the narrow type and the ops that lose most
-to it (softmax's exp, norms, reductions) in fp32; every other op runs in the type it is handed. A
-weight autocast narrows is cast anew on each call: the fp32 copy read and a narrow one written, more
-bytes than fp32 alone would move, which is what a memory-bound segment (a decode step) pays for.
-So the weights that reach only narrowed ops (through views such as the permute before an addmm)
-are held narrow instead, half the bytes resident and read, and each call's result is the same as
-plain autocast's: the same rounding of the same values, in the same kernels.
+Autocast runs matrix products and convolutions in the lower type, a list of ops that lose most to
+it (exponentials, norms, losses) in fp32, ops that combine tensors (cat, add) in the widest type
+they are handed, and every other op in the type it is handed. Two things about a segment's program
+need help at load:
 
-Which ops autocast narrows differs by device and torch version (on the CPU it leaves
-aten.convolution in fp32, on CUDA it narrows it), so it is asked, on a tiny call per op, rather than
-listed here: a weight narrowed for an op autocast leaves alone would meet fp32 activations and fail.
+- **Weights.** A weight autocast casts is cast anew on every call: the fp32 copy read and a lower
+  one written, more bytes than fp32 alone would move, which a memory-bound segment (a decode step)
+  pays for. So the weights that reach only ops autocast casts (through views, such as the permute
+  before an addmm) are cast once, on the host before they move to the GPU: half the bytes held and
+  read, and each call's result the same as plain autocast's, the same rounding of the same values
+  in the same kernels. Which ops autocast casts differs by device and torch version (on the CPU it
+  leaves aten.convolution in fp32, on CUDA it casts it), so it is asked, with a tiny call per op.
+- **Decomposed ops.** The program is core ATen, and autocast's fp32 rule is registered on the ops
+  a model calls, not on all of their core forms: softmax (aten._softmax), log_softmax and
+  group_norm (aten.native_group_norm) would run in the lower type. Their inputs are widened to fp32
+  in the graph, as autocast widens the ops they came from.
 
-Outputs return in the dtypes the segment declared (float32 for a float32 model): the next segment,
-on another runtime, expects them."""
+Outputs return in the dtypes the program declares (float32 for a float32 model), read from its
+vetted graph: the next segment, on another runtime, expects them."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -25,18 +30,27 @@ from hetcc.errors import BundleError, clip
 
 aten = torch.ops.aten
 
-HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+LOWER = {"fp16": torch.float16, "bf16": torch.bfloat16}
 """The precisions torch:cuda offers, and the dtype autocast computes them in."""
+
+CASTS = (torch.float32, torch.float16, torch.bfloat16)
+"""Weight dtypes autocast casts to the lower type (never float64)."""
 
 _VIEWS = {aten.permute.default, aten.t.default, aten.transpose.int, aten.view.default,
           aten._unsafe_view.default, aten.reshape.default, aten.expand.default, aten.unsqueeze.default,
           aten.squeeze.dim, aten.squeeze.dims, aten.alias.default}
 """Ops a weight passes through on its way to a matrix product (an addmm reads the permuted weight,
-a bmm the expanded one): they keep its dtype, so a narrowed weight reaches the product narrow."""
+a bmm the expanded one): they keep its dtype, so a weight cast ahead reaches the product cast."""
+
+FP32_CORE_OPS = {aten._softmax.default, aten._log_softmax.default, aten._safe_softmax.default,
+                 aten.native_group_norm.default}
+"""Core ATen forms of ops autocast runs in fp32 (softmax, log_softmax, group_norm) that it does not
+recognise itself (``torch._C._dispatch_dump`` lists no Autocast kernel for them); native_layer_norm,
+exp and pow it does."""
 
 
-def _probes(device: str) -> dict:
-    """Per op whose weight operand is worth narrowing: a tiny call of it in fp32 on ``device``."""
+def _probes(device: torch.device) -> dict:
+    """Per op whose weight operand is worth casting ahead: a tiny call of it in fp32 on ``device``."""
     def t(*shape):
         return torch.ones(*shape, device=device)
     return {
@@ -50,55 +64,86 @@ def _probes(device: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def narrowed_ops(device_type: str, precision: str) -> frozenset:
-    """The matrix-product and convolution ops autocast runs in ``precision`` on ``device_type``."""
-    dtype, out = HALF[precision], set()
-    with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
-        for op, probe in _probes(device_type).items():
-            try:
-                if probe().dtype == dtype:
-                    out.add(op)
-            except RuntimeError:  # no kernel for the op on this device: leave its weights alone
-                pass
+def cast_ops(device: str, precision: str) -> frozenset:
+    """The matrix-product and convolution ops autocast runs in ``precision`` on ``device`` (a
+    device string such as ``cuda:1``): asked on that device, with a tiny call of each."""
+    where, dtype, out = torch.device(device), LOWER[precision], set()
+    try:
+        with torch.no_grad(), torch.autocast(where.type, dtype=dtype):
+            for op, probe in _probes(where).items():
+                try:
+                    if probe().dtype == dtype:
+                        out.add(op)
+                except RuntimeError:  # no kernel for the op there: leave its weights alone
+                    pass
+    except RuntimeError:  # autocast refuses the type on this device: cast nothing ahead
+        return frozenset()
     return frozenset(out)
 
 
-def narrowable(ep, ops: frozenset) -> set[str]:
-    """State names (of ``ep.state_dict`` / ``ep.constants``) of the floating weights whose every
-    use reaches one of ``ops``, through views only."""
+def weights_to_cast(ep, ops: frozenset) -> set[str]:
+    """State names (of ``ep.state_dict`` / ``ep.constants``) of the weights whose every use
+    reaches one of ``ops``, through views only."""
     by_arg = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs
               if spec.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR") and hasattr(spec.arg, "name")}
 
-    def reaches(node) -> bool:
+    def only_feeds(node) -> bool:
         users = list(node.users)
         return bool(users) and all(
-            u.op == "call_function" and (u.target in ops or (u.target in _VIEWS and reaches(u)))
+            u.op == "call_function" and (u.target in ops or (u.target in _VIEWS and only_feeds(u)))
             for u in users)
 
     return {by_arg[n.name] for n in ep.graph.nodes if n.op == "placeholder" and n.name in by_arg
-            and reaches(n)}
+            and only_feeds(n)}
 
 
-def narrow_state(ep, precision: str, device_type: str) -> dict:
-    """{state name: the weight in ``precision``} for the weights autocast would narrow on each call."""
-    dtype = HALF[precision]
-    state = {**dict(ep.state_dict), **dict(getattr(ep, "constants", {}) or {})}
-    names = narrowable(ep, narrowed_ops(device_type, precision))
-    return {name: state[name].to(dtype) for name in names
-            if isinstance(state.get(name), torch.Tensor) and state[name].is_floating_point()}
+def _widened(x):
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def prepare(ep, precision: str, device: str) -> list:
+    """Make ``ep`` (its weights still on the host; changed in place) ready to run under autocast in ``precision`` on
+    ``device``: the weights autocast would cast on every call cast once, in its state, and the
+    inputs of FP32_CORE_OPS widened in its graph. Returns the dtype per output the program declares
+    (None where its graph does not say)."""
+    dtype = LOWER[precision]
+    names = weights_to_cast(ep, cast_ops(device, precision))
+    with torch.no_grad():  # a Parameter's cast would otherwise keep its fp32 original alive
+        for state in (ep.state_dict, getattr(ep, "constants", None) or {}):
+            for name in names & set(state):
+                value = state[name]
+                if isinstance(value, torch.Tensor) and value.dtype in CASTS:
+                    cast = value.to(dtype)  # a parameter stays one: the program's signature says so
+                    state[name] = torch.nn.Parameter(cast, requires_grad=False) \
+                        if isinstance(value, torch.nn.Parameter) else cast
+    graph = ep.graph_module.graph
+    widened = False
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in FP32_CORE_OPS:
+            with graph.inserting_before(node):
+                node.args = tuple(graph.call_function(_widened, (a,)) if isinstance(a, torch.fx.Node) else a
+                                  for a in node.args)
+            widened = True
+    if widened:
+        ep.graph_module.recompile()
+    output = next(n for n in graph.nodes if n.op == "output")
+    results = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
+    return [getattr(getattr(r, "meta", {}).get("val"), "dtype", None) for r in results]
 
 
 def autocast_call(call, device_type: str, precision: str, out_dtypes: list):
-    """``call`` under torch.autocast in ``precision``; each output cast back to its entry of
-    ``out_dtypes`` (a torch.dtype, or None to leave it)."""
-    dtype = HALF[precision]
+    """``call`` under torch.autocast in ``precision``; an output in a lower float type than its
+    entry of ``out_dtypes`` declares is cast back to it."""
+    dtype = LOWER[precision]
+    floats = [d if isinstance(d, torch.dtype) and d.is_floating_point else None for d in out_dtypes]
 
     def run(*inputs):
         with torch.autocast(device_type, dtype=dtype):
             out = call(*inputs)
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        return tuple(o.to(want) if want is not None and isinstance(o, torch.Tensor) and o.dtype != want else o
-                     for o, want in zip(out, list(out_dtypes) + [None] * (len(out) - len(out_dtypes))))
+        return tuple(o.to(want) if want is not None and isinstance(o, torch.Tensor) and o.dtype != want
+                     and o.is_floating_point() else o
+                     for o, want in zip(out, floats + [None] * (len(out) - len(floats))))
     return run
 
 
@@ -107,21 +152,8 @@ def precision_of(meta: dict, segment: str) -> str | None:
     precision = meta.get("precision")
     if precision is None or precision == "fp32":
         return None
-    if precision not in HALF:
-        raise BundleError(f"segment {segment!r}: its artifact asks torch for precision {precision!r}, "
-                          f"which torch:cuda does not run (it runs {', '.join(HALF)}); the bundle is "
-                          "corrupt or from a newer hetcc: recompile it")
+    if not isinstance(precision, str) or precision not in LOWER:
+        raise BundleError(f"segment {segment!r}: its artifact asks torch for precision "
+                          f"{clip(repr(precision), 60)}, which torch:cuda does not run (it runs "
+                          f"{', '.join(LOWER)}); the bundle is corrupt or from a newer hetcc: recompile it")
     return precision
-
-
-def out_dtypes_of(meta: dict, segment: str) -> list:
-    """The dtypes the artifact's outputs return in; a BundleError where the metadata is not a list
-    of torch dtype names, one per output."""
-    names = meta.get("output_dtypes")
-    outputs = meta.get("output_names") or []
-    ok = isinstance(names, list) and len(names) == len(outputs) and all(
-        n is None or (isinstance(n, str) and isinstance(getattr(torch, n, None), torch.dtype)) for n in names)
-    if not ok:
-        raise BundleError(f"segment {segment!r}: its artifact's output_dtypes {clip(repr(names), 80)} are not a "
-                          f"dtype name per output ({len(outputs)}); the bundle is corrupt: recompile it")
-    return [None if n is None else getattr(torch, n) for n in names]

@@ -22,9 +22,8 @@ from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import Artifact, Backend
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.backends.torch_archive import load_program
-from hetcc.backends.torch_autocast import HALF, autocast_call, narrow_state, out_dtypes_of, precision_of
+from hetcc.backends.torch_autocast import LOWER, autocast_call, precision_of, prepare
 from hetcc.errors import BundleError, TargetError
-from hetcc.names import dtype_name
 from hetcc.program import dim_order, with_dim_order
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
 from hetcc.target import Target
@@ -51,9 +50,9 @@ class TorchBackend(Backend):
                types=(bool, str), choices=(False, True) + COMPILE_MODES, default=False, devices=("cuda",),
                elsewhere="torch:cpu always runs eagerly: it is the fallback of last resort and must "
                          "not depend on a C++ toolchain"),
-        precision_option(("fp32",) + tuple(HALF), "fp32, or fp16/bf16 under torch.autocast: matrix "
-                         "products and convolutions narrow (their weights held narrow), norms and softmax "
-                         "in fp32", devices=("cuda",),
+        precision_option(("fp32",) + tuple(LOWER), "fp32, or fp16/bf16 under torch.autocast: matrix "
+                         "products and convolutions in the lower type (their weights cast once, at load), "
+                         "softmax and norms in fp32", devices=("cuda",),
                          elsewhere="torch:cpu runs the model's own precision: it is the reference every "
                                    "other runtime is checked against and the fallback of last resort"),
     )
@@ -67,8 +66,9 @@ class TorchBackend(Backend):
         self.precision = check_options(self.name, self.options, {"precision": precision})["precision"]
 
     def precisions(self, target: Target) -> tuple[str, ...]:
-        """fp16 and bf16 through autocast on a GPU; bf16 where the GPU computes in it (NVIDIA from
-        compute capability 8.0, Ampere). None on the CPU: torch:cpu is the fp32 reference."""
+        """fp16 and bf16 through autocast on a GPU; bf16 where torch says the GPU computes in it
+        (NVIDIA from compute capability 8.0, Ampere; a ROCm build of torch says so of every AMD
+        GPU). None on the CPU: torch:cpu is the fp32 reference."""
         if target.device != "cuda" or cuda_problem(target):
             return ()
         with torch.cuda.device(gpu_index(target)):
@@ -105,10 +105,8 @@ class TorchBackend(Backend):
         if target.device == "cuda":
             # what it was verified on; informative only: the .pt2 itself runs on any CUDA device
             meta.update(compile=self.compile_mode, gpu=cuda_description(gpu_index(target)))
-            if self.precision in HALF:
-                meta.update(precision=self.precision, output_dtypes=[
-                    dtype_name(v.dtype) if isinstance(v := segment.expected.get(n), torch.Tensor) else None
-                    for n in segment.output_names])
+            if self.precision in LOWER:
+                meta.update(precision=self.precision)
         elif self.compile_mode:
             log.info("segment %s: torch option compile applies to torch:cuda only; torch:cpu runs "
                      "eagerly", segment.name)
@@ -126,34 +124,45 @@ class TorchBackend(Backend):
         if problem:
             raise TargetError(f"cannot load segment {segment!r} on {target}: {problem}")
         device = torch.device("cuda", gpu_index(target))
-        precision = precision_of(artifact.meta, segment)
-        out_dtypes = out_dtypes_of(artifact.meta, segment) if precision else None
+        precision = self._precision_here(artifact.meta, target, segment)
+        out_dtypes = prepare(ep, precision, str(device)) if precision else None  # casts on the host
         ep = move_program(ep, device)  # weights go to the GPU once, here
         mode = _compile_mode(artifact.meta.get("compile") or False)
-        call = _direct_call(ep, n_inputs, narrow_state(ep, precision, "cuda") if precision else None)
+        call = _direct_call(ep, n_inputs)
         if precision:
             call = autocast_call(call, "cuda", precision, out_dtypes)
         if mode:  # the same direct call, compiled: ep.module() would run the archive's guards_code
             call = torch.compile(call, mode=mode)
         return CudaExecutable(call, n_inputs, segment, device, orders, compiled=bool(mode))
 
+    def _precision_here(self, meta: dict, target: Target, segment: str) -> str | None:
+        """The artifact's precision, if the target's name agrees and this GPU computes in it."""
+        precision = precision_of(meta, segment)
+        if target.precision and target.precision != precision:
+            raise BundleError(f"segment {segment!r} is listed for {target} but its artifact runs "
+                              f"{precision or 'fp32'}; the bundle is corrupt: recompile it")
+        offered = self.precisions(target) if precision else ()
+        if precision and precision not in offered:
+            raise TargetError(f"segment {segment!r} runs in {precision}, which {target.base} does not compute "
+                              f"in here (it offers {', '.join(offered) or 'no lower precision'}); recompile "
+                              "the bundle on a machine with this GPU")
+        return precision
+
 
 _STATE_KINDS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
 
 
-def _direct_call(ep, n_inputs: int | None = None, replaced: dict | None = None):
+def _direct_call(ep, n_inputs: int | None = None):
     """Call the exported graph itself: weights from the program's state where the signature puts
     them, the inputs in the user-input places in order (usually last, but torch's verifier accepts
     any order). This skips the unlifted module's pytree handling and input-constraint hook (~90 us a
     call here; hetcc's runtime has already checked the inputs), and never builds ep.module(), which
     would run the archive's guards_code as Python. The graph module's code is torch.fx's, generated
     from the vetted graph nodes when torch built the program (torch_archive), not text from the
-    archive. ``replaced``: state tensors to use instead of the program's (narrowed weights). A
-    BundleError for a signature this does not model, or ``n_inputs`` that differ."""
+    archive. A BundleError for a signature this does not model, or ``n_inputs`` that differ."""
     sig = ep.graph_signature
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
-    state.update(replaced or {})
     template, places = [], []
     for spec in sig.input_specs:
         kind = spec.kind.name

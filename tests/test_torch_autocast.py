@@ -1,6 +1,8 @@
 """torch:cuda@fp16 / @bf16 (backends/torch_autocast.py): autocast with the weights it would narrow
 on every call held narrow once. The mechanism is device-generic and runs here on the CPU in bf16
 (CPU autocast); what needs a GPU is marked and skipped without one."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -40,66 +42,130 @@ def mixed():
     return seg, ids
 
 
-def test_autocast_is_asked_which_ops_it_narrows():
-    # on the CPU autocast leaves aten.convolution in fp32: a weight narrowed for it would fail
-    ops = ta.narrowed_ops("cpu", "bf16")
+def test_autocast_is_asked_which_ops_it_casts():
+    # on the CPU autocast leaves aten.convolution in fp32: a weight cast ahead for it would fail
+    ops = ta.cast_ops("cpu", "bf16")
     aten = torch.ops.aten
     assert {aten.mm.default, aten.addmm.default, aten.bmm.default} <= ops
     assert aten.convolution.default not in ops
 
 
-def test_only_weights_that_reach_narrowed_ops_alone_are_held_narrow(mixed):
+def test_only_weights_that_reach_cast_ops_alone_are_cast_ahead(mixed):
     seg, _ = mixed
-    ep = seg.export()
-    names = ta.narrowable(ep, ta.narrowed_ops("cpu", "bf16"))
-    # the linear's weight (permuted into an addmm) and its bias (autocast narrows the addmm's every
+    ep = copy.deepcopy(seg.export())  # prepare changes it in place; the segment keeps its own
+    names = ta.weights_to_cast(ep, ta.cast_ops("cpu", "bf16"))
+    # the linear's weight (permuted into an addmm) and its bias (autocast casts the addmm's every
     # operand); not the tied table, which a gather reads too, nor the norm's weights
     assert names == {"p_lin_weight", "p_lin_bias"}, names
-    narrowed = ta.narrow_state(ep, "bf16", "cpu")
-    assert set(narrowed) == names and all(t.dtype == torch.bfloat16 for t in narrowed.values())
+    assert ta.prepare(ep, "bf16", "cpu") == [torch.float32]
+    assert {n for n, t in ep.state_dict.items() if t.dtype == torch.bfloat16} == names
 
 
-def test_narrowed_weights_give_plain_autocasts_result_in_the_declared_dtypes(mixed):
-    seg, ids = mixed
-    ep = seg.export()
-    run = ta.autocast_call(tb._direct_call(ep, 1, ta.narrow_state(ep, "bf16", "cpu")), "cpu", "bf16",
-                           [torch.float32])
+def _run(seg, ids, prepared: bool):
+    ep = copy.deepcopy(seg.export())
+    out_dtypes = ta.prepare(ep, "bf16", "cpu") if prepared else [torch.float32]
     with torch.no_grad():
-        got = run(ids)[0]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        plain = tb._direct_call(ep, 1)(ids)
-    plain = (plain[0] if isinstance(plain, (tuple, list)) else plain)
-    fp32 = seg.reference(ids)[0]
-    assert got.dtype == torch.float32 and plain.dtype == torch.bfloat16
-    assert torch.equal(got, plain.float())  # the same rounding of the same weights
-    assert 1e-4 < relative_error(got, fp32) < 3e-2  # it did run in bf16, and stayed close
+        return ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", out_dtypes)(ids)[0], ep
 
 
-def test_an_output_without_a_declared_dtype_is_left_as_it_comes(mixed):
+def test_weights_cast_ahead_give_plain_autocasts_result_in_the_declared_dtypes(mixed):
+    seg, ids = mixed
+    got, ep = _run(seg, ids, prepared=True)
+    plain, _ = _run(seg, ids, prepared=False)  # autocast casting the fp32 weights itself
+    assert ep.state_dict["p_lin_weight"].dtype == torch.bfloat16  # the call read the cast copy
+    assert got.dtype == torch.float32
+    assert torch.equal(got, plain)  # the same rounding of the same weights
+    assert 1e-4 < relative_error(got, seg.reference(ids)[0]) < 3e-2  # it did run in bf16, and stayed close
+    ep.state_dict["p_lin_weight"].zero_()  # and what the call reads is that copy
+    with torch.no_grad():
+        changed = ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", [torch.float32])(ids)[0]
+    assert not torch.equal(changed, got)
+
+
+class Widened(nn.Module):
+    """A softmax, a log_softmax and a group norm after a linear, and a float64 weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.norm = nn.GroupNorm(4, 16)
+        self.wide = nn.Linear(16, 4).double()
+
+    def forward(self, x):
+        h = self.lin(x)
+        h = self.norm(torch.softmax(h, -1) + torch.log_softmax(h, -1))
+        return h, self.wide(x.double())
+
+
+def test_decomposed_fp32_ops_get_fp32_inputs_and_float64_weights_stay(tmp_path):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    _, seg = make_segment(Widened().eval(), (x,))
+    ep = copy.deepcopy(seg.export())
+    aten = torch.ops.aten
+    assert {aten._softmax.default, aten._log_softmax.default, aten.native_group_norm.default} <= \
+        {n.target for n in ep.graph.nodes}  # the core forms, which autocast does not widen
+    out_dtypes = ta.prepare(ep, "bf16", "cpu")
+    assert out_dtypes == [torch.float32, torch.float64]
+    assert all(t.dtype in (torch.float32, torch.float64) for n, t in ep.state_dict.items() if "wide" in n)
+
+    seen = {}
+
+    class Dtypes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ta.FP32_CORE_OPS:
+                seen[func] = args[0].dtype
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Dtypes():
+        got = ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", out_dtypes)(x)
+    assert seen == {aten._softmax.default: torch.float32, aten._log_softmax.default: torch.float32,
+                    aten.native_group_norm.default: torch.float32}
+    assert [g.dtype for g in got] == [torch.float32, torch.float64]
+    want = seg.reference(x)
+    assert relative_error(got[0], want[0]) < 3e-2 and torch.allclose(got[1], want[1])
+
+
+def test_an_output_without_a_declared_float_dtype_is_left_as_it_comes(mixed):
     seg, ids = mixed
     ep = seg.export()
-    run = ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", [None])
-    assert run(ids)[0].dtype == torch.bfloat16
+    for declared in ([None], [torch.int64], []):
+        with torch.no_grad():
+            assert ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", declared)(ids)[0].dtype == torch.bfloat16
 
 
-def test_the_artifacts_precision_and_output_dtypes_are_checked_at_load():
+def test_the_artifacts_precision_is_checked_at_load():
     assert ta.precision_of({}, "s") is None and ta.precision_of({"precision": "fp32"}, "s") is None
     assert ta.precision_of({"precision": "bf16"}, "s") == "bf16"
-    with pytest.raises(BundleError, match=r"precision 'int4', which torch:cuda does not run.*recompile"):
-        ta.precision_of({"precision": "int4"}, "s")
-    meta = {"output_names": ["a", "b"]}
-    assert ta.out_dtypes_of({**meta, "output_dtypes": ["float32", None]}, "s") == [torch.float32, None]
-    for bad in (None, ["float32"], ["float32", "Tensor"], ["float32", 3], "float32"):
-        with pytest.raises(BundleError, match="not a dtype name per output"):
-            ta.out_dtypes_of({**meta, "output_dtypes": bad}, "s")
+    for bad in ("int4", [], {}, 3, "x" * 500):
+        with pytest.raises(BundleError, match=r"which torch:cuda does not run.*recompile it"):
+            ta.precision_of({"precision": bad}, "s")
 
 
-def test_lowering_for_a_gpu_records_the_precision_and_the_outputs_dtypes(mixed, tmp_path):
+@pytest.mark.parametrize("listed, meta, offered, error", [
+    ("torch:cuda:0@fp16", {"precision": "bf16"}, ("fp16", "bf16"), "listed for torch:cuda:0@fp16 but its artifact runs bf16"),
+    ("torch:cuda:0@fp16", {}, ("fp16", "bf16"), "artifact runs fp32"),
+    ("torch:cuda:0@bf16", {"precision": "bf16"}, ("fp16",), "does not compute in here \\(it offers fp16\\)"),
+    ("torch:cuda:0", {"precision": "fp16"}, ("fp16",), None),  # the precision option, not the target
+])
+def test_loading_checks_the_precision_against_the_target_and_the_gpu(monkeypatch, listed, meta, offered, error):
+    backend = tb.TorchBackend()
+    monkeypatch.setattr(backend, "precisions", lambda target: offered)
+    if error is None:
+        assert backend._precision_here(meta, Target.parse(listed), "s") == meta["precision"]
+        return
+    with pytest.raises((BundleError, TargetError), match=error):
+        backend._precision_here(meta, Target.parse(listed), "s")
+
+
+def test_lowering_for_a_gpu_records_the_precision(mixed, tmp_path):
     seg, _ = mixed
     artifact = tb.TorchBackend(precision="fp16").lower(seg, Target.parse("torch:cuda:0"), tmp_path)
-    assert artifact.meta["precision"] == "fp16" and artifact.meta["output_dtypes"] == ["float32"]
+    assert artifact.meta["precision"] == "fp16"
     plain = tb.TorchBackend().lower(seg, Target.parse("torch:cuda:0"), tmp_path / "plain")
-    assert "precision" not in plain.meta and "output_dtypes" not in plain.meta
+    assert "precision" not in plain.meta
 
 
 def test_the_precision_option_reaches_torch_cuda_only():
@@ -129,6 +195,19 @@ def test_a_gpu_offers_bf16_only_where_it_computes_in_it(monkeypatch, bf16, offer
 HAVE_CUDA = torch.cuda.is_available()
 
 
+class GpuMix(nn.Module):
+    """A convolution (CUDA autocast casts it), a group norm and a softmax (widened to fp32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = nn.GroupNorm(2, 8)
+        self.lin = nn.Linear(8 * 6 * 6, 32)
+
+    def forward(self, x):
+        return torch.softmax(self.lin(self.norm(self.conv(x)).flatten(1)), -1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs an NVIDIA GPU: torch.cuda.is_available() is False")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -136,8 +215,8 @@ def test_torch_cuda_in_half_precision_compiles_verifies_and_bundles(tmp_path, pr
     if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("this GPU does not compute in bf16")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64), nn.LayerNorm(64)).eval()
-    x = torch.randn(8, 64)
+    model, x = GpuMix().eval(), torch.randn(4, 3, 8, 8)
+    assert torch.ops.aten.convolution.default in ta.cast_ops("cuda:0", precision)
     cm = hetcc.compile(model, (x,), targets=[f"torch:cuda:0@{precision}"], accuracy=0.02, measure=False)
     assert cm.plan.targets_used() == [f"torch:cuda:0@{precision}"], cm.plan.summary()
     got = cm(x)
