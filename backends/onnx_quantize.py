@@ -14,8 +14,8 @@ QUANTIZED_OPS = ["MatMul", "Gather"]
 so the exporter's Gemm for a Linear is one too), and embedding tables (2-D, read along rows) of
 SMALLEST_TABLE rows or more that nothing but lookups reads, stored uint8 with one scale per table
 (a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of the
-fp32 bytes, at the same speed). A table tied to an output head stays fp32: quantizing it for the
-lookups would add an int8 copy beside the fp32 one the head reads. Not Conv: its dynamic
+fp32 bytes, at the same speed). A table tied to an output head is stored once, as the head's int8
+weight, which its lookups read too (backends/onnx_tied.py). Not Conv: its dynamic
 ConvInteger ran a ResNet-18 3.7x slower than fp32 here (63 against 17 ms,
 benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/benchmarks.md); static
 int8 (int8s) is what runs convolutions in int8."""
@@ -23,11 +23,15 @@ int8 (int8s) is what runs convolutions in int8."""
 
 def quantized(exported, segment, workdir: Path):
     """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
-    output channel, signed weights, activations quantized per call), in place of the fp32 file."""
+    output channel, signed weights, activations quantized per call), in place of the fp32 file; a
+    table tied to an output head once, in int8 (backends/onnx_tied.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from hetcc.backends.onnx_tied import retie, untie
+
     source = Path(exported.files["model"])
-    kept, unnamed = _tables_kept(source)
+    tied = {} if exported.external_data else untie(source)
+    kept, unnamed = _tables_kept(source, tied)
     ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
     kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
 
@@ -35,17 +39,20 @@ def quantized(exported, segment, workdir: Path):
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=ops, nodes_to_exclude=kept,
                          use_external_data_format=exported.external_data)
+        if tied:
+            retie(target, tied)
     return _replaced(exported, segment, workdir, run, "quantize_dynamic",
                      f"weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize={ops!r}, "
                      f"nodes_to_exclude={kept!r}")
 
 
-def _tables_kept(path: Path) -> tuple[list[str], bool]:
-    """The Gather nodes whose table stays fp32, and whether one of them has no name (then no
-    table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer than
-    SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every token,
-    their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read along its
-    rows, and one that something besides lookups reads (an output head tied to the embedding)."""
+def _tables_kept(path: Path, tied=()) -> tuple[list[str], bool]:
+    """The Gather nodes whose table quantize_dynamic leaves fp32, and whether one of them has no
+    name (then no table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer
+    than SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every
+    token, their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read
+    along its rows, one that something besides lookups reads, and one in ``tied``, whose lookups
+    read its output head's int8 copy instead (backends/onnx_tied.py)."""
     import onnx
 
     from hetcc.cost_model.precision import SMALLEST_TABLE
@@ -62,7 +69,8 @@ def _tables_kept(path: Path) -> tuple[list[str], bool]:
             continue
         dims = tables[n.input[0]]
         axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-        if len(dims) != 2 or axis != 0 or dims[0] < SMALLEST_TABLE or readers[n.input[0]] != {"Gather"}:
+        if len(dims) != 2 or axis != 0 or dims[0] < SMALLEST_TABLE or readers[n.input[0]] != {"Gather"} \
+                or n.input[0] in tied:
             kept.append(n.name)
             unnamed = unnamed or not n.name
     return kept, unnamed

@@ -437,19 +437,30 @@ class TiedHead(nn.Module):
         return self.mix(self.table(ids)) @ self.table.weight.t()
 
 
-def test_onnxruntime_int8_keeps_a_table_tied_to_the_head_in_fp32_once():
+@pytest.mark.parametrize("ids", [torch.randint(0, 2048, (1, 16)), torch.randint(0, 2048, (2, 3, 5)),
+                                 torch.randint(0, 2048, (7,))], ids=["batch", "rank3", "rank1"])
+def test_onnxruntime_int8_stores_a_table_tied_to_the_head_once_in_int8(ids, tmp_path):
     import onnx
     from onnx import TensorProto
 
     torch.manual_seed(0)
     model = TiedHead().eval()
-    cm = hetcc.compile(model, (torch.randint(0, 2048, (1, 16)),), targets=["onnxruntime:cpu@int8"],
-                       accuracy=0.05, tune="off")
+    cm = hetcc.compile(model, (ids,), targets=["onnxruntime:cpu@int8"], accuracy=0.05, tune="off")
     (seg,) = cm.plan.segments
     graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
     tables = [t for t in graph.initializer if int(np.prod(t.dims)) == 2048 * 64]
-    # one copy, fp32: an int8 copy for the lookups beside the head's fp32 would add bytes
-    assert [t.data_type for t in tables] == [TensorProto.FLOAT]
+    # one copy, int8, the head's [64, 2048] (backends/onnx_tied.py): the lookups read its columns
+    assert [(t.data_type, list(t.dims)) for t in tables] == [(TensorProto.INT8, [64, 2048])]
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert seg.artifact_bytes < 0.3 * fp32 and seg.relative_error < 0.05
+    with torch.no_grad():
+        want = model(ids)
+    got = cm(ids)
+    assert got.shape == want.shape and relative_error(got, want) < 0.05
+    other = torch.randint(0, 2048, ids.shape)  # rows the example did not read
+    with torch.no_grad():
+        assert relative_error(cm(other), model(other)) < 0.05
+    torch.testing.assert_close(hetcc.load(cm.save(tmp_path / "b"))(other), cm(other))
 
 
 def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
