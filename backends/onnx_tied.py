@@ -1,23 +1,33 @@
-"""An embedding table tied to an output head (GPT-2's, and any model with ``tie_word_embeddings``),
-stored once in int8 for both, in an exported ONNX file quantized by ONNX Runtime's quantize_dynamic.
+"""An embedding table tied to an output head (GPT-2's), stored once in int8 for both, in an exported
+ONNX file quantized by ONNX Runtime's quantize_dynamic.
 
-The exporter writes the tied table once, read by the embedding's Gather and, through a Transpose,
-by the head's MatMul. quantize_dynamic quantizes a MatMul only when its weight is an initializer,
-and a table only when nothing but lookups reads it, so a tied table stays fp32 whole: the largest
-single weight in a small LM (gpt2 kept 0.45x of its fp32 bytes in int8). So, around it:
+torch's exporter writes a tied table once, read by the embedding's Gather and, through a
+Transpose, by the head's MatMul (a head over [batch, tokens, width] activations; a 2-D head
+exports as Gemm, which is left alone). quantize_dynamic quantizes a MatMul only when its weight is
+an initializer, and a table only when nothing but lookups reads it, so a tied table stays fp32
+whole: the largest single weight in a small LM (gpt2 kept 0.45x of its fp32 bytes in int8). So,
+around it:
 
 - ``untie`` (before quantizing) gives the head its own transposed copy of the table, an
   initializer quantize_dynamic quantizes per column: one int8 scale per vocabulary entry;
 - ``retie`` (after) points the lookups at that int8 copy, dequantizing the rows they read with
-  their own entries' scales, and drops the fp32 table.
+  their own entries' scales, and drops the fp32 table. Where the head was not quantized after all,
+  it points the head back at the table and drops the copy: never two fp32 tables.
 
-One int8 table is left, read by both. Files with external data (over 2 GiB) are left as they are:
-rewriting them in place would append to the data file."""
+Left alone: files with external data (their weights are not in the file ``untie`` rewrites), a file
+the copy would take past protobuf's 2 GiB, graphs with subgraphs (If, Loop: readers ``untie`` would
+not see), opsets before 13 and tables not in fp32."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hetcc.cost_model.precision import SMALLEST_TABLE
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1
+"""Bytes a serialised ONNX model may take with its weights inside."""
 
 
 def _consumers(graph) -> dict:
@@ -35,6 +45,26 @@ def _attribute(node, name: str, default):
     return default if found is None else onnx.helper.get_attribute_value(found)
 
 
+def _plain(model) -> bool:
+    """Whether ``untie`` can see every reader (no subgraphs) and the opset has Unsqueeze with its
+    axes as an input (13)."""
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for n in model.graph.node for a in n.attribute)
+    return opset >= 13 and not nested
+
+
+def _unused(graph, wanted: str) -> str:
+    taken = {t.name for t in graph.initializer} | {v for n in graph.node for v in (*n.input, *n.output)} \
+        | {i.name for i in graph.input} | {o.name for o in graph.output}
+    name, k = wanted, 1
+    while name in taken:
+        name, k = f"{wanted}_{k}", k + 1
+    return name
+
+
 def untie(path: Path) -> dict[str, str]:
     """In the ONNX file at ``path`` (rewritten in place), give each output head tied to an
     embedding table its own transposed copy of the table. Returns {table: the head's copy}."""
@@ -43,24 +73,36 @@ def untie(path: Path) -> dict[str, str]:
 
     model = onnx.load(str(path))
     graph = model.graph
+    if not _plain(model):
+        return {}
+    size = model.ByteSize()
     initializers = {t.name: t for t in graph.initializer}
     consumers = _consumers(graph)
+    # an initializer listed as an input may be fed anew; one that is an output is read outside
+    exposed = {i.name for i in graph.input} | {o.name for o in graph.output}
     tied: dict[str, str] = {}
-    inputs = {i.name for i in graph.input}  # an initializer listed as an input may be fed anew
     for name, table in initializers.items():
         readers = consumers.get(name, [])
-        if len(table.dims) != 2 or table.dims[0] < SMALLEST_TABLE or name in inputs:
+        if len(table.dims) != 2 or table.dims[0] < SMALLEST_TABLE or name in exposed or \
+                table.data_type != onnx.TensorProto.FLOAT:
             continue
         lookups = [n for n in readers if n.op_type == "Gather" and n.input[0] == name
                    and _attribute(n, "axis", 0) == 0]
         flips = [n for n in readers if n.op_type == "Transpose" and list(_attribute(n, "perm", [])) == [1, 0]]
         if not lookups or not flips or len(lookups) + len(flips) != len(readers):
             continue
+        flipped = {t.output[0] for t in flips}
         heads = [m for t in flips for m in consumers.get(t.output[0], [])]
-        if not all(m.op_type == "MatMul" and m.input[1] in {t.output[0] for t in flips} and m.input[0] != m.input[1]
-                   for m in heads) or any(t.output[0] in {o.name for o in graph.output} for t in flips):
+        if not all(m.op_type == "MatMul" and m.input[1] in flipped and m.input[0] not in flipped for m in heads) \
+                or flipped & exposed:
             continue
-        copy = f"{name}_head"
+        added = 4 * table.dims[0] * table.dims[1]
+        if size + added > PROTOBUF_LIMIT - (64 << 20):  # room for what quantizing adds
+            log.info("the table %s tied to the output head stays fp32: a copy would take the ONNX file "
+                     "past protobuf's 2 GiB", name)
+            continue
+        size += added
+        copy = _unused(graph, f"{name}_head")
         graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(table).T.copy(), copy))
         for head in heads:
             head.input[1] = copy
@@ -74,54 +116,83 @@ def untie(path: Path) -> dict[str, str]:
 
 def retie(path: Path, tied: dict[str, str]) -> list[str]:
     """In the quantized ONNX file at ``path`` (rewritten in place), point each lookup of a table in
-    ``tied`` at its head's int8 copy and drop the fp32 table. Returns the tables retied (a table
-    whose head quantize_dynamic did not quantize per column keeps its fp32 copy)."""
-    import numpy as np
+    ``tied`` at its head's int8 copy and drop the fp32 table. Returns the tables retied; a table
+    whose head quantize_dynamic left in fp32 gets its head back instead (one fp32 table)."""
     import onnx
-    from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    done = []
+    done, changed = [], False
     for table, copy in tied.items():
-        quantized, scale, zero = (initializers.get(f"{copy}_{s}") for s in ("quantized", "scale", "zero_point"))
-        if table not in initializers or quantized is None or scale is None or zero is None or \
-                list(scale.dims) != [quantized.dims[1]] or list(zero.dims) != [quantized.dims[1]]:
+        if table not in initializers:
             continue
-        width = int(quantized.dims[0])
-        lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]
-        for lookup in lookups:
-            at = list(graph.node).index(lookup)
-            ids, out = lookup.input[1], lookup.output[0]
-            tag = f"{lookup.name or out}_int8"  # names of the new values, unique per lookup
-            width_name = f"{tag}_width"
-            graph.initializer.append(numpy_helper.from_array(np.array([width], dtype=np.int64), width_name))
-            flat_shape = f"{tag}_flat_shape"
-            graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape))
-            nodes = [
-                helper.make_node("Reshape", [ids, flat_shape], [f"{tag}_ids"]),
-                # columns of the head's [width, vocab] copy are the table's rows
-                helper.make_node("Gather", [quantized.name, f"{tag}_ids"], [f"{tag}_cols"], axis=1),
-                helper.make_node("Transpose", [f"{tag}_cols"], [f"{tag}_rows"], perm=[1, 0]),
-                helper.make_node("Cast", [f"{tag}_rows"], [f"{tag}_rows_f"], to=onnx.TensorProto.FLOAT),
-                helper.make_node("Gather", [zero.name, f"{tag}_ids"], [f"{tag}_zero"], axis=0),
-                helper.make_node("Cast", [f"{tag}_zero"], [f"{tag}_zero_f"], to=onnx.TensorProto.FLOAT),
-                helper.make_node("Unsqueeze", [f"{tag}_zero_f", f"{tag}_axis"], [f"{tag}_zero_col"]),
-                helper.make_node("Sub", [f"{tag}_rows_f", f"{tag}_zero_col"], [f"{tag}_centred"]),
-                helper.make_node("Gather", [scale.name, f"{tag}_ids"], [f"{tag}_scale"], axis=0),
-                helper.make_node("Unsqueeze", [f"{tag}_scale", f"{tag}_axis"], [f"{tag}_scale_col"]),
-                helper.make_node("Mul", [f"{tag}_centred", f"{tag}_scale_col"], [f"{tag}_values"]),
-                helper.make_node("Shape", [ids], [f"{tag}_ids_shape"]),
-                helper.make_node("Concat", [f"{tag}_ids_shape", width_name], [f"{tag}_shape"], axis=0),
-                helper.make_node("Reshape", [f"{tag}_values", f"{tag}_shape"], [out]),
-            ]
-            graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), f"{tag}_axis"))
-            graph.node.remove(lookup)
-            for offset, node in enumerate(nodes):
-                graph.node.insert(at + offset, node)
+        quantized, scale, zero = (initializers.get(f"{copy}_{s}") for s in ("quantized", "scale", "zero_point"))
+        columns = quantized is not None and len(quantized.dims) == 2 and scale is not None and zero is not None \
+            and list(scale.dims) == [quantized.dims[1]] and list(zero.dims) == [quantized.dims[1]]
+        if not columns:
+            changed = _untied_back(graph, table, copy, initializers) or changed
+            continue
+        for lookup in [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]:
+            _dequantizing_lookup(graph, lookup, quantized, scale, zero)
         graph.initializer.remove(initializers[table])
         done.append(table)
-    if done:
+        changed = True
+    if changed:
         onnx.save(model, str(path))
     return done
+
+
+def _untied_back(graph, table: str, copy: str, initializers: dict) -> bool:
+    """Point the readers of ``copy``, still an fp32 initializer, back at ``table`` through one
+    Transpose, and drop it. False where ``copy`` is not that (left as it is)."""
+    from onnx import helper
+
+    if copy not in initializers or initializers[copy].data_type != initializers[table].data_type:
+        log.warning("the table %s tied to the output head was not retied and its head's copy %s is not "
+                    "fp32: both stay in the file", table, copy)
+        return False
+    flipped = _unused(graph, f"{table}_transposed")
+    readers = [n for n in graph.node if copy in n.input]
+    first = min(list(graph.node).index(n) for n in readers) if readers else 0
+    graph.node.insert(first, helper.make_node("Transpose", [table], [flipped], perm=[1, 0]))
+    for node in readers:
+        for i, name in enumerate(node.input):
+            if name == copy:
+                node.input[i] = flipped
+    graph.initializer.remove(initializers[copy])
+    return True
+
+
+def _dequantizing_lookup(graph, lookup, quantized, scale, zero) -> None:
+    """Replace ``lookup`` (a Gather of the fp32 table) by a Gather of ``quantized``'s columns,
+    dequantized with each entry's ``scale`` and ``zero`` point, reshaped as the lookup's result."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    at = list(graph.node).index(lookup)
+    ids, out = lookup.input[1], lookup.output[0]
+    tag = _unused(graph, f"{out}_int8")  # prefix of the new values
+    for suffix, value in (("width", [int(quantized.dims[0])]), ("flat", [-1]), ("axis", [1])):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), f"{tag}_{suffix}"))
+    nodes = [
+        helper.make_node("Reshape", [ids, f"{tag}_flat"], [f"{tag}_ids"]),
+        # columns of the head's [width, vocab] copy are the table's rows
+        helper.make_node("Gather", [quantized.name, f"{tag}_ids"], [f"{tag}_cols"], axis=1),
+        helper.make_node("Transpose", [f"{tag}_cols"], [f"{tag}_rows"], perm=[1, 0]),
+        helper.make_node("Cast", [f"{tag}_rows"], [f"{tag}_rows_f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Gather", [zero.name, f"{tag}_ids"], [f"{tag}_zero"], axis=0),
+        helper.make_node("Cast", [f"{tag}_zero"], [f"{tag}_zero_f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [f"{tag}_zero_f", f"{tag}_axis"], [f"{tag}_zero_col"]),
+        helper.make_node("Sub", [f"{tag}_rows_f", f"{tag}_zero_col"], [f"{tag}_centred"]),
+        helper.make_node("Gather", [scale.name, f"{tag}_ids"], [f"{tag}_scale"], axis=0),
+        helper.make_node("Unsqueeze", [f"{tag}_scale", f"{tag}_axis"], [f"{tag}_scale_col"]),
+        helper.make_node("Mul", [f"{tag}_centred", f"{tag}_scale_col"], [f"{tag}_values"]),
+        helper.make_node("Shape", [ids], [f"{tag}_ids_shape"]),
+        helper.make_node("Concat", [f"{tag}_ids_shape", f"{tag}_width"], [f"{tag}_shape"], axis=0),
+        helper.make_node("Reshape", [f"{tag}_values", f"{tag}_shape"], [out]),
+    ]
+    graph.node.remove(lookup)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
