@@ -68,7 +68,7 @@ class TorchBackend(Backend):
     def precisions(self, target: Target) -> tuple[str, ...]:
         """fp16 and bf16 through autocast on a GPU; bf16 where torch says the GPU computes in it
         (NVIDIA from compute capability 8.0, Ampere; a ROCm build of torch says so of every AMD
-        GPU). None on the CPU: torch:cpu is the fp32 reference."""
+        GPU). Nothing on the CPU: torch:cpu is the fp32 reference."""
         if target.device != "cuda" or cuda_problem(target):
             return ()
         with torch.cuda.device(gpu_index(target)):
