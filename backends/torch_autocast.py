@@ -1,5 +1,5 @@
 """torch:cuda in fp16 or bf16 (``torch:cuda@fp16``): the segment's program under torch.autocast,
-made ready for it at load by ``prepare``.
+made ready for it at load (``cast_weights``, then ``widen_fp32_inputs``).
 
 Autocast runs matrix products and convolutions in the lower type, a list of ops that lose most to
 it (exponentials, norms, losses) in fp32, ops that combine tensors (cat, add) in the widest type
@@ -101,11 +101,10 @@ def _widened(x):
     return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def prepare(ep, precision: str, device: str) -> list:
-    """Make ``ep`` (its weights still on the host; changed in place) ready to run under autocast in ``precision`` on
-    ``device``: the weights autocast would cast on every call cast once, in its state, and the
-    inputs of FP32_CORE_OPS widened in its graph. Returns the dtype per output the program declares
-    (None where its graph does not say)."""
+def cast_weights(ep, precision: str, device: str) -> list:
+    """Cast, in ``ep``'s state (its weights still on the host; changed in place), the weights
+    autocast would cast to ``precision`` on every call on ``device``. Returns the dtype per output
+    the program declares (None where its graph does not say)."""
     dtype = LOWER[precision]
     names = weights_to_cast(ep, cast_ops(device, precision))
     with torch.no_grad():  # a Parameter's cast would otherwise keep its fp32 original alive
@@ -116,19 +115,25 @@ def prepare(ep, precision: str, device: str) -> list:
                     cast = value.to(dtype)  # a parameter stays one: the program's signature says so
                     state[name] = torch.nn.Parameter(cast, requires_grad=False) \
                         if isinstance(value, torch.nn.Parameter) else cast
-    graph = ep.graph_module.graph
-    widened = False
+    output = next(n for n in ep.graph.nodes if n.op == "output")
+    results = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
+    return [getattr(getattr(r, "meta", {}).get("val"), "dtype", None) for r in results]
+
+
+def widen_fp32_inputs(graph_module) -> int:
+    """Widen to fp32 the inputs of FP32_CORE_OPS in ``graph_module``'s graph (changed in place),
+    as autocast widens the ops they came from. Returns how many ops. Call it last: the graph then
+    calls a Python function, which torch.export's verifier (run by move_to_device_pass) refuses."""
+    graph, count = graph_module.graph, 0
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target in FP32_CORE_OPS:
             with graph.inserting_before(node):
                 node.args = tuple(graph.call_function(_widened, (a,)) if isinstance(a, torch.fx.Node) else a
                                   for a in node.args)
-            widened = True
-    if widened:
-        ep.graph_module.recompile()
-    output = next(n for n in graph.nodes if n.op == "output")
-    results = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
-    return [getattr(getattr(r, "meta", {}).get("val"), "dtype", None) for r in results]
+            count += 1
+    if count:
+        graph_module.recompile()
+    return count
 
 
 def autocast_call(call, device_type: str, precision: str, out_dtypes: list):

@@ -22,7 +22,7 @@ from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import Artifact, Backend
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.backends.torch_archive import load_program
-from hetcc.backends.torch_autocast import LOWER, autocast_call, precision_of, prepare
+from hetcc.backends.torch_autocast import LOWER, autocast_call, cast_weights, precision_of, widen_fp32_inputs
 from hetcc.errors import BundleError, TargetError
 from hetcc.program import dim_order, with_dim_order
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
@@ -125,8 +125,10 @@ class TorchBackend(Backend):
             raise TargetError(f"cannot load segment {segment!r} on {target}: {problem}")
         device = torch.device("cuda", gpu_index(target))
         precision = self._precision_here(artifact.meta, target, segment)
-        out_dtypes = prepare(ep, precision, str(device)) if precision else None  # casts on the host
-        ep = move_program(ep, device)  # weights go to the GPU once, here
+        if precision:
+            ep, out_dtypes = autocast_program(ep, precision, device)
+        else:
+            ep = move_program(ep, device)  # weights go to the GPU once, here
         mode = _compile_mode(artifact.meta.get("compile") or False)
         call = _direct_call(ep, n_inputs)
         if precision:
@@ -251,6 +253,16 @@ class CudaExecutable:
             out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
             torch.cuda.current_stream(self.device).synchronize()
         return out
+
+
+def autocast_program(ep, precision: str, device) -> tuple:
+    """``ep`` ready to run under autocast in ``precision`` on ``device``, and the dtype per output
+    it declares: the weights autocast would cast on every call cast on the host, then moved, then
+    the inputs of the fp32 ops autocast does not recognise widened (backends/torch_autocast.py)."""
+    out_dtypes = cast_weights(ep, precision, str(device))
+    ep = move_program(ep, device)
+    widen_fp32_inputs(ep.graph_module)
+    return ep, out_dtypes
 
 
 def move_program(ep, device):

@@ -52,18 +52,23 @@ def test_autocast_is_asked_which_ops_it_casts():
 
 def test_only_weights_that_reach_cast_ops_alone_are_cast_ahead(mixed):
     seg, _ = mixed
-    ep = copy.deepcopy(seg.export())  # prepare changes it in place; the segment keeps its own
+    ep = copy.deepcopy(seg.export())  # cast in place; the segment keeps its own
     names = ta.weights_to_cast(ep, ta.cast_ops("cpu", "bf16"))
     # the linear's weight (permuted into an addmm) and its bias (autocast casts the addmm's every
     # operand); not the tied table, which a gather reads too, nor the norm's weights
     assert names == {"p_lin_weight", "p_lin_bias"}, names
-    assert ta.prepare(ep, "bf16", "cpu") == [torch.float32]
+    assert ta.cast_weights(ep, "bf16", "cpu") == [torch.float32]
     assert {n for n, t in ep.state_dict.items() if t.dtype == torch.bfloat16} == names
 
 
 def _run(seg, ids, prepared: bool):
+    """The segment as torch:cuda's load prepares it (tb.autocast_program: cast, moved, widened),
+    here on the CPU; or as plain autocast would run it."""
     ep = copy.deepcopy(seg.export())
-    out_dtypes = ta.prepare(ep, "bf16", "cpu") if prepared else [torch.float32]
+    if prepared:
+        ep, out_dtypes = tb.autocast_program(ep, "bf16", torch.device("cpu"))
+    else:
+        out_dtypes = [torch.float32]
     with torch.no_grad():
         return ta.autocast_call(tb._direct_call(ep, 1), "cpu", "bf16", out_dtypes)(ids)[0], ep
 
@@ -107,7 +112,8 @@ def test_decomposed_fp32_ops_get_fp32_inputs_and_float64_weights_stay(tmp_path):
     aten = torch.ops.aten
     assert {aten._softmax.default, aten._log_softmax.default, aten.native_group_norm.default} <= \
         {n.target for n in ep.graph.nodes}  # the core forms, which autocast does not widen
-    out_dtypes = ta.prepare(ep, "bf16", "cpu")
+    # as torch:cuda's load does: the move's verifier runs before the graph calls the widening
+    ep, out_dtypes = tb.autocast_program(ep, "bf16", torch.device("cpu"))
     assert out_dtypes == [torch.float32, torch.float64]
     assert all(t.dtype in (torch.float32, torch.float64) for n, t in ep.state_dict.items() if "wide" in n)
 
