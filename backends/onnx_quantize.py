@@ -29,9 +29,12 @@ def quantized(exported, segment, workdir: Path):
 
     from hetcc.backends.onnx_tied import retie, untie
 
+    import onnx
+
     source = Path(exported.files["model"])
-    tied = {} if exported.external_data else untie(source)
-    kept, unnamed = _tables_kept(source, tied)
+    model = onnx.load(str(source), load_external_data=False)  # with its weights unless they are apart
+    tied = {} if exported.external_data else untie(model, source)
+    kept, unnamed = _tables_kept(model.graph, tied)
     ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
     kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
 
@@ -46,25 +49,22 @@ def quantized(exported, segment, workdir: Path):
                      f"nodes_to_exclude={kept!r}")
 
 
-def _tables_kept(path: Path, tied=()) -> tuple[list[str], bool]:
-    """The Gather nodes whose table quantize_dynamic leaves fp32, and whether one of them has no
+def _tables_kept(graph, tied=()) -> tuple[list[str], bool]:
+    """The Gather nodes of ``graph`` whose table quantize_dynamic leaves fp32, and whether one of them has no
     name (then no table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer
     than SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every
     token, their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read
     along its rows, one that something besides lookups reads, and one in ``tied``, whose lookups
     read its output head's int8 copy instead (backends/onnx_tied.py)."""
-    import onnx
-
     from hetcc.cost_model.precision import SMALLEST_TABLE
 
-    model = onnx.load(str(path), load_external_data=False)  # shapes only
-    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    tables = {t.name: list(t.dims) for t in graph.initializer}
     readers: dict[str, set] = {}
-    for n in model.graph.node:
+    for n in graph.node:
         for i in n.input:
             readers.setdefault(i, set()).add(n.op_type)
     kept, unnamed = [], False
-    for n in model.graph.node:
+    for n in graph.node:
         if n.op_type != "Gather" or not n.input or n.input[0] not in tables:
             continue
         dims = tables[n.input[0]]

@@ -65,13 +65,13 @@ def _unused(graph, wanted: str) -> str:
     return name
 
 
-def untie(path: Path) -> dict[str, str]:
-    """In the ONNX file at ``path`` (rewritten in place), give each output head tied to an
-    embedding table its own transposed copy of the table. Returns {table: the head's copy}."""
+def untie(model, path: Path) -> dict[str, str]:
+    """In ``model``, loaded from the ONNX file at ``path`` with its weights (both changed in place,
+    and only where something is tied), give each output head tied to an embedding table its own
+    transposed copy of the table. Returns {table: the head's copy}."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     if not _plain(model):
         return {}

@@ -1,5 +1,5 @@
 """torch:cuda in fp16 or bf16 (``torch:cuda@fp16``): the segment's program under torch.autocast,
-made ready for it at load (``cast_weights``, then ``widen_fp32_inputs``).
+made ready for it at load (``cast_weights``, then ``widen_fp32_inputs``; ``declared_dtypes``).
 
 Autocast runs matrix products and convolutions in the lower type, a list of ops that lose most to
 it (exponentials, norms, losses) in fp32, ops that combine tensors (cat, add) in the widest type
@@ -101,10 +101,9 @@ def _widened(x):
     return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def cast_weights(ep, precision: str, device: str) -> list:
+def cast_weights(ep, precision: str, device: str) -> None:
     """Cast, in ``ep``'s state (its weights still on the host; changed in place), the weights
-    autocast would cast to ``precision`` on every call on ``device``. Returns the dtype per output
-    the program declares (None where its graph does not say)."""
+    autocast would cast to ``precision`` on every call on ``device``."""
     dtype = LOWER[precision]
     names = weights_to_cast(ep, cast_ops(device, precision))
     with torch.no_grad():  # a Parameter's cast would otherwise keep its fp32 original alive
@@ -115,6 +114,10 @@ def cast_weights(ep, precision: str, device: str) -> list:
                     cast = value.to(dtype)  # a parameter stays one: the program's signature says so
                     state[name] = torch.nn.Parameter(cast, requires_grad=False) \
                         if isinstance(value, torch.nn.Parameter) else cast
+
+
+def declared_dtypes(ep) -> list:
+    """The dtype per output ``ep``'s vetted graph declares (None where it does not say)."""
     output = next(n for n in ep.graph.nodes if n.op == "output")
     results = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
     return [getattr(getattr(r, "meta", {}).get("val"), "dtype", None) for r in results]

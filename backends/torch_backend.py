@@ -22,7 +22,8 @@ from hetcc.backends._common import check_arity, lowering_error
 from hetcc.backends.base import Artifact, Backend
 from hetcc.backends.options import Option, check_options, precision_option
 from hetcc.backends.torch_archive import load_program
-from hetcc.backends.torch_autocast import LOWER, autocast_call, cast_weights, precision_of, widen_fp32_inputs
+from hetcc.backends.torch_autocast import (LOWER, autocast_call, cast_weights, declared_dtypes, precision_of,
+                                          widen_fp32_inputs)
 from hetcc.errors import BundleError, TargetError
 from hetcc.program import dim_order, with_dim_order
 from hetcc.gpus import cuda_description, cuda_problem, gpu_index
@@ -259,10 +260,10 @@ def autocast_program(ep, precision: str, device) -> tuple:
     """``ep`` ready to run under autocast in ``precision`` on ``device``, and the dtype per output
     it declares: the weights autocast would cast on every call cast on the host, then moved, then
     the inputs of the fp32 ops autocast does not recognise widened (backends/torch_autocast.py)."""
-    out_dtypes = cast_weights(ep, precision, str(device))
+    cast_weights(ep, precision, str(device))
     ep = move_program(ep, device)
     widen_fp32_inputs(ep.graph_module)
-    return ep, out_dtypes
+    return ep, declared_dtypes(ep)
 
 
 def move_program(ep, device):

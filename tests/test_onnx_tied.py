@@ -6,7 +6,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hetcc.backends.onnx_tied import retie, untie
+from hetcc.backends.onnx_tied import retie
+from hetcc.backends.onnx_tied import untie as untie_model
 
 VOCAB, WIDTH = 1200, 16
 
@@ -29,6 +30,10 @@ def _model(path, extra=(), rows=VOCAB, opset=20):
                               outputs, [table])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return numpy_helper.to_array(table)
+
+
+def untie(path):
+    return untie_model(onnx.load(str(path)), path)
 
 
 def _run(path, ids):
