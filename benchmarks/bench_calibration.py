@@ -6,8 +6,8 @@ whether another of ``quantize_static``'s methods (percentile, entropy, distribut
 more of a model inside a budget. Per model (examples/hf_models.py, random weights): the whole model
 exported with ``torch.onnx.export(dynamo=True)``, then ``quantize_static`` (QDQ, per-channel int8
 weights, uint8 activations on Conv, MatMul and Gemm, as hetcc's int8s) once per method, calibrated
-on the example inputs and --calibration further batches (float inputs drawn from a normal
-distribution, seeded). Reported: relative L2 error of the first output against the fp32 export on
+on the example inputs and --calibration further batches (bench_precision's: float inputs drawn
+from a normal distribution, seeded). Reported: relative L2 error of the first output against the fp32 export on
 the example inputs and on one held-out batch, and the seconds quantize_static took.
 
     python benchmarks/bench_calibration.py [--models resnet,convnext,mobilenet_v2] [--calibration 8]
@@ -20,68 +20,46 @@ import argparse
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "examples"))
 
+import bench_precision as precision  # noqa: E402
 import hf_models  # noqa: E402
+from hetcc.backends.onnx_quantize import STATIC_OPS, calibration_reader  # noqa: E402
 from hetcc.error_budget import relative_error  # noqa: E402
 
 METHODS = (("MinMax", {}), ("Percentile", {"CalibPercentile": 99.999}),
            ("Percentile", {"CalibPercentile": 99.99}), ("Entropy", {}), ("Distribution", {}))
 
 
-def batches_like(inputs, count: int, generator) -> list[tuple]:
-    """``count`` batches shaped as ``inputs``: float tensors drawn anew, integer ones kept."""
-    return [tuple(torch.randn(x.shape, generator=generator) if x.is_floating_point() else x for x in inputs)
-            for _ in range(count)]
-
-
 def run_model(name: str, calibration: int) -> list[str]:
-    import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model, inputs = hf_models.build(name)
     inputs = tuple(inputs)
-    generator = torch.Generator().manual_seed(1)
-    batches = [inputs, *batches_like(inputs, calibration, generator)]
-    held_out = batches_like(inputs, 1, generator)[0]
+    *drawn, held_out = precision.calibration_batches(inputs, calibration + 1)
+    batches = [inputs, *drawn]
     workdir = Path(tempfile.mkdtemp(prefix=f"calibration-{name}-"))
-    source = workdir / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs, str(source), dynamo=True)
-    fp32 = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    names = [i.name for i in fp32.get_inputs()]
-
-    def feeds(batch):
-        return {n: x.numpy() for n, x in zip(names, batch)}
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.left = iter(batches)
-
-        def get_next(self):
-            batch = next(self.left, None)
-            return None if batch is None else feeds(batch)
+    source = precision._exported(model, inputs, workdir / "model.onnx")
+    fp32, names = precision._ort_session(source)
 
     lines = []
     for method, extra in METHODS:
         target = workdir / f"{method}-{len(lines)}.onnx"
         start = time.perf_counter()
-        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                        calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
+        quantize_static(str(source), str(target), calibration_reader(batches, names), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=STATIC_OPS, calibrate_method=getattr(CalibrationMethod, method),
+                        extra_options=extra)
         took = time.perf_counter() - start
-        int8 = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-        errors = [relative_error(torch.from_numpy(int8.run(None, feeds(b))[0]),
-                                 torch.from_numpy(fp32.run(None, feeds(b))[0])) for b in (inputs, held_out)]
+        int8 = precision._ort_session(target)[0]
+        errors = [relative_error(torch.from_numpy(int8(*b)[0]), torch.from_numpy(fp32(*b)[0]))
+                  for b in (inputs, held_out)]
         shown = f"{method} {extra['CalibPercentile']}" if extra else method
         lines.append(f"| {name} | {shown} | {errors[0] * 100:.2f} % | {errors[1] * 100:.2f} % | {took:.1f} s |")
     return lines
