@@ -149,6 +149,13 @@ class Backend(ABC):
         offers one takes it as its ``precision`` option (docs/precision.md)."""
         return ()
 
+    def arithmetic(self, target: Target, precision: str) -> str | None:
+        """The element type ``precision``'s weight-bearing ops (a matrix product) compute in on
+        ``target`` here, where the backend knows it differs from the one the cost model assumes
+        for the precision (``weighted`` of cost_model/precision.py SCHEMES): OpenVINO's int8
+        weights compute in fp32 on a CPU without VNNI. None: as assumed."""
+        return None
+
     def precision_missing(self, target: Target, precision: str) -> str | None:
         """Why ``precision``, which this backend can run on ``target`` with something installed,
         is not offered here (what to install); None where that is not the case."""

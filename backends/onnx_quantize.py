@@ -21,10 +21,11 @@ benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/bench
 int8 (int8s) is what runs convolutions in int8."""
 
 
-def quantized(exported, segment, workdir: Path):
+def quantized(exported, segment, workdir: Path, reduce_range: bool = False):
     """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
     output channel, signed weights, activations quantized per call), in place of the fp32 file; a
-    table tied to an output head once, in int8 (backends/onnx_tied.py)."""
+    table tied to an output head once, in int8 (backends/onnx_tied.py). ``reduce_range``: weights
+    in 7 bits, for a CPU without VNNI (``reduced_range``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from hetcc.backends.onnx_tied import retie, untie
@@ -40,13 +41,24 @@ def quantized(exported, segment, workdir: Path):
 
     def run(source, target):
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=ops, nodes_to_exclude=kept,
+                         reduce_range=reduce_range, op_types_to_quantize=ops, nodes_to_exclude=kept,
                          use_external_data_format=exported.external_data)
         if tied:
             retie(target, tied)
     return _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                     f"weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize={ops!r}, "
-                     f"nodes_to_exclude={kept!r}")
+                     f"weight_type=QuantType.QInt8, per_channel=True, reduce_range={reduce_range}, "
+                     f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+
+
+def reduced_range() -> bool:
+    """Whether int8 weights should take 7 bits here, as ONNX Runtime advises for a CPU without VNNI:
+    its x86 int8 kernels then add pairs of uint8 x int8 products in int16 (AVX2's vpmaddubsw),
+    which saturates where both are large (two products of 255 x 127 pass 32767). On an AVX2-only
+    EPYC here 8-bit weights moved a Linear over a 2048-row table's rows by 20 %, 7-bit ones by 1.1 %,
+    at the same speed (bert: 15.6 ms either way; docs/precision.md)."""
+    from hetcc.cost_model.devices import int8_dot_products
+
+    return not int8_dot_products()
 
 
 def _tables_kept(graph, tied=()) -> tuple[list[str], bool]:
@@ -82,12 +94,13 @@ STATIC_OPS = ["Conv", "MatMul", "Gemm"]
 the error at what the products add."""
 
 
-def quantized_static(exported, segment, workdir: Path, symmetric: bool = False):
+def quantized_static(exported, segment, workdir: Path, symmetric: bool = False, reduce_range: bool = False):
     """The exported model with its convolutions and matrix products in int8 and the activation
     scales fixed from ``segment.calibration`` (ONNX Runtime's own ``quantize_static``, QDQ format,
     weights per output channel, min-max ranges), in place of the fp32 file. Activations are uint8
     with a zero point, or with ``symmetric`` int8 centred on zero and biases left in float: what
-    TensorRT takes (it quantizes symmetrically only, and dequantizes int8, not int32)."""
+    TensorRT takes (it quantizes symmetrically only, and dequantizes int8, not int32).
+    ``reduce_range``: weights in 7 bits, for a CPU without VNNI (``reduced_range``)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     activation = QuantType.QInt8 if symmetric else QuantType.QUInt8
@@ -96,12 +109,13 @@ def quantized_static(exported, segment, workdir: Path, symmetric: bool = False):
     def run(source, target):
         reader = calibration_reader(segment.calibration, exported.input_names)
         quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=activation,
+                        reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=activation,
                         op_types_to_quantize=STATIC_OPS, use_external_data_format=exported.external_data,
                         extra_options=extra)
     return _replaced(exported, segment, workdir, run, "quantize_static",
                      f"<the segment's {len(segment.calibration)} calibration batches, not saved>, "
-                     "quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, "
+                     f"quant_format=QuantFormat.QDQ, per_channel=True, reduce_range={reduce_range}, "
+                     "weight_type=QuantType.QInt8, "
                      f"activation_type=QuantType.{activation.name}, op_types_to_quantize={STATIC_OPS!r}, "
                      f"extra_options={extra!r}")
 

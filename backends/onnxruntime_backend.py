@@ -10,6 +10,7 @@ the exporter's own decompositions for ops without one (checked by tracing them o
 is what hetcc's verify step checks."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import ClassVar
 from hetcc.backends._common import py_str, python_command
 from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
-from hetcc.backends.onnx_quantize import quantized, quantized_static
+from hetcc.backends.onnx_quantize import quantized, quantized_static, reduced_range
 from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
 from hetcc.backends.options import Option, check_options, precision_option, threads_option
 from hetcc.errors import BundleError, InternalError, TargetError
 from hetcc.gpus import cuda_problem, gpu_index
 from hetcc.target import Target
+
+log = logging.getLogger(__name__)
 
 OPSET = ONNX_OPSET
 """ONNX opset the exporter targets and the registry is asked about (ONNX Runtime >= 1.17 runs it)."""
@@ -127,10 +130,12 @@ class OnnxRuntimeBackend(Backend):
             raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
                                 "calibration batches")
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
+        quantizes = self.precision in ("int8", "int8s") and target.device == "cpu"
+        reduce_range = quantizes and reduced_range()
         if self.precision == "int8" and target.device == "cpu":
-            exported = quantized(exported, segment, workdir)
+            exported = quantized(exported, segment, workdir, reduce_range)
         elif self.precision == "int8s" and target.device == "cpu":
-            exported = quantized_static(exported, segment, workdir)
+            exported = quantized_static(exported, segment, workdir, reduce_range=reduce_range)
         return Artifact(
             target=str(target),
             files=dict(exported.files),
@@ -146,6 +151,7 @@ class OnnxRuntimeBackend(Backend):
                 "optimization": self.optimization,
                 "spinning": self.spinning,
                 **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
+                **({"reduce_range": reduce_range} if quantizes else {}),
                 **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },
@@ -173,6 +179,11 @@ class OnnxRuntimeBackend(Backend):
         names = (artifact.meta["onnx_input_names"], artifact.meta["onnx_output_names"],
                  artifact.meta.get("segment", "?"))
         if target.device == "cpu":
+            if meta.get("precision") in ("int8", "int8s") and not meta.get("reduce_range") and reduced_range():
+                log.warning("segment %s was quantized with 8-bit weights for a CPU with VNNI; this CPU has "
+                            "none, and ONNX Runtime's int8 kernels can saturate here (20 %% error was seen "
+                            "where the weights' own rounding gave 1 %%): compile it again on this machine",
+                            names[2])
             session = ort.InferenceSession(artifact.files["model"], sess_options=options,
                                            providers=["CPUExecutionProvider"])
             return OrtExecutable(session, *names)

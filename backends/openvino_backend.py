@@ -22,6 +22,7 @@ from hetcc.backends.openvino_masks import drop_empty_masks
 from hetcc.backends.openvino_static import nncf_here, quantize_static
 from hetcc.backends.openvino_weights import compress_weights
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
+from hetcc.cost_model.devices import int8_dot_products
 from hetcc.errors import BundleError, InternalError, TargetError
 from hetcc.target import Target
 from hetcc.names import op_name
@@ -140,6 +141,16 @@ class OpenVinoBackend(Backend):
         native = [p for p in ("bf16", "fp16") if _precision_run_for(p) == p]
         return (tuple(native) + ("int8w",) + (("int8w-bf16",) if "bf16" in native else ())
                 + (("int8s",) if nncf_here() else ()))
+
+    def arithmetic(self, target: Target, precision: str) -> str | None:
+        """int8w's matrix products compute in int8 only where the CPU has VNNI: the plugin
+        quantizes their activations on each call (its dynamic quantization) only on an AVX-VNNI or
+        AVX512-VNNI CPU, and elsewhere decompresses the int8 weights to f32 inside the kernel. On an
+        AVX2-only EPYC here that ran no faster than fp32: bert 1.0x, vit 0.6x OpenVINO's fp32 with
+        its MatMul weights in int8 (docs/precision.md)."""
+        if precision == "int8w" and not int8_dot_products():
+            return "fp32"
+        return None
 
     def precision_missing(self, target: Target, precision: str) -> str | None:
         if precision == "int8s" and not nncf_here():

@@ -9,6 +9,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,30 @@ def _cpu_key() -> str:
     import torch
 
     return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+@lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str] | None:
+    """The instruction-set flags of this x86 CPU as Linux lists them (/proc/cpuinfo: ``avx2``,
+    ``avx512_vnni``, ``amx_int8``...); None on another OS or architecture, where they are unknown."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def int8_dot_products() -> bool:
+    """Whether this CPU has VNNI's int8 dot products (AVX-VNNI, AVX512-VNNI), which sum u8 x s8
+    products into int32 directly. Without them the x86 runtimes' int8 kernels add pairs of products
+    in int16 (AVX2's vpmaddubsw), which saturates for large weights and activations, and OpenVINO
+    does not quantize activations at all. True where the flags are unknown (not x86 Linux)."""
+    flags = cpu_flags()
+    return flags is None or bool(flags & {"avx_vnni", "avx512_vnni"})
 
 
 def _mem_total() -> float:

@@ -36,10 +36,12 @@ SCHEMES = {
     "fp16": Scheme(2.0, "fp16", "fp16"),
     "bf16": Scheme(2.0, "bf16", "bf16"),
     "int8": Scheme(1.0, "int8", "fp32", ("matmul",), ("data",)),
-    # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call;
-    # its weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP)
+    # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call
+    # where the CPU has VNNI (elsewhere it computes in fp32: OpenVinoBackend.arithmetic); its
+    # weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP). It quantizes only an
+    # f32 layer's activations: at bf16 it widens the int8 weights to bf16 in the kernel.
     "int8w": Scheme(1.125, "int8", "fp32", ("matmul",), ("data",)),
-    "int8w-bf16": Scheme(1.125, "int8", "bf16", ("matmul",), ("data",)),
+    "int8w-bf16": Scheme(1.125, "bf16", "bf16", ("matmul",), ("data",)),
     # ONNX Runtime's static int8: convolutions and matrix products with their activation scales
     # fixed ahead of time (backends/onnxruntime_backend.py quantized_static)
     "int8s": Scheme(1.0, "int8", "fp32", ("matmul", "conv")),

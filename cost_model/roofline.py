@@ -42,9 +42,11 @@ def base_op(facts) -> str:
 
 
 def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32",
-               precision: str | None = None) -> tuple[float, float]:
+               precision: str | None = None, arithmetic: str | None = None) -> tuple[float, float]:
     """(compute seconds, memory seconds) of one node (a ``NodeFacts``), before dispatch costs;
-    ``precision``: a lower precision the node runs in (cost_model/precision.py)."""
+    ``precision``: a lower precision the node runs in (cost_model/precision.py); ``arithmetic``:
+    the element type its weight-bearing ops compute in where the backend knows better than the
+    precision's scheme (Backend.arithmetic)."""
     if facts.op_class == "view":
         return 0.0, 0.0
     eff = profile.eff(facts.op_class, "compute", base_op(facts))
@@ -52,7 +54,7 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
     moved = bytes_moved(facts, precision)  # the weights at the precision's width
     scheme = scheme_of(precision)
     if scheme is not None:
-        rate = arithmetic_rate(device, scheme.weighted if narrows(scheme, facts) else scheme.other)
+        rate = arithmetic_rate(device, (arithmetic or scheme.weighted) if narrows(scheme, facts) else scheme.other)
     compute = facts.flops / (rate * eff) if facts.flops else 0.0
     if facts.op_class in profile.fused_classes:
         # A fused elementwise op reads its input from the producer's registers/cache: only its
@@ -63,8 +65,8 @@ def node_parts(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = 
 
 
 def node_seconds(facts, device: DeviceSpec, profile: BackendProfile, dtype: str = "fp32",
-                 precision: str | None = None) -> float:
+                 precision: str | None = None, arithmetic: str | None = None) -> float:
     """Estimated seconds for one node (a ``NodeFacts``) on a device driven by a backend."""
     if facts.op_class == "view":
         return profile.per_view
-    return max(node_parts(facts, device, profile, dtype, precision)) + profile.per_node
+    return max(node_parts(facts, device, profile, dtype, precision, arithmetic)) + profile.per_node

@@ -670,10 +670,13 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
         profile = profile_for(key, profiles, calibration)
         if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
+        backend = (backends or {}).get(t)
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
                                 memory=f"own:{t.base}" if given else _memory_of(t),
-                                location=_location_of(t, (backends or {}).get(t)), precision=t.precision,
+                                location=_location_of(t, backend), precision=t.precision,
+                                arithmetic=backend.arithmetic(t, t.precision)
+                                if t.precision and backend is not None and not given else None,
                                 limit_group=str(t.base) if base_limit else None))
     return infos
 

@@ -46,13 +46,17 @@ class TargetInfo:
     peer_bandwidth: float = 0.0
     precision: str | None = None
     """A lower precision the target runs in (hetcc.target.PRECISIONS; cost_model/precision.py)."""
+    arithmetic: str | None = None
+    """The element type its weight-bearing ops compute in at ``precision`` where the backend says
+    it differs from the precision's scheme (Backend.arithmetic: OpenVINO's int8 weights in fp32 on
+    a CPU without VNNI); None: as the scheme says."""
     limit_group: str | None = None
     """Targets with the same one hold at most ``capacity`` resident bytes together: a target and
     its lower-precision variants under the user's memory limit for it."""
 
 
 def unit_costs(units, facts, targets: list[TargetInfo]) -> list[list[float]]:
-    return [[sum(node_seconds(facts[m], t.device, t.profile, t.dtype, t.precision) for m in u.members)
+    return [[sum(node_seconds(facts[m], t.device, t.profile, t.dtype, t.precision, t.arithmetic) for m in u.members)
              for t in targets]
             for u in units]
 
