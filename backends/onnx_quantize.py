@@ -21,11 +21,12 @@ benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/bench
 int8 (int8s) is what runs convolutions in int8."""
 
 
-def quantized(exported, segment, workdir: Path, reduce_range: bool = False):
+def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsigned: bool = False):
     """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
     output channel, signed weights, activations quantized per call), in place of the fp32 file; a
     table tied to an output head once, in int8 (backends/onnx_tied.py). ``reduce_range``: weights
-    in 7 bits, for a CPU without VNNI (``reduced_range``)."""
+    in 7 bits, for a CPU without VNNI (``reduced_range``); ``unsigned``: weights in uint8 with a zero
+    point per channel (int8u), which keeps 8 bits there at some speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from hetcc.backends.onnx_tied import retie, untie
@@ -38,15 +39,16 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False):
     kept, unnamed = _tables_kept(model.graph, tied)
     ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
     kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
+    weights = QuantType.QUInt8 if unsigned else QuantType.QInt8
 
     def run(source, target):
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True,
                          reduce_range=reduce_range, op_types_to_quantize=ops, nodes_to_exclude=kept,
                          use_external_data_format=exported.external_data)
         if tied:
             retie(target, tied)
     return _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                     f"weight_type=QuantType.QInt8, per_channel=True, reduce_range={reduce_range}, "
+                     f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
                      f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
 
 

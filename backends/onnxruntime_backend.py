@@ -91,10 +91,11 @@ class OnnxRuntimeBackend(Backend):
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
-        replace(precision_option(("fp32", "int8", "int8s"), "fp32; int8: weights of MatMul and Gemm stored "
-                                 "in int8 (per output channel), large embedding tables in uint8, and "
-                                 "activations quantized on each call "
-                                 "(onnxruntime.quantization.quantize_dynamic); int8s: convolutions and "
+        replace(precision_option(("fp32", "int8", "int8u", "int8s"), "fp32; int8: weights of MatMul and Gemm "
+                                 "stored in int8 (per output channel; 7 bits on a CPU without VNNI), large "
+                                 "embedding tables in uint8, and activations quantized on each call "
+                                 "(onnxruntime.quantization.quantize_dynamic); int8u: as int8 with the weights "
+                                 "in uint8 and a zero point, 8 bits without VNNI too; int8s: convolutions and "
                                  "matrix products in int8 with activation scales fixed from calibration "
                                  "batches (quantize_static, QDQ); compile(accuracy=...) chooses per "
                                  "segment"), devices=("cpu",),
@@ -116,7 +117,11 @@ class OnnxRuntimeBackend(Backend):
         self.provider, self.precision = given["provider"], given["precision"]
 
     def precisions(self, target: Target) -> tuple[str, ...]:
-        return ("int8", "int8s") if target.device == "cpu" else ()
+        """int8 and int8s on the CPU; int8u too where the CPU has no VNNI, as there int8's signed
+        weights take 7 bits (backends/onnx_quantize.py reduced_range)."""
+        if target.device != "cpu":
+            return ()
+        return ("int8", "int8u", "int8s") if reduced_range() else ("int8", "int8s")
 
     def target_problem(self, target: Target) -> str | None:
         return gpu_problem(target, self.provider) if target.device == "cuda" else None
@@ -130,10 +135,10 @@ class OnnxRuntimeBackend(Backend):
             raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
                                 "calibration batches")
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
-        quantizes = self.precision in ("int8", "int8s") and target.device == "cpu"
-        reduce_range = quantizes and reduced_range()
-        if self.precision == "int8" and target.device == "cpu":
-            exported = quantized(exported, segment, workdir, reduce_range)
+        quantizes = self.precision in ("int8", "int8u", "int8s") and target.device == "cpu"
+        reduce_range = quantizes and self.precision != "int8u" and reduced_range()
+        if self.precision in ("int8", "int8u") and target.device == "cpu":
+            exported = quantized(exported, segment, workdir, reduce_range, unsigned=self.precision == "int8u")
         elif self.precision == "int8s" and target.device == "cpu":
             exported = quantized_static(exported, segment, workdir, reduce_range=reduce_range)
         return Artifact(

@@ -36,6 +36,9 @@ SCHEMES = {
     "fp16": Scheme(2.0, "fp16", "fp16"),
     "bf16": Scheme(2.0, "bf16", "bf16"),
     "int8": Scheme(1.0, "int8", "fp32", ("matmul",), ("data",)),
+    # ONNX Runtime's int8 with unsigned weights, whose x86 kernels do not saturate without VNNI
+    # (its signed ones do), and are slower (backends/onnx_quantize.py reduced_range)
+    "int8u": Scheme(1.0, "int8u", "fp32", ("matmul",), ("data",)),
     # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call
     # where the CPU has VNNI (elsewhere it computes in fp32: OpenVinoBackend.arithmetic); its
     # weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP). It quantizes only an
@@ -55,12 +58,14 @@ SMALLEST_TABLE = 1024
 """A gather's table of fewer rows (positions, token types) stays in the model's precision: a
 vocabulary is what takes the bytes, and a small table's rows are read by every token."""
 
-ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
+ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0, "int8u": 1.5}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
 the runtimes' int8 GEMMs realise about half once activations are quantized per call. Static int8
 (int8s) is priced at the same rate, though it quantizes no activations per call: tuning measures
-it (ResNet's int8 convolutions ran 2.4x fp32, docs/precision.md)."""
+it (ResNet's int8 convolutions ran 2.4x fp32, docs/precision.md). ONNX Runtime's int8 with unsigned
+weights (int8u) runs a slower kernel: on an AVX2-only EPYC its whole bert ran 1.4x fp32 where signed
+weights ran 1.6x (benchmarks/bench_int8_range.py)."""
 
 def arithmetic_rate(device, dtype: str) -> float:
     """FLOP/s of ``device`` in ``dtype``: its spec's figure, else fp32's times the assumed speed-up."""

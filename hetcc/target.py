@@ -12,6 +12,8 @@ PRECISIONS = {
     "fp16": "weights and arithmetic in float16",
     "bf16": "weights and arithmetic in bfloat16",
     "int8": "int8 weights; activations quantized to int8 on each call (int8 matrix products)",
+    "int8u": "as int8, the weights stored unsigned (uint8) with a zero point per channel: 8 bits "
+             "on an x86 CPU without VNNI, where int8's signed weights take 7",
     "int8w": "int8 weights, dequantized in the kernel (whose activations the runtime may quantize "
              "per call); other arithmetic in float32",
     "int8w-bf16": "int8 weights, as int8w; other arithmetic in bfloat16",

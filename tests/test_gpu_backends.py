@@ -376,7 +376,11 @@ def test_tensorrt_static_int8_is_symmetric_qdq_from_the_calibration_batches(tmp_
     # symmetric min-max over the batches: the widest batch (3x) sets the input's scale
     widest = max(float(b[0].abs().max()) for b in seg.calibration)
     assert float(inits[first.input[1]]) == pytest.approx(widest / 127, rel=0.02)
-    session = ort.InferenceSession(exported.files["model"], providers=["CPUExecutionProvider"])
+    # the QDQ pairs run as written (quantize, dequantize, a float product): TensorRT's int8 kernels
+    # accumulate in int32, where ONNX Runtime's fused CPU kernel without VNNI saturates int16 sums
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(exported.files["model"], options, providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {graph.graph.input[0].name: x.numpy()})
     want = seg.reference(x)[0]
     assert float((torch.from_numpy(got) - want).norm() / want.norm()) < 0.05

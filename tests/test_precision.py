@@ -520,6 +520,31 @@ def test_onnxruntime_int8_stores_a_table_tied_to_the_head_once_in_int8(shape, tm
     torch.testing.assert_close(hetcc.load(cm.save(tmp_path / "b"))(other), cm(other))
 
 
+def test_int8u_keeps_8_bit_weights_unsigned_on_a_cpu_without_vnni(monkeypatch, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from hetcc.cost_model import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    with pytest.raises(TargetError, match="does not run int8u"):  # int8's weights keep 8 bits there
+        resolve(Target.parse("onnxruntime:cpu@int8u"))
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    torch.manual_seed(0)
+    model, ids = TiedHead().eval(), torch.randint(0, 2048, (1, 16))
+    cm = hetcc.compile(model, (ids,), targets=["onnxruntime:cpu@int8u"], accuracy=0.05, tune="off")
+    (seg,) = cm.plan.segments
+    assert seg.precision == "int8u" and cm.artifacts[seg.name].meta["reduce_range"] is False
+    graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
+    weights = {tuple(t.dims): t.data_type for t in graph.initializer if int(np.prod(t.dims)) >= 64 * 64}
+    # the Linear's weight and the tied table (once, as the head's) in uint8, each with zero points
+    assert weights == {(64, 64): TensorProto.UINT8, (64, 2048): TensorProto.UINT8}
+    other = torch.randint(0, 2048, ids.shape)
+    with torch.no_grad():
+        assert relative_error(cm(other), model(other)) < 0.05
+    torch.testing.assert_close(hetcc.load(cm.save(tmp_path / "b"))(other), cm(other))
+
+
 def test_a_segment_beyond_its_limit_keeps_the_models_own_precision():
     model, inputs = mlp.build(batch=64)
     cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu"], accuracy=1e-3, tune="off")
