@@ -146,8 +146,8 @@ class OpenVinoBackend(Backend):
         """int8w's matrix products compute in int8 only where the CPU has VNNI: the plugin
         quantizes their activations on each call (its dynamic quantization) only on an AVX-VNNI or
         AVX512-VNNI CPU, and elsewhere decompresses the int8 weights to f32 inside the kernel. On an
-        AVX2-only EPYC here that ran no faster than fp32: bert 1.0x, vit 0.6x OpenVINO's fp32 with
-        its MatMul weights in int8 (docs/precision.md)."""
+        AVX2-only EPYC here that ran no faster than fp32: with their MatMul weights in int8, bert
+        ran 0.97x and vit 0.86x the speed of OpenVINO in fp32 (docs/precision.md)."""
         if precision == "int8w" and not int8_dot_products():
             return "fp32"
         return None

@@ -68,6 +68,9 @@ import hf_models  # noqa: E402
 
 TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
 FP32_NATIVE = ("onnxruntime", "openvino-f32")
+PATHS = ("onnxruntime", "openvino-f32", "ort-int8", "openvino", "ort-int8s", "openvino-nncf", "openvino-int8s",
+         "eager")
+"""The --paths run_model builds (hetcc's are --budgets)."""
 LOGITS = ("gpt2", "llama_prefill", "llama_decode")
 """Models whose first output is logits: top-1 agreement is reported for them."""
 
@@ -267,12 +270,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.ERROR)
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
     paths = [p for p in args.paths.split(",") if p]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:  # a misspelt path would print "-" in its column and look like a failure
+        parser.error(f"unknown paths {unknown}; choose among {', '.join(PATHS)}")
+    models = [m for m in args.models.split(",") if m]
+    if [m for m in models if m not in hf_models.MODELS]:
+        parser.error(f"unknown models {[m for m in models if m not in hf_models.MODELS]}; choose among "
+                     f"{', '.join(hf_models.MODELS)}")
 
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
     rows = []
-    for name in [m for m in args.models.split(",") if m]:
+    for name in models:
         progress(f"{name}:")
         rows.append(run_model(name, budgets, paths, args.rounds, progress, args.calibration))
     m = machine_info()
