@@ -138,8 +138,8 @@ def tune_plan(session, chosen, allowed, budget: float, auto: bool, learn: bool =
             for c in built:
                 c.compiled.reset_state()
         timed = [c for c in built if c.median() is not None]
-        if timed:  # min keeps the first on a tie: the solver's
-            keep = min(timed, key=lambda c: c.median())
+        if timed:
+            keep = fastest(timed)
         built = timed
     seconds = time.perf_counter() - started
     notes = [_timing_note(built, keep, seconds, building)] if len(built) > 1 else []
@@ -216,6 +216,15 @@ def _single_target_candidates(session, allowed, chosen) -> list[Candidate]:
 
 def _layout(compiled) -> dict:
     return {m: s.target for s in compiled.plan.segments for m in s.nodes}
+
+
+def fastest(timed: list[Candidate]) -> Candidate:
+    """The candidate to keep: the lowest median among those raced to the end (the first on a tie:
+    the solver's). One dropped as clearly slower was timed in the first rounds only, and on a
+    machine that slows down later (a neighbour starts) its median would beat the survivors' without
+    it being faster: racing compared them in the same rounds, which is what counts."""
+    raced = [c for c in timed if not c.dropped] or timed
+    return min(raced, key=lambda c: c.median())
 
 
 def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> None:

@@ -121,6 +121,19 @@ def test_candidates_are_ranked_by_their_median_call_not_their_fast_end(runtimes,
     assert "measured = median of the calls" in cm.plan.summary()
 
 
+def test_a_candidate_dropped_as_clearly_slower_is_not_kept_on_its_early_median():
+    """Seen on a busy machine: a candidate dropped after 3 rounds kept over one raced to the end,
+    whose median the later, slower rounds had raised past the dropped one's early median."""
+    from hetcc.timing import Samples
+
+    early = tune.Candidate("dropped", samples=Samples(calls=[0.005] * 6), dropped=3)
+    raced = tune.Candidate("raced", samples=Samples(calls=[0.004] * 6 + [0.012] * 34))
+    assert early.median() < raced.median() and tune.fastest([early, raced]) is raced
+    solver = tune.Candidate("solver's", solver=True, samples=Samples(calls=[0.012] * 40))
+    assert tune.fastest([solver, raced]) is solver  # a tie keeps the first, the solver's
+    assert tune.fastest([early]) is early  # none raced to the end: the fastest of those timed
+
+
 class ByKeyword(nn.Module):
     def __init__(self):
         super().__init__()
