@@ -123,6 +123,12 @@ class OnnxRuntimeBackend(Backend):
             return ()
         return ("int8", "int8u", "int8s") if reduced_range() else ("int8", "int8s")
 
+    def precision_missing(self, target: Target, precision: str) -> str | None:
+        if precision == "int8u" and target.device == "cpu" and not reduced_range():
+            return ("int8u is for x86 CPUs without VNNI, where int8's signed weights take 7 bits; this CPU "
+                    "has VNNI, so int8 keeps 8-bit weights and runs faster: write onnxruntime:cpu@int8")
+        return None
+
     def target_problem(self, target: Target) -> str | None:
         return gpu_problem(target, self.provider) if target.device == "cuda" else None
 

@@ -19,7 +19,8 @@ class Scheme:
     weight_bytes: float
     """Bytes per weight element (scales included, roughly)."""
     weighted: str
-    """The element type the arithmetic of weight-bearing ops runs in (a ``peak_flops`` key)."""
+    """The element type the arithmetic of weight-bearing ops runs in (a ``peak_flops`` key, or
+    int8u: int8's arithmetic, slower, ``arithmetic_rate``)."""
     other: str
     """The element type of every other float op's arithmetic (bf16 inference precision runs all
     of them in bf16; int8 matrix products sit beside fp32 elementwise ops)."""
@@ -38,7 +39,7 @@ SCHEMES = {
     "int8": Scheme(1.0, "int8", "fp32", ("matmul",), ("data",)),
     # ONNX Runtime's int8 with unsigned weights, whose x86 kernels do not saturate without VNNI
     # (its signed ones do), and are slower (backends/onnx_quantize.py reduced_range)
-    "int8u": Scheme(1.0, "int8u", "fp32", ("matmul",), ("data",)),
+    "int8u": Scheme(1.0, "int8u", "fp32", ("matmul",), ("data",)),  # int8's rate x INT8U_SHARE
     # OpenVINO's CPU plugin quantizes the activations of a layer with int8 weights on each call
     # where the CPU has VNNI (elsewhere it computes in fp32: OpenVinoBackend.arithmetic); its
     # weights carry an f32 scale per 32 (backends/openvino_weights.py GROUP). It quantizes only an
@@ -58,17 +59,24 @@ SMALLEST_TABLE = 1024
 """A gather's table of fewer rows (positions, token types) stays in the model's precision: a
 vocabulary is what takes the bytes, and a small table's rows are read by every token."""
 
-ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0, "int8u": 1.5}
+ASSUMED_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0}
 """Arithmetic rate over the fp32 peak where a device spec gives none for the type: a 512-bit bf16
 dot product (AVX512-BF16) does twice the fp32 FMAs per instruction; VNNI's int8 does four, of which
 the runtimes' int8 GEMMs realise about half once activations are quantized per call. Static int8
 (int8s) is priced at the same rate, though it quantizes no activations per call: tuning measures
-it (ResNet's int8 convolutions ran 2.4x fp32, docs/precision.md). ONNX Runtime's int8 with unsigned
-weights (int8u) runs a slower kernel: on an AVX2-only EPYC its whole bert ran 1.4x fp32 where signed
-weights ran 1.6x (benchmarks/bench_int8_range.py)."""
+it (ResNet's int8 convolutions ran 2.4x fp32, docs/precision.md)."""
+
+INT8U_SHARE = 0.75
+"""int8u's arithmetic rate over int8's: ONNX Runtime's kernel for unsigned weights is slower. On an
+AVX2-only EPYC the whole bert, vit and mlp ran 0.87-0.89x as fast with them as with signed 7-bit
+weights (benchmarks/bench_int8_range.py), most of which is their matrix products."""
+
 
 def arithmetic_rate(device, dtype: str) -> float:
-    """FLOP/s of ``device`` in ``dtype``: its spec's figure, else fp32's times the assumed speed-up."""
+    """FLOP/s of ``device`` in ``dtype``: its spec's figure, else fp32's times the assumed speed-up
+    (int8u: int8's rate, from the spec or assumed, times INT8U_SHARE)."""
+    if dtype == "int8u":
+        return arithmetic_rate(device, "int8") * INT8U_SHARE
     return device.peak_flops.get(dtype) or device.peak_flops["fp32"] * ASSUMED_SPEEDUP.get(dtype, 1.0)
 
 

@@ -671,12 +671,14 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
         if t.device != "cpu" and key in CPU_PROFILES and key not in (profiles or {}):
             profile = ACCELERATOR  # e.g. iree:rocm: its measured profile is of the CPU runtime
         backend = (backends or {}).get(t)
+        # what the backend says its precision computes in here: a CPU target runs on this CPU
+        # whatever spec it is priced with, a GPU target given a spec may be another GPU
+        arithmetic = getattr(backend, "arithmetic", None) if t.precision and (t.device == "cpu" or not given) else None
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
                                 memory=f"own:{t.base}" if given else _memory_of(t),
                                 location=_location_of(t, backend), precision=t.precision,
-                                arithmetic=backend.arithmetic(t, t.precision)
-                                if t.precision and backend is not None and not given else None,
+                                arithmetic=arithmetic(t, t.precision) if callable(arithmetic) else None,
                                 limit_group=str(t.base) if base_limit else None))
     return infos
 

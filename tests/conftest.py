@@ -25,3 +25,13 @@ def _quiet_and_seeded():
     torch.manual_seed(0)
     logging.getLogger("hetcc").setLevel(logging.WARNING)
     yield
+
+
+@pytest.fixture
+def vnni(monkeypatch):
+    """This CPU seen as one with VNNI (hetcc.cost_model.devices.cpu_flags): what the runtimes'
+    int8 offers and how it is priced then do not depend on the machine the tests run on. Only for
+    tests whose int8 kernels do not run, or whose results do not depend on them."""
+    from hetcc.cost_model import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))

@@ -17,6 +17,7 @@ from hetcc.backends.registry import resolve
 from hetcc.cli.app import main
 from hetcc.compiler import _target_infos
 from hetcc.cost_model.devices import DeviceSpec
+from hetcc.cost_model.precision import INT8U_SHARE
 from hetcc.cost_model.profiles import BackendProfile
 from hetcc.cost_model.roofline import node_parts
 from hetcc.error_budget import AccuracyBudget, relative_error
@@ -52,12 +53,14 @@ def test_a_precision_hetcc_does_not_know_is_named(text, message):
         Target.parse(text)
 
 
-def test_a_precision_the_backend_does_not_run_here_is_refused_with_what_it_offers():
+def test_a_precision_the_backend_does_not_run_here_is_refused_with_what_it_offers(vnni):
     assert resolve(Target.parse("onnxruntime:cpu@int8")).precision == "int8"
     with pytest.raises(TargetError, match=r"onnxruntime does not run bf16 on cpu here \(it offers int8, int8s\)"):
         resolve(Target.parse("onnxruntime:cpu@bf16"))
     with pytest.raises(TargetError, match="it offers no lower precision there"):
         resolve(Target.parse("torch:cpu@int8"))
+    with pytest.raises(TargetError, match="int8u is for x86 CPUs without VNNI.*write onnxruntime:cpu@int8"):
+        resolve(Target.parse("onnxruntime:cpu@int8u"))
 
 
 # ---- the budget ----------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def test_a_segment_beyond_its_limit_is_judged_by_the_output_that_moved_most():
     assert check_relative("seg", ["a"], [torch.full((8,), 1.005)], [torch.ones(8)], 0.01)[1] == pytest.approx(0.005)
 
 
-def test_a_budget_with_no_room_offers_no_lower_precision():
+def test_a_budget_with_no_room_offers_no_lower_precision(vnni):
     from hetcc.precision import lower_precisions
 
     base, int8 = Target.parse("onnxruntime:cpu"), Target.parse("onnxruntime:cpu@int8")
@@ -243,6 +246,36 @@ def test_openvinos_int8_weights_are_priced_at_fp32_on_a_cpu_without_vnni(monkeyp
     assert priced[0] == pytest.approx(fp32[0] if int8w else fp32[0] / 2)
     assert priced[1] < fp32[1]  # the weights are int8 in memory either way
     assert node_parts(matmul, cpu, profile, precision="int8w-bf16")[0] == pytest.approx(fp32[0] / 2)
+    # int8u: int8's rate, assumed or from the spec, times INT8U_SHARE
+    assert node_parts(matmul, cpu, profile, precision="int8u")[0] == pytest.approx(fp32[0] / (2 * INT8U_SHARE))
+    fast = DeviceSpec(name="cpu", peak_flops={"fp32": 1e11, "int8": 8e11}, mem_bandwidth=1e10, mem_capacity=1e12)
+    assert node_parts(matmul, fast, profile, precision="int8u")[0] == pytest.approx(fp32[0] / (8 * INT8U_SHARE))
+
+
+def test_cpu_flags_are_read_on_x86_linux_only(monkeypatch):
+    from hetcc.cost_model import devices
+
+    read = devices.cpu_flags.__wrapped__  # past the cache
+    cpuinfo = {"text": "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: spectre_v1\n"}
+
+    class FakePath:
+        def __init__(self, path):
+            assert str(path) == "/proc/cpuinfo"
+
+        def read_text(self):
+            if cpuinfo["text"] is None:
+                raise OSError("no /proc here")
+            return cpuinfo["text"]
+
+    monkeypatch.setattr(devices, "Path", FakePath)
+    monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")
+    assert read() == frozenset({"fpu", "sse2", "avx2", "fma"})
+    cpuinfo["text"] = "processor\t: 0\n"
+    assert read() is None  # no flags line: unknown
+    cpuinfo["text"] = None
+    assert read() is None
+    monkeypatch.setattr(devices.platform, "machine", lambda: "aarch64")  # its features are not x86's
+    assert read() is None
 
 
 def test_a_linear_weight_read_through_a_view_counts_as_the_matmuls_weight():
@@ -289,7 +322,7 @@ def test_a_quantizing_backend_option_must_be_a_target_with_a_budget():
 
 # ---- compile ---------------------------------------------------------------------------------
 
-def test_a_lower_precision_needs_a_budget():
+def test_a_lower_precision_needs_a_budget(vnni):
     model, inputs = mlp.build(batch=4)
     with pytest.raises(HetccError, match="give an accuracy budget, e.g. accuracy=0.01"):
         hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"])
@@ -457,12 +490,12 @@ def test_onnxruntime_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch,
                  if t.data_type == TensorProto.INT8 and list(t.dims) == [64, 64]]
     # per output channel, symmetric: each column's largest weight takes the end of the range
     assert int(np.abs(weight.astype(int)).max()) == (127 if vnni else 64)
-    if vnni:  # such a segment loaded where there is no VNNI says to compile it again there
-        monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
-        target = Target.parse("onnxruntime:cpu@int8")
-        with caplog.at_level(logging.WARNING):
-            resolve(target).load(artifact, target)
-        assert "compile it again on this machine" in caplog.text
+    # a segment with 8-bit weights loaded where there is no VNNI says to compile it again there
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    target = Target.parse("onnxruntime:cpu@int8")
+    with caplog.at_level(logging.WARNING):
+        resolve(target).load(artifact, target)
+    assert ("compile it again on this machine" in caplog.text) is vnni
 
 
 def test_onnxruntime_int8_stores_large_tables_in_int8_and_small_ones_in_fp32():
@@ -575,8 +608,9 @@ def test_a_partial_give_up_keeps_the_precision_at_the_end_that_holds_the_limit(t
     x = torch.randn(256, 512)
     x[:, :4] *= 400.0
     model = OutlierFirst().eval()
+    # int8 alone: without VNNI onnxruntime:cpu also offers int8u, which the give-up would try next
     cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=0.02,
-                       tune="off")
+                       tune="off", precisions=["int8"])
     where = {n: s.target for s in cm.plan.segments for n in s.nodes}
     assert cm.plan.accuracy["measured"] <= 0.02
     # the first layer gave int8 up (its own outputs moved most), the last ones kept it
@@ -722,7 +756,7 @@ def test_a_language_models_phases_take_the_budget_each():
     model, _ = llm.build("llama", "tiny")
     # OpenVINO's int8 weights alone: with fp32 runtimes beside them, whether the cost model prefers
     # int8 for a model this small depends on the CPU (without VNNI int8 computes no faster)
-    lm = hetcc.compile_lm(model, prompt_len=8, max_new_tokens=4, targets=["openvino:cpu@int8w"],
+    lm = hetcc.compile_lm(model, prompt_len=8, max_new_tokens=4, targets=["openvino:cpu"], precisions=["int8w"],
                           accuracy=0.05, tune="off")
     for phase in (lm.prefill, lm.decode):
         assert phase.plan.accuracy["bound"] == 0.05 and phase.plan.accuracy["measured"] <= 0.05

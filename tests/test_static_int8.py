@@ -81,6 +81,21 @@ def test_a_conv_model_runs_in_static_int8_within_the_budget():
     assert "static int8 scales from 4 batch(es), the example inputs included" in cm.plan.summary()
 
 
+@pytest.mark.parametrize("vnni", [False, True])
+def test_static_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch, vnni):
+    from hetcc.cost_model import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if vnni else {"avx2"}))
+    model, inputs = convnet()
+    # a loose budget: 8-bit weights saturate on a machine that really has no VNNI
+    cm = hetcc.compile(model, inputs, ORT, accuracy=0.5, precisions=["int8s"], calibration=batches(), tune="off")
+    (seg,) = cm.plan.segments
+    assert str(seg.target) == "onnxruntime:cpu@int8s" and cm.artifacts[seg.name].meta["reduce_range"] is (not vnni)
+    weights = [numpy_helper.to_array(t) for t in onnx_of(cm).graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and len(t.dims) > 1]
+    assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) == (127 if vnni else 64)
+
+
 def test_the_scales_come_from_the_batches_and_the_example_inputs():
     model, inputs = convnet()
     narrow = hetcc.compile(model, inputs, ["onnxruntime:cpu@int8s", "torch:cpu"], accuracy=0.5,
@@ -395,7 +410,7 @@ def test_inputs_sharing_a_dynamic_dimension_must_agree_on_it():
                       calibration=[(torch.randn(4, 3, 8, 8), torch.randn(3, 3, 8, 8))])
 
 
-def test_hetcc_targets_says_static_int8_needs_calibration(capsys):
+def test_hetcc_targets_says_static_int8_needs_calibration(capsys, vnni):
     assert main(["targets"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│ onnxruntime:cpu ")]
     assert len(rows) == 1 and "int8, int8s (with --calibration)" in rows[0]
