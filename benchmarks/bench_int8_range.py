@@ -12,8 +12,8 @@ of the first output against the fp32 export on the example inputs, and each sess
 measured interleaved with the fp32 one (hetcc.measure.bench.measure): the median and p10-p90 of
 the calls, and of fp32's time over the variant's in each round.
 
-Models: ``table`` (an nn.Linear over the sum of two nn.Embedding lookups, PyTorch's default
-initialisation: tests/test_precision.py's Tables), ``mlp`` (examples/mlp.py), and any of
+Models: ``table`` (examples/tables.py: an nn.Linear over the sum of two nn.Embedding lookups,
+PyTorch's default initialisation), ``mlp`` (examples/mlp.py), and any of
 examples/hf_models.py's (random weights).
 
     python benchmarks/bench_int8_range.py [--models table,mlp,bert,vit] [--rounds 30]
@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT.parent / "examples"))
 import bench_precision as precision  # noqa: E402
 import hf_models  # noqa: E402
 import mlp  # noqa: E402
+import tables  # noqa: E402
 from hetcc.cost_model.devices import cpu_flags, int8_dot_products  # noqa: E402
 from hetcc.error_budget import relative_error  # noqa: E402
 from hetcc.measure.bench import cpu_model, measure, paired_ratios, stats  # noqa: E402
@@ -47,22 +47,10 @@ VARIANTS = (("int8, 8-bit weights", {"weight_type": "QInt8"}),
             ("uint8 weights", {"weight_type": "QUInt8"}))
 
 
-class Table(nn.Module):
-    """A Linear over two table lookups, as tests/test_precision.py's Tables."""
-
-    def __init__(self):
-        super().__init__()
-        self.vocab, self.positions = nn.Embedding(2048, 64), nn.Embedding(16, 64)
-        self.proj = nn.Linear(64, 64)
-
-    def forward(self, ids, pos):
-        return self.proj(self.vocab(ids) + self.positions(pos))
-
-
 def build(name: str):
     torch.manual_seed(0)
     if name == "table":
-        return Table().eval(), (torch.randint(0, 2048, (1, 16)), torch.arange(16).unsqueeze(0))
+        return tables.build()
     if name == "mlp":
         return mlp.build(batch=8)
     return hf_models.build(name)

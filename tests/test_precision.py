@@ -13,6 +13,7 @@ from torch import nn
 
 import hetcc
 import mlp
+from tables import Tables
 from hetcc.backends.registry import resolve
 from hetcc.cli.app import main
 from hetcc.compiler import _target_infos
@@ -838,16 +839,6 @@ def test_resident_bytes_per_target_follow_each_targets_precision():
     assert resident_held(table, "int8w") == 4000 * 1.125 / 4 and resident_held(table, "int8") == 1000
     assert resident_held(table, "int8s") == 4000
     assert resident_held(bias, "int8") == 256 and resident_held(bias, "bf16") == 256  # biases stay fp32
-
-
-class Tables(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vocab, self.positions = nn.Embedding(2048, 64), nn.Embedding(16, 64)
-        self.proj = nn.Linear(64, 64)
-
-    def forward(self, ids, pos):
-        return self.proj(self.vocab(ids) + self.positions(pos))
 
 
 def test_facts_say_which_resident_bytes_a_lower_precision_narrows():
