@@ -56,8 +56,8 @@ def reduced_range() -> bool:
     """Whether int8 weights should take 7 bits here, as ONNX Runtime advises for a CPU without VNNI:
     its x86 int8 kernels then add pairs of uint8 x int8 products in int16 (AVX2's vpmaddubsw),
     which saturates where both are large (two products of 255 x 127 pass 32767). On an AVX2-only
-    EPYC here 8-bit weights moved a Linear over a 2048-row table's rows by 20 %, 7-bit ones by 1.1 %,
-    at the same speed (bert: 15.6 ms either way; docs/precision.md)."""
+    EPYC here 8-bit weights moved examples/tables.py's output by 20 %, 7-bit ones by 1.1 %, at the
+    same speed (bert 1.42x and 1.46x fp32; benchmarks/bench_int8_range.py, docs/precision.md)."""
     from hetcc.cost_model.devices import int8_dot_products
 
     return not int8_dot_products()
