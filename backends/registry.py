@@ -86,6 +86,13 @@ def precisions_of(backend, target: Target) -> tuple[str, ...]:
     return tuple(offered(target)) if callable(offered) else ()
 
 
+def arithmetic_of(backend, target: Target, precision: str) -> str | None:
+    """The element type ``backend`` says ``precision``'s weight-bearing ops compute in on ``target``
+    here (Backend.arithmetic; None: as the cost model assumes, and for a plugin without the method)."""
+    arithmetic = getattr(backend, "arithmetic", None)
+    return arithmetic(target, precision) if callable(arithmetic) else None
+
+
 def precision_missing(backend, target: Target, precision: str) -> str | None:
     """What to install for ``backend`` to offer ``precision`` on ``target`` (None: nothing would)."""
     missing = getattr(backend, "precision_missing", None)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hetcc.backends.base import Artifact
 from hetcc.backends.options import check_backend_options
-from hetcc.backends.registry import resolve
+from hetcc.backends.registry import arithmetic_of, resolve
 from hetcc.calibration_batches import CalibrationBatches, check_batches
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
@@ -673,12 +673,12 @@ def _target_infos(order, profiles, devices, memory_limits, backends=None) -> lis
         backend = (backends or {}).get(t)
         # what the backend says its precision computes in here: a CPU target runs on this CPU
         # whatever spec it is priced with, a GPU target given a spec may be another GPU
-        arithmetic = getattr(backend, "arithmetic", None) if t.precision and (t.device == "cpu" or not given) else None
+        here = t.precision and (t.device == "cpu" or not given)
         infos.append(TargetInfo(str(t), device, profile, capacity,
                                 device.host_link_bandwidth, device.host_link_latency,
                                 memory=f"own:{t.base}" if given else _memory_of(t),
                                 location=_location_of(t, backend), precision=t.precision,
-                                arithmetic=arithmetic(t, t.precision) if callable(arithmetic) else None,
+                                arithmetic=arithmetic_of(backend, t, t.precision) if here else None,
                                 limit_group=str(t.base) if base_limit else None))
     return infos
 
