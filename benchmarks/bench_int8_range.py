@@ -38,9 +38,9 @@ import bench_precision as precision  # noqa: E402
 import hf_models  # noqa: E402
 import mlp  # noqa: E402
 import tables  # noqa: E402
-from hetcc.cost_model.devices import cpu_flags, int8_dot_products  # noqa: E402
+from hetcc.cost_model.devices import cpu_flags, cpu_model, int8_dot_products  # noqa: E402
 from hetcc.error_budget import relative_error  # noqa: E402
-from hetcc.measure.bench import cpu_model, measure, paired_ratios, stats  # noqa: E402
+from hetcc.measure.bench import measure, paired_ratios, stats  # noqa: E402
 
 VARIANTS = (("int8, 8-bit weights", {"weight_type": "QInt8"}),
             ("int8, 7-bit weights (reduce_range)", {"weight_type": "QInt8", "reduce_range": True}),

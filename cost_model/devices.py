@@ -58,18 +58,27 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _cpu_key() -> str:
-    model = platform.processor() or platform.machine()
+def cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo ("model name", "flags"); None where
+    there is no such file (not Linux) or no such line."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_model() -> str:
+    """This CPU's model name as Linux gives it, else what the platform module says."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_key() -> str:
     import torch
 
-    return f"{model}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return f"{cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
 @lru_cache(maxsize=None)
@@ -78,13 +87,8 @@ def cpu_flags() -> frozenset[str] | None:
     ``avx512_vnni``, ``amx_int8``...); None on another OS or architecture, where they are unknown."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
+    flags = cpuinfo("flags")
+    return None if flags is None else frozenset(flags.split())
 
 
 def int8_dot_products() -> bool:

@@ -15,6 +15,7 @@ import random
 import statistics
 import time
 
+from hetcc.cost_model.devices import cpu_model
 from hetcc.timing import MAX_CALLS, PAUSE, TURN, Samples, cores, quantile, timed_turn
 
 DEFAULT_RUNS = 30
@@ -90,17 +91,6 @@ def paired_ratios(samples: Samples, reference: Samples) -> list[float]:
 
 
 # ---- the machine, and what ran ----
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def machine_class() -> str:
     """What a baseline is keyed by: ``<arch>-<cores>cpu`` (e.g. x86_64-2cpu), or the value of
