@@ -56,18 +56,6 @@ def build(name: str):
     return hf_models.build(name)
 
 
-def session(path: Path):
-    """A callable on the torch inputs: ONNX Runtime's CPU session, its threads not spinning between
-    calls (measure interleaves several sessions on the same cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    run = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in run.get_inputs()]
-    return lambda *args: run.run(None, {n: a.numpy() for n, a in zip(names, args)})
-
-
 def run_model(name: str, rounds: int) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -75,12 +63,12 @@ def run_model(name: str, rounds: int) -> list[str]:
     inputs = tuple(inputs)
     workdir = Path(tempfile.mkdtemp(prefix=f"int8-range-{name}-"))
     source = precision._exported(model, inputs, workdir / "model.onnx")
-    fns = {"fp32": session(source)}
+    fns = {"fp32": precision._ort_session(source, spinning=False)[0]}
     for i, (label, options) in enumerate(VARIANTS):
         target = workdir / f"int8-{i}.onnx"
         options = dict(options, weight_type=getattr(QuantType, options["weight_type"]))
         quantize_dynamic(str(source), str(target), per_channel=True, op_types_to_quantize=["MatMul"], **options)
-        fns[label] = session(target)
+        fns[label] = precision._ort_session(target, spinning=False)[0]
     want = torch.from_numpy(fns["fp32"](*inputs)[0])
     times = measure(fns, inputs, runs=rounds)
     fp32 = stats(times["fp32"].calls)

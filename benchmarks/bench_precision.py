@@ -104,11 +104,16 @@ def _exported(model, inputs, path: Path) -> Path:
     return path
 
 
-def _ort_session(path: Path):
-    """(a callable on the torch inputs, the file's input names) for ONNX Runtime's CPU session."""
+def _ort_session(path: Path, spinning: bool = True):
+    """(a callable on the torch inputs, the file's input names) for ONNX Runtime's CPU session;
+    ``spinning=False`` keeps its idle threads from busy-waiting, for several sessions measured
+    interleaved on the same cores."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):
@@ -274,9 +279,9 @@ def main(argv=None) -> int:
     if unknown:  # a misspelt path would print "-" in its column and look like a failure
         parser.error(f"unknown paths {unknown}; choose among {', '.join(PATHS)}")
     models = [m for m in args.models.split(",") if m]
-    if [m for m in models if m not in hf_models.MODELS]:
-        parser.error(f"unknown models {[m for m in models if m not in hf_models.MODELS]}; choose among "
-                     f"{', '.join(hf_models.MODELS)}")
+    unknown = [m for m in models if m not in hf_models.MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose among {', '.join(hf_models.MODELS)}")
 
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
