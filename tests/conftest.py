@@ -28,10 +28,19 @@ def _quiet_and_seeded():
 
 
 @pytest.fixture
-def vnni(monkeypatch):
-    """This CPU seen as one with VNNI (hetcc.cost_model.devices.cpu_flags): what the runtimes'
-    int8 offers and how it is priced then do not depend on the machine the tests run on. Only for
-    tests whose int8 kernels do not run, or whose results do not depend on them."""
+def cpu(monkeypatch):
+    """``cpu(vnni=...)`` makes this CPU look like an x86 one with or without VNNI
+    (hetcc.cost_model.devices.cpu_flags), whatever the machine the tests run on: what the runtimes'
+    int8 offers, how it is priced and how it is quantized follow."""
     from hetcc.cost_model import devices
 
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    def seen_as(vnni: bool) -> None:
+        monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if vnni else {"avx2"}))
+    return seen_as
+
+
+@pytest.fixture
+def vnni(cpu):
+    """This CPU seen as one with VNNI: for tests whose int8 kernels do not run, or whose results do
+    not depend on them."""
+    cpu(vnni=True)

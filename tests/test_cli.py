@@ -319,7 +319,7 @@ def fake_backends(monkeypatch):
     registry.get_backend.cache_clear()
 
 
-def test_targets(fake_backends, capsys, monkeypatch, vnni):
+def test_targets(fake_backends, capsys, cpu, vnni):
     code, out, _ = cli(capsys, "targets", "--json")
     assert code == 0
     info = json.loads(out)
@@ -333,9 +333,7 @@ def test_targets(fake_backends, capsys, monkeypatch, vnni):
                                    "untested": "", "precisions": []}
     # what --accuracy may choose among, asked of each backend (a plugin without the method: none)
     assert targets["onnxruntime:cpu"]["precisions"] == ["int8", "int8s"]
-    from hetcc.cost_model import devices
-
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))  # no VNNI: int8u too
+    cpu(vnni=False)  # int8u too
     code, out, _ = cli(capsys, "targets", "--json")
     offered = {t["target"]: t["precisions"] for t in json.loads(out)["targets"]}
     assert code == 0 and offered["onnxruntime:cpu"] == ["int8", "int8u", "int8s"]

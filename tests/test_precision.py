@@ -13,7 +13,7 @@ from torch import nn
 
 import hetcc
 import mlp
-from tables import Tables
+import tables
 from hetcc.backends.registry import resolve
 from hetcc.cli.app import main
 from hetcc.compiler import _target_infos
@@ -467,7 +467,7 @@ def test_openvino_int8_weights_compress_embedding_tables_too():
 
 
 @pytest.mark.parametrize("vnni", [False, True])
-def test_onnxruntime_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch, caplog, vnni):
+def test_onnxruntime_int8_weights_take_7_bits_on_a_cpu_without_vnni(cpu, caplog, vnni):
     """Without VNNI ONNX Runtime's x86 int8 kernels add pairs of products in int16, which 8-bit
     weights saturate; 7-bit ones do not (ONNX Runtime's reduce_range)."""
     import logging
@@ -475,12 +475,8 @@ def test_onnxruntime_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch,
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from hetcc.cost_model import devices
-
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if vnni else {"avx2"}))
-    torch.manual_seed(0)
-    model = Tables().eval()
-    inputs = (torch.randint(0, 2048, (1, 16)), torch.arange(16).unsqueeze(0))
+    cpu(vnni=vnni)
+    model, inputs = tables.build()
     # a loose budget: 8-bit weights saturate on a machine that really has no VNNI (20 % here)
     cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"], accuracy=0.5, tune="off")
     (seg,) = cm.plan.segments
@@ -492,7 +488,7 @@ def test_onnxruntime_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch,
     # per output channel, symmetric: each column's largest weight takes the end of the range
     assert int(np.abs(weight.astype(int)).max()) == (127 if vnni else 64)
     # a segment with 8-bit weights loaded where there is no VNNI says to compile it again there
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    cpu(vnni=False)
     target = Target.parse("onnxruntime:cpu@int8")
     with caplog.at_level(logging.WARNING):
         resolve(target).load(artifact, target)
@@ -503,9 +499,7 @@ def test_onnxruntime_int8_stores_large_tables_in_int8_and_small_ones_in_fp32():
     import onnx
     from onnx import TensorProto
 
-    torch.manual_seed(0)
-    model = Tables().eval()
-    inputs = (torch.randint(0, 2048, (1, 16)), torch.arange(16).unsqueeze(0))
+    model, inputs = tables.build()
     cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"], accuracy=0.05, tune="off")
     (seg,) = cm.plan.segments
     graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
@@ -554,16 +548,14 @@ def test_onnxruntime_int8_stores_a_table_tied_to_the_head_once_in_int8(shape, tm
     torch.testing.assert_close(hetcc.load(cm.save(tmp_path / "b"))(other), cm(other))
 
 
-def test_int8u_keeps_8_bit_weights_unsigned_on_a_cpu_without_vnni(monkeypatch, tmp_path):
+def test_int8u_keeps_8_bit_weights_unsigned_on_a_cpu_without_vnni(cpu, tmp_path):
     import onnx
     from onnx import TensorProto
 
-    from hetcc.cost_model import devices
-
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    cpu(vnni=True)
     with pytest.raises(TargetError, match="does not run int8u"):  # int8's weights keep 8 bits there
         resolve(Target.parse("onnxruntime:cpu@int8u"))
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    cpu(vnni=False)
     torch.manual_seed(0)
     model, ids = TiedHead().eval(), torch.randint(0, 2048, (1, 16))
     cm = hetcc.compile(model, (ids,), targets=["onnxruntime:cpu@int8u"], accuracy=0.05, tune="off")
@@ -845,7 +837,7 @@ def test_facts_say_which_resident_bytes_a_lower_precision_narrows():
     from hetcc.capture import capture
     from hetcc.passes.facts import graph_facts
 
-    cap = capture(Tables().eval(), (torch.randint(0, 2048, (1, 8)), torch.arange(8)[None]))
+    cap = capture(*tables.build(8))
     facts = graph_facts(cap.graph, cap.values, cap.weights)
     held = {f.name: (f.holds_for, f.resident_bytes, f.narrowable_bytes) for f in facts.values() if f.resident_bytes}
     table, positions, weight, bias = 2048 * 64 * 4, 16 * 64 * 4, 64 * 64 * 4, 64 * 4

@@ -82,10 +82,8 @@ def test_a_conv_model_runs_in_static_int8_within_the_budget():
 
 
 @pytest.mark.parametrize("vnni", [False, True])
-def test_static_int8_weights_take_7_bits_on_a_cpu_without_vnni(monkeypatch, vnni):
-    from hetcc.cost_model import devices
-
-    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"} if vnni else {"avx2"}))
+def test_static_int8_weights_take_7_bits_on_a_cpu_without_vnni(cpu, vnni):
+    cpu(vnni=vnni)
     model, inputs = convnet()
     # a loose budget: 8-bit weights saturate on a machine that really has no VNNI
     cm = hetcc.compile(model, inputs, ORT, accuracy=0.5, precisions=["int8s"], calibration=batches(), tune="off")
