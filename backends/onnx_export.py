@@ -6,7 +6,7 @@ by tracing them once per op), so a "yes" means the exporter can translate the no
 runtime then agrees numerically is what hetcc's verify step checks."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +32,9 @@ class OnnxFile:
     output_names: list
     """ONNX output name per segment output, in segment order."""
     external_data: bool
+    meta: dict = field(default_factory=dict)
+    """What a later step that rewrote the file records for the artifact's meta (the nodes quantizing
+    left in fp32: backends/onnx_quantize.py)."""
 
 
 def export_onnx(segment, workdir: Path, backend: str, opset: int = ONNX_OPSET,

@@ -26,7 +26,11 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
     output channel, signed weights, activations quantized per call), in place of the fp32 file; a
     table tied to an output head once, in int8 (backends/onnx_tied.py). ``reduce_range``: weights
     in 7 bits, for a CPU without VNNI (``reduced_range``); ``unsigned``: weights in uint8 with a zero
-    point per channel (int8u), which keeps 8 bits there at some speed."""
+    point per channel (int8u), which keeps 8 bits there at some speed.
+
+    Where the segment has an accuracy limit (``segment.accuracy_limit``, compile(accuracy=...)) and
+    all in int8 misses it, the nodes whose rounding moves it most stay fp32, as few as hold the limit
+    (backends/onnx_sensitivity.py); the result's ``meta["kept_fp32"]`` names them."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from hetcc.backends.onnx_tied import retie, untie
@@ -40,16 +44,53 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
     ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
     kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
     weights = QuantType.QUInt8 if unsigned else QuantType.QInt8
+    limit = getattr(segment, "accuracy_limit", None)
+    left_out: dict = {}
 
-    def run(source, target):
+    def quantize(source, target, excluded):
         quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True,
-                         reduce_range=reduce_range, op_types_to_quantize=ops, nodes_to_exclude=kept,
+                         reduce_range=reduce_range, op_types_to_quantize=ops, nodes_to_exclude=excluded,
                          use_external_data_format=exported.external_data)
         if tied:
             retie(target, tied)
-    return _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                     f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
-                     f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+
+    def run(source, target):
+        quantize(source, target, kept)
+        if limit is None or exported.external_data:
+            return
+        found = _left_out(model, target, tied, exported, segment, limit)
+        if found is not None:
+            quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
+            left_out.update(found.meta())
+    result = _replaced(exported, segment, workdir, run, "quantize_dynamic",
+                       f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
+                       f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+    return replace(result, meta={**result.meta, "kept_fp32": left_out}) if left_out else result
+
+
+def _left_out(source, target: Path, tied: dict, exported, segment, limit: float):
+    """The nodes of the quantized file at ``target`` to leave in fp32 so that the segment holds
+    ``limit`` (onnx_sensitivity.Kept), measured on its example inputs against its fp32 reference;
+    None where all in int8 holds it, where too many would be needed, or where the file is past
+    what one ONNX model in memory may hold."""
+    from hetcc.backends import onnx_sensitivity as sensitivity
+    from hetcc.backends.onnx_tied import PROTOBUF_LIMIT
+
+    import onnx
+
+    quantized = onnx.load(str(target))
+    nodes = sensitivity.quantized_nodes(source, quantized, tied)
+    if not nodes or 2 * source.ByteSize() > PROTOBUF_LIMIT - (64 << 20):
+        return None
+    feeds = {name: to_numpy(x) for name, x in zip(exported.input_names, segment.example_inputs) if name}
+    want = [segment.reference_value(name) for name in segment.output_names]
+    session = sensitivity.sensitivity_session(sensitivity.switched_model(source, quantized, nodes, tied))
+    del quantized
+
+    def run(switches):
+        got = session.run(exported.output_names, {**feeds, sensitivity.SWITCH: switches})
+        return sensitivity.worst_error(got, want)
+    return sensitivity.leave_out(nodes, run, limit)
 
 
 def reduced_range() -> bool:

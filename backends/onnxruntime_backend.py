@@ -163,6 +163,7 @@ class OnnxRuntimeBackend(Backend):
                 "spinning": self.spinning,
                 **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
                 **({"reduce_range": reduce_range} if quantizes else {}),
+                **exported.meta,
                 **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },

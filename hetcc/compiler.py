@@ -556,6 +556,7 @@ class _Session:
             self.report("lower", f"{doing}{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
             where = self.workdir / f"{target.backend}-{len(self.lowered)}"
             limit = self.budget.segment_limit if target.precision and self.budget else None
+            program.accuracy_limit = limit
             self.lowered[key] = _lower_and_verify(program, target, self.backends[target], where,
                                                   self.tolerances, self.cross_compile, self.nan, limit)
         return program, self.lowered[key]
@@ -856,6 +857,9 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             notes = list(notes) + [
                 f"{program.name} on {target} ran in {ran}: {asked} was asked for, and this machine's "
                 f"{target.backend} runs {ran} for it; verified in {ran}"]
+        kept = artifact.meta.get("kept_fp32")
+        if kept:
+            notes = list(notes) + [kept_fp32_note(program.name, target, kept)]
         if checked.nan_differs:
             notes = list(notes) + [
                 f"{program.name} on {target} does not propagate NaN as torch does "
@@ -869,6 +873,17 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
         producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
                    if modules and v in modules.paths})
+
+
+def kept_fp32_note(segment: str, target, kept: dict) -> str:
+    """What a plan says of a segment whose backend kept some quantized nodes in fp32 to hold its
+    accuracy limit (an artifact's meta["kept_fp32"], backends/onnx_sensitivity.py)."""
+    where = list(kept.get("where") or kept.get("nodes") or [])
+    shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+    return (f"{segment} on {target} keeps {len(where)} of its {kept.get('of', '?')} quantized nodes in fp32 to "
+            f"hold its accuracy limit: all in {target.precision} its outputs moved by relative error "
+            f"{kept.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
+            f"{kept.get('relative_error', float('nan')):.3g} ({shown})")
 
 
 def _file_bytes(artifact) -> int | None:

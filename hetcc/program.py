@@ -33,6 +33,10 @@ class SegmentProgram:
     calibration: tuple = field(default=(), repr=False)
     """Per calibration batch, the inputs' values (hetcc/calibration_batches.py): set where the segment
     runs in static int8, whose activation scales a backend fixes from them; else empty."""
+    accuracy_limit: float | None = None
+    """The relative error the segment may have on its outputs where it runs in a lower precision
+    (the accuracy budget's segment limit); a backend that can keep part of a segment in fp32 keeps
+    what it needs to hold it (backends/onnx_sensitivity.py). None: no budget, or fp32."""
     _exported: Any = field(default=None, repr=False)
 
     def reference_value(self, name: str):

@@ -596,7 +596,12 @@ class OutlierFirst(nn.Module):
         return x
 
 
-def test_a_partial_give_up_keeps_the_precision_at_the_end_that_holds_the_limit(tmp_path):
+def test_a_partial_give_up_keeps_the_precision_at_the_end_that_holds_the_limit(tmp_path, monkeypatch):
+    from hetcc.backends import onnx_sensitivity
+
+    # no product may go back to fp32 inside the segment (which would hold this limit with the first
+    # layer alone in fp32: tests/test_onnx_sensitivity.py), so the placement gives int8 up by ends
+    monkeypatch.setattr(onnx_sensitivity, "MOST_KEPT", 0.0)
     torch.manual_seed(0)
     x = torch.randn(256, 512)
     x[:, :4] *= 400.0

@@ -1,0 +1,298 @@
+"""Which nodes of a segment quantized by ONNX Runtime's ``quantize_dynamic`` to leave in fp32, so
+that the segment holds the accuracy budget's limit with as much of it in int8 as possible.
+
+Giving a precision up for whole units (hetcc/precision.py ``give_up``) keeps the first or the last
+share of a segment in int8; but int8's error is spread over the segment's matrix products and
+tables, each adding a little. Here each quantized node's own share is measured: one ONNX model holds
+the fp32 segment with, beside each quantized node, the rounding int8 adds there (its weight
+dequantized as stored, and its activations through DynamicQuantizeLinear then DequantizeLinear, as
+ONNX Runtime's int8 kernels see them), switched on or off per node by one input. So one session
+measures the segment with any set of nodes in int8: each alone, then the smallest set to leave out.
+That arithmetic is exactly what the int8 kernels compute (they accumulate in int32 without loss), so
+what it measures is what the quantized file gives (bert: 1.091 % simulated and 1.088 % real with the
+worst node left out; 0.558 % and 0.558 % with eight).
+
+Nodes are left out in the order of their error per share of what int8 buys there: a product's share
+of the segment's quantized weights counts twice (its arithmetic and its bytes), a table's once (a
+lookup reads only a few rows: bytes, not time). Errors of independent roundings add as squares, so
+the order is by squared error. At most MOST_KEPT of the products' weights go back to fp32; where
+more would be needed, nothing is left out and the segment misses its limit as before, so the
+placement gives the precision up for some of its units and prices what is left."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+log = logging.getLogger("hetcc")
+
+MOST_KEPT = 0.5
+"""The largest share of a segment's quantized products (by weight size: the arithmetic int8 speeds
+up) left in fp32 to hold its limit. The cost model priced the segment as all int8, so past half it
+would no longer say what runs."""
+SWITCH = "hetcc_switch"
+"""The sensitivity model's input: per quantized node, 1.0 for int8, 0.0 for fp32."""
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A node quantize_dynamic quantized: a matrix product (MatMul, Gemm) with a weight, or a lookup
+    (Gather) in a table."""
+
+    node: str
+    """Its name in the fp32 file."""
+    weight: str
+    product: bool
+    size: int
+    """Elements of its weight."""
+    where: str
+    """The module it comes from (``model.encoder.layer.0.output.dense``), else its name."""
+    stored: str = ""
+    """The name its int8 weight is stored under (``{stored}_quantized``, ``_scale``,
+    ``_zero_point``): ``weight``, or the transposed copy quantize_dynamic makes for a Gemm with
+    transB."""
+    transposed: bool = False
+
+    @property
+    def excluded(self) -> list[str]:
+        """The names ``nodes_to_exclude`` takes for it: quantize_dynamic first rewrites a Gemm as a
+        MatMul named after it, and excludes by the new name."""
+        return [self.node, f"{self.node}_MatMul"] if self.product else [self.node]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The nodes to leave in fp32, and what the segment measured."""
+
+    nodes: tuple[Quantized, ...]
+    of: int
+    """How many nodes were quantized before."""
+    error: float
+    """The segment's relative error with ``nodes`` in fp32 (the worst output)."""
+    all_error: float
+    """... and with every node in int8."""
+
+    def meta(self) -> dict:
+        return {"nodes": [q.node for q in self.nodes], "where": [q.where for q in self.nodes], "of": self.of,
+                "relative_error": self.error, "all_int8_relative_error": self.all_error}
+
+
+def quantized_nodes(source, quantized, tied: dict) -> list[Quantized] | None:
+    """The nodes of ``source`` (the fp32 model, tables tied to a head untied: backends/onnx_tied.py)
+    whose weights ``quantized`` (the quantize_dynamic output) stores in int8. The lookups of a table
+    in ``tied`` follow its head (they read its int8 copy). None where a stored weight is not one this
+    module can read back (a scale that is neither one number nor one per column)."""
+    stored = {t.name: t for t in quantized.graph.initializer}
+    sizes = {t.name: math.prod(t.dims) for t in source.graph.initializer}
+    found = []
+    for node in source.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1:
+            weight, product = node.input[1], True
+        elif node.op_type == "Gather" and node.input:
+            weight, product = node.input[0], False
+        else:
+            continue
+        if weight not in sizes:
+            continue
+        name, transposed = _stored_as(node, weight, stored)
+        if name is None:
+            continue
+        if _dequantized(stored, name, transposed) is None:
+            return None
+        found.append(Quantized(node.name, weight, product, sizes[weight], _where(node), name, transposed))
+    return found
+
+
+def _stored_as(node, weight: str, stored: dict) -> tuple[str | None, bool]:
+    """Under which name ``quantized`` stores ``node``'s int8 weight, and whether transposed; None
+    where it does not. quantize_dynamic rewrites a Gemm with alpha = beta = 1 and no transA as a
+    MatMul, over a transposed copy of its weight (``{weight}_Transposed``, then ``_1``...) where it
+    has transB; a Gemm it cannot rewrite stays fp32."""
+    import onnx
+
+    if node.op_type != "Gemm":
+        return (weight, False) if f"{weight}_quantized" in stored else (None, False)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+        return None, False
+    if not attrs.get("transB", 0):
+        return (weight, False) if f"{weight}_quantized" in stored else (None, False)
+    copies = [n for n in (f"{weight}_Transposed", *(f"{weight}_Transposed_{k}" for k in range(1, 8)))
+              if f"{n}_quantized" in stored]
+    return (copies[0], True) if len(copies) == 1 else (None, False)
+
+
+def _where(node) -> str:
+    """The module a node of torch's exporter comes from: the last scope before the node's own."""
+    import ast
+
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    try:
+        scopes = ast.literal_eval(scopes) if scopes else []
+    except (ValueError, SyntaxError):
+        scopes = []
+    scopes = [s for s in scopes if isinstance(s, str) and s]
+    return scopes[-2] if len(scopes) >= 2 else node.name
+
+
+def _dequantized(stored: dict, name: str, transposed: bool = False):
+    """The weight stored as ``name`` as the int8 kernels see it, (q - zero point) x scale, in the
+    fp32 weight's layout (``transposed``: stored transposed); None where its scale is neither one
+    number nor one per column (quantize_dynamic's axis for products is the last)."""
+    from onnx import numpy_helper
+
+    import numpy as np
+
+    q = numpy_helper.to_array(stored[f"{name}_quantized"]).astype(np.float32)
+    scale = numpy_helper.to_array(stored[f"{name}_scale"]).astype(np.float32)
+    zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype(np.float32)
+    if scale.size == 1 and zero.size == 1:
+        exact = (q - zero.reshape(())) * scale.reshape(())
+    elif scale.ndim == 1 and q.ndim >= 1 and scale.size == q.shape[-1] == zero.size:
+        exact = (q - zero) * scale
+    else:
+        return None
+    return exact.T if transposed else exact
+
+
+def switched_model(source, quantized, nodes: list[Quantized], tied: dict):
+    """``source`` with, beside each of ``nodes``, int8's rounding, switched on by its entry of the
+    input SWITCH (floats, one per node): weight w + s·(dequantized − w), and a product's first input
+    a + s·(DequantizeLinear(DynamicQuantizeLinear(a)) − a). A switch of 0 leaves the fp32 value
+    exactly. A tied table's lookups share their head's switch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import numpy as np
+
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    graph = model.graph
+    stored = {t.name: t for t in quantized.graph.initializer}
+    fp32 = {t.name: t for t in graph.initializer}
+    before: dict[int, list] = {}  # position of a node -> the nodes to add before it
+    blended: dict[tuple, str] = {}  # (weight, switch) -> the blended weight's name
+    added = []
+
+    def blend(weight: str, delta, switch: str, at: int) -> str:
+        if (weight, switch) not in blended:
+            d, out = f"{SWITCH}_{len(blended)}_delta", f"{SWITCH}_{len(blended)}_w"
+            added.append(numpy_helper.from_array(delta.astype(np.float32), d))
+            before.setdefault(at, []).extend([helper.make_node("Mul", [switch, d], [out + "_d"]),
+                                              helper.make_node("Add", [weight, out + "_d"], [out])])
+            blended[(weight, switch)] = out
+        return blended[(weight, switch)]
+
+    positions = {n.name: i for i, n in enumerate(graph.node)}
+    heads = {copy: table for table, copy in tied.items()}
+    for k, q in enumerate(nodes):
+        at = positions[q.node]
+        node = graph.node[at]
+        switch, index = f"{SWITCH}_{k}", f"{SWITCH}_{k}_index"
+        added.append(numpy_helper.from_array(np.array(k, dtype=np.int64), index))
+        before.setdefault(0, []).append(helper.make_node("Gather", [SWITCH, index], [switch]))
+        exact = _dequantized(stored, q.stored, q.transposed)
+        delta = exact - numpy_helper.to_array(fp32[q.weight]).astype(np.float32)
+        if not q.product:
+            node.input[0] = blend(q.weight, delta, switch, at)
+            continue
+        node.input[1] = blend(q.weight, delta, switch, at)
+        a, p = node.input[0], f"{SWITCH}_{k}_a"
+        before.setdefault(at, []).extend([
+            helper.make_node("DynamicQuantizeLinear", [a], [p + "_q", p + "_s", p + "_z"]),
+            helper.make_node("DequantizeLinear", [p + "_q", p + "_s", p + "_z"], [p + "_r"]),
+            helper.make_node("Sub", [p + "_r", a], [p + "_e"]),
+            helper.make_node("Mul", [switch, p + "_e"], [p + "_se"]),
+            helper.make_node("Add", [a, p + "_se"], [p])])
+        node.input[0] = p
+        table = heads.get(q.weight)
+        if table in fp32:  # its lookups read the head's int8 copy: rows of the transposed weight
+            rows = exact.T - numpy_helper.to_array(fp32[table]).astype(np.float32)
+            for i, lookup in enumerate(graph.node):
+                if lookup.op_type == "Gather" and lookup.input[0] == table:
+                    lookup.input[0] = blend(table, rows, switch, i)
+    ordered = []
+    for i, node in enumerate(graph.node):
+        ordered.extend(before.get(i, []))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(added)
+    graph.input.append(helper.make_tensor_value_info(SWITCH, TensorProto.FLOAT, [len(nodes)]))
+    return model
+
+
+def worst_error(got, want) -> float:
+    """The largest relative error over the floating-point outputs (NaN counts as the worst)."""
+    import torch
+
+    from hetcc.error_budget import relative_error
+
+    worst = 0.0
+    for g, w in zip(got, want):
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.numel() == 0:
+            continue
+        g = torch.as_tensor(g)
+        if tuple(g.shape) != tuple(w.shape):
+            return math.inf
+        error = relative_error(g.to(w.dtype), w)
+        worst = max(worst, error if error == error else math.inf)
+    return worst
+
+
+def order(nodes: list[Quantized], alone: list[float]) -> list[int]:
+    """The order to leave nodes in fp32: squared error per share of what int8 buys there (a
+    product's share of the products' weights plus its share of all weights; a table's share of all
+    weights), largest first. A node that moved nothing alone is never worth it, and comes last."""
+    products = sum(q.size for q in nodes if q.product) or 1
+    total = sum(q.size for q in nodes) or 1
+
+    def worth(k):
+        q = nodes[k]
+        buys = (q.size / products if q.product else 0.0) + q.size / total
+        return alone[k] ** 2 / buys if buys > 0 else math.inf
+    return sorted(range(len(nodes)), key=lambda k: (-worth(k), k))
+
+
+def leave_out(nodes: list[Quantized], run, limit: float) -> Kept | None:
+    """The fewest ``nodes`` (in ``order``) to leave in fp32 for ``run(switches)`` (the segment's
+    error with node k in int8 where switches[k] is 1) to be within ``limit``; None where that takes
+    more than MOST_KEPT of the products' weights, or cannot be done."""
+    import numpy as np
+
+    n = len(nodes)
+    everything = run(np.ones(n, dtype=np.float32))
+    if everything <= limit or not n:
+        return None
+    alone = [run(np.eye(1, n, k, dtype=np.float32)[0]) for k in range(n)]
+    ranked = order(nodes, alone)
+    products = sum(q.size for q in nodes if q.product) or 1
+    switches = np.ones(n, dtype=np.float32)
+    given_back = 0
+    for k in ranked:
+        if not math.isfinite(alone[k]) or alone[k] <= 0:
+            log.info("int8 moved the segment by %.3g; what is still in int8 moves nothing alone, so no "
+                     "node is left in fp32", everything)
+            return None
+        given_back += nodes[k].size if nodes[k].product else 0
+        if given_back > MOST_KEPT * products:
+            log.info("int8 moved the segment by %.3g; holding %.3g would take more than %d %% of its "
+                     "products back to fp32, so none is", everything, limit, MOST_KEPT * 100)
+            return None
+        switches[k] = 0.0
+        error = run(switches)
+        if error <= limit:
+            kept = [nodes[j] for j in range(n) if switches[j] == 0.0]
+            return Kept(tuple(kept), n, error, everything)
+    return None
+
+
+def sensitivity_session(model):
+    """An ONNX Runtime CPU session on the switched model (serialized in memory: it is measured once
+    and dropped)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                providers=["CPUExecutionProvider"])

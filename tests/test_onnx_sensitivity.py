@@ -1,0 +1,237 @@
+"""Leaving the quantized nodes that move a segment most in fp32 (backends/onnx_sensitivity.py): the
+switched model measures what quantize_dynamic's file gives, the order and the fewest to leave out,
+and compile() keeping one int8 segment within its limit instead of giving int8 up for its units."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hetcc
+from hetcc.backends import onnx_sensitivity as sensitivity
+from hetcc.backends.onnx_quantize import reduced_range
+from hetcc.error_budget import relative_error
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _graph(path):
+    """An fp32 ONNX model with each kind of node int8 quantizes: a lookup in a table of 2048 rows,
+    a Gemm over its weight transposed (transB, as torch's exporter writes a Linear without a view),
+    a Gemm over a stored-transposed weight, and a MatMul; one input column is large, so its product's
+    activations round coarsely."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = np.random.default_rng(0)
+    weights = {"table": g.standard_normal((2048, 32)), "w1": g.standard_normal((64, 32)) / 6,
+               "b1": g.standard_normal(64) / 10, "w2": g.standard_normal((64, 48)) / 8,
+               "w3": g.standard_normal((48, 16)) / 7}
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup", axis=0),
+             helper.make_node("Add", ["rows", "x"], ["h"], name="mix"),
+             helper.make_node("Gemm", ["h", "w1", "b1"], ["y1"], name="first", transB=1),
+             helper.make_node("Relu", ["y1"], ["r1"], name="relu1"),
+             helper.make_node("Gemm", ["r1", "w2"], ["y2"], name="second"),
+             helper.make_node("Relu", ["y2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "w3"], ["y"], name="third")]
+    graph = helper.make_graph(
+        nodes, "mixed", [helper.make_tensor_value_info("ids", TensorProto.INT64, [24]),
+                         helper.make_tensor_value_info("x", TensorProto.FLOAT, [24, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24, 16])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    x = g.standard_normal((24, 32)).astype(np.float32)
+    x[:, 0] *= 60.0
+    return model, {"ids": g.integers(0, 2048, 24), "x": x}
+
+
+def _quantize(source, target, excluded=(), unsigned=False):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # as backends/onnx_quantize.quantized does: 7-bit signed weights where the CPU has no VNNI
+    quantize_dynamic(str(source), str(target), per_channel=True, op_types_to_quantize=["MatMul", "Gather"],
+                     weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                     reduce_range=not unsigned and reduced_range(), nodes_to_exclude=list(excluded))
+    return onnx.load(str(target))
+
+
+def _run(path_or_model, feeds):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    data = path_or_model.SerializeToString() if hasattr(path_or_model, "SerializeToString") else str(path_or_model)
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("unsigned", [False, True], ids=["int8", "int8u"])
+def test_the_switched_model_measures_what_the_quantized_file_gives(tmp_path, unsigned):
+    source, feeds = _graph(tmp_path / "fp32.onnx")
+    (want,) = _run(source, feeds)
+    quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx", unsigned=unsigned)
+    nodes = sensitivity.quantized_nodes(source, quantized, {})
+    assert [(q.node, q.product, q.transposed) for q in nodes] == [
+        ("lookup", False, False), ("first", True, True), ("second", True, False), ("third", True, False)]
+    session = sensitivity.sensitivity_session(sensitivity.switched_model(source, quantized, nodes, {}))
+
+    def simulated(switches):
+        return session.run(None, {**feeds, sensitivity.SWITCH: np.asarray(switches, np.float32)})[0]
+
+    np.testing.assert_array_equal(simulated([0, 0, 0, 0]), want)  # all off: the fp32 model exactly
+    real = _run(tmp_path / "all.onnx", feeds)[0]
+    np.testing.assert_allclose(simulated([1, 1, 1, 1]), real, rtol=1e-4, atol=1e-4 * np.abs(real).max())
+    for k, q in enumerate(nodes):  # each node left out, as quantize_dynamic leaves it out
+        _quantize(tmp_path / "fp32.onnx", tmp_path / f"without{k}.onnx", q.excluded, unsigned)
+        real = _run(tmp_path / f"without{k}.onnx", feeds)[0]
+        switches = [0 if j == k else 1 for j in range(len(nodes))]
+        assert relative_error(torch.from_numpy(simulated(switches)), torch.from_numpy(want)) == pytest.approx(
+            relative_error(torch.from_numpy(real), torch.from_numpy(want)), rel=1e-3)
+
+
+def test_a_gemm_is_left_out_by_the_name_quantize_dynamic_gives_its_matmul(tmp_path):
+    source, _ = _graph(tmp_path / "fp32.onnx")
+    quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx")
+    first = next(q for q in sensitivity.quantized_nodes(source, quantized, {}) if q.node == "first")
+    assert first.stored == "w1_Transposed" and first.excluded == ["first", "first_MatMul"]
+    kept = _quantize(tmp_path / "fp32.onnx", tmp_path / "kept.onnx", first.excluded)
+    stored = {t.name for t in kept.graph.initializer}
+    assert "w1_Transposed_quantized" not in stored and "w2_quantized" in stored
+
+
+def _nodes(*specs):
+    return [sensitivity.Quantized(f"n{i}", f"w{i}", product, size, f"m{i}")
+            for i, (product, size) in enumerate(specs)]
+
+
+def test_nodes_are_left_out_by_squared_error_per_share_of_what_int8_buys():
+    # a table and a product of one size and error: the table buys bytes alone, so it goes first
+    assert sensitivity.order(_nodes((True, 100), (False, 100)), [0.01, 0.01]) == [1, 0]
+    # a product twice as large with 1.5x the error: 2.25x the squared error for 2x the share
+    assert sensitivity.order(_nodes((True, 100), (True, 200)), [0.01, 0.015]) == [1, 0]
+    # with 1.3x the error (1.69x squared) for 2x the share, the smaller goes first
+    assert sensitivity.order(_nodes((True, 100), (True, 200)), [0.01, 0.013]) == [0, 1]
+    assert sensitivity.order(_nodes((True, 100), (True, 100)), [0.0, 0.001]) == [1, 0]
+
+
+def _quadrature(alone):
+    """A segment whose nodes' errors add as squares: its error with the switched-on nodes in int8."""
+    return lambda switches: math.sqrt(sum(e * e for e, s in zip(alone, switches) if s))
+
+
+def test_the_fewest_nodes_that_hold_the_limit_are_left_out():
+    nodes = _nodes((True, 100), (True, 100), (True, 100), (True, 100), (False, 400))
+    alone = [0.004, 0.001, 0.006, 0.002, 0.005]
+    kept = sensitivity.leave_out(nodes, _quadrature(alone), limit=0.005)
+    # the table first (it buys bytes alone), then the worst product: 0.0045 is within 0.005
+    assert [q.node for q in kept.nodes] == ["n2", "n4"]
+    assert kept.of == 5 and kept.error == pytest.approx(math.sqrt(0.004**2 + 0.001**2 + 0.002**2))
+    assert kept.all_error == pytest.approx(math.sqrt(sum(e * e for e in alone)))
+    assert kept.meta()["where"] == ["m2", "m4"]
+
+
+def test_nothing_is_left_out_within_the_limit_or_past_half_the_products():
+    nodes = _nodes((True, 100), (True, 100), (True, 100))
+    alone = [0.004, 0.004, 0.004]
+    assert sensitivity.leave_out(nodes, _quadrature(alone), limit=0.01) is None  # all in int8 holds it
+    assert len(sensitivity.leave_out(nodes, _quadrature(alone), limit=0.006).nodes) == 1  # 0.0057
+    # two of three products (two thirds of their weights, past MOST_KEPT) would give 0.004
+    assert sensitivity.leave_out(nodes, _quadrature(alone), limit=0.005) is None
+    # an error no node moves alone (here: a constant) is not the nodes': none is left out
+    assert sensitivity.leave_out(nodes, lambda s: 0.02 if sum(s) else 0.0, limit=0.01) is None
+
+
+class OutlierFirst(nn.Module):
+    """Six layers whose first reads an input with a few huge entries: its activations round
+    coarsely in int8, so that layer moves the outputs most."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(256, 256) for _ in range(6))
+        self.norm = nn.LayerNorm(256)
+
+    def forward(self, x):
+        x = self.norm(self.layers[0](x))
+        for layer in self.layers[1:]:
+            x = torch.relu(layer(x)) + x
+        return x
+
+
+def test_compile_keeps_the_segment_in_int8_with_its_worst_layer_in_fp32(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(128, 256)
+    x[:, :4] *= 400.0
+    model = OutlierFirst().eval()
+    loose = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy=0.5, tune="off")
+    everything = loose.plan.segments[0].relative_error
+    assert "kept_fp32" not in loose.artifacts[loose.plan.segments[0].name].meta  # within: nothing left out
+    limit = everything / 2
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=limit,
+                       tune="off", precisions=["int8"])
+    (seg,) = cm.plan.segments  # one segment in int8, not a first part given up
+    assert seg.target == "onnxruntime:cpu@int8" and seg.relative_error <= limit
+    kept = cm.artifacts[seg.name].meta["kept_fp32"]
+    assert kept["where"] == ["layers.0"] and kept["of"] == 6
+    assert kept["all_int8_relative_error"] == pytest.approx(everything, rel=1e-3)
+    assert not cm.plan.accuracy["dropped"]
+    assert any(n.startswith(f"{seg.name} on onnxruntime:cpu@int8 keeps 1 of its 6 quantized nodes in fp32")
+               and "(layers.0)" in n for n in cm.plan.notes), cm.plan.notes
+    with torch.no_grad():
+        want = model(x)
+    assert relative_error(cm(x), want) <= limit
+    loaded = hetcc.load(cm.save(tmp_path / "b"))  # verified against its limit on load, and says so
+    assert loaded.artifacts[seg.name].meta["kept_fp32"]["where"] == ["layers.0"]
+    torch.testing.assert_close(loaded(x), cm(x))
+
+
+def _tied_graph(path):
+    """An fp32 ONNX model whose table (2048 rows) is read by lookups and, transposed, by the output
+    head, as torch's exporter writes GPT-2's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = np.random.default_rng(1)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup", axis=0),
+             helper.make_node("MatMul", ["rows", "mix"], ["h"], name="mixing"),
+             helper.make_node("Transpose", ["table"], ["flipped"], name="flip", perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "flipped"], ["logits"], name="head")]
+    graph = helper.make_graph(
+        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [16, 2048])],
+        [numpy_helper.from_array(g.standard_normal((2048, 32)).astype(np.float32), "table"),
+         numpy_helper.from_array((g.standard_normal((32, 32)) / 5).astype(np.float32), "mix")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return {"ids": g.integers(0, 2048, 16)}
+
+
+def test_a_head_tied_to_its_table_is_switched_with_its_lookups(tmp_path):
+    from hetcc.backends.onnx_tied import retie, untie
+
+    feeds = _tied_graph(tmp_path / "fp32.onnx")
+    (want,) = _run(tmp_path / "fp32.onnx", feeds)
+    source = onnx.load(str(tmp_path / "fp32.onnx"))
+    tied = untie(source, tmp_path / "fp32.onnx")  # the head gets its own transposed copy
+    assert tied == {"table": "table_head"}
+    # as onnx_quantize does: the tied table's lookups are not quantized; retie points them at the head's copy
+    quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx", ["lookup"])
+    retie(tmp_path / "all.onnx", tied)
+    nodes = sensitivity.quantized_nodes(source, quantized, tied)
+    assert [q.node for q in nodes] == ["mixing", "head"]
+    session = sensitivity.sensitivity_session(sensitivity.switched_model(source, quantized, nodes, tied))
+
+    def error(got):
+        return relative_error(torch.from_numpy(got), torch.from_numpy(want))
+
+    def simulated(switches):
+        return session.run(None, {**feeds, sensitivity.SWITCH: np.asarray(switches, np.float32)})[0]
+
+    # the lookups read the head's int8 rows: with the head on, they round too, as in the retied file
+    assert error(simulated([1, 1])) == pytest.approx(error(_run(tmp_path / "all.onnx", feeds)[0]), rel=1e-3)
+    assert error(simulated([0, 1])) > error(simulated([0, 0])) + 1e-3
+    # the head left out: retie gives the lookups the fp32 table back, and the switch does the same
+    _quantize(tmp_path / "fp32.onnx", tmp_path / "nohead.onnx", ["lookup", "head"])
+    retie(tmp_path / "nohead.onnx", tied)
+    assert error(simulated([1, 0])) == pytest.approx(error(_run(tmp_path / "nohead.onnx", feeds)[0]), rel=1e-3)
+    tables = [t for t in onnx.load(str(tmp_path / "nohead.onnx")).graph.initializer if t.name.startswith("table")]
+    assert [t.name for t in tables] == ["table"]  # one fp32 table, its copy dropped
