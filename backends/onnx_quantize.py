@@ -7,7 +7,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import logging
+
 from hetcc.backends._common import lowering_error, py_str, quiet, quiet_logger, to_numpy
+
+log = logging.getLogger("hetcc")
 
 QUANTIZED_OPS = ["MatMul", "Gather"]
 """What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
@@ -46,6 +50,7 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
     weights = QuantType.QUInt8 if unsigned else QuantType.QInt8
     limit = getattr(segment, "accuracy_limit", None)
     left_out: dict = {}
+    said: list[str] = []  # logged after quantizing, whose quiet_logger would swallow it
 
     def quantize(source, target, excluded):
         quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True,
@@ -56,41 +61,81 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
 
     def run(source, target):
         quantize(source, target, kept)
-        if limit is None or exported.external_data:
-            return
-        found = _left_out(model, target, tied, exported, segment, limit)
-        if found is not None:
-            quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
-            left_out.update(found.meta())
+        if limit is not None and not exported.external_data:
+            left_out.update(_left_out(model, source, target, tied, kept, quantize, exported, segment, limit, said))
     result = _replaced(exported, segment, workdir, run, "quantize_dynamic",
                        f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
                        f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+    for line in said:
+        log.info("%s: %s", segment.name, line)
     return replace(result, meta={**result.meta, "kept_fp32": left_out}) if left_out else result
 
 
-def _left_out(source, target: Path, tied: dict, exported, segment, limit: float):
-    """The nodes of the quantized file at ``target`` to leave in fp32 so that the segment holds
-    ``limit`` (onnx_sensitivity.Kept), measured on its example inputs against its fp32 reference;
-    None where all in int8 holds it, where too many would be needed, or where the file is past
-    what one ONNX model in memory may hold."""
+TRIES = 3
+"""How many sets of nodes left in fp32 to quantize and check before giving up: a set the switched
+model says holds the limit may miss it by its own rounding, and the next set is stricter."""
+
+
+def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantize, exported, segment,
+              limit: float, said: list) -> dict:
+    """Where the quantized file at ``target`` misses ``limit`` on the segment's example inputs, the
+    fewest nodes to leave in fp32 that hold it (backends/onnx_sensitivity.py), with the file at
+    ``target`` quantized again without them; their ``Kept.meta()``, or {} (the file as it was: all
+    in int8 held the limit, or nothing left out does, or the switched model cannot be built here).
+    ``model`` is ``source`` loaded (tables untied); ``quantize(source, target, excluded)`` quantizes."""
     from hetcc.backends import onnx_sensitivity as sensitivity
     from hetcc.backends.onnx_tied import PROTOBUF_LIMIT
 
     import onnx
 
-    quantized = onnx.load(str(target))
-    nodes = sensitivity.quantized_nodes(source, quantized, tied)
-    if not nodes or 2 * source.ByteSize() > PROTOBUF_LIMIT - (64 << 20):
-        return None
     feeds = {name: to_numpy(x) for name, x in zip(exported.input_names, segment.example_inputs) if name}
     want = [segment.reference_value(name) for name in segment.output_names]
-    session = sensitivity.sensitivity_session(sensitivity.switched_model(source, quantized, nodes, tied))
-    del quantized
 
-    def run(switches):
-        got = session.run(exported.output_names, {**feeds, sensitivity.SWITCH: switches})
-        return sensitivity.worst_error(got, want)
-    return sensitivity.leave_out(nodes, run, limit)
+    def measured(session, extra=None):
+        return sensitivity.worst_error(session.run(exported.output_names, {**feeds, **(extra or {})}), want)
+
+    try:
+        if measured(sensitivity.sensitivity_session(target)) <= limit:
+            return {}
+        quantized = onnx.load(str(target))
+        nodes = sensitivity.quantized_nodes(model, quantized, tied, kept)
+        if not nodes:
+            said.append("all in int8 missed the accuracy limit; which nodes to leave in fp32 was not "
+                        "measured: the switched model cannot tell what this file computes")
+            return {}
+        rounding = sum(4 * q.size for q in {q.weight: q for q in nodes}.values())
+        if model.ByteSize() + rounding > PROTOBUF_LIMIT - (64 << 20):
+            said.append("all in int8 missed the accuracy limit; which nodes to leave in fp32 was not "
+                        "measured: the switched model would pass protobuf's 2 GiB")
+            return {}
+        session = sensitivity.sensitivity_session(sensitivity.switched_model(model, quantized, nodes, tied))
+        del quantized
+        runs: dict[bytes, float] = {}
+
+        def run(switches):  # each set measured once, over the tries
+            key = switches.tobytes()
+            if key not in runs:
+                runs[key] = measured(session, {sensitivity.SWITCH: switches})
+            return runs[key]
+        wanted = limit
+        for _ in range(TRIES):
+            found = sensitivity.leave_out(nodes, run, wanted, said)
+            if found is None:
+                break
+            quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
+            error = measured(sensitivity.sensitivity_session(target))
+            if error <= limit:
+                said.append(f"{len(found.nodes)} of {found.of} quantized nodes left in fp32: relative error "
+                            f"{found.all_error:.3g} all in int8, {error:.3g} now")
+                return {**found.meta(), "relative_error": error}
+            said.append(f"{len(found.nodes)} nodes left in fp32 measured {found.error:.3g}, but the file "
+                        f"{error:.3g}; trying a stricter set")
+            wanted = limit * min(0.9, limit / error)
+    except Exception as exc:  # noqa: BLE001 - a measurement that fails leaves int8 as it was
+        said.append(f"which nodes to leave in fp32 could not be measured ({type(exc).__name__}: {exc}); "
+                    "the segment stays all in int8")
+    quantize(source, target, kept)
+    return {}
 
 
 def reduced_range() -> bool:

@@ -151,6 +151,7 @@ class OnnxRuntimeBackend(Backend):
             target=str(target),
             files=dict(exported.files),
             meta={
+                **exported.meta,  # first: hetcc's own keys below are never overridden
                 "segment": segment.name,
                 "opset": OPSET,
                 "external_data": exported.external_data,
@@ -163,7 +164,6 @@ class OnnxRuntimeBackend(Backend):
                 "spinning": self.spinning,
                 **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
                 **({"reduce_range": reduce_range} if quantizes else {}),
-                **exported.meta,
                 **({"provider": self.provider} if target.device == "cuda" else {}),
                 **self.versions(),
             },

@@ -93,6 +93,22 @@ def arithmetic_of(backend, target: Target, precision: str) -> str | None:
     return arithmetic(target, precision) if callable(arithmetic) else None
 
 
+def arithmetic_here(target) -> str | None:
+    """``arithmetic_of`` for a CPU target's own precision (``openvino:cpu@int8w``) on this machine,
+    its backend resolved with default options; None for a target in the model's precision, one off
+    the CPU (a spec, not this machine, prices it), or one whose backend is not usable here."""
+    from hetcc.errors import HetccError
+
+    target = Target.parse(str(target))
+    if not target.precision or target.device != "cpu":
+        return None
+    try:
+        backend = resolve(target)
+    except HetccError:
+        return None
+    return arithmetic_of(backend, target, target.precision)
+
+
 def precision_missing(backend, target: Target, precision: str) -> str | None:
     """What to install for ``backend`` to offer ``precision`` on ``target`` (None: nothing would)."""
     missing = getattr(backend, "precision_missing", None)

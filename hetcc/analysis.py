@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from hetcc.capture import capture
 from hetcc.module_paths import ROOT, node_paths
 from hetcc.passes.facts import NodeFacts, graph_facts
+from hetcc.target import Target
 
 TARGETS = ("openvino:cpu", "onnxruntime:cpu", "torch:cpu")
 """What summary() predicts for by default: the CPU runtimes whose profiles were measured (a
@@ -52,8 +53,10 @@ class Analysis:
                 profiles: dict | None = None) -> dict[str, dict[str, float]]:
         """Target -> node name -> seconds the cost model predicts for that node there (no hand-
         overs, no call overhead; nothing is run). ``devices`` and ``profiles`` as for compile;
-        a CPU target runs on this machine's calibrated or measured spec. A target whose device
-        is unknown is left out."""
+        a CPU target runs on this machine's calibrated or measured spec, and one in a lower
+        precision (``onnxruntime:cpu@int8``) reads and computes in it, as compile prices it. A
+        target whose device is unknown is left out."""
+        from hetcc.backends.registry import arithmetic_here
         from hetcc.cost_model.profiles import calibrated, profile_for
         from hetcc.cost_model.roofline import node_seconds
         from hetcc.cost_model.target_devices import profile_name
@@ -66,7 +69,9 @@ class Analysis:
             if device is None:
                 continue
             profile = profile_for(profile_name(target), profiles, calibration)
-            out[str(target)] = {n.name: node_seconds(n, device, profile) for n in self.nodes}
+            precision, arithmetic = Target.parse(str(target)).precision, arithmetic_here(target)
+            out[str(target)] = {n.name: node_seconds(n, device, profile, precision=precision, arithmetic=arithmetic)
+                                for n in self.nodes}
         return out
 
     def by_module(self, depth: int, seconds: dict[str, dict[str, float]] | None = None) -> dict[str, dict]:

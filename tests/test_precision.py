@@ -253,6 +253,28 @@ def test_openvinos_int8_weights_are_priced_at_fp32_on_a_cpu_without_vnni(monkeyp
     assert node_parts(matmul, fast, profile, precision="int8u")[0] == pytest.approx(fp32[0] / (8 * INT8U_SHARE))
 
 
+@pytest.mark.parametrize("vnni", [False, True])
+def test_analysis_and_the_cost_model_breakdown_price_a_target_in_its_precision(cpu, vnni):
+    from hetcc.cost_model.devices import this_cpu
+    from hetcc.cost_model.profiles import DEFAULT_PROFILES
+    from hetcc.measure.accuracy import breakdown
+
+    cpu(vnni=vnni)
+    model, inputs = mlp.build(batch=64)
+    seconds = hetcc.analyze(model, inputs).seconds(["openvino:cpu", "openvino:cpu@int8w", "onnxruntime:cpu",
+                                                     "onnxruntime:cpu@int8"])
+    total = {t: sum(by_node.values()) for t, by_node in seconds.items()}
+    # int8 arithmetic is faster than fp32 on any CPU; OpenVINO's int8 weights only with VNNI (without,
+    # its plugin widens them to f32): then only their narrower bytes remain
+    assert total["onnxruntime:cpu@int8"] < 0.8 * total["onnxruntime:cpu"]
+    assert (total["openvino:cpu@int8w"] < 0.8 * total["openvino:cpu"]) is vnni
+    cm = hetcc.compile(model, inputs, targets=["onnxruntime:cpu@int8"], accuracy=0.05, tune="off")
+    (seg,) = cm.plan.segments
+    parts = breakdown(cm, DEFAULT_PROFILES, {seg.target: this_cpu()})[seg.name]
+    # priced as compile priced it: its nodes' seconds are the plan's prediction for the segment
+    assert parts["nodes_seconds"] == pytest.approx(seg.predicted_seconds, rel=1e-6)
+
+
 def test_cpu_flags_are_read_on_x86_linux_only(monkeypatch):
     from hetcc.cost_model import devices
 

@@ -112,8 +112,10 @@ def breakdown(compiled, profiles: dict, devices: dict) -> dict[str, dict]:
     """Per segment: the predicted seconds split into compute-bound nodes, memory-bound nodes and
     overhead (per-node and per-view dispatch plus entering the segment), and seconds per op class.
     ``profiles``: backend -> BackendProfile and ``devices``: target -> DeviceSpec, as compiled."""
+    from hetcc.backends.registry import arithmetic_here
     from hetcc.cost_model.roofline import node_parts, node_seconds
     from hetcc.passes.build_problem import HANDOFF_LATENCY
+    from hetcc.target import Target
     from hetcc.passes.facts import graph_facts
 
     captured = compiled._captured
@@ -122,19 +124,21 @@ def breakdown(compiled, profiles: dict, devices: dict) -> dict[str, dict]:
     for seg in compiled.plan.segments:
         backend = seg.target.split(":")[0]
         profile, device = profiles[backend], devices[seg.target]
+        # a segment in a lower precision reads and computes in it, as compile priced it
+        priced = {"precision": Target.parse(seg.target).precision, "arithmetic": arithmetic_here(seg.target)}
         parts = {regime: 0.0 for regime in REGIMES}
         classes: dict[str, float] = {}
         for name in seg.nodes:
             f = facts[name]
-            compute, memory = node_parts(f, device, profile)
+            compute, memory = node_parts(f, device, profile, **priced)
             parts["compute" if compute >= memory else "memory"] += max(compute, memory)
-            parts["overhead"] += node_seconds(f, device, profile) - max(compute, memory)
+            parts["overhead"] += node_seconds(f, device, profile, **priced) - max(compute, memory)
             if compute or memory:
                 classes[f.op_class] = classes.get(f.op_class, 0.0) + max(compute, memory)
         entry = profile.call_overhead + HANDOFF_LATENCY * len(seg.inputs)
         parts["overhead"] += entry
         out[seg.name] = {"parts": parts, "classes": classes, "entry": entry,
-                         "nodes_seconds": sum(node_seconds(facts[n], device, profile) for n in seg.nodes)}
+                         "nodes_seconds": sum(node_seconds(facts[n], device, profile, **priced) for n in seg.nodes)}
     return out
 
 
