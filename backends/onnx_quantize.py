@@ -4,10 +4,9 @@ ONNX: onnxruntime:cpu's int8 (dynamic) and int8s (static, calibrated), and tenso
 with its model file replaced by the quantized one."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
-
-import logging
 
 from hetcc.backends._common import lowering_error, py_str, quiet, quiet_logger, to_numpy
 
@@ -103,7 +102,9 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
             said.append("all in int8 missed the accuracy limit; which nodes to leave in fp32 was not "
                         "measured: the switched model cannot tell what this file computes")
             return {}
-        rounding = sum(4 * q.size for q in {q.weight: q for q in nodes}.values())
+        # one rounding per weight, and per table tied to a head (its lookups read the head's rows)
+        heads = set(tied.values())
+        rounding = sum(4 * q.size * (2 if q.weight in heads else 1) for q in {q.weight: q for q in nodes}.values())
         if model.ByteSize() + rounding > PROTOBUF_LIMIT - (64 << 20):
             said.append("all in int8 missed the accuracy limit; which nodes to leave in fp32 was not "
                         "measured: the switched model would pass protobuf's 2 GiB")
@@ -117,11 +118,12 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
             if key not in runs:
                 runs[key] = measured(session, {sensitivity.SWITCH: switches})
             return runs[key]
-        wanted = limit
+        wanted, tried = limit, False
         for _ in range(TRIES):
             found = sensitivity.leave_out(nodes, run, wanted, said)
             if found is None:
                 break
+            tried = True
             quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
             error = measured(sensitivity.sensitivity_session(target))
             if error <= limit:
@@ -134,7 +136,9 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
     except Exception as exc:  # noqa: BLE001 - a measurement that fails leaves int8 as it was
         said.append(f"which nodes to leave in fp32 could not be measured ({type(exc).__name__}: {exc}); "
                     "the segment stays all in int8")
-    quantize(source, target, kept)
+        tried = True  # it may have failed half way through quantizing again
+    if tried:
+        quantize(source, target, kept)
     return {}
 
 
