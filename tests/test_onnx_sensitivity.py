@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import hetcc
 from hetcc.backends import onnx_sensitivity as sensitivity
 from hetcc.backends.onnx_quantize import reduced_range
 from hetcc.error_budget import relative_error
+from test_precision import OutlierFirst  # six layers, the first reading a few huge inputs
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -199,27 +199,11 @@ def test_a_node_that_alone_breaks_the_outputs_is_left_out_first():
     assert [q.node for q in kept.nodes] == ["n1"]
 
 
-class OutlierFirst(nn.Module):
-    """Six layers whose first reads an input with a few huge entries: its activations round
-    coarsely in int8, so that layer moves the outputs most."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(256, 256) for _ in range(6))
-        self.norm = nn.LayerNorm(256)
-
-    def forward(self, x):
-        x = self.norm(self.layers[0](x))
-        for layer in self.layers[1:]:
-            x = torch.relu(layer(x)) + x
-        return x
-
-
 def test_compile_keeps_the_segment_in_int8_with_its_worst_layer_in_fp32(tmp_path, seven_bits):
     torch.manual_seed(0)
     x = torch.randn(128, 256)
     x[:, :4] *= 400.0
-    model = OutlierFirst().eval()
+    model = OutlierFirst(width=256).eval()
     loose = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy=0.5, tune="off")
     everything = loose.plan.segments[0].relative_error
     assert "kept_fp32" not in loose.artifacts[loose.plan.segments[0].name].meta  # within: nothing left out
@@ -270,7 +254,7 @@ def test_a_measurement_that_fails_leaves_the_segment_as_quantized(tmp_path, seve
     torch.manual_seed(0)
     x = torch.randn(128, 256)
     x[:, :4] *= 400.0
-    model = OutlierFirst().eval()
+    model = OutlierFirst(width=256).eval()
     with caplog.at_level("INFO", logger="hetcc"):
         cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=0.002,
                            tune="off", precisions=["int8"])

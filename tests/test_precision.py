@@ -607,10 +607,10 @@ class OutlierFirst(nn.Module):
     """Six layers whose first reads an input with a few huge entries: dynamic int8 quantizes that
     activation with one scale, so the first layer moves its outputs far more than the others do."""
 
-    def __init__(self):
+    def __init__(self, width: int = 512):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(512, 512) for _ in range(6))
-        self.norm = nn.LayerNorm(512)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(6))
+        self.norm = nn.LayerNorm(width)
 
     def forward(self, x):
         x = self.norm(self.layers[0](x))
