@@ -62,11 +62,13 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
         quantize(source, target, kept)
         if limit is not None and not exported.external_data:
             left_out.update(_left_out(model, source, target, tied, kept, quantize, exported, segment, limit, said))
-    result = _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                       f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
-                       f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
-    for line in said:
-        log.info("%s: %s", segment.name, line)
+    try:
+        result = _replaced(exported, segment, workdir, run, "quantize_dynamic",
+                           f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
+                           f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+    finally:
+        for line in said:
+            log.info("%s: %s", segment.name, line)
     return replace(result, meta={**result.meta, "kept_fp32": left_out}) if left_out else result
 
 
@@ -93,8 +95,10 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
     def measured(session, extra=None):
         return sensitivity.worst_error(session.run(exported.output_names, {**feeds, **(extra or {})}), want)
 
+    tried = False
     try:
-        if measured(sensitivity.sensitivity_session(target)) <= limit:
+        everything = measured(sensitivity.sensitivity_session(target))
+        if everything <= limit:
             return {}
         quantized = onnx.load(str(target))
         nodes = sensitivity.quantized_nodes(model, quantized, tied, kept)
@@ -118,26 +122,27 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
             if key not in runs:
                 runs[key] = measured(session, {sensitivity.SWITCH: switches})
             return runs[key]
-        wanted, tried = limit, False
+        wanted, before = limit, None
         for _ in range(TRIES):
             found = sensitivity.leave_out(nodes, run, wanted, said)
-            if found is None:
+            if found is None or found.nodes == before:
                 break
-            tried = True
+            tried, before = True, found.nodes
             quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
             error = measured(sensitivity.sensitivity_session(target))
             if error <= limit:
                 said.append(f"{len(found.nodes)} of {found.of} quantized nodes left in fp32: relative error "
-                            f"{found.all_error:.3g} all in int8, {error:.3g} now")
-                return {**found.meta(), "relative_error": error}
+                            f"{everything:.3g} all in int8, {error:.3g} now")
+                return {**found.meta(), "relative_error": error, "all_int8_relative_error": everything}
             said.append(f"{len(found.nodes)} nodes left in fp32 measured {found.error:.3g}, but the file "
                         f"{error:.3g}; trying a stricter set")
-            wanted = limit * min(0.9, limit / error)
+            # the file moved error / found.error times what the switched model said: aim that much
+            # lower (below what this set measured, so the next set is larger)
+            wanted = 0.95 * limit * found.error / error
     except Exception as exc:  # noqa: BLE001 - a measurement that fails leaves int8 as it was
         said.append(f"which nodes to leave in fp32 could not be measured ({type(exc).__name__}: {exc}); "
                     "the segment stays all in int8")
-        tried = True  # it may have failed half way through quantizing again
-    if tried:
+    if tried:  # the last set missed, or failed half way: all in int8 again
         quantize(source, target, kept)
     return {}
 

@@ -290,13 +290,16 @@ def order(nodes: list[Quantized], alone: list[float]) -> list[int]:
 def leave_out(nodes: list[Quantized], run, limit: float, said: list | None = None) -> Kept | None:
     """The fewest ``nodes`` (in ``order``) to leave in fp32 for ``run(switches)`` (the segment's
     error with node k in int8 where switches[k] is 1) to be within HEADROOM x ``limit``; None where
-    all in int8 is within ``limit``, where it takes more than MOST_KEPT of the products' weights, or
-    where it cannot be done."""
+    all in int8 is within ``limit``, where it takes more than MOST_KEPT of the products' weights or
+    every node, or where it cannot be done; ``said`` gets why."""
     import numpy as np
 
     n = len(nodes)
+    said = said if said is not None else []
     everything = run(np.ones(n, dtype=np.float32))
     if everything <= limit or not n:
+        said.append(f"the switched model measured {everything:.3g} all in int8, within {limit:.3g}: "
+                    "no node is left in fp32")
         return None
     limit *= HEADROOM
     alone = [run(np.eye(1, n, k, dtype=np.float32)[0]) for k in range(n)]
@@ -306,17 +309,21 @@ def leave_out(nodes: list[Quantized], run, limit: float, said: list | None = Non
     given_back = 0
     for k in ranked:
         if alone[k] <= 0:
-            (said if said is not None else []).append(
+            said.append(
                 f"int8 moved the segment by {everything:.3g}; what is still in int8 moves nothing alone, so "
                 "no node is left in fp32")
             return None
         given_back += nodes[k].size if nodes[k].product else 0
         if given_back > MOST_KEPT * products:
-            (said if said is not None else []).append(
+            said.append(
                 f"int8 moved the segment by {everything:.3g}; holding {limit:.3g} would take more than "
                 f"{MOST_KEPT:.0%} of its products back to fp32, so none is")
             return None
         switches[k] = 0.0
+        if not switches.any():  # nothing would be left in int8, yet the segment priced as int8
+            said.append(f"int8 moved the segment by {everything:.3g}; holding {limit:.3g} would leave no node "
+                        "in int8, so none is left out")
+            return None
         error = run(switches)
         if error <= limit:
             kept = [nodes[j] for j in range(n) if switches[j] == 0.0]

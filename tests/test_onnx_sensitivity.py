@@ -263,6 +263,51 @@ def test_a_measurement_that_fails_leaves_the_segment_as_quantized(tmp_path, seve
     assert cm.plan.accuracy["measured"] <= 0.002  # the placement gave int8 up where it had to
 
 
+def _outliers():
+    torch.manual_seed(0)
+    x = torch.randn(128, 256)
+    x[:, :4] *= 400.0
+    return OutlierFirst(width=256).eval(), x
+
+
+def test_a_set_the_file_misses_is_followed_by_a_larger_one(tmp_path, seven_bits, monkeypatch, caplog):
+    model, x = _outliers()
+    real, asked = sensitivity.leave_out, []
+
+    def first_too_few(nodes, run, limit, said=None):
+        asked.append(limit)
+        if len(asked) == 1:  # a set the file will miss: none left out, as if within the limit
+            everything = run(np.ones(len(nodes), np.float32))
+            return sensitivity.Kept((), len(nodes), everything, everything)
+        return real(nodes, run, limit, said)
+
+    monkeypatch.setattr(sensitivity, "leave_out", first_too_few)
+    with caplog.at_level("INFO", logger="hetcc"):
+        # all in int8 moves it 2.3 %, the first layer in fp32 about 1 %
+        cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy=0.012, tune="off")
+    (seg,) = cm.plan.segments
+    assert len(asked) == 2 and asked[1] < asked[0]  # stricter after the file missed
+    assert "trying a stricter set" in caplog.text
+    assert cm.artifacts[seg.name].meta["kept_fp32"]["where"] == ["layers.0"] and seg.relative_error <= 0.012
+
+
+def test_after_three_sets_the_file_misses_the_segment_is_all_int8_again(tmp_path, seven_bits, monkeypatch, caplog):
+    model, x = _outliers()
+    tried = []
+
+    def useless(nodes, run, limit, said=None):  # each time another last layer: never the first
+        tried.append(nodes[-1 - len(tried)].node)
+        return sensitivity.Kept((nodes[-len(tried)],), len(nodes), limit / 2, 1.0)
+
+    monkeypatch.setattr(sensitivity, "leave_out", useless)
+    with caplog.at_level("INFO", logger="hetcc"):
+        cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy=0.002, tune="off")
+    assert len(tried) == 3 and caplog.text.count("trying a stricter set") == 3
+    assert all("kept_fp32" not in a.meta for a in cm.artifacts.values())
+    # the file was quantized all in int8 again, so the segment missed and int8 was given up by ends
+    assert any("was not kept for" in n for n in cm.plan.notes), cm.plan.notes
+
+
 def test_a_head_tied_to_its_table_is_switched_with_its_lookups(tmp_path, seven_bits):
     from hetcc.backends.onnx_tied import retie, untie
 
