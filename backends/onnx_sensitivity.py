@@ -53,8 +53,8 @@ class Quantized:
     ``_zero_point``): ``weight``, or the transposed copy quantize_dynamic makes for a Gemm with
     transB."""
     transposed: bool = False
-
     gemm: bool = False
+    """A Gemm, which quantize_dynamic rewrites as a MatMul of its own name."""
 
     @property
     def excluded(self) -> list[str]:
