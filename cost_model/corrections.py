@@ -47,19 +47,23 @@ class Corrections:
     """Profile name -> how many learning runs the factor averages."""
 
 
-def key(target) -> str:
+def key(target, arithmetic: str | None = None) -> str:
     """What a factor is kept under: the profile's name for a CPU target ('onnxruntime'), the
     profile's name and the device otherwise ('iree:rocm', 'tensorrt:cuda'): one backend's
     runtimes on a CPU and on a GPU are misjudged differently; a lower precision adds it
-    ('onnxruntime@int8')."""
+    ('onnxruntime@int8'), and the arithmetic its backend says it computes in here where that is not
+    the precision's own ('openvino@int8w/fp32': OpenVINO's int8 weights on a CPU without VNNI)."""
     from hetcc.cost_model.target_devices import profile_name
     from hetcc.target import Target
 
     target = Target.parse(target)
     name = profile_name(target)
     name = name if target.device == "cpu" or ":" in name else f"{name}:{target.device}"
-    # a lower precision is misjudged on its own (its speed-ups are assumptions): 'openvino@int8w'
-    return f"{name}@{target.precision}" if target.precision else name
+    # a lower precision is misjudged on its own (its speed-ups are assumptions): 'openvino@int8w'.
+    # A factor corrects one price: learnt against int8's assumed rate, it must not scale fp32's
+    if not target.precision:
+        return name
+    return f"{name}@{target.precision}" + (f"/{arithmetic}" if arithmetic else "")
 
 
 def corrections_path() -> Path:

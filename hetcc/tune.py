@@ -300,6 +300,7 @@ def _learn(session, built) -> str:
     from hetcc.cost_model.profiles import calibrated
 
     overhead = {info.name: info.profile.call_overhead for info in session.infos}
+    arithmetic = {info.name: info.arithmetic for info in session.infos}
     sums: dict[str, list[float]] = {}
     unsteady = [c.name for c in built if c.samples and _spread(c) > STEADY]
     for c in built:
@@ -312,7 +313,7 @@ def _learn(session, built) -> str:
             # the step's time covers the runtime's call as well as its nodes: predict both
             got = quantile(calls, FAST_END)
             want = segment.predicted_seconds + overhead.get(segment.target, 0.0)
-            entry = sums.setdefault(corrections.key(segment.target), [0.0, 0.0])
+            entry = sums.setdefault(corrections.key(segment.target, arithmetic.get(segment.target)), [0.0, 0.0])
             entry[0] += got
             entry[1] += want
     skipped = f" ({', '.join(unsteady)}: timed unsteadily, left out)" if unsteady else ""
@@ -366,7 +367,7 @@ def corrected_infos(infos, explicit: dict | None) -> tuple[list, str | None]:
         return infos, None
     out, applied = [], {}
     for info in infos:
-        k = corrections.key(info.name)
+        k = corrections.key(info.name, info.arithmetic)
         if k in found.factors and profile_name(info.name) not in (explicit or {}):
             info = replace(info, profile=corrections.scaled(info.profile, found.factors[k]))
             applied[k] = found.factors[k]

@@ -274,6 +274,26 @@ def test_corrections_file_rules(monkeypatch, tmp_path, caplog):
     assert corrections.corrections_path() == tmp_path / "profile.corrections.json"
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_a_factor_learnt_against_one_price_never_scales_another(cpu, monkeypatch, tmp_path, vnni):
+    from hetcc.backends.registry import resolve
+    from hetcc.compiler import _target_infos
+    from hetcc.target import Target
+
+    assert corrections.key("openvino:cpu@int8w") == "openvino@int8w"
+    assert corrections.key("openvino:cpu@int8w", "fp32") == "openvino@int8w/fp32"
+    assert corrections.key("openvino:cpu", "fp32") == "openvino"  # fp32's price is fp32's
+    monkeypatch.setenv("HETCC_CORRECTIONS", str(tmp_path / "c.json"))
+    # learnt where OpenVINO's int8 weights were priced at int8's assumed rate (a CPU with VNNI)
+    corrections.learn({"openvino@int8w": (3e-3, 1e-3)}, None)
+    cpu(vnni=vnni)
+    target = Target.parse("openvino:cpu@int8w")
+    infos, note = tune.corrected_infos(_target_infos([target], None, None, None, {target: resolve(target)}), None)
+    # without VNNI its plugin widens them to f32, priced so: that factor corrected another price
+    assert (note is not None) is vnni
+    assert infos[0].arithmetic == (None if vnni else "fp32")
+
+
 def test_tune_arguments():
     assert tune.budget_of("auto") == (tune.AUTO_BUDGET, True)
     assert tune.budget_of("off") == (None, False)
