@@ -129,6 +129,30 @@ def test_what_the_switched_model_cannot_simulate_is_not_measured(tmp_path, seven
     assert sensitivity.quantized_nodes(source, quantized, {}) is None, why
 
 
+def test_products_the_file_quantized_otherwise_and_subgraphs_are_not_measured(tmp_path, seven_bits):
+    from onnx import TensorProto, helper
+
+    _graph(tmp_path / "fp32.onnx")
+
+    def another_reader(g):  # a second product reading the third's weight
+        g.node.append(helper.make_node("MatMul", ["r2", "w3"], ["y_again"], name="again"))
+        g.output.append(helper.make_tensor_value_info("y_again", TensorProto.FLOAT, [24, 16]))
+    source = _edited(tmp_path / "fp32.onnx", another_reader)
+    quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx", ["again"])
+    # its weight is stored in int8 for "third", but "again" stayed fp32: told so, it is skipped ...
+    assert [q.node for q in sensitivity.quantized_nodes(source, quantized, {}, excluded=["again"])][-1] == "third"
+    # ... untold, the file's products and those found differ, and nothing is measured
+    assert sensitivity.quantized_nodes(source, quantized, {}) is None
+
+    def nested(g):  # an If whose branches the switched model would not see into
+        branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "branch", [],
+                                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, [24, 16])])
+        g.node.append(helper.make_node("If", ["flag"], ["picked"], name="pick", then_branch=branch,
+                                       else_branch=branch))
+        g.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    assert sensitivity.quantized_nodes(_edited(tmp_path / "fp32.onnx", nested), quantized, {}, ["again"]) is None
+
+
 def test_a_shared_weight_is_rounded_once_and_a_lookup_left_out_is_not_switched(tmp_path, seven_bits):
     from onnx import helper
 
