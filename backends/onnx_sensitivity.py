@@ -249,26 +249,17 @@ def switched_model(source, quantized, nodes: list[Quantized], tied: dict):
 
 
 def worst_error(got, want) -> float:
-    """The largest relative error over the floating-point outputs (NaN counts as the worst); inf
-    where an integer output differs at all, as the segment check (hetcc/verify.py) wants."""
-    import torch
+    """The segment's relative error as its check measures it (hetcc/verify.py check_relative: the
+    worst floating-point output, NaN the worst); inf where the check would fail whatever the limit
+    (an integer output that differs at all, a shape or dtype not the reference's)."""
+    from hetcc.backends._common import from_numpy
+    from hetcc.errors import LoweringError
+    from hetcc.verify import check_relative
 
-    from hetcc.error_budget import relative_error
-
-    worst = 0.0
-    for g, w in zip(got, want):
-        if not isinstance(w, torch.Tensor) or w.numel() == 0:
-            continue
-        g = torch.as_tensor(g)
-        if tuple(g.shape) != tuple(w.shape):
-            return math.inf
-        if not w.is_floating_point():  # the segment check wants integers exact
-            if not torch.equal(g.to(w.dtype), w):
-                return math.inf
-            continue
-        error = relative_error(g.to(w.dtype), w)
-        worst = max(worst, error if error == error else math.inf)
-    return worst
+    try:
+        return check_relative("", [""] * len(want), [from_numpy(g) for g in got], want, math.inf)[1]
+    except LoweringError:
+        return math.inf
 
 
 def order(nodes: list[Quantized], alone: list[float]) -> list[int]:
