@@ -114,7 +114,7 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
         name, transposed = _stored_as(node, weight, stored)
         if name is None:
             continue
-        if not node.name or names.count(node.name) > 1 or _dequantized(stored, name, transposed) is None:
+        if not node.name or names.count(node.name) > 1 or not _readable(stored, name):
             return None
         found.append(Quantized(node.name, weight, product, sizes[weight], _where(node), name, transposed,
                                gemm=node.op_type == "Gemm"))
@@ -157,10 +157,20 @@ def _where(node) -> str:
     return scopes[-2] if len(scopes) >= 2 else node.name
 
 
+def _readable(stored: dict, name: str) -> bool:
+    """Whether the weight stored as ``name`` has a scale and zero point this module reads back: one
+    number, or one per column (quantize_dynamic's axis for products is the last). From the shapes
+    alone: the weights are dequantized once, when the switched model is built."""
+    q, scale, zero = (list(stored[f"{name}_{part}"].dims) for part in ("quantized", "scale", "zero_point"))
+    if math.prod(scale) == 1 and math.prod(zero) == 1:
+        return True
+    return len(scale) == 1 and len(q) >= 1 and scale[0] == q[-1] and list(zero) == scale
+
+
 def _dequantized(stored: dict, name: str, transposed: bool = False):
     """The weight stored as ``name`` as the int8 kernels see it, (q - zero point) x scale, in the
-    fp32 weight's layout (``transposed``: stored transposed); None where its scale is neither one
-    number nor one per column (quantize_dynamic's axis for products is the last)."""
+    fp32 weight's layout (``transposed``: stored transposed); its scale is one number or one per
+    column (``_readable``)."""
     from onnx import numpy_helper
 
     import numpy as np
@@ -168,12 +178,10 @@ def _dequantized(stored: dict, name: str, transposed: bool = False):
     q = numpy_helper.to_array(stored[f"{name}_quantized"]).astype(np.float32)
     scale = numpy_helper.to_array(stored[f"{name}_scale"]).astype(np.float32)
     zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype(np.float32)
-    if scale.size == 1 and zero.size == 1:
+    if scale.size == 1:
         exact = (q - zero.reshape(())) * scale.reshape(())
-    elif scale.ndim == 1 and q.ndim >= 1 and scale.size == q.shape[-1] == zero.size:
-        exact = (q - zero) * scale
     else:
-        return None
+        exact = (q - zero) * scale
     return exact.T if transposed else exact
 
 
