@@ -12,60 +12,78 @@ from hetcc.backends._common import lowering_error, py_str, quiet, quiet_logger, 
 
 log = logging.getLogger("hetcc")
 
-QUANTIZED_OPS = ["MatMul", "Gather"]
-"""What int8 quantizes: matrix products (quantize_dynamic first rewrites a Gemm as MatMul and Add,
-so the exporter's Gemm for a Linear is one too), and embedding tables (2-D, read along rows) of
-SMALLEST_TABLE rows or more that nothing but lookups reads, stored uint8 with one scale per table
-(a lookup dequantizes the rows it reads: memory and file bytes, not time; t5 0.44x -> 0.28x of the
-fp32 bytes, at the same speed). A table tied to an output head is stored once, as the head's int8
-weight, which its lookups read too (backends/onnx_tied.py). Not Conv: its dynamic
-ConvInteger ran a ResNet-18 3.7x slower than fp32 here (63 against 17 ms,
-benchmarks/bench_precision.py's ort-int8, which quantizes everything; docs/benchmarks.md); static
-int8 (int8s) is what runs convolutions in int8."""
+QUANTIZED_OPS = ["MatMul"]
+"""What quantize_dynamic quantizes: matrix products (it first rewrites a Gemm as MatMul and Add, so
+the exporter's Gemm for a Linear is one too). Embedding tables are stored in uint8 by rows here
+instead (backends/onnx_tables.py: quantize_dynamic's one scale per table rounded bert's word table
+1.6x as coarsely); a lookup dequantizes the rows it reads: memory and file bytes, not time. A table
+tied to an output head is stored once, as the head's int8 weight, whose columns its lookups read
+(backends/onnx_tied.py). Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower than fp32
+here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which quantizes everything;
+docs/benchmarks.md); static int8 (int8s) is what runs convolutions in int8."""
+
+
+def quantize_file(source: Path, target: Path, *, unsigned: bool = False, reduce_range: bool = False,
+                  external: bool = False, tables=(), tied=None, left_out=()) -> None:
+    """Write ``source`` (an fp32 ONNX file) quantized for dynamic int8 to ``target``: its matrix
+    products by ONNX Runtime's own ``quantize_dynamic`` (per output channel; signed weights, or with
+    ``unsigned`` uint8 with a zero point per channel; ``reduce_range``: in 7 bits), the head copies
+    of ``tied`` tables retied to their lookups (backends/onnx_tied.py), and ``tables`` stored by
+    rows (backends/onnx_tables.py). ``left_out``: nodes (onnx_sensitivity.Quantized) left in fp32,
+    products by name, tables whole. ``external``: the weights are apart from the file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from hetcc.backends.onnx_tables import store_by_rows
+    from hetcc.backends.onnx_tied import retie
+
+    products = [name for q in left_out if q.product for name in q.excluded]
+    kept = {q.weight for q in left_out if not q.product}
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                     per_channel=True, reduce_range=reduce_range, op_types_to_quantize=QUANTIZED_OPS,
+                     nodes_to_exclude=products, use_external_data_format=external)
+    if tied:
+        retie(target, tied)
+    store_by_rows(target, [t for t in tables if t not in kept])
 
 
 def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsigned: bool = False):
-    """The exported model with its weights in int8 (ONNX Runtime's own ``quantize_dynamic``: per
-    output channel, signed weights, activations quantized per call), in place of the fp32 file; a
-    table tied to an output head once, in int8 (backends/onnx_tied.py). ``reduce_range``: weights
-    in 7 bits, for a CPU without VNNI (``reduced_range``); ``unsigned``: weights in uint8 with a zero
-    point per channel (int8u), which keeps 8 bits there at some speed.
+    """The exported model with its weights in int8 (``quantize_file``: ONNX Runtime's own
+    ``quantize_dynamic`` for the matrix products, per output channel, activations quantized per
+    call; embedding tables in uint8 by rows), in place of the fp32 file; a table tied to an output
+    head once, in int8 (backends/onnx_tied.py). ``reduce_range``: weights in 7 bits, for a CPU
+    without VNNI (``reduced_range``); ``unsigned``: weights in uint8 with a zero point per channel
+    (int8u), which keeps 8 bits there at some speed.
 
     Where the segment has an accuracy limit (``segment.accuracy_limit``, compile(accuracy=...)) and
     all in int8 misses it, the nodes whose rounding moves it most stay fp32, as few as hold the limit
     (backends/onnx_sensitivity.py); the result's ``meta["kept_fp32"]`` names them."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from hetcc.backends.onnx_tied import retie, untie
+    from hetcc.backends.onnx_tables import quantizable_tables
+    from hetcc.backends.onnx_tied import untie
 
     import onnx
 
     source = Path(exported.files["model"])
     model = onnx.load(str(source), load_external_data=False)  # with its weights unless they are apart
     tied = {} if exported.external_data else untie(model, source)
-    kept, unnamed = _tables_kept(model.graph, tied)
-    ops = QUANTIZED_OPS if not unnamed else [op for op in QUANTIZED_OPS if op != "Gather"]
-    kept = [name for name in kept if name]  # "" would exclude every unnamed node, MatMuls too
-    weights = QuantType.QUInt8 if unsigned else QuantType.QInt8
+    tables = quantizable_tables(model.graph, tied)
     limit = getattr(segment, "accuracy_limit", None)
     left_out: dict = {}
     said: list[str] = []  # logged after quantizing, whose quiet_logger would swallow it
 
-    def quantize(source, target, excluded):
-        quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True,
-                         reduce_range=reduce_range, op_types_to_quantize=ops, nodes_to_exclude=excluded,
-                         use_external_data_format=exported.external_data)
-        if tied:
-            retie(target, tied)
+    def quantize(source, target, nodes=()):
+        quantize_file(source, target, unsigned=unsigned, reduce_range=reduce_range,
+                      external=exported.external_data, tables=tables, tied=tied, left_out=nodes)
 
     def run(source, target):
-        quantize(source, target, kept)
+        quantize(source, target)
         if limit is not None and not exported.external_data:
-            left_out.update(_left_out(model, source, target, tied, kept, quantize, exported, segment, limit, said))
+            left_out.update(_left_out(model, source, target, tied, quantize, exported, segment, limit, said))
     try:
         result = _replaced(exported, segment, workdir, run, "quantize_dynamic",
-                           f"weight_type=QuantType.{weights.name}, per_channel=True, reduce_range={reduce_range}, "
-                           f"op_types_to_quantize={ops!r}, nodes_to_exclude={kept!r}")
+                           f"weight_type=QuantType.{'QUInt8' if unsigned else 'QInt8'}, per_channel=True, "
+                           f"reduce_range={reduce_range}, op_types_to_quantize={QUANTIZED_OPS!r})",
+                           then=f", then the tables {tables!r} in uint8 by rows (backends/onnx_tables.py)"
+                           if tables else "")
     finally:
         for line in said:
             log.info("%s: %s", segment.name, line)
@@ -77,13 +95,13 @@ TRIES = 3
 model says holds the limit may miss it by its own rounding, and the next set is stricter."""
 
 
-def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantize, exported, segment,
-              limit: float, said: list) -> dict:
+def _left_out(model, source: Path, target: Path, tied: dict, quantize, exported, segment, limit: float,
+              said: list) -> dict:
     """Where the quantized file at ``target`` misses ``limit`` on the segment's example inputs, the
     fewest nodes to leave in fp32 that hold it (backends/onnx_sensitivity.py), with the file at
     ``target`` quantized again without them; their ``Kept.meta()``, or {} (the file as it was: all
     in int8 held the limit, or nothing left out does, or the switched model cannot be built here).
-    ``model`` is ``source`` loaded (tables untied); ``quantize(source, target, excluded)`` quantizes."""
+    ``model`` is ``source`` loaded (tables untied); ``quantize(source, target, left_out)`` quantizes."""
     from hetcc.backends import onnx_sensitivity as sensitivity
     from hetcc.backends.onnx_tied import PROTOBUF_LIMIT
 
@@ -100,8 +118,9 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
         everything = measured(sensitivity.sensitivity_session(target))
         if everything <= limit:
             return {}
+        all_int8_bytes = target.stat().st_size
         quantized = onnx.load(str(target))
-        nodes = sensitivity.quantized_nodes(model, quantized, tied, kept)
+        nodes = sensitivity.quantized_nodes(model, quantized, tied)
         if not nodes:
             said.append("all in int8 missed the accuracy limit; which nodes to leave in fp32 was not "
                         "measured: the switched model cannot tell what this file computes")
@@ -128,12 +147,13 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
             if found is None or found.nodes == before:
                 break
             tried, before = True, found.nodes
-            quantize(source, target, kept + [name for q in found.nodes for name in q.excluded])
+            quantize(source, target, found.nodes)
             error = measured(sensitivity.sensitivity_session(target))
             if error <= limit:
                 said.append(f"{len(found.nodes)} of {found.of} quantized nodes left in fp32: relative error "
                             f"{everything:.3g} all in int8, {error:.3g} now")
-                return {**found.meta(), "relative_error": error, "all_int8_relative_error": everything}
+                return {**found.meta(), "relative_error": error, "all_int8_relative_error": everything,
+                        "added_bytes": target.stat().st_size - all_int8_bytes}
             said.append(f"{len(found.nodes)} nodes left in fp32 measured {found.error:.3g}, but the file "
                         f"{error:.3g}; trying a stricter set")
             # the file moved error / found.error times what the switched model said: aim that much
@@ -143,7 +163,7 @@ def _left_out(model, source: Path, target: Path, tied: dict, kept: list, quantiz
         said.append(f"which nodes to leave in fp32 could not be measured ({type(exc).__name__}: {exc}); "
                     "the segment stays all in int8")
     if tried:  # the last set missed, or failed half way: all in int8 again
-        quantize(source, target, kept)
+        quantize(source, target)
     return {}
 
 
@@ -156,33 +176,6 @@ def reduced_range() -> bool:
     from hetcc.cost_model.devices import int8_dot_products
 
     return not int8_dot_products()
-
-
-def _tables_kept(graph, tied=()) -> tuple[list[str], bool]:
-    """The Gather nodes of ``graph`` whose table quantize_dynamic leaves fp32, and whether one of them has no
-    name (then no table is quantized: quantize_dynamic excludes by name). Kept: a table of fewer
-    than SMALLEST_TABLE rows (positions, token types, relative-position biases: read by every
-    token, their bytes do not matter; as in OpenVINO's int8w), one that is not 2-D or not read
-    along its rows, one that something besides lookups reads, and one in ``tied``, whose lookups
-    read its output head's int8 copy instead (backends/onnx_tied.py)."""
-    from hetcc.cost_model.precision import SMALLEST_TABLE
-
-    tables = {t.name: list(t.dims) for t in graph.initializer}
-    readers: dict[str, set] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, set()).add(n.op_type)
-    kept, unnamed = [], False
-    for n in graph.node:
-        if n.op_type != "Gather" or not n.input or n.input[0] not in tables:
-            continue
-        dims = tables[n.input[0]]
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-        if len(dims) != 2 or axis != 0 or dims[0] < SMALLEST_TABLE or readers[n.input[0]] != {"Gather"} \
-                or n.input[0] in tied:
-            kept.append(n.name)
-            unnamed = unnamed or not n.name
-    return kept, unnamed
 
 
 STATIC_OPS = ["Conv", "MatMul", "Gemm"]
@@ -233,8 +226,10 @@ def calibration_reader(batches, names):
     return Batches()
 
 
-def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
-    """``exported`` with its model file replaced by ``run(source, target)``'s quantized one."""
+def _replaced(exported, segment, workdir: Path, run, what: str, settings: str, then: str = ""):
+    """``exported`` with its model file replaced by ``run(source, target)``'s quantized one: the
+    ONNX Runtime call ``what`` with ``settings``, and what ``run`` does ``then``, as a failure
+    names the step."""
     source = Path(exported.files["model"])
     target = source.with_name("model_int8.onnx")
     try:
@@ -242,7 +237,7 @@ def _replaced(exported, segment, workdir: Path, run, what: str, settings: str):
             run(source, target)
     except Exception as exc:
         raise lowering_error(segment, "onnxruntime", exc, workdir, step=(
-            f"onnxruntime.quantization.{what}({py_str(str(source))}, {py_str(str(target))}, {settings})")) from exc
+            f"onnxruntime.quantization.{what}({py_str(str(source))}, {py_str(str(target))}, {settings}){then}")) from exc
     for old in [source, *(p for p in Path(workdir).iterdir() if p.name.startswith(source.name + "."))]:
         old.unlink(missing_ok=True)  # the fp32 weights are not part of the artifact
     files = {"model": str(target)}

@@ -86,12 +86,13 @@ PRODUCTS = ("MatMulInteger", "DynamicQuantizeMatMul")
 
 def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantized] | None:
     """The nodes of ``source`` (the fp32 model, tables tied to a head untied: backends/onnx_tied.py)
-    whose weights ``quantized`` (the quantize_dynamic output, with ``excluded`` nodes left out) stores
-    in int8. The lookups of a table in ``tied`` follow its head (they read its int8 copy). None
-    where the switched model could not measure what the file computes: a node without a name of
-    its own (nodes_to_exclude goes by name), a graph inside a node (If, Loop), a product whose
-    input is a quantized lookup (ONNX Runtime hands it the lookup's int8 values as they are), a
-    stored weight this module cannot read back, or products quantized that it did not find."""
+    whose weights ``quantized`` (the file backends/onnx_quantize.quantize_file wrote, with the
+    ``excluded`` products left out) stores in int8: each product, and each table stored by rows,
+    once for all its lookups (named after the first). The lookups of a table in ``tied`` follow its
+    head (they read its int8 copy). None where the switched model could not measure what the file
+    computes: a product without a name of its own (nodes_to_exclude goes by name), a graph inside a
+    node (If, Loop), a stored weight this module cannot read back, or products quantized that it
+    did not find."""
     import onnx
 
     graph = source.graph
@@ -101,7 +102,7 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
     stored = {t.name: t for t in quantized.graph.initializer}
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
     skip = set(excluded)
-    found = []
+    found, tables = [], set()
     for node in graph.node:
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1:
             weight, product = node.input[1], True
@@ -109,18 +110,19 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
             weight, product = node.input[0], False
         else:
             continue
-        if weight not in sizes or (node.name and node.name in skip):
+        if weight not in sizes or (node.name and node.name in skip) or weight in tables:
             continue
         name, transposed = _stored_as(node, weight, stored)
         if name is None:
             continue
-        if not node.name or names.count(node.name) > 1 or not _readable(stored, name):
+        if not _readable(stored, name, by_rows=not product):
             return None
-        found.append(Quantized(node.name, weight, product, sizes[weight], _where(node), name, transposed,
+        if product and (not node.name or names.count(node.name) > 1):
+            return None
+        if not product:
+            tables.add(weight)
+        found.append(Quantized(node.name or weight, weight, product, sizes[weight], _where(node), name, transposed,
                                gemm=node.op_type == "Gemm"))
-    lookups = {n.output[0] for n in graph.node for q in found if n.name == q.node and not q.product}
-    if any(q.product and n.name == q.node and n.input[0] in lookups for q in found for n in graph.node):
-        return None
     products = sum(n.op_type in PRODUCTS for n in quantized.graph.node)
     return found if products == sum(q.product for q in found) else None
 
@@ -157,20 +159,22 @@ def _where(node) -> str:
     return scopes[-2] if len(scopes) >= 2 else node.name
 
 
-def _readable(stored: dict, name: str) -> bool:
+def _readable(stored: dict, name: str, by_rows: bool = False) -> bool:
     """Whether the weight stored as ``name`` has a scale and zero point this module reads back: one
-    number, or one per column (quantize_dynamic's axis for products is the last). From the shapes
-    alone: the weights are dequantized once, when the switched model is built."""
+    number, or one per column (quantize_dynamic's axis for products is the last), or with
+    ``by_rows`` one per row (a table: backends/onnx_tables.py). From the shapes alone: the weights
+    are dequantized once, when the switched model is built."""
     q, scale, zero = (list(stored[f"{name}_{part}"].dims) for part in ("quantized", "scale", "zero_point"))
     if math.prod(scale) == 1 and math.prod(zero) == 1:
         return True
-    return len(scale) == 1 and len(q) >= 1 and scale[0] == q[-1] and list(zero) == scale
+    along = q[0] if by_rows and len(q) == 2 else q[-1] if not by_rows and q else None
+    return len(scale) == 1 and scale[0] == along and list(zero) == scale
 
 
-def _dequantized(stored: dict, name: str, transposed: bool = False):
-    """The weight stored as ``name`` as the int8 kernels see it, (q - zero point) x scale, in the
-    fp32 weight's layout (``transposed``: stored transposed); its scale is one number or one per
-    column (``_readable``)."""
+def _dequantized(stored: dict, name: str, transposed: bool = False, by_rows: bool = False):
+    """The weight stored as ``name`` as the int8 kernels (or a lookup) see it, (q - zero point) x
+    scale, in the fp32 weight's layout (``transposed``: stored transposed); its scale is one number,
+    one per column, or with ``by_rows`` one per row (``_readable``)."""
     from onnx import numpy_helper
 
     import numpy as np
@@ -180,6 +184,8 @@ def _dequantized(stored: dict, name: str, transposed: bool = False):
     zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype(np.float32)
     if scale.size == 1:
         exact = (q - zero.reshape(())) * scale.reshape(())
+    elif by_rows:
+        exact = (q - zero[:, None]) * scale[:, None]
     else:
         exact = (q - zero) * scale
     return exact.T if transposed else exact
@@ -219,16 +225,20 @@ def switched_model(source, quantized, nodes: list[Quantized], tied: dict):
     positions = {n.name: i for i, n in enumerate(graph.node)}
     heads = {copy: table for table, copy in tied.items()}
     for k, q in enumerate(nodes):
-        at = positions[q.node]
-        node = graph.node[at]
         switch, index = f"{SWITCH}_{k}", f"{SWITCH}_{k}_index"
         added.append(numpy_helper.from_array(np.array(k, dtype=np.int64), index))
         before.setdefault(0, []).append(helper.make_node("Gather", [SWITCH, index], [switch]))
+
         def delta(q=q):
-            return _dequantized(stored, q.stored, q.transposed) - numpy_helper.to_array(fp32[q.weight])
-        if not q.product:
-            node.input[0] = blend(q.weight, delta, switch, at)
+            return _dequantized(stored, q.stored, q.transposed, by_rows=not q.product) \
+                - numpy_helper.to_array(fp32[q.weight])
+        if not q.product:  # every lookup of the table: it is stored once
+            for i, lookup in enumerate(graph.node):
+                if lookup.op_type == "Gather" and lookup.input[0] == q.weight:
+                    lookup.input[0] = blend(q.weight, delta, switch, i)
             continue
+        at = positions[q.node]
+        node = graph.node[at]
         node.input[1] = blend(q.weight, delta, switch, at)
         a, p = node.input[0], f"{SWITCH}_{k}_a"
         before.setdefault(at, []).extend([

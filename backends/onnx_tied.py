@@ -4,8 +4,8 @@ ONNX file quantized by ONNX Runtime's quantize_dynamic.
 torch's exporter writes a tied table once, read by the embedding's Gather and, through a
 Transpose, by the head's MatMul (a head over [batch, tokens, width] activations; a 2-D head
 exports as Gemm, which is left alone). quantize_dynamic quantizes a MatMul only when its weight is
-an initializer, and a table only when nothing but lookups reads it, so a tied table stays fp32
-whole: the largest single weight in a small LM (gpt2 kept 0.45x of its fp32 bytes in int8). So,
+an initializer, and a table is stored in int8 only when nothing but lookups reads it
+(backends/onnx_tables.py), so a tied table stays fp32 whole: the largest single weight in a small LM (gpt2 kept 0.45x of its fp32 bytes in int8). So,
 around it:
 
 - ``untie`` (before quantizing) gives the head its own transposed copy of the table, an
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hetcc.backends.onnx_tables import dequantizing_lookup, unused_name
 from hetcc.cost_model.precision import SMALLEST_TABLE
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,6 @@ def _plain(model) -> bool:
     nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                  for n in model.graph.node for a in n.attribute)
     return opset >= 13 and not nested
-
-
-def _unused(graph, wanted: str) -> str:
-    taken = {t.name for t in graph.initializer} | {v for n in graph.node for v in (*n.input, *n.output)} \
-        | {i.name for i in graph.input} | {o.name for o in graph.output}
-    name, k = wanted, 1
-    while name in taken:
-        name, k = f"{wanted}_{k}", k + 1
-    return name
 
 
 def untie(model, path: Path) -> dict[str, str]:
@@ -102,7 +94,7 @@ def untie(model, path: Path) -> dict[str, str]:
                      "past protobuf's 2 GiB", name)
             continue
         size += added
-        copy = _unused(graph, f"{name}_head")
+        copy = unused_name(graph, f"{name}_head")
         graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(table).T.copy(), copy))
         for head in heads:
             head.input[1] = copy
@@ -134,7 +126,7 @@ def retie(path: Path, tied: dict[str, str]) -> list[str]:
             changed = _untied_back(graph, table, copy, initializers) or changed
             continue
         for lookup in [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]:
-            _dequantizing_lookup(graph, lookup, quantized, scale, zero)
+            dequantizing_lookup(graph, lookup, quantized, scale, zero, columns=True)
         graph.initializer.remove(initializers[table])
         done.append(table)
         changed = True
@@ -152,7 +144,7 @@ def _untied_back(graph, table: str, copy: str, initializers: dict) -> bool:
         log.warning("the table %s tied to the output head was not retied and its head's copy %s is not "
                     "fp32: both stay in the file", table, copy)
         return False
-    flipped = _unused(graph, f"{table}_transposed")
+    flipped = unused_name(graph, f"{table}_transposed")
     readers = [n for n in graph.node if copy in n.input]
     first = min(list(graph.node).index(n) for n in readers) if readers else 0
     graph.node.insert(first, helper.make_node("Transpose", [table], [flipped], perm=[1, 0]))
@@ -162,37 +154,3 @@ def _untied_back(graph, table: str, copy: str, initializers: dict) -> bool:
                 node.input[i] = flipped
     graph.initializer.remove(initializers[copy])
     return True
-
-
-def _dequantizing_lookup(graph, lookup, quantized, scale, zero) -> None:
-    """Replace ``lookup`` (a Gather of the fp32 table) by a Gather of ``quantized``'s columns,
-    dequantized with each entry's ``scale`` and ``zero`` point, reshaped as the lookup's result."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    at = list(graph.node).index(lookup)
-    ids, out = lookup.input[1], lookup.output[0]
-    tag = _unused(graph, f"{out}_int8")  # prefix of the new values
-    for suffix, value in (("width", [int(quantized.dims[0])]), ("flat", [-1]), ("axis", [1])):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), f"{tag}_{suffix}"))
-    nodes = [
-        helper.make_node("Reshape", [ids, f"{tag}_flat"], [f"{tag}_ids"]),
-        # columns of the head's [width, vocab] copy are the table's rows
-        helper.make_node("Gather", [quantized.name, f"{tag}_ids"], [f"{tag}_cols"], axis=1),
-        helper.make_node("Transpose", [f"{tag}_cols"], [f"{tag}_rows"], perm=[1, 0]),
-        helper.make_node("Cast", [f"{tag}_rows"], [f"{tag}_rows_f"], to=onnx.TensorProto.FLOAT),
-        helper.make_node("Gather", [zero.name, f"{tag}_ids"], [f"{tag}_zero"], axis=0),
-        helper.make_node("Cast", [f"{tag}_zero"], [f"{tag}_zero_f"], to=onnx.TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", [f"{tag}_zero_f", f"{tag}_axis"], [f"{tag}_zero_col"]),
-        helper.make_node("Sub", [f"{tag}_rows_f", f"{tag}_zero_col"], [f"{tag}_centred"]),
-        helper.make_node("Gather", [scale.name, f"{tag}_ids"], [f"{tag}_scale"], axis=0),
-        helper.make_node("Unsqueeze", [f"{tag}_scale", f"{tag}_axis"], [f"{tag}_scale_col"]),
-        helper.make_node("Mul", [f"{tag}_centred", f"{tag}_scale_col"], [f"{tag}_values"]),
-        helper.make_node("Shape", [ids], [f"{tag}_ids_shape"]),
-        helper.make_node("Concat", [f"{tag}_ids_shape", f"{tag}_width"], [f"{tag}_shape"], axis=0),
-        helper.make_node("Reshape", [f"{tag}_values", f"{tag}_shape"], [out]),
-    ]
-    graph.node.remove(lookup)
-    for offset, node in enumerate(nodes):
-        graph.node.insert(at + offset, node)

@@ -493,17 +493,24 @@ class _Session:
         up its precision for some of its units (``partial``: all but the share the limit allows, at
         the end _better_end picks, as a whole-model miss does; else for all of them)."""
         segments = []
+        used = [0.0] * problem.k  # resident bytes per target, as placed, then as lowered
+        for u, t in enumerate(placement.assignment):
+            used[t] += problem.held(u, t)
         for index, spec in enumerate(form_segments(problem, placement.assignment)):
             target = self.order[spec.target]
             program, outcome = self._lower(f"seg{index}", spec.units, target)
-            error = outcome.error
-            if error is not None and outcome.missed is not None:
+            error, missed_by = outcome.error, outcome.missed
+            if error is None:
+                error, missed_by = _past_memory(outcome.artifact, spec.target, target, problem, used) or (None, None)
+            if error is not None and missed_by is not None:
                 # a lower precision too far off for this segment: a choice, not a runtime failure;
                 # its units keep their other choices and nothing is narrowed down or kept
                 units = list(spec.units)
-                pieces = ends(units, self.budget.segment_share(outcome.missed) if partial else 0.0)
+                pieces = ends(units, self.budget.segment_share(missed_by) if partial else 0.0)
                 kept = self._better_end(program.name, target, spec.target, pieces, problem)
-                give_up(candidates, units, spec.target, kept, f"{target} missed the accuracy budget here: {error}")
+                why = "missed the accuracy budget" if outcome.missed is not None else \
+                    "could not hold the accuracy budget within its memory"
+                give_up(candidates, units, spec.target, kept, f"{target} {why} here: {error}")
                 log.info("%s on %s: %s; placing %s units again without it", program.name, target,
                          error, described(kept, units))
                 # the segment names are this placement's, which the final plan may not have
@@ -513,7 +520,7 @@ class _Session:
                              f"an earlier placement ({self.units[first].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
-                                   "segment_relative_error": outcome.missed, "units": len(units) - len(kept),
+                                   "segment_relative_error": missed_by, "units": len(units) - len(kept),
                                    "of": len(units), "gave_up": end_given_up(kept, units), "why": error})
                 return None
             if error is not None:
@@ -838,8 +845,10 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             flops=sum(facts[m].flops for m in nodes),
             bytes_moved=sum(facts[m].bytes_moved for m in nodes),
             # the problem's, not the facts': it also holds resident inputs (a KV cache), and
-            # weights at the target's precision (int8: a quarter)
-            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units),
+            # weights at the target's precision (int8: a quarter), with the nodes its backend left
+            # in fp32 at their size
+            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units)
+            + ((artifact.meta or {}).get("kept_fp32") or {}).get("added_bytes", 0),
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,
@@ -873,6 +882,33 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
         producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
                    if modules and v in modules.paths})
+
+
+def _past_memory(artifact, t: int, target, problem, used: list) -> tuple[str, float] | None:
+    """Where ``artifact`` (lowered for target index ``t``) left quantized nodes in fp32 to hold its
+    accuracy limit (meta["kept_fp32"]), the bytes they take beyond the precision's price are added
+    to ``used``; if that takes the target past its memory (its own or one it shares), why, and the
+    segment's error all in the lower precision: the segment then gives the precision up for some
+    of its units, as a segment beyond its limit does."""
+    kept = (artifact.meta or {}).get("kept_fp32") if artifact is not None else None
+    added = (kept or {}).get("added_bytes") or 0
+    if added <= 0:
+        return None
+    used[t] += added
+    if t not in problem.overfull(used):
+        return None
+    mb = 1e6
+    if used[t] > problem.capacity[t]:
+        past = f"{used[t] / mb:.1f} MB resident against its {problem.capacity[t] / mb:.1f} MB"
+    else:
+        group, cap = next((ts, cap) for ts, cap in problem.shared_capacity
+                          if t in ts and sum(used[x] for x in ts) > cap)
+        past = (f"{sum(used[x] for x in group) / mb:.1f} MB resident with {', '.join(problem.targets[x] for x in group)}, "
+                f"which share {cap / mb:.1f} MB")
+    n = len(kept.get("nodes", []))
+    return (f"it held its accuracy limit with {n} quantized node{'' if n == 1 else 's'} in fp32, "
+            f"{added / mb:.1f} MB more than {target.precision} was priced at, which would take {target} past "
+            f"its memory ({past})", kept.get("all_int8_relative_error", math.inf))
 
 
 def kept_fp32_note(segment: str, target, kept: dict) -> str:

@@ -527,11 +527,16 @@ def test_onnxruntime_int8_stores_large_tables_in_int8_and_small_ones_in_fp32():
     (seg,) = cm.plan.segments
     graph = onnx.load(cm.artifacts[seg.name].files["model"]).graph
     by_size = {int(np.prod(t.dims)): t.data_type for t in graph.initializer}
-    assert by_size[2048 * 64] in (TensorProto.INT8, TensorProto.UINT8)  # dequantized after the lookup
+    assert by_size[2048 * 64] == TensorProto.UINT8  # dequantized after the lookup
     assert by_size[16 * 64] == TensorProto.FLOAT  # positions: read by every token, a few bytes
+    # a scale and a zero point per row (backends/onnx_tables.py)
+    assert sorted((t.data_type, list(t.dims)) for t in graph.initializer if list(t.dims) == [2048]) == [
+        (TensorProto.FLOAT, [2048]), (TensorProto.UINT8, [2048])]
     fp32 = sum(p.numel() * 4 for p in model.parameters())
     assert seg.artifact_bytes < 0.35 * fp32 and seg.relative_error < 0.05
-    assert seg.resident_bytes == pytest.approx(seg.artifact_bytes, rel=0.1)  # priced as stored
+    # priced as stored, but for those 5 bytes per row, which the price leaves out (8 % of a row 64
+    # wide, 1 % at 512)
+    assert seg.resident_bytes == pytest.approx(seg.artifact_bytes - 5 * 2048, rel=0.1)
 
 
 class TiedHead(nn.Module):
