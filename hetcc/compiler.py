@@ -919,7 +919,8 @@ def kept_fp32_note(segment: str, target, kept: dict) -> str:
     return (f"{segment} on {target} keeps {len(where)} of its {kept.get('of', '?')} quantized nodes in fp32 to "
             f"hold its accuracy limit: all in {target.precision} its outputs moved by relative error "
             f"{kept.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
-            f"{kept.get('relative_error', float('nan')):.3g} ({shown})")
+            f"{kept.get('relative_error', float('nan')):.3g} ({shown})"
+            + (f"; they add {kept['added_bytes'] / 1e6:.1f} MB to its file" if kept.get("added_bytes") else ""))
 
 
 def _file_bytes(artifact) -> int | None:
