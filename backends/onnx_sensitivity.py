@@ -37,11 +37,13 @@ SWITCH = "hetcc_switch"
 
 @dataclass(frozen=True)
 class Quantized:
-    """A node quantize_dynamic quantized: a matrix product (MatMul, Gemm) with a weight, or a lookup
-    (Gather) in a table."""
+    """A node whose weight the quantized file stores in int8: a matrix product (MatMul, Gemm) that
+    quantize_dynamic quantized, or the lookups (Gather) of a table stored by rows
+    (backends/onnx_tables.py), as one."""
 
     node: str
-    """Its name in the fp32 file."""
+    """Its name in the fp32 file; for a table, its first lookup's, or the table's where that
+    lookup has none."""
     weight: str
     product: bool
     size: int
@@ -91,8 +93,9 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
     once for all its lookups (named after the first). The lookups of a table in ``tied`` follow its
     head (they read its int8 copy). None where the switched model could not measure what the file
     computes: a product without a name of its own (nodes_to_exclude goes by name), a graph inside a
-    node (If, Loop), a stored weight this module cannot read back, or products quantized that it
-    did not find."""
+    node (If, Loop), a weight a product shares with another reader (the file dequantizes the
+    product's int8 copy for it), a stored weight this module cannot read back, or products
+    quantized that it did not find."""
     import onnx
 
     graph = source.graph
@@ -100,6 +103,7 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return None
     stored = {t.name: t for t in quantized.graph.initializer}
+    produced = {o for n in quantized.graph.node for o in n.output}
     sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
     skip = set(excluded)
     found, tables = [], set()
@@ -111,6 +115,10 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
         else:
             continue
         if weight not in sizes or (node.name and node.name in skip) or weight in tables:
+            continue
+        if weight in produced:  # the file dequantizes a product's int8 copy for its other readers
+            return None
+        if not product and weight in stored:  # a table still in fp32
             continue
         name, transposed = _stored_as(node, weight, stored)
         if name is None:

@@ -4,16 +4,19 @@ for ONNX Runtime's dynamic int8: each lookup reads the uint8 rows and dequantize
 Why not quantize_dynamic's own: it quantizes a lookup's table with one scale for the whole table,
 so every row rounds as coarsely as the table's largest entry allows. A row's own scale follows its
 own largest entry. On bert's word table (8000 x 512, random weights) the table alone moved the
-outputs 0.61 % with one scale and 0.38 % with one per row (benchmarks/bench_precision.py; a trained
+outputs 0.61 % with one scale and 0.38 % with one per row (benchmarks/bench_tables.py; a trained
 table, whose rows differ more, gains more). One scale per row is also what OpenVINO's int8 weight
 compression gives a table, and what a table tied to the output head already had (its head's
 per-column scales: backends/onnx_tied.py). A row costs five bytes more (a float scale, a uint8
-zero point): 0.1 % of a 512-wide row. The lookup adds an elementwise Cast, Sub and Mul on the rows
+zero point): 1 % of a 512-wide row. The lookup adds an elementwise Cast, Sub and Mul on the rows
 it read, which is the cost of dequantizing them at all.
 
 Which tables: 2-D float initializers of SMALLEST_TABLE rows or more that only lookups (Gather
-along axis 0) read, and that are neither graph inputs nor outputs. A smaller table (positions,
-token types) is read by every token and its bytes do not matter."""
+along axis 0) read, and that are neither graph inputs nor outputs, in a graph without subgraphs
+(If, Loop: a reader inside one would lose its table) at opset 14 or later (the lookup's Reshape
+keeps an empty dimension with ``allowzero``). A smaller table (positions, token types) is read by
+every token and its bytes do not matter. A table with an entry that is not finite stays fp32: its
+row would read back as NaN."""
 from __future__ import annotations
 
 import logging
@@ -25,13 +28,24 @@ LEVELS = 255
 """uint8's steps: a row's range (with 0 in it, so that 0 is exact) over them is its scale."""
 
 
-def quantizable_tables(graph, tied=()) -> list[str]:
-    """The names of the initializers of ``graph`` to store by rows (see the module's docstring),
-    in the order the graph holds them; a table in ``tied`` is stored as its head's copy instead."""
+OPSET = 14
+"""The first opset whose Reshape has ``allowzero``."""
+
+
+def quantizable_tables(model, tied=()) -> list[str]:
+    """The names of the initializers of ``model`` (an ONNX ModelProto) to store by rows (see the
+    module's docstring), in the order its graph holds them; a table in ``tied`` is stored as its
+    head's copy instead."""
     import onnx
 
     from hetcc.cost_model.precision import SMALLEST_TABLE
 
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for n in graph.node for a in n.attribute)
+    if opset < OPSET or nested:
+        return []
     exposed = {i.name for i in graph.input} | {o.name for o in graph.output}
     readers: dict[str, list] = {}
     for node in graph.node:
@@ -54,8 +68,8 @@ def by_rows(table):
     import numpy as np
 
     table = np.asarray(table, dtype=np.float32)
-    low = np.minimum(table.min(axis=1), 0.0)
-    high = np.maximum(table.max(axis=1), 0.0)
+    low = np.minimum(table.min(axis=1), 0.0).astype(np.float64)  # a range past float32's max fits
+    high = np.maximum(table.max(axis=1), 0.0).astype(np.float64)
     scale = ((high - low) / LEVELS).astype(np.float32)
     scale[scale == 0] = 1.0
     zero = np.clip(np.round(-low / scale), 0, LEVELS)
@@ -75,6 +89,7 @@ def store_by_rows(path: Path, tables: list[str]) -> list[str]:
     ``tables`` in uint8 by rows as ``{table}_quantized``, ``_scale`` and ``_zero_point`` (the names
     quantize_dynamic gives a weight, which backends/onnx_sensitivity.py reads back) and point its
     lookups at them. Returns the tables stored so. A table whose names are taken stays fp32."""
+    import numpy as np
     import onnx
     from onnx import numpy_helper
 
@@ -94,7 +109,11 @@ def store_by_rows(path: Path, tables: list[str]) -> list[str]:
         if name not in initializers or taken & set(parts):
             log.info("the table %s stays fp32: its int8 names are taken in the ONNX file", name)
             continue
-        arrays = by_rows(numpy_helper.to_array(initializers[name]))
+        table = numpy_helper.to_array(initializers[name])
+        if not np.isfinite(table).all():
+            log.info("the table %s stays fp32: it holds entries that are not finite", name)
+            continue
+        arrays = by_rows(table)
         stored = [numpy_helper.from_array(array, part) for array, part in zip(arrays, parts)]
         graph.initializer.extend(stored)
         for lookup in [n for n in graph.node if n.op_type == "Gather" and n.input[0] == name]:
@@ -153,7 +172,8 @@ def dequantizing_lookup(graph, lookup, quantized, scale, zero, columns: bool) ->
         helper.make_node("Mul", [f"{tag}_centred", f"{tag}_scale_col"], [f"{tag}_values"]),
         helper.make_node("Shape", [ids], [f"{tag}_ids_shape"]),
         helper.make_node("Concat", [f"{tag}_ids_shape", f"{tag}_width"], [f"{tag}_shape"], axis=0),
-        helper.make_node("Reshape", [f"{tag}_values", f"{tag}_shape"], [out]),
+        # allowzero: ids with an empty dimension (a batch of no tokens) give an empty result
+        helper.make_node("Reshape", [f"{tag}_values", f"{tag}_shape"], [out], allowzero=1),
     ]
     graph.node.remove(lookup)
     for offset, node in enumerate(nodes):

@@ -16,7 +16,7 @@ around it:
 
 Left alone: files with external data (their weights are not in the file ``untie`` rewrites), a file
 the copy would take past protobuf's 2 GiB, graphs with subgraphs (If, Loop: readers ``untie`` would
-not see), opsets before 13 and tables not in fp32."""
+not see), opsets before 14 and tables not in fp32."""
 from __future__ import annotations
 
 import logging
@@ -47,14 +47,16 @@ def _attribute(node, name: str, default):
 
 
 def _plain(model) -> bool:
-    """Whether ``untie`` can see every reader (no subgraphs) and the opset has Unsqueeze with its
-    axes as an input (13)."""
+    """Whether ``untie`` can see every reader (no subgraphs) and the opset has what the lookups
+    of the head's copy use (Reshape's ``allowzero``, 14: backends/onnx_tables.py)."""
     import onnx
+
+    from hetcc.backends.onnx_tables import OPSET
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                  for n in model.graph.node for a in n.attribute)
-    return opset >= 13 and not nested
+    return opset >= OPSET and not nested
 
 
 def untie(model, path: Path) -> dict[str, str]:

@@ -49,7 +49,8 @@ def _one_scale(source: Path, target: Path, tables: list[str], products: bool) ->
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(source), load_external_data=False).graph
-    others = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] not in tables]
+    # "" would exclude every unnamed node: an unnamed small table's lookup is quantized here
+    others = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] not in tables and n.name]
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=reduced_range(), op_types_to_quantize=["MatMul", "Gather"] if products else ["Gather"],
                      nodes_to_exclude=others)
@@ -72,7 +73,7 @@ def run_model(name: str, rounds: int) -> list[str]:
     inputs = tuple(inputs)
     workdir = Path(tempfile.mkdtemp(prefix=f"tables-{name}-"))
     source = precision._exported(model, inputs, workdir / "model.onnx")
-    tables = quantizable_tables(onnx.load(str(source)).graph)
+    tables = quantizable_tables(onnx.load(str(source)))
     if not tables:
         return [f"| {name} | none of 1024 rows or more, read only by lookups | | | | |"]
     fns, sizes = {"fp32": precision._ort_session(source, spinning=False)[0]}, {}

@@ -38,7 +38,8 @@ from hetcc.errors import (
     readable,
 )
 from hetcc.fallback import Limit, fallen_back
-from hetcc.module_paths import ModulePaths, output_names
+from hetcc import kept_fp32
+from hetcc.module_paths import ModulePaths, node_paths, output_names
 from hetcc.passes.alternatives import runner_up
 from hetcc.narrow import NARROW_BUDGET, describe, narrow
 from hetcc.passes.build_problem import TargetInfo, build_problem
@@ -133,6 +134,8 @@ class Lowered:
     """What running it against the reference found (a bundle saves it beside the artifact)."""
     seconds: float
     """How long lowering, loading and verifying took."""
+    added_seconds: float = 0.0
+    """What the nodes its backend left in fp32 add to the placement's price (hetcc/kept_fp32.py)."""
 
 
 class CompiledModel:
@@ -394,29 +397,41 @@ class _Session:
     failed segment tried while narrowing it down."""
     narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
     """Lowerings that narrowing failed segments may still spend in this compile."""
+    past_memory: list = field(default_factory=list)
+    """Why a lower precision was given up for segments whose nodes left in fp32 would not fit
+    their target's memory: said if no placement fits after that."""
 
     def place(self, candidates, notes=None, why: str = "", inherited=()) -> CompiledModel:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works.
         ``inherited``: lower precisions given up before ``candidates`` were copied (a tuning
         candidate starts from the solver's plan's), recorded with this plan's own."""
         notes = [*self.captured.notes, *(notes or [])]
-        self.why = why
+        self.why, self.past_memory = why, []
         last_resort = self.order.index(FALLBACK)
         # re-solves for the accuracy budget (a precision missed or dropped) are not lowering
         # failures, so they do not count as attempts; they have their own bound, MAX_DROPS
         attempt, drops, resolves = 0, [], 0
         while attempt < MAX_ATTEMPTS:
             attempt, accuracy = attempt + 1, None
-            _check_placeable(self.units, candidates)
-            # units that only torch:cpu may take go there whatever the solver says: a bound they
-            # already break fails now, not after lowering everything else
-            self._check_fallback(candidates, [u for u, row in enumerate(candidates.allowed)
-                                              if not any(ok for t, ok in enumerate(row) if t != last_resort)],
-                                 at_least=True)
-            problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
-                                    candidates.allowed, self.objective, self.resident_inputs)
-            self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
-            placement = solve(problem)
+            try:
+                _check_placeable(self.units, candidates)
+                # units that only torch:cpu may take go there whatever the solver says: a bound they
+                # already break fails now, not after lowering everything else
+                self._check_fallback(candidates, [u for u, row in enumerate(candidates.allowed)
+                                                  if not any(ok for t, ok in enumerate(row) if t != last_resort)],
+                                     at_least=True)
+                problem = build_problem(self.captured, self.facts, self.units, self.unit_of, self.infos,
+                                        candidates.allowed, self.objective, self.resident_inputs)
+                self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
+                placement = solve(problem)
+            except PlacementError as exc:
+                if not self.past_memory:
+                    raise
+                raise PlacementError(
+                    f"{exc}\nThis placement followed giving a lower precision up because {self.past_memory[0]}. "
+                    "All in the lower precision misses the accuracy budget, and holding it takes more memory "
+                    "than the targets have: loosen the budget (accuracy=), raise the memory limits "
+                    "(memory_limits=), or add a target with room.") from exc
             # the later attempts ban whole segments, as before narrowing existed: each narrowed
             # ban is smaller, and the attempts must still end in a plan that works
             missed = []
@@ -501,7 +516,10 @@ class _Session:
             program, outcome = self._lower(f"seg{index}", spec.units, target)
             error, missed_by = outcome.error, outcome.missed
             if error is None:
-                error, missed_by = _past_memory(outcome.artifact, spec.target, target, problem, used) or (None, None)
+                error, missed_by = kept_fp32.past_memory(outcome.artifact, spec.target, target, problem, used) \
+                    or (None, None)
+                if error is not None:
+                    self.past_memory.append(f"{program.name} on {target}: {error}")
             if error is not None and missed_by is not None:
                 # a lower precision too far off for this segment: a choice, not a runtime failure;
                 # its units keep their other choices and nothing is narrowed down or kept
@@ -520,7 +538,8 @@ class _Session:
                              f"an earlier placement ({self.units[first].name}...): {error}")
                 if missed is not None:
                     missed.append({"segment": program.name, "target": str(target), "measured": None,
-                                   "segment_relative_error": missed_by, "units": len(units) - len(kept),
+                                   "segment_relative_error": missed_by if math.isfinite(missed_by) else None,
+                                   "units": len(units) - len(kept),
                                    "of": len(units), "gave_up": end_given_up(kept, units), "why": error})
                 return None
             if error is not None:
@@ -545,8 +564,12 @@ class _Session:
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
+            members = [m for u in spec.units for m in self.units[u].members]
+            extra = kept_fp32.added_seconds(outcome.artifact, members, self.facts,
+                                            node_paths(self.captured.graph, set(members)), self.infos[spec.target]) \
+                if kept_fp32.kept(outcome.artifact) else 0.0
             segments.append(Lowered(program, target, spec, outcome.artifact, outcome.executable,
-                                    outcome.verification, outcome.seconds))
+                                    outcome.verification, outcome.seconds, extra))
         return segments
 
     def _lower(self, name: str, units, target, doing: str = ""):
@@ -847,9 +870,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             # the problem's, not the facts': it also holds resident inputs (a KV cache), and
             # weights at the target's precision (int8: a quarter), with the nodes its backend left
             # in fp32 at their size
-            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units)
-            + ((artifact.meta or {}).get("kept_fp32") or {}).get("added_bytes", 0),
-            predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units),
+            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units) + kept_fp32.added_bytes(artifact),
+            predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units) + seg.added_seconds,
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,
             measured_seconds=checked.measured_seconds,
@@ -866,9 +888,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             notes = list(notes) + [
                 f"{program.name} on {target} ran in {ran}: {asked} was asked for, and this machine's "
                 f"{target.backend} runs {ran} for it; verified in {ran}"]
-        kept = artifact.meta.get("kept_fp32")
-        if kept:
-            notes = list(notes) + [kept_fp32_note(program.name, target, kept)]
+        if kept_fp32.kept(artifact):
+            notes = list(notes) + [kept_fp32.note(program.name, target, artifact, seg.added_seconds)]
         if checked.nan_differs:
             notes = list(notes) + [
                 f"{program.name} on {target} does not propagate NaN as torch does "
@@ -876,51 +897,14 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
                 "compile(nan='require') (--nan require) moves such parts to a runtime that does"]
     return Plan(
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
-        predicted_seconds=placement.cost, lower_bound=placement.lower_bound,
+        # latency: the segments' added seconds add to the path (compile plans for latency only)
+        predicted_seconds=placement.cost + sum(seg.added_seconds for seg in segments),
+        lower_bound=placement.lower_bound,
         optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
         attempts=attempts, notes=tuple(notes),
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},
         producers={v: modules.paths[v] for s in out for v in (*s.inputs, *s.outputs)
                    if modules and v in modules.paths})
-
-
-def _past_memory(artifact, t: int, target, problem, used: list) -> tuple[str, float] | None:
-    """Where ``artifact`` (lowered for target index ``t``) left quantized nodes in fp32 to hold its
-    accuracy limit (meta["kept_fp32"]), the bytes they take beyond the precision's price are added
-    to ``used``; if that takes the target past its memory (its own or one it shares), why, and the
-    segment's error all in the lower precision: the segment then gives the precision up for some
-    of its units, as a segment beyond its limit does."""
-    kept = (artifact.meta or {}).get("kept_fp32") if artifact is not None else None
-    added = (kept or {}).get("added_bytes") or 0
-    if added <= 0:
-        return None
-    used[t] += added
-    if t not in problem.overfull(used):
-        return None
-    mb = 1e6
-    if used[t] > problem.capacity[t]:
-        past = f"{used[t] / mb:.1f} MB resident against its {problem.capacity[t] / mb:.1f} MB"
-    else:
-        group, cap = next((ts, cap) for ts, cap in problem.shared_capacity
-                          if t in ts and sum(used[x] for x in ts) > cap)
-        past = (f"{sum(used[x] for x in group) / mb:.1f} MB resident with {', '.join(problem.targets[x] for x in group)}, "
-                f"which share {cap / mb:.1f} MB")
-    n = len(kept.get("nodes", []))
-    return (f"it held its accuracy limit with {n} quantized node{'' if n == 1 else 's'} in fp32, "
-            f"{added / mb:.1f} MB more than {target.precision} was priced at, which would take {target} past "
-            f"its memory ({past})", kept.get("all_int8_relative_error", math.inf))
-
-
-def kept_fp32_note(segment: str, target, kept: dict) -> str:
-    """What a plan says of a segment whose backend kept some quantized nodes in fp32 to hold its
-    accuracy limit (an artifact's meta["kept_fp32"], backends/onnx_sensitivity.py)."""
-    where = list(kept.get("where") or kept.get("nodes") or [])
-    shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
-    return (f"{segment} on {target} keeps {len(where)} of its {kept.get('of', '?')} quantized nodes in fp32 to "
-            f"hold its accuracy limit: all in {target.precision} its outputs moved by relative error "
-            f"{kept.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
-            f"{kept.get('relative_error', float('nan')):.3g} ({shown})"
-            + (f"; they add {kept['added_bytes'] / 1e6:.1f} MB to its file" if kept.get("added_bytes") else ""))
 
 
 def _file_bytes(artifact) -> int | None:

@@ -13,6 +13,7 @@ import hetcc
 from hetcc.backends import onnx_sensitivity as sensitivity
 from hetcc.backends.onnx_quantize import reduced_range
 from hetcc.error_budget import relative_error
+from hetcc.errors import PlacementError
 from test_precision import OutlierFirst  # six layers, the first reading a few huge inputs
 
 onnx = pytest.importorskip("onnx")
@@ -57,7 +58,7 @@ def _quantize(source, target, left_out=(), unsigned=False, tied=None):
     from hetcc.backends.onnx_tables import quantizable_tables
 
     quantize_file(source, target, unsigned=unsigned, reduce_range=not unsigned and reduced_range(),
-                  tables=quantizable_tables(onnx.load(str(source)).graph, tied or {}), tied=tied,
+                  tables=quantizable_tables(onnx.load(str(source)), tied or {}), tied=tied,
                   left_out=left_out)
     return onnx.load(str(target))
 
@@ -166,10 +167,14 @@ def test_products_the_file_quantized_otherwise_and_subgraphs_are_not_measured(tm
         g.output.append(helper.make_tensor_value_info("y_again", TensorProto.FLOAT, [24, 16]))
     source = _edited(tmp_path / "fp32.onnx", another_reader)
     quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx", [_product("again", "w3")])
-    # its weight is stored in int8 for "third", but "again" stayed fp32: told so, it is skipped ...
-    assert [q.node for q in sensitivity.quantized_nodes(source, quantized, {}, excluded=["again"])][-1] == "third"
-    # ... untold, the file's products and those found differ, and nothing is measured
+    # its weight is stored in int8 for "third", and "again", left out, reads it dequantized: not
+    # the fp32 weight the switched model would give it, so nothing is measured, told or not
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] == "w3" for n in quantized.graph.node)
+    assert sensitivity.quantized_nodes(source, quantized, {}, excluded=["again"]) is None
     assert sensitivity.quantized_nodes(source, quantized, {}) is None
+    # with both in int8 it is measured, the weight rounded once for both
+    both = _quantize(tmp_path / "fp32.onnx", tmp_path / "both.onnx")
+    assert [q.node for q in sensitivity.quantized_nodes(source, both, {})][-2:] == ["third", "again"]
 
     def nested(g):  # an If whose branches the switched model would not see into
         branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "branch", [],
@@ -177,7 +182,7 @@ def test_products_the_file_quantized_otherwise_and_subgraphs_are_not_measured(tm
         g.node.append(helper.make_node("If", ["flag"], ["picked"], name="pick", then_branch=branch,
                                        else_branch=branch))
         g.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
-    assert sensitivity.quantized_nodes(_edited(tmp_path / "fp32.onnx", nested), quantized, {}, ["again"]) is None
+    assert sensitivity.quantized_nodes(_edited(tmp_path / "fp32.onnx", nested), both, {}) is None
 
 
 def test_a_shared_weight_is_rounded_once_and_a_lookup_left_out_is_not_switched(tmp_path, seven_bits):
@@ -400,6 +405,14 @@ def test_nodes_left_in_fp32_are_priced_and_must_fit_the_memory(tmp_path, seven_b
     assert kept["where"] == ["layers.0"]
     assert kept["added_bytes"] == pytest.approx(3 * 256 * 256, rel=0.05)  # its weight in 4 bytes, not 1
     assert seg.resident_bytes == pytest.approx(seg.artifact_bytes, rel=0.1)  # priced as it runs
+    # and its time: that layer's product in fp32, one of six, so more than all in int8 and less
+    # than all in fp32
+    priced = {precision: hetcc.compile(model, (x,), targets=[target], accuracy=budget, tune="off").plan.segments[0]
+              for precision, target, budget in (("int8", "onnxruntime:cpu@int8", 0.5), ("fp32", "onnxruntime:cpu", None))}
+    assert priced["fp32"].target == "onnxruntime:cpu"
+    assert priced["int8"].predicted_seconds < seg.predicted_seconds < priced["fp32"].predicted_seconds
+    assert any(n.startswith(f"{seg.name} on onnxruntime:cpu@int8 keeps 1 of its 6") and "ms to its predicted time" in n
+               for n in cm.plan.notes), cm.plan.notes
     # a memory that holds the segment all in int8, but not with that layer in fp32
     room = int(seg.resident_bytes - kept["added_bytes"] / 2)
     cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=0.012,
@@ -411,3 +424,33 @@ def test_nodes_left_in_fp32_are_priced_and_must_fit_the_memory(tmp_path, seven_b
     assert cm.plan.accuracy["measured"] <= 0.012
     with torch.no_grad():
         assert relative_error(cm(x), model(x)) <= 0.012
+    # the same memory for int8 and fp32 alike (a limit on the runtime, which its int8 shares): only
+    # all in int8 fits, which misses the budget, and the error says both
+    with pytest.raises(PlacementError) as caught:
+        hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8", "onnxruntime:cpu"], accuracy=0.012,
+                      tune="off", memory_limits={"onnxruntime:cpu": room})
+    message = str(caught.value)
+    assert "capacity exceeded" in message and "past its memory" in message
+    assert "loosen the budget (accuracy=), raise the memory limits" in message
+
+
+def test_a_weight_a_product_shares_with_a_lookup_is_not_measured(tmp_path, seven_bits):
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="product"),
+             helper.make_node("Gather", ["w", "ids"], ["rows"], name="lookup", axis=0)]
+    for rows in (1024, 64):  # taller than wide, and square (whose scales could pass for a table's)
+        graph = helper.make_graph(
+            nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, rows]),
+                              helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64]),
+             helper.make_tensor_value_info("rows", TensorProto.FLOAT, [3, 64])],
+            [numpy_helper.from_array((g.standard_normal((rows, 64)) / 30).astype(np.float32), "w")])
+        source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.save(source, str(tmp_path / "fp32.onnx"))
+        quantized = _quantize(tmp_path / "fp32.onnx", tmp_path / "all.onnx")  # not a table: a product reads it
+        # the lookup reads the product's int8 weight, dequantized by columns: not a rounding the
+        # switched model makes, so nothing is measured
+        assert any(n.op_type == "DequantizeLinear" and n.output[0] == "w" for n in quantized.graph.node)
+        assert sensitivity.quantized_nodes(source, quantized, {}) is None

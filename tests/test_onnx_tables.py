@@ -57,12 +57,13 @@ def test_each_row_rounds_by_its_own_range():
 
 
 def test_only_large_tables_that_nothing_but_lookups_read_are_stored_by_rows():
-    def graph(**tables):
+    def model(opset=17, **tables):
         inits = [numpy_helper.from_array(np.zeros(dims, np.float32), name) for name, (dims, _) in tables.items()]
         nodes = [n for _, (_, made) in tables.items() for n in made]
-        return helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, None)],
-                                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
-    g = graph(vocab=((2048, 8), [helper.make_node("Gather", ["vocab", "ids"], ["a"])]),
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, None)],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m = model(vocab=((2048, 8), [helper.make_node("Gather", ["vocab", "ids"], ["a"])]),
               small=((16, 8), [helper.make_node("Gather", ["small", "ids"], ["b"])]),
               other=((2048, 8), [helper.make_node("Gather", ["other", "ids"], ["c"]),
                                  helper.make_node("Add", ["other", "other"], ["d"])]),
@@ -70,9 +71,18 @@ def test_only_large_tables_that_nothing_but_lookups_read_are_stored_by_rows():
               cube=((2048, 8, 2), [helper.make_node("Gather", ["cube", "ids"], ["f"])]),
               tied=((2048, 8), [helper.make_node("Gather", ["tied", "ids"], ["g"])]),
               unread=((2048, 8), []))
-    assert quantizable_tables(g, tied={"tied": "tied_head"}) == ["vocab"]
-    g.output.append(helper.make_tensor_value_info("vocab", TensorProto.FLOAT, None))  # read outside too
-    assert quantizable_tables(g) == ["tied"]
+    assert quantizable_tables(m, tied={"tied": "tied_head"}) == ["vocab"]
+    m.graph.output.append(helper.make_tensor_value_info("vocab", TensorProto.FLOAT, None))  # read outside too
+    assert quantizable_tables(m) == ["tied"]
+    # before opset 14 (Reshape without allowzero), and in a graph with subgraphs (a reader inside
+    # one would lose its table), none
+    lookup = [helper.make_node("Gather", ["vocab", "ids"], ["a"])]
+    assert quantizable_tables(model(opset=13, vocab=((2048, 8), lookup))) == []
+    branch = helper.make_graph([helper.make_node("Gather", ["vocab", "ids"], ["inner"])], "branch", [],
+                               [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
+    nested = model(vocab=((2048, 8), lookup))
+    nested.graph.node.append(helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch))
+    assert quantizable_tables(nested) == []
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["inside", "external-data"])
@@ -90,11 +100,27 @@ def test_lookups_read_the_stored_rows_exactly_for_ids_of_any_rank(tmp_path, exte
         assert (tmp_path / "m.onnx.data").stat().st_size < table.nbytes / 3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for ids in (np.array(5), np.array([5, -1]), np.array([[0, VOCAB - 1, 42]]),
-                np.arange(24).reshape(2, 3, 4) * 50):
+                np.arange(24).reshape(2, 3, 4) * 50, np.zeros((2, 0), dtype=np.int64)):  # and no tokens
         other = np.asarray((VOCAB - 1 - ids) % VOCAB)
         got, more = session.run(None, {"ids": ids.astype(np.int64), "more_ids": other.astype(np.int64)})
         np.testing.assert_array_equal(got, rows[ids])
         np.testing.assert_array_equal(more, rows[other])
+
+
+def test_a_table_with_entries_that_are_not_finite_stays_fp32(tmp_path, caplog):
+    path = tmp_path / "m.onnx"
+    table = _model(path).copy()
+    table[7, 3] = np.inf
+    model = onnx.load(str(path))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(table, "table"))
+    onnx.save(model, str(path))
+    with caplog.at_level(logging.INFO, logger="hetcc"):
+        assert store_by_rows(path, ["table"]) == []
+    assert "the table table stays fp32: it holds entries that are not finite" in caplog.text
+    # a range past float32's largest number is still one scale per row, not an overflow
+    huge = np.array([[-3e38, 3e38, 1.0]], dtype=np.float32)
+    back = dequantized(*by_rows(huge))
+    assert np.isfinite(back).all() and np.allclose(back, huge, rtol=0.01, atol=3e38 / 255)
 
 
 def test_a_table_whose_int8_names_are_taken_stays_fp32(tmp_path, caplog):

@@ -1,0 +1,86 @@
+"""What compiling makes of a segment whose backend left some quantized nodes in fp32 to hold its
+accuracy limit (an artifact's meta["kept_fp32"]: backends/onnx_sensitivity.py): the bytes and
+seconds they add to what the placement priced as all in the lower precision, whether the target's
+memory still holds them, and what the plan says.
+
+The placement prices a segment before it is lowered, so as all in the lower precision; which nodes
+stay fp32 is known only once the backend has measured them. The plan then reports what runs: its
+``resident_bytes`` with the file's growth, its ``predicted_seconds`` with those nodes' matrix
+products priced in fp32 (found by the modules the nodes come from)."""
+from __future__ import annotations
+
+import math
+
+
+def kept(artifact) -> dict:
+    """The artifact's meta["kept_fp32"], or {} where nothing was left in fp32."""
+    return ((artifact.meta or {}).get("kept_fp32") if artifact is not None else None) or {}
+
+
+def added_bytes(artifact) -> int:
+    """Bytes the nodes left in fp32 add to ``artifact``'s file; 0 for none."""
+    return kept(artifact).get("added_bytes") or 0
+
+
+def added_seconds(artifact, members, facts, paths: dict, info) -> float:
+    """Seconds the nodes left in fp32 add to a segment's price on target ``info`` (a TargetInfo):
+    each matrix product among ``members`` (node names, with ``facts``) whose module (``paths``:
+    node name -> module path) is one the kept nodes come from, priced in fp32 rather than in the
+    target's precision. 0 where nothing was left in fp32 or no module matches."""
+    from hetcc.cost_model.precision import narrows, scheme_of
+    from hetcc.cost_model.roofline import node_seconds
+
+    where = set(kept(artifact).get("where") or ())
+    scheme = scheme_of(info.precision)
+    if not where or scheme is None:
+        return 0.0
+    extra = 0.0
+    for m in members:
+        if paths.get(m) in where and narrows(scheme, facts[m]):
+            extra += node_seconds(facts[m], info.device, info.profile, info.dtype) \
+                - node_seconds(facts[m], info.device, info.profile, info.dtype, info.precision, info.arithmetic)
+    return max(extra, 0.0)
+
+
+def past_memory(artifact, t: int, target, problem, used: list) -> tuple[str, float] | None:
+    """Where ``artifact`` (lowered for target index ``t``) left nodes in fp32, the bytes they add
+    are added to ``used`` (resident bytes per target); if that takes the target past its memory
+    (its own or one it shares), why, and the segment's error all in the lower precision: the
+    segment then gives the precision up for some of its units, as a segment beyond its limit does."""
+    added = added_bytes(artifact)
+    if added <= 0:
+        return None
+    used[t] += added
+    if t not in problem.overfull(used):
+        return None
+    mb = 1e6
+    if used[t] > problem.capacity[t]:
+        past = f"{used[t] / mb:.1f} MB resident against its {problem.capacity[t] / mb:.1f} MB"
+    else:
+        group, cap = next((ts, cap) for ts, cap in problem.shared_capacity
+                          if t in ts and sum(used[x] for x in ts) > cap)
+        past = (f"{sum(used[x] for x in group) / mb:.1f} MB resident with "
+                f"{', '.join(problem.targets[x] for x in group)}, which share {cap / mb:.1f} MB")
+    nodes = kept(artifact)
+    n = len(nodes.get("nodes", []))
+    return (f"it held its accuracy limit with {n} quantized node{'' if n == 1 else 's'} in fp32, "
+            f"{added / mb:.1f} MB more than {target.precision} was priced at, which would take {target} past "
+            f"its memory ({past})", nodes.get("all_int8_relative_error", math.inf))
+
+
+def note(segment: str, target, artifact, seconds: float = 0.0) -> str:
+    """What a plan says of such a segment: how many nodes, the error all in the lower precision and
+    with them in fp32, the modules, and the bytes and predicted seconds they add."""
+    nodes = kept(artifact)
+    where = list(nodes.get("where") or nodes.get("nodes") or [])
+    shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+    added = []
+    if nodes.get("added_bytes"):
+        added.append(f"{nodes['added_bytes'] / 1e6:.1f} MB to its file")
+    if seconds > 0:
+        added.append(f"{seconds * 1e3:.2f} ms to its predicted time")
+    return (f"{segment} on {target} keeps {len(where)} of its {nodes.get('of', '?')} quantized nodes in fp32 to "
+            f"hold its accuracy limit: all in {target.precision} its outputs moved by relative error "
+            f"{nodes.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
+            f"{nodes.get('relative_error', float('nan')):.3g} ({shown})"
+            + (f"; they add {' and '.join(added)}" if added else ""))
