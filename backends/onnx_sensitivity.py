@@ -21,7 +21,8 @@ placement gives the precision up for some of its units and prices what is left."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 MOST_KEPT = 0.5
 """The largest share of a segment's quantized products (by weight size: the arithmetic int8 speeds
@@ -57,6 +58,9 @@ class Quantized:
     transposed: bool = False
     gemm: bool = False
     """A Gemm, which quantize_dynamic rewrites as a MatMul of its own name."""
+    module: str | None = None
+    """The module path it comes from as hetcc's FX graph names it ("" for the model itself); None
+    where the exporter did not say."""
 
     @property
     def excluded(self) -> list[str]:
@@ -76,10 +80,15 @@ class Kept:
     """The segment's relative error with ``nodes`` in fp32 (the worst output)."""
     all_error: float
     """... and with every node in int8."""
+    products_in_module: dict = field(default_factory=dict)
+    """Module path -> how many quantized products it holds (hetcc/kept_fp32.py prices the share
+    of a module's products left in fp32)."""
 
     def meta(self) -> dict:
+        fp32 = Counter(q.module for q in self.nodes if q.product and q.module is not None)
         return {"nodes": [q.node for q in self.nodes], "where": [q.where for q in self.nodes], "of": self.of,
-                "relative_error": self.error, "all_int8_relative_error": self.all_error}
+                "relative_error": self.error, "all_int8_relative_error": self.all_error,
+                "fp32_products": dict(fp32), "products_in_module": dict(self.products_in_module)}
 
 
 PRODUCTS = ("MatMulInteger", "DynamicQuantizeMatMul")
@@ -130,7 +139,7 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
         if not product:
             tables.add(weight)
         found.append(Quantized(node.name or weight, weight, product, sizes[weight], _where(node), name, transposed,
-                               gemm=node.op_type == "Gemm"))
+                               gemm=node.op_type == "Gemm", module=_module(node)))
     products = sum(n.op_type in PRODUCTS for n in quantized.graph.node)
     return found if products == sum(q.product for q in found) else None
 
@@ -154,8 +163,9 @@ def _stored_as(node, weight: str, stored: dict) -> tuple[str | None, bool]:
     return (copies[0], True) if len(copies) == 1 else (None, False)
 
 
-def _where(node) -> str:
-    """The module a node of torch's exporter comes from: the last scope before the node's own."""
+def _module(node) -> str | None:
+    """The module a node of torch's exporter comes from: the last scope before the node's own (""
+    where the node's own is the only one: the model itself); None without scopes."""
     import ast
 
     scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
@@ -164,7 +174,12 @@ def _where(node) -> str:
     except (ValueError, SyntaxError):
         scopes = []
     scopes = [s for s in scopes if isinstance(s, str) and s]
-    return scopes[-2] if len(scopes) >= 2 else node.name
+    return scopes[-2] if len(scopes) >= 2 else "" if scopes else None
+
+
+def _where(node) -> str:
+    """How a plan names the node: its module, else its own name."""
+    return _module(node) or node.name
 
 
 def _readable(stored: dict, name: str, by_rows: bool = False) -> bool:
@@ -344,7 +359,8 @@ def leave_out(nodes: list[Quantized], run, limit: float, said: list | None = Non
         error = run(switches)
         if error <= limit:
             kept = [nodes[j] for j in range(n) if switches[j] == 0.0]
-            return Kept(tuple(kept), n, error, everything)
+            modules = Counter(q.module for q in nodes if q.product and q.module is not None)
+            return Kept(tuple(kept), n, error, everything, dict(modules))
     return None
 
 

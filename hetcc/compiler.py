@@ -398,8 +398,8 @@ class _Session:
     narrow_left: int = field(default_factory=lambda: NARROW_BUDGET)
     """Lowerings that narrowing failed segments may still spend in this compile."""
     past_memory: list = field(default_factory=list)
-    """Why a lower precision was given up for segments whose nodes left in fp32 would not fit
-    their target's memory: said if no placement fits after that."""
+    """Why the last round of lowering gave a lower precision up for segments whose nodes left in
+    fp32 would not fit their target's memory: said if the next placement does not fit."""
 
     def place(self, candidates, notes=None, why: str = "", inherited=()) -> CompiledModel:
         """Solve, segment, lower and verify; re-solve without whatever failed, until all works.
@@ -413,6 +413,8 @@ class _Session:
         attempt, drops, resolves = 0, [], 0
         while attempt < MAX_ATTEMPTS:
             attempt, accuracy = attempt + 1, None
+            # a memory give-up in the last round explains a placement that no longer fits
+            past_memory, self.past_memory = self.past_memory, []
             try:
                 _check_placeable(self.units, candidates)
                 # units that only torch:cpu may take go there whatever the solver says: a bound they
@@ -425,10 +427,10 @@ class _Session:
                 self.report("solve", f"{problem.n} units on {problem.k} targets (attempt {attempt}){self.why}")
                 placement = solve(problem)
             except PlacementError as exc:
-                if not self.past_memory:
+                if not past_memory:
                     raise
                 raise PlacementError(
-                    f"{exc}\nThis placement followed giving a lower precision up because {self.past_memory[0]}. "
+                    f"{exc}\nThis placement followed giving a lower precision up because {past_memory[0]}. "
                     "All in the lower precision misses the accuracy budget, and holding it takes more memory "
                     "than the targets have: loosen the budget (accuracy=), raise the memory limits "
                     "(memory_limits=), or add a target with room.") from exc
@@ -564,10 +566,12 @@ class _Session:
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
-            members = [m for u in spec.units for m in self.units[u].members]
-            extra = kept_fp32.added_seconds(outcome.artifact, members, self.facts,
-                                            node_paths(self.captured.graph, set(members)), self.infos[spec.target]) \
-                if kept_fp32.kept(outcome.artifact) else 0.0
+            extra = 0.0
+            if kept_fp32.kept(outcome.artifact):
+                members = [m for u in spec.units for m in self.units[u].members]
+                shares = kept_fp32.fp32_shares(outcome.artifact, members, self.facts,
+                                               node_paths(self.captured.graph, set(members)), target.precision)
+                extra = kept_fp32.added_seconds(shares, self.facts, self.infos[spec.target])
             segments.append(Lowered(program, target, spec, outcome.artifact, outcome.executable,
                                     outcome.verification, outcome.seconds, extra))
         return segments
@@ -897,9 +901,11 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
                 "compile(nan='require') (--nan require) moves such parts to a runtime that does"]
     return Plan(
         targets=tuple(str(t) for t in order), segments=tuple(out), objective=objective,
-        # latency: the segments' added seconds add to the path (compile plans for latency only)
+        # latency: the segments' added seconds add to the path (compile plans for latency only),
+        # and to the bound, so the plan's gap is still the solve's
         predicted_seconds=placement.cost + sum(seg.added_seconds for seg in segments),
-        lower_bound=placement.lower_bound,
+        lower_bound=placement.lower_bound + (sum(seg.added_seconds for seg in segments)
+                                             if placement.lower_bound > 0 else 0.0),
         optimal=placement.optimal, solver=placement.method, solve_seconds=placement.seconds,
         attempts=attempts, notes=tuple(notes),
         output_names=output_names(captured.out_spec, captured.outputs) if captured is not None else {},

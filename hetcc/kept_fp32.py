@@ -6,7 +6,8 @@ memory still holds them, and what the plan says.
 The placement prices a segment before it is lowered, so as all in the lower precision; which nodes
 stay fp32 is known only once the backend has measured them. The plan then reports what runs: its
 ``resident_bytes`` with the file's growth, its ``predicted_seconds`` with those nodes' matrix
-products priced in fp32 (found by the modules the nodes come from)."""
+products priced in fp32 (found by the modules the nodes come from: where a module holds several
+products and only some were left, that share of each)."""
 from __future__ import annotations
 
 import math
@@ -22,24 +23,32 @@ def added_bytes(artifact) -> int:
     return kept(artifact).get("added_bytes") or 0
 
 
-def added_seconds(artifact, members, facts, paths: dict, info) -> float:
-    """Seconds the nodes left in fp32 add to a segment's price on target ``info`` (a TargetInfo):
-    each matrix product among ``members`` (node names, with ``facts``) whose module (``paths``:
-    node name -> module path) is one the kept nodes come from, priced in fp32 rather than in the
-    target's precision. 0 where nothing was left in fp32 or no module matches."""
+def fp32_shares(artifact, members, facts, paths: dict, precision: str | None) -> dict[str, float]:
+    """Node name -> the share of it that runs in fp32 rather than ``precision``: for each matrix
+    product among ``members`` (node names, with ``facts``) in a module some of whose quantized
+    products were left in fp32 (``paths``: node name -> module path, as the ONNX nodes' modules
+    are recorded), the share of that module's products left (a Linear: all of it; one of an
+    attention's two projections: half, whichever it was). {} where nothing was left in fp32."""
     from hetcc.cost_model.precision import narrows, scheme_of
+
+    nodes = kept(artifact)
+    left, held = nodes.get("fp32_products") or {}, nodes.get("products_in_module") or {}
+    scheme = scheme_of(precision)
+    if not left or scheme is None:
+        return {}
+    return {m: min(1.0, left[paths[m]] / max(held.get(paths[m], 0), 1))
+            for m in members if paths.get(m) in left and narrows(scheme, facts[m])}
+
+
+def added_seconds(shares: dict, facts, info) -> float:
+    """Seconds ``fp32_shares`` add to a segment's price on target ``info`` (a TargetInfo): each
+    node's share priced in fp32 rather than in the target's precision."""
     from hetcc.cost_model.roofline import node_seconds
 
-    where = set(kept(artifact).get("where") or ())
-    scheme = scheme_of(info.precision)
-    if not where or scheme is None:
-        return 0.0
-    extra = 0.0
-    for m in members:
-        if paths.get(m) in where and narrows(scheme, facts[m]):
-            extra += node_seconds(facts[m], info.device, info.profile, info.dtype) \
-                - node_seconds(facts[m], info.device, info.profile, info.dtype, info.precision, info.arithmetic)
-    return max(extra, 0.0)
+    return sum(share * (node_seconds(facts[m], info.device, info.profile, info.dtype)
+                        - node_seconds(facts[m], info.device, info.profile, info.dtype, info.precision,
+                                       info.arithmetic))
+               for m, share in shares.items())
 
 
 def past_memory(artifact, t: int, target, problem, used: list) -> tuple[str, float] | None:

@@ -454,3 +454,42 @@ def test_a_weight_a_product_shares_with_a_lookup_is_not_measured(tmp_path, seven
         # switched model makes, so nothing is measured
         assert any(n.op_type == "DequantizeLinear" and n.output[0] == "w" for n in quantized.graph.node)
         assert sensitivity.quantized_nodes(source, quantized, {}) is None
+
+
+def test_the_share_of_a_module_left_in_fp32_is_priced_in_fp32_and_breakdown_agrees(seven_bits):
+    from types import SimpleNamespace
+
+    from hetcc import kept_fp32
+    from hetcc.cost_model.devices import DeviceSpec
+    from hetcc.cost_model.profiles import DEFAULT_PROFILES
+    from hetcc.cost_model.roofline import node_seconds
+    from hetcc.measure import accuracy
+    from hetcc.passes.facts import NodeFacts
+
+    # one of a module's two products left in fp32 (which one is not known): half of each, priced
+    # in fp32; a product of another module and a node that is no product keep the precision
+    product = NodeFacts("mm", "aten.mm.default", "matmul", flops=2e9, bytes_read=4_000_000, bytes_written=4096,
+                        resident_bytes=4_000_000, weight_bytes=4_000_000)
+    facts = {"mm": product, "mm_1": product, "mm_2": product,
+             "add": NodeFacts("add", "aten.add.Tensor", "elementwise", flops=1e3, bytes_read=8192,
+                              bytes_written=4096, resident_bytes=0)}
+    paths = {"mm": "block", "mm_1": "block", "mm_2": "other", "add": "block"}
+    artifact = SimpleNamespace(meta={"kept_fp32": {"fp32_products": {"block": 1},
+                                                   "products_in_module": {"block": 2, "other": 1}}})
+    shares = kept_fp32.fp32_shares(artifact, list(facts), facts, paths, "int8")
+    assert shares == {"mm": 0.5, "mm_1": 0.5}
+    device = DeviceSpec(name="cpu", peak_flops={"fp32": 100e9}, mem_bandwidth=20e9, mem_capacity=8e9)
+    info = SimpleNamespace(device=device, profile=DEFAULT_PROFILES["onnxruntime"], dtype="fp32",
+                           precision="int8", arithmetic=None)
+    fp32, int8 = (node_seconds(product, device, info.profile, "fp32", p) for p in (None, "int8"))
+    assert fp32 > int8 and kept_fp32.added_seconds(shares, facts, info) == pytest.approx(fp32 - int8)
+
+    # a compiled plan's prediction includes it, and the predicted-against-measured breakdown agrees
+    model, x = _outliers()
+    profiles, devices = {"onnxruntime": DEFAULT_PROFILES["onnxruntime"]}, {"onnxruntime:cpu@int8": device}
+    cm = hetcc.compile(model, (x,), targets=["onnxruntime:cpu@int8"], accuracy=0.012, tune="off",
+                       profiles=profiles, devices=devices)
+    (seg,) = cm.plan.segments
+    assert cm.artifacts[seg.name].meta["kept_fp32"]["fp32_products"] == {"layers.0": 1}
+    parts = accuracy.breakdown(cm, profiles, devices)
+    assert parts[seg.name]["nodes_seconds"] == pytest.approx(seg.predicted_seconds, rel=1e-9)

@@ -112,8 +112,10 @@ def breakdown(compiled, profiles: dict, devices: dict) -> dict[str, dict]:
     """Per segment: the predicted seconds split into compute-bound nodes, memory-bound nodes and
     overhead (per-node and per-view dispatch plus entering the segment), and seconds per op class.
     ``profiles``: backend -> BackendProfile and ``devices``: target -> DeviceSpec, as compiled."""
+    from hetcc import kept_fp32
     from hetcc.backends.registry import arithmetic_here
     from hetcc.cost_model.roofline import node_parts, node_seconds
+    from hetcc.module_paths import node_paths
     from hetcc.passes.build_problem import HANDOFF_LATENCY
     from hetcc.target import Target
     from hetcc.passes.facts import graph_facts
@@ -124,21 +126,30 @@ def breakdown(compiled, profiles: dict, devices: dict) -> dict[str, dict]:
     for seg in compiled.plan.segments:
         backend = seg.target.split(":")[0]
         profile, device = profiles[backend], devices[seg.target]
-        # a segment in a lower precision reads and computes in it, as compile priced it
-        priced = {"precision": Target.parse(seg.target).precision, "arithmetic": arithmetic_here(seg.target)}
+        # a segment in a lower precision reads and computes in it, as compile priced it, but for
+        # the share of its products its backend left in fp32 (hetcc/kept_fp32.py)
+        precision = Target.parse(seg.target).precision
+        priced = {"precision": precision, "arithmetic": arithmetic_here(seg.target)}
+        shares = kept_fp32.fp32_shares(compiled.artifacts.get(seg.name), seg.nodes, facts,
+                                       node_paths(captured.graph, set(seg.nodes)), precision)
         parts = {regime: 0.0 for regime in REGIMES}
         classes: dict[str, float] = {}
+        nodes_seconds = 0.0
         for name in seg.nodes:
-            f = facts[name]
-            compute, memory = node_parts(f, device, profile, **priced)
-            parts["compute" if compute >= memory else "memory"] += max(compute, memory)
-            parts["overhead"] += node_seconds(f, device, profile, **priced) - max(compute, memory)
-            if compute or memory:
-                classes[f.op_class] = classes.get(f.op_class, 0.0) + max(compute, memory)
+            f, share = facts[name], shares.get(name, 0.0)
+            for weight, how in ((1.0 - share, priced), (share, {})):
+                if weight <= 0:
+                    continue
+                compute, memory = node_parts(f, device, profile, **how)
+                seconds = node_seconds(f, device, profile, **how)
+                parts["compute" if compute >= memory else "memory"] += weight * max(compute, memory)
+                parts["overhead"] += weight * (seconds - max(compute, memory))
+                nodes_seconds += weight * seconds
+                if compute or memory:
+                    classes[f.op_class] = classes.get(f.op_class, 0.0) + weight * max(compute, memory)
         entry = profile.call_overhead + HANDOFF_LATENCY * len(seg.inputs)
         parts["overhead"] += entry
-        out[seg.name] = {"parts": parts, "classes": classes, "entry": entry,
-                         "nodes_seconds": sum(node_seconds(facts[n], device, profile, **priced) for n in seg.nodes)}
+        out[seg.name] = {"parts": parts, "classes": classes, "entry": entry, "nodes_seconds": nodes_seconds}
     return out
 
 
