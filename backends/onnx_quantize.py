@@ -17,9 +17,8 @@ QUANTIZED_OPS = ["MatMul"]
 the exporter's Gemm for a Linear is one too). Embedding tables are stored in uint8 by rows here
 instead (backends/onnx_tables.py: with quantize_dynamic's one scale per table, bert's word table
 alone moved its outputs 0.61 %, by rows 0.38 %); a lookup dequantizes the rows it reads: memory and
-file bytes, not time. A table
-tied to an output head is stored once, as the head's int8 weight, whose columns its lookups read
-(backends/onnx_tied.py). Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower than fp32
+file bytes, not time. A table tied to an output head is stored once, as the head's int8 weight,
+whose columns its lookups read (backends/onnx_tied.py). Not Conv: its dynamic ConvInteger ran a ResNet-18 3.7x slower than fp32
 here (63 against 17 ms, benchmarks/bench_precision.py's ort-int8, which quantizes everything;
 docs/benchmarks.md); static int8 (int8s) is what runs convolutions in int8."""
 
