@@ -105,11 +105,11 @@ def quantized_nodes(source, quantized, tied: dict, excluded=()) -> list[Quantize
     node (If, Loop), a weight a product shares with another reader (the file dequantizes the
     product's int8 copy for it), a stored weight this module cannot read back, or products
     quantized that it did not find."""
-    import onnx
+    from hetcc.backends.onnx_tables import has_subgraphs
 
     graph = source.graph
     names = [n.name for n in graph.node]
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if has_subgraphs(graph):
         return None
     stored = {t.name: t for t in quantized.graph.initializer}
     produced = {o for n in quantized.graph.node for o in n.output}

@@ -32,6 +32,22 @@ OPSET = 14
 """The first opset whose Reshape has ``allowzero``."""
 
 
+def has_subgraphs(graph) -> bool:
+    """Whether a node of ``graph`` holds a graph (If, Loop, Scan): readers a rewrite of the top
+    level would not see."""
+    import onnx
+
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in graph.node for a in n.attribute)
+
+
+def plain(model) -> bool:
+    """Whether a table's lookups can be rewritten in ``model``: no subgraphs, and an opset with
+    Reshape's ``allowzero`` (OPSET)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return opset >= OPSET and not has_subgraphs(model.graph)
+
+
 def quantizable_tables(model, tied=()) -> list[str]:
     """The names of the initializers of ``model`` (an ONNX ModelProto) to store by rows (see the
     module's docstring), in the order its graph holds them; a table in ``tied`` is stored as its
@@ -41,10 +57,7 @@ def quantizable_tables(model, tied=()) -> list[str]:
     from hetcc.cost_model.precision import SMALLEST_TABLE
 
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                 for n in graph.node for a in n.attribute)
-    if opset < OPSET or nested:
+    if not plain(model):
         return []
     exposed = {i.name for i in graph.input} | {o.name for o in graph.output}
     readers: dict[str, list] = {}
@@ -102,7 +115,7 @@ def store_by_rows(path: Path, tables: list[str]) -> list[str]:
         onnx.load_external_data_for_model(model, str(path.parent))
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    taken = set(initializers) | {v for n in graph.node for v in (*n.input, *n.output)}
+    taken = taken_names(graph)
     done = []
     for name in tables:
         parts = [f"{name}_{part}" for part in ("quantized", "scale", "zero_point")]
@@ -180,10 +193,15 @@ def dequantizing_lookup(graph, lookup, quantized, scale, zero, columns: bool) ->
         graph.node.insert(at + offset, node)
 
 
+def taken_names(graph) -> set[str]:
+    """The names of ``graph``'s initializers, values, inputs and outputs."""
+    return {t.name for t in graph.initializer} | {v for n in graph.node for v in (*n.input, *n.output)} \
+        | {i.name for i in graph.input} | {o.name for o in graph.output}
+
+
 def unused_name(graph, wanted: str) -> str:
     """``wanted``, or ``wanted_1``, ``_2``...: a name no value or initializer of ``graph`` has."""
-    taken = {t.name for t in graph.initializer} | {v for n in graph.node for v in (*n.input, *n.output)} \
-        | {i.name for i in graph.input} | {o.name for o in graph.output}
+    taken = taken_names(graph)
     name, k = wanted, 1
     while name in taken:
         name, k = f"{wanted}_{k}", k + 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hetcc.backends.onnx_tables import dequantizing_lookup, unused_name
+from hetcc.backends.onnx_tables import dequantizing_lookup, plain, unused_name
 from hetcc.cost_model.precision import SMALLEST_TABLE
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,6 @@ def _attribute(node, name: str, default):
     return default if found is None else onnx.helper.get_attribute_value(found)
 
 
-def _plain(model) -> bool:
-    """Whether ``untie`` can see every reader (no subgraphs) and the opset has what the lookups
-    of the head's copy use (Reshape's ``allowzero``, 14: backends/onnx_tables.py)."""
-    import onnx
-
-    from hetcc.backends.onnx_tables import OPSET
-
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                 for n in model.graph.node for a in n.attribute)
-    return opset >= OPSET and not nested
-
-
 def untie(model, path: Path) -> dict[str, str]:
     """In ``model``, loaded from the ONNX file at ``path`` with its weights (both changed in place,
     and only where something is tied), give each output head tied to an embedding table its own
@@ -67,7 +54,7 @@ def untie(model, path: Path) -> dict[str, str]:
     from onnx import numpy_helper
 
     graph = model.graph
-    if not _plain(model):
+    if not plain(model):
         return {}
     size = model.ByteSize()
     initializers = {t.name: t for t in graph.initializer}
