@@ -96,6 +96,9 @@ PARTIAL_DROPS = 3
 """Misses that give up only part of a segment's lower precision (all but the share the budget
 leaves, see AccuracyBudget.share_within, at the end precision.better_end picks); later ones give up
 the whole segment's."""
+SWAP_TRIES = 2
+"""Other targets a segment that kept nodes in fp32 is lowered on to see whether one runs its units
+for less (kept_fp32.cheaper_targets), the cheapest by the cost model first."""
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,8 @@ class _Session:
                                        narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed,
                                        partial=len(drops) < PARTIAL_DROPS)
             runtime = None
+            if segments is not None:
+                segments, placement = self._instead_of_kept(problem, placement, segments, candidates, notes)
             if segments is None:
                 if not missed:
                     continue  # a lowering failure: an attempt
@@ -566,15 +571,68 @@ class _Session:
                 for u in spec.units:
                     candidates.ban(u, spec.target, f"{target} failed on this segment: {error}")
                 return None
-            extra = 0.0
-            if kept_fp32.kept(outcome.artifact):
-                members = [m for u in spec.units for m in self.units[u].members]
-                shares = kept_fp32.fp32_shares(outcome.artifact, members, self.facts,
-                                               node_paths(self.captured.graph, set(members)), target.precision)
-                extra = kept_fp32.added_seconds(shares, self.facts, self.infos[spec.target])
             segments.append(Lowered(program, target, spec, outcome.artifact, outcome.executable,
-                                    outcome.verification, outcome.seconds, extra))
+                                    outcome.verification, outcome.seconds,
+                                    self._kept_seconds(spec, target, outcome.artifact)))
         return segments
+
+    def _kept_seconds(self, spec, target, artifact) -> float:
+        """Seconds the nodes ``artifact``'s backend left in fp32 add to the segment's price."""
+        if not kept_fp32.kept(artifact):
+            return 0.0
+        members = [m for u in spec.units for m in self.units[u].members]
+        shares = kept_fp32.fp32_shares(artifact, members, self.facts,
+                                       node_paths(self.captured.graph, set(members)), target.precision)
+        return kept_fp32.added_seconds(shares, self.facts, self.infos[spec.target])
+
+    def _instead_of_kept(self, problem, placement, segments, candidates, notes):
+        """A segment that held its accuracy limit only with nodes in fp32 costs more than the
+        placement priced it at (all in the lower precision), so another target may now run its
+        units for less: for each such segment, the cheapest others by the cost model
+        (kept_fp32.cheaper_targets, SWAP_TRIES of them) are lowered on its units, and the first that
+        verifies, holds the limit, costs less with its own kept nodes and fits the memory runs it
+        instead (the int8 form that holds it whole, against the one that needs nodes in fp32).
+        (segments, placement) as they then are."""
+        segments, assignment, cost = list(segments), placement.assignment, placement.cost
+        specs = [seg.spec for seg in segments]
+        used = [0.0] * problem.k
+        for seg in segments:
+            used[seg.spec.target] += (sum(problem.held(u, seg.spec.target) for u in seg.spec.units)
+                                      + kept_fp32.added_bytes(seg.artifact))
+        for i, seg in enumerate(segments):
+            if seg.added_seconds <= 0:
+                continue
+            now = cost + seg.added_seconds
+            options = kept_fp32.cheaper_targets(problem, assignment, seg.spec, specs, candidates.allowed, now)
+            for trial_cost, t, trial in options[:SWAP_TRIES]:
+                target, spec = self.order[t], replace(seg.spec, target=t)
+                program, outcome = self._lower(seg.program.name, spec.units, target,
+                                               doing=f"whether another target runs {seg.program.name} for less: ")
+                if outcome.error is not None:
+                    continue
+                seconds = self._kept_seconds(spec, target, outcome.artifact)
+                room = list(used)
+                room[seg.spec.target] -= (sum(problem.held(u, seg.spec.target) for u in spec.units)
+                                          + kept_fp32.added_bytes(seg.artifact))
+                room[t] += sum(problem.held(u, t) for u in spec.units) + kept_fp32.added_bytes(outcome.artifact)
+                if trial_cost + seconds >= now or problem.overfull(room):
+                    continue
+                n = len(kept_fp32.kept(seg.artifact).get("nodes") or ())
+                notes.append(f"{seg.program.name} on {seg.target} held its accuracy limit only with {n} quantized "
+                             f"node{'' if n == 1 else 's'} in fp32, which the cost model prices at "
+                             f"{(cost + seg.added_seconds) * 1e3:.2f} ms for the plan; {target} runs its units "
+                             f"within the limit at {(trial_cost + seconds) * 1e3:.2f} ms, and runs them instead")
+                log.info("%s runs on %s instead of %s: %.3g ms against %.3g ms by the cost model",
+                         seg.program.name, target, seg.target, (trial_cost + seconds) * 1e3, now * 1e3)
+                segments[i] = Lowered(program, target, spec, outcome.artifact, outcome.executable,
+                                      outcome.verification, outcome.seconds, seconds)
+                specs[i], assignment, cost, used = spec, trial, trial_cost, room
+                break
+        if assignment is placement.assignment:
+            return segments, placement
+        # the solver's bound still holds (it priced every plan as all in the lower precision); the
+        # plan is no longer its optimum under that model
+        return segments, replace(placement, assignment=assignment, cost=cost, optimal=False)
 
     def _lower(self, name: str, units, target, doing: str = ""):
         """The program of ``units`` and its Outcome, lowered once per (target, nodes, outputs) in

@@ -93,3 +93,28 @@ def note(segment: str, target, artifact, seconds: float = 0.0) -> str:
             f"{nodes.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
             f"{nodes.get('relative_error', float('nan')):.3g} ({shown})"
             + (f"; they add {' and '.join(added)}" if added else ""))
+
+
+def cheaper_targets(problem, assignment, spec, specs, allowed, than: float) -> list[tuple[float, int, tuple]]:
+    """Where a segment (``spec``, one of the placement's ``specs``, from ``assignment``) kept nodes
+    in fp32 and is dearer for it than the placement thought, the other targets that might run the
+    same units for less: (the placement's cost with the segment there, target index, assignment),
+    cheapest first, for each target every unit may run on (``allowed``) where that cost is below
+    ``than`` (the placement's cost with the seconds the segment's kept nodes add) and the segments
+    stay as they are (a target that would merge the segment with a neighbour is left out: the plan
+    would not run as priced)."""
+    from hetcc.passes.problem import evaluate
+    from hetcc.passes.segments import form_segments
+
+    shape = [s.units for s in specs]
+    out = []
+    for t in range(problem.k):
+        if t == spec.target or not all(allowed[u][t] for u in spec.units):
+            continue
+        trial = list(assignment)
+        for u in spec.units:
+            trial[u] = t
+        cost = evaluate(problem, trial)
+        if cost < than and [s.units for s in form_segments(problem, trial)] == shape:
+            out.append((cost, t, tuple(trial)))
+    return sorted(out)

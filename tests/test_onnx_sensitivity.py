@@ -4,6 +4,7 @@ and compile() keeping one int8 segment within its limit instead of giving int8 u
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -432,6 +433,63 @@ def test_nodes_left_in_fp32_are_priced_and_must_fit_the_memory(tmp_path, seven_b
     message = str(caught.value)
     assert "capacity exceeded" in message and "past its memory" in message
     assert "loosen the budget (accuracy=), raise the memory limits" in message
+
+
+def test_a_segment_dearer_for_its_nodes_in_fp32_runs_where_it_costs_less(seven_bits):
+    from hetcc.cost_model.devices import DeviceSpec
+
+    def device(**peaks):
+        return DeviceSpec(name="cpu", peak_flops=peaks, mem_bandwidth=20e9, mem_capacity=8e9)
+
+    model, x = _outliers()
+    # int8's arithmetic fast and its fp32 slow: all in int8 the cheapest, but with its first layer
+    # in fp32 (which 1.2 % needs) dearer than the other forms of the runtime
+    targets = ["onnxruntime:cpu@int8", "onnxruntime:cpu"]
+    fast = {"onnxruntime:cpu@int8": device(fp32=10e9, int8=1000e9), "onnxruntime:cpu": device(fp32=100e9)}
+    cm = hetcc.compile(model, (x,), targets=targets, accuracy=0.012, tune="off", devices=fast)
+    (seg,) = cm.plan.segments
+    assert seg.target != "onnxruntime:cpu@int8"
+    swapped = [n for n in cm.plan.notes if n.startswith("seg0 on onnxruntime:cpu@int8 held its accuracy limit only "
+                                                        "with 1 quantized node in fp32")]
+    assert swapped and f"{seg.target} runs its units within the limit" in swapped[0], cm.plan.notes
+    was, now = (float(v) for v in re.findall(r"at ([0-9.]+) ms", swapped[0]))
+    assert now < was and cm.plan.predicted_seconds * 1e3 == pytest.approx(now, abs=0.01)
+    assert not cm.plan.optimal  # the solver's optimum priced int8 as all in int8
+    assert cm.plan.accuracy["measured"] <= 0.012
+    with torch.no_grad():
+        assert relative_error(cm(x), model(x)) <= 0.012
+    # the other forms slower still: int8 with its layer in fp32 stays
+    slow = {**fast, "onnxruntime:cpu": device(fp32=5e9)}
+    cm = hetcc.compile(model, (x,), targets=targets, accuracy=0.012, tune="off", devices=slow)
+    (seg,) = cm.plan.segments
+    assert seg.target == "onnxruntime:cpu@int8" and cm.artifacts[seg.name].meta["kept_fp32"]["where"] == ["layers.0"]
+    assert not any("held its accuracy limit only" in n for n in cm.plan.notes)
+
+
+def test_only_targets_that_keep_the_segments_as_they_are_are_tried():
+    from hetcc import kept_fp32
+    from hetcc.passes.problem import PlacementProblem, Value
+    from hetcc.passes.segments import form_segments
+
+    # a chain of three units on two targets, the middle one on the second: moving it to the first
+    # would make one segment of three, which is not the plan the lowerings verified
+    def problem(cost):
+        return PlacementProblem(
+            nodes=("a", "b", "c"), targets=("x", "y", "z"), cost=cost,
+            values=(Value(-1, (0,), 4), Value(0, (1,), 4), Value(1, (2,), 4), Value(2, (), 4, to_host=True)),
+            resident=(0, 0, 0), capacity=(math.inf,) * 3, link_latency=((0.0,) * 4,) * 4,
+            link_bandwidth=((math.inf,) * 4,) * 4, call_overhead=(0.0,) * 4)
+
+    p = problem(((1.0, 9.0, 9.0), (5.0, 5.0, 2.0), (1.0, 9.0, 9.0)))
+    specs = form_segments(p, (0, 1, 0))
+    middle = next(s for s in specs if s.target == 1)
+    allowed = [[True] * 3] * 3
+    options = kept_fp32.cheaper_targets(p, (0, 1, 0), middle, specs, allowed, than=8.0)
+    assert [(cost, t) for cost, t, _ in options] == [(4.0, 2)]  # z; x would merge the three
+    assert options[0][2] == (0, 2, 0)
+    # nothing below what it costs now, or not allowed on every unit: nothing to try
+    assert kept_fp32.cheaper_targets(p, (0, 1, 0), middle, specs, allowed, than=4.0) == []
+    assert kept_fp32.cheaper_targets(p, (0, 1, 0), middle, specs, [[True, True, False]] * 3, than=8.0) == []
 
 
 def test_a_weight_a_product_shares_with_a_lookup_is_not_measured(tmp_path, seven_bits):
