@@ -7,7 +7,8 @@ process, measured interleaved:
                  torch:cpu]) with default options
   onnxruntime    torch.onnx.export(model, inputs, f, dynamo=True), then
                  onnxruntime.InferenceSession(f, providers=["CPUExecutionProvider"]), default options
-  openvino       openvino.convert_model(model, example_input=inputs), then
+  openvino       openvino.convert_model(model, example_input=inputs) (where that fails,
+                 convert_model(torch.export.export(model, inputs)), as OpenVINO documents), then
                  Core().compile_model(m, "CPU") with its default config
   iree           iree.turbine.aot.export(model, args=inputs).compile(target_backends=llvm-cpu), with
                  --iree-llvmcpu-target-cpu=host (the flags hetcc's iree:cpu uses), run by
@@ -224,31 +225,49 @@ def build_onnxruntime(model, inputs, workdir: Path):
 
 
 _converted: dict = {}
-"""id(model) -> the OpenVINO conversion, shared by the openvino and openvino-f32 paths."""
+"""id(model) -> (the OpenVINO conversion, how it was made), shared by the OpenVINO paths."""
 
 
-def _ov_compile(model, inputs, config: dict):
+def ov_converted(model, inputs):
+    """(OpenVINO's conversion of ``model``, how): ``convert_model(model, example_input=inputs)``,
+    or where that fails, what OpenVINO's documentation offers next, ``convert_model`` of the
+    ``torch.export`` program (stock gpt2: "No conversion rule found for operations: aten::diff" on
+    the module, 1e-6 off eager through the program); raises the first failure if both fail."""
     import openvino as ov
 
     key = id(model)
     if key not in _converted:
         _converted.clear()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _converted[key] = ov.convert_model(model, example_input=tuple(inputs))
-        except Exception as exc:
-            _converted[key] = exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _converted[key] = ov.convert_model(model, example_input=tuple(inputs)), "module"
+            except Exception as exc:
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+                first = next((line for line in lines if "No conversion rule" in line), lines[-1])[:200]
+                try:
+                    program = torch.export.export(model, tuple(inputs))
+                    _converted[key] = (ov.convert_model(program),
+                                       f"torch.export program (on the module: {first})")
+                except Exception:
+                    _converted[key] = exc
     converted = _converted[key]
     if isinstance(converted, Exception):
         raise converted
+    return converted
+
+
+def _ov_compile(model, inputs, config: dict):
+    import openvino as ov
+
+    converted, how = ov_converted(model, inputs)
     compiled = ov.Core().compile_model(converted, "CPU", config)
 
     def run(*args):
         result = compiled([a.numpy() for a in args])
         return [result[o] for o in compiled.outputs]
 
-    return run, {"openvino": ov.__version__, "config": config,
+    return run, {"openvino": ov.__version__, "config": config, "converted": how,
                  "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
                  "hint": str(compiled.get_property("PERFORMANCE_HINT")),
                  "streams": int(compiled.get_property("NUM_STREAMS")),

@@ -148,10 +148,8 @@ def _openvino_nncf(model, inputs, workdir: Path, transform, **info):
     import nncf
     import openvino as ov
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(model, example_input=tuple(inputs))
-    done = transform(nncf, converted)
+    converted, how = native.ov_converted(model, inputs)
+    done = transform(nncf, converted.clone())  # the conversion is shared with the other OpenVINO paths
     ov.save_model(done, str(workdir / "m.xml"), compress_to_fp16=False)
     compiled = ov.Core().compile_model(done, "CPU")
 
@@ -159,7 +157,7 @@ def _openvino_nncf(model, inputs, workdir: Path, transform, **info):
         result = compiled([a.numpy() for a in args])
         return [result[o] for o in compiled.outputs]
 
-    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__, **info,
+    return run, {"file_bytes": (workdir / "m.bin").stat().st_size, "nncf": nncf.__version__, **info, "converted": how,
                  "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string()}
 
 

@@ -136,3 +136,19 @@ def test_the_native_gate_fails_on_a_ratio_over_the_bound_or_a_model_not_measured
     assert gate(rows, 1.05) == 3
     assert "bert: hetcc p10 is 1.10x onnxruntime's (allowed 1.05x)" in capsys.readouterr().err
     assert gate([{"model": "t5", "ratio_fast": None, "best_native": None}], 1.25) == 3
+
+
+def test_openvino_paths_convert_through_torch_export_where_the_module_fails():
+    """OpenVINO's convert_model fails on gpt2's module (aten::diff in its mask code); the vendor's
+    baseline then converts the torch.export program, as OpenVINO documents, and says so."""
+    bench = _bench_native()
+    model, inputs = hf_models.build("gpt2", "tiny")
+    run, info = bench.build_openvino_f32(model, inputs, None)
+    assert info["converted"].startswith("torch.export program (on the module: ")
+    assert "aten::diff" in info["converted"]
+    with torch.no_grad():
+        want = model(*inputs)
+    assert bench.compare(run(*inputs), want)[1] is None
+    # a model the module converts for keeps the module's conversion
+    model, inputs = hf_models.build("vit", "tiny")
+    assert bench.build_openvino_f32(model, inputs, None)[1]["converted"] == "module"
