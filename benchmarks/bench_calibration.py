@@ -70,10 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="resnet,convnext,mobilenet_v2")
     parser.add_argument("--calibration", type=int, default=8, help="batches besides the example inputs")
     args = parser.parse_args(argv)
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in hf_models.MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose among {', '.join(hf_models.MODELS)}")
+    models = precision.native.chosen(parser, args.models, list(hf_models.MODELS))
     rows = ["| model | calibration | error, example inputs | error, held-out batch | quantize_static |",
             "|---|---|---|---|---|"]
     for name in models:

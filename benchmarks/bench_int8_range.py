@@ -91,10 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="table,mlp,bert,vit")
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args(argv)
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in ("table", "mlp", *hf_models.MODELS)]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose among table, mlp, {', '.join(hf_models.MODELS)}")
+    models = precision.native.chosen(parser, args.models, ["table", "mlp", *hf_models.MODELS])
     flags = cpu_flags()
     vnni = "unknown (flags not read here)" if flags is None else ("yes" if int8_dot_products() else "no")
     rows = [f"Machine: {cpu_model()} ({platform.machine()}), VNNI: {vnni}; {args.rounds} rounds, median call.",

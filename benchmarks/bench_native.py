@@ -224,6 +224,16 @@ def build_onnxruntime(model, inputs, workdir: Path):
     return run, {"onnxruntime": ort.__version__, "onnx_bytes": path.stat().st_size}
 
 
+def chosen(parser, text: str, known, what: str = "models") -> list[str]:
+    """The comma-separated names of ``text``, each one of ``known``; else the parser's usage error,
+    which lists them (a misspelt name would print "-" in its column and look like a failure)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; choose among {', '.join(known)}")
+    return names
+
+
 _converted: dict = {}
 """id(model) -> (the OpenVINO conversion, how it was made), shared by the OpenVINO paths."""
 
@@ -536,11 +546,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.size, args.rounds, args.warmup, args.budget = "tiny", 3, 1, None
-    models = [m for m in args.models.split(",") if m]
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = [m for m in models if m not in hf_models.MODELS] + [p for p in paths if p not in PATHS]
-    if unknown:
-        parser.error(f"unknown model or path: {', '.join(unknown)}")
+    models, paths = chosen(parser, args.models, list(hf_models.MODELS)), chosen(parser, args.paths, PATHS, "paths")
     rounds = None if args.budget else args.rounds
 
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:

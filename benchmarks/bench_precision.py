@@ -272,14 +272,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown:  # a misspelt path would print "-" in its column and look like a failure
-        parser.error(f"unknown paths {unknown}; choose among {', '.join(PATHS)}")
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in hf_models.MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose among {', '.join(hf_models.MODELS)}")
+    paths = native.chosen(parser, args.paths, list(PATHS), "paths")
+    models = native.chosen(parser, args.models, list(hf_models.MODELS))
 
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)

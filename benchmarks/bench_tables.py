@@ -104,10 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="table,bert,t5,llama_decode")
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args(argv)
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in ("table", *hf_models.MODELS)]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose among table, {', '.join(hf_models.MODELS)}")
+    models = precision.native.chosen(parser, args.models, ["table", *hf_models.MODELS])
     rows = [f"Machine: {cpu_model()} ({platform.machine()}), 7-bit product weights: {reduced_range()}; "
             f"{args.rounds} rounds.", "",
             "| model | tables | error, tables alone: one scale / by rows | error, all int8: one scale / by rows | "

@@ -152,3 +152,14 @@ def test_openvino_paths_convert_through_torch_export_where_the_module_fails():
     # a model the module converts for keeps the module's conversion
     model, inputs = hf_models.build("vit", "tiny")
     assert bench.build_openvino_f32(model, inputs, None)[1]["converted"] == "module"
+
+
+def test_the_benchmarks_refuse_a_misspelt_model_or_path(capsys):
+    bench = _bench_native()
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "bert,bret"])
+    err = capsys.readouterr().err
+    assert "unknown models ['bret']; choose among " in err and "bert" in err
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "bert", "--paths", "hetcc,onnx"])
+    assert "unknown paths ['onnx']" in capsys.readouterr().err
