@@ -19,7 +19,7 @@ process, measured interleaved:
 Each path is built and checked against eager once (a path that fails to build, to run or to match is
 reported as failed with a one-line reason, and the run goes on), warmed up, then every working path
 is measured with hetcc.measure.bench.measure: one call per path per round, in a new random order
-each round, 10 ms idle and one untimed call before each timed call, so machine drift moves every
+each round, 100 ms idle (hetcc.timing.PAUSE) and one untimed call before each timed call, so machine drift moves every
 path alike and no path pays for the one before it (ONNX Runtime spins after a call). Reported per
 path: median, p10, p90 of per-call seconds and the spread (p90-p10)/median; per model hetcc / best
 native, where "native" is the best median of onnxruntime, openvino, iree and torch.compile (eager is

@@ -7,8 +7,13 @@ import math
 import os
 from dataclasses import dataclass, field
 
-PAUSE = 0.01
-"""Seconds of idle before each turn: longer than the OpenMP/ONNX Runtime spin-wait."""
+PAUSE = 0.1
+"""Seconds of idle before each turn: longer than the OpenMP/ONNX Runtime spin-wait. ONNX Runtime's
+idle threads busy-wait for 60-80 ms after a call on a 2-core AMD EPYC VM (2026-12-02: a session's
+call 30-60 ms after another session's ran 1.6-2x its own time, 80 ms or more after it did not), so
+with 10 ms, as before, every ONNX Runtime path measured beside another one was taxed by it: bert's
+int8 file measured 1.01-1.10x OpenVINO's fp32 interleaved that way against 1.36-1.64x alone, and
+1.42-1.45x with this pause."""
 TURN = 0.01
 """Calls per turn are chosen so that a turn lasts about this long."""
 MAX_CALLS = 50

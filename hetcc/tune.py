@@ -50,8 +50,8 @@ FAST_END = 0.1
 MIN_CALLS = 2
 """Timed calls per turn at least. Each turn starts with one more call that is not timed: it pays
 for waking the runtime's threads (+0.5 ms on OpenVINO) and for the previous candidate's threads
-still spinning (ONNX Runtime alone spins on for 10-30 ms after a call: a torch call 10 ms later
-took 1.7-2x as long, measured here), neither of which a plan running alone pays."""
+still spinning where the pause did not outlast them (hetcc.timing.PAUSE; a torch call 10 ms after
+an ONNX Runtime call took 1.7-2x as long), neither of which a plan running alone pays."""
 STEADY = 1.25
 """learn=True leaves out a candidate whose median call is more than this over its fast end: it
 was disturbed while timed (a neighbour's burst, another runtime's threads); good enough to rank,

@@ -32,9 +32,9 @@ def measure(fns: dict, inputs, *, warmup: int = 3, runs: int | None = None, budg
     ``calls`` per turn, or None to choose per variant from the warm-up so a turn lasts ~``TURN``.
     ``timed``: {name: callable returning (outputs, {step: seconds})} used instead of the plain
     callable where given (a Runtime's ``timed_call``), to time each segment too. ``settle``: one
-    untimed call starts each turn, because a runtime that busy-waits after its calls (ONNX Runtime
-    spins its threads 10-30 ms, longer than ``pause``) would otherwise tax whichever variant runs
-    next: torch measured 1.4-2x slower right after an ONNX Runtime turn on 2 cores."""
+    untimed call starts each turn, because a runtime that busy-waits after its calls would otherwise
+    tax whichever variant runs next: torch measured 1.4-2x slower right after an ONNX Runtime turn
+    on 2 cores. ``pause`` must outlast that spin-wait (hetcc.timing.PAUSE)."""
     import torch
 
     if runs is None and budget is None:
