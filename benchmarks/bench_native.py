@@ -259,7 +259,8 @@ def ov_converted(model, inputs):
                     program = torch.export.export(model, tuple(inputs))
                     _converted[key] = (ov.convert_model(program),
                                        f"torch.export program (on the module: {first})")
-                except Exception:
+                except Exception as second:
+                    exc.add_note(f"converting the torch.export program failed too: {one_line(second)}")
                     _converted[key] = exc
     converted = _converted[key]
     if isinstance(converted, Exception):

@@ -40,7 +40,7 @@ from hetcc.errors import (
 from hetcc.fallback import Limit, fallen_back
 from hetcc import kept_fp32
 from hetcc.module_paths import ModulePaths, node_paths, output_names
-from hetcc.passes.alternatives import runner_up
+from hetcc.passes.alternatives import RunnerUp, runner_up
 from hetcc.narrow import NARROW_BUDGET, describe, narrow
 from hetcc.passes.build_problem import TargetInfo, build_problem
 from hetcc.passes.capability import candidates_for
@@ -139,6 +139,9 @@ class Lowered:
     """How long lowering, loading and verifying took."""
     added_seconds: float = 0.0
     """What the nodes its backend left in fp32 add to the placement's price (hetcc/kept_fp32.py)."""
+    instead_of: tuple | None = None
+    """(target, its seconds there, why not) where it runs in place of a target that held the accuracy
+    limit only with nodes in fp32 (_Session._instead_of_kept): the plan's runner-up."""
 
 
 class CompiledModel:
@@ -443,9 +446,10 @@ class _Session:
             segments = self._lower_all(problem, placement, candidates, notes,
                                        narrowing=attempt <= MAX_ATTEMPTS // 2, missed=missed,
                                        partial=len(drops) < PARTIAL_DROPS)
-            runtime = None
+            runtime, swapped = None, []
             if segments is not None:
-                segments, placement = self._instead_of_kept(problem, placement, segments, candidates, notes)
+                # its notes are the last round's only: earlier rounds' segments are not the plan's
+                segments, placement, swapped = self._instead_of_kept(problem, placement, segments, candidates)
             if segments is None:
                 if not missed:
                     continue  # a lowering failure: an attempt
@@ -477,7 +481,7 @@ class _Session:
         self._check_fallback(candidates, [u for seg in segments if seg.target == FALLBACK
                                           for u in seg.spec.units])
         plan = _make_plan(self.order, segments, self.units, self.facts, candidates, placement, problem,
-                          self.objective, attempt + resolves, notes, captured=self.captured)
+                          self.objective, attempt + resolves, [*notes, *swapped], captured=self.captured)
         if self.budget is not None:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy,
                                            "dropped": [*inherited, *drops],
@@ -585,15 +589,15 @@ class _Session:
                                        node_paths(self.captured.graph, set(members)), target.precision)
         return kept_fp32.added_seconds(shares, self.facts, self.infos[spec.target])
 
-    def _instead_of_kept(self, problem, placement, segments, candidates, notes):
+    def _instead_of_kept(self, problem, placement, segments, candidates):
         """A segment that held its accuracy limit only with nodes in fp32 costs more than the
         placement priced it at (all in the lower precision), so another target may now run its
         units for less: for each such segment, the cheapest others by the cost model
         (kept_fp32.cheaper_targets, SWAP_TRIES of them) are lowered on its units, and the first that
-        verifies, holds the limit, costs less with its own kept nodes and fits the memory runs it
-        instead (the int8 form that holds it whole, against the one that needs nodes in fp32).
-        (segments, placement) as they then are."""
-        segments, assignment, cost = list(segments), placement.assignment, placement.cost
+        runs here and verifies (within the limit, if it has a precision), costs less with its own
+        kept nodes and fits the memory runs it instead (the int8 form that holds it whole, against
+        the one that needs nodes in fp32). (segments, placement, notes) as they then are."""
+        segments, assignment, cost, notes = list(segments), placement.assignment, placement.cost, []
         specs = [seg.spec for seg in segments]
         used = [0.0] * problem.k
         for seg in segments:
@@ -602,37 +606,46 @@ class _Session:
         for i, seg in enumerate(segments):
             if seg.added_seconds <= 0:
                 continue
-            now = cost + seg.added_seconds
+            now = cost + seg.added_seconds  # other segments' kept seconds are the same either way
             options = kept_fp32.cheaper_targets(problem, assignment, seg.spec, specs, candidates.allowed, now)
             for trial_cost, t, trial in options[:SWAP_TRIES]:
                 target, spec = self.order[t], replace(seg.spec, target=t)
                 program, outcome = self._lower(seg.program.name, spec.units, target,
                                                doing=f"whether another target runs {seg.program.name} for less: ")
-                if outcome.error is not None:
-                    continue
-                seconds = self._kept_seconds(spec, target, outcome.artifact)
+                seconds = self._kept_seconds(spec, target, outcome.artifact) if outcome.error is None else 0.0
                 room = list(used)
                 room[seg.spec.target] -= (sum(problem.held(u, seg.spec.target) for u in spec.units)
                                           + kept_fp32.added_bytes(seg.artifact))
                 room[t] += sum(problem.held(u, t) for u in spec.units) + kept_fp32.added_bytes(outcome.artifact)
-                if trial_cost + seconds >= now or problem.overfull(room):
+                why = (f"it did not lower or verify ({outcome.error})" if outcome.error is not None else
+                       "it runs on a device this machine does not have" if isinstance(outcome.executable, NotHere)
+                       else f"with its own nodes in fp32 it costs {(trial_cost + seconds - now) * 1e3:.3g} ms more"
+                       if trial_cost + seconds >= now else
+                       "it would not fit the memory" if problem.overfull(room) else "")
+                if why:
+                    log.info("%s stays on %s rather than %s: %s", seg.program.name, seg.target, target, why)
                     continue
                 n = len(kept_fp32.kept(seg.artifact).get("nodes") or ())
+                saved = now - trial_cost - seconds
                 notes.append(f"{seg.program.name} on {seg.target} held its accuracy limit only with {n} quantized "
-                             f"node{'' if n == 1 else 's'} in fp32, which the cost model prices at "
-                             f"{(cost + seg.added_seconds) * 1e3:.2f} ms for the plan; {target} runs its units "
-                             f"within the limit at {(trial_cost + seconds) * 1e3:.2f} ms, and runs them instead")
-                log.info("%s runs on %s instead of %s: %.3g ms against %.3g ms by the cost model",
-                         seg.program.name, target, seg.target, (trial_cost + seconds) * 1e3, now * 1e3)
+                             f"node{'' if n == 1 else 's'} in fp32, {seg.added_seconds * 1e3:.2f} ms more than "
+                             f"the placement priced it at; on {target} its units verify"
+                             f"{' within the limit' if target.precision else ''} and the plan costs "
+                             f"{saved * 1e3:.2f} ms less by the cost model, so they run there")
+                log.info("%s runs on %s instead of %s: %.3g ms less by the cost model",
+                         seg.program.name, target, seg.target, saved * 1e3)
+                lost = (str(seg.target), sum(problem.cost[u][seg.spec.target] for u in spec.units) + seg.added_seconds,
+                        f"it held its accuracy limit only with {n} quantized node{'' if n == 1 else 's'} in fp32: "
+                        f"priced with them, the whole plan would cost {saved * 1e3:.3f} ms more than here")
                 segments[i] = Lowered(program, target, spec, outcome.artifact, outcome.executable,
-                                      outcome.verification, outcome.seconds, seconds)
+                                      outcome.verification, outcome.seconds, seconds, instead_of=lost)
                 specs[i], assignment, cost, used = spec, trial, trial_cost, room
                 break
         if assignment is placement.assignment:
-            return segments, placement
-        # the solver's bound still holds (it priced every plan as all in the lower precision); the
-        # plan is no longer its optimum under that model
-        return segments, replace(placement, assignment=assignment, cost=cost, optimal=False)
+            return segments, placement, notes
+        # the solver's bound (every plan priced all in the lower precision) still bounds this
+        # placement's cost, which is no longer the solver's optimum under that model
+        return segments, replace(placement, assignment=assignment, cost=cost, optimal=False), notes
 
     def _lower(self, name: str, units, target, doing: str = ""):
         """The program of ``units`` and its Outcome, lowered once per (target, nodes, outputs) in
@@ -916,7 +929,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
     for seg in segments:
         program, target, spec, artifact, checked = seg.program, seg.target, seg.spec, seg.artifact, seg.verification
         nodes = [m for u in spec.units for m in units[u].members]
-        alt = runner_up(problem, placement.assignment, spec.units, candidates.reasons)
+        alt = RunnerUp(*seg.instead_of) if seg.instead_of else \
+            runner_up(problem, placement.assignment, spec.units, candidates.reasons)
         fell_back = {}
         for u in spec.units:
             for earlier in order[:spec.target]:

@@ -44,6 +44,9 @@ the minimum 3 rounds of 2 calls cannot rank two runtimes 5-10% apart. On MobileV
 40 s of building) that left 3 rounds, whose medians put ONNX Runtime and OpenVINO either way
 round (31.1 against 31.4 ms, then 30.6 against 48.4 ms); about 10 rounds fit in 2 s. A budget in
 seconds is the caller's and is kept to."""
+SHORT_PAUSE = 0.01
+"""Seconds of idle before a turn that follows a candidate without ONNX Runtime; after one with it,
+hetcc.timing.PAUSE."""
 MARGIN = 0.05
 """A candidate whose fast end is this much slower than the leader's median is dropped."""
 FAST_END = 0.1
@@ -237,7 +240,7 @@ def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> 
     from hetcc.errors import readable
 
     clock = time.perf_counter
-    live, rng, rounds = [], random.Random(0), 0
+    live, rng, rounds, last = [], random.Random(0), 0, None
 
     def failed(c, exc) -> None:  # verified segments should run; if one does not, it is out
         c.note, c.samples = f"failed when called: {readable(exc)}", None
@@ -263,7 +266,10 @@ def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> 
                                                          or clock() - began < floor):
             rng.shuffle(live)
             for c in list(live):
-                time.sleep(PAUSE)
+                # after ONNX Runtime, long enough for its threads to stop spinning (PAUSE); after
+                # the others a short pause will do, which keeps tuning's compile time down
+                time.sleep(PAUSE if last is not None and _spins(last) else SHORT_PAUSE)
+                last = c
                 try:
                     _turn(c.compiled.runtime, inputs, c.samples, clock)
                 except Exception as exc:  # noqa: BLE001
@@ -275,6 +281,12 @@ def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> 
                 for c in [c for c in live if c is not leader and c.fast_end() > bar]:
                     c.dropped = rounds
                     live.remove(c)
+
+
+def _spins(candidate) -> bool:
+    """Whether the candidate's plan runs ONNX Runtime, whose idle threads may busy-wait after a call
+    (hetcc.timing.PAUSE)."""
+    return any(t.startswith("onnxruntime:") for t in candidate.compiled.plan.targets_used())
 
 
 def _turn(runtime, inputs, samples, clock) -> None:
