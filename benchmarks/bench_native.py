@@ -115,7 +115,7 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if "Summary:" in lines:
         lines = ["; ".join(ln.lstrip("- ") for ln in lines[lines.index("Summary:") + 1:])]
-    line = lines[0] if lines else ""
+    line = "; ".join([lines[0] if lines else "", *getattr(exc, "__notes__", ())])
     return f"{type(exc).__name__}: {line}"[:limit]
 
 

@@ -261,6 +261,7 @@ def race(pool: list[Candidate], inputs, deadline: float, floor: float = 0.0) -> 
             per_turn = round(TURN / max(min(took), 1e-7))  # a turn of ~10 ms, as in hetcc bench
             c.samples = Samples(calls_per_turn=max(MIN_CALLS, min(MAX_CALLS, per_turn)))
             live.append(c)
+            last = c  # the first turn follows the last warm-up call
         began = clock()
         while len(live) > 1 and rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() < deadline
                                                          or clock() - began < floor):

@@ -172,6 +172,9 @@ def test_openvino_paths_convert_through_torch_export_where_the_module_fails(monk
     with pytest.raises(RuntimeError, match="no rule") as caught:
         bench.build_openvino_f32(model, inputs, None)
     assert any("torch.export program failed too" in n and "no program" in n for n in caught.value.__notes__)
+    # and the benchmark's one-line reason says both
+    assert bench.one_line(caught.value, limit=500) == (
+        "RuntimeError: no rule; converting the torch.export program failed too: RuntimeError: no program")
 
 
 def test_the_benchmarks_refuse_a_misspelt_model_or_path(capsys):
