@@ -601,8 +601,7 @@ class _Session:
         specs = [seg.spec for seg in segments]
         used = [0.0] * problem.k
         for seg in segments:
-            used[seg.spec.target] += (sum(problem.held(u, seg.spec.target) for u in seg.spec.units)
-                                      + kept_fp32.added_bytes(seg.artifact))
+            used[seg.spec.target] += kept_fp32.resident(problem, seg.spec.units, seg.spec.target, seg.artifact)
         for i, seg in enumerate(segments):
             if seg.added_seconds <= 0:
                 continue
@@ -612,11 +611,10 @@ class _Session:
                 target, spec = self.order[t], replace(seg.spec, target=t)
                 program, outcome = self._lower(seg.program.name, spec.units, target,
                                                doing=f"whether another target runs {seg.program.name} for less: ")
-                seconds = self._kept_seconds(spec, target, outcome.artifact) if outcome.error is None else 0.0
+                seconds = self._kept_seconds(spec, target, outcome.artifact)
                 room = list(used)
-                room[seg.spec.target] -= (sum(problem.held(u, seg.spec.target) for u in spec.units)
-                                          + kept_fp32.added_bytes(seg.artifact))
-                room[t] += sum(problem.held(u, t) for u in spec.units) + kept_fp32.added_bytes(outcome.artifact)
+                room[seg.spec.target] -= kept_fp32.resident(problem, spec.units, seg.spec.target, seg.artifact)
+                room[t] += kept_fp32.resident(problem, spec.units, t, outcome.artifact)
                 why = (f"it did not lower or verify ({outcome.error})" if outcome.error is not None else
                        "it runs on a device this machine does not have" if isinstance(outcome.executable, NotHere)
                        else f"with its own nodes in fp32 it costs {(trial_cost + seconds - now) * 1e3:.3g} ms more"
@@ -626,17 +624,16 @@ class _Session:
                     log.info("%s stays on %s rather than %s: %s", seg.program.name, seg.target, target, why)
                     continue
                 n = len(kept_fp32.kept(seg.artifact).get("nodes") or ())
+                left = f"held its accuracy limit only with {n} quantized node{'' if n == 1 else 's'} in fp32"
                 saved = now - trial_cost - seconds
-                notes.append(f"{seg.program.name} on {seg.target} held its accuracy limit only with {n} quantized "
-                             f"node{'' if n == 1 else 's'} in fp32, {seg.added_seconds * 1e3:.2f} ms more than "
+                notes.append(f"{seg.program.name} on {seg.target} {left}, {seg.added_seconds * 1e3:.2f} ms more than "
                              f"the placement priced it at; on {target} its units verify"
                              f"{' within the limit' if target.precision else ''} and the plan costs "
                              f"{saved * 1e3:.2f} ms less by the cost model, so they run there")
                 log.info("%s runs on %s instead of %s: %.3g ms less by the cost model",
                          seg.program.name, target, seg.target, saved * 1e3)
                 lost = (str(seg.target), sum(problem.cost[u][seg.spec.target] for u in spec.units) + seg.added_seconds,
-                        f"it held its accuracy limit only with {n} quantized node{'' if n == 1 else 's'} in fp32: "
-                        f"priced with them, the whole plan would cost {saved * 1e3:.3f} ms more than here")
+                        f"it {left}: priced with them, the whole plan would cost {saved * 1e3:.3f} ms more than here")
                 segments[i] = Lowered(program, target, spec, outcome.artifact, outcome.executable,
                                       outcome.verification, outcome.seconds, seconds, instead_of=lost)
                 specs[i], assignment, cost, used = spec, trial, trial_cost, room
@@ -946,7 +943,7 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             # the problem's, not the facts': it also holds resident inputs (a KV cache), and
             # weights at the target's precision (int8: a quarter), with the nodes its backend left
             # in fp32 at their size
-            resident_bytes=sum(problem.held(u, spec.target) for u in spec.units) + kept_fp32.added_bytes(artifact),
+            resident_bytes=kept_fp32.resident(problem, spec.units, spec.target, artifact),
             predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units) + seg.added_seconds,
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,

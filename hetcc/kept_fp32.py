@@ -23,6 +23,13 @@ def added_bytes(artifact) -> int:
     return kept(artifact).get("added_bytes") or 0
 
 
+def resident(problem, units, t: int, artifact) -> float:
+    """Bytes a segment of ``units`` lowered for target index ``t`` as ``artifact`` keeps resident
+    there: its weights at the target's precision, as the placement priced them, and what the nodes
+    its backend left in fp32 add."""
+    return sum(problem.held(u, t) for u in units) + added_bytes(artifact)
+
+
 def fp32_shares(artifact, members, facts, paths: dict, precision: str | None) -> dict[str, float]:
     """Node name -> the share of it that runs in fp32 rather than ``precision``: for each matrix
     product among ``members`` (node names, with ``facts``) in a module some of whose quantized

@@ -476,19 +476,12 @@ def test_a_segment_dearer_for_its_nodes_in_fp32_runs_where_it_costs_less(seven_b
 
 def test_only_targets_that_keep_the_segments_as_they_are_are_tried():
     from hetcc import kept_fp32
-    from hetcc.passes.problem import PlacementProblem, Value
     from hetcc.passes.segments import form_segments
+    from test_solver import chain, make
 
-    # a chain of three units on two targets, the middle one on the second: moving it to the first
-    # would make one segment of three, which is not the plan the lowerings verified
-    def problem(cost):
-        return PlacementProblem(
-            nodes=("a", "b", "c"), targets=("x", "y", "z"), cost=cost,
-            values=(Value(-1, (0,), 4), Value(0, (1,), 4), Value(1, (2,), 4), Value(2, (), 4, to_host=True)),
-            resident=(0, 0, 0), capacity=(math.inf,) * 3, link_latency=((0.0,) * 4,) * 4,
-            link_bandwidth=((math.inf,) * 4,) * 4, call_overhead=(0.0,) * 4)
-
-    p = problem(((1.0, 9.0, 9.0), (5.0, 5.0, 2.0), (1.0, 9.0, 9.0)))
+    # a chain of three units on three targets, the middle one on the second: moving it to the first
+    # would make one segment of three, which is not the plan the lowerings verified (free links)
+    p = make(((1.0, 9.0, 9.0), (5.0, 5.0, 2.0), (1.0, 9.0, 9.0)), chain(3), latency=0.0, bandwidth=math.inf)
     specs = form_segments(p, (0, 1, 0))
     middle = next(s for s in specs if s.target == 1)
     allowed = [[True] * 3] * 3
