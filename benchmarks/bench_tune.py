@@ -42,7 +42,7 @@ from hetcc.timing import quantile  # noqa: E402
 import hf_models  # noqa: E402
 
 TARGETS = "onnxruntime:cpu,openvino:cpu,torch:cpu"
-PAUSE = 0.1  # hetcc.timing.PAUSE: ONNX Runtime's idle threads spin 60-80 ms after a call here
+PAUSE = 0.1  # hetcc.timing.PAUSE: ONNX Runtime's idle threads spin 45-80 ms after a call here
 
 
 def compile_one(model, inputs, targets, corrections: Path, **options):

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 PAUSE = 0.1
 """Seconds of idle before each turn of the measuring tools (tuning: after a candidate that runs ONNX
 Runtime; hetcc.tune.SHORT_PAUSE after others): longer than the OpenMP/ONNX Runtime spin-wait. ONNX
-Runtime's idle threads busy-wait for 60-80 ms after a call on a 2-core AMD EPYC VM (2026-12-02: a session's
-call 30-60 ms after another session's ran 1.6-2x its own time, 80 ms or more after it did not), so
-with 10 ms, as before, every ONNX Runtime path measured beside another one was taxed by it: bert's
-int8 file measured 1.01-1.10x OpenVINO's fp32 interleaved that way against 1.36-1.64x alone, and
-1.42-1.45x with this pause."""
+Runtime's idle threads busy-wait after a call: on a 2-core AMD EPYC VM (2026-12-02,
+benchmarks/bench_spin.py) a session's call within 30-45 ms of another session's ran 1.8-2x its own
+time when quiet, and up to 60 ms on when busy. With 10 ms, as before, ONNX Runtime paths measured
+beside others on a busy machine were taxed: bert's int8 file measured 1.01-1.10x OpenVINO's fp32
+that way against 1.42-1.45x with this pause (quiet, three paths: 1.45x against 1.51x)."""
 TURN = 0.01
 """Calls per turn are chosen so that a turn lasts about this long."""
 MAX_CALLS = 50
