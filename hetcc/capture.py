@@ -16,8 +16,10 @@ import functools
 import json
 import logging
 import re
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.fx as fx
@@ -25,7 +27,7 @@ import torch.utils._pytree as pytree
 
 from hetcc.errors import ExportError, InputError, InternalError, plain
 from hetcc.names import first_line
-from hetcc.torch_quirks import leafspec_warning_quieted
+from hetcc.torch_quirks import fake_tensor_errors_quieted, leafspec_warning_quieted
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,54 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
             if model.training:
                 log.info("exporting %s in eval mode: hetcc compiles inference (dropout off, batch "
                          "norm on its running statistics)", type(model).__name__)
-            ep = torch.export.export(model.eval(), tuple(example_inputs), kwargs=example_kwargs,
-                                     dynamic_shapes=dynamic_shapes)
+            with fake_tensor_errors_quieted():
+                ep = torch.export.export(model.eval(), tuple(example_inputs), kwargs=example_kwargs,
+                                         dynamic_shapes=dynamic_shapes)
         with leafspec_warning_quieted():  # torch's own LeafSpecs warn when copied (torch_quirks.py)
             ep = ep.run_decompositions(decomposition_table())
     except ExportError:
         raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
+        eager = None if exported else eager_failure(model, example_inputs, example_kwargs)
+        if eager is not None:
+            raise InputError(
+                f"the model fails on the example inputs when PyTorch runs it as it is, so there is "
+                f"nothing to compile: {type(eager).__name__}: {plain(first_line(eager)).rstrip('.')}"
+                f"{_user_frame(eager)}. Check the example inputs (their shapes; token ids within the "
+                "embedding table; a sequence no longer than the position table) by calling the model "
+                "on them yourself") from exc
         raise ExportError(explain_export_failure(exc)) from exc
     return _from_exported(ep, tuple(example_inputs), example_kwargs or {}, dynamic_shapes)
+
+
+def eager_failure(model: torch.nn.Module, args, kwargs) -> Exception | None:
+    """What ``model`` raises when called on the example inputs in eager PyTorch, or None where it
+    runs. Asked only once torch.export has failed, to tell inputs the model cannot take (an
+    InputError the user fixes in the inputs) from a model torch.export cannot trace. Buffers the
+    call updates in place (batch norm's statistics, a step counter) are put back."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        with torch.no_grad():
+            model(*args, **(kwargs or {}))
+    except Exception as exc:  # the model's own failure, of any type: reported, not handled
+        return exc
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in saved and b.shape == saved[name].shape:
+                    b.copy_(saved[name])
+    return None
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`` at file:line (in function)`` for the innermost frame of ``exc``'s traceback outside torch
+    (the model's own line, in the user's or transformers' code), or "" where there is none."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} (in {f.name})"
 
 
 PRESERVED = ("scaled_dot_product_attention",)

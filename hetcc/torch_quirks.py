@@ -3,6 +3,7 @@ dropped when torch stops needing it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
@@ -21,3 +22,24 @@ def leafspec_warning_quieted():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
         yield
+
+
+FAKE_TENSOR_LOGGER = "torch._subclasses.fake_tensor"
+"""The logger torch 2.13 writes a full traceback to, at ERROR, when an op fails on fake tensors
+while ``torch.export`` traces (a shape mismatch in the model, for one), before it raises."""
+
+
+@contextlib.contextmanager
+def fake_tensor_errors_quieted():
+    """Keep torch's fake-tensor traceback log off the user's terminal for the duration.
+
+    The same failure then reaches the caller as the exception torch raises, which hetcc explains in
+    one paragraph (hetcc/capture.py); the log repeats it as some forty lines of torch internals.
+    Other loggers, and this one's CRITICAL messages, are untouched; its level is restored."""
+    logger = logging.getLogger(FAKE_TENSOR_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

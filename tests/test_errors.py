@@ -1,4 +1,6 @@
 """Bad input gets a clear HetccError: what is wrong, where, and what to do."""
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ from torch import nn
 import hetcc
 import mlp
 from hetcc.errors import ExportError, HetccError, InputError, TargetError
+from hetcc.torch_quirks import FAKE_TENSOR_LOGGER
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,36 @@ def test_unexportable_model_gets_one_paragraph():
     assert "data-dependent control flow" in msg and "torch.cond" in msg
     assert "test_errors.py" in msg  # points at the user's line
     assert len(msg.splitlines()) == 1
+
+
+class ShortPositions(nn.Module):
+    """A position table of 8 rows: a longer sequence fails in eager PyTorch as in torch.export."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(8, 4))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return x + self.pos
+
+
+def test_inputs_the_model_itself_rejects_are_an_input_error(caplog):
+    model = ShortPositions()
+    with pytest.raises(InputError) as info:
+        hetcc.compile(model, (torch.randn(16, 4),), targets=["torch:cpu"])
+    msg = str(info.value)
+    assert "fails on the example inputs when PyTorch runs it as it is" in msg
+    assert "must match the size of tensor b (8)" in msg  # torch's own words
+    assert "test_errors.py" in msg and "(in forward)" in msg  # the model's line, not torch's
+    assert len(msg.splitlines()) == 1
+    assert model.calls.item() == 0  # the eager check put the counter back
+    # torch's fake-tensor traceback (forty lines at ERROR) stayed off, and its level came back
+    assert not [r for r in caplog.records if r.name == FAKE_TENSOR_LOGGER]
+    assert logging.getLogger(FAKE_TENSOR_LOGGER).level == logging.NOTSET
+    cm = hetcc.compile(model, (torch.randn(8, 4),), targets=["torch:cpu"])  # inputs it takes
+    assert cm(torch.ones(8, 4)).shape == (8, 4)
 
 
 def test_not_a_module():
