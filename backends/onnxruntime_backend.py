@@ -41,6 +41,15 @@ OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"
                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 """hetcc's name -> ONNX Runtime's GraphOptimizationLevel."""
 SPINNING = ("auto", "on", "off")
+SKIP_LAYERNORM = ("split", "fused")
+SPLIT_FUSIONS = ("SkipLayerNormFusion",)
+"""ONNX Runtime graph optimizers a CPU session turns off with ``skip_layernorm="split"`` (the
+default). SkipLayerNormFusion folds a residual Add (and a bias) into the LayerNormalization after
+it, and the RMS-norm variant likewise; the CPU provider's kernel for the fused op is a scalar loop
+that divides per element, and ran 4-6x slower than Add plus LayerNormalization on ONNX Runtime 1.32
+(1x128x512: 387 against 65 us on one thread, on an AMD EPYC with AVX2). Left split, examples'
+bert ran 8 % faster in int8 and 6 % in fp32 (docs/backends.md). ONNX Runtime ignores a name it
+does not know, so tests/test_backends.py checks that this one still fuses our exports."""
 PROVIDERS = {"cuda": ("CUDAExecutionProvider",),
              "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
 """hetcc's name -> the execution providers an onnxruntime:cuda session asks for, in order (the
@@ -91,6 +100,10 @@ class OnnxRuntimeBackend(Backend):
                choices=tuple(OPTIMIZATION_LEVELS), default="all"),
         Option("spinning", "idle threads busy-wait for work; auto: on when the plan is ONNX Runtime "
                "alone, off beside other runtimes (docs/backends.md)", choices=SPINNING, default="auto"),
+        Option("skip_layernorm", "a residual Add and the LayerNormalization after it: split (two kernels) or "
+               "fused (SkipLayerNormalization, whose CPU kernel ran 4-6x slower than the two; docs/backends.md)",
+               choices=SKIP_LAYERNORM, default="split", devices=("cpu",),
+               elsewhere="on CUDA the fused kernel is ONNX Runtime's fast one, and its optimizers stay as they are"),
         replace(precision_option(("fp32", "int8", "int8u", "int8s"), "fp32; int8: weights of MatMul and Gemm "
                                  "stored in int8 (per output channel; 7 bits on a CPU without VNNI), large "
                                  "embedding tables in uint8, and activations quantized on each call "
@@ -108,12 +121,13 @@ class OnnxRuntimeBackend(Backend):
     )
 
     def __init__(self, threads: int = 0, optimization: str = "all", spinning: str = "auto",
-                 provider: str = "cuda", precision: str = "fp32"):
+                 provider: str = "cuda", precision: str = "fp32", skip_layernorm: str = "split"):
         """Session settings; recorded in each artifact, so a loaded bundle runs as it was verified."""
         given = check_options(self.name, self.options, {"threads": threads, "optimization": optimization,
                                                         "spinning": spinning, "provider": provider,
-                                                        "precision": precision})
+                                                        "precision": precision, "skip_layernorm": skip_layernorm})
         self.threads, self.optimization, self.spinning = given["threads"], given["optimization"], given["spinning"]
+        self.skip_layernorm = given["skip_layernorm"]
         self.provider, self.precision = given["provider"], given["precision"]
 
     def precisions(self, target: Target) -> tuple[str, ...]:
@@ -162,6 +176,7 @@ class OnnxRuntimeBackend(Backend):
                 "threads": self.threads,
                 "optimization": self.optimization,
                 "spinning": self.spinning,
+                **({"skip_layernorm": self.skip_layernorm} if target.device == "cpu" else {}),
                 **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
                 **({"reduce_range": reduce_range} if quantizes else {}),
                 **({"provider": self.provider} if target.device == "cuda" else {}),
@@ -174,7 +189,8 @@ class OnnxRuntimeBackend(Backend):
 
         meta = artifact.meta  # a bundle from before these options runs with their defaults
         settings = check_options(self.name, self.options, {k: meta[k] for k in ("threads", "optimization",
-                                                                                "spinning") if k in meta})
+                                                                                "spinning", "skip_layernorm")
+                                                           if k in meta})
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[settings.get("optimization", "all")])
@@ -196,8 +212,11 @@ class OnnxRuntimeBackend(Backend):
                             "none, and ONNX Runtime's int8 kernels can saturate here (20 %% error was seen "
                             "where the weights' own rounding gave 1 %%): compile it again on this machine",
                             names[2])
+            # an artifact from before the option was verified with ONNX Runtime's fusions as they were
+            split = settings.get("skip_layernorm", "fused") == "split"
             session = ort.InferenceSession(artifact.files["model"], sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+                                           providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=list(SPLIT_FUSIONS) if split else None)
             return OrtExecutable(session, *names)
         provider = meta.get("provider", "cuda")
         if provider not in PROVIDERS:

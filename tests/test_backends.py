@@ -103,6 +103,19 @@ class LinearReluNorm(torch.nn.Module):
         return self.out(self.norm(torch.relu(self.fc(x))))
 
 
+class PostNorm(torch.nn.Module):
+    """A residual add then LayerNorm, as after each block of BERT: ONNX Runtime's CPU session fuses
+    the pair into SkipLayerNormalization unless told not to."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 32)
+        self.norm = torch.nn.LayerNorm(32)
+
+    def forward(self, x):
+        return self.norm(x + self.fc(x))
+
+
 class ConvBN(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -413,8 +426,8 @@ def test_onnxruntime_options_reach_the_session_and_the_artifact(tmp_path):
     backend = resolve(target, {"threads": 1, "optimization": "basic", "spinning": "on"})
     artifact = backend.lower(seg, target, tmp_path / "a")
     artifact = Artifact(**json.loads(json.dumps(dataclasses.asdict(artifact))))  # as a bundle stores it
-    assert {k: artifact.meta[k] for k in ("threads", "optimization", "spinning")} == \
-        {"threads": 1, "optimization": "basic", "spinning": "on"}
+    assert {k: artifact.meta[k] for k in ("threads", "optimization", "spinning", "skip_layernorm")} == \
+        {"threads": 1, "optimization": "basic", "spinning": "on", "skip_layernorm": "split"}
     run = backend.load(artifact, target)
     assert _ort_session_settings(run) == (1, "ORT_ENABLE_BASIC", "1", "1")
     x = torch.randn(2, 16)
@@ -431,11 +444,63 @@ def test_onnxruntime_options_reach_the_session_and_the_artifact(tmp_path):
     assert load(spinning="auto", runs_alone=True)[2:] == ("1", "1")
     assert load(spinning="auto", runs_alone=False)[2:] == ("0", "0")
     # an artifact from before these options runs with their defaults
-    old = {k: v for k, v in artifact.meta.items() if k not in ("threads", "optimization", "spinning")}
+    old = {k: v for k, v in artifact.meta.items()
+           if k not in ("threads", "optimization", "spinning", "skip_layernorm")}
     assert _ort_session_settings(resolve(target).load(Artifact(artifact.target, artifact.files, old), target)) \
         == (0, "ORT_ENABLE_ALL", "0", "0")
     with pytest.raises(TargetError, match="threads must be integer from 0 to 1024, got 100000"):
         load(threads=100000)  # a bundle cannot make ONNX Runtime start a hundred thousand threads
+
+
+def _fused_ops(path, disabled) -> list[str]:
+    """The ops of ``path`` as an ONNX Runtime CPU session optimizes it, with ``disabled`` optimizers."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path) + ".optimized.onnx"
+    ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(disabled) or None)
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_onnxruntime_leaves_add_and_layernorm_split_on_the_cpu(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from hetcc.backends import onnxruntime_backend
+
+    torch.manual_seed(3)
+    _, seg = make_segment(PostNorm(), (torch.randn(2, 4, 32),))  # fused only on [batch, seq, hidden]
+    target = Target("onnxruntime", "cpu")
+    artifact = resolve(target).lower(seg, target, tmp_path / "a")
+    assert artifact.meta["skip_layernorm"] == "split"
+    # the optimizer named is the one that fuses this export in the ONNX Runtime installed (it
+    # ignores a name it does not know, so a rename would silently bring the slow kernel back)
+    model = artifact.files["model"]
+    assert "SkipLayerNormalization" in _fused_ops(model, ())
+    split = _fused_ops(model, onnxruntime_backend.SPLIT_FUSIONS)
+    assert "SkipLayerNormalization" not in split and "LayerNormalization" in split
+
+    # and load hands it to the session: split by default, fused when asked, fused for an artifact
+    # from before the option (as it was verified)
+    made = []
+
+    class Recording(ort.InferenceSession):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("disabled_optimizers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    x = torch.randn(2, 4, 32)
+    for meta, disabled in (({}, ["SkipLayerNormFusion"]), ({"skip_layernorm": "fused"}, None)):
+        run = resolve(target).load(Artifact(artifact.target, artifact.files, {**artifact.meta, **meta}), target)
+        assert made[-1] == disabled
+        assert_matches(run(x), seg.reference(x))
+    old = {k: v for k, v in artifact.meta.items() if k != "skip_layernorm"}
+    resolve(target).load(Artifact(artifact.target, artifact.files, old), target)
+    assert made[-1] is None
+    fused = resolve(target, {"skip_layernorm": "fused"}).lower(seg, target, tmp_path / "b")
+    assert fused.meta["skip_layernorm"] == "fused"
 
 
 @pytest.mark.parametrize("options,message", [
@@ -444,6 +509,7 @@ def test_onnxruntime_options_reach_the_session_and_the_artifact(tmp_path):
     ({"threads": True}, "threads must be integer"),
     ({"optimization": "max"}, "optimization must be one of disable, basic, extended, all"),
     ({"spinning": "sometimes"}, "spinning must be one of auto, on, off"),
+    ({"skip_layernorm": "off"}, "skip_layernorm must be one of split, fused"),
 ])
 def test_onnxruntime_bad_options_are_named(options, message):
     with pytest.raises(TargetError, match=message):
