@@ -186,3 +186,24 @@ def test_the_benchmarks_refuse_a_misspelt_model_or_path(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "bert", "--paths", "hetcc,onnx"])
     assert "unknown paths ['onnx']" in capsys.readouterr().err
+
+
+def test_bench_skip_layernorm_compares_two_models_that_agree():
+    """The benchmark's fused and split one-op models compute the same Add + LayerNormalization."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    _bench_native()  # the benchmark imports it by name
+    spec = importlib.util.spec_from_file_location("bench_skip_layernorm",
+                                                  ROOT / "benchmarks" / "bench_skip_layernorm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(1)
+    x, r = (rng.standard_normal((1, 8, 32), dtype=np.float32) for _ in range(2))
+    want = torch.nn.functional.layer_norm(torch.from_numpy(x + r), (32,), eps=1e-12).numpy()
+    for fused in (True, False):
+        session = ort.InferenceSession(bench.one_op(fused, 8, 32), providers=["CPUExecutionProvider"])
+        ops = {n.op_type for n in onnx.load_from_string(bench.one_op(fused, 8, 32)).graph.node}
+        assert ("SkipLayerNormalization" in ops) is fused
+        np.testing.assert_allclose(session.run(None, {"x": x, "r": r})[0], want, rtol=1e-4, atol=1e-4)
