@@ -47,9 +47,10 @@ SPLIT_FUSIONS = ("SkipLayerNormFusion",)
 default). SkipLayerNormFusion folds a residual Add (and a bias) into the LayerNormalization after
 it, and the RMS-norm variant likewise; the CPU provider's kernel for the fused op is a scalar loop
 that divides per element, and ran 4-6x slower than Add plus LayerNormalization on ONNX Runtime 1.32
-(1x128x512: 387 against 65 us on one thread, on an AMD EPYC with AVX2). Left split, examples'
-bert ran 8 % faster in int8 and 6 % in fp32 (docs/backends.md). ONNX Runtime ignores a name it
-does not know, so tests/test_backends.py checks that this one still fuses our exports."""
+(1x128x512: 385 against 65 us on one thread, on an AMD EPYC with AVX2). Left split, examples'
+bert ran 6-10 % faster in fp32 and int8 (benchmarks/bench_skip_layernorm.py, docs/backends.md).
+ONNX Runtime ignores a name it does not know, so tests/test_backends.py checks that this one still
+fuses our exports."""
 PROVIDERS = {"cuda": ("CUDAExecutionProvider",),
              "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
 """hetcc's name -> the execution providers an onnxruntime:cuda session asks for, in order (the
