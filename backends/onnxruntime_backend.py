@@ -10,6 +10,7 @@ the exporter's own decompositions for ops without one (checked by tracing them o
 is what hetcc's verify step checks."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from functools import lru_cache
@@ -242,8 +243,10 @@ class OnnxRuntimeBackend(Backend):
 
     def load_command(self, artifact: Artifact) -> str:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
+        split = artifact.meta.get("skip_layernorm", "fused") == "split"
         return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
-                              "providers=[\"CPUExecutionProvider\"])")
+                              "providers=[\"CPUExecutionProvider\"]"
+                              + (f", disabled_optimizers={json.dumps(list(SPLIT_FUSIONS))})" if split else ")"))
 
 
 def _torch_cuda() -> str:

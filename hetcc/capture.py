@@ -16,15 +16,14 @@ import functools
 import json
 import logging
 import re
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from hetcc.eager_check import buffers_held, eager_failure, input_error, put_back
 from hetcc.errors import ExportError, InputError, InternalError, plain
 from hetcc.names import first_line
 from hetcc.torch_quirks import fake_tensor_errors_quieted, leafspec_warning_quieted
@@ -91,6 +90,7 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
         example_kwargs = dict(example_kwargs)
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
+    held = {} if exported else buffers_held(model)
     try:
         if exported:
             if dynamic_shapes is not None:
@@ -113,46 +113,13 @@ def capture(model, example_inputs, dynamic_shapes=None, example_kwargs=None) -> 
     except ExportError:
         raise
     except Exception as exc:  # torch raises many types; we explain them in one paragraph
-        eager = None if exported else eager_failure(model, example_inputs, example_kwargs)
+        put_back(held)
+        # a failure hetcc has no explanation for may be the model's own on these inputs
+        eager = None if exported or export_cause(exc) else eager_failure(model, example_inputs, example_kwargs)
         if eager is not None:
-            raise InputError(
-                f"the model fails on the example inputs when PyTorch runs it as it is, so there is "
-                f"nothing to compile: {type(eager).__name__}: {plain(first_line(eager)).rstrip('.')}"
-                f"{_user_frame(eager)}. Check the example inputs (their shapes; token ids within the "
-                "embedding table; a sequence no longer than the position table) by calling the model "
-                "on them yourself") from exc
+            raise input_error(eager) from eager
         raise ExportError(explain_export_failure(exc)) from exc
     return _from_exported(ep, tuple(example_inputs), example_kwargs or {}, dynamic_shapes)
-
-
-def eager_failure(model: torch.nn.Module, args, kwargs) -> Exception | None:
-    """What ``model`` raises when called on the example inputs in eager PyTorch, or None where it
-    runs. Asked only once torch.export has failed, to tell inputs the model cannot take (an
-    InputError the user fixes in the inputs) from a model torch.export cannot trace. Buffers the
-    call updates in place (batch norm's statistics, a step counter) are put back."""
-    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    try:
-        with torch.no_grad():
-            model(*args, **(kwargs or {}))
-    except Exception as exc:  # the model's own failure, of any type: reported, not handled
-        return exc
-    finally:
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in saved and b.shape == saved[name].shape:
-                    b.copy_(saved[name])
-    return None
-
-
-def _user_frame(exc: BaseException) -> str:
-    """`` at file:line (in function)`` for the innermost frame of ``exc``'s traceback outside torch
-    (the model's own line, in the user's or transformers' code), or "" where there is none."""
-    torch_dir = str(Path(torch.__file__).parent)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f" at {f.filename}:{f.lineno} (in {f.name})"
 
 
 PRESERVED = ("scaled_dot_product_attention",)
@@ -435,29 +402,33 @@ def explain_export_failure(exc: BaseException) -> str:
     if matches:
         file, line, func = matches[-1]
         where = f" at {file}:{line} (in {func})"
-    name = type(exc).__name__
+    cause, fix = export_cause(exc) or (
+        f"torch.export failed ({type(exc).__name__})",
+        "run torch.export.export(model, example_inputs) yourself to see the full trace")
+    return f"cannot capture the model: {cause}{where}. torch said: {plain(first).rstrip('.')}. To fix: {fix}."
+
+
+def export_cause(exc: BaseException) -> tuple[str, str] | None:
+    """(cause, fix) of an export failure hetcc recognises, or None."""
+    text, name = str(exc), type(exc).__name__
     cache = _CACHE_OUTPUT.search(text)
     if cache:
-        cause = f"the model returns a transformers {cache.group(1)}, which torch.export cannot trace"
-        fix = ("turn the cache off for a whole-prompt forward (model.config.use_cache = False, or "
-               "use_cache=False in the call), or return the cache as tensors, as the DecodeStep "
-               "wrapper in examples/hf_models.py does")
-    elif "DataDependent" in name or "data-dependent" in text or "data dependent" in text:
-        cause = ("the model branches or sizes a tensor on a tensor's value (data-dependent control "
-                 "flow)")
-        fix = ("make the branch independent of tensor values, use torch.cond for a real branch, or "
-               "compute the value outside the model and pass it in")
-    elif "Constraint" in name or "specialized" in text or "dynamic_shapes" in text:
-        cause = "the dynamic shapes you asked for do not hold for this model"
-        fix = ("check the dims in dynamic_shapes (an example size of 1 specialises a dim; use an "
-               "example batch of 2 or more), or drop the dim from dynamic_shapes")
-    elif "Unsupported" in name or "not supported" in text.lower():
-        cause = "the model uses a Python construct that torch.export cannot trace"
-        fix = "rewrite that part in plain tensor operations, or move it outside the model"
-    else:
-        cause = f"torch.export failed ({name})"
-        fix = "run torch.export.export(model, example_inputs) yourself to see the full trace"
-    return f"cannot capture the model: {cause}{where}. torch said: {plain(first).rstrip('.')}. To fix: {fix}."
+        return (f"the model returns a transformers {cache.group(1)}, which torch.export cannot trace",
+                "turn the cache off for a whole-prompt forward (model.config.use_cache = False, or "
+                "use_cache=False in the call), or return the cache as tensors, as the DecodeStep "
+                "wrapper in examples/hf_models.py does")
+    if "DataDependent" in name or "data-dependent" in text or "data dependent" in text:
+        return ("the model branches or sizes a tensor on a tensor's value (data-dependent control flow)",
+                "make the branch independent of tensor values, use torch.cond for a real branch, or "
+                "compute the value outside the model and pass it in")
+    if "Constraint" in name or "specialized" in text or "dynamic_shapes" in text:
+        return ("the dynamic shapes you asked for do not hold for this model",
+                "check the dims in dynamic_shapes (an example size of 1 specialises a dim; use an "
+                "example batch of 2 or more), or drop the dim from dynamic_shapes")
+    if "Unsupported" in name or "not supported" in text.lower():
+        return ("the model uses a Python construct that torch.export cannot trace",
+                "rewrite that part in plain tensor operations, or move it outside the model")
+    return None
 
 
 _CACHE_OUTPUT = re.compile(r"Found <class '[\w.]*\.(\w*Cache)'> in output")

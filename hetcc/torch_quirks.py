@@ -29,17 +29,23 @@ FAKE_TENSOR_LOGGER = "torch._subclasses.fake_tensor"
 while ``torch.export`` traces (a shape mismatch in the model, for one), before it raises."""
 
 
+class _BelowCritical(logging.Filter):
+    def filter(self, record) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
 @contextlib.contextmanager
 def fake_tensor_errors_quieted():
     """Keep torch's fake-tensor traceback log off the user's terminal for the duration.
 
     The same failure then reaches the caller as the exception torch raises, which hetcc explains in
     one paragraph (hetcc/capture.py); the log repeats it as some forty lines of torch internals.
-    Other loggers, and this one's CRITICAL messages, are untouched; its level is restored."""
+    Each use adds a filter of its own to that one logger and removes it after, so compiles in
+    several threads, or nested, leave the logger as they found it; its CRITICAL messages pass."""
     logger = logging.getLogger(FAKE_TENSOR_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    quiet = _BelowCritical()
+    logger.addFilter(quiet)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(quiet)

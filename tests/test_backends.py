@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
 import threading
 
 import pytest
@@ -501,6 +502,11 @@ def test_onnxruntime_leaves_add_and_layernorm_split_on_the_cpu(tmp_path, monkeyp
     assert made[-1] is None
     fused = resolve(target, {"skip_layernorm": "fused"}).lower(seg, target, tmp_path / "b")
     assert fused.meta["skip_layernorm"] == "fused"
+    # the command that reproduces a failed load opens the session the same way, and runs
+    command = resolve(target).load_command(artifact)
+    assert 'disabled_optimizers=["SkipLayerNormFusion"]' in command
+    assert "disabled_optimizers" not in resolve(target).load_command(fused)
+    assert subprocess.run(command, shell=True, capture_output=True).returncode == 0
 
 
 @pytest.mark.parametrize("options,message", [

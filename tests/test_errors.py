@@ -85,27 +85,61 @@ class ShortPositions(nn.Module):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(8, 4))
         self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("seen", None)
 
     def forward(self, x):
         self.calls += 1
+        self.seen = x.clone()  # reassigned: the check puts the original object back
+        x.mul_(2)  # the caller's tensor: the check runs on a copy
+        self.register_buffer("extra", torch.ones(1))
         return x + self.pos
 
 
-def test_inputs_the_model_itself_rejects_are_an_input_error(caplog):
+def test_inputs_the_model_itself_rejects_are_an_input_error():
     model = ShortPositions()
-    with pytest.raises(InputError) as info:
-        hetcc.compile(model, (torch.randn(16, 4),), targets=["torch:cpu"])
+    seen = []  # what torch's fake-tensor logger emits (its records do not reach the root logger)
+    catcher = logging.Handler()
+    catcher.emit = seen.append
+    logger = logging.getLogger(FAKE_TENSOR_LOGGER)
+    logger.addHandler(catcher)
+    try:
+        x = torch.randn(16, 4)
+        with pytest.raises(InputError) as info:
+            hetcc.compile(model, (x,), targets=["torch:cpu"])
+    finally:
+        logger.removeHandler(catcher)
     msg = str(info.value)
     assert "fails on the example inputs when PyTorch runs it as it is" in msg
     assert "must match the size of tensor b (8)" in msg  # torch's own words
     assert "test_errors.py" in msg and "(in forward)" in msg  # the model's line, not torch's
-    assert len(msg.splitlines()) == 1
-    assert model.calls.item() == 0  # the eager check put the counter back
-    # torch's fake-tensor traceback (forty lines at ERROR) stayed off, and its level came back
-    assert not [r for r in caplog.records if r.name == FAKE_TENSOR_LOGGER]
-    assert logging.getLogger(FAKE_TENSOR_LOGGER).level == logging.NOTSET
-    cm = hetcc.compile(model, (torch.randn(8, 4),), targets=["torch:cpu"])  # inputs it takes
-    assert cm(torch.ones(8, 4)).shape == (8, 4)
+    assert len(msg.splitlines()) == 1 and msg.endswith(".")
+    assert isinstance(info.value.__cause__, RuntimeError)  # the eager failure, with its traceback
+    assert not seen and not logger.filters  # torch's forty-line log stayed off, and nothing is left behind
+    assert model.calls.item() == 0 and model.seen is None  # the eager check left the model as it was
+    assert not hasattr(model, "extra")
+
+
+def test_the_eager_check_runs_on_a_copy_of_the_inputs():
+    x = torch.randn(16, 4)
+    before = x.clone()
+    with pytest.raises(InputError):
+        hetcc.compile(ShortPositions(), (x,), targets=["torch:cpu"])
+    assert torch.equal(x, before)  # the eager check doubled a copy, not the caller's tensor
+
+
+def test_a_wrong_keyword_is_an_input_error_without_a_line_of_hetcc():
+    with pytest.raises(InputError) as info:
+        hetcc.compile(nn.Linear(4, 4), {"inputs": torch.randn(2, 4)}, targets=["torch:cpu"])
+    msg = str(info.value)
+    assert "unexpected keyword argument 'inputs'" in msg
+    assert "hetcc" + "/" not in msg.replace("hetcc.compile", "")  # no frame of hetcc's own named
+
+
+def test_a_model_on_the_meta_device_keeps_the_export_explanation():
+    with torch.device("meta"):
+        model = DataDependent()
+    with pytest.raises(ExportError, match="data-dependent control flow"):
+        hetcc.compile(model, (torch.randn(3, device="meta"),), targets=["torch:cpu"])
 
 
 def test_not_a_module():
