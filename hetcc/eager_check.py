@@ -16,8 +16,7 @@ import torch.utils._pytree as pytree
 from hetcc.errors import InputError, plain
 from hetcc.names import first_line
 
-_SKIPPED_DIRS = tuple(str(Path(m.__file__).parent) + os.sep for m in (torch,)) + (
-    str(Path(__file__).parent) + os.sep,)
+_SKIPPED_DIRS = (str(Path(torch.__file__).parent) + os.sep, str(Path(__file__).parent) + os.sep)
 """Frames in these packages (torch's, hetcc's) are not the model's line."""
 
 

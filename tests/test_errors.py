@@ -97,7 +97,7 @@ class ShortPositions(nn.Module):
 
 def test_inputs_the_model_itself_rejects_are_an_input_error():
     model = ShortPositions()
-    seen = []  # what torch's fake-tensor logger emits (its records do not reach the root logger)
+    seen = []  # what torch's fake-tensor logger emits (a handler on it sees them however torch propagates)
     catcher = logging.Handler()
     catcher.emit = seen.append
     logger = logging.getLogger(FAKE_TENSOR_LOGGER)
