@@ -341,7 +341,7 @@ def test_targets(fake_backends, capsys, cpu, vnni):
     assert info["devices"][0]["device"] == "cpu"
     # every backend's options, from its own declaration; targets never run on hardware say so
     assert [o["name"] for o in backends["onnxruntime"]["options"]] == ["threads", "optimization", "spinning",
-                                                                       "precision", "provider"]
+                                                                       "skip_layernorm", "precision", "provider"]
     compile_option = backends["torch"]["options"][0]
     assert compile_option["name"] == "compile" and compile_option["devices"] == ["cuda"]
     assert backends["fake"]["options"] == []
