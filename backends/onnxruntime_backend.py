@@ -46,7 +46,7 @@ SKIP_LAYERNORM = ("split", "fused")
 SPLIT_FUSIONS = ("SkipLayerNormFusion",)
 """ONNX Runtime graph optimizers a CPU session turns off with ``skip_layernorm="split"`` (the
 default). SkipLayerNormFusion folds a residual Add (and a bias) into the LayerNormalization after
-it, and the RMS-norm variant likewise; the CPU provider's kernel for the fused op is a scalar loop
+it; the CPU provider's kernel for the fused op is a scalar loop
 that divides per element, and ran 4-6x slower than Add plus LayerNormalization on ONNX Runtime 1.32
 (1x128x512: 385 against 65 us on one thread, on an AMD EPYC with AVX2). Left split, examples'
 bert ran 6-10 % faster in fp32 and int8 (benchmarks/bench_skip_layernorm.py, docs/backends.md).
