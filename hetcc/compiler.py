@@ -139,9 +139,10 @@ class Lowered:
     """How long lowering, loading and verifying took."""
     added_seconds: float = 0.0
     """What the nodes its backend left in fp32 add to the placement's price (hetcc/kept_fp32.py)."""
-    instead_of: tuple | None = None
-    """(target, its seconds there, why not) where it runs in place of a target that held the accuracy
-    limit only with nodes in fp32 (_Session._instead_of_kept): the plan's runner-up."""
+    runner_up: tuple | None = None
+    """(target, its seconds there, why not): the plan's runner-up where lowering settled it
+    (_Session._instead_of_kept): the target it runs in place of, which held the accuracy limit only
+    with nodes in fp32, or the one tried in its place that lost."""
 
 
 class CompiledModel:
@@ -622,6 +623,10 @@ class _Session:
                        "it would not fit the memory" if problem.overfull(room) else "")
                 if why:
                     log.info("%s stays on %s rather than %s: %s", seg.program.name, seg.target, target, why)
+                    if segments[i].runner_up is None and not isinstance(outcome.executable, NotHere):
+                        there = sum(problem.cost[u][t] for u in spec.units) + seconds
+                        segments[i] = replace(segments[i], runner_up=(
+                            str(target), None if outcome.error is not None else there, f"tried in its place: {why}"))
                     continue
                 n = len(kept_fp32.kept(seg.artifact).get("nodes") or ())
                 left = f"held its accuracy limit only with {n} quantized node{'' if n == 1 else 's'} in fp32"
@@ -635,7 +640,7 @@ class _Session:
                 lost = (str(seg.target), sum(problem.cost[u][seg.spec.target] for u in spec.units) + seg.added_seconds,
                         f"it {left}: priced with them, the whole plan would cost {saved * 1e3:.3f} ms more than here")
                 segments[i] = Lowered(program, target, spec, outcome.artifact, outcome.executable,
-                                      outcome.verification, outcome.seconds, seconds, instead_of=lost)
+                                      outcome.verification, outcome.seconds, seconds, runner_up=lost)
                 specs[i], assignment, cost, used = spec, trial, trial_cost, room
                 break
         if assignment is placement.assignment:
@@ -926,8 +931,8 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
     for seg in segments:
         program, target, spec, artifact, checked = seg.program, seg.target, seg.spec, seg.artifact, seg.verification
         nodes = [m for u in spec.units for m in units[u].members]
-        alt = RunnerUp(*seg.instead_of) if seg.instead_of else \
-            runner_up(problem, placement.assignment, spec.units, candidates.reasons)
+        alt = RunnerUp(*seg.runner_up) if seg.runner_up else \
+            runner_up(problem, placement.assignment, spec.units, candidates.reasons, added=seg.added_seconds)
         fell_back = {}
         for u in spec.units:
             for earlier in order[:spec.target]:

@@ -23,16 +23,18 @@ class RunnerUp:
     """Why it lost, with the numbers: slower, hand-overs, does not fit, or refused and why."""
 
 
-def runner_up(problem, assignment, units, reasons=None) -> RunnerUp | None:
+def runner_up(problem, assignment, units, reasons=None, added: float = 0.0) -> RunnerUp | None:
     """The best other target for ``units`` (a segment's unit indices, all on one target under
     ``assignment``), or None when there is no other target. ``reasons[u][target name]`` says why a
-    target may not run unit u (Candidates.reasons)."""
+    target may not run unit u (Candidates.reasons). ``added``: seconds the segment costs beyond the
+    problem's price of its units (nodes its backend left in fp32: hetcc/kept_fp32.py), so that
+    "here" is what the plan says it costs."""
     units = list(units)
     if not units or problem.k < 2:
         return None
     chosen = assignment[units[0]]
-    mine = sum(problem.cost[u][chosen] for u in units)
-    base = evaluate(problem, assignment)
+    mine = sum(problem.cost[u][chosen] for u in units) + added
+    base = evaluate(problem, assignment) + added
     feasible, refused = [], []
     for t in range(problem.k):
         if t == chosen:

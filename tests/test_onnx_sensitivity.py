@@ -472,6 +472,17 @@ def test_a_segment_dearer_for_its_nodes_in_fp32_runs_where_it_costs_less(seven_b
     (seg,) = cm.plan.segments
     assert seg.target == "onnxruntime:cpu@int8" and cm.artifacts[seg.name].meta["kept_fp32"]["where"] == ["layers.0"]
     assert not any("held its accuracy limit only" in n for n in cm.plan.notes)
+    # its runner-up is compared with what the plan says the segment costs, its node in fp32 included
+    here = re.search(r"vs ([0-9.]+) ms here", seg.runner_up_why)
+    assert here and float(here.group(1)) == pytest.approx(seg.predicted_seconds * 1e3, abs=1e-3), seg.runner_up_why
+    # in between: @int8u all in int8 priced below int8 with its node in fp32, so it is tried, and
+    # with its own node in fp32 it costs more; the runner-up line says that, not the price all in int8
+    between = {**fast, "onnxruntime:cpu": device(fp32=40e9)}
+    cm = hetcc.compile(model, (x,), targets=targets, accuracy=0.012, tune="off", devices=between)
+    (seg,) = cm.plan.segments
+    assert seg.target == "onnxruntime:cpu@int8" and seg.runner_up == "onnxruntime:cpu@int8u"
+    assert seg.runner_up_why.startswith("tried in its place: with its own nodes in fp32 it costs"), seg.runner_up_why
+    assert seg.runner_up_seconds > seg.predicted_seconds
 
 
 def test_only_targets_that_keep_the_segments_as_they_are_are_tried():
