@@ -214,11 +214,9 @@ class OnnxRuntimeBackend(Backend):
                             "none, and ONNX Runtime's int8 kernels can saturate here (20 %% error was seen "
                             "where the weights' own rounding gave 1 %%): compile it again on this machine",
                             names[2])
-            # an artifact from before the option was verified with ONNX Runtime's fusions as they were
-            split = settings.get("skip_layernorm", "fused") == "split"
             session = ort.InferenceSession(artifact.files["model"], sess_options=options,
                                            providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=list(SPLIT_FUSIONS) if split else None)
+                                           disabled_optimizers=_disabled_optimizers(meta))
             return OrtExecutable(session, *names)
         provider = meta.get("provider", "cuda")
         if provider not in PROVIDERS:
@@ -243,10 +241,17 @@ class OnnxRuntimeBackend(Backend):
 
     def load_command(self, artifact: Artifact) -> str:
         """The command that loads the lowered model as ``load`` does, to reproduce a failed load."""
-        split = artifact.meta.get("skip_layernorm", "fused") == "split"
+        disabled = _disabled_optimizers(artifact.meta)
         return python_command(f"import onnxruntime; onnxruntime.InferenceSession({py_str(artifact.files['model'])}, "
                               "providers=[\"CPUExecutionProvider\"]"
-                              + (f", disabled_optimizers={json.dumps(list(SPLIT_FUSIONS))})" if split else ")"))
+                              + (f", disabled_optimizers={json.dumps(disabled)})" if disabled else ")"))
+
+
+def _disabled_optimizers(meta: dict) -> list[str] | None:
+    """The graph optimizers a CPU session of this artifact turns off (SPLIT_FUSIONS where it asks for
+    skip_layernorm="split"); an artifact from before the option was verified with ONNX Runtime's
+    fusions as they were, so it keeps them."""
+    return list(SPLIT_FUSIONS) if meta.get("skip_layernorm", "fused") == "split" else None
 
 
 def _torch_cuda() -> str:

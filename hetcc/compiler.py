@@ -624,7 +624,7 @@ class _Session:
                 if why:
                     log.info("%s stays on %s rather than %s: %s", seg.program.name, seg.target, target, why)
                     if segments[i].runner_up is None and not isinstance(outcome.executable, NotHere):
-                        there = sum(problem.cost[u][t] for u in spec.units) + seconds
+                        there = kept_fp32.priced_seconds(problem, spec.units, t, seconds)
                         segments[i] = replace(segments[i], runner_up=(
                             str(target), None if outcome.error is not None else there, f"tried in its place: {why}"))
                     continue
@@ -637,7 +637,7 @@ class _Session:
                              f"{saved * 1e3:.2f} ms less by the cost model, so they run there")
                 log.info("%s runs on %s instead of %s: %.3g ms less by the cost model",
                          seg.program.name, target, seg.target, saved * 1e3)
-                lost = (str(seg.target), sum(problem.cost[u][seg.spec.target] for u in spec.units) + seg.added_seconds,
+                lost = (str(seg.target), kept_fp32.priced_seconds(problem, spec.units, seg.spec.target, seg.added_seconds),
                         f"it {left}: priced with them, the whole plan would cost {saved * 1e3:.3f} ms more than here")
                 segments[i] = Lowered(program, target, spec, outcome.artifact, outcome.executable,
                                       outcome.verification, outcome.seconds, seconds, runner_up=lost)
@@ -949,7 +949,7 @@ def _make_plan(order, segments, units, facts, candidates, placement, problem, ob
             # weights at the target's precision (int8: a quarter), with the nodes its backend left
             # in fp32 at their size
             resident_bytes=kept_fp32.resident(problem, spec.units, spec.target, artifact),
-            predicted_seconds=sum(problem.cost[u][spec.target] for u in spec.units) + seg.added_seconds,
+            predicted_seconds=kept_fp32.priced_seconds(problem, spec.units, spec.target, seg.added_seconds),
             ops=dict(Counter(facts[m].op for m in nodes if facts[m].op_class != "view")),
             fell_back=fell_back, max_error=checked.max_error, lower_seconds=seg.seconds,
             measured_seconds=checked.measured_seconds,

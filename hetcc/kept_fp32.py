@@ -30,6 +30,13 @@ def resident(problem, units, t: int, artifact) -> float:
     return sum(problem.held(u, t) for u in units) + added_bytes(artifact)
 
 
+def priced_seconds(problem, units, t: int, added: float) -> float:
+    """Seconds a segment of ``units`` on target index ``t`` costs by the cost model: the
+    placement's price of its units there, and ``added`` for the nodes its backend left in fp32
+    (``added_seconds``)."""
+    return sum(problem.cost[u][t] for u in units) + added
+
+
 def fp32_shares(artifact, members, facts, paths: dict, precision: str | None) -> dict[str, float]:
     """Node name -> the share of it that runs in fp32 rather than ``precision``: for each matrix
     product among ``members`` (node names, with ``facts``) in a module some of whose quantized
