@@ -56,7 +56,9 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
 
     Where the segment has an accuracy limit (``segment.accuracy_limit``, compile(accuracy=...)) and
     all in int8 misses it, the nodes whose rounding moves it most stay fp32, as few as hold the limit
-    (backends/onnx_sensitivity.py); the result's ``meta["kept_fp32"]`` names them."""
+    on the example inputs and on each of its validation batches (``segment.validation``, where the
+    user gave some), by the worst of them (backends/onnx_sensitivity.py); the result's
+    ``meta["kept_fp32"]`` names them."""
     from hetcc.backends.onnx_tables import quantizable_tables
     from hetcc.backends.onnx_tied import untie
 
@@ -107,11 +109,15 @@ def _left_out(model, source: Path, target: Path, tied: dict, quantize, exported,
 
     import onnx
 
-    feeds = {name: to_numpy(x) for name, x in zip(exported.input_names, segment.example_inputs) if name}
-    want = [segment.reference_value(name) for name in segment.output_names]
+    # the example inputs, and each validation batch (compile(validation=...)): the worst counts
+    checks = [(segment.example_inputs, [segment.reference_value(name) for name in segment.output_names]),
+              *((inputs, list(want)) for inputs, want in getattr(segment, "validation", ()))]
+    feeds = [({name: to_numpy(x) for name, x in zip(exported.input_names, inputs) if name}, want)
+             for inputs, want in checks]
 
     def measured(session, extra=None):
-        return sensitivity.worst_error(session.run(exported.output_names, {**feeds, **(extra or {})}), want)
+        return max(sensitivity.worst_error(session.run(exported.output_names, {**feed, **(extra or {})}), want)
+                   for feed, want in feeds)
 
     tried = False
     try:
@@ -153,7 +159,8 @@ def _left_out(model, source: Path, target: Path, tied: dict, quantize, exported,
                 said.append(f"{len(found.nodes)} of {found.of} quantized nodes left in fp32: relative error "
                             f"{everything:.3g} all in int8, {error:.3g} now")
                 return {**found.meta(), "relative_error": error, "all_int8_relative_error": everything,
-                        "added_bytes": target.stat().st_size - all_int8_bytes}
+                        "added_bytes": target.stat().st_size - all_int8_bytes,
+                        **({"validation_batches": len(feeds) - 1} if len(feeds) > 1 else {})}
             said.append(f"{len(found.nodes)} nodes left in fp32 measured {found.error:.3g}, but the file "
                         f"{error:.3g}; trying a stricter set")
             # the file moved error / found.error times what the switched model said: aim that much

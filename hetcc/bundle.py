@@ -798,8 +798,11 @@ def _accuracy(value) -> dict | None:
     batches = value.get("calibration_batches")
     batches = {"calibration_batches": batches} if isinstance(batches, int) and not isinstance(batches, bool) \
         and 2 <= batches <= 1 + MAX_BATCHES else {}
+    checked = value.get("validation_batches")
+    checked = {"validation_batches": checked, "measured_validation": _number(value.get("measured_validation"))} \
+        if isinstance(checked, int) and not isinstance(checked, bool) and 1 <= checked <= MAX_BATCHES else {}
     return {"metric": value["metric"], "bound": value["bound"], "measured": _number(value.get("measured")),
-            "dropped": dropped, **batches}
+            "dropped": dropped, **batches, **checked}
 
 
 def _candidates(value) -> tuple[dict, ...]:

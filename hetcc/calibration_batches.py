@@ -22,42 +22,56 @@ SHAPES = ("each batch given as the example inputs are: a tuple of tensors for po
           "dict for keyword inputs, or a pair (tuple, dict) for both")
 
 
-def check_batches(calibration) -> list:
-    """``calibration`` as a list of batches, or InputError; what can be checked before capture."""
-    if isinstance(calibration, (torch.Tensor, Mapping, str, bytes)) or not hasattr(calibration, "__iter__"):
-        raise InputError(f"calibration must be a list of input batches, {SHAPES}; e.g. "
-                         "calibration=[(x1,), (x2,)]")
-    batches = list(calibration)
+WITHOUT = {"calibration": "static int8 is then not offered",
+           "validation": "the budget is then checked on the example inputs alone"}
+"""What leaving each kind of batches out means, for the error on an empty list."""
+
+
+def check_batches(batches, what: str = "calibration") -> list:
+    """``batches`` (compile's ``calibration=`` or ``validation=``, named by ``what``) as a list, or
+    InputError; what can be checked before capture."""
+    if isinstance(batches, (torch.Tensor, Mapping, str, bytes)) or not hasattr(batches, "__iter__"):
+        raise InputError(f"{what} must be a list of input batches, {SHAPES}; e.g. "
+                         f"{what}=[(x1,), (x2,)]")
+    batches = list(batches)
     if not batches:
-        raise InputError("calibration is an empty list: give one or more input batches like the "
-                         "example inputs, or leave it out (static int8 is then not offered)")
+        raise InputError(f"{what} is an empty list: give one or more input batches like the "
+                         f"example inputs, or leave it out ({WITHOUT[what]})")
     if len(batches) > MAX_BATCHES:
-        raise InputError(f"calibration has {len(batches)} batches; give at most {MAX_BATCHES}: the values "
-                         "segments read are kept for each batch while compiling, and a few representative "
-                         "batches fix min-max ranges as well as many")
+        raise InputError(f"{what} has {len(batches)} batches; give at most {MAX_BATCHES}: the values "
+                         "segments read are kept for each batch while compiling"
+                         + (", and a few representative batches fix min-max ranges as well as many"
+                            if what == "calibration" else ""))
     return batches
+
+
+def flattened(captured, batches: list, what: str = "calibration") -> list[list]:
+    """``batches`` (from ``check_batches``) flattened as the example inputs were, each checked
+    against them: dtype, device, the static dimensions, and the dynamic ones within their ranges
+    and equal wherever they share a name."""
+    from hetcc.capture import _flatten_inputs
+
+    want = [captured.values[n] for n in captured.user_inputs]
+    flats = []
+    for i, batch in enumerate(batches):
+        args, kwargs = _split(batch)
+        try:
+            flat = _flatten_inputs(captured, args, kwargs)
+        except (InputError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{what} batch {i}: does not match the example inputs ({exc}); "
+                             f"give {SHAPES}") from None
+        sizes: dict[str, tuple[str, int]] = {}
+        for name, got, example in zip(captured.user_inputs, flat, want):
+            _check(f"{what} batch {i}", name, got, example, captured.dynamic_dims.get(name, {}),
+                   captured.dim_ranges, sizes)
+        flats.append([x.detach() for x in flat])
+    return flats
 
 
 class CalibrationBatches:
     def __init__(self, captured, batches: list):
-        """``batches`` (from ``check_batches``) flattened as the example inputs were, each checked
-        against them: dtype, device, the static dimensions, and the dynamic ones within their
-        ranges and equal wherever they share a name."""
-        from hetcc.capture import _flatten_inputs
-
-        want = [captured.values[n] for n in captured.user_inputs]
-        self.flats = []
-        for i, batch in enumerate(batches):
-            args, kwargs = _split(batch)
-            try:
-                flat = _flatten_inputs(captured, args, kwargs)
-            except (InputError, KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"calibration batch {i}: does not match the example inputs ({exc}); "
-                                 f"give {SHAPES}") from None
-            sizes: dict[str, tuple[str, int]] = {}
-            for name, got, example in zip(captured.user_inputs, flat, want):
-                _check(i, name, got, example, captured.dynamic_dims.get(name, {}), captured.dim_ranges, sizes)
-            self.flats.append([x.detach() for x in flat])
+        """``batches`` (from ``check_batches``), checked and flattened (``flattened``)."""
+        self.flats = flattened(captured, batches)
         self._captured = captured
         self._values: list[dict] = []
 
@@ -132,8 +146,8 @@ def _tensor(x):
     return x
 
 
-def _check(i: int, name: str, got, example, dynamic: dict, ranges: dict, sizes: dict) -> None:
-    where = f"calibration batch {i}: input {name!r}"
+def _check(batch: str, name: str, got, example, dynamic: dict, ranges: dict, sizes: dict) -> None:
+    where = f"{batch}: input {name!r}"
     if got.dtype != example.dtype:
         raise InputError(f"{where} is {got.dtype}, the example input {example.dtype}; give each batch in "
                          "the example's dtypes")

@@ -21,6 +21,7 @@ from hetcc.backends.base import Artifact
 from hetcc.backends.options import check_backend_options
 from hetcc.backends.registry import arithmetic_of, resolve
 from hetcc.calibration_batches import CalibrationBatches, check_batches
+from hetcc.validation import ValidationBatches
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
 from hetcc.cost_model.planning import ACCELERATOR
@@ -75,6 +76,7 @@ from hetcc.verify import (
     PrecisionMiss,
     Verification,
     compare,
+    check_relative,
     compare_relative,
     nan_differences,
     nan_probe_inputs,
@@ -212,7 +214,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
             nan: str = "report", strict: bool = False, max_fallback: float | None = None,
             progress=None, example_kwargs: dict | None = None, tune="auto",
             learn: bool = False, output_device: str = "cpu", resident_inputs=(), accuracy=None,
-            precisions=None, calibration=None) -> CompiledModel:
+            precisions=None, calibration=None, validation=None) -> CompiledModel:
     """Compile ``model`` for a list of targets and return a callable with the same outputs.
 
     example_inputs: a tuple of the model's positional inputs, or a dict of keyword inputs (a
@@ -264,6 +266,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         where NNCF is installed: int8 convolutions and matrix products, activation scales fixed
         ahead of time) takes its ranges, together with the example inputs. Without it static
         int8 is not offered. docs/precision.md.
+    validation: with accuracy, a list of input batches given as the example inputs are, on which
+        the budget must hold too: each lower-precision segment is checked against its limit on
+        every batch, the nodes a backend keeps in fp32 are chosen by the worst of them, and the
+        whole model is checked on each (plan.accuracy["measured_validation"]: the worst). Without
+        it the budget holds on the example inputs only. docs/precision.md.
     strict: raise hetcc.errors.FallbackError instead of returning when any node falls back to
         torch:cpu because the targets asked for refused it or failed on it (its message names the
         nodes, each target's reason, and what to do). Nodes the user pinned or excluded, and nodes
@@ -276,7 +283,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         when the saved bundle is loaded where the device is (docs/bundle.md). The compiled model
         can then only be saved; calling it here raises a TargetError.
     progress: optional callable(stage: str, detail: str), told as each stage starts ("capture",
-        "calibrate", "solve", "lower", "measure"); the CLI draws its progress display from it.
+        "calibrate", "validate", "solve", "lower", "measure"); the CLI draws its progress display from it.
     output_device: where calls return outputs: "cpu" (default), "cuda:N", or "keep" (where the
         segment that made each one left it). Inputs may be CPU or CUDA tensors either way; the
         runtime copies a value only where a segment on another device reads it
@@ -299,6 +306,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     tolerances = Tolerances.make(rtol, atol)
     accuracy_budget = AccuracyBudget.make(accuracy)
     calibration = None if calibration is None else check_batches(calibration)
+    validation = None if validation is None else check_batches(validation, "validation")
+    if validation is not None and accuracy_budget is None:
+        raise HetccError("validation= (CLI --validation) holds the accuracy budget on more inputs than the "
+                         "examples: give the budget too, e.g. accuracy=0.01 (CLI --accuracy 0.01); "
+                         "without one every segment runs in the model's own precision")
     backends = {t: resolve(t, options.get(t.backend)) for t in wanted}
     for target in lower_precisions(wanted, backends, accuracy_budget, precisions, calibration is not None):
         wanted.append(target)
@@ -312,6 +324,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     if accuracy_budget is not None:
         accuracy_budget.check_outputs([captured.values.get(o) for o in captured.outputs if o is not None])
     batches = None if calibration is None else CalibrationBatches(captured, calibration)
+    checks = None if validation is None else ValidationBatches(captured, validation)
     facts = graph_facts(captured.graph, captured.values, captured.weights)
     units, unit_of = placement_units(captured.graph, facts)
     order = list(backends)
@@ -325,6 +338,9 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
         batches.run(unit_of, {m for u, unit in enumerate(units)
                               if any(candidates.allowed[u][t] for t in static) for m in unit.members})
+    if checks is not None:
+        report("validate", f"the model on {len(checks)} validation batch(es), for the accuracy budget")
+        checks.run(unit_of)
     infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
@@ -335,7 +351,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                            cross_compile, Path(workdir) if workdir else scratch, objective, report, nan,
                            limit, resident_inputs=tuple([resident_inputs] if isinstance(resident_inputs, str)
                                                         else resident_inputs), budget=accuracy_budget,
-                           calibration=batches)
+                           calibration=batches, validation=checks)
         chosen = session.place(candidates)
         elsewhere = chosen.not_here()
         if elsewhere:
@@ -396,6 +412,8 @@ class _Session:
     """compile(accuracy=...): what lower-precision segments and the whole model are checked against."""
     calibration: CalibrationBatches | None = None
     """compile(calibration=...): the batches static int8 segments take their scales from."""
+    validation: ValidationBatches | None = None
+    """compile(validation=...): batches the budget must hold on besides the example inputs."""
     failures: int = 0
     why: str = ""
     """Said after each progress message (which plan is being built)."""
@@ -419,7 +437,7 @@ class _Session:
         # failures, so they do not count as attempts; they have their own bound, MAX_DROPS
         attempt, drops, resolves = 0, [], 0
         while attempt < MAX_ATTEMPTS:
-            attempt, accuracy = attempt + 1, None
+            attempt, accuracy, validated = attempt + 1, None, None
             # a memory give-up in the last round explains a placement that no longer fits
             past_memory, self.past_memory = self.past_memory, []
             try:
@@ -465,14 +483,18 @@ class _Session:
             else:
                 runtime = _make_runtime(self.captured, segments)
                 accuracy = whole_model_error(runtime, self.captured, self.budget)
-                if self.budget.holds(accuracy):
+                validated = None if self.validation is None else self.validation.worst(runtime, self.budget)
+                worst = accuracy if validated is None else self.budget.worst_of([accuracy, validated])
+                if self.budget.holds(worst):
                     break
                 # errors compound across segments: give up part of the lower precision that moved
                 # its own outputs most
                 notes.append(drop_for_budget(
-                    segments, accuracy, self.budget, candidates, drops, partial=len(drops) < PARTIAL_DROPS,
+                    segments, worst, self.budget, candidates, drops, partial=len(drops) < PARTIAL_DROPS,
                     choose=lambda seg, pieces: self._better_end(seg.program.name, seg.target, seg.spec.target,
-                                                                pieces, problem, by="error")))
+                                                                pieces, problem, by="error"),
+                    where="the example inputs" if worst == accuracy else "the validation batch"
+                    if len(self.validation) == 1 else f"one of {len(self.validation)} validation batches"))
             # place again, without what was given up: not an attempt
             attempt, resolves = attempt - 1, resolves + 1
             if len(drops) >= MAX_DROPS:
@@ -486,6 +508,9 @@ class _Session:
         if self.budget is not None:
             plan = replace(plan, accuracy={**self.budget.to_dict(), "measured": accuracy,
                                            "dropped": [*inherited, *drops],
+                                           **({"validation_batches": len(self.validation),
+                                               "measured_validation": validated}
+                                              if self.validation is not None else {}),
                                            **({"calibration_batches": len(self.calibration)}
                                               if self.calibration is not None and any(
                                                   s.target.precision in CALIBRATED for s in segments)
@@ -658,6 +683,8 @@ class _Session:
                                 self.captured.dim_ranges, keep_outputs={o for o in self.captured.outputs if o})
         if target.precision in CALIBRATED and self.calibration is not None:
             program.calibration = self.calibration.for_segment(program.input_names)
+        if target.precision and self.validation is not None:
+            program.validation = self.validation.for_segment(program.input_names, program.output_names)
         key = (target, nodes, tuple(program.output_names))
         if key not in self.lowered:
             self.report("lower", f"{doing}{program.name} ({len(nodes)} nodes) on {target}, then verify{self.why}")
@@ -829,6 +856,7 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
             max_error, relative = compare(program, got, tolerances), None
         else:
             max_error, relative = compare_relative(program, got, limit)
+            max_error, relative = _validated(program, executable, limit, max_error, relative)
         measured = _median_call(executable, program.example_inputs)
         dropped = _nan_check(program, executable)
         if dropped and nan == "require":
@@ -847,6 +875,19 @@ def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross
             reason += _where_kept(artifact, workdir, stage, backend)
         return Outcome(None, None, None, reason, time.perf_counter() - started)
     return Outcome(artifact, executable, verification, None, time.perf_counter() - started)
+
+
+def _validated(program, executable, limit: float, max_error: float, relative: float) -> tuple[float, float]:
+    """The segment's check against ``limit`` on each of its validation batches too: the worst
+    (max abs error, relative error) over them and the example inputs' (``max_error``,
+    ``relative``); PrecisionMiss naming the batch where one misses."""
+    for i, (inputs, want) in enumerate(program.validation):
+        try:
+            error, rel = check_relative(program.name, program.output_names, executable(*inputs), list(want), limit)
+        except PrecisionMiss as exc:
+            raise PrecisionMiss(f"on validation batch {i}: {exc}", exc.relative) from None
+        max_error, relative = max(max_error, error), max(relative, rel)
+    return max_error, relative
 
 
 def _where_kept(artifact, workdir: Path, stage: str, backend) -> str:

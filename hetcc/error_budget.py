@@ -105,6 +105,12 @@ class AccuracyBudget:
             if self.metric == "top1":
                 raise HetccError(TOP1_NEEDS)
             return self.best
+        return self.worst_of(values)
+
+    def worst_of(self, values) -> float:
+        """The worst of measured values: the largest relative error, the smallest cosine or top-1
+        agreement."""
+        values = list(values)
         return max(values) if self.metric == "rel_error" else min(values)
 
     def share_within(self, value: float, margin: float = 0.8) -> float:

@@ -102,8 +102,11 @@ def note(segment: str, target, artifact, seconds: float = 0.0) -> str:
         added.append(f"{nodes['added_bytes'] / 1e6:.1f} MB to its file")
     if seconds > 0:
         added.append(f"{seconds * 1e3:.2f} ms to its predicted time")
+    batches = nodes.get("validation_batches")
+    on = (f" (the worst over the example inputs and {batches} validation batch{'' if batches == 1 else 'es'})"
+          if isinstance(batches, int) and not isinstance(batches, bool) and batches > 0 else "")
     return (f"{segment} on {target} keeps {len(where)} of its {nodes.get('of', '?')} quantized nodes in fp32 to "
-            f"hold its accuracy limit: all in {target.precision} its outputs moved by relative error "
+            f"hold its accuracy limit{on}: all in {target.precision} its outputs moved by relative error "
             f"{nodes.get('all_int8_relative_error', float('nan')):.3g}, with these in fp32 "
             f"{nodes.get('relative_error', float('nan')):.3g} ({shown})"
             + (f"; they add {' and '.join(added)}" if added else ""))

@@ -29,7 +29,7 @@ class ModelFileError(HetccError):
 _counter = itertools.count()
 _loaded: dict = {}
 """Resolved path -> the module a model file was imported as in this process, so that
---calibration FILE.py:FUNCTION in the model's own file runs in the module build() ran in."""
+--calibration and --validation FILE.py:FUNCTION in the model's own file run in the module build() ran in."""
 
 
 def load_model(spec: str, inputs_npz: str | None = None):
@@ -73,20 +73,22 @@ def _load_python(path: Path, func: str):
     return _check_build_result(_call(path, func, build), f"{path}:{func}()")
 
 
-def load_batches(spec: str) -> list:
-    """--calibration FILE.py:FUNCTION -> the list of input batches the function returns (each
-    given as the example inputs are: a tuple of tensors, or a dict of keyword inputs)."""
+def load_batches(spec: str, flag: str = "--calibration") -> list:
+    """``flag`` FILE.py:FUNCTION (--calibration, --validation) -> the list of input batches the
+    function returns (each given as the example inputs are: a tuple of tensors, or a dict of
+    keyword inputs)."""
+    what = flag.lstrip("-")
     path, _, func = spec.rpartition(":")
     if not path or not func or not path.endswith(".py"):
-        raise ModelFileError(f"--calibration takes path/to/file.py:function (a function returning a "
+        raise ModelFileError(f"{flag} takes path/to/file.py:function (a function returning a "
                              f"list of input batches), got {spec!r}")
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"calibration file {path} not found")
-    module = _loaded.pop(path.resolve(), None) or _import_file(path)
+        raise ModelFileError(f"{what} file {path} not found")
+    module = _loaded.get(path.resolve()) or _import_file(path)
     make = getattr(module, func, None)
     if not callable(make):
-        raise ModelFileError(f"{path} has no function {func!r} for --calibration")
+        raise ModelFileError(f"{path} has no function {func!r} for {flag}")
     batches = _call(path, func, make)
     if not isinstance(batches, (list, tuple)):
         raise ModelFileError(f"{path}:{func}() must return a list of input batches; it returned {_kind(batches)}")

@@ -157,6 +157,9 @@ def accuracy_line(accuracy: dict) -> str:
     sign = "<=" if metric == "rel_error" else ">="
     got = "not measured (a segment runs on a device that is not here)" if measured is None \
         else f"{measured:.4g} on the example inputs"
+    checked, validated = accuracy.get("validation_batches"), number(accuracy.get("measured_validation"))
+    if measured is not None and validated is not None and isinstance(checked, int) and not isinstance(checked, bool):
+        got += f", {validated:.4g} at worst on {checked} validation batch{'' if checked == 1 else 'es'}"
     dropped = accuracy.get("dropped")
     dropped = len(dropped) if isinstance(dropped, list) else 0
     batches = accuracy.get("calibration_batches")

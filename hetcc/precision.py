@@ -192,19 +192,20 @@ def give_up_all(candidates, order: list[Target], units: int, why: str) -> None:
 
 
 def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, partial: bool,
-                    choose=None) -> str:
-    """The whole model measured ``accuracy``, beyond ``budget``: give up the precision of the
-    worst lower-precision segment for some of its units (``partial``: all but the share the budget
-    leaves, AccuracyBudget.share_within, keeping the piece of ``ends`` that ``choose(segment,
-    pieces)`` picks, or the first without it; else all of them), record it in ``drops``, and
-    return the plan's note. AccuracyError when no segment is in a lower precision."""
+                    choose=None, where: str = "the example inputs") -> str:
+    """The whole model measured ``accuracy`` on ``where`` (the example inputs, or a validation
+    batch), beyond ``budget``: give up the precision of the worst lower-precision segment for some
+    of its units (``partial``: all but the share the budget leaves, AccuracyBudget.share_within,
+    keeping the piece of ``ends`` that ``choose(segment, pieces)`` picks, or the first without it;
+    else all of them), record it in ``drops``, and return the plan's note. AccuracyError when no
+    segment is in a lower precision."""
     worst = worst_segment(segments)
     if worst is None:
         ran = "; ".join(f"{s.program.name} on {s.target}: max abs error {s.verification.max_error or 0.0:.2g}"
                         for s in segments)
         raise AccuracyError(
             f"the model's outputs miss the accuracy budget ({budget}): {budget.metric} is {accuracy:.10g} on "
-            f"the example inputs even with every segment in the model's own precision ({ran}), so the "
+            f"{where} even with every segment in the model's own precision ({ran}), so the "
             f"runtimes' own rounding is beyond it. Loosen the budget "
             f"{'above' if budget.metric == 'rel_error' else 'below'} {accuracy:.10g}, or list fewer targets "
             "(drop the one furthest from torch)")
@@ -214,12 +215,13 @@ def drop_for_budget(segments, accuracy: float, budget, candidates, drops: list, 
     give_up(candidates, units, worst.spec.target, kept,
             f"with {worst.target} here the whole model missed the accuracy budget ({budget}) at {accuracy:.4g}")
     drops.append({"segment": worst.program.name, "target": str(worst.target), "measured": accuracy,
+                  **({"on": where} if where != "the example inputs" else {}),
                   "segment_relative_error": worst.verification.relative_error,
                   "units": len(units) - len(kept), "of": len(units), "gave_up": end_given_up(kept, units)})
     what = (f"{worst.target} for {worst.program.name}" if not kept else
             f"{worst.target} for {described(kept, units)} units of {worst.program.name}")
     log.info("whole model at %s = %.4g misses the budget (%s); giving up %s", budget.metric, accuracy,
              budget, what)
-    return (f"gave up {what}: with it the whole model's {budget.metric} was {accuracy:.4g}, beyond the "
+    return (f"gave up {what}: with it the whole model's {budget.metric} was {accuracy:.4g} on {where}, beyond the "
             f"budget ({budget}); its own outputs were off by relative error "
             f"{worst.verification.relative_error or 0.0:.3g}")

@@ -33,6 +33,10 @@ class SegmentProgram:
     calibration: tuple = field(default=(), repr=False)
     """Per calibration batch, the inputs' values (hetcc/calibration_batches.py): set where the segment
     runs in static int8, whose activation scales a backend fixes from them; else empty."""
+    validation: tuple = field(default=(), repr=False)
+    """Per validation batch (hetcc/validation.py), the inputs' values and the reference outputs:
+    ((inputs...), (outputs...)); set where the segment runs in a lower precision and the user gave
+    batches, on each of which it is checked against its accuracy limit as on the example inputs."""
     accuracy_limit: float | None = None
     """The relative error the segment may have on its outputs where it runs in a lower precision
     (the accuracy budget's segment limit); a backend that can keep part of a segment in fp32 keeps

@@ -210,6 +210,8 @@ def test_models_it_cannot_run_are_refused_with_the_reason():
         hetcc.compile_lm(gpt2, 8, 4, objective="throughput")
     with pytest.raises(InputError, match="compile_lm does not take calibration batches"):
         hetcc.compile_lm(gpt2, 8, 4, accuracy=0.05, calibration=[(torch.zeros(1, 8, dtype=torch.long),)])
+    with pytest.raises(InputError, match="compile_lm does not take validation batches"):
+        hetcc.compile_lm(gpt2, 8, 4, accuracy=0.05, validation=[(torch.zeros(1, 8, dtype=torch.long),)])
     with pytest.raises(InputError, match="seed must be a whole number"):
         hetcc.compile_lm(gpt2, 8, 4, seed="x")
 

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --accuracy, input batches (a function returning a list of them, each like "
                         "the example inputs) from which static int8 (onnxruntime:cpu@int8s, openvino:cpu@int8s) fixes its "
                         "activation scales; without it int8s is not offered")
+    p.add_argument("--validation", metavar="FILE.py:FUNCTION",
+                   help="with --accuracy, input batches (a function returning a list of them, each like the "
+                        "example inputs) on which the budget must hold too, not only on the example inputs")
     add_fallback_flags(p)
     p.add_argument("--pin", action="append", type=scope_target, default=[], metavar="SCOPE=TARGET",
                    help="force a submodule or node onto a target (repeatable)")
@@ -274,7 +277,8 @@ def _compile_options(args, model, inputs, options: dict) -> dict:
              "tune": tune, "learn": True if args.learn else None,
              "cross_compile": True if args.cross_compile else None, "accuracy": args.accuracy,
              "precisions": args.precisions,
-             "calibration": load_batches(args.calibration) if args.calibration else None}
+             "calibration": load_batches(args.calibration) if args.calibration else None,
+             "validation": load_batches(args.validation, "--validation") if args.validation else None}
     options.update({k: v for k, v in given.items() if v is not None})
     options.update(fallback_options(args))
     excluded: dict[str, list] = {}

@@ -257,6 +257,11 @@ def compile_lm(model, prompt_len: int, max_new_tokens: int, batch: int = 1,
         # cannot serve both
         raise InputError("compile_lm does not take calibration batches: its phases take different "
                          "inputs; static int8 (int8s) is for hetcc.compile; leave calibration out")
+    if options.get("validation") is not None:
+        raise InputError("compile_lm does not take validation batches: its phases take different inputs "
+                         "(a prompt; one token and the cache). Its budget is checked on each phase's "
+                         "example inputs, drawn with seed=; compile the phases with hetcc.compile to "
+                         "validate each, or leave validation out")
     check_model(model, prompt_len + max_new_tokens)
     from hetcc.compiler import compile as compile_model
 

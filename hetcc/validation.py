@@ -1,0 +1,63 @@
+"""Validation batches (compile(validation=...)): inputs like the example ones on which the accuracy
+budget must hold too (docs/precision.md, "Inputs besides the examples").
+
+The budget is otherwise checked on the example inputs alone, and what is chosen to hold it is
+chosen on them: which nodes stay fp32 (backends/onnx_sensitivity.py), which units give a precision
+up. A choice fitted to one input can miss on the next: t5 at 1 %, with 13 nodes left in fp32 to
+hold 0.97 % on its example, moved 0.94-1.13 % on 16 other inputs, 11 of them beyond 1 %
+(benchmarks/bench_validation.py). With batches given, each
+lower-precision segment is checked against its limit on every batch as on the example inputs (and
+its backend keeps nodes in fp32 by the worst of them), and the stitched model is checked on each:
+the worst value over the example inputs and the batches counts.
+
+The batches' own values come from running the captured graph on each once (torch, as the reference
+run on the example inputs), keeping what segments read and write."""
+from __future__ import annotations
+
+from hetcc.calibration_batches import flattened, read_across_units
+from hetcc.errors import InternalError
+
+
+class ValidationBatches:
+    def __init__(self, captured, batches: list):
+        """``batches`` (from ``check_batches(..., "validation")``), checked and flattened."""
+        self.flats = flattened(captured, batches, "validation")
+        self._captured = captured
+        self._values: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.flats)
+
+    def run(self, unit_of: dict) -> None:
+        """Run the captured graph on each batch and keep the values a segment may read or write:
+        those read across placement units, and the model's outputs."""
+        from hetcc.capture import reference_run
+
+        captured = self._captured
+        keep = read_across_units(captured.graph, unit_of) | {o for o in captured.outputs if o is not None}
+        self._values = []
+        for i, flat in enumerate(self.flats):
+            env = reference_run(captured, flat, inputs=f"validation batch {i}")
+            self._values.append({k: env[k] for k in keep if k in env})
+
+    def for_segment(self, input_names, output_names) -> tuple:
+        """Per batch, the segment's inputs and its reference outputs: ((inputs...), (outputs...))."""
+        if len(self._values) != len(self.flats):
+            raise InternalError("validation batches were not run before a segment asked for them")
+        try:
+            return tuple((tuple(v[n].contiguous() for n in input_names), tuple(v[n] for n in output_names))
+                         for v in self._values)
+        except KeyError as exc:
+            raise InternalError(f"segment value {exc} is not among those kept for validation") from None
+
+    def worst(self, runtime, budget) -> float:
+        """The budget's metric on the stitched model (a hetcc.runtime.Runtime) over the batches:
+        the worst of them. The model's state is left as it was."""
+        if len(self._values) != len(self.flats):
+            raise InternalError("validation batches were not run before the whole model was checked")
+        names = list(self._captured.outputs)
+        measured = []
+        for flat, values in zip(self.flats, self._values):
+            got = runtime.flat_outputs([x.clone() for x in flat])
+            measured.append(budget.measure(got, [values.get(n) if n is not None else None for n in names]))
+        return budget.worst_of(measured)
