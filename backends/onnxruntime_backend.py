@@ -20,6 +20,7 @@ from typing import ClassVar
 from hetcc.backends._common import py_str, python_command
 from hetcc.backends.base import Artifact, Backend, Support
 from hetcc.backends.onnx_export import ONNX_EMBED_LIMIT, ONNX_OPSET, export_onnx, exporter_support
+from hetcc.backends.onnx_norms import rsqrt_as_div
 from hetcc.backends.onnx_quantize import quantized, quantized_static, reduced_range
 from hetcc.backends.ort_session import BoundExecutable, OrtExecutable
 from hetcc.backends.options import Option, check_options, precision_option, threads_option
@@ -157,6 +158,8 @@ class OnnxRuntimeBackend(Backend):
             raise InternalError(f"segment {segment.name}: static int8 (int8s) reached lowering without "
                                 "calibration batches")
         exported = export_onnx(segment, workdir, self.name, OPSET, embed_limit=_EMBED_LIMIT)
+        # before quantizing: what is quantized, and the sensitivity model, read the rewritten graph
+        divided = rsqrt_as_div(exported.files["model"])
         quantizes = self.precision in ("int8", "int8u", "int8s") and target.device == "cpu"
         reduce_range = quantizes and self.precision != "int8u" and reduced_range()
         if self.precision in ("int8", "int8u") and target.device == "cpu":
@@ -178,6 +181,7 @@ class OnnxRuntimeBackend(Backend):
                 "threads": self.threads,
                 "optimization": self.optimization,
                 "spinning": self.spinning,
+                **({"rsqrt_as_div": divided} if divided else {}),
                 **({"skip_layernorm": self.skip_layernorm} if target.device == "cpu" else {}),
                 **({"precision": self.precision} if self.precision != "fp32" and target.device == "cpu" else {}),
                 **({"reduce_range": reduce_range} if quantizes else {}),

@@ -117,6 +117,22 @@ class PostNorm(torch.nn.Module):
         return self.norm(x + self.fc(x))
 
 
+class RMSNorm(torch.nn.Module):
+    """A linear layer then an RMS norm as T5 and Llama write it (rsqrt of the mean square)."""
+
+    def __init__(self, rescale: bool = False):
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 32)
+        self.weight = torch.nn.Parameter(torch.rand(32) + 0.5)
+        self.rescale = rescale
+
+    def forward(self, x):
+        h = self.fc(x)
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out = self.weight * (h * r)
+        return (out, r) if self.rescale else out  # the rsqrt read twice: nothing to fuse
+
+
 class ConvBN(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -507,6 +523,29 @@ def test_onnxruntime_leaves_add_and_layernorm_split_on_the_cpu(tmp_path, monkeyp
     assert 'disabled_optimizers=["SkipLayerNormFusion"]' in command
     assert "disabled_optimizers" not in resolve(target).load_command(fused)
     assert subprocess.run(command, shell=True, capture_output=True).returncode == 0
+
+
+def test_onnxruntime_gets_rms_norms_it_fuses(tmp_path):
+    import onnx
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 32)
+    _, seg = make_segment(RMSNorm(), (x,))
+    target = Target("onnxruntime", "cpu")
+    artifact = resolve(target).lower(seg, target, tmp_path / "a")
+    assert artifact.meta["rsqrt_as_div"] == 1
+    ops = [n.op_type for n in onnx.load(artifact.files["model"]).graph.node]
+    assert "Reciprocal" not in ops and "Div" in ops
+    # the form ONNX Runtime's own fusion matches: the norm is one kernel in the session
+    assert "SimplifiedLayerNormalization" in _fused_ops(artifact.files["model"], ())
+    assert_matches(resolve(target).load(artifact, target)(x), seg.reference(x))
+
+    # an rsqrt with another reader stays as it is
+    _, seg = make_segment(RMSNorm(rescale=True), (x,))
+    artifact = resolve(target).lower(seg, target, tmp_path / "b")
+    assert "rsqrt_as_div" not in artifact.meta
+    assert "Reciprocal" in [n.op_type for n in onnx.load(artifact.files["model"]).graph.node]
+    assert_matches(resolve(target).load(artifact, target)(x), seg.reference(x))
 
 
 @pytest.mark.parametrize("options,message", [
