@@ -35,6 +35,7 @@ from hetcc.errors import (
     InternalError,
     LoweringError,
     PlacementError,
+    SegmentError,
     TargetError,
     readable,
 )
@@ -340,7 +341,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
                               if any(candidates.allowed[u][t] for t in static) for m in unit.members})
     if checks is not None:
         report("validate", f"the model on {len(checks)} validation batch(es), for the accuracy budget")
-        checks.run(unit_of)
+        # what segments in a lower precision read and write: only they are checked on the batches
+        # one by one (as for calibration, a unit once forbidden a lower precision never gets it back)
+        low = [t for t, target in enumerate(order) if target.precision]
+        checks.run(unit_of, {m for u, unit in enumerate(units)
+                             if any(candidates.allowed[u][t] for t in low) for m in unit.members})
     infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)
@@ -478,12 +483,20 @@ class _Session:
             elif any(isinstance(s.executable, NotHere) for s in segments):
                 notes.append(f"the whole model was not checked against the accuracy budget ({self.budget}): "
                              "a segment runs on a device this machine does not have; each segment is "
-                             "checked against its own limit when the bundle is loaded there")
+                             "checked against its own limit when the bundle is loaded there"
+                             + (", on the example inputs (not on the validation batches)"
+                                if self.validation is not None else ""))
                 break
             else:
                 runtime = _make_runtime(self.captured, segments)
                 accuracy = whole_model_error(runtime, self.captured, self.budget)
-                validated = None if self.validation is None else self.validation.worst(runtime, self.budget)
+                try:
+                    validated, batch = (None, None) if self.validation is None else \
+                        self.validation.worst(runtime, self.budget)
+                except SegmentError as exc:
+                    # it ran on the example inputs, not on a batch: as a segment that failed to verify
+                    self._failed_on_batch(exc, segments, candidates, notes)
+                    continue
                 worst = accuracy if validated is None else self.budget.worst_of([accuracy, validated])
                 if self.budget.holds(worst):
                     break
@@ -493,8 +506,7 @@ class _Session:
                     segments, worst, self.budget, candidates, drops, partial=len(drops) < PARTIAL_DROPS,
                     choose=lambda seg, pieces: self._better_end(seg.program.name, seg.target, seg.spec.target,
                                                                 pieces, problem, by="error"),
-                    where="the example inputs" if worst == accuracy else "the validation batch"
-                    if len(self.validation) == 1 else f"one of {len(self.validation)} validation batches"))
+                    where="the example inputs" if worst == accuracy else f"validation batch {batch}"))
             # place again, without what was given up: not an attempt
             attempt, resolves = attempt - 1, resolves + 1
             if len(drops) >= MAX_DROPS:
@@ -521,6 +533,20 @@ class _Session:
                                  self.captured, verifications)
         configure_for_plan(compiled, self.backends)
         return compiled
+
+    def _failed_on_batch(self, exc, segments, candidates, notes: list) -> None:
+        """The stitched model failed on a validation batch (``exc``, a SegmentError): its segment's
+        units are banned from its target, as for a segment that fails to verify, and placed again."""
+        failed = next((s for s in segments if s.program.name == exc.segment), None)
+        if failed is None or failed.target == FALLBACK:  # torch ran the batch in the reference run
+            raise LoweringError(f"the compiled model failed on a validation batch: {exc}") from exc
+        why = f"{failed.target} failed {exc.cause}"
+        log.warning("segment %s %s; placing its units again without it", failed.program.name, why)
+        for u in failed.spec.units:
+            candidates.ban(u, failed.spec.target, why)
+        notes.append(f"{failed.program.name} ran on the example inputs on {failed.target} but failed {exc.cause}; "
+                     "its units were placed again without that target")
+        self.failures += 1
 
     def _give_up_precision(self, candidates, notes: list) -> None:
         """Every unit back to the model's own precision: the budget broke MAX_DROPS times."""
@@ -886,6 +912,8 @@ def _validated(program, executable, limit: float, max_error: float, relative: fl
             error, rel = check_relative(program.name, program.output_names, executable(*inputs), list(want), limit)
         except PrecisionMiss as exc:
             raise PrecisionMiss(f"on validation batch {i}: {exc}", exc.relative) from None
+        except Exception as exc:  # it ran on the example inputs: say which batch it failed on
+            raise LoweringError(f"on validation batch {i}: {type(exc).__name__}: {readable(exc)}") from exc
         max_error, relative = max(max_error, error), max(relative, rel)
     return max_error, relative
 

@@ -31,12 +31,19 @@ class LoweringError(HetccError):
 class SegmentError(HetccError):
     """A segment's runtime failed when the compiled model was called."""
 
+    segment: str = ""
+    """The segment that failed, where known."""
+    cause: str = ""
+    """What its runtime raised, in one line."""
+
     @classmethod
     def at_call(cls, segment: str, target: str, exc: BaseException) -> "SegmentError":
-        return cls(f"segment {segment} on {target} failed during this call: {type(exc).__name__}: "
-                   f"{readable(exc)}. It ran correctly on the example inputs at compile time, so "
-                   "something in these inputs is what it cannot handle: run the model eagerly on them "
-                   f"to compare, or recompile without {target} for this part (exclude=...)")
+        error = cls(f"segment {segment} on {target} failed during this call: {type(exc).__name__}: "
+                    f"{readable(exc)}. It ran correctly on the example inputs at compile time, so "
+                    "something in these inputs is what it cannot handle: run the model eagerly on them "
+                    f"to compare, or recompile without {target} for this part (exclude=...)")
+        error.segment, error.cause = segment, f"{type(exc).__name__}: {readable(exc)}"
+        return error
 
 
 class FallbackError(HetccError):

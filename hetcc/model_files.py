@@ -86,6 +86,7 @@ def load_batches(spec: str, flag: str = "--calibration") -> list:
     if not path.is_file():
         raise ModelFileError(f"{what} file {path} not found")
     module = _loaded.get(path.resolve()) or _import_file(path)
+    _loaded[path.resolve()] = module  # --calibration and --validation from one file import it once
     make = getattr(module, func, None)
     if not callable(make):
         raise ModelFileError(f"{path} has no function {func!r} for {flag}")

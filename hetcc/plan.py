@@ -80,7 +80,10 @@ class Plan:
     accuracy: dict | None = None
     """compile(accuracy=...): {metric, bound, measured (the whole model on the example inputs),
     dropped (each lower-precision choice given up for the budget: segment, target, measured,
-    segment_relative_error)}; None without a budget."""
+    segment_relative_error, and ``on``: "validation batch N" where it broke there), and with
+    compile(validation=...) validation_batches and measured_validation (the whole model's worst
+    over them), and calibration_batches where a segment runs in static int8}; None without a
+    budget."""
     candidates: tuple[dict, ...] = ()
     """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
     predicted_seconds, measured_seconds (the median of its timed calls, what tuning ranks by; or

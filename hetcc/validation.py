@@ -28,13 +28,21 @@ class ValidationBatches:
     def __len__(self) -> int:
         return len(self.flats)
 
-    def run(self, unit_of: dict) -> None:
-        """Run the captured graph on each batch and keep the values a segment may read or write:
-        those read across placement units, and the model's outputs."""
+    def run(self, unit_of: dict, members=None) -> None:
+        """Run the captured graph on each batch and keep the values a segment of ``members`` (node
+        names: the units that may run in a lower precision, the only segments checked on the
+        batches; None: every unit's) may read or write, and the model's outputs. A segment holds
+        whole units, so what it reads is read across units, and what it returns is read outside
+        the unit that makes it (by another unit, the model's outputs, or a state or input update)."""
         from hetcc.capture import reference_run
 
         captured = self._captured
-        keep = read_across_units(captured.graph, unit_of) | {o for o in captured.outputs if o is not None}
+        keep = read_across_units(captured.graph, unit_of, members) | {o for o in captured.outputs if o is not None}
+        for node in captured.graph.nodes:
+            unit = unit_of.get(node.name)
+            if unit is not None and (members is None or node.name in members) \
+                    and any(unit_of.get(user.name) != unit for user in node.users):
+                keep.add(node.name)
         self._values = []
         for i, flat in enumerate(self.flats):
             env = reference_run(captured, flat, inputs=f"validation batch {i}")
@@ -50,14 +58,23 @@ class ValidationBatches:
         except KeyError as exc:
             raise InternalError(f"segment value {exc} is not among those kept for validation") from None
 
-    def worst(self, runtime, budget) -> float:
+    def worst(self, runtime, budget) -> tuple[float, int]:
         """The budget's metric on the stitched model (a hetcc.runtime.Runtime) over the batches:
-        the worst of them. The model's state is left as it was."""
+        the worst of them, and its batch's index. The model's state is left as it was. A segment
+        that fails on a batch raises hetcc.errors.SegmentError, its message naming the batch."""
+        from hetcc.errors import SegmentError
+
         if len(self._values) != len(self.flats):
             raise InternalError("validation batches were not run before the whole model was checked")
         names = list(self._captured.outputs)
         measured = []
-        for flat, values in zip(self.flats, self._values):
-            got = runtime.flat_outputs([x.clone() for x in flat])
+        for i, (flat, values) in enumerate(zip(self.flats, self._values)):
+            try:
+                got = runtime.flat_outputs([x.clone() for x in flat])
+            except SegmentError as exc:
+                failed = SegmentError(f"on validation batch {i}: {exc}")
+                failed.segment, failed.cause = exc.segment, f"on validation batch {i}: {exc.cause}"
+                raise failed from exc
             measured.append(budget.measure(got, [values.get(n) if n is not None else None for n in names]))
-        return budget.worst_of(measured)
+        worst = budget.worst_of(measured)
+        return worst, measured.index(worst)

@@ -145,8 +145,66 @@ def test_the_whole_model_is_checked_on_each_batch_too(monkeypatch):
     # holds the budget, and says where it broke
     monkeypatch.setattr(ValidationBatches, "for_segment", lambda self, inputs, outputs: ())
     model, example, outliers = _case()
-    cm = _compile(model, example, validation=[outliers])
+    cm = _compile(model, example, validation=[example, outliers])
     assert _error(cm, model, outliers) <= BUDGET
     (dropped, *_) = cm.plan.accuracy["dropped"]
-    assert dropped["on"] == "the validation batch" and dropped["measured"] > BUDGET
-    assert any("was" in n and "on the validation batch, beyond the budget" in n for n in cm.plan.notes)
+    assert dropped["on"] == "validation batch 1" and dropped["measured"] > BUDGET
+    assert any("was" in n and "on validation batch 1, beyond the budget" in n for n in cm.plan.notes)
+
+
+class Counting(torch.nn.Module):
+    """Updates a buffer from a value nothing else reads: a segment output only for the state."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)
+        self.register_buffer("seen", torch.zeros(64))
+
+    def forward(self, x):
+        h = self.a(x)
+        self.seen.copy_(h.mean(0))
+        return self.b(torch.relu(h))
+
+
+def test_a_model_that_updates_its_state_is_validated():
+    torch.manual_seed(0)
+    model = Counting().eval()
+    batches = [(torch.randn(16, 64),) for _ in range(2)]
+    cm = _compile(model, (torch.randn(16, 64),), validation=batches)
+    assert [str(s.target) for s in cm.plan.segments] == ["onnxruntime:cpu@int8"]
+    assert cm.plan.accuracy["validation_batches"] == 2 and cm.plan.accuracy["measured_validation"] <= BUDGET
+
+
+@pytest.mark.parametrize("failing", ["int8", "fp32"])
+def test_a_runtime_that_fails_on_a_batch_gives_its_part_up(monkeypatch, failing):
+    from torch.export import Dim
+
+    from hetcc.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    loaded = OnnxRuntimeBackend.load
+
+    def load(self, artifact, target):  # a runtime that runs batches of 16 rows only
+        if failing == "fp32" and target.precision is not None:
+            raise RuntimeError("no int8 here")  # the plan's segment is fp32: the whole model's check finds it
+        run = loaded(self, artifact, target)
+        if (target.precision is not None) != (failing == "int8"):
+            return run
+
+        def call(*inputs):
+            if inputs[0].shape[0] != 16:
+                raise RuntimeError(f"cannot run {inputs[0].shape[0]} rows")
+            return run(*inputs)
+        return call
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", load)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    targets = ["onnxruntime:cpu@int8"] if failing == "int8" else ["onnxruntime:cpu"]
+    cm = hetcc.compile(model, (torch.randn(16, 64),), targets=targets, accuracy=0.05, tune="off",
+                       validation=[(torch.randn(16, 64),), (torch.randn(4, 64),)],
+                       dynamic_shapes=({0: Dim("rows", min=1, max=64)},))
+    # the part that failed runs on torch:cpu, and the plan says which batch it failed on
+    assert {str(s.target) for s in cm.plan.segments} == {"torch:cpu"}
+    said = " ".join([*cm.plan.notes, *(why for s in cm.plan.segments for why in s.fell_back.values())])
+    assert "on validation batch 1: RuntimeError: cannot run 4 rows" in said, said
+    x = torch.randn(4, 64)
+    assert torch.allclose(cm(x), model(x), atol=1e-5)

@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "plan (default) or require NaN to propagate (that part falls back)")
     p.add_argument("--accuracy", type=accuracy_value, metavar="BUDGET",
                    help="let segments run in lower precisions (int8, bf16...) while the outputs stay within "
-                        "this budget of fp32 PyTorch on the example inputs: a relative error (0.01), or "
-                        "rel_error=0.01, cosine=0.999, top1=0.99 (docs/precision.md)")
+                        "this budget of fp32 PyTorch on the example inputs (and --validation batches): a "
+                        "relative error (0.01), or rel_error=0.01, cosine=0.999, top1=0.99 (docs/precision.md)")
     p.add_argument("--precisions", type=precision_list, metavar="P[,P]",
                    help="with --accuracy, the lower precisions to choose among (default: every one the "
                         "targets offer; `hetcc targets` lists them), e.g. int8w,bf16")
