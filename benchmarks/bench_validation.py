@@ -2,9 +2,10 @@
 without and with validation batches (compile(validation=...), hetcc/validation.py).
 
 Per model (examples/hf_models.py, random weights): ``--validation`` batches and ``--held-out``
-other inputs, each like the example inputs (float inputs drawn anew from a normal distribution;
-integer inputs that vary, token ids, drawn anew between the example's smallest and largest value;
-constant ones, a mask of ones or a decoder's start token, kept), with different seeds. hetcc
+other inputs, each like the example inputs (hf_models.like: float inputs drawn anew from a normal
+distribution; integer inputs that vary, token ids, drawn anew between the example's smallest and
+largest value; constant ones, a mask of ones or a decoder's start token, kept), with different
+seeds. hetcc
 compiles the model twice at ``--budget`` (targets as benchmarks/bench_precision.py's, tuning on):
 on the example inputs alone, and with the validation batches. Each plan's relative error against
 fp32 eager on the held-out inputs (the worst output; none of them was seen by either compile), how
@@ -39,20 +40,6 @@ from hetcc.measure.bench import machine_info, measure, paired_ratios  # noqa: E4
 TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
 
 
-def like(inputs, n: int, seed: int) -> list[tuple]:
-    """``n`` batches like ``inputs`` (see the module's docstring)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def drawn(x):
-        if x.is_floating_point():
-            return torch.randn(x.shape, generator=g, dtype=x.dtype)
-        low, high = int(x.min()), int(x.max())
-        if low == high:
-            return x.clone()
-        return torch.randint(low, high + 1, x.shape, generator=g, dtype=x.dtype)
-    return [tuple(drawn(x) for x in inputs) for _ in range(n)]
-
-
 def plan_of(cm) -> str:
     """The plan in a few words: each segment's target, and the nodes it keeps in fp32."""
     parts = []
@@ -74,7 +61,7 @@ def errors(cm, model, batches) -> list[float]:
 def run_model(name: str, budget: float, validation: int, held_out: int, rounds: int) -> list[str]:
     model, inputs = hf_models.build(name)
     inputs = tuple(inputs)
-    checks, held = like(inputs, validation, 1), like(inputs, held_out, 2)
+    checks, held = hf_models.like(inputs, validation, 1), hf_models.like(inputs, held_out, 2)
     rows, fns = [], {}
     for label, given in (("example inputs alone", None), (f"with {validation} validation batches", checks)):
         started = time.perf_counter()

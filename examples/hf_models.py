@@ -321,6 +321,35 @@ def build_stock_t5(size: str = "bench"):
     return wrapped.model, {"input_ids": ids, "decoder_input_ids": decoder_ids}
 
 
+# ---- inputs besides the examples ---------------------------------------------------------------
+
+def like(inputs, n: int = 8, seed: int = 1) -> list:
+    """``n`` inputs like ``inputs`` (a tuple, or a dict of keyword inputs), for compile(validation=...)
+    or to check a compiled model on inputs it was not compiled with: float tensors drawn anew from a
+    normal distribution, integer ones that vary (token ids) drawn anew between the example's smallest
+    and largest value, constant ones (a mask of ones, a decoder's start token) kept."""
+    g = torch.Generator().manual_seed(seed)
+
+    def drawn(x):
+        if x.is_floating_point():
+            return torch.randn(x.shape, generator=g, dtype=x.dtype)
+        low, high = int(x.min()), int(x.max())
+        return x.clone() if low == high else torch.randint(low, high + 1, x.shape, generator=g, dtype=x.dtype)
+    if isinstance(inputs, dict):
+        return [{k: drawn(v) for k, v in inputs.items()} for _ in range(n)]
+    return [tuple(drawn(x) for x in inputs) for _ in range(n)]
+
+
+def validation_stock_t5(size: str = "bench"):
+    """Eight inputs like build_stock_t5's: ``--validation examples/hf_models.py:validation_stock_t5``."""
+    return like(build_stock_t5(size)[1])
+
+
+def validation_stock_bert(size: str = "bench"):
+    """Eight inputs like build_stock_bert's: ``--validation examples/hf_models.py:validation_stock_bert``."""
+    return like(build_stock_bert(size)[1])
+
+
 STOCK = {"bert": build_stock_bert, "llama": build_stock_llama, "vit": build_stock_vit, "t5": build_stock_t5}
 """family -> build function of an unwrapped transformers model."""
 

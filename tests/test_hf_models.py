@@ -74,6 +74,20 @@ def test_hf_builders_work_from_the_cli_spec():
     assert isinstance(model, torch.nn.Module) and inputs[0].shape == (1, 3, 224, 224) and options == {}
 
 
+def test_inputs_like_the_examples_draw_token_ids_and_keep_constant_inputs():
+    _, example = hf_models.build_stock_t5("tiny")
+    drawn = hf_models.validation_stock_t5("tiny")
+    assert len(drawn) == 8 and all(set(b) == set(example) for b in drawn)
+    ids = torch.stack([b["input_ids"] for b in drawn])
+    assert ids.shape[1:] == example["input_ids"].shape and ids.dtype == example["input_ids"].dtype
+    low, high = int(example["input_ids"].min()), int(example["input_ids"].max())
+    assert low <= int(ids.min()) and int(ids.max()) <= high and len({tuple(t.flatten().tolist()) for t in ids}) == 8
+    # the decoder's start token is the same in every batch, as in the example
+    assert all(torch.equal(b["decoder_input_ids"], example["decoder_input_ids"]) for b in drawn)
+    (image,) = hf_models.like((torch.zeros(1, 3, 4, 4),), n=1)[0]
+    assert image.dtype == torch.float32 and float(image.abs().sum()) > 0
+
+
 def _bench_native():
     spec = importlib.util.spec_from_file_location("bench_native", ROOT / "benchmarks" / "bench_native.py")
     module = importlib.util.module_from_spec(spec)
@@ -207,3 +221,23 @@ def test_bench_skip_layernorm_compares_two_models_that_agree():
         ops = {n.op_type for n in onnx.load_from_string(bench.one_op(fused, 8, 32)).graph.node}
         assert ("SkipLayerNormalization" in ops) is fused
         np.testing.assert_allclose(session.run(None, {"x": x, "r": r})[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_rms_norm_compiles_both_ways_and_puts_the_rewrite_back():
+    from hetcc.backends import onnxruntime_backend
+
+    _bench_native()
+    spec = importlib.util.spec_from_file_location("bench_rms_norm", ROOT / "benchmarks" / "bench_rms_norm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, inputs = hf_models.build("t5", "tiny")
+    kept = onnxruntime_backend.rsqrt_as_div
+    as_exported = bench.compiled(model, inputs, "onnxruntime:cpu", rewrite=False)
+    assert onnxruntime_backend.rsqrt_as_div is kept
+    rewritten = bench.compiled(model, inputs, "onnxruntime:cpu", rewrite=True)
+    counts = [sum(a.meta.get("rsqrt_as_div", 0) for a in cm.artifacts.values()) for cm in (as_exported, rewritten)]
+    assert counts[0] == 0 and counts[1] >= 3  # the tiny t5: encoder and decoder norms
+    with torch.no_grad():
+        want = model(*inputs)
+    for cm in (as_exported, rewritten):
+        torch.testing.assert_close(cm(*inputs), want, rtol=1e-4, atol=1e-4)
