@@ -539,9 +539,12 @@ class _Session:
         units are banned from its target, as for a segment that fails to verify, and placed again."""
         failed = next((s for s in segments if s.program.name == exc.segment), None)
         if failed is None or failed.target == FALLBACK:  # torch ran the batch in the reference run
-            raise LoweringError(f"the compiled model failed on a validation batch: {exc}") from exc
+            raise LoweringError(f"segment {exc.segment} on {FALLBACK if failed else 'a runtime'} failed {exc.cause}, "
+                                "though torch ran that batch in the reference run; this is a bug in hetcc, "
+                                "please report it with the batch") from exc
         why = f"{failed.target} failed {exc.cause}"
-        log.warning("segment %s %s; placing its units again without it", failed.program.name, why)
+        log.warning("segment %s on %s failed %s; placing its units again without it", failed.program.name,
+                    failed.target, exc.cause)
         for u in failed.spec.units:
             candidates.ban(u, failed.spec.target, why)
         notes.append(f"{failed.program.name} ran on the example inputs on {failed.target} but failed {exc.cause}; "

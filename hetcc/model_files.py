@@ -39,6 +39,7 @@ def load_model(spec: str, inputs_npz: str | None = None):
     path, _, func = ("", "", "") if spec.endswith((".py", ".pt2")) else spec.rpartition(":")
     path, func = (path, func) if path else (spec, "")
     options, names = {}, None
+    _loaded.clear()  # only the files this command loads: an earlier command's may have changed since
     if path.endswith(".pt2"):
         if func:
             raise ModelFileError(f"a .pt2 MODEL names no function; give just {path}")
@@ -63,7 +64,6 @@ def _load_python(path: Path, func: str):
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found")
     module = _import_file(path)
-    _loaded.clear()  # only the model file this command loaded
     _loaded[path.resolve()] = module
     build = getattr(module, func, None)
     if not callable(build):

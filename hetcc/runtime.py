@@ -287,7 +287,9 @@ class Runtime:
             outs = step.run(*args)
             seconds[step.name] = time.perf_counter() - start
             return outs
-        except HetccError:
+        except HetccError as exc:
+            if not getattr(exc, "segment", ""):  # which segment raised it, for a caller that acts on it
+                exc.segment = step.name
             raise
         except Exception as exc:  # the vendor runtime's own error: say which segment and target
             raise SegmentError.at_call(step.name, step.target, exc) from exc

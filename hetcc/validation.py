@@ -61,8 +61,8 @@ class ValidationBatches:
     def worst(self, runtime, budget) -> tuple[float, int]:
         """The budget's metric on the stitched model (a hetcc.runtime.Runtime) over the batches:
         the worst of them, and its batch's index. The model's state is left as it was. A segment
-        that fails on a batch raises hetcc.errors.SegmentError, its message naming the batch."""
-        from hetcc.errors import SegmentError
+        that fails on a batch raises hetcc.errors.SegmentError naming the batch and the segment."""
+        from hetcc.errors import HetccError, SegmentError, readable
 
         if len(self._values) != len(self.flats):
             raise InternalError("validation batches were not run before the whole model was checked")
@@ -71,9 +71,14 @@ class ValidationBatches:
         for i, (flat, values) in enumerate(zip(self.flats, self._values)):
             try:
                 got = runtime.flat_outputs([x.clone() for x in flat])
-            except SegmentError as exc:
-                failed = SegmentError(f"on validation batch {i}: {exc}")
-                failed.segment, failed.cause = exc.segment, f"on validation batch {i}: {exc.cause}"
+            except HetccError as exc:  # a vendor's error, or one a backend raised itself (TensorRT's shapes)
+                segment = getattr(exc, "segment", "")
+                if not segment or isinstance(exc, InternalError):
+                    raise
+                cause = exc.cause if isinstance(exc, SegmentError) and exc.cause else \
+                    f"{type(exc).__name__}: {readable(exc)}"
+                failed = SegmentError(f"segment {segment} failed on validation batch {i}: {cause}")
+                failed.segment, failed.cause = segment, f"on validation batch {i}: {cause}"
                 raise failed from exc
             measured.append(budget.measure(got, [values.get(n) if n is not None else None for n in names]))
         worst = budget.worst_of(measured)
