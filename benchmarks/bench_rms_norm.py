@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "examples"))
 
 import bench_native as native  # noqa: E402
+import bench_skip_layernorm as skip_layernorm  # noqa: E402
 import hf_models  # noqa: E402
 import hetcc  # noqa: E402
 from hetcc.backends import onnxruntime_backend  # noqa: E402
@@ -42,12 +43,8 @@ def compiled(model, inputs, target: str, rewrite: bool):
 
 
 def model_times(name: str, rounds: int) -> list[str]:
-    from hetcc.backends.registry import resolve
-    from hetcc.target import Target
-
     model, inputs = hf_models.build(name)
-    offered = resolve(Target("onnxruntime", "cpu")).precisions(Target("onnxruntime", "cpu"))
-    targets = ["onnxruntime:cpu"] + [f"onnxruntime:cpu@{p}" for p in ("int8u", "int8") if p in offered]
+    targets = skip_layernorm.ort_targets()
     fns = {(t, rewrite): compiled(model, inputs, t, rewrite) for t in targets for rewrite in (True, False)}
     got = measure(fns, inputs, runs=rounds)
     lines = []

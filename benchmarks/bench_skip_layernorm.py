@@ -85,13 +85,18 @@ def op_times(tokens: int, hidden: int, calls: int) -> list[str]:
     return lines
 
 
-def model_times(name: str, rounds: int) -> list[str]:
+def ort_targets() -> list[str]:
+    """onnxruntime:cpu, and its @int8u (where offered: a CPU without VNNI) and @int8."""
     from hetcc.backends.registry import resolve
     from hetcc.target import Target
 
-    model, inputs = hf_models.build(name)
     offered = resolve(Target("onnxruntime", "cpu")).precisions(Target("onnxruntime", "cpu"))
-    targets = ["onnxruntime:cpu"] + [f"onnxruntime:cpu@{p}" for p in ("int8u", "int8") if p in offered]
+    return ["onnxruntime:cpu"] + [f"onnxruntime:cpu@{p}" for p in ("int8u", "int8") if p in offered]
+
+
+def model_times(name: str, rounds: int) -> list[str]:
+    model, inputs = hf_models.build(name)
+    targets = ort_targets()
     fns = {}
     for target in targets:
         for mode in ("split", "fused"):

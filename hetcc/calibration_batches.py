@@ -82,14 +82,10 @@ class CalibrationBatches:
     def run(self, unit_of: dict, readers=None) -> None:
         """Run the captured graph on each batch and keep the values a segment may read (one of
         whose nodes is in ``readers``, if given)."""
-        from hetcc.capture import reference_run
-
         captured = self._captured
         keep = read_across_units(captured.graph, unit_of, readers)
-        self._values = [{k: captured.values[k] for k in keep if k in captured.values}]
-        for i, flat in enumerate(self.flats):
-            env = reference_run(captured, flat, inputs=f"calibration batch {i}")
-            self._values.append({k: env[k] for k in keep if k in env})
+        self._values = [{k: captured.values[k] for k in keep if k in captured.values},
+                        *reference_values(captured, self.flats, keep, "calibration")]
 
     def for_segment(self, input_names) -> tuple:
         """Each batch's values of ``input_names`` (a segment's inputs), as a tuple per batch."""
@@ -99,6 +95,24 @@ class CalibrationBatches:
             return tuple(tuple(values[n].contiguous() for n in input_names) for values in self._values)
         except KeyError as exc:
             raise InternalError(f"segment input {exc} is not among the values kept for calibration") from None
+
+
+def reference_values(captured, flats: list, keep: set, what: str) -> list[dict]:
+    """Per batch of ``flats`` (``what``'s: calibration, validation), the values named in ``keep``
+    from running the captured graph on it (torch, as the reference run on the example inputs)."""
+    from hetcc.capture import reference_run
+
+    out = []
+    for i, flat in enumerate(flats):
+        env = reference_run(captured, flat, inputs=f"{what} batch {i}")
+        out.append({k: env[k] for k in keep if k in env})
+    return out
+
+
+def units_allowing(units, candidates, targets) -> set:
+    """The node names of the placement units that may run on any of ``targets`` (indices)."""
+    return {m for u, unit in enumerate(units) if any(candidates.allowed[u][t] for t in targets)
+            for m in unit.members}
 
 
 def read_across_units(graph, unit_of: dict, readers=None) -> set:

@@ -20,7 +20,7 @@ from pathlib import Path
 from hetcc.backends.base import Artifact
 from hetcc.backends.options import check_backend_options
 from hetcc.backends.registry import arithmetic_of, resolve
-from hetcc.calibration_batches import CalibrationBatches, check_batches
+from hetcc.calibration_batches import CalibrationBatches, check_batches, units_allowing
 from hetcc.validation import ValidationBatches
 from hetcc.capture import capture
 from hetcc.cost_model.devices import this_cpu
@@ -337,15 +337,12 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         # target again once this table forbids it (bans and tuning's restricted copies only forbid;
         # a ban re-allows the fp32 torch:cpu fall-back alone), so no int8s segment reads anything else
         static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
-        batches.run(unit_of, {m for u, unit in enumerate(units)
-                              if any(candidates.allowed[u][t] for t in static) for m in unit.members})
+        batches.run(unit_of, units_allowing(units, candidates, static))
     if checks is not None:
         report("validate", f"the model on {len(checks)} validation batch(es), for the accuracy budget")
         # what segments in a lower precision read and write: only they are checked on the batches
         # one by one (as for calibration, a unit once forbidden a lower precision never gets it back)
-        low = [t for t, target in enumerate(order) if target.precision]
-        checks.run(unit_of, {m for u, unit in enumerate(units)
-                             if any(candidates.allowed[u][t] for t in low) for m in unit.members})
+        checks.run(unit_of, units_allowing(units, candidates, [t for t, target in enumerate(order) if target.precision]))
     infos, corrected = corrected_infos(_target_infos(order, profiles, devices, memory_limits, backends), profiles)
     log.info("captured %d nodes in %d units in %.2fs", len(facts), len(units),
              time.perf_counter() - started)

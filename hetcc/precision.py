@@ -112,13 +112,14 @@ def check_precision_options(options: dict) -> None:
                              "accuracy= alone and let hetcc choose (docs/precision.md)")
 
 
-def whole_model_error(runtime, captured, budget) -> float:
+def whole_model_error(runtime, captured, budget, flat=None, values=None) -> float:
     """The budget's metric on the stitched segments' outputs (a hetcc.runtime.Runtime) against the
-    fp32 reference, on the example inputs. The model's state is left as it was."""
-    flat = [captured.values[n].clone() for n in captured.user_inputs]
-    got = runtime.flat_outputs(flat)
-    names = list(captured.outputs)
-    want = [captured.values[n] if n is not None else None for n in names]
+    fp32 reference, on the example inputs, or on ``flat`` inputs whose reference run gave ``values``
+    (a validation batch: hetcc/validation.py). The model's state is left as it was."""
+    values = captured.values if values is None else values
+    flat = [values[n] for n in captured.user_inputs] if flat is None else flat
+    got = runtime.flat_outputs([x.clone() for x in flat])
+    want = [values.get(n) if n is not None else None for n in captured.outputs]
     return budget.measure(got, want)
 
 

@@ -14,7 +14,7 @@ The batches' own values come from running the captured graph on each once (torch
 run on the example inputs), keeping what segments read and write."""
 from __future__ import annotations
 
-from hetcc.calibration_batches import flattened, read_across_units
+from hetcc.calibration_batches import flattened, read_across_units, reference_values
 from hetcc.errors import InternalError
 
 
@@ -34,8 +34,6 @@ class ValidationBatches:
         batches; None: every unit's) may read or write, and the model's outputs. A segment holds
         whole units, so what it reads is read across units, and what it returns is read outside
         the unit that makes it (by another unit, the model's outputs, or a state or input update)."""
-        from hetcc.capture import reference_run
-
         captured = self._captured
         keep = read_across_units(captured.graph, unit_of, members) | {o for o in captured.outputs if o is not None}
         for node in captured.graph.nodes:
@@ -43,10 +41,7 @@ class ValidationBatches:
             if unit is not None and (members is None or node.name in members) \
                     and any(unit_of.get(user.name) != unit for user in node.users):
                 keep.add(node.name)
-        self._values = []
-        for i, flat in enumerate(self.flats):
-            env = reference_run(captured, flat, inputs=f"validation batch {i}")
-            self._values.append({k: env[k] for k in keep if k in env})
+        self._values = reference_values(captured, self.flats, keep, "validation")
 
     def for_segment(self, input_names, output_names) -> tuple:
         """Per batch, the segment's inputs and its reference outputs: ((inputs...), (outputs...))."""
@@ -63,14 +58,14 @@ class ValidationBatches:
         the worst of them, and its batch's index. The model's state is left as it was. A segment
         that fails on a batch raises hetcc.errors.SegmentError naming the batch and the segment."""
         from hetcc.errors import HetccError, SegmentError, readable
+        from hetcc.precision import whole_model_error
 
         if len(self._values) != len(self.flats):
             raise InternalError("validation batches were not run before the whole model was checked")
-        names = list(self._captured.outputs)
         measured = []
         for i, (flat, values) in enumerate(zip(self.flats, self._values)):
             try:
-                got = runtime.flat_outputs([x.clone() for x in flat])
+                measured.append(whole_model_error(runtime, self._captured, budget, flat, values))
             except HetccError as exc:  # a vendor's error, or one a backend raised itself (TensorRT's shapes)
                 segment = getattr(exc, "segment", "")
                 if not segment or isinstance(exc, InternalError):
@@ -80,6 +75,5 @@ class ValidationBatches:
                 failed = SegmentError(f"segment {segment} failed on validation batch {i}: {cause}")
                 failed.segment, failed.cause = segment, f"on validation batch {i}: {cause}"
                 raise failed from exc
-            measured.append(budget.measure(got, [values.get(n) if n is not None else None for n in names]))
         worst = budget.worst_of(measured)
         return worst, measured.index(worst)
