@@ -71,10 +71,13 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
     limit = getattr(segment, "accuracy_limit", None)
     left_out: dict = {}
     said: list[str] = []  # logged after quantizing, whose quiet_logger would swallow it
+    fitting = _fitting(model, exported, segment, said)
 
     def quantize(source, target, nodes=()):
         quantize_file(source, target, unsigned=unsigned, reduce_range=reduce_range,
                       external=exported.external_data, tables=tables, tied=tied, left_out=nodes)
+        if fitting:
+            _fit(target, model, tied, fitting, reduce_range, unsigned, said)
 
     def run(source, target):
         quantize(source, target)
@@ -89,7 +92,55 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
     finally:
         for line in said:
             log.info("%s: %s", segment.name, line)
-    return replace(result, meta={**result.meta, "kept_fp32": left_out}) if left_out else result
+    meta = {**({"kept_fp32": left_out} if left_out else {}),
+            **({"fitted_rounding": dict(fitting["meta"])} if fitting.get("meta") else {})}
+    return replace(result, meta={**result.meta, **meta}) if meta else result
+
+
+def _fitting(model, exported, segment, said: list) -> dict:
+    """Where the segment has calibration batches besides its example inputs (compile(calibration=...)),
+    the second moments of its matrix products' inputs on them, from which ``_fit`` rounds their int8
+    weights (backends/onnx_rounding.py); {} without (rounded to nearest), or where they cannot be
+    measured (said why)."""
+    from hetcc.backends import onnx_rounding
+
+    batches = tuple(getattr(segment, "calibration", None) or ())[1:]  # the first is the example inputs
+    if not batches:
+        return {}
+    if exported.external_data:
+        said.append("int8 weights rounded to nearest: fitting them to the calibration batches reads "
+                    "every activation, which a model with its weights apart from the file (over 2 GiB) "
+                    "is not measured for here")
+        return {}
+    weights = {t.name for t in model.graph.initializer}
+    products = [n.input[0] for n in model.graph.node
+                if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights]
+    try:
+        moments = onnx_rounding.second_moments(model, products, exported.input_names, batches)
+    except Exception as exc:  # noqa: BLE001 - a fit that cannot be measured leaves rounding to nearest
+        said.append(f"int8 weights rounded to nearest: the calibration batches could not be run "
+                    f"({type(exc).__name__}: {exc})")
+        return {}
+    return {"moments": moments, "batches": len(batches)}
+
+
+def _fit(target: Path, model, tied: dict, fitting: dict, reduce_range: bool, unsigned: bool,
+         said: list) -> None:
+    """Round the int8 weights of the file at ``target`` again to fit ``fitting``'s batches
+    (backends/onnx_rounding.py); a fit that fails leaves the file as quantize_dynamic wrote it."""
+    from hetcc.backends import onnx_rounding
+
+    try:
+        done, of = onnx_rounding.fit(target, model, tied, fitting["moments"], reduce_range=reduce_range,
+                                     unsigned=unsigned)
+    except Exception as exc:  # noqa: BLE001 - rounding to nearest is what the file already holds
+        said.append(f"int8 weights rounded to nearest: fitting them failed ({type(exc).__name__}: {exc})")
+        fitting.pop("meta", None)
+        return
+    note = onnx_rounding.rounding_note(done, of, fitting["batches"])
+    if fitting.get("meta") is None:  # said once; quantizing again (nodes left in fp32) refits
+        said.append(note)
+    fitting["meta"] = {"method": "gptq", "products": done, "of": of, "batches": fitting["batches"]}
 
 
 TRIES = 3

@@ -30,11 +30,14 @@ output); top-1 agreement of the arg-max over the last dimension where the model 
 the bytes of its weights on disk over the fp32 export's (hetcc: its segments' files).
 
     python benchmarks/bench_precision.py [--models bert,gpt2] [--budgets 0.01,0.03] [--rounds 25]
-                                         [--calibration N] [--json out.json]
+                                         [--calibration N] [--held-out N] [--json out.json]
 
 --calibration N gives hetcc N calibration batches besides the example inputs (compile's
-calibration=, which offers static int8, onnxruntime:cpu@int8s): each like the example inputs, float
-inputs drawn anew from a normal distribution (seeded), integer inputs (token ids) kept as they are.
+calibration=, which offers static int8, onnxruntime:cpu@int8s, and rounds ONNX Runtime's int8
+weights to fit them): each like the example inputs (examples/hf_models.py ``like``, seeded): float
+inputs drawn anew from a normal distribution, token ids drawn anew, constant inputs kept.
+--held-out N measures each path's worst error on N more such inputs, neither examples nor
+calibration batches: whether a budget held on the examples holds elsewhere.
 
 Not a test: run it by hand, on a quiet machine.
 """
@@ -82,10 +85,14 @@ def weight_bytes(model) -> int:
 
 
 def calibration_batches(inputs, n: int) -> list:
-    """``n`` batches like ``inputs``: float inputs drawn anew (seeded), integer ones kept."""
-    g = torch.Generator().manual_seed(1234)
-    return [tuple(torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_floating_point() else x.clone()
-                  for x in inputs) for _ in range(n)]
+    """``n`` batches like ``inputs`` (examples/hf_models.py ``like``, seeded): float inputs drawn
+    anew, token ids drawn anew within the example's range, constant inputs (a mask) kept."""
+    return hf_models.like(inputs, n, seed=1234) if n else []
+
+
+HELD_OUT_SEED = 99
+"""Seed of the held-out inputs each path's error is also measured on (--held-out): neither the
+example inputs nor the calibration batches (seed 1234)."""
 
 
 def build_hetcc(model, inputs, workdir: Path, budget, calibration=None):
@@ -181,9 +188,21 @@ def errors(got, want, logits: bool) -> dict:
     return out
 
 
-def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int = 0) -> dict:
+def held_out_error(fn, model, held: list) -> float | None:
+    """The worst relative error of ``fn`` against ``model`` over the inputs ``held``; None for none."""
+    worst = None
+    with torch.no_grad():
+        for batch in held:
+            got, want = native.flat_tensors(fn(*batch)), native.flat_tensors(model(*batch))
+            e = max(relative_error(g.to(torch.float32), w) for g, w in zip(got, want) if w.is_floating_point())
+            worst = e if worst is None else max(worst, e)
+    return worst
+
+
+def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int = 0, held_out: int = 0) -> dict:
     model, inputs = hf_models.build(name, "bench")
     batches = calibration_batches(inputs, calibration)
+    held = hf_models.like(inputs, held_out, seed=HELD_OUT_SEED) if held_out else []
     with torch.no_grad():
         want = model(*inputs)
     fp32_bytes = weight_bytes(model)
@@ -213,6 +232,8 @@ def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int
                 continue
             results[path] = {"status": "ok", "build_s": time.perf_counter() - started, "info": info,
                              **errors(got, want, name in LOGITS)}
+            if held:
+                results[path]["held_out_error"] = held_out_error(fn, model, held)
             if "file_bytes" in info:
                 results[path]["weight_ratio"] = info["file_bytes"] / fp32_bytes
             fns[path] = fn
@@ -250,6 +271,8 @@ def render(rows, columns) -> str:
                 cells.append("fails")
             else:
                 acc = f"{r['rel_error'] * 100:.2f} %" + (f", top-1 {r['top1'] * 100:.1f} %" if "top1" in r else "")
+                if r.get("held_out_error") is not None:
+                    acc += f", held-out {r['held_out_error'] * 100:.2f} %"
                 weights = f", weights {r['weight_ratio']:.2f}x" if "weight_ratio" in r else ""
                 # no speed-up without an fp32 native path (--paths left both out, or both failed)
                 speedup = (f"**{r['speedup_vs_best_fp32']:.2f}x**; " if "speedup_vs_best_fp32" in r else "")
@@ -268,6 +291,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--calibration", type=int, default=0, metavar="N",
                         help="calibration batches for hetcc (static int8), ort-int8s and openvino-int8s, besides the example inputs")
+    parser.add_argument("--held-out", type=int, default=0, metavar="N",
+                        help="also measure each path's worst relative error on N other inputs like the examples")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -281,10 +306,11 @@ def main(argv=None) -> int:
     rows = []
     for name in models:
         progress(f"{name}:")
-        rows.append(run_model(name, budgets, paths, args.rounds, progress, args.calibration))
+        rows.append(run_model(name, budgets, paths, args.rounds, progress, args.calibration, args.held_out))
     m = machine_info()
     print(f"Machine: {m['cpu']}, {m['cores']} cores; {args.rounds} rounds; "
-          f"{args.calibration} calibration batches besides the example; median ms [p10–p90], speed-up over "
+          f"{args.calibration} calibration batches besides the example; {args.held_out} held-out inputs; "
+          "median ms [p10–p90], speed-up over "
           "the best fp32 native in bold, relative error against eager, weight bytes on disk over fp32.\n")
     print(render(rows, [f"hetcc@{b}" for b in budgets] + [p for p in paths if p not in FP32_NATIVE + ("eager",)]))
     for row in rows:

@@ -798,6 +798,9 @@ def _accuracy(value) -> dict | None:
     batches = value.get("calibration_batches")
     batches = {"calibration_batches": batches} if isinstance(batches, int) and not isinstance(batches, bool) \
         and 2 <= batches <= 1 + MAX_BATCHES else {}
+    fitted = value.get("fitted_batches")
+    batches.update({"fitted_batches": fitted} if isinstance(fitted, int) and not isinstance(fitted, bool)
+                   and 1 <= fitted <= MAX_BATCHES else {})
     checked = value.get("validation_batches")
     checked = {"validation_batches": checked, "measured_validation": _number(value.get("measured_validation"))} \
         if isinstance(checked, int) and not isinstance(checked, bool) and 1 <= checked <= MAX_BATCHES else {}

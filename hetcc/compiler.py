@@ -53,6 +53,7 @@ from hetcc.passes.units import placement_units
 from hetcc.plan import Plan, SegmentPlan
 from hetcc.precision import (
     CALIBRATED,
+    FITTED,
     better_end,
     check_precision_options,
     described,
@@ -332,11 +333,11 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
     if batches is not None:
-        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for static int8")
-        # only what a unit that may run in static int8 reads: placement never allows an int8s
-        # target again once this table forbids it (bans and tuning's restricted copies only forbid;
-        # a ban re-allows the fp32 torch:cpu fall-back alone), so no int8s segment reads anything else
-        static = [t for t, target in enumerate(order) if target.precision in CALIBRATED]
+        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for int8")
+        # only what a unit that may run in int8 reads: placement never allows an int8 target again
+        # once this table forbids it (bans and tuning's restricted copies only forbid; a ban
+        # re-allows the fp32 torch:cpu fall-back alone), so no int8 segment reads anything else
+        static = [t for t, target in enumerate(order) if target.precision in CALIBRATED | FITTED]
         batches.run(unit_of, units_allowing(units, candidates, static))
     if checks is not None:
         report("validate", f"the model on {len(checks)} validation batch(es), for the accuracy budget")
@@ -523,7 +524,10 @@ class _Session:
                                            **({"calibration_batches": len(self.calibration)}
                                               if self.calibration is not None and any(
                                                   s.target.precision in CALIBRATED for s in segments)
-                                              else {})})
+                                              else {}),
+                                           **({"fitted_batches": len(self.calibration) - 1}
+                                              if self.calibration is not None and any(
+                                                  _fitted(s.artifact) for s in segments) else {})})
         artifacts = {seg.program.name: seg.artifact for seg in segments}
         verifications = {seg.program.name: seg.verification for seg in segments}
         compiled = CompiledModel(runtime or _make_runtime(self.captured, segments), plan, artifacts,
@@ -707,7 +711,7 @@ class _Session:
         program = build_program(name, self.captured.graph, nodes, self.captured.weights,
                                 self.captured.values, self.captured.dynamic_dims,
                                 self.captured.dim_ranges, keep_outputs={o for o in self.captured.outputs if o})
-        if target.precision in CALIBRATED and self.calibration is not None:
+        if target.precision in CALIBRATED | FITTED and self.calibration is not None:
             program.calibration = self.calibration.for_segment(program.input_names)
         if target.precision and self.validation is not None:
             program.validation = self.validation.for_segment(program.input_names, program.output_names)
@@ -857,6 +861,12 @@ def _memory_of(t: Target) -> str:
     if t.device == "cpu":
         return "cpu"
     return f"{t.device}:{t.index if (t.index or '').isdigit() else 0}"
+
+
+def _fitted(artifact) -> bool:
+    """Whether ``artifact``'s int8 weights were rounded to fit calibration batches
+    (backends/onnx_rounding.py)."""
+    return bool(((artifact.meta or {}).get("fitted_rounding") or {}).get("products")) if artifact else False
 
 
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,

@@ -82,8 +82,9 @@ class Plan:
     dropped (each lower-precision choice given up for the budget: segment, target, measured,
     segment_relative_error, and ``on``: "validation batch N" where it broke there), and with
     compile(validation=...) validation_batches and measured_validation (the whole model's worst
-    over them), and calibration_batches where a segment runs in static int8}; None without a
-    budget."""
+    over them), calibration_batches where a segment runs in static int8 (the example inputs
+    counted) and fitted_batches where a segment's int8 weights were rounded to fit the user's
+    calibration batches (backends/onnx_rounding.py)}; None without a budget."""
     candidates: tuple[dict, ...] = ()
     """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
     predicted_seconds, measured_seconds (the median of its timed calls, what tuning ranks by; or
@@ -165,9 +166,14 @@ def accuracy_line(accuracy: dict) -> str:
         got += f", {validated:.4g} at worst on {checked} validation batch{'' if checked == 1 else 'es'}"
     dropped = accuracy.get("dropped")
     dropped = len(dropped) if isinstance(dropped, list) else 0
-    batches = accuracy.get("calibration_batches")
-    batches = batches if isinstance(batches, int) and not isinstance(batches, bool) and batches > 0 else None
+    batches, fitted = (_count(accuracy.get(k)) for k in ("calibration_batches", "fitted_batches"))
     return (f"accuracy: {metric} {sign} {'?' if bound is None else format(bound, 'g')} against fp32 "
             f"PyTorch; the whole model: {got}"
             + (f"; {dropped} lower-precision choice(s) given up for it" if dropped else "")
-            + (f"; static int8 scales from {batches} batch(es), the example inputs included" if batches else ""))
+            + (f"; static int8 scales from {batches} batch(es), the example inputs included" if batches else "")
+            + (f"; int8 weights rounded to fit {fitted} calibration batch(es)" if fitted else ""))
+
+
+def _count(value) -> int | None:
+    """A positive count read from a plan (a bundle's JSON), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

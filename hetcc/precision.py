@@ -25,6 +25,10 @@ CALIBRATED = frozenset({"int8s"})
 """Precisions whose activation scales come from calibration batches (compile(calibration=...)):
 offered only where the user gave some."""
 
+FITTED = frozenset({"int8", "int8u"})
+"""Precisions whose int8 weights are rounded to fit calibration batches where the user gives some
+(ONNX Runtime's dynamic int8: backends/onnx_rounding.py), and to nearest without."""
+
 
 def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                      calibrated: bool = False) -> list[Target]:
@@ -40,8 +44,9 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                          "example inputs are; CLI --calibration FILE.py:FUNCTION), or write the target "
                          f"as {needs[0].base}@int8 (activations quantized on each call)")
     if budget is None and calibrated:
-        raise HetccError("calibration= serves static int8, which changes the model's results: give an "
-                         "accuracy budget too, e.g. accuracy=0.05 (CLI --accuracy 0.05)")
+        raise HetccError("calibration= serves int8 (static int8's scales, and how int8 weights are "
+                         "rounded), which changes the model's results: give an accuracy budget too, "
+                         "e.g. accuracy=0.05 (CLI --accuracy 0.05)")
     if budget is None:
         if listed:
             raise HetccError(f"target {listed[0]} runs in {listed[0].precision}, which changes the model's "
@@ -55,7 +60,7 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
     if budget.segment_limit <= 0:  # cosine=1.0: no lower precision can pass a segment's check
         if calibrated:
             raise HetccError(f"accuracy {budget} leaves no room for a lower precision, so calibration "
-                             "batches for static int8 would go unused; loosen the budget (e.g. "
+                             "batches for int8 would go unused; loosen the budget (e.g. "
                              "cosine=0.9999) or leave calibration out")
         if listed:
             raise HetccError(f"accuracy {budget} leaves no room for a lower precision, so target "
@@ -83,15 +88,17 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
             variant = target.at(precision)
             if (chosen is None or precision in chosen) and variant not in wanted and variant not in added:
                 added.append(variant)
-    if calibrated and not any(t.precision in CALIBRATED for t in [*listed, *added]):
-        runs = [t for t in wanted if not t.precision and CALIBRATED & set(precisions_of(backends[t], t))]
+    uses = CALIBRATED | FITTED
+    if calibrated and not any(t.precision in uses for t in [*listed, *added]):
+        runs = [t for t in wanted if not t.precision and uses & set(precisions_of(backends[t], t))]
         missing = [m for t in wanted if not t.precision
                    for m in [precision_missing(backends[t], t, "int8s")] if m]
-        raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s), which "
-                         + ("precisions= (CLI --precisions) leaves out: add int8s to it" if runs else
+        raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s) and ONNX Runtime's "
+                         "int8 (int8, int8u), which "
+                         + ("precisions= (CLI --precisions) leaves out: add int8 or int8s to it" if runs else
                             f"none of the targets runs here ({missing[0]})" if missing else
-                            "none of the targets runs here (onnxruntime:cpu does, and openvino:cpu with NNCF "
-                            "installed): add one to the targets")
+                            "none of the targets runs here (onnxruntime:cpu does, and openvino:cpu's "
+                            "int8s with NNCF installed): add one to the targets")
                          + ", or leave calibration out")
     if chosen is not None and not added and not listed:
         said = "; ".join(f"{p} on {', '.join(ts)}" for p, ts in offered.items()) or "none"
