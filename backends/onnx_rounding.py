@@ -31,6 +31,13 @@ BLOCK = 128
 """Columns rounded between updates of the rest of the weight (GPTQ's lazy batch updates): the same
 result as one at a time, in fewer, larger products."""
 
+CACHED = 1024
+"""Fits kept per process (``fitted_once``): a compile lowers one segment in int8 several times
+(tuning's candidates, nodes left in fp32, a precision given up in part), each time with the same
+weights and batches, and a fit takes a second or more for a 2048-wide layer."""
+
+_fits: dict[bytes, np.ndarray] = {}
+
 
 def fitted(weight, second_moments, scale, zero, low: int, high: int):
     """The int8 values (an int64 array shaped as ``weight``) for ``weight`` ([K, N] as an ONNX
@@ -69,6 +76,24 @@ def fitted(weight, second_moments, scale, zero, low: int, high: int):
     return q[:, back].T.numpy().astype(np.int64)
 
 
+def fitted_once(weight, second_moments, scale, zero, low: int, high: int):
+    """``fitted``, computed once per process for the same arguments."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    for array in (weight, second_moments, scale, zero):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(f"{low},{high}".encode())
+    key = digest.digest()
+    if key not in _fits:
+        if len(_fits) >= CACHED:
+            del _fits[next(iter(_fits))]  # the oldest
+        _fits[key] = fitted(weight, second_moments, scale, zero, low, high)
+    return _fits[key]
+
+
 def _inverse_factor(h):
     """The upper Cholesky factor of H's inverse, H damped (more where the first damping leaves it
     singular in floating point)."""
@@ -86,7 +111,8 @@ def _inverse_factor(h):
 
 
 def second_moments(model, names: list[str], input_names, batches) -> dict:
-    """For each of ``names`` (values of ``model``, an fp32 ModelProto), XᵀX over every row of it
+    """For each of ``names`` (values of ``model``, an fp32 ModelProto; graph inputs and node outputs,
+    others skipped), XᵀX over every row of it
     (its last axis the columns) on ``batches`` (tuples of tensors in the order of ``input_names``;
     a None name, an input the exporter dropped, is skipped), run by ONNX Runtime."""
     import onnx
@@ -95,7 +121,10 @@ def second_moments(model, names: list[str], input_names, batches) -> dict:
     from hetcc.backends.onnx_sensitivity import sensitivity_session
 
     inputs = {i.name for i in model.graph.input}
-    wanted = [n for n in dict.fromkeys(names) if n not in inputs]
+    produced = {o for node in model.graph.node for o in node.output}
+    # a constant input (an initializer) varies with no batch: its product is rounded to nearest
+    names = [n for n in dict.fromkeys(names) if n in inputs or n in produced]
+    wanted = [n for n in names if n not in inputs]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
@@ -109,10 +138,10 @@ def second_moments(model, names: list[str], input_names, batches) -> dict:
         feed = {n: to_numpy(x) for n, x in zip(input_names, batch) if n}
         values = dict(zip(wanted, session.run(wanted, feed))) if wanted else {}
         values.update({n: feed[n] for n in names if n in feed})
-        for name in dict.fromkeys(names):
-            x = np.asarray(values[name], dtype=np.float64)
+        for name in names:
+            x = np.asarray(values[name], dtype=np.float32)
             x = x.reshape(-1, x.shape[-1])
-            out[name] = out.get(name, 0) + x.T @ x
+            out[name] = out.get(name, 0) + (x.T @ x).astype(np.float64)  # summed over batches in float64
     return out
 
 
@@ -155,7 +184,7 @@ def fit(path, source, tied: dict, moments: dict, *, reduce_range: bool, unsigned
         if weight.ndim != 2 or tuple(tensor.dims) != weight.shape or scale.size not in (1, weight.shape[1]):
             continue
         ones = np.ones(weight.shape[1])
-        steps = fitted(weight, moments[x], scale * ones, zero.astype(np.float64) * ones, low, high)
+        steps = fitted_once(weight, moments[x], scale * ones, zero.astype(np.float64) * ones, low, high)
         dtype = numpy_helper.to_array(tensor).dtype
         tensor.CopyFrom(numpy_helper.from_array(steps.astype(dtype), tensor.name))
         done += 1

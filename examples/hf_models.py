@@ -350,6 +350,17 @@ def validation_stock_bert(size: str = "bench"):
     return like(build_stock_bert(size)[1])
 
 
+def calibration_stock_t5(size: str = "bench"):
+    """Eight other inputs like build_stock_t5's, to fit int8 weights to (drawn apart from the
+    validation ones): ``--calibration examples/hf_models.py:calibration_stock_t5``."""
+    return like(build_stock_t5(size)[1], seed=2)
+
+
+def calibration_stock_bert(size: str = "bench"):
+    """Eight other inputs like build_stock_bert's: ``--calibration examples/hf_models.py:calibration_stock_bert``."""
+    return like(build_stock_bert(size)[1], seed=2)
+
+
 STOCK = {"bert": build_stock_bert, "llama": build_stock_llama, "vit": build_stock_vit, "t5": build_stock_t5}
 """family -> build function of an unwrapped transformers model."""
 

@@ -84,6 +84,9 @@ def test_inputs_like_the_examples_draw_token_ids_and_keep_constant_inputs():
     assert low <= int(ids.min()) and int(ids.max()) <= high and len({tuple(t.flatten().tolist()) for t in ids}) == 8
     # the decoder's start token is the same in every batch, as in the example
     assert all(torch.equal(b["decoder_input_ids"], example["decoder_input_ids"]) for b in drawn)
+    # the calibration batches are others: a fit to the validation inputs would hide what it misses
+    fitted = hf_models.calibration_stock_t5("tiny")
+    assert len(fitted) == 8 and not any(torch.equal(f["input_ids"], d["input_ids"]) for f in fitted for d in drawn)
     (image,) = hf_models.like((torch.zeros(1, 3, 4, 4),), n=1)[0]
     assert image.dtype == torch.float32 and float(image.abs().sum()) > 0
 

@@ -407,6 +407,13 @@ def test_an_int8_bundle_loads_and_shows_its_budget(int8_mlp, tmp_path, capsys):
     ({"metric": "rel_error", "bound": 0.05, "calibration_batches": 9}, {"metric": "rel_error", "bound": 0.05,
                                                                         "measured": None, "dropped": [],
                                                                         "calibration_batches": 9}),
+    ({"metric": "rel_error", "bound": 0.05, "fitted_batches": 0}, {"metric": "rel_error", "bound": 0.05,
+                                                                   "measured": None, "dropped": []}),
+    ({"metric": "rel_error", "bound": 0.05, "fitted_batches": 65, "calibration_batches": 3},
+     {"metric": "rel_error", "bound": 0.05, "measured": None, "dropped": [], "calibration_batches": 3}),
+    ({"metric": "rel_error", "bound": 0.05, "fitted_batches": 8}, {"metric": "rel_error", "bound": 0.05,
+                                                                   "measured": None, "dropped": [],
+                                                                   "fitted_batches": 8}),
 ])
 def test_a_malformed_accuracy_in_a_report_is_dropped_not_a_crash(int8_mlp, tmp_path, capsys, accuracy, loaded):
     """report.json is informative and may come from a stranger: explain and load must not fail on it."""
