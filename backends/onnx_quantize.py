@@ -115,6 +115,8 @@ def _fitting(model, exported, segment, said: list) -> dict:
     weights = {t.name for t in model.graph.initializer}
     products = [n.input[0] for n in model.graph.node
                 if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights]
+    if not products:  # nothing quantize_dynamic quantizes: nothing to fit
+        return {}
     try:
         moments = onnx_rounding.second_moments(model, products, exported.input_names, batches)
     except Exception as exc:  # noqa: BLE001 - a fit that cannot be measured leaves rounding to nearest
@@ -134,13 +136,17 @@ def _fit(target: Path, model, tied: dict, fitting: dict, reduce_range: bool, uns
         done, of = onnx_rounding.fit(target, model, tied, fitting["moments"], reduce_range=reduce_range,
                                      unsigned=unsigned)
     except Exception as exc:  # noqa: BLE001 - rounding to nearest is what the file already holds
-        said.append(f"int8 weights rounded to nearest: fitting them failed ({type(exc).__name__}: {exc})")
+        line = f"int8 weights rounded to nearest: fitting them failed ({type(exc).__name__}: {exc})"
+        if line not in said:  # each quantizing again (nodes left in fp32) fails alike
+            said.append(line)
         fitting.pop("meta", None)
         return
-    note = onnx_rounding.rounding_note(done, of, fitting["batches"])
+    if not of:  # every product left in fp32: no int8 weight to fit
+        fitting.pop("meta", None)
+        return
     if fitting.get("meta") is None:  # said once; quantizing again (nodes left in fp32) refits
-        said.append(note)
-    fitting["meta"] = {"method": "gptq", "products": done, "of": of, "batches": fitting["batches"]}
+        said.append(onnx_rounding.rounding_note(done, of, fitting["batches"]))
+    fitting["meta"] = {"method": "gptq", "weights": done, "of": of, "batches": fitting["batches"]}
 
 
 TRIES = 3

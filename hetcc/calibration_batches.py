@@ -1,6 +1,7 @@
 """Calibration batches for static int8 (``onnxruntime:cpu@int8s``, ``openvino:cpu@int8s``):
 inputs like the example ones, from which a runtime fixes each activation's int8 scale ahead of
-time (docs/precision.md, "Static int8").
+time (docs/precision.md, "Static int8"), and to which ONNX Runtime's int8 weights are rounded
+(``@int8``, ``@int8u``: backends/onnx_rounding.py).
 
 The user gives batches of the model's inputs; a segment needs its own inputs, which are values in
 the middle of the model. ``CalibrationBatches`` runs the captured graph on each batch once, before
@@ -22,7 +23,7 @@ SHAPES = ("each batch given as the example inputs are: a tuple of tensors for po
           "dict for keyword inputs, or a pair (tuple, dict) for both")
 
 
-WITHOUT = {"calibration": "static int8 is then not offered",
+WITHOUT = {"calibration": "static int8 is then not offered, and int8 weights are rounded to nearest",
            "validation": "the budget is then checked on the example inputs alone"}
 """What leaving each kind of batches out means, for the error on an empty list."""
 

@@ -416,7 +416,8 @@ class _Session:
     budget: AccuracyBudget | None = None
     """compile(accuracy=...): what lower-precision segments and the whole model are checked against."""
     calibration: CalibrationBatches | None = None
-    """compile(calibration=...): the batches static int8 segments take their scales from."""
+    """compile(calibration=...): the batches static int8 segments take their scales from, and ONNX
+    Runtime's int8 segments their weights' rounding."""
     validation: ValidationBatches | None = None
     """compile(validation=...): batches the budget must hold on besides the example inputs."""
     failures: int = 0
@@ -868,7 +869,7 @@ def _memory_of(t: Target) -> str:
 def _fitted(artifact) -> bool:
     """Whether ``artifact``'s int8 weights were rounded to fit calibration batches
     (backends/onnx_rounding.py)."""
-    return bool(((artifact.meta or {}).get("fitted_rounding") or {}).get("products")) if artifact else False
+    return bool(((artifact.meta or {}).get("fitted_rounding") or {}).get("weights")) if artifact else False
 
 
 def _lower_and_verify(program, target, backend, workdir: Path, tolerances, cross_compile=False,

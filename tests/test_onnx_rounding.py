@@ -103,6 +103,37 @@ def test_a_head_whose_rows_a_tied_table_reads_is_left_as_rounded(tmp_path):
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_a_weight_two_products_read_is_fitted_once_to_both_inputs(tmp_path):
+    from onnx import TensorProto, helper
+
+    from hetcc.backends.onnx_quantize import quantize_file
+
+    rng = np.random.default_rng(8)
+    weight = (0.1 * rng.standard_normal((32, 12))).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["ya"], name="first"),
+             helper.make_node("MatMul", ["b", "w"], ["yb"], name="second")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 32])
+                                                for n in ("a", "b")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("ya", "yb")],
+                              [numpy_helper.from_array(weight, "w")])
+    source, target = tmp_path / "shared.onnx", tmp_path / "shared_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    quantize_file(source, target, reduce_range=True)
+    model = onnx.load(str(source))
+    # the two readers see inputs that vary along different directions
+    batches = [(_correlated(64, 32, seed=s, directions=1).astype(np.float32),
+                _correlated(64, 32, seed=s, directions=2).astype(np.float32)) for s in range(3)]
+    moments = onnx_rounding.second_moments(model, ["a", "b"], ["a", "b"], batches)
+    a = np.concatenate([b[0] for b in batches]).astype(np.float64)
+    np.testing.assert_allclose(moments["a"], a.T @ a, rtol=1e-5)
+    assert onnx_rounding.fit(target, model, {}, moments, reduce_range=True, unsigned=False) == (1, 1)
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(target)).graph.initializer}
+    scale, zero = stored["w_scale"].astype(np.float64), stored["w_zero_point"].astype(np.float64)
+    want = fitted(weight, moments["a"] + moments["b"], scale, zero, LOW, HIGH)
+    assert np.array_equal(stored["w_quantized"], want)
+    assert stored["w_quantized"].min() >= LOW and stored["w_quantized"].max() <= HIGH
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 
 class Mlp(nn.Module):
@@ -145,13 +176,27 @@ def _held_out_error(model, cm):
     return worst
 
 
-def test_calibration_batches_fit_the_int8_weights_and_the_plan_says_so(tmp_path, caplog):
+def test_calibration_batches_fit_the_int8_weights_and_the_plan_says_so(tmp_path, caplog, monkeypatch):
+    from hetcc.backends.onnx_quantize import reduced_range
+
+    seen = []
+    measured = onnx_rounding.second_moments
+
+    def spy(model, names, input_names, batches):
+        seen.append([b[0] for b in batches])
+        return measured(model, names, input_names, batches)
+
+    monkeypatch.setattr(onnx_rounding, "second_moments", spy)
     model, nearest = _compile(tmp_path / "nearest")
+    assert not seen  # without batches nothing is fitted
     with caplog.at_level(logging.INFO, logger="hetcc"):
         _, cm = _compile(tmp_path / "fitted", calibration=[_inputs(s) for s in range(1, 5)])
+    # fitted to the four batches, never to the example inputs the budget is measured on
+    (given,) = seen
+    assert len(given) == 4 and all(torch.equal(torch.as_tensor(x), _inputs(s)[0]) for x, s in zip(given, range(1, 5)))
     artifact, weights = _weights(cm)
-    assert artifact.meta["fitted_rounding"] == {"method": "gptq", "products": 2, "of": 2, "batches": 4}
-    assert "2 of 2 int8 products rounded to fit 4 calibration batches (GPTQ)" in caplog.text
+    assert artifact.meta["fitted_rounding"] == {"method": "gptq", "weights": 2, "of": 2, "batches": 4}
+    assert "2 of 2 int8 weights rounded to fit 4 calibration batches (GPTQ)" in caplog.text
     assert cm.plan.accuracy["fitted_batches"] == 4 and "calibration_batches" not in cm.plan.accuracy
     assert "int8 weights rounded to fit 4 calibration batch(es)" in cm.plan.summary()
     plain_artifact, plain = _weights(nearest)
@@ -161,9 +206,11 @@ def test_calibration_batches_fit_the_int8_weights_and_the_plan_says_so(tmp_path,
     assert weights.keys() == plain.keys()
     quantized = [k for k in weights if k.endswith("_quantized")]
     assert len(quantized) == 2
+    low, high = (-64, 64) if reduced_range() else (-127, 127)
     for k in weights:
         if k.endswith("_quantized"):
             assert weights[k].dtype == plain[k].dtype and not np.array_equal(weights[k], plain[k])
+            assert low <= weights[k].min() and weights[k].max() <= high
         else:
             assert np.array_equal(weights[k], plain[k]), k
     # and the model moves less on inputs neither saw
@@ -181,15 +228,23 @@ def test_the_fitted_batches_survive_a_bundle(tmp_path):
 
 
 def test_a_fit_that_fails_leaves_rounding_to_nearest_and_says_why(tmp_path, monkeypatch, caplog):
-    def broken(*args, **kwargs):
-        raise ValueError("no luck")
+    calls = []
+    rounding = onnx_rounding.fitted
 
-    monkeypatch.setattr(onnx_rounding, "fit", broken)
+    def broken(*args, **kwargs):  # the first weight fits, the second fails: half way through the file
+        calls.append(1)
+        if len(calls) > 1:
+            raise ValueError("no luck")
+        return rounding(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_rounding, "fitted", broken)
+    monkeypatch.setattr(onnx_rounding, "_fits", {})  # fits of earlier tests would not call it
     model, nearest = _compile(tmp_path / "nearest")
     with caplog.at_level(logging.INFO, logger="hetcc"):
         _, cm = _compile(tmp_path / "failed", calibration=[_inputs(1)])
     artifact, weights = _weights(cm)
     assert "fitted_rounding" not in (artifact.meta or {}) and "fitted_batches" not in cm.plan.accuracy
-    assert "int8 weights rounded to nearest: fitting them failed (ValueError: no luck)" in caplog.text
+    assert caplog.text.count("int8 weights rounded to nearest: fitting them failed (ValueError: no luck)") == 1
+    assert len(calls) == 2
     plain = _weights(nearest)[1]
     assert all(np.array_equal(weights[k], plain[k]) for k in plain)
