@@ -17,11 +17,7 @@ inputs: the budget is measured on those, and weights fitted to them would measur
 than on the next input (bert, fitted on its example alone: 0.66 % on it, 1.05 % on others)."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-
-log = logging.getLogger("hetcc")
 
 DAMPING = 0.01
 """Added to H's diagonal, as a share of its mean: keeps H invertible where the batches hold fewer
@@ -79,7 +75,7 @@ def fitted(weight, second_moments, scale, zero, low: int, high: int):
 
 
 def fitted_once(weight, second_moments, scale, zero, low: int, high: int):
-    """``fitted``, computed once per process for the same arguments."""
+    """``fitted`` as int16, computed once per process for the same arguments."""
     import hashlib
 
     digest = hashlib.blake2b(digest_size=20)

@@ -339,8 +339,8 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
         # only what a unit that may run in int8 reads: placement never allows an int8 target again
         # once this table forbids it (bans and tuning's restricted copies only forbid; a ban
         # re-allows the fp32 torch:cpu fall-back alone), so no int8 segment reads anything else
-        static = [t for t, target in enumerate(order) if target.precision in CALIBRATED | FITTED]
-        batches.run(unit_of, units_allowing(units, candidates, static))
+        int8 = [t for t, target in enumerate(order) if target.precision in CALIBRATED | FITTED]
+        batches.run(unit_of, units_allowing(units, candidates, int8))
     if checks is not None:
         report("validate", f"the model on {len(checks)} validation batch(es), for the accuracy budget")
         # what segments in a lower precision read and write: only they are checked on the batches

@@ -90,12 +90,12 @@ def lower_precisions(wanted: list[Target], backends: dict, budget, chosen=None,
                 added.append(variant)
     uses = CALIBRATED | FITTED
     if calibrated and not any(t.precision in uses for t in [*listed, *added]):
-        runs = [t for t in wanted if not t.precision and uses & set(precisions_of(backends[t], t))]
+        runs = sorted({p for t in wanted if not t.precision for p in uses & set(precisions_of(backends[t], t))})
         missing = [m for t in wanted if not t.precision
                    for m in [precision_missing(backends[t], t, "int8s")] if m]
         raise HetccError("calibration= (CLI --calibration) is for static int8 (int8s) and ONNX Runtime's "
                          "int8 (int8, int8u), which "
-                         + ("precisions= (CLI --precisions) leaves out: add int8 or int8s to it" if runs else
+                         + (f"precisions= (CLI --precisions) leaves out: add {' or '.join(runs)} to it" if runs else
                             f"none of the targets runs here ({missing[0]})" if missing else
                             "none of the targets runs here (onnxruntime:cpu does, and openvino:cpu's "
                             "int8s with NNCF installed): add one to the targets")

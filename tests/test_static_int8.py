@@ -287,7 +287,7 @@ def test_openvino_static_int8_without_nncf_says_to_install_it(monkeypatch):
     ({"accuracy": 0.05, "calibration": "batches", "targets": ["iree:cpu", "torch:cpu"]},
      "none of the targets runs here .onnxruntime:cpu does, and openvino:cpu's int8s with NNCF installed"),
     ({"accuracy": 0.05, "calibration": "batches", "precisions": ["int8w"], "targets": [*ORT, "openvino:cpu"]},
-     r"precisions= \(CLI --precisions\) leaves out: add int8 or int8s"),
+     r"precisions= \(CLI --precisions\) leaves out: add int8 or int8s( or int8u)? to it"),
 ])
 def test_static_int8_asked_for_without_what_it_needs_says_what_to_add(options, message):
     model, inputs = convnet()
