@@ -248,3 +248,38 @@ def test_a_fit_that_fails_leaves_rounding_to_nearest_and_says_why(tmp_path, monk
     assert len(calls) == 2
     plain = _weights(nearest)[1]
     assert all(np.array_equal(weights[k], plain[k]) for k in plain)
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(48, 96), nn.Linear(96, 96), nn.Linear(96, 96), nn.Linear(96, 16)
+
+    def forward(self, x):
+        gelu = torch.nn.functional.gelu
+        return self.d(gelu(self.c(gelu(self.b(gelu(self.a(x)))))))
+
+
+def test_nodes_left_in_fp32_to_hold_the_limit_leave_the_rest_fitted(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = Deep().eval()
+    batches = [_inputs(s) for s in range(1, 5)]
+
+    def compiled(accuracy, where):
+        cm = hetcc.compile(model, _inputs(0), ["onnxruntime:cpu@int8"], accuracy=accuracy, tune="off",
+                           calibration=batches, workdir=tmp_path / where)
+        (artifact,) = cm.artifacts.values()
+        return cm, artifact
+
+    cm, artifact = compiled(0.2, "all")
+    assert artifact.meta["fitted_rounding"]["weights"] == 4 and "kept_fp32" not in artifact.meta
+    # a budget all four in int8 miss: some stay fp32, and the file quantized again without them is
+    # fitted again, the note said once
+    with caplog.at_level(logging.INFO, logger="hetcc"):
+        cm, artifact = compiled(0.7 * cm.plan.accuracy["measured"], "kept")
+    kept = artifact.meta["kept_fp32"]["nodes"]
+    assert 1 <= len(kept) < 4
+    assert artifact.meta["fitted_rounding"] == {"method": "gptq", "weights": 4 - len(kept), "of": 4 - len(kept),
+                                                "batches": 4}
+    assert caplog.text.count("int8 weights rounded to fit 4 calibration batches") == 1
+    assert len([k for k in _weights(cm)[1] if k.endswith("_quantized")]) == 4 - len(kept)
