@@ -190,13 +190,8 @@ def errors(got, want, logits: bool) -> dict:
 
 def held_out_error(fn, model, held: list) -> float | None:
     """The worst relative error of ``fn`` against ``model`` over the inputs ``held``; None for none."""
-    worst = None
     with torch.no_grad():
-        for batch in held:
-            got, want = native.flat_tensors(fn(*batch)), native.flat_tensors(model(*batch))
-            e = max(relative_error(g.to(torch.float32), w) for g, w in zip(got, want) if w.is_floating_point())
-            worst = e if worst is None else max(worst, e)
-    return worst
+        return max((errors(fn(*batch), model(*batch), False)["rel_error"] for batch in held), default=None)
 
 
 def run_model(name: str, budgets, paths, rounds: int, progress, calibration: int = 0, held_out: int = 0) -> dict:

@@ -795,17 +795,20 @@ def _accuracy(value) -> dict | None:
         return None
     dropped = [d for d in value.get("dropped") or () if isinstance(d, dict)] \
         if isinstance(value.get("dropped"), list) else []
-    batches = value.get("calibration_batches")
-    batches = {"calibration_batches": batches} if isinstance(batches, int) and not isinstance(batches, bool) \
-        and 2 <= batches <= 1 + MAX_BATCHES else {}
-    fitted = value.get("fitted_batches")
-    batches.update({"fitted_batches": fitted} if isinstance(fitted, int) and not isinstance(fitted, bool)
-                   and 1 <= fitted <= MAX_BATCHES else {})
-    checked = value.get("validation_batches")
-    checked = {"validation_batches": checked, "measured_validation": _number(value.get("measured_validation"))} \
-        if isinstance(checked, int) and not isinstance(checked, bool) and 1 <= checked <= MAX_BATCHES else {}
+    # batch counts: the calibration batches count the example inputs too
+    counts = {k: value.get(k) for k, low, high in (("calibration_batches", 2, 1 + MAX_BATCHES),
+                                                   ("fitted_batches", 1, MAX_BATCHES),
+                                                   ("validation_batches", 1, MAX_BATCHES))
+              if _whole(value.get(k), low, high)}
+    if "validation_batches" in counts:
+        counts["measured_validation"] = _number(value.get("measured_validation"))
     return {"metric": value["metric"], "bound": value["bound"], "measured": _number(value.get("measured")),
-            "dropped": dropped, **batches, **checked}
+            "dropped": dropped, **counts}
+
+
+def _whole(value, low: int, high: int) -> bool:
+    """Whether ``value`` (read from a report) is an integer, not a bool, from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _candidates(value) -> tuple[dict, ...]:
