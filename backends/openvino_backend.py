@@ -19,7 +19,7 @@ from hetcc.backends._common import (
 )
 from hetcc.backends.base import YES, Artifact, Backend, Support
 from hetcc.backends.openvino_masks import drop_empty_masks
-from hetcc.backends.openvino_static import nncf_here, quantize_static
+from hetcc.backends.openvino_static import is_transformer, nncf_here, quantize_static
 from hetcc.backends.openvino_weights import compress_weights
 from hetcc.backends.options import PRECISION_ALIASES, Option, check_options, precision_option, threads_option
 from hetcc.cost_model.devices import int8_dot_products
@@ -185,7 +185,7 @@ class OpenVinoBackend(Backend):
             drop_empty_masks(model)  # bf16 attention with a constant mask returns NaN
             compressed = compress_weights(model) if self.weights == "int8" else {}
             if self.static:
-                model, static = quantize_static(model, segment.calibration)
+                model, static = quantize_static(model, segment.calibration, transformer=is_transformer(ep.graph))
             # Give the IR the segment's names too, so it reads well outside hetcc; ports stay by index.
             for port, name in zip(model.inputs, segment.input_names):
                 port.get_tensor().add_names({name})

@@ -254,6 +254,7 @@ def test_openvino_runs_static_int8_from_nncf_within_the_budget(tmp_path):
                for op in graph.get_ordered_ops()) >= 3
     (artifact,) = cm.artifacts.values()
     assert artifact.meta["static_int8"].startswith("nncf ") and artifact.meta["calibration_batches"] == 4
+    assert "transformer" not in artifact.meta["static_int8"]  # no attention, no lookup: NNCF's default type
     with torch.no_grad():
         want = model(*inputs)
     error = float((cm(*inputs) - want).norm() / want.norm())
@@ -266,6 +267,50 @@ def test_openvino_runs_static_int8_from_nncf_within_the_budget(tmp_path):
     loaded = hetcc.load(cm.save(tmp_path / "ov-int8s.bundle"))
     assert [str(s.target) for s in loaded.plan.segments] == ["openvino:cpu@int8s"]
     torch.testing.assert_close(loaded(*inputs), cm(*inputs))
+
+
+def test_openvino_static_int8_quantizes_a_transformer_as_one():
+    """A segment with attention or an embedding lookup goes to NNCF as its TRANSFORMER model type.
+    With NNCF's default type, the embedding part of a Hugging Face BERT failed in NNCF's quantizer
+    setup (KeyError on the lookup's Gather) and fell back to torch:cpu."""
+    pytest.importorskip("nncf", reason="NNCF is optional (the nncf extra); CI installs it")
+    pytest.importorskip("transformers")
+    import hf_models  # examples/, put on the path by tests/conftest.py
+
+    model, inputs = hf_models.build("bert", "tiny")
+    calibration = [tuple(b) for b in hf_models.like(inputs, 3, seed=1234)]
+    cm = hetcc.compile(model, inputs, ["openvino:cpu@int8s"], accuracy=0.5, calibration=calibration,
+                       tune="off")
+    assert [str(s.target) for s in cm.plan.segments] == ["openvino:cpu@int8s"]  # the lookup included
+    (artifact,) = cm.artifacts.values()
+    assert artifact.meta["static_int8"].endswith("model type transformer")
+    ops = [op.get_type_name() for op in openvino_model_of(cm).get_ordered_ops()]
+    assert ops.count("FakeQuantize") >= 4
+    with torch.no_grad():
+        want = model(*inputs)
+    want = want[0] if isinstance(want, (tuple, list)) else want
+    got = cm(*inputs)
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    assert float((got - want).norm() / want.norm()) <= 0.5
+
+
+def test_which_graphs_nncf_quantizes_as_a_transformer():
+    from hetcc.backends.openvino_static import is_transformer
+
+    def graph(module, *args):
+        return torch.export.export(module.eval(), args).graph
+
+    class Attention(nn.Module):
+        def forward(self, q, k, v):
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    x = torch.randn(1, 4, 8)
+    assert is_transformer(graph(Attention(), x, x, x))
+    assert is_transformer(graph(nn.Sequential(nn.Linear(8, 8), nn.Softmax(-1)), x))
+    assert is_transformer(graph(nn.Embedding(10, 8), torch.tensor([[1, 2]])))
+    assert not is_transformer(graph(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), x))
+    net, args = convnet()
+    assert not is_transformer(graph(net, *args))
 
 
 def test_openvino_static_int8_without_nncf_says_to_install_it(monkeypatch):
