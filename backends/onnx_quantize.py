@@ -98,13 +98,13 @@ def quantized(exported, segment, workdir: Path, reduce_range: bool = False, unsi
 
 
 def _fitting(model, exported, segment, said: list) -> dict:
-    """Where the segment has calibration batches besides its example inputs (compile(calibration=...)),
+    """Where the segment has calibration batches (compile(calibration=...); never its example inputs),
     the second moments of its matrix products' inputs on them, from which ``_fit`` rounds their int8
     weights (backends/onnx_rounding.py); {} without (rounded to nearest), or where they cannot be
     measured (said why)."""
     from hetcc.backends import onnx_rounding
 
-    batches = tuple(getattr(segment, "calibration", None) or ())[1:]  # the first is the example inputs
+    batches = tuple(getattr(segment, "calibration", None) or ())
     if not batches:
         return {}
     if exported.external_data:

@@ -795,8 +795,9 @@ def _accuracy(value) -> dict | None:
         return None
     dropped = [d for d in value.get("dropped") or () if isinstance(d, dict)] \
         if isinstance(value.get("dropped"), list) else []
-    # batch counts: the calibration batches count the example inputs too
-    counts = {k: value.get(k) for k, low, high in (("calibration_batches", 2, 1 + MAX_BATCHES),
+    # batch counts (a bundle from before 2026-12-03 counts the example inputs among the calibration
+    # batches, one more than the user gave)
+    counts = {k: value.get(k) for k, low, high in (("calibration_batches", 1, 1 + MAX_BATCHES),
                                                    ("fitted_batches", 1, MAX_BATCHES),
                                                    ("validation_batches", 1, MAX_BATCHES))
               if _whole(value.get(k), low, high)}

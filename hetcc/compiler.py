@@ -266,10 +266,10 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     calibration: with accuracy, a list of input batches given as the example inputs are (e.g.
         [(x1,), (x2,)]), from which static int8 (onnxruntime:cpu@int8s, and openvino:cpu@int8s
         where NNCF is installed: int8 convolutions and matrix products, activation scales fixed
-        ahead of time) takes its ranges, together with the example inputs, and to which ONNX
-        Runtime's int8 weights (onnxruntime:cpu@int8, @int8u) are rounded (GPTQ, on these batches
-        alone: the budget is measured on the example inputs). Without it static int8 is not
-        offered and int8 weights are rounded to nearest. docs/precision.md.
+        ahead of time) takes its ranges, and to which ONNX Runtime's int8 weights
+        (onnxruntime:cpu@int8, @int8u) are rounded (GPTQ). Both use these batches alone, never
+        the example inputs, on which the budget is then measured as on any other input. Without
+        it static int8 is not offered and int8 weights are rounded to nearest. docs/precision.md.
     validation: with accuracy, a list of input batches given as the example inputs are, on which
         the budget must hold too: each lower-precision segment is checked against its limit on
         every batch, the nodes a backend keeps in fp32 are chosen by the worst of them, and the
@@ -528,7 +528,7 @@ class _Session:
                                               if self.calibration is not None and any(
                                                   s.target.precision in CALIBRATED for s in segments)
                                               else {}),
-                                           **({"fitted_batches": len(self.calibration) - 1}
+                                           **({"fitted_batches": len(self.calibration)}
                                               if self.calibration is not None and any(
                                                   _fitted(s.artifact) for s in segments) else {})})
         artifacts = {seg.program.name: seg.artifact for seg in segments}

@@ -82,8 +82,9 @@ class Plan:
     dropped (each lower-precision choice given up for the budget: segment, target, measured,
     segment_relative_error, and ``on``: "validation batch N" where it broke there), and with
     compile(validation=...) validation_batches and measured_validation (the whole model's worst
-    over them), calibration_batches where a segment runs in static int8 (the example inputs
-    counted) and fitted_batches where a segment's int8 weights were rounded to fit the user's
+    over them), calibration_batches where a segment runs in static int8 (the user's batches
+    its scales came from; bundles from before 2026-12-03 counted the example inputs too, which were
+    then among them) and fitted_batches where a segment's int8 weights were rounded to fit the user's
     calibration batches (backends/onnx_rounding.py)}; None without a budget."""
     candidates: tuple[dict, ...] = ()
     """Plans compile-time tuning considered (hetcc/tune.py), each {name, targets,
@@ -170,7 +171,7 @@ def accuracy_line(accuracy: dict) -> str:
     return (f"accuracy: {metric} {sign} {'?' if bound is None else format(bound, 'g')} against fp32 "
             f"PyTorch; the whole model: {got}"
             + (f"; {dropped} lower-precision choice(s) given up for it" if dropped else "")
-            + (f"; static int8 scales from {batches} batch(es), the example inputs included" if batches else "")
+            + (f"; static int8 scales from {batches} calibration batch(es)" if batches else "")
             + (f"; int8 weights rounded to fit {fitted} calibration batch(es)" if fitted else ""))
 
 

@@ -176,8 +176,13 @@ def _held_out_error(model, cm):
     return worst
 
 
-def test_calibration_batches_fit_the_int8_weights_and_the_plan_says_so(tmp_path, caplog, monkeypatch):
+def test_calibration_batches_fit_the_int8_weights_and_the_plan_says_so(tmp_path, caplog, monkeypatch, cpu):
     from hetcc.backends.onnx_quantize import reduced_range
+
+    # 7-bit weights, as on a CPU without VNNI, on any machine: there the weights' rounding is most
+    # of the error, which is what the fit reduces (with 8-bit weights on an AMX Xeon the inputs'
+    # own per-call rounding is most of it, and the fit moved the held-out error 0.016 -> 0.0145)
+    cpu(vnni=False)
 
     seen = []
     measured = onnx_rounding.second_moments

@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", metavar="FILE.py:FUNCTION",
                    help="with --accuracy, input batches (a function returning a list of them, each like "
                         "the example inputs) from which static int8 (onnxruntime:cpu@int8s, openvino:cpu@int8s) fixes its "
-                        "activation scales and to which ONNX Runtime's int8 weights are rounded; without it "
-                        "int8s is not offered")
+                        "activation scales and to which ONNX Runtime's int8 weights are rounded (never the "
+                        "example inputs, which the budget is checked on); without it int8s is not offered")
     p.add_argument("--validation", metavar="FILE.py:FUNCTION",
                    help="with --accuracy, input batches (a function returning a list of them, each like the "
                         "example inputs) on which the budget must hold too, not only on the example inputs")
