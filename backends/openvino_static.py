@@ -10,7 +10,9 @@ ReLU's output is not centred on zero), as onnxruntime:cpu@int8s quantizes them. 
 benchmark's ResNet inside hetcc, tuning timed this plan at 9.1 ms against 7.2 ms for ONNX
 Runtime's static int8 and 18.9 ms for its fp32 (docs/precision.md).
 
-A segment with attention or an embedding lookup is quantized as NNCF's TRANSFORMER model type,
+A segment with attention (``scaled_dot_product_attention``, or a softmax beside batched matrix
+products, as attention written out computes its scores) or an embedding lookup is quantized as
+NNCF's TRANSFORMER model type,
 which keeps additions, normalizations and the attention's output out of int8 (NNCF's ignored
 patterns) and smooths the activation outliers of matrix products into their weights
 (SmoothQuant). On the benchmark's transformers (AMX Xeon, NNCF 3.4) it moved the outputs
@@ -27,9 +29,12 @@ from hetcc.backends._common import quiet, quiet_logger, to_numpy
 PRESET = "MIXED"
 """nncf.QuantizationPreset: symmetric int8 weights, asymmetric activations."""
 
-TRANSFORMER_OPS = frozenset({"aten._softmax.default", "aten.softmax.int", "aten._safe_softmax.default",
-                             "aten.scaled_dot_product_attention.default", "aten.embedding.default"})
-"""The ops (in a segment's exported graph) that make NNCF quantize it as a transformer."""
+TRANSFORMER_OPS = frozenset({"aten.scaled_dot_product_attention.default", "aten.embedding.default"})
+"""Ops (in a segment's exported graph) that make NNCF quantize it as a transformer."""
+SOFTMAX_OPS = frozenset({"aten._softmax.default", "aten.softmax.int"})
+BATCHED_PRODUCTS = frozenset({"aten.bmm.default", "aten.baddbmm.default"})
+"""A softmax makes a transformer only beside one of these: attention written out scores with a
+batched product of two activations, while a classifier's softmax follows a Linear (``mm``)."""
 
 
 def nncf_here() -> bool:
@@ -40,9 +45,11 @@ def nncf_here() -> bool:
 
 
 def is_transformer(graph) -> bool:
-    """Whether a segment's exported graph (a torch.fx.Graph) computes attention or looks up an
-    embedding (``TRANSFORMER_OPS``)."""
-    return any(node.op == "call_function" and str(node.target) in TRANSFORMER_OPS for node in graph.nodes)
+    """Whether a segment's exported graph (a torch.fx.Graph, decomposed as hetcc captures) computes
+    attention or looks up an embedding: one of ``TRANSFORMER_OPS``, or a softmax and a batched
+    matrix product."""
+    ops = {str(node.target) for node in graph.nodes if node.op == "call_function"}
+    return bool(ops & TRANSFORMER_OPS) or bool(ops & SOFTMAX_OPS and ops & BATCHED_PRODUCTS)
 
 
 def quantize_static(model, batches, transformer: bool = False):

@@ -12,6 +12,10 @@ the example inputs and on one held-out batch, and the seconds quantize_static to
 
     python benchmarks/bench_calibration.py [--models resnet,convnext,mobilenet_v2] [--calibration 8]
 
+Its errors on the example inputs are in-sample: they are among the batches, as in hetcc's int8s
+before 2026-12-03; hetcc now calibrates on the batches alone, so the held-out column is the one
+to compare with what a compile measures.
+
 Not a test: run it by hand. The run is in docs/precision.md.
 """
 from __future__ import annotations

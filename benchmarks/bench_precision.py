@@ -32,9 +32,11 @@ the bytes of its weights on disk over the fp32 export's (hetcc: its segments' fi
     python benchmarks/bench_precision.py [--models bert,gpt2] [--budgets 0.01,0.03] [--rounds 25]
                                          [--calibration N] [--held-out N] [--json out.json]
 
---calibration N gives hetcc N calibration batches besides the example inputs (compile's
-calibration=, which offers static int8, onnxruntime:cpu@int8s, and rounds ONNX Runtime's int8
-weights to fit them): each like the example inputs (examples/hf_models.py ``like``, seeded): float
+--calibration N gives hetcc N calibration batches (compile's calibration=, which offers static
+int8, onnxruntime:cpu@int8s and openvino:cpu@int8s, and rounds ONNX Runtime's int8 weights to fit
+them; hetcc never calibrates on the example inputs, which it checks the budget on), and the
+vendors' static int8 paths the example inputs and those N (as their users would calibrate, so
+their error on the examples is in-sample): each batch like the example inputs (examples/hf_models.py ``like``, seeded): float
 inputs drawn anew from a normal distribution, token ids drawn anew, constant inputs kept.
 --held-out N measures each path's worst error on N more such inputs, neither examples nor
 calibration batches: whether a budget held on the examples holds elsewhere.
@@ -285,7 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", default="onnxruntime,openvino-f32,ort-int8,openvino,openvino-nncf,eager")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--calibration", type=int, default=0, metavar="N",
-                        help="calibration batches for hetcc (static int8), ort-int8s and openvino-int8s, besides the example inputs")
+                        help="calibration batches for hetcc (static int8, fitted int8 weights), and for ort-int8s and "
+                             "openvino-int8s besides the example inputs")
     parser.add_argument("--held-out", type=int, default=0, metavar="N",
                         help="also measure each path's worst relative error on N other inputs like the examples")
     parser.add_argument("--json", metavar="FILE")
@@ -304,7 +307,8 @@ def main(argv=None) -> int:
         rows.append(run_model(name, budgets, paths, args.rounds, progress, args.calibration, args.held_out))
     m = machine_info()
     print(f"Machine: {m['cpu']}, {m['cores']} cores; {args.rounds} rounds; "
-          f"{args.calibration} calibration batches besides the example; {args.held_out} held-out inputs; "
+          f"{args.calibration} calibration batches (the vendors' static int8 also the example); "
+          f"{args.held_out} held-out inputs; "
           "median ms [p10–p90], speed-up over "
           "the best fp32 native in bold, relative error against eager, weight bytes on disk over fp32.\n")
     print(render(rows, [f"hetcc@{b}" for b in budgets] + [p for p in paths if p not in FP32_NATIVE + ("eager",)]))

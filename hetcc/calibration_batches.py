@@ -7,7 +7,8 @@ The user gives batches of the model's inputs; a segment needs its own inputs, wh
 the middle of the model. ``CalibrationBatches`` runs the captured graph on each batch once, before
 placement (torch, as the reference run on the example inputs does), keeps the values a segment
 could read (those read across placement units), and hands each segment its own. The example inputs
-always count as the first batch: every segment is checked on them, so their ranges must hold."""
+are not among the batches: every segment is checked on them, and a check on inputs the ranges (or
+the fit) were taken from would be optimistic."""
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -335,7 +335,7 @@ def compile(model, example_inputs, targets=("torch:cpu",), *, objective: str = "
     candidates = candidates_for(captured, units, order, backends, pins, exclude,
                                 fallback=FALLBACK if fallback_only else None)
     if batches is not None:
-        report("calibrate", f"the model on {len(batches) - 1} calibration batch(es), for int8")
+        report("calibrate", f"the model on {len(batches)} calibration batch(es), for int8")
         # only what a unit that may run in int8 reads: placement never allows an int8 target again
         # once this table forbids it (bans and tuning's restricted copies only forbid; a ban
         # re-allows the fp32 torch:cpu fall-back alone), so no int8 segment reads anything else

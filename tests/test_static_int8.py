@@ -179,8 +179,8 @@ def test_batches_for_a_model_called_by_keyword_are_dicts_in_any_order():
                        calibration=given, tune="off", pins={"conv": "onnxruntime:cpu@int8s"})
     assert "onnxruntime:cpu@int8s" in [str(s.target) for s in cm.plan.segments]
     (artifact,) = [a for a in cm.artifacts.values() if a.target == "onnxruntime:cpu@int8s"]
-    seen = max(float(b["image"].max()) for b in [example, *given])
-    low = min(min(float(b["image"].min()) for b in [example, *given]), 0.0)
+    seen = max(float(b["image"].max()) for b in given)  # the batches' range, not the example's
+    low = min(min(float(b["image"].min()) for b in given), 0.0)
     assert input_scale(onnx.load(artifact.files["model"])) == pytest.approx((seen - low) / 255, rel=0.02)
 
 
@@ -302,20 +302,27 @@ def test_openvino_static_int8_quantizes_a_transformer_as_one():
 
 def test_which_graphs_nncf_quantizes_as_a_transformer():
     from hetcc.backends.openvino_static import is_transformer
+    from hetcc.capture import decomposition_table
 
-    def graph(module, *args):
-        return torch.export.export(module.eval(), args).graph
+    def graph(module, *args):  # decomposed as hetcc captures, which segments are exported from
+        return torch.export.export(module.eval(), args).run_decompositions(decomposition_table()).graph
 
-    class Attention(nn.Module):
+    class Fused(nn.Module):
         def forward(self, q, k, v):
             return nn.functional.scaled_dot_product_attention(q, k, v)
 
-    x = torch.randn(1, 4, 8)
-    assert is_transformer(graph(Attention(), x, x, x))
-    assert is_transformer(graph(nn.Sequential(nn.Linear(8, 8), nn.Softmax(-1)), x))
+    class WrittenOut(nn.Module):
+        def forward(self, q, k, v):
+            return torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v
+
+    x = torch.randn(1, 2, 4, 8)
+    assert is_transformer(graph(Fused(), x, x, x))
+    assert is_transformer(graph(WrittenOut(), x, x, x))
     assert is_transformer(graph(nn.Embedding(10, 8), torch.tensor([[1, 2]])))
-    assert not is_transformer(graph(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), x))
+    # a classifier's softmax is not attention, nor is a Linear on a sequence
     net, args = convnet()
+    assert not is_transformer(graph(nn.Sequential(net, nn.Softmax(-1)), *args))
+    assert not is_transformer(graph(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Softmax(-1)), torch.randn(1, 4, 8)))
     assert not is_transformer(graph(net, *args))
 
 
@@ -435,8 +442,7 @@ def test_numpy_batches_and_positional_with_keyword_batches_are_taken():
                        example_kwargs={"scale": scale}, pins={"conv": "onnxruntime:cpu@int8s"},
                        calibration=[((wide.numpy(),), {"scale": scale.numpy()})])
     (artifact,) = [a for a in cm.artifacts.values() if a.target == "onnxruntime:cpu@int8s"]
-    low = min(float(image.min()), float(wide.min()), 0.0)
-    high = max(float(image.max()), float(wide.max()))
+    low, high = min(float(wide.min()), 0.0), float(wide.max())  # the one batch's range
     assert input_scale(onnx.load(artifact.files["model"])) == pytest.approx((high - low) / 255, rel=0.02)
 
 
