@@ -12,10 +12,9 @@ Runtime's static int8 and 18.9 ms for its fp32 (docs/precision.md).
 
 A segment with attention (``scaled_dot_product_attention``, or a softmax beside batched matrix
 products, as attention written out computes its scores) or an embedding lookup is quantized as
-NNCF's TRANSFORMER model type,
-which keeps additions, normalizations and the attention's output out of int8 (NNCF's ignored
-patterns) and smooths the activation outliers of matrix products into their weights
-(SmoothQuant). On the benchmark's transformers (AMX Xeon, NNCF 3.4) it moved the outputs
+NNCF's TRANSFORMER model type, which keeps additions, normalizations and the attention's output
+out of int8 (NNCF's ignored patterns) and smooths the activation outliers of matrix products into
+their weights (SmoothQuant). On the benchmark's transformers (AMX Xeon, NNCF 3.4) it moved the outputs
 1.4-3.4x less at the same speed (bert 3.7 % -> 1.1 %, vit 4.4 -> 2.1, t5 4.4 -> 1.7, wav2vec2
 5.5 -> 4.0; docs/precision.md); and NNCF's default type failed on BERT's embedding part (a
 KeyError in its quantizer setup). On ResNet the default type was faster (1.7 against 2.1 ms),
