@@ -1,5 +1,7 @@
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +20,17 @@ CPU_TARGETS = ["openvino:cpu", "onnxruntime:cpu", "torch:cpu"]
 os.environ.pop("HETCC_PROFILE", None)
 os.environ.pop("HETCC_CORRECTIONS", None)
 os.environ["HETCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="hetcc-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HETCC_CACHE_DIR"], True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_under_basetemp(tmp_path_factory):
+    """compile()'s scratch directories, kept wherever a segment failed (tests make many fail on
+    purpose: a run left 70 in /tmp), go under pytest's base temp, which pytest prunes."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("scratch"))
+    yield
+    tempfile.tempdir = before
 
 
 @pytest.fixture(autouse=True)
