@@ -36,8 +36,9 @@ the bytes of its weights on disk over the fp32 export's (hetcc: its segments' fi
 int8, onnxruntime:cpu@int8s and openvino:cpu@int8s, and rounds ONNX Runtime's int8 weights to fit
 them; hetcc never calibrates on the example inputs, which it checks the budget on), and the
 vendors' static int8 paths the example inputs and those N (as their users would calibrate, so
-their error on the examples is in-sample): each batch like the example inputs (examples/hf_models.py ``like``, seeded): float
-inputs drawn anew from a normal distribution, token ids drawn anew, constant inputs kept.
+their error on the examples is in-sample). Each batch is like the example inputs
+(examples/hf_models.py ``like``, seeded): float inputs drawn anew from a normal distribution,
+token ids drawn anew, constant inputs kept.
 --held-out N measures each path's worst error on N more such inputs, neither examples nor
 calibration batches: whether a budget held on the examples holds elsewhere.
 
